@@ -1,0 +1,203 @@
+"""Record batches: the unit kq writes, checksums and reads (docs/FORMAT.md).
+
+A batch is a fixed 46-byte big-endian header followed by one msgpack array
+that stores the records column by column, so that a batch of 10,000 values is
+packed and unpacked by one msgpack call rather than 10,000 Python steps.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Iterator, NamedTuple, Sequence
+
+import msgpack
+
+from .errors import CorruptLog, MessageTooLarge
+
+# The last byte of the magic is the batch format version.
+MAGIC = b"KQB\x01"
+# magic, crc32, length, base_offset, last_offset_delta, record_count,
+# base_timestamp, max_timestamp, attributes
+HEADER = struct.Struct(">4sIIqIIqqH")
+HEADER_SIZE = HEADER.size  # 46
+PREFIX_SIZE = 12  # magic + crc + length: `length` counts the bytes after these
+CRC_START = 8  # the checksum covers the length field, the header and the payload
+MIN_LENGTH = HEADER_SIZE - PREFIX_SIZE + 1  # a payload is at least one byte
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+OK, INCOMPLETE, INVALID = 0, 1, 2
+
+
+class Record(NamedTuple):
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def encode(
+    base_offset: int,
+    values: Sequence[bytes | None],
+    keys: Sequence[bytes | None] | None = None,
+    headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
+    timestamp: int = 0,
+    timestamps: Sequence[int] | None = None,
+    offset_deltas: Sequence[int] | None = None,
+) -> bytes:
+    """Encode one batch. ``timestamps`` (per record) overrides ``timestamp``.
+
+    ``offset_deltas`` is only for batches rewritten by compaction, whose
+    offsets have gaps; without it the offsets are base_offset, base_offset+1, ...
+    """
+    count = len(values)
+    if count == 0:
+        raise ValueError("a batch holds at least one record")
+    if timestamps is not None:
+        base_ts = min(timestamps)
+        max_ts = max(timestamps)
+        ts_deltas = None if base_ts == max_ts else [t - base_ts for t in timestamps]
+    else:
+        base_ts = max_ts = timestamp
+        ts_deltas = None
+    if keys is not None and not any(k is not None for k in keys):
+        keys = None
+    if headers is not None and not any(headers):
+        headers = None
+    last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
+    payload = msgpack.packb(
+        [values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True
+    )
+    length = HEADER_SIZE - PREFIX_SIZE + len(payload)
+    if length > MAX_BATCH_BYTES:
+        raise MessageTooLarge(
+            f"a batch of {count} record(s) encodes to {length} bytes, "
+            f"more than the maximum of {MAX_BATCH_BYTES}"
+        )
+    body = (
+        struct.pack(">IqIIqqH", length, base_offset, last_delta, count, base_ts, max_ts, 0)
+        + payload
+    )
+    return MAGIC + struct.pack(">I", zlib.crc32(body)) + body
+
+
+def check(buf, pos: int, end: int) -> tuple[int, tuple | str | None]:
+    """Classify the bytes of ``buf[pos:end]`` as the start of a batch.
+
+    Returns (OK, header tuple), (INCOMPLETE, None) when more bytes are needed,
+    or (INVALID, reason). ``buf`` may be bytes, bytearray or memoryview.
+    """
+    if end - pos < PREFIX_SIZE:
+        return INCOMPLETE, None
+    if buf[pos : pos + 4] != MAGIC:
+        return INVALID, "bad magic"
+    magic, crc, length = struct.unpack_from(">4sII", buf, pos)
+    if length < MIN_LENGTH or length > MAX_BATCH_BYTES:
+        return INVALID, f"implausible batch length {length}"
+    total = PREFIX_SIZE + length
+    if pos + total > end:
+        return INCOMPLETE, None
+    if zlib.crc32(memoryview(buf)[pos + CRC_START : pos + total]) != crc:
+        return INVALID, "checksum mismatch"
+    return OK, HEADER.unpack_from(buf, pos)
+
+
+def batch_size(header: tuple) -> int:
+    return PREFIX_SIZE + header[2]
+
+
+def _reject_ext(code, data):
+    raise ValueError(f"unknown msgpack extension type {code}")
+
+
+class RecordBatch:
+    """A decoded batch, kept in columns; ``records()`` yields ``Record``s."""
+
+    __slots__ = (
+        "position", "size", "base_offset", "last_offset_delta", "count",
+        "base_timestamp", "max_timestamp", "values", "keys", "headers",
+        "timestamp_deltas", "offset_deltas",
+    )
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
+
+    def offsets(self) -> Sequence[int]:
+        if self.offset_deltas is None:
+            return range(self.base_offset, self.base_offset + self.count)
+        base = self.base_offset
+        return [base + d for d in self.offset_deltas]
+
+    def timestamps(self) -> Sequence[int]:
+        if self.timestamp_deltas is None:
+            return [self.base_timestamp] * self.count
+        base = self.base_timestamp
+        return [base + d for d in self.timestamp_deltas]
+
+    def index_of(self, offset: int) -> int:
+        """Index of the first record whose offset is >= ``offset``."""
+        if self.offset_deltas is None:
+            return min(max(offset - self.base_offset, 0), self.count)
+        import bisect
+
+        return bisect.bisect_left(self.offset_deltas, offset - self.base_offset)
+
+    def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]:
+        stop = self.count if stop is None else stop
+        offsets = self.offsets()
+        stamps = self.timestamps()
+        keys = self.keys
+        headers = self.headers
+        for i in range(start, stop):
+            yield Record(
+                offsets[i],
+                stamps[i],
+                None if keys is None else keys[i],
+                self.values[i],
+                [] if headers is None or headers[i] is None else [tuple(h) for h in headers[i]],
+            )
+
+
+def decode(buf, pos: int, header: tuple, path: str = "<buffer>") -> RecordBatch:
+    """Decode a batch that ``check`` accepted at ``pos``."""
+    _, _, length, base, last_delta, count, base_ts, max_ts, _attrs = header
+    start = pos + HEADER_SIZE
+    stop = pos + PREFIX_SIZE + length
+    try:
+        columns = msgpack.unpackb(
+            memoryview(buf)[start:stop],
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_reject_ext,
+        )
+        values, keys, headers, ts_deltas, offset_deltas = columns
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
+    if (
+        type(values) is not list
+        or len(values) != count
+        or not all(c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas))
+        or (offset_deltas is not None and offset_deltas[-1] != last_delta)
+        or (offset_deltas is None and last_delta != count - 1)
+    ):
+        raise CorruptLog(path, pos, "batch columns do not match its header")
+    batch = RecordBatch()
+    batch.position = pos
+    batch.size = PREFIX_SIZE + length
+    batch.base_offset = base
+    batch.last_offset_delta = last_delta
+    batch.count = count
+    batch.base_timestamp = base_ts
+    batch.max_timestamp = max_ts
+    batch.values = values
+    batch.keys = keys
+    batch.headers = headers
+    batch.timestamp_deltas = ts_deltas
+    batch.offset_deltas = offset_deltas
+    return batch

@@ -1,0 +1,175 @@
+"""The data directory: its format version and the topics in it.
+
+Layout (docs/FORMAT.md)::
+
+    DATA/kq.json                       {"format": 1}
+    DATA/topics/NAME/topic.json        partitions and config
+    DATA/topics/NAME/P/*.log|*.index   segments of partition P
+    DATA/tmp/                          topics being created or deleted
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+from .errors import DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
+from .fileio import atomic_write, fsync_dir, make_dirs
+from .names import check_name
+from .partition import init_partition
+from .topic import TOPIC_FILE, TOPIC_FORMAT, Topic, check_config
+
+FORMAT_FILE = "kq.json"
+FORMAT_VERSION = 1
+MAX_PARTITIONS = 10_000
+
+
+def default_path() -> str:
+    """``$KQ_DATA_DIR``, else ``$XDG_DATA_HOME/kq``, else ``~/.local/share/kq``."""
+    env = os.environ.get("KQ_DATA_DIR")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "kq")
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "kq")
+
+
+class DataDir:
+    """A kq data directory. Reading never creates it; writing creates it (mode 0700)."""
+
+    def __init__(self, path: str | None = None):
+        self.path = os.path.abspath(path or default_path())
+        self.topics_path = os.path.join(self.path, "topics")
+        self.tmp_path = os.path.join(self.path, "tmp")
+        self._format_checked = False
+
+    def __repr__(self) -> str:
+        return f"DataDir({self.path!r})"
+
+    # ------------------------------------------------------------------ format
+
+    def exists(self) -> bool:
+        """True if the directory holds kq data (checking its format version)."""
+        if self._format_checked:
+            return True
+        try:
+            with open(os.path.join(self.path, FORMAT_FILE), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return False
+        except NotADirectoryError:
+            raise DataDirError(f"data directory {self.path} is not a directory") from None
+        try:
+            version = json.loads(raw)["format"]
+        except (ValueError, KeyError, TypeError):
+            raise DataDirError(f"{os.path.join(self.path, FORMAT_FILE)} is not a kq format file") from None
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"data directory {self.path} has format {version}, newer than this kq "
+                f"understands ({FORMAT_VERSION}); upgrade kq"
+            )
+        self._format_checked = True
+        return True
+
+    def ensure(self) -> None:
+        """Create the directory and its format file if needed (for writers)."""
+        if self.exists():
+            return
+        try:
+            make_dirs(self.path)
+            for sub in (self.topics_path, self.tmp_path):
+                make_dirs(sub)
+            if not os.path.exists(os.path.join(self.path, FORMAT_FILE)):
+                atomic_write(
+                    os.path.join(self.path, FORMAT_FILE),
+                    json.dumps({"format": FORMAT_VERSION}).encode() + b"\n",
+                )
+        except PermissionError as exc:
+            raise DataDirError(f"cannot create data directory {self.path}: {exc.strerror}") from None
+        if not os.access(self.path, os.W_OK):
+            raise DataDirError(f"data directory {self.path} is not writable")
+        self.exists()
+
+    # ------------------------------------------------------------------ topics
+
+    def topic_names(self) -> list[str]:
+        if not self.exists():
+            return []
+        try:
+            names = os.listdir(self.topics_path)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if os.path.isfile(os.path.join(self.topics_path, n, TOPIC_FILE)))
+
+    def topic(self, name: str) -> Topic:
+        check_name(name)
+        if not self.exists():
+            raise TopicNotFound(name)
+        path = os.path.join(self.topics_path, name)
+        try:
+            meta = Topic.load_meta(path)
+        except FileNotFoundError:
+            raise TopicNotFound(name) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataDirError(f"{os.path.join(path, TOPIC_FILE)} is unreadable ({exc})") from None
+        return Topic(name, path, meta)
+
+    def create_topic(self, name: str, partitions: int = 1, config: dict | None = None) -> Topic:
+        """Create a topic atomically: it appears whole (all partitions) or not at all."""
+        check_name(name)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= MAX_PARTITIONS:
+            raise UsageError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
+        config = check_config(config or {})
+        self.ensure()
+        final = os.path.join(self.topics_path, name)
+        if os.path.exists(final):
+            raise TopicExists(name)
+        staging = os.path.join(self.tmp_path, f"create-{uuid.uuid4().hex}")
+        make_dirs(staging)
+        try:
+            meta = {"format": TOPIC_FORMAT, "name": name, "partitions": partitions, "config": config}
+            atomic_write(os.path.join(staging, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n", sync=config["sync"])
+            for number in range(partitions):
+                init_partition(os.path.join(staging, str(number)), sync=config["sync"])
+            try:
+                # rename(2) of a directory onto an existing non-empty one fails:
+                # of two racing creators exactly one wins.
+                os.rename(staging, final)
+            except OSError as exc:
+                if os.path.isdir(final):
+                    raise TopicExists(name) from None
+                raise exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(self.topics_path)
+        return self.topic(name)
+
+    def get_or_create_topic(self, name: str, partitions: int = 1) -> tuple[Topic, bool]:
+        """Open a topic, creating it if missing. Returns (topic, created)."""
+        try:
+            return self.topic(name), False
+        except TopicNotFound:
+            pass
+        try:
+            return self.create_topic(name, partitions), True
+        except TopicExists:  # another process created it first
+            return self.topic(name), False
+
+    def delete_topic(self, name: str) -> None:
+        check_name(name)
+        path = os.path.join(self.topics_path, name)
+        if not self.exists() or not os.path.isfile(os.path.join(path, TOPIC_FILE)):
+            raise TopicNotFound(name)
+        # Rename first so the topic disappears at once, then remove at leisure.
+        doomed = os.path.join(self.tmp_path, f"delete-{uuid.uuid4().hex}")
+        make_dirs(self.tmp_path)
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            raise TopicNotFound(name) from None
+        fsync_dir(self.topics_path)
+        shutil.rmtree(doomed, ignore_errors=True)

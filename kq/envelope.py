@@ -1,0 +1,86 @@
+"""The JSON-lines envelope of ``consume --json`` and ``produce --json``.
+
+One object per record: ``topic``, ``partition``, ``offset``, ``timestamp``,
+``key``, ``value``, ``headers`` (an object). Keys, values and header values
+are strings when they are valid UTF-8; otherwise base64, marked by
+``key_encoding`` / ``value_encoding`` / ``headers_encoding`` = ``"base64"``.
+``null`` (a missing key, a tombstone) is distinct from ``""``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from .errors import UsageError
+
+
+def _text_or_base64(data: bytes | None) -> tuple[str | None, bool]:
+    if data is None:
+        return None, False
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), True
+
+
+def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, value, headers) -> str:
+    obj = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp}
+    obj["key"], key_b64 = _text_or_base64(key)
+    obj["value"], value_b64 = _text_or_base64(value)
+    decoded = [(name, _text_or_base64(v)) for name, v in headers or ()]
+    if any(b64 for _, (_, b64) in decoded):
+        obj["headers"] = {name: base64.b64encode(v).decode("ascii") for name, v in headers}
+        obj["headers_encoding"] = "base64"
+    else:
+        obj["headers"] = {name: text for name, (text, _) in decoded}
+    if key_b64:
+        obj["key_encoding"] = "base64"
+    if value_b64:
+        obj["value_encoding"] = "base64"
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _field_bytes(obj: dict, name: str, line_no: int) -> bytes | None:
+    raw = obj.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise UsageError(f"line {line_no}: '{name}' must be a string or null")
+    if obj.get(f"{name}_encoding") == "base64":
+        try:
+            return base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise UsageError(f"line {line_no}: '{name}' is not valid base64") from None
+    return raw.encode("utf-8")
+
+
+def decode_record(line: bytes, line_no: int) -> tuple:
+    """Parse one envelope line into (key, value, headers, partition, timestamp)."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise UsageError(f"line {line_no}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"line {line_no}: expected a JSON object")
+    key = _field_bytes(obj, "key", line_no)
+    value = _field_bytes(obj, "value", line_no)
+    raw_headers = obj.get("headers") or {}
+    if not isinstance(raw_headers, dict):
+        raise UsageError(f"line {line_no}: 'headers' must be an object")
+    b64 = obj.get("headers_encoding") == "base64"
+    headers = []
+    for name, v in raw_headers.items():
+        if not isinstance(v, str):
+            raise UsageError(f"line {line_no}: header '{name}' must be a string")
+        try:
+            headers.append((name, base64.b64decode(v, validate=True) if b64 else v.encode("utf-8")))
+        except ValueError:
+            raise UsageError(f"line {line_no}: header '{name}' is not valid base64") from None
+    partition = obj.get("partition")
+    if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool)):
+        raise UsageError(f"line {line_no}: 'partition' must be an integer")
+    timestamp = obj.get("timestamp")
+    if timestamp is not None and (not isinstance(timestamp, int) or isinstance(timestamp, bool)):
+        raise UsageError(f"line {line_no}: 'timestamp' must be an integer (epoch ms)")
+    return key, value, headers, partition, timestamp

@@ -1,0 +1,77 @@
+"""kq's one exception hierarchy.
+
+The CLI turns every ``KqError`` into ``kq: error: <message>`` and exits with
+the error's ``exit_code``; library users catch ``KqError`` (or a subclass).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class KqError(Exception):
+    """Base class of every error kq raises on purpose."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(KqError):
+    """The caller asked for something malformed (bad name, bad spec, bad range)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidName(UsageError):
+    """A topic or group name that may not become a path."""
+
+
+class InvalidOffsetSpec(UsageError):
+    """An offset, timestamp or range specification that does not parse."""
+
+
+class TopicNotFound(KqError):
+    def __init__(self, topic: str):
+        super().__init__(f"topic '{topic}' does not exist")
+        self.topic = topic
+
+
+class TopicExists(KqError):
+    def __init__(self, topic: str):
+        super().__init__(f"topic '{topic}' already exists")
+        self.topic = topic
+
+
+class PartitionNotFound(UsageError):
+    def __init__(self, topic: str, partition: int, count: int):
+        super().__init__(
+            f"partition {partition} does not exist in topic '{topic}' "
+            f"(it has partitions 0..{count - 1})"
+        )
+
+
+class MessageTooLarge(KqError):
+    """A single record that cannot fit in one batch."""
+
+
+class CorruptLog(KqError):
+    """Bytes on disk that fail their checksum or do not parse.
+
+    Never raised for a torn tail (an incomplete last batch), which is the normal
+    result of a crash and is skipped or truncated instead.
+    """
+
+    def __init__(self, path: str, position: int, reason: str):
+        super().__init__(f"corrupt log {path} at byte {position}: {reason}")
+        self.path = path
+        self.position = position
+        self.reason = reason
+
+
+class UnsupportedFormat(KqError):
+    """A data directory or file written by a newer kq."""
+
+
+class DataDirError(KqError):
+    """The data directory cannot be created, read or written."""

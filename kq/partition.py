@@ -1,0 +1,411 @@
+"""A partition: an ordered list of segments, one writer at a time, any number of readers.
+
+Writers serialise on ``writer.lock`` (an flock through portalocker that the
+kernel drops if the holder dies). Under the lock a writer first recovers the
+tail of the last segment (truncating a torn batch left by a crash), then
+appends. Readers take no lock; they never see a half-written batch because
+every batch is length-prefixed and checksummed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import portalocker
+
+from . import batch as batchfmt
+from .errors import CorruptLog
+from .fileio import FILE_MODE, fsync_dir, make_dirs, write_all
+from .index import INTERVAL_BYTES, NO_TIMESTAMP, Index, append_entry
+from .segment import (
+    CLEAN,
+    DAMAGED,
+    BatchReader,
+    classify_damage,
+    index_name,
+    list_segments,
+    log_name,
+)
+
+LOCK_NAME = "writer.lock"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Tail:
+    """What a writer knows about the end of the last segment."""
+
+    base: int
+    fd: int
+    inode: int
+    end: int  # byte position after the last valid batch
+    next_offset: int
+    max_timestamp: int  # over the batches of this segment
+    last_indexed: int  # position of the last index entry (0: the implicit first)
+    index_fd: int | None = None
+
+
+class Partition:
+    def __init__(self, topic: str, number: int, path: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES, sync: bool = False):
+        self.topic = topic
+        self.number = number
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.sync = sync
+        self._lock_file = None
+        self._tail: _Tail | None = None
+
+    def __repr__(self) -> str:
+        return f"Partition({self.topic!r}, {self.number})"
+
+    # ------------------------------------------------------------------ reading
+
+    def segments(self) -> list[int]:
+        return list_segments(self.path)
+
+    def _log_path(self, base: int) -> str:
+        return os.path.join(self.path, log_name(base))
+
+    def _index_path(self, base: int) -> str:
+        return os.path.join(self.path, index_name(base))
+
+    def start_offset(self) -> int:
+        bases = self.segments()
+        return bases[0] if bases else 0
+
+    def end_offset(self) -> int:
+        """The offset the next appended record will get (Kafka's log end offset)."""
+        bases = self.segments()
+        if not bases:
+            return 0
+        base = bases[-1]
+        path = self._log_path(base)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # replaced under us: look again
+            return self.end_offset()
+        try:
+            position, next_offset, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
+            reader = BatchReader(fd, path, position)
+            for _, header, _, _ in reader.headers():
+                next_offset = header[3] + header[4] + 1
+            return next_offset
+        finally:
+            os.close(fd)
+
+    def size(self) -> int:
+        total = 0
+        for base in self.segments():
+            try:
+                total += os.stat(self._log_path(base)).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def cursor(self, offset: int) -> "Cursor":
+        return Cursor(self, offset)
+
+    def read(self, offset: int = 0, stop: int | None = None):
+        """Yield the records from ``offset`` up to (not including) ``stop`` or the end."""
+        stop = self.end_offset() if stop is None else stop
+        cur = self.cursor(offset)
+        try:
+            while True:
+                batches = cur.poll()
+                if not batches:
+                    return
+                for b in batches:
+                    if b.base_offset >= stop:
+                        return
+                    yield from b.records(b.index_of(offset), b.index_of(stop))
+        finally:
+            cur.close()
+
+    def offset_for_timestamp(self, timestamp: int) -> int:
+        """Offset of the first record (in offset order) with a timestamp >= ``timestamp``.
+
+        Returns the end offset when there is none. Costs a binary search in each
+        segment's index plus a scan of at most one index interval per segment.
+        """
+        for base in self.segments():
+            path = self._log_path(base)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                index = Index.load(self._index_path(base))
+                entry = index.floor_timestamp(timestamp)
+                position = 0
+                if entry is not None and _entry_is_valid(fd, entry):
+                    position = entry[1]
+                reader = BatchReader(fd, path, position)
+                for pos, header, buf, rel in reader.headers():
+                    if header[7] >= timestamp:  # max_timestamp
+                        b = batchfmt.decode(buf, rel, header, path)
+                        for off, ts in zip(b.offsets(), b.timestamps()):
+                            if ts >= timestamp:
+                                return off
+            finally:
+                os.close(fd)
+        return self.end_offset()
+
+    # ------------------------------------------------------------------ writing
+
+    def _lock(self):
+        if self._lock_file is None:
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, FILE_MODE)
+            self._lock_file = os.fdopen(fd, "r+")
+        portalocker.lock(self._lock_file, portalocker.LockFlags.EXCLUSIVE)
+
+    def _unlock(self):
+        portalocker.unlock(self._lock_file)
+
+    def append(
+        self,
+        values,
+        keys=None,
+        headers=None,
+        timestamp: int | None = None,
+        timestamps=None,
+    ) -> tuple[int, int]:
+        """Append one batch of records; return (first offset, last offset).
+
+        The batch is in the page cache (visible to readers, safe from a crash of
+        this process) when this returns, and on disk if the partition syncs.
+        """
+        if timestamp is None and timestamps is None:
+            timestamp = now_ms()
+        self._lock()
+        try:
+            tail = self._recover_tail()
+            if tail.end >= self.segment_bytes:
+                tail = self._roll(tail)
+            data = batchfmt.encode(
+                tail.next_offset, values, keys, headers,
+                timestamp=timestamp or 0, timestamps=timestamps,
+            )
+            position = tail.end
+            try:
+                write_all(tail.fd, data)
+                if self.sync:
+                    os.fdatasync(tail.fd)
+            except BaseException:
+                # Leave no torn batch behind for the next writer to find, and
+                # forget what we knew: the file may not be what we think.
+                self._forget_tail()
+                try:
+                    fd = os.open(self._log_path(tail.base), os.O_WRONLY)
+                    os.ftruncate(fd, position)
+                    os.close(fd)
+                except OSError:
+                    pass
+                raise
+            first = tail.next_offset
+            count = len(values)
+            if position - tail.last_indexed >= INTERVAL_BYTES:
+                self._append_index(tail, first, position)
+            tail.end = position + len(data)
+            tail.next_offset = first + count
+            batch_max = max(timestamps) if timestamps is not None else timestamp
+            tail.max_timestamp = max(tail.max_timestamp, batch_max)
+            return first, first + count - 1
+        finally:
+            self._unlock()
+
+    def _append_index(self, tail: _Tail, offset: int, position: int) -> None:
+        if tail.index_fd is None:
+            tail.index_fd = os.open(
+                self._index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE
+            )
+        append_entry(tail.index_fd, offset, position, tail.max_timestamp)
+        tail.last_indexed = position
+
+    def _forget_tail(self) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            os.close(tail.fd)
+            if tail.index_fd is not None:
+                os.close(tail.index_fd)
+
+    def close(self) -> None:
+        self._forget_tail()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _recover_tail(self) -> _Tail:
+        """Under the lock: find (and if needed repair) the end of the log."""
+        bases = self.segments()
+        if not bases:
+            self._create_segment(0)
+            bases = [0]
+        base = bases[-1]
+        path = self._log_path(base)
+        tail = self._tail
+        if tail is not None and tail.base == base:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_ino == tail.inode and st.st_size == tail.end:
+                return tail  # nobody wrote since our last append
+        self._forget_tail()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        try:
+            tail = self._scan_tail(fd, base, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._tail = tail
+        return tail
+
+    def _scan_tail(self, fd: int, base: int, path: str) -> _Tail:
+        index_path = self._index_path(base)
+        index = Index.load(index_path)
+        position, next_offset, max_ts = _scan_start(fd, base, index)
+        reader = BatchReader(fd, path, position)
+        for pos, header, _, _ in reader.headers():
+            next_offset = header[3] + header[4] + 1
+            max_ts = max(max_ts, header[7])
+        end = reader.stop_position
+        size = os.fstat(fd).st_size
+        if reader.stop != CLEAN or size != end:
+            # Raises CorruptLog if valid batches follow: never cut those off.
+            classify_damage(fd, path, end, False, reader.reason or "unexpected bytes")
+            os.ftruncate(fd, end)
+            if self.sync:
+                os.fsync(fd)
+        # Keep only index entries that point into the valid log, whole.
+        entries = index.entries_before(end)
+        index_fd = None
+        if entries != len(index) or len(index.blob) % 24:
+            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            os.ftruncate(index_fd, entries * 24)
+        last_indexed = index.entry(entries - 1)[1] if entries else 0
+        return _Tail(base, fd, os.fstat(fd).st_ino, end, next_offset, max_ts, last_indexed, index_fd)
+
+    def _create_segment(self, base: int) -> int:
+        fd = os.open(self._log_path(base), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        if self.sync:
+            fsync_dir(self.path)
+        return fd
+
+    def _roll(self, tail: _Tail) -> _Tail:
+        base = tail.next_offset
+        fd = self._create_segment(base)
+        self._forget_tail()
+        self._tail = _Tail(base, fd, os.fstat(fd).st_ino, 0, base, NO_TIMESTAMP, 0)
+        return self._tail
+
+
+def init_partition(path: str, sync: bool = False) -> None:
+    """Create an empty partition directory with its first (empty) segment."""
+    make_dirs(path)
+    os.close(os.open(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    if sync:
+        fsync_dir(path)
+
+
+def _entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
+    """Does an index entry point at the start of a batch with its base offset?"""
+    head = os.pread(fd, batchfmt.HEADER_SIZE, entry[1])
+    return (
+        len(head) == batchfmt.HEADER_SIZE
+        and head[:4] == batchfmt.MAGIC
+        and int.from_bytes(head[12:20], "big", signed=True) == entry[0]
+    )
+
+
+def _scan_start(fd: int, base: int, index: Index) -> tuple[int, int, int]:
+    """Where to start scanning for the end of a segment: the last valid index entry.
+
+    Returns (position, offset at that position, max timestamp before it).
+    """
+    i = len(index) - 1
+    while i >= 0:
+        entry = index.entry(i)
+        if _entry_is_valid(fd, entry):
+            return entry[1], entry[0], entry[2]
+        i -= 1
+    return 0, base, NO_TIMESTAMP
+
+
+class Cursor:
+    """Reads a partition forward from an offset, across segments, without a lock.
+
+    ``poll()`` returns the batches available now (possibly none) and never
+    returns a batch twice; ``offset`` is the next offset to deliver.
+    """
+
+    def __init__(self, partition: Partition, offset: int):
+        self.partition = partition
+        self.offset = offset
+        self._fd: int | None = None
+        self._base = -1
+        self._path = ""
+        self._position = 0
+        self._seek(offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self, base: int) -> None:
+        self.close()
+        self._base = base
+        self._path = self.partition._log_path(base)
+        self._fd = os.open(self._path, os.O_RDONLY)
+        self._position = 0
+
+    def _seek(self, offset: int) -> None:
+        bases = self.partition.segments()
+        if not bases:
+            return
+        base = bases[0]
+        for b in bases:
+            if b <= offset:
+                base = b
+        self._open(base)
+        entry = Index.load(self.partition._index_path(base)).floor_offset(offset)
+        if entry is not None and _entry_is_valid(self._fd, entry):
+            self._position = entry[1]
+
+    def poll(self, max_bytes: int = 8 * 1024 * 1024) -> list:
+        """Decoded batches that end after ``offset``, up to about ``max_bytes``."""
+        if self._fd is None:
+            self._seek(self.offset)
+            if self._fd is None:
+                return []
+        out = []
+        while True:
+            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes)
+            for b in reader.batches():
+                if b.next_offset > self.offset:
+                    out.append(b)
+                    self.offset = b.next_offset
+            self._position = reader.stop_position
+            if out:
+                return out
+            if reader.stop not in (CLEAN, DAMAGED):
+                continue  # the limit was reached skipping batches before ``offset``
+            # List later segments before looking again: a writer finishes a
+            # batch before it rolls, so if a later segment exists, any batch
+            # that was still being written here is complete now.
+            later = [b for b in self.partition.segments() if b > self._base]
+            again = BatchReader(self._fd, self._path, self._position, limit=1)
+            if any(True for _ in again.headers()):
+                continue
+            if again.stop == DAMAGED:
+                classify_damage(self._fd, self._path, self._position, bool(later), again.reason)
+                return out  # a torn tail, or a batch still being written: wait here
+            if not later:
+                return out
+            self._open(later[0])

@@ -1,0 +1,140 @@
+"""Segment files: naming, listing, and reading batches from a byte position.
+
+A segment is ``<base offset, 20 digits>.log`` holding batches back to back,
+with ``<base offset>.index`` beside it. Reading takes no lock: a reader stops
+at the first batch that is incomplete or fails its checksum and reports why,
+and the caller decides (with ``classify_damage``) whether that is a torn tail
+to wait at or corruption to report.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import batch as batchfmt
+from .errors import CorruptLog
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+DIGITS = 20
+READ_CHUNK = 4 * 1024 * 1024
+
+# Why a reader stopped before the end of the bytes it could see.
+CLEAN = "clean"  # every byte up to the end of the file was a valid batch
+DAMAGED = "damaged"  # an incomplete or invalid batch starts at stop_position
+LIMIT = "limit"  # the reader's byte limit was reached
+
+
+def log_name(base_offset: int) -> str:
+    return f"{base_offset:0{DIGITS}d}{LOG_SUFFIX}"
+
+
+def index_name(base_offset: int) -> str:
+    return f"{base_offset:0{DIGITS}d}{INDEX_SUFFIX}"
+
+
+def list_segments(partition_dir: str) -> list[int]:
+    """Base offsets of the segments in a partition directory, ascending."""
+    bases = []
+    for name in os.listdir(partition_dir):
+        if len(name) == DIGITS + len(LOG_SUFFIX) and name.endswith(LOG_SUFFIX) and name[:DIGITS].isdigit():
+            bases.append(int(name[:DIGITS]))
+    bases.sort()
+    return bases
+
+
+class BatchReader:
+    """Iterates the valid batches of one open segment file from ``position``.
+
+    After iteration, ``stop`` is CLEAN or DAMAGED and ``stop_position`` is
+    the byte position after the last valid batch (where the damage starts).
+    ``header_only`` skips decoding payloads (the checksum is still checked).
+    """
+
+    def __init__(self, fd: int, path: str, position: int, limit: int | None = None):
+        self.fd = fd
+        self.path = path
+        self.stop = CLEAN
+        self.stop_position = position
+        self.reason = ""
+        self._limit = limit  # stop (cleanly) after this many bytes of batches
+
+    def headers(self):
+        """Yield (position, header, buf, buf_position) for each valid batch."""
+        fd = self.fd
+        pos = self.stop_position
+        buf = b""
+        buf_pos = pos  # file position of buf[0]
+        read_so_far = 0
+        check = batchfmt.check
+        while True:
+            rel = pos - buf_pos
+            status, info = check(buf, rel, len(buf))
+            if status == batchfmt.OK:
+                size = batchfmt.PREFIX_SIZE + info[2]
+                yield pos, info, buf, rel
+                pos += size
+                self.stop_position = pos
+                read_so_far += size
+                if self._limit is not None and read_so_far >= self._limit:
+                    self.stop = LIMIT
+                    return
+                continue
+            if status == batchfmt.INVALID:
+                self.stop, self.reason = DAMAGED, info
+                return
+            # INCOMPLETE: read more, at least the whole batch if its length is known.
+            need = READ_CHUNK
+            have = len(buf) - rel
+            if have >= batchfmt.PREFIX_SIZE:
+                need = max(need, batchfmt.PREFIX_SIZE + int.from_bytes(buf[rel + 8 : rel + 12], "big") - have)
+            more = os.pread(fd, need, buf_pos + len(buf))
+            if not more:
+                if have:
+                    self.stop, self.reason = DAMAGED, "incomplete batch at end of file"
+                return
+            buf = buf[rel:] + more if have else more
+            buf_pos = pos
+
+    def batches(self):
+        """Yield decoded ``RecordBatch``es."""
+        decode = batchfmt.decode
+        path = self.path
+        for pos, header, buf, rel in self.headers():
+            b = decode(buf, rel, header, path)
+            b.position = pos
+            yield b
+
+
+def classify_damage(fd: int, path: str, position: int, later_segment_exists: bool, reason: str) -> None:
+    """Raise CorruptLog unless the damage at ``position`` is a torn tail.
+
+    A torn tail is damage that nothing valid follows, in the last segment.
+    Damage followed by a valid batch, or in a closed segment, is corruption:
+    treating it as a tail would throw away acknowledged data.
+    """
+    if later_segment_exists:
+        raise CorruptLog(path, position, reason + " in a closed segment")
+    found = find_valid_batch(fd, position + 1, os.fstat(fd).st_size)
+    if found is not None:
+        raise CorruptLog(path, position, f"{reason}, followed by a valid batch at byte {found}")
+
+
+def find_valid_batch(fd: int, start: int, size: int) -> int | None:
+    """Position of the first checksum-valid batch in the file between ``start`` and ``size``."""
+    pos = start
+    while pos < size:
+        window = os.pread(fd, READ_CHUNK, pos)
+        hit = window.find(batchfmt.MAGIC)
+        while hit >= 0:
+            candidate = pos + hit
+            header = os.pread(fd, batchfmt.PREFIX_SIZE, candidate)
+            length = int.from_bytes(header[8:12], "big") if len(header) == batchfmt.PREFIX_SIZE else 0
+            if batchfmt.MIN_LENGTH <= length <= batchfmt.MAX_BATCH_BYTES:
+                whole = os.pread(fd, batchfmt.PREFIX_SIZE + length, candidate)
+                if batchfmt.check(whole, 0, len(whole))[0] == batchfmt.OK:
+                    return candidate
+            hit = window.find(batchfmt.MAGIC, hit + 1)
+        # Overlap windows by the magic's length so a split magic is still seen.
+        pos += max(len(window) - len(batchfmt.MAGIC) + 1, 1)
+    return None

@@ -1,0 +1,94 @@
+"""A topic: its configuration and its partitions."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+
+from .errors import PartitionNotFound, UnsupportedFormat, UsageError
+from .murmur2 import partition_for_key
+from .partition import DEFAULT_SEGMENT_BYTES, Partition
+
+TOPIC_FILE = "topic.json"
+TOPIC_FORMAT = 1
+MIN_SEGMENT_BYTES = 4096
+
+DEFAULT_CONFIG = {
+    "segment_bytes": DEFAULT_SEGMENT_BYTES,
+    "sync": False,
+}
+
+
+def check_config(config: dict) -> dict:
+    """Return a complete, validated config (defaults filled in)."""
+    unknown = set(config) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise UsageError(f"unknown topic setting(s): {', '.join(sorted(unknown))}")
+    merged = {**DEFAULT_CONFIG, **config}
+    seg = merged["segment_bytes"]
+    if not isinstance(seg, int) or isinstance(seg, bool) or seg < MIN_SEGMENT_BYTES:
+        raise UsageError(f"segment size must be at least {MIN_SEGMENT_BYTES} bytes, not {seg!r}")
+    if not isinstance(merged["sync"], bool):
+        raise UsageError("sync must be true or false")
+    return merged
+
+
+class Topic:
+    def __init__(self, name: str, path: str, meta: dict):
+        self.name = name
+        self.path = path
+        self.partition_count: int = meta["partitions"]
+        self.config: dict = meta["config"]
+        self._partitions: dict[int, Partition] = {}
+        # Start at a random partition so that many short-lived producers spread out.
+        start = random.randrange(self.partition_count)
+        self._round_robin = itertools.cycle(
+            list(range(start, self.partition_count)) + list(range(start))
+        )
+
+    @staticmethod
+    def load_meta(path: str) -> dict:
+        with open(os.path.join(path, TOPIC_FILE), "rb") as f:
+            meta = json.loads(f.read())
+        if meta.get("format", 0) > TOPIC_FORMAT:
+            raise UnsupportedFormat(
+                f"topic at {path} has format {meta['format']}, newer than this kq "
+                f"understands ({TOPIC_FORMAT}); upgrade kq"
+            )
+        meta["config"] = {**DEFAULT_CONFIG, **meta.get("config", {})}
+        return meta
+
+    def __repr__(self) -> str:
+        return f"Topic({self.name!r}, partitions={self.partition_count})"
+
+    def partition(self, number: int) -> Partition:
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < self.partition_count:
+            raise PartitionNotFound(self.name, number, self.partition_count)
+        p = self._partitions.get(number)
+        if p is None:
+            p = Partition(
+                self.name,
+                number,
+                os.path.join(self.path, str(number)),
+                segment_bytes=self.config["segment_bytes"],
+                sync=self.config["sync"],
+            )
+            self._partitions[number] = p
+        return p
+
+    def partitions(self) -> list[Partition]:
+        return [self.partition(i) for i in range(self.partition_count)]
+
+    def partition_for_key(self, key: bytes) -> int:
+        """Kafka's default partitioner: murmur2 of the key."""
+        return partition_for_key(key, self.partition_count)
+
+    def next_partition(self) -> int:
+        """Partition for the next batch of unkeyed records (round robin per batch)."""
+        return next(self._round_robin)
+
+    def close(self) -> None:
+        for p in self._partitions.values():
+            p.close()
