@@ -310,6 +310,8 @@ def consume(
                     break
     except KeyboardInterrupt:
         pass  # SIGINT/SIGTERM end a follow quietly
+    except BrokenPipeError:
+        _quiet_stdout()  # the reader left (`kq consume t | head`): its job is done
     finally:
         consumer.close()
         t.close()
@@ -550,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         code = _error(f"{exc.strerror or exc}{where}", 1)
-    except (click_exc.Abort, EOFError):
+    except (typer.Abort, EOFError):
         code = 130
     try:
         sys.stdout.flush()

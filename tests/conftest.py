@@ -1,0 +1,68 @@
+"""Fixtures: a temporary data directory and ``run_kq``, the real command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+KQ = [sys.executable, "-m", "kq"]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return str(tmp_path / "data")
+
+
+@pytest.fixture
+def run_kq(data_dir):
+    """Run ``kq --data-dir DATA ARGS...``; returns the CompletedProcess (bytes)."""
+
+    def run(*args, input: bytes | str | None = None, env: dict | None = None, timeout: float = 60, data: str | None = data_dir):
+        if isinstance(input, str):
+            input = input.encode()
+        full_env = {**os.environ, **(env or {})}
+        prefix = ["--data-dir", data] if data is not None else []
+        return subprocess.run(
+            KQ + prefix + [str(a) for a in args],
+            input=input,
+            capture_output=True,
+            env=full_env,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture
+def spawn_kq(data_dir):
+    """Start ``kq --data-dir DATA ARGS...`` in the background; the caller ends it."""
+    procs = []
+
+    def spawn(*args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        p = subprocess.Popen(KQ + ["--data-dir", data_dir] + [str(a) for a in args], **kwargs)
+        procs.append(p)
+        return p
+
+    yield spawn
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``condition()`` until it returns a true value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

@@ -1,0 +1,319 @@
+"""produce / consume through the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import KQ, wait_for
+
+
+def test_text_round_trip(run_kq):
+    r = run_kq("produce", "demo", input="".join(f"line {i}\n" for i in range(100)))
+    assert r.returncode == 0, r.stderr
+    assert b"created topic 'demo'" in r.stderr
+    out = run_kq("consume", "demo")
+    assert out.returncode == 0
+    assert out.stdout == "".join(f"line {i}\n" for i in range(100)).encode()
+
+
+def test_last_line_needs_no_newline_and_empty_lines_are_messages(run_kq):
+    run_kq("produce", "t", input="a\n\nb")
+    assert run_kq("consume", "t", "--json").stdout.count(b"\n") == 3
+    assert run_kq("consume", "t").stdout == b"a\n\nb\n"
+
+
+def test_binary_round_trip_with_nul_delimiter(run_kq):
+    messages = [bytes(range(256)).replace(b"\0", b""), b"\n\n\r\xff\xfe", b"", b"plain"]
+    r = run_kq("produce", "bin", "-0", input=b"\0".join(messages) + b"\0")
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "bin", "-0").stdout == b"\0".join(messages) + b"\0"
+    # The same bytes survive a JSON round trip (base64 for what is not UTF-8).
+    copied = run_kq("consume", "bin", "--json").stdout
+    assert b'"value_encoding":"base64"' in copied
+    assert run_kq("produce", "bin2", "--json", input=copied).returncode == 0
+    assert run_kq("consume", "bin2", "-0").stdout == b"\0".join(messages) + b"\0"
+
+
+def test_custom_delimiter_with_escape(run_kq):
+    run_kq("produce", "t", "-D", r"\t", input="a\tb\tc")
+    assert run_kq("consume", "t", "-D", "|").stdout == b"a|b|c|"
+
+
+def test_six_megabyte_message(run_kq):
+    big = os.urandom(3 * 1024 * 1024).hex().encode()  # 6 MiB, no newline inside
+    assert run_kq("produce", "big", input=big + b"\nsmall\n").returncode == 0
+    out = run_kq("consume", "big").stdout
+    assert out == big + b"\nsmall\n"
+
+
+def test_file_option(run_kq, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("x\ny\n")
+    assert run_kq("produce", "t", "--file", src).returncode == 0
+    assert run_kq("consume", "t").stdout == b"x\ny\n"
+    r = run_kq("produce", "t", "--file", tmp_path / "missing")
+    assert r.returncode == 1 and b"kq: error: cannot read" in r.stderr
+
+
+def test_json_envelope_copies_keys_headers_nulls_and_partitions(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "3")
+    run_kq("produce", "src", "-K", ":", "-H", "trace=abc", "-H", "x=1", input="k1:v1\nk2:\nk3:v3\n")
+    run_kq("produce", "src", "-p", "2", "-Z", input="\n")  # a null value (tombstone)
+    src = [json.loads(line) for line in run_kq("consume", "src", "--json").stdout.splitlines()]
+    assert {r["key"] for r in src} == {"k1", "k2", "k3", None}
+    assert all(r["headers"] == {"trace": "abc", "x": "1"} for r in src if r["key"])
+    assert [r["value"] for r in src if r["key"] == "k2"] == [""]
+    assert [r["value"] for r in src if r["key"] is None] == [None]
+    run_kq("topic", "create", "dst", "--partitions", "3")
+    piped = run_kq("consume", "src", "--json").stdout
+    assert run_kq("produce", "dst", "--json", input=piped).returncode == 0
+    dst = [json.loads(line) for line in run_kq("consume", "dst", "--json").stdout.splitlines()]
+    strip = lambda rs: sorted((r["partition"], r["offset"], r["key"], r["value"], json.dumps(r["headers"])) for r in rs)  # noqa: E731
+    assert strip(dst) == strip(src)
+
+
+def test_key_option_sends_all_to_one_partition(run_kq):
+    run_kq("topic", "create", "t", "--partitions", "4")
+    run_kq("produce", "t", "-k", "user-42", input="a\nb\nc\n")
+    parts = set(run_kq("consume", "t", "-F", r"%p %k\n").stdout.decode().split("\n")) - {""}
+    assert len(parts) == 1 and parts.pop().endswith(" user-42")
+
+
+def test_unkeyed_messages_spread_over_partitions(run_kq):
+    run_kq("topic", "create", "t", "--partitions", "3")
+    for _ in range(12):
+        run_kq("produce", "t", input="m\n")
+    d = json.loads(run_kq("topic", "describe", "t", "--json").stdout)
+    assert sum(p["end_offset"] for p in d["partitions"]) == 12
+    assert sum(1 for p in d["partitions"] if p["end_offset"] > 0) >= 2
+
+
+def test_format_tokens(run_kq):
+    run_kq("produce", "fmt", "-k", "K", "-H", "h=v", input="hello\n")
+    out = run_kq("consume", "fmt", "-F", r"%t|%p|%o|%k|%s|%h|%%|\t|%T\n").stdout.decode()
+    topic, part, off, key, value, headers, pct, tab, ts = out.rstrip("\n").split("|")
+    assert (topic, part, off, key, value, headers, pct, tab) == ("fmt", "0", "0", "K", "hello", "h=v", "%", "\t")
+    assert abs(int(ts) - time.time() * 1000) < 60_000
+    # The format alone decides what is written: no delimiter is added.
+    assert run_kq("consume", "fmt", "-F", "%s").stdout == b"hello"
+
+
+def test_offset_specs(run_kq):
+    run_kq("produce", "t", input="".join(f"{i}\n" for i in range(10)))
+    c = lambda *a: run_kq("consume", "t", *a).stdout.decode().split()  # noqa: E731
+    assert c("-o", "beginning") == [str(i) for i in range(10)]
+    assert c("-o", "7") == ["7", "8", "9"]
+    assert c("-o", "-2") == ["8", "9"]
+    assert c("-o", "end") == []
+    assert c("-o", "3:5") == ["3", "4"]
+    assert c("-o", "-4:-2") == ["6", "7"]
+    assert c("-o", "2", "-n", "3") == ["2", "3", "4"]
+    assert c("-o", "-100") == [str(i) for i in range(10)]
+
+
+def test_timestamp_specs(run_kq, tmp_path):
+    # Fabricate timestamps through the JSON envelope rather than sleeping.
+    base = 1_700_000_000_000
+    lines = "".join(json.dumps({"value": str(i), "timestamp": base + i * 60_000}) + "\n" for i in range(10))
+    assert run_kq("produce", "t", "--json", input=lines).returncode == 0
+    c = lambda *a: run_kq("consume", "t", *a).stdout.decode().split()  # noqa: E731
+    assert c("-o", f"@{base + 5 * 60_000}") == ["5", "6", "7", "8", "9"]
+    assert c("-o", f"@{base + 5 * 60_000 - 1}") == ["5", "6", "7", "8", "9"]
+    # ISO-8601 with 'Z': 1_700_000_000_000 is 2023-11-14T22:13:20Z
+    assert c("-o", "@2023-11-14T22:15:20Z:@2023-11-14T22:17:20Z") == ["2", "3"]
+    assert c("-o", "@-1h") == []  # all of it is years old
+    assert c("-o", "@0:@-1h") == [str(i) for i in range(10)]
+
+
+def test_partition_option(run_kq):
+    run_kq("topic", "create", "t", "--partitions", "2")
+    run_kq("produce", "t", "-p", "1", input="one\n")
+    run_kq("produce", "t", "-p", "0", input="zero\n")
+    assert run_kq("consume", "t", "-p", "1").stdout == b"one\n"
+    r = run_kq("consume", "t", "-p", "5")
+    assert r.returncode == 2 and b"partition 5 does not exist" in r.stderr
+    r = run_kq("produce", "t", "-p", "2", input="x\n")
+    assert r.returncode == 2 and b"kq: error:" in r.stderr
+
+
+def test_consume_ends_at_the_end_as_it_was_at_start(run_kq, spawn_kq, data_dir):
+    run_kq("produce", "busy", input="".join(f"{i}\n" for i in range(1000)))
+    writer = spawn_kq("produce", "busy", stdin=subprocess.PIPE)
+    try:
+        writer.stdin.write(b"more\n" * 1000)
+        writer.stdin.flush()
+        r = run_kq("consume", "busy", timeout=30)
+        assert r.returncode == 0
+        assert len(r.stdout.split(b"\n")) - 1 >= 1000
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+
+
+def test_follow_sees_new_messages_and_exits_zero_on_sigterm(run_kq, spawn_kq):
+    run_kq("produce", "live", input="first\n")
+    follower = spawn_kq("consume", "live", "-f")
+    lines = []
+    os.set_blocking(follower.stdout.fileno(), False)
+
+    def read_lines():
+        chunk = follower.stdout.read()
+        if chunk:
+            lines.extend(chunk.decode().split())
+        return lines
+
+    wait_for(lambda: "first" in read_lines(), message="the first message")
+    run_kq("produce", "live", input="second\n")
+    wait_for(lambda: "second" in read_lines(), message="a message produced while following")
+    follower.send_signal(signal.SIGTERM)
+    assert follower.wait(timeout=10) == 0
+    assert b"Traceback" not in follower.stderr.read()
+
+
+def test_slow_pipe_line_is_appended_before_eof(run_kq, spawn_kq):
+    producer = spawn_kq("produce", "logs", stdin=subprocess.PIPE)
+    producer.stdin.write(b"alone\n")
+    producer.stdin.flush()
+    # The producer's stdin stays open: the line must still become visible.
+    wait_for(lambda: run_kq("consume", "logs").stdout == b"alone\n", message="a line from an open pipe")
+    producer.stdin.close()
+    assert producer.wait(timeout=10) == 0
+
+
+def test_broken_pipe_is_quiet(run_kq, data_dir):
+    run_kq("produce", "t", input="".join(f"{i}\n" for i in range(200_000)))
+    p = subprocess.run(
+        " ".join(KQ) + f" --data-dir '{data_dir}' consume t | head -3",
+        shell=True, capture_output=True, timeout=60,
+    )
+    assert p.stdout == b"0\n1\n2\n"
+    assert p.stderr == b""
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["consume", "nope"], 1, b"topic 'nope' does not exist"),
+        (["topic", "describe", "nope"], 1, b"topic 'nope' does not exist"),
+        (["topic", "create", "bad/name"], 2, b"invalid topic name"),
+        (["topic", "create", ".."], 2, b"invalid topic name"),
+        (["topic", "create", "x" * 250], 2, b"invalid topic name"),
+        (["produce", "a b"], 2, b"invalid topic name"),
+        (["topic", "create", "t", "--partitions", "0"], 2, b"partitions must be between"),
+        (["consume", "t", "-o", "soon"], 2, b"bad offset"),
+        (["consume", "t", "-o", "@yesterday"], 2, b"bad timestamp"),
+        (["produce", "t", "-H", "novalue"], 2, b"is not NAME=VALUE"),
+        (["produce", "t", "--json", "-k", "x"], 2, b"--json cannot be combined"),
+        (["consume", "t", "--json", "-F", "%s"], 2, b"use either -F/--format or --json"),
+        (["topic", "create", "t", "--segment-bytes", "lots"], 2, b"bad size"),
+        (["consum", "t"], 2, b"Did you mean 'consume'"),
+        (["consume", "t", "--bogus"], 2, b"No such option"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(run_kq, args, code, message):
+    run_kq("topic", "create", "t")
+    r = run_kq(*args, input="x\n")
+    assert r.returncode == code, r.stderr
+    assert r.stderr.startswith(b"kq: error: "), r.stderr
+    assert message in r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+def test_bad_json_line_is_reported_with_its_number(run_kq):
+    r = run_kq("produce", "t", "--json", input='{"value": "ok"}\nnot json\n')
+    assert r.returncode == 2 and b"line 2: not valid JSON" in r.stderr
+
+
+def test_invalid_name_touches_no_file(run_kq, data_dir):
+    run_kq("produce", "../escape", input="x\n")
+    assert not os.path.exists(os.path.join(os.path.dirname(data_dir), "escape"))
+
+
+def test_topic_commands(run_kq):
+    assert run_kq("topic", "create", "b", "--partitions", "3").returncode == 0
+    assert run_kq("topic", "create", "a").returncode == 0
+    r = run_kq("topic", "create", "a")
+    assert r.returncode == 1 and b"already exists" in r.stderr
+    assert run_kq("topic", "create", "a", "--if-not-exists").returncode == 0
+    assert run_kq("topic", "list").stdout == b"a\nb\n"
+    assert json.loads(run_kq("topic", "list", "--json").stdout) == [
+        {"name": "a", "partitions": 1}, {"name": "b", "partitions": 3}]
+    run_kq("produce", "b", "-p", "1", input="x\ny\n")
+    d = json.loads(run_kq("topic", "describe", "b", "--json").stdout)
+    assert d["name"] == "b" and d["config"]["sync"] is False
+    assert [(p["partition"], p["start_offset"], p["end_offset"]) for p in d["partitions"]] == [(0, 0, 0), (1, 0, 2), (2, 0, 0)]
+    assert d["partitions"][1]["size"] > 0
+    assert run_kq("topic", "delete", "b").returncode == 0
+    assert run_kq("topic", "list").stdout == b"a\n"
+    assert run_kq("topic", "delete", "b").returncode == 1
+    assert run_kq("topic", "delete", "b", "--if-exists").returncode == 0
+
+
+def test_version_and_module_entry_point(run_kq):
+    r = run_kq("--version", data=None)
+    assert r.returncode == 0 and r.stdout.startswith(b"kq ")
+    r = subprocess.run(["kq", "--version"], capture_output=True)
+    assert r.stdout == subprocess.run(KQ + ["--version"], capture_output=True).stdout
+
+
+def test_data_dir_resolution_and_mode(run_kq, tmp_path):
+    env_dir = tmp_path / "from-env"
+    r = run_kq("produce", "t", input="x\n", data=None, env={"KQ_DATA_DIR": str(env_dir)})
+    assert r.returncode == 0 and (env_dir / "topics" / "t").is_dir()
+    assert oct(env_dir.stat().st_mode & 0o777) == "0o700"
+    xdg = tmp_path / "xdg"
+    env = {k: v for k, v in os.environ.items() if k != "KQ_DATA_DIR"}
+    env["XDG_DATA_HOME"] = str(xdg)
+    r = subprocess.run(KQ + ["produce", "t"], input=b"x\n", env=env, capture_output=True)
+    assert r.returncode == 0 and (xdg / "kq" / "topics" / "t").is_dir()
+    env = {k: v for k, v in env.items() if k != "XDG_DATA_HOME"}
+    env["HOME"] = str(tmp_path / "home")
+    r = subprocess.run(KQ + ["produce", "t"], input=b"x\n", env=env, capture_output=True)
+    assert r.returncode == 0 and (tmp_path / "home" / ".local" / "share" / "kq" / "topics" / "t").is_dir()
+    assert oct((tmp_path / "home" / ".local").stat().st_mode & 0o777) == "0o700"
+
+
+def test_reading_does_not_create_the_data_dir(run_kq, data_dir):
+    assert run_kq("topic", "list").stdout == b""
+    assert run_kq("consume", "t").returncode == 1
+    assert not os.path.exists(data_dir)
+
+
+def test_newer_format_is_refused(run_kq, data_dir):
+    run_kq("produce", "t", input="x\n")
+    with open(os.path.join(data_dir, "kq.json"), "w") as f:
+        f.write('{"format": 99}\n')
+    for args in (["consume", "t"], ["produce", "t"], ["topic", "list"]):
+        r = run_kq(*args, input="y\n")
+        assert r.returncode == 1 and b"newer than this kq understands" in r.stderr
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """An existing empty directory this process cannot write to (root included)."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    if os.geteuid() == 0:
+        # Root ignores permission bits; the immutable attribute stops it too.
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i support")
+        yield path
+        subprocess.run(["chattr", "-i", str(path)])
+    else:
+        path.chmod(0o500)
+        yield path
+        path.chmod(0o700)
+
+
+def test_unwritable_data_dir_is_a_clear_error(run_kq, unwritable_dir):
+    r = run_kq("produce", "t", input="x\n", data=str(unwritable_dir))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr
+    assert str(unwritable_dir).encode() in r.stderr

@@ -1,0 +1,34 @@
+import pytest
+
+import kq
+
+# Apache Kafka's own vectors (clients/src/test/.../utils/UtilsTest.java, testMurmur2).
+KAFKA_VECTORS = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+    b"": 275646681,
+}
+
+
+@pytest.mark.parametrize("key,expected", KAFKA_VECTORS.items())
+def test_murmur2_matches_kafka(key, expected):
+    assert kq.murmur2(key) == expected
+
+
+def test_partition_is_to_positive_modulo():
+    # toPositive(-790332482) = 1357151166; 1357151166 % 50 = 16
+    assert kq.partition_for_key(b"foobar", 50) == 16
+    assert all(0 <= kq.partition_for_key(k, 7) < 7 for k in KAFKA_VECTORS)
+
+
+def test_keyed_produce_lands_in_kafkas_partition(run_kq):
+    keys = [k.decode() for k in KAFKA_VECTORS if k and b":" not in k]
+    lines = "".join(f"{k}:v\n" for k in keys)
+    assert run_kq("produce", "keyed", "--partitions", "12", "-K", ":", input=lines).returncode == 0
+    out = run_kq("consume", "keyed", "-F", r"%k %p\n").stdout.decode().split("\n")
+    placed = dict(line.split(" ") for line in out if line)
+    assert placed == {k: str(kq.partition_for_key(k.encode(), 12)) for k in keys}
