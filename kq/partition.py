@@ -24,6 +24,7 @@ from .segment import (
     DAMAGED,
     BatchReader,
     classify_damage,
+    find_valid_batch,
     index_name,
     list_segments,
     log_name,
@@ -92,10 +93,17 @@ class Partition:
             return self.end_offset()
         try:
             position, next_offset, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
-            reader = BatchReader(fd, path, position)
-            for _, header, _, _ in reader.headers():
-                next_offset = header[3] + header[4] + 1
-            return next_offset
+            while True:
+                reader = BatchReader(fd, path, position)
+                for _, header, _, _ in reader.headers():
+                    next_offset = header[3] + header[4] + 1
+                if reader.stop != DAMAGED:
+                    return next_offset
+                # A torn tail ends the log. Valid batches after damage still
+                # count: the end is theirs, and a reader will report the damage.
+                position = find_valid_batch(fd, reader.stop_position + 1, os.fstat(fd).st_size)
+                if position is None:
+                    return next_offset
         finally:
             os.close(fd)
 
