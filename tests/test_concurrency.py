@@ -73,11 +73,15 @@ def test_kill_9_mid_stream_leaves_a_log_the_next_producer_continues(run_kq, spaw
         stop = threading.Event()
 
         def pump():
+            # About 100,000 lines a second: the kill lands mid-stream, and the
+            # log stays small enough to check line by line.
             i = 0
             try:
                 while not stop.is_set():
-                    producer.stdin.write(b"".join(b"r%d-%08d\n" % (round_, i + j) for j in range(500)))
-                    i += 500
+                    producer.stdin.write(b"".join(b"r%d-%08d\n" % (round_, i + j) for j in range(1000)))
+                    producer.stdin.flush()
+                    i += 1000
+                    stop.wait(0.01)
             except (BrokenPipeError, ValueError):
                 pass
 
