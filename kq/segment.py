@@ -88,12 +88,13 @@ class BatchReader:
             have = len(buf) - rel
             if have >= batchfmt.PREFIX_SIZE:
                 need = max(need, batchfmt.PREFIX_SIZE + int.from_bytes(buf[rel + 8 : rel + 12], "big") - have)
-            more = os.pread(fd, need, buf_pos + len(buf))
-            if not more:
+            # Re-read from the batch start rather than concatenating: one copy, not two.
+            more = os.pread(fd, need + have, pos)
+            if len(more) <= have:
                 if have:
                     self.stop, self.reason = DAMAGED, "incomplete batch at end of file"
                 return
-            buf = buf[rel:] + more if have else more
+            buf = more
             buf_pos = pos
 
     def batches(self):
