@@ -140,6 +140,14 @@ class RecordBatch:
         base = self.base_timestamp
         return [base + d for d in self.timestamp_deltas]
 
+    def offset_at(self, index: int) -> int:
+        """Offset of record ``index``; ``next_offset`` for index == count."""
+        if index >= self.count:
+            return self.next_offset
+        if self.offset_deltas is None:
+            return self.base_offset + index
+        return self.base_offset + self.offset_deltas[index]
+
     def index_of(self, offset: int) -> int:
         """Index of the first record whose offset is >= ``offset``."""
         if self.offset_deltas is None:

@@ -40,6 +40,18 @@ topic_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(topic_app, name="topic")
+offsets_app = typer.Typer(
+    help="Show and move consumer groups' committed offsets.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+)
+app.add_typer(offsets_app, name="offsets")
+group_app = typer.Typer(
+    help="List, describe and delete consumer groups.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+)
+app.add_typer(group_app, name="group")
 
 
 class Settings:
@@ -257,11 +269,16 @@ def produce(
 def consume(
     ctx: typer.Context,
     topic: str = typer.Argument(..., help="Topic to read."),
-    offset: str = typer.Option("beginning", "-o", "--offset", metavar="SPEC", help="beginning, end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
+    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
     partition: List[int] = typer.Option([], "-p", "--partition", help="Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
     exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
+    reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
+    no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
+    exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch, the messages on its stdin; with -g, commit a batch only when CMD exits 0."),
+    batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
     fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per line (topic, partition, offset, timestamp, key, value, headers)."),
     delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message [default: \n]."),
@@ -277,7 +294,7 @@ def consume(
 
       kq consume logs -o @-1h -F '%T %s\\n'    [dim]# the last hour, with timestamps[/dim]
 
-      kq consume demo --json | jq -r .value
+      kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: at least once, commit on success[/dim]
     """
     from .consumer import Consumer
     from .offsetspec import parse_range
@@ -285,36 +302,114 @@ def consume(
     s = _settings(ctx)
     if fmt is not None and json_output:
         raise typer.BadParameter("use either -F/--format or --json", param_hint="--json")
+    if group is not None and (offset is not None or partition):
+        raise typer.BadParameter("a group chooses its own offsets and partitions; use `kq offsets reset` to move them", param_hint="-g")
+    if no_commit and group is None:
+        raise typer.BadParameter("--no-commit needs -g/--group", param_hint="--no-commit")
+    if reset not in ("earliest", "latest"):
+        raise typer.BadParameter(f"{reset!r} is not earliest or latest", param_hint="--reset")
     delim = _delimiter(delimiter, null)
-    spec = parse_range(offset)
+    spec = parse_range(offset or "beginning")
     t = s.data.topic(topic)
-    numbers = None
-    if partition:
-        numbers = sorted({t.partition(p).number for p in partition})
-    consumer = Consumer(t, numbers, spec, follow=follow)
     write = _record_writer(t.name, fmt, json_output, delim)
-    out = sys.stdout.buffer
-    remaining = count
+    member = None
+    if group is not None and not no_commit:
+        from .group import GroupConsumer
+
+        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset)
+        source, rounds = member, member.rounds()
+    elif group is not None:
+        from .group import group_start_offsets
+
+        source = Consumer(t, follow=follow)
+        for p, start in group_start_offsets(s.data, t, group, reset).items():
+            source.add(p, start)
+        rounds = source.rounds()
+    else:
+        numbers = sorted({t.partition(p).number for p in partition}) if partition else None
+        source = Consumer.from_spec(t, numbers, spec, follow=follow)
+        rounds = source.rounds()
     try:
-        if remaining == 0:
+        if count == 0:
             return
-        for sl in consumer:
-            stop = sl.stop
-            if remaining is not None and stop - sl.start > remaining:
-                stop = sl.start + remaining
-            out.write(write(sl.partition, sl.batch, sl.start, stop))
-            out.flush()
-            if remaining is not None:
-                remaining -= stop - sl.start
-                if remaining <= 0:
-                    break
+        rounds = _limited(rounds, count)
+        if exec_cmd is not None:
+            _run_exec(rounds, write, exec_cmd, batch, member)
+        else:
+            _write_rounds(rounds, write, member)
     except KeyboardInterrupt:
-        pass  # SIGINT/SIGTERM end a follow quietly
+        pass  # SIGINT/SIGTERM end a consume quietly, after committing what was written
     except BrokenPipeError:
         _quiet_stdout()  # the reader left (`kq consume t | head`): its job is done
     finally:
-        consumer.close()
+        source.close()
         t.close()
+
+
+def _limited(rounds, count: Optional[int]):
+    """The rounds, cut short after ``count`` records in all."""
+    if count is None:
+        yield from rounds
+        return
+    remaining = count
+    for slices in rounds:
+        taken = []
+        for sl in slices:
+            if sl.stop - sl.start >= remaining:
+                taken.append(sl._replace(stop=sl.start + remaining))
+                remaining = 0
+                break
+            taken.append(sl)
+            remaining -= sl.stop - sl.start
+        yield taken
+        if remaining == 0:
+            return
+
+
+def _write_rounds(rounds, write, member) -> None:
+    """Write each round, flush, then mark it written (so a group may commit it)."""
+    out = sys.stdout.buffer
+    for slices in rounds:
+        for sl in slices:
+            out.write(write(sl.partition, sl.batch, sl.start, sl.stop))
+        out.flush()
+        if member is not None:
+            for sl in slices:
+                member.mark(sl.partition, sl.offset_after())
+
+
+def _exec_batches(slices, size: int):
+    """Cut a round of slices into runs of at most ``size`` records."""
+    chunk, room = [], size
+    for sl in slices:
+        start = sl.start
+        while start < sl.stop:
+            stop = min(sl.stop, start + room)
+            chunk.append(sl._replace(start=start, stop=stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
+def _run_exec(rounds, write, command: str, size: int, member) -> None:
+    """Run ``command`` per batch; commit a batch only after the command succeeded."""
+    import subprocess
+
+    for slices in rounds:
+        for chunk in _exec_batches(slices, size):
+            data = b"".join(write(sl.partition, sl.batch, sl.start, sl.stop) for sl in chunk)
+            status = subprocess.run(command, shell=True, input=data).returncode
+            if status != 0:
+                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+                raise KqError(f"command {command!r} {how}; its batch was not committed and will be delivered again")
+            if member is not None:
+                for sl in chunk:
+                    member.mark(sl.partition, sl.offset_after())
+                member.commit()
 
 
 def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
@@ -503,6 +598,182 @@ def topic_delete(
             return
         raise
     s.info(f"deleted topic '{name}'")
+
+
+# --------------------------------------------------------------------- offsets and groups
+
+
+def _emit_rows(rows: list[dict], columns: list[str], json_output: bool, title: str) -> None:
+    """Rows as JSON (scripts), a rich table (terminal) or tab-separated text (pipes)."""
+    if json_output:
+        _print_json(rows)
+    elif _is_terminal():
+        _rich_table(title, columns, [[r.get(c) for c in columns] for r in rows])
+    else:
+        print("\t".join(columns))
+        for r in rows:
+            print("\t".join("-" if r.get(c) is None else str(r.get(c)) for c in columns))
+
+
+def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
+    from .group import Groups
+
+    store = Groups(data)
+    ends = []
+    for p in t.partitions():
+        ends.append((p.number, p.start_offset(), p.end_offset()))
+    if not groups:
+        return [{"topic": t.name, "partition": n, "start_offset": lo, "end_offset": hi} for n, lo, hi in ends]
+    rows = []
+    for g in groups:
+        committed = store.committed(g, t.name)
+        for n, lo, hi in ends:
+            c = committed.get(n)
+            rows.append({
+                "topic": t.name, "partition": n, "start_offset": lo, "end_offset": hi,
+                "group": g, "committed": c, "lag": hi - (lo if c is None else max(c, lo)),
+            })
+    return rows
+
+
+@offsets_app.command("show")
+def offsets_show(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="Topic name."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", help="Only this group [default: every group of the topic]."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."),
+) -> None:
+    """Per partition: start and end offset, and each group's committed offset and lag.
+
+    [bold]Examples[/bold]
+
+      kq offsets show orders
+
+      kq offsets show orders -g billing --json | jq 'map(.lag) | add'
+    """
+    from .group import Groups
+    from .names import check_name
+
+    s = _settings(ctx)
+    t = s.data.topic(topic)
+    groups = [check_name(group, "group")] if group else Groups(s.data).groups_of_topic(t.name)
+    rows = _offset_rows(s.data, t, groups)
+    columns = ["partition", "start_offset", "end_offset"] + (["group", "committed", "lag"] if groups else [])
+    _emit_rows(rows, columns, json_output, f"offsets of {t.name}")
+
+
+@offsets_app.command("reset")
+def offsets_reset(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="Topic name."),
+    group: str = typer.Option(..., "-g", "--group", help="The group whose offsets move."),
+    to: str = typer.Option(..., "--to", metavar="SPEC", help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
+    partition: List[int] = typer.Option([], "-p", "--partition", help="Only this partition (repeatable) [default: all]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the before/after table and change nothing."),
+    json_output: bool = typer.Option(False, "--json", help="The before/after table as JSON."),
+) -> None:
+    """Move a group's committed offsets (the group must have no live members on the topic).
+
+    Results outside a partition's range are clamped to it, and said so.
+
+    [bold]Examples[/bold]
+
+      kq offsets reset orders -g billing --to earliest --dry-run
+
+      kq offsets reset orders -g billing --to @2024-05-01T00:00:00Z
+
+      kq offsets reset orders -g billing --to -100 -p 3     [dim]# replay 100 on partition 3[/dim]
+    """
+    from .group import Groups
+    from .offsetspec import parse_spec
+
+    s = _settings(ctx)
+    spec = parse_spec(to, relative=True)
+    t = s.data.topic(topic)
+    numbers = sorted({t.partition(p).number for p in partition}) if partition else None
+    store = Groups(s.data)
+    rows = store.plan_reset(group, t, spec, numbers)
+    for r in rows:
+        if r["clamped"]:
+            s.info(f"partition {r['partition']}: clamped to {r['after']} (offsets {r['start_offset']}..{r['end_offset']})")
+    if not dry_run:
+        store.apply_reset(group, t.name, rows)
+    _emit_rows(rows, ["partition", "start_offset", "end_offset", "before", "after"], json_output,
+               f"{'would reset' if dry_run else 'reset'} {group} on {t.name}")
+
+
+@group_app.command("list")
+def group_list(
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help="A JSON list of {group, topics, members}."),
+) -> None:
+    """List consumer groups: one name per line (a table on a terminal)."""
+    from .group import Groups
+
+    s = _settings(ctx)
+    store = Groups(s.data)
+    names = store.names()
+    if not json_output and not _is_terminal():
+        for n in names:
+            print(n)
+        return
+    rows = [{"group": g, "topics": store.topics(g), "members": store.live_member_count(g)} for g in names]
+    if json_output:
+        _print_json(rows)
+    else:
+        _rich_table("consumer groups", ["group", "topics", "members"],
+                    [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows])
+
+
+@group_app.command("describe")
+def group_describe(
+    ctx: typer.Context,
+    group: str = typer.Argument(..., help="Group name."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON object: group, partitions (committed, lag, owner), members (and what each owns)."),
+) -> None:
+    """Show a group's committed offsets, lag and live members, per topic and partition."""
+    from .errors import GroupNotFound, TopicNotFound
+    from .group import Groups
+
+    s = _settings(ctx)
+    store = Groups(s.data)
+    if not store.exists(group):
+        raise GroupNotFound(group)
+    partitions, members = [], []
+    for topic in store.topics(group):
+        try:
+            t = s.data.topic(topic)
+        except TopicNotFound:
+            continue
+        owners = store.owners(group, topic)
+        for r in _offset_rows(s.data, t, [group]):
+            r["owner"] = owners.get(r["partition"])
+            partitions.append(r)
+        for m in store.members(group, topic):
+            members.append({**m, "partitions": sorted(p for p, o in owners.items() if o == m["member"])})
+    if json_output:
+        _print_json({"group": group, "partitions": partitions, "members": members})
+        return
+    _emit_rows(partitions, ["topic", "partition", "committed", "end_offset", "lag", "owner"], False, f"group {group}")
+    if _is_terminal():
+        _rich_table("members", ["member", "host", "pid", "topic", "partitions"],
+                    [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"]))] for m in members])
+    else:
+        for m in members:
+            print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}")
+
+
+@group_app.command("delete")
+def group_delete(
+    ctx: typer.Context,
+    group: str = typer.Argument(..., help="Group name."),
+) -> None:
+    """Delete a group and its committed offsets (it must have no live members)."""
+    from .group import Groups
+
+    s = _settings(ctx)
+    Groups(s.data).delete(group)
+    s.info(f"deleted group '{group}'")
 
 
 # --------------------------------------------------------------------- entry point

@@ -20,71 +20,108 @@ class Slice(NamedTuple):
     start: int
     stop: int
 
+    def offset_after(self, index: int | None = None) -> int:
+        """The offset to resume at once records ``start:index`` were handled."""
+        return self.batch.offset_at(self.stop if index is None else index)
+
 
 class Consumer:
-    """Iterate the records of ``partitions`` (default: all) of ``topic``.
+    """Reads a changing set of partitions of ``topic`` in rounds.
 
-    Without ``follow`` it ends at the end offsets as they were when it was
-    created, so a busy topic still ends. With ``follow`` it waits for new
-    records until the caller stops iterating. ``positions`` holds, per
+    Each partition reads from a start offset to a stop offset; without
+    ``follow`` a partition with no stop stops at its end offset as it was
+    when it was added, so a busy topic still ends. ``positions`` holds, per
     partition, the next offset after the last slice handed out.
     """
 
-    def __init__(
-        self,
-        topic: Topic,
-        partitions: list[int] | None = None,
-        offsets: OffsetRange | dict[int, int] = OffsetRange(OffsetSpec(BEGINNING)),
-        follow: bool = False,
-        poll_seconds: float = POLL_SECONDS,
-    ):
+    def __init__(self, topic: Topic, follow: bool = False, poll_seconds: float = POLL_SECONDS):
         self.topic = topic
-        numbers = list(range(topic.partition_count)) if partitions is None else partitions
         self.follow = follow
         self.poll_seconds = poll_seconds
         self.positions: dict[int, int] = {}
         self.stops: dict[int, int | None] = {}
         self._cursors = {}
-        for n in numbers:
+        self._finished: set[int] = set()
+
+    @classmethod
+    def from_spec(
+        cls,
+        topic: Topic,
+        partitions: list[int] | None = None,
+        offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
+        follow: bool = False,
+    ) -> "Consumer":
+        consumer = cls(topic, follow)
+        for n in range(topic.partition_count) if partitions is None else partitions:
             part = topic.partition(n)
             end = part.end_offset()
-            if isinstance(offsets, dict):
-                start, stop = offsets[n], None
-            else:
-                start = offsets.start.resolve(part, end)
-                stop = None if offsets.stop is None else offsets.stop.resolve(part, end)
-            if stop is None and not follow:
-                stop = end
-            self.positions[n] = start
-            self.stops[n] = stop
-            self._cursors[n] = part.cursor(start)
+            start = offsets.start.resolve(part, end)
+            stop = None if offsets.stop is None else offsets.stop.resolve(part, end)
+            consumer.add(n, start, stop)
+        return consumer
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._cursors)
+
+    def add(self, number: int, start: int, stop: int | None = None) -> None:
+        part = self.topic.partition(number)
+        if stop is None and not self.follow:
+            stop = part.end_offset()
+        self.positions[number] = start
+        self.stops[number] = stop
+        self._cursors[number] = part.cursor(start)
+        self._finished.discard(number)
+        self._check_finished(number)
+
+    def remove(self, number: int) -> None:
+        cursor = self._cursors.pop(number, None)
+        if cursor is not None:
+            cursor.close()
+        self.positions.pop(number, None)
+        self.stops.pop(number, None)
+        self._finished.discard(number)
 
     def close(self) -> None:
-        for cur in self._cursors.values():
-            cur.close()
+        for n in list(self._cursors):
+            self.remove(n)
 
-    def __iter__(self) -> Iterator[Slice]:
-        active = [n for n in self._cursors if not self._done(n)]
-        while active:
-            delivered = False
-            for n in list(active):
-                cursor = self._cursors[n]
-                batches = cursor.poll()
-                stop = self.stops[n]
-                for b in batches:
-                    if stop is not None and b.base_offset >= stop:
-                        break
-                    lo = b.index_of(self.positions[n])
-                    hi = b.count if stop is None or b.next_offset <= stop else b.index_of(stop)
-                    self.positions[n] = max(self.positions[n], b.next_offset if hi == b.count else stop)
-                    if lo < hi:
-                        delivered = True
-                        yield Slice(n, b, lo, hi)
-                if self._done(n) or (not batches and not self.follow):
-                    active.remove(n)
-            if not delivered and active and self.follow:
-                time.sleep(self.poll_seconds)
+    def finished(self) -> bool:
+        """True when every partition has reached its stop (never while following without one)."""
+        return len(self._finished) == len(self._cursors)
 
-    def _done(self, n: int) -> bool:
+    def _check_finished(self, n: int) -> None:
         stop = self.stops[n]
-        return stop is not None and self.positions[n] >= stop
+        if stop is not None and self.positions[n] >= stop:
+            self._finished.add(n)
+
+    def poll(self) -> list[Slice]:
+        """One round: what each unfinished partition has now (possibly nothing)."""
+        out = []
+        for n in self.partitions:
+            if n in self._finished:
+                continue
+            batches = self._cursors[n].poll()
+            stop = self.stops[n]
+            for b in batches:
+                if stop is not None and b.base_offset >= stop:
+                    self.positions[n] = max(self.positions[n], stop)
+                    break
+                lo = b.index_of(self.positions[n])
+                hi = b.count if stop is None or b.next_offset <= stop else b.index_of(stop)
+                self.positions[n] = max(self.positions[n], b.offset_at(hi) if hi < b.count else b.next_offset)
+                if lo < hi:
+                    out.append(Slice(n, b, lo, hi))
+            self._check_finished(n)
+            if not batches and not self.follow:
+                self._finished.add(n)  # nothing more to read below the stop
+        return out
+
+    def rounds(self) -> Iterator[list[Slice]]:
+        """Non-empty rounds of slices, until finished (forever when following)."""
+        while not self.finished():
+            slices = self.poll()
+            if slices:
+                yield slices
+            elif self.follow:
+                time.sleep(self.poll_seconds)

@@ -51,6 +51,12 @@ class PartitionNotFound(UsageError):
         )
 
 
+class GroupNotFound(KqError):
+    def __init__(self, group: str):
+        super().__init__(f"group '{group}' does not exist")
+        self.group = group
+
+
 class MessageTooLarge(KqError):
     """A single record that cannot fit in one batch."""
 
@@ -67,6 +73,14 @@ class CorruptLog(KqError):
         self.path = path
         self.position = position
         self.reason = reason
+
+
+class CorruptFile(KqError):
+    """A small metadata file (committed offsets, topic config) that does not parse."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"corrupt file {path}: {reason}")
+        self.path = path
 
 
 class UnsupportedFormat(KqError):

@@ -1,0 +1,403 @@
+"""Consumer groups: committed offsets, and members sharing partitions.
+
+The coordinator is the lock table. Files under ``DATA/groups/GROUP/TOPIC/``:
+
+    P.offset             committed offset of partition P: {"format": 1, "offset": N, "committed_at": ms}
+    P.lock               flock'ed by the member that owns partition P; holds its member id
+    members/ID.member    one per live member, flock'ed by it for as long as it lives
+
+The kernel drops a dead process's locks, so liveness and ownership need no
+heartbeats: a member file that can be locked belongs to a dead member, and a
+partition whose lock can be taken is free. Every member computes the same
+assignment from the sorted list of live members (partition p goes to member
+p mod M), releases what is no longer its own and claims what is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+from typing import Iterator
+
+import portalocker
+
+from .consumer import POLL_SECONDS, Consumer, Slice
+from .datadir import DataDir
+from .errors import CorruptFile, GroupNotFound, KqError, UsageError
+from .fileio import FILE_MODE, atomic_write, make_dirs
+from .names import check_name
+from .offsetspec import OffsetSpec
+from .topic import Topic
+
+OFFSET_SUFFIX = ".offset"
+CLAIM_SUFFIX = ".lock"
+MEMBER_SUFFIX = ".member"
+MEMBERS_DIR = "members"
+OFFSETS_FORMAT = 1
+REBALANCE_SECONDS = 0.5
+# A member that exits at the end of the log waits this long for partitions
+# that another member still holds but is due to hand over.
+CLAIM_PATIENCE_SECONDS = 2.0
+
+_TRY_EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+
+
+def _try_lock(path: str, create: bool = False):
+    """Open and flock ``path`` without blocking: the open file, or None if it is held."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), FILE_MODE)
+    except FileNotFoundError:
+        return None
+    fh = os.fdopen(fd, "r+")
+    try:
+        portalocker.lock(fh, _TRY_EXCLUSIVE)
+    except portalocker.exceptions.LockException:
+        fh.close()
+        return None
+    return fh
+
+
+def _is_held(path: str) -> bool:
+    fh = _try_lock(path)
+    if fh is None:
+        return os.path.exists(path)
+    fh.close()  # closing drops the probe's lock
+    return False
+
+
+class Groups:
+    """The consumer groups of a data directory."""
+
+    def __init__(self, data: DataDir):
+        self.data = data
+        self.path = os.path.join(data.path, "groups")
+
+    def _dir(self, group: str, topic: str | None = None) -> str:
+        check_name(group, "group")
+        if topic is None:
+            return os.path.join(self.path, group)
+        return os.path.join(self.path, group, check_name(topic))
+
+    # ------------------------------------------------------------------ names
+
+    def names(self) -> list[str]:
+        if not self.data.exists():
+            return []
+        try:
+            return sorted(n for n in os.listdir(self.path) if os.path.isdir(os.path.join(self.path, n)))
+        except FileNotFoundError:
+            return []
+
+    def topics(self, group: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._dir(group)))
+        except FileNotFoundError:
+            return []
+
+    def exists(self, group: str) -> bool:
+        return self.data.exists() and os.path.isdir(self._dir(group))
+
+    def groups_of_topic(self, topic: str) -> list[str]:
+        return [g for g in self.names() if os.path.isdir(os.path.join(self.path, g, topic))]
+
+    # ------------------------------------------------------------------ offsets
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """Committed offsets of a group on a topic, by partition (absent: none yet)."""
+        directory = self._dir(group, topic)
+        out = {}
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            stem = name[: -len(OFFSET_SUFFIX)]
+            if name.endswith(OFFSET_SUFFIX) and stem.isdigit():
+                offset = self._read_offset(os.path.join(directory, name))
+                if offset is not None:
+                    out[int(stem)] = offset
+        return out
+
+    @staticmethod
+    def _read_offset(path: str) -> int | None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            offset = json.loads(raw)["offset"]
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                raise ValueError(offset)
+        except (ValueError, KeyError, TypeError):
+            raise CorruptFile(path, "not a committed-offset file") from None
+        return offset
+
+    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+        """Store a committed offset atomically (temp file, fsync, rename, fsync dir)."""
+        directory = self._dir(group, topic)
+        make_dirs(directory)
+        body = {"format": OFFSETS_FORMAT, "offset": offset, "committed_at": time.time_ns() // 1_000_000}
+        atomic_write(os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n")
+
+    # ------------------------------------------------------------------ members
+
+    def members(self, group: str, topic: str) -> list[dict]:
+        """Live members consuming ``topic`` in ``group`` (dead ones are cleaned up)."""
+        directory = os.path.join(self._dir(group, topic), MEMBERS_DIR)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        live = []
+        for name in names:
+            if not name.endswith(MEMBER_SUFFIX):
+                continue
+            path = os.path.join(directory, name)
+            fh = _try_lock(path)
+            if fh is not None:  # its owner is gone: tidy up under the lock
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                fh.close()
+                continue
+            try:
+                with open(path, "rb") as f:
+                    info = json.loads(f.read())
+            except (FileNotFoundError, ValueError):
+                continue
+            live.append(info)
+        return live
+
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        """Partition -> member id, for partitions a live member holds."""
+        directory = self._dir(group, topic)
+        out = {}
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            stem = name[: -len(CLAIM_SUFFIX)]
+            if name.endswith(CLAIM_SUFFIX) and stem.isdigit():
+                path = os.path.join(directory, name)
+                if _is_held(path):
+                    try:
+                        with open(path) as f:
+                            out[int(stem)] = f.read().strip()
+                    except FileNotFoundError:
+                        pass
+        return out
+
+    def live_member_count(self, group: str) -> int:
+        return sum(len(self.members(group, t)) for t in self.topics(group))
+
+    def delete(self, group: str) -> None:
+        if not self.exists(group):
+            raise GroupNotFound(group)
+        live = self.live_member_count(group)
+        if live:
+            raise KqError(f"group '{group}' has {live} live member(s); stop them first")
+        doomed = os.path.join(self.data.tmp_path, f"delete-group-{uuid.uuid4().hex}")
+        make_dirs(self.data.tmp_path)
+        os.rename(self._dir(group), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reset
+
+    def plan_reset(self, group: str, topic: Topic, spec: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
+        """What ``offsets reset`` would do: per partition before, after and whether it was clamped."""
+        committed = self.committed(group, topic.name)
+        rows = []
+        for n in range(topic.partition_count) if partitions is None else partitions:
+            part = topic.partition(n)
+            start, end = part.start_offset(), part.end_offset()
+            before = committed.get(n)
+            wanted = spec.resolve(part, end, committed=before)
+            after = min(max(wanted, start), end)
+            rows.append({
+                "topic": topic.name, "partition": n, "group": group,
+                "start_offset": start, "end_offset": end,
+                "before": before, "after": after, "clamped": after != wanted,
+            })
+        return rows
+
+    def apply_reset(self, group: str, topic: str, rows: list[dict]) -> None:
+        live = self.members(group, topic)
+        if live:
+            raise KqError(
+                f"group '{group}' has {len(live)} live member(s) consuming '{topic}'; stop them first"
+            )
+        for r in rows:
+            self.commit(group, topic, r["partition"], r["after"])
+
+
+def initial_offset(partition, reset: str) -> int:
+    return partition.start_offset() if reset == "earliest" else partition.end_offset()
+
+
+class Member:
+    """This process's membership of a group on one topic."""
+
+    def __init__(self, groups: Groups, group: str, topic: str):
+        self.groups = groups
+        self.group = group
+        self.topic = topic
+        self.dir = groups._dir(group, topic)
+        # Ids sort by joining time, so the longest-lived member keeps rank 0.
+        self.id = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._member_file = None
+        self._claims: dict[int, object] = {}
+
+    def join(self) -> None:
+        members = os.path.join(self.dir, MEMBERS_DIR)
+        self.groups.data.ensure()
+        make_dirs(members)
+        # Lock the file before it gets its final name, so that no prober can
+        # ever see it unlocked and take it for a dead member's.
+        tmp = os.path.join(members, f".{self.id}.joining")
+        fh = _try_lock(tmp, create=True)
+        info = {"member": self.id, "pid": os.getpid(), "host": socket.gethostname(),
+                "topic": self.topic, "joined_at": time.time_ns() // 1_000_000}
+        fh.write(json.dumps(info))
+        fh.flush()
+        os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
+        self._member_file = fh
+
+    def live_ids(self) -> list[str]:
+        return sorted(m["member"] for m in self.groups.members(self.group, self.topic))
+
+    def assignment(self, partition_count: int) -> set[int]:
+        ids = self.live_ids()
+        if self.id not in ids:
+            ids = sorted(ids + [self.id])
+        rank, size = ids.index(self.id), len(ids)
+        return {p for p in range(partition_count) if p % size == rank}
+
+    def claim(self, partition: int) -> bool:
+        fh = _try_lock(os.path.join(self.dir, f"{partition}{CLAIM_SUFFIX}"), create=True)
+        if fh is None:
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(self.id)
+        fh.flush()
+        self._claims[partition] = fh
+        return True
+
+    def release(self, partition: int) -> None:
+        fh = self._claims.pop(partition, None)
+        if fh is not None:
+            fh.close()
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self._claims)
+
+    def leave(self) -> None:
+        for p in list(self._claims):
+            self.release(p)
+        if self._member_file is not None:
+            try:
+                os.unlink(os.path.join(self.dir, MEMBERS_DIR, self.id + MEMBER_SUFFIX))
+            except FileNotFoundError:
+                pass
+            self._member_file.close()
+            self._member_file = None
+
+
+class GroupConsumer:
+    """Consume a topic as a member of a group, committing what the caller marks.
+
+    The caller writes each round of slices out, then calls ``mark`` with the
+    offset after what it wrote; marks are committed when the next round is
+    asked for, before a partition is handed to another member, and on
+    ``close``. So a commit never covers a record that was not written out.
+    """
+
+    def __init__(self, data: DataDir, topic: Topic, group: str, follow: bool = False,
+                 reset: str = "earliest", poll_seconds: float = POLL_SECONDS):
+        if reset not in ("earliest", "latest"):
+            raise UsageError(f"--reset must be earliest or latest, not {reset!r}")
+        self.groups = Groups(data)
+        self.topic = topic
+        self.group = check_name(group, "group")
+        self.follow = follow
+        self.reset = reset
+        self.poll_seconds = poll_seconds
+        self.member = Member(self.groups, group, topic.name)
+        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
+        self.warnings: list[str] = []
+        self._marks: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self._wanted: set[int] = set()
+
+    def mark(self, partition: int, offset: int) -> None:
+        if partition in self.member.owned:
+            self._marks[partition] = offset
+
+    def commit(self, partitions=None) -> None:
+        for p in list(self._marks) if partitions is None else partitions:
+            offset = self._marks.pop(p, None)
+            if offset is not None and offset != self._committed.get(p):
+                self.groups.commit(self.group, self.topic.name, p, offset)
+                self._committed[p] = offset
+
+    def _rebalance(self) -> None:
+        self._wanted = self.member.assignment(self.topic.partition_count)
+        for p in sorted(self.member.owned - self._wanted):
+            self.commit([p])
+            self.consumer.remove(p)
+            self.member.release(p)
+        for p in sorted(self._wanted - self.member.owned):
+            if self.member.claim(p):
+                committed = self.groups.committed(self.group, self.topic.name).get(p)
+                part = self.topic.partition(p)
+                start = initial_offset(part, self.reset) if committed is None else committed
+                self._committed[p] = committed
+                self.consumer.add(p, start)
+                if committed is None:
+                    # Remember where --reset put a new group, as Kafka does,
+                    # so that `latest` means "from when the group started".
+                    self._marks[p] = start
+
+    def rounds(self) -> Iterator[list[Slice]]:
+        self.member.join()
+        next_rebalance = 0.0
+        patience = time.monotonic() + CLAIM_PATIENCE_SECONDS
+        while True:
+            self.commit()
+            now = time.monotonic()
+            if now >= next_rebalance:
+                self._rebalance()
+                next_rebalance = now + REBALANCE_SECONDS
+            slices = self.consumer.poll()
+            if slices:
+                yield slices
+                continue
+            if not self.follow and self.consumer.finished():
+                if self._wanted <= self.member.owned or now > patience:
+                    return
+            time.sleep(self.poll_seconds)
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self.consumer.close()
+            self.member.leave()
+
+
+def group_start_offsets(data: DataDir, topic: Topic, group: str, reset: str = "earliest") -> dict[int, int]:
+    """Where the group would resume on each partition (for reading without joining)."""
+    committed = Groups(data).committed(group, topic.name)
+    return {
+        p: committed[p] if p in committed else initial_offset(topic.partition(p), reset)
+        for p in range(topic.partition_count)
+    }
+
