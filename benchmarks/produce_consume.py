@@ -1,4 +1,4 @@
-"""Whole-process `kq produce` from stdin and `kq consume` to /dev/null, beside `cat`.
+"""Whole-process `kq produce` from stdin and `kq consume` (with and without -g) to /dev/null, beside `cat`.
 
     python benchmarks/produce_consume.py [--messages 1000000] [--size 100] [--runs 5]
 
@@ -50,13 +50,14 @@ def main() -> None:
         src = os.path.join(work, "input.txt")
         make_input(src, args.messages, args.size)
         kq = " ".join(KQ)
-        results = {"cat | cat": [], "kq produce": [], "cat file": [], "kq consume": []}
+        results = {"cat | cat": [], "kq produce": [], "cat file": [], "kq consume": [], "kq consume -g": []}
         for run in range(args.runs):
             data = os.path.join(work, f"data{run}")
             results["cat | cat"].append(timed(f"cat {src} | cat > /dev/null"))
             results["kq produce"].append(timed(f"cat {src} | {kq} --data-dir {data} -q produce bench"))
             results["cat file"].append(timed(f"cat {src} > /dev/null"))
             results["kq consume"].append(timed(f"{kq} --data-dir {data} consume bench > /dev/null"))
+            results["kq consume -g"].append(timed(f"{kq} --data-dir {data} consume bench -g bench > /dev/null"))
             out = subprocess.run(f"{kq} --data-dir {data} consume bench | cmp - {src}", shell=True)
             if out.returncode != 0:
                 sys.exit("consume did not return exactly the produced bytes")
@@ -69,6 +70,7 @@ def main() -> None:
             print(f"{k:<14}{v:>10.3f}{n / v:>14,.0f}{n * args.size / v / 1e6:>10.1f}")
         print(f"produce: {n / med['kq produce']:,.0f} msg/s, {med['kq produce'] / med['cat | cat']:.1f}x the time of cat | cat")
         print(f"consume: {n / med['kq consume']:,.0f} msg/s, {med['kq consume'] / med['cat file']:.1f}x the time of cat")
+        print(f"consume -g (committing): {med['kq consume -g'] / med['kq consume']:.2f}x the time of consume without a group")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
