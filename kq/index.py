@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import struct
 
-from .fileio import write_all
-
 ENTRY = struct.Struct(">qqq")  # base_offset, position, max timestamp before it
 ENTRY_SIZE = ENTRY.size
 INTERVAL_BYTES = 4096
@@ -69,7 +67,3 @@ class Index:
     def entries_before(self, position: int) -> int:
         """How many entries point below ``position`` (what survives a truncation)."""
         return self._last_where(1, lambda p: p < position) + 1
-
-
-def append_entry(fd: int, offset: int, position: int, prior_max_timestamp: int) -> None:
-    write_all(fd, ENTRY.pack(offset, position, prior_max_timestamp))

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import portalocker
 
 from . import batch as batchfmt
-from .errors import CorruptLog
+from .errors import KqError
 from .fileio import FILE_MODE, fsync_dir, make_dirs, write_all
-from .index import INTERVAL_BYTES, NO_TIMESTAMP, Index, append_entry
+from .index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, Index
 from .segment import (
     CLEAN,
     DAMAGED,
@@ -208,17 +208,12 @@ class Partition:
                 # Leave no torn batch behind for the next writer to find, and
                 # forget what we knew: the file may not be what we think.
                 self._forget_tail()
-                try:
-                    fd = os.open(self._log_path(tail.base), os.O_WRONLY)
-                    os.ftruncate(fd, position)
-                    os.close(fd)
-                except OSError:
-                    pass
+                _truncate_quietly(self._log_path(tail.base), position)
                 raise
             first = tail.next_offset
             count = len(values)
             if position - tail.last_indexed >= INTERVAL_BYTES:
-                self._append_index(tail, first, position)
+                self._append_index(tail, [(first, position, tail.max_timestamp)])
             tail.end = position + len(data)
             tail.next_offset = first + count
             batch_max = max(timestamps) if timestamps is not None else timestamp
@@ -227,13 +222,155 @@ class Partition:
         finally:
             self._unlock()
 
-    def _append_index(self, tail: _Tail, offset: int, position: int) -> None:
+    def append_raw(self, batches: list[RawBatch]) -> int:
+        """Append batches exactly as another log stored them (replication).
+
+        The first batch must start at this partition's end offset, so offsets
+        stay identical to the source's. Returns the new end offset.
+        """
+        if not batches:
+            return self.end_offset()
+        self._lock()
+        try:
+            tail = self._recover_tail()
+            if batches[0].base_offset != tail.next_offset:
+                raise KqError(
+                    f"{self}: batch at offset {batches[0].base_offset} does not follow the end "
+                    f"offset {tail.next_offset}"
+                )
+            if tail.end >= self.segment_bytes:
+                tail = self._roll(tail)
+            position = tail.end
+            try:
+                for run in _runs(batches):
+                    write_all(tail.fd, run)
+                if self.sync:
+                    os.fdatasync(tail.fd)
+            except BaseException:
+                self._forget_tail()
+                _truncate_quietly(self._log_path(tail.base), position)
+                raise
+            entries = []
+            last_indexed = tail.last_indexed
+            for b in batches:
+                if position - last_indexed >= INTERVAL_BYTES:
+                    entries.append((b.base_offset, position, tail.max_timestamp))
+                    last_indexed = position
+                tail.max_timestamp = max(tail.max_timestamp, b.max_timestamp)
+                position += b.size
+            if entries:
+                self._append_index(tail, entries)
+            tail.end = position
+            tail.next_offset = batches[-1].next_offset
+            return tail.next_offset
+        finally:
+            self._unlock()
+
+    def raw_batches(self, offset: int = 0):
+        """Every valid batch from ``offset`` on, undecoded (raises CorruptLog on damage)."""
+        cursor = self.cursor(offset)
+        try:
+            while True:
+                batches = cursor.poll_raw()
+                if not batches:
+                    return
+                yield from batches
+        finally:
+            cursor.close()
+
+    def last_batch(self) -> RawBatch | None:
+        """The last valid batch of the log, or None if it is empty."""
+        for base in reversed(self.segments()):
+            path = self._log_path(base)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                position, _, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
+                last = None
+                for pos, header, buf, rel in BatchReader(fd, path, position).headers():
+                    last = (pos, header, buf, rel)
+                if last is not None:
+                    pos, header, buf, rel = last
+                    return RawBatch(header, buf, rel, pos)
+            finally:
+                os.close(fd)
+        return None
+
+    def damaged_tail(self) -> tuple[str, int] | None:
+        """(file, position) of bytes after the last valid batch, if any (a torn tail)."""
+        bases = self.segments()
+        if not bases:
+            return None
+        path = self._log_path(bases[-1])
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            position, _, _ = _scan_start(fd, bases[-1], Index.load(self._index_path(bases[-1])))
+            reader = BatchReader(fd, path, position)
+            for _ in reader.headers():
+                pass
+            return (path, reader.stop_position) if reader.stop == DAMAGED else None
+        finally:
+            os.close(fd)
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every record at or after ``offset``, which must start a batch (or be the end).
+
+        Used to cut a diverged replica back to its common prefix with the source,
+        the way a Kafka follower truncates to its leader's log.
+        """
+        self._lock()
+        try:
+            self._forget_tail()
+            bases = self.segments()
+            keep = [b for b in bases if b < offset]
+            for base in bases:
+                if base >= offset:
+                    self._remove_segment(base)
+            if not keep:
+                os.close(self._create_segment(offset))
+                return
+            base = keep[-1]
+            path = self._log_path(base)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                cut = None
+                for pos, header, _, _ in BatchReader(fd, path, 0).headers():
+                    if header[3] >= offset:
+                        cut = pos
+                        break
+                if cut is None:
+                    end = self.end_offset()
+                    if end != offset:
+                        raise KqError(f"{self}: offset {offset} is not at a batch boundary (end is {end})")
+                    return
+                os.ftruncate(fd, cut)
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            index = Index.load(self._index_path(base))
+            keep_entries = index.entries_before(cut)
+            if keep_entries != len(index):
+                _truncate_quietly(self._index_path(base), keep_entries * 24)
+        finally:
+            self._unlock()
+
+    def _remove_segment(self, base: int) -> None:
+        for path in (self._log_path(base), self._index_path(base)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.sync:
+            fsync_dir(self.path)
+
+    def _append_index(self, tail: _Tail, entries: list[tuple[int, int, int]]) -> None:
+        """Append (offset, position, max timestamp before it) entries in one write."""
         if tail.index_fd is None:
             tail.index_fd = os.open(
                 self._index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE
             )
-        append_entry(tail.index_fd, offset, position, tail.max_timestamp)
-        tail.last_indexed = position
+        write_all(tail.index_fd, b"".join(ENTRY.pack(*e) for e in entries))
+        tail.last_indexed = entries[-1][1]
 
     def _forget_tail(self) -> None:
         tail, self._tail = self._tail, None
@@ -313,12 +450,64 @@ class Partition:
         return self._tail
 
 
+class RawBatch:
+    """A batch as stored: a view of its bytes plus the header fields replication needs."""
+
+    __slots__ = ("position", "base_offset", "next_offset", "max_timestamp", "crc", "buf", "start", "size")
+
+    def __init__(self, header: tuple, buf, start: int, position: int = 0):
+        self.position = position
+        self.crc = header[1]
+        self.base_offset = header[3]
+        self.next_offset = header[3] + header[4] + 1
+        self.max_timestamp = header[7]
+        self.buf = buf  # batches read together share one buffer (see _runs)
+        self.start = start
+        self.size = batchfmt.batch_size(header)
+
+    @property
+    def data(self) -> memoryview:
+        return memoryview(self.buf)[self.start : self.start + self.size]
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        """What two copies of one batch share: base offset, size and checksum."""
+        return self.base_offset, self.size, self.crc
+
+
+def _raw_batch(buf, rel: int, header: tuple, path: str) -> RawBatch:
+    return RawBatch(header, buf, rel)
+
+
+def _runs(batches: list[RawBatch]) -> list[memoryview]:
+    """The batches' bytes as few views as possible: adjacent bytes of one buffer join."""
+    runs: list[list] = []
+    for b in batches:
+        if runs and runs[-1][0] is b.buf and runs[-1][2] == b.start:
+            runs[-1][2] = b.start + b.size
+        else:
+            runs.append([b.buf, b.start, b.start + b.size])
+    return [memoryview(buf)[lo:hi] for buf, lo, hi in runs]
+
+
 def init_partition(path: str, sync: bool = False) -> None:
     """Create an empty partition directory with its first (empty) segment."""
     make_dirs(path)
     os.close(os.open(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     if sync:
         fsync_dir(path)
+
+
+def _truncate_quietly(path: str, size: int) -> None:
+    """Best-effort truncation after a failed write (the error that caused it wins)."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
@@ -388,6 +577,13 @@ class Cursor:
 
     def poll(self, max_bytes: int = 8 * 1024 * 1024) -> list:
         """Decoded batches that end after ``offset``, up to about ``max_bytes``."""
+        return self._poll(max_bytes, batchfmt.decode)
+
+    def poll_raw(self, max_bytes: int = 8 * 1024 * 1024) -> list["RawBatch"]:
+        """Like ``poll`` but the batches' bytes as stored, undecoded (for replication)."""
+        return self._poll(max_bytes, _raw_batch)
+
+    def _poll(self, max_bytes: int, make) -> list:
         if self._fd is None:
             self._seek(self.offset)
             if self._fd is None:
@@ -395,10 +591,13 @@ class Cursor:
         out = []
         while True:
             reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes)
-            for b in reader.batches():
-                if b.next_offset > self.offset:
+            for pos, header, buf, rel in reader.headers():
+                next_offset = header[3] + header[4] + 1
+                if next_offset > self.offset:
+                    b = make(buf, rel, header, self._path)
+                    b.position = pos
                     out.append(b)
-                    self.offset = b.next_offset
+                    self.offset = next_offset
             self._position = reader.stop_position
             if out:
                 return out

@@ -48,7 +48,6 @@ class BatchReader:
 
     After iteration, ``stop`` is CLEAN or DAMAGED and ``stop_position`` is
     the byte position after the last valid batch (where the damage starts).
-    ``header_only`` skips decoding payloads (the checksum is still checked).
     """
 
     def __init__(self, fd: int, path: str, position: int, limit: int | None = None):
@@ -96,15 +95,6 @@ class BatchReader:
                 return
             buf = more
             buf_pos = pos
-
-    def batches(self):
-        """Yield decoded ``RecordBatch``es."""
-        decode = batchfmt.decode
-        path = self.path
-        for pos, header, buf, rel in self.headers():
-            b = decode(buf, rel, header, path)
-            b.position = pos
-            yield b
 
 
 def classify_damage(fd: int, path: str, position: int, later_segment_exists: bool, reason: str) -> None:

@@ -1,0 +1,62 @@
+"""`kq replicate` of a 1,000,000-message topic (100 MB) beside `cp -r` of the same directory.
+
+    python benchmarks/replicate.py [--messages 1000000] [--runs 5]
+
+Each run copies into a fresh directory; figures are medians. The target is
+that replicate runs at no less than half the speed of `cp -r` (ratio <= 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+KQ = [sys.executable, "-m", "kq"]
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="kq-bench-replicate-")
+    try:
+        data = os.path.join(work, "data")
+        line = b"r" * 99 + b"\n"
+        subprocess.run(KQ + ["--data-dir", data, "-q", "produce", "bench"],
+                       input=line * args.messages, check=True)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs)
+        cp, kq = [], []
+        for run in range(args.runs):
+            cp_dest = os.path.join(work, f"cp{run}")
+            replica = os.path.join(work, f"replica{run}")
+            cp.append(timed(["cp", "-r", data, cp_dest]))
+            kq.append(timed(KQ + ["--data-dir", data, "-q", "replicate", "bench", "--to", replica]))
+            if subprocess.run(KQ + ["--data-dir", data, "replicate", "--verify", "bench", "--to", replica],
+                              capture_output=True).returncode != 0:
+                sys.exit("the replica does not verify")
+            shutil.rmtree(cp_dest)
+            shutil.rmtree(replica)
+        c, k = statistics.median(cp), statistics.median(kq)
+        print(f"{args.messages:,} messages, {size / 1e6:.0f} MB, median of {args.runs} runs, {os.cpu_count()} CPUs")
+        print(f"cp -r          {c:7.3f} s  {size / c / 1e6:8.1f} MB/s")
+        print(f"kq replicate   {k:7.3f} s  {size / k / 1e6:8.1f} MB/s  {args.messages / k:,.0f} msg/s")
+        print(f"replicate takes {k / c:.2f}x the time of cp -r (target: <= 2)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

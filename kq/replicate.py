@@ -1,0 +1,279 @@
+"""Replication: keep a second data directory a batch-for-batch copy of chosen topics.
+
+The replica holds the source's batches byte for byte, so offsets, timestamps,
+keys and headers are identical and consumers (and their groups' committed
+offsets) can move to it. Copying appends whole batches under the replica
+partition's writer lock, so a kill -9 at any point leaves at worst a torn
+tail that readers never see and the next run truncates.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import portalocker
+
+from .datadir import DataDir
+from .errors import KqError, TopicNotFound
+from .fileio import FILE_MODE
+from .group import Groups
+from .partition import Partition
+from .topic import Topic
+
+LOCK_NAME = "replicate.lock"
+COPY_BYTES = 8 * 1024 * 1024
+FOLLOW_SECONDS = 0.2
+
+
+class Diverged(KqError):
+    """The replica holds records the source does not."""
+
+    def __init__(self, replica: str, topic: str, partition: int, offset: int):
+        super().__init__(
+            f"replica {replica} diverges from the source in {topic}/{partition} at offset {offset}: "
+            f"it holds records the source does not; rerun with --truncate to cut the replica back "
+            f"to offset {offset} and copy from there"
+        )
+        self.offset = offset
+
+
+@dataclass
+class CopyReport:
+    topic: str
+    partition: int
+    from_offset: int
+    to_offset: int
+    records: int = 0
+    bytes: int = 0
+    truncated_at: int | None = None
+
+
+@dataclass
+class VerifyReport:
+    topic: str
+    partition: int
+    source_end: int
+    replica_end: int | None
+    status: str  # identical | lagging | mismatch | missing
+    detail: str = ""
+    groups: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("identical", "lagging") and all(g["status"] != "ahead" for g in self.groups)
+
+
+def first_mismatch(source: Partition, replica: Partition) -> int | None:
+    """The first offset where the replica's batches differ from the source's, if any.
+
+    Batches are compared by base offset, size and checksum. A replica that is
+    a prefix of the source does not differ; one that goes on past the
+    source's end differs at the source's end.
+    """
+    last = replica.last_batch()
+    if last is None:
+        return None
+    # The common case: the replica's last batch is the source's, so the
+    # replica is a prefix (``--verify`` checks every batch).
+    for b in source.raw_batches(last.base_offset):
+        if b.identity == last.identity:
+            return None
+        break
+    src = source.raw_batches(replica.start_offset())
+    for rep in replica.raw_batches(replica.start_offset()):
+        s = next(src, None)
+        if s is None or s.identity != rep.identity:
+            return rep.base_offset
+    return None
+
+
+class Replicator:
+    """Copies topics from ``source`` to ``replica`` (two data directories)."""
+
+    def __init__(self, source: DataDir, replica: DataDir, truncate: bool = False, progress=None):
+        if os.path.realpath(source.path) == os.path.realpath(replica.path):
+            raise KqError("the replica must be another data directory than the source")
+        self.source = source
+        self.replica = replica
+        self.truncate = truncate
+        self.progress = progress  # callable(report, bytes_total) or None
+        self._lock_file = None
+
+    # ------------------------------------------------------------------ locking
+
+    def __enter__(self) -> "Replicator":
+        self.replica.ensure()
+        fd = os.open(os.path.join(self.replica.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fh = os.fdopen(fd, "r+")
+        try:
+            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            fh.close()
+            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends") from None
+        self._lock_file = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # ------------------------------------------------------------------ copying
+
+    def topic_names(self, topics: list[str] | None) -> list[str]:
+        names = self.source.topic_names() if topics is None else topics
+        for name in names:
+            self.source.topic(name)  # raises TopicNotFound early
+        return names
+
+    def replicate(self, topics: list[str] | None = None) -> list[CopyReport]:
+        reports = []
+        for name in self.topic_names(topics):
+            src = self.source.topic(name)
+            rep = self._create_like(src)
+            try:
+                for p in range(src.partition_count):
+                    reports.append(self._copy_partition(src.partition(p), rep.partition(p)))
+                self._copy_groups(src, rep)
+            finally:
+                src.close()
+                rep.close()
+        return reports
+
+    def _create_like(self, src: Topic) -> Topic:
+        try:
+            rep = self.replica.topic(src.name)
+        except TopicNotFound:
+            try:
+                rep = self.replica.create_topic(src.name, src.partition_count, dict(src.config))
+            except KqError:
+                rep = self.replica.topic(src.name)
+        if rep.partition_count != src.partition_count:
+            raise KqError(
+                f"topic '{src.name}' has {src.partition_count} partitions in the source "
+                f"but {rep.partition_count} in the replica"
+            )
+        return rep
+
+    def _copy_partition(self, src: Partition, rep: Partition) -> CopyReport:
+        start = rep.end_offset()
+        report = CopyReport(src.topic, src.number, start, start)
+        mismatch = first_mismatch(src, rep)
+        if mismatch is not None:
+            if not self.truncate:
+                raise Diverged(self.replica.path, src.topic, src.number, mismatch)
+            rep.truncate_to(mismatch)
+            report.truncated_at = report.from_offset = report.to_offset = start = mismatch
+        source_start = src.start_offset()
+        if start < source_start:
+            # The source no longer has what the replica lacks (retention): the
+            # copy starts where the source does.
+            rep.truncate_to(source_start)
+            report.from_offset = start = source_start
+        end = src.end_offset()
+        total = max(src.size() - rep.size(), 0)
+        cursor = src.cursor(start)
+        try:
+            while report.to_offset < end:
+                batches = cursor.poll_raw(COPY_BYTES)
+                if not batches:
+                    break
+                if batches[0].base_offset != report.to_offset:
+                    raise KqError(
+                        f"{src}: the source has no batch starting at offset {report.to_offset}; "
+                        "the replica cannot continue from there"
+                    )
+                rep.append_raw(batches)
+                report.to_offset = batches[-1].next_offset
+                report.records += report.to_offset - batches[0].base_offset
+                report.bytes += sum(b.size for b in batches)
+                if self.progress is not None:
+                    self.progress(report, total)
+        finally:
+            cursor.close()
+        return report
+
+    def _copy_groups(self, src: Topic, rep: Topic) -> None:
+        """Carry committed offsets over, never past what the replica holds."""
+        source_groups, replica_groups = Groups(self.source), Groups(self.replica)
+        ends = [rep.partition(p).end_offset() for p in range(rep.partition_count)]
+        for group in source_groups.groups_of_topic(src.name):
+            have = replica_groups.committed(group, rep.name)
+            for p, offset in source_groups.committed(group, src.name).items():
+                if p < len(ends) and have.get(p) != min(offset, ends[p]):
+                    replica_groups.commit(group, rep.name, p, min(offset, ends[p]))
+
+    def follow(self, topics: list[str] | None, interval: float = FOLLOW_SECONDS, on_copy=None) -> None:
+        """Replicate until interrupted; new batches reach the replica within ``interval``."""
+        while True:
+            reports = self.replicate(topics)
+            if on_copy is not None:
+                for r in reports:
+                    if r.records or r.truncated_at is not None:
+                        on_copy(r)
+            time.sleep(interval)
+
+    # ------------------------------------------------------------------ verifying
+
+    def verify(self, topics: list[str] | None = None) -> list[VerifyReport]:
+        reports = []
+        source_groups, replica_groups = Groups(self.source), Groups(self.replica)
+        for name in self.topic_names(topics):
+            src = self.source.topic(name)
+            try:
+                rep = self.replica.topic(name)
+            except TopicNotFound:
+                rep = None
+            for p in range(src.partition_count):
+                part = src.partition(p)
+                if rep is None or p >= rep.partition_count:
+                    reports.append(VerifyReport(name, p, part.end_offset(), None, "missing", "not in the replica"))
+                    continue
+                reports.append(_verify_partition(part, rep.partition(p)))
+            if rep is not None:
+                for group in source_groups.groups_of_topic(name):
+                    theirs = replica_groups.committed(group, name)
+                    for p, offset in source_groups.committed(group, name).items():
+                        if p >= len(reports) or p >= src.partition_count:
+                            continue
+                        r = next(x for x in reports if x.topic == name and x.partition == p)
+                        mine = theirs.get(p)
+                        status = "same" if mine == offset else ("behind" if mine is None or mine < offset else "ahead")
+                        r.groups.append({"group": group, "source": offset, "replica": mine, "status": status})
+        return reports
+
+
+def _verify_partition(src: Partition, rep: Partition) -> VerifyReport:
+    source_end = src.end_offset()
+    report = VerifyReport(src.topic, src.number, source_end, None, "identical")
+    try:
+        report.replica_end = rep.end_offset()
+        src_batches = src.raw_batches(rep.start_offset())
+        for b in rep.raw_batches(rep.start_offset()):  # recomputes every checksum
+            s = next(src_batches, None)
+            if s is None or s.identity != b.identity:
+                report.status = "mismatch"
+                report.detail = f"batches differ from offset {b.base_offset}"
+                return report
+        damage = rep.damaged_tail()
+        if damage is not None:
+            report.status = "mismatch"
+            report.detail = f"unreadable bytes at the end of {damage[0]} from byte {damage[1]}"
+            return report
+    except KqError as exc:
+        report.status = "mismatch"
+        report.detail = str(exc)
+        return report
+    if report.replica_end < source_end:
+        report.status = "lagging"
+        report.detail = f"{source_end - report.replica_end} record(s) behind"
+    return report
+
+
+def report_dict(report) -> dict:
+    d = asdict(report)
+    if isinstance(report, VerifyReport):
+        d["ok"] = report.ok
+    return d
