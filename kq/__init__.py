@@ -9,33 +9,39 @@
     [b'hello', b'world']
 
 The library imports neither typer nor rich; the ``kq`` command (kq.cli) is a
-thin layer over it.
+thin layer over it. Names are imported on first use, so that ``import kq``
+(and the command's start-up) stays cheap.
 """
 
 __version__ = "0.1.0"
 
-from .batch import Record, RecordBatch
-from .datadir import DataDir, default_path
-from .errors import (
-    CorruptLog,
-    DataDirError,
-    InvalidName,
-    InvalidOffsetSpec,
-    KqError,
-    MessageTooLarge,
-    PartitionNotFound,
-    TopicExists,
-    TopicNotFound,
-    UnsupportedFormat,
-    UsageError,
-)
-from .murmur2 import murmur2, partition_for_key
-from .partition import Cursor, Partition
-from .topic import Topic
+_EXPORTS = {
+    "Record": "batch", "RecordBatch": "batch",
+    "DataDir": "datadir", "default_path": "datadir",
+    "CorruptFile": "errors", "CorruptLog": "errors", "DataDirError": "errors",
+    "GroupNotFound": "errors", "InvalidName": "errors", "InvalidOffsetSpec": "errors",
+    "KqError": "errors", "MessageTooLarge": "errors", "PartitionNotFound": "errors",
+    "TopicExists": "errors", "TopicNotFound": "errors", "UnsupportedFormat": "errors",
+    "UsageError": "errors",
+    "Consumer": "consumer", "GroupConsumer": "group", "Groups": "group",
+    "murmur2": "partitioner", "partition_for_key": "partitioner",
+    "Cursor": "partition", "Partition": "partition",
+    "Producer": "producer", "Replicator": "replicate", "Topic": "topic",
+}
 
-__all__ = [
-    "CorruptLog", "Cursor", "DataDir", "DataDirError", "InvalidName", "InvalidOffsetSpec",
-    "KqError", "MessageTooLarge", "Partition", "PartitionNotFound", "Record", "RecordBatch",
-    "Topic", "TopicExists", "TopicNotFound", "UnsupportedFormat", "UsageError",
-    "default_path", "murmur2", "partition_for_key",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kq' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"kq.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

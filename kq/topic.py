@@ -8,7 +8,7 @@ import os
 import random
 
 from .errors import PartitionNotFound, UnsupportedFormat, UsageError
-from .murmur2 import partition_for_key
+from .partitioner import partition_for_key
 from .partition import DEFAULT_SEGMENT_BYTES, Partition
 
 TOPIC_FILE = "topic.json"
