@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Record": "batch", "RecordBatch": "batch",
-    "DataDir": "datadir", "default_path": "datadir",
+    "DataDir": "datadir", "default_path": "location",
     "CorruptFile": "errors", "CorruptLog": "errors", "DataDirError": "errors",
     "GroupNotFound": "errors", "InvalidName": "errors", "InvalidOffsetSpec": "errors",
     "KqError": "errors", "MessageTooLarge": "errors", "PartitionNotFound": "errors",

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_USAGE, KqError
+from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError
 
 app = typer.Typer(
     name="kq",
@@ -32,22 +32,47 @@ app = typer.Typer(
   tail -F app.log | kq produce logs   [dim]# ship a log as it grows[/dim]
 
   kq consume logs -f --json | jq .value
+
+  kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: commit only on success[/dim]
 """,
 )
 topic_app = typer.Typer(
-    help="Create, list, describe and delete topics.",
+    help="""Create, list, describe and delete topics.
+
+[bold]Examples[/bold]
+
+  kq topic create orders --partitions 8
+
+  kq topic list
+
+  kq topic describe orders --json
+""",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
 )
 app.add_typer(topic_app, name="topic")
 offsets_app = typer.Typer(
-    help="Show and move consumer groups' committed offsets.",
+    help="""Show and move consumer groups' committed offsets.
+
+[bold]Examples[/bold]
+
+  kq offsets show orders -g billing
+
+  kq offsets reset orders -g billing --to @-1h --dry-run
+""",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
 )
 app.add_typer(offsets_app, name="offsets")
 group_app = typer.Typer(
-    help="List, describe and delete consumer groups.",
+    help="""List, describe and delete consumer groups.
+
+[bold]Examples[/bold]
+
+  kq group list
+
+  kq group describe billing
+""",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
 )
@@ -77,6 +102,63 @@ def _settings(ctx: typer.Context) -> Settings:
     return ctx.find_root().obj
 
 
+def _data_path(ctx: typer.Context) -> str:
+    from .location import default_path
+
+    return os.path.abspath(ctx.find_root().params.get("data_dir") or default_path())
+
+
+def _completer(candidates):
+    """A completion callback that filters by prefix and never fails into the shell.
+
+    Completion runs on every Tab press: it only reads directory entries (see
+    kq.location) and must never print an error or write to the data directory.
+    """
+
+    def complete(ctx: typer.Context, incomplete: str) -> list[str]:
+        try:
+            return [c for c in candidates(ctx) if c.startswith(incomplete)]
+        except Exception:
+            return []
+
+    return complete
+
+
+def _topic_candidates(ctx):
+    from .location import topic_names
+
+    return topic_names(_data_path(ctx))
+
+
+def _group_candidates(ctx):
+    from .location import group_names
+
+    return group_names(_data_path(ctx))
+
+
+def _partition_candidates(ctx):
+    from .location import partition_count
+
+    # While an option's value is being completed, click leaves the positional
+    # arguments unparsed in ctx.args.
+    topic = ctx.params.get("topic") or ctx.params.get("name") or (ctx.args[0] if ctx.args else "")
+    return [str(p) for p in range(partition_count(_data_path(ctx), topic))]
+
+
+complete_topic = _completer(_topic_candidates)
+complete_group = _completer(_group_candidates)
+complete_partition = _completer(_partition_candidates)
+complete_offset = _completer(lambda ctx: ["beginning", "end"])
+complete_reset_spec = _completer(lambda ctx: ["earliest", "latest"])
+
+
+def _no_color(value: bool) -> None:
+    # Eager, so that `kq --no-color --help` is colourless too: rich honours
+    # NO_COLOR wherever a console is made.
+    if value:
+        os.environ["NO_COLOR"] = "1"
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"kq {__version__}")
@@ -88,10 +170,11 @@ def root(
     ctx: typer.Context,
     data_dir: Optional[str] = typer.Option(
         None, "--data-dir", metavar="DIR", envvar="KQ_DATA_DIR",
-        help="Data directory [default: $KQ_DATA_DIR, else $XDG_DATA_HOME/kq, else ~/.local/share/kq].",
+        help="Data directory \\[default: $KQ_DATA_DIR, else $XDG_DATA_HOME/kq, else ~/.local/share/kq].",
         show_default=False,
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No informational messages on stderr."),
+    no_color: bool = typer.Option(False, "--no-color", callback=_no_color, is_eager=True, help="No colour in tables, help and messages (also: NO_COLOR=1)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     ctx.obj = Settings(data_dir, quiet)
@@ -176,14 +259,14 @@ def _rich_table(title: str, columns: list[str], rows: list[list]) -> None:
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def produce(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., help="Topic to append to (created with 1 partition if missing)."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to append to (created with 1 partition if missing)."),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
-    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator [default: \n]; \t, \0, \xHH understood."),
+    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."),
     null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
     key: Optional[str] = typer.Option(None, "-k", "--key", help="Give every message this key."),
     key_delimiter: Optional[str] = typer.Option(None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."),
     header: List[str] = typer.Option([], "-H", "--header", metavar="NAME=VALUE", help="Add a header to every message (repeatable)."),
-    partition: Optional[int] = typer.Option(None, "-p", "--partition", help="Append to this partition only."),
+    partition: Optional[int] = typer.Option(None, "-p", "--partition", autocompletion=complete_partition, help="Append to this partition only."),
     json_input: bool = typer.Option(False, "--json", help="Read JSON lines as written by `consume --json`."),
     null_empty: bool = typer.Option(False, "-Z", "--null-empty", help="Turn empty values into null (tombstones)."),
     sync: bool = typer.Option(False, "--sync", help="fsync every batch (survives power loss)."),
@@ -232,8 +315,12 @@ def produce(
     producer = Producer(t, partition)
     key_bytes = None if key is None else key.encode("utf-8")
     line_no = 0
+    bars = _ProgressBars(s)
+    total = os.fstat(fd).st_size if file is not None else 0
     try:
         for messages in read_messages(fd, delim):
+            if total:
+                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, producer.sent)
             if json_input:
                 from .envelope import decode_record
 
@@ -257,6 +344,7 @@ def produce(
                     messages = [m or None for m in messages]
                 producer.send_values(messages, key=key_bytes, headers=headers)
     finally:
+        bars.__exit__()
         t.close()
         if file is not None:
             os.close(fd)
@@ -268,20 +356,21 @@ def produce(
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def consume(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., help="Topic to read."),
-    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
-    partition: List[int] = typer.Option([], "-p", "--partition", help="Read only this partition (repeatable)."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to read."),
+    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
+    partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
+    timeout: Optional[float] = typer.Option(None, "-t", "--timeout", metavar="S", min=0, help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none."),
     exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
     reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
     no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
     exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch, the messages on its stdin; with -g, commit a batch only when CMD exits 0."),
     batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
     fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
     json_output: bool = typer.Option(False, "--json", help="One JSON object per line (topic, partition, offset, timestamp, key, value, headers)."),
-    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message [default: \n]."),
+    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."),
     null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
 ) -> None:
     """Write a topic's messages to stdout, then exit at the end of the log.
@@ -310,6 +399,7 @@ def consume(
         raise typer.BadParameter(f"{reset!r} is not earliest or latest", param_hint="--reset")
     delim = _delimiter(delimiter, null)
     spec = parse_range(offset or "beginning")
+    follow = follow or timeout is not None
     t = s.data.topic(topic)
     write = _record_writer(t.name, fmt, json_output, delim)
     member = None
@@ -317,26 +407,27 @@ def consume(
         from .group import GroupConsumer
 
         member = GroupConsumer(s.data, t, group, follow=follow, reset=reset)
-        source, rounds = member, member.rounds()
+        source, rounds = member, member.rounds(timeout)
     elif group is not None:
         from .group import group_start_offsets
 
         source = Consumer(t, follow=follow)
         for p, start in group_start_offsets(s.data, t, group, reset).items():
             source.add(p, start)
-        rounds = source.rounds()
+        rounds = source.rounds(timeout)
     else:
         numbers = sorted({t.partition(p).number for p in partition}) if partition else None
         source = Consumer.from_spec(t, numbers, spec, follow=follow)
-        rounds = source.rounds()
+        rounds = source.rounds(timeout)
+    delivered = 0
     try:
         if count == 0:
             return
         rounds = _limited(rounds, count)
         if exec_cmd is not None:
-            _run_exec(rounds, write, exec_cmd, batch, member)
+            delivered = _run_exec(rounds, write, exec_cmd, batch, member)
         else:
-            _write_rounds(rounds, write, member)
+            delivered = _write_rounds(rounds, write, member)
     except KeyboardInterrupt:
         pass  # SIGINT/SIGTERM end a consume quietly, after committing what was written
     except BrokenPipeError:
@@ -344,6 +435,9 @@ def consume(
     finally:
         source.close()
         t.close()
+    if source.timed_out and delivered == 0:
+        s.info(f"no message arrived within {timeout:g} s")
+        raise typer.Exit(EXIT_TIMEOUT)
 
 
 def _limited(rounds, count: Optional[int]):
@@ -366,16 +460,22 @@ def _limited(rounds, count: Optional[int]):
             return
 
 
-def _write_rounds(rounds, write, member) -> None:
-    """Write each round, flush, then mark it written (so a group may commit it)."""
+def _write_rounds(rounds, write, member) -> int:
+    """Write each round, flush, then mark it written (so a group may commit it).
+
+    Returns how many records were written.
+    """
     out = sys.stdout.buffer
+    written = 0
     for slices in rounds:
         for sl in slices:
             out.write(write(sl.partition, sl.batch, sl.start, sl.stop))
         out.flush()
+        written += sum(sl.stop - sl.start for sl in slices)
         if member is not None:
             for sl in slices:
                 member.mark(sl.partition, sl.offset_after())
+    return written
 
 
 def _exec_batches(slices, size: int):
@@ -395,10 +495,14 @@ def _exec_batches(slices, size: int):
         yield chunk
 
 
-def _run_exec(rounds, write, command: str, size: int, member) -> None:
-    """Run ``command`` per batch; commit a batch only after the command succeeded."""
+def _run_exec(rounds, write, command: str, size: int, member) -> int:
+    """Run ``command`` per batch; commit a batch only after the command succeeded.
+
+    Returns how many records the command accepted.
+    """
     import subprocess
 
+    done = 0
     for slices in rounds:
         for chunk in _exec_batches(slices, size):
             data = b"".join(write(sl.partition, sl.batch, sl.start, sl.stop) for sl in chunk)
@@ -406,10 +510,12 @@ def _run_exec(rounds, write, command: str, size: int, member) -> None:
             if status != 0:
                 how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
                 raise KqError(f"command {command!r} {how}; its batch was not committed and will be delivered again")
+            done += sum(sl.stop - sl.start for sl in chunk)
             if member is not None:
                 for sl in chunk:
                     member.mark(sl.partition, sl.offset_after())
                 member.commit()
+    return done
 
 
 def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
@@ -482,8 +588,8 @@ def topic_create(
     name: str = typer.Argument(..., help="Topic name: 1-249 of [A-Za-z0-9._-]."),
     partitions: int = typer.Option(1, "--partitions", help="Number of partitions."),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic already exists."),
-    segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M) [default: 64M]."),
-    sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss) [default: no-sync]."),
+    segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M) \\[default: 64M]."),
+    sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss) \\[default: no-sync]."),
 ) -> None:
     """Create a topic.
 
@@ -528,7 +634,14 @@ def topic_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {name, partitions}."),
 ) -> None:
-    """List topics: one name per line (a table on a terminal)."""
+    """List topics: one name per line (a table on a terminal).
+
+    [bold]Examples[/bold]
+
+      kq topic list
+
+      kq topic list --json | jq -r '.[] | select(.partitions > 1) | .name'
+    """
     s = _settings(ctx)
     names = s.data.topic_names()
     if json_output:
@@ -556,10 +669,17 @@ def _human(size: int) -> str:
 @topic_app.command("describe")
 def topic_describe(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Topic name."),
+    name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
     json_output: bool = typer.Option(False, "--json", help="A JSON object: name, partitions (start/end offset, size), config."),
 ) -> None:
-    """Show a topic's partitions (start and end offsets, size) and config."""
+    """Show a topic's partitions (start and end offsets, size) and config.
+
+    [bold]Examples[/bold]
+
+      kq topic describe orders
+
+      kq topic describe orders --json | jq '[.partitions[].end_offset] | add'
+    """
     s = _settings(ctx)
     t = s.data.topic(name)
     rows = _partition_rows(t)
@@ -584,10 +704,17 @@ def topic_describe(
 @topic_app.command("delete")
 def topic_delete(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Topic name."),
+    name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
     if_exists: bool = typer.Option(False, "--if-exists", help="Succeed if the topic does not exist."),
 ) -> None:
-    """Delete a topic and all its messages."""
+    """Delete a topic and all its messages.
+
+    [bold]Examples[/bold]
+
+      kq topic delete scratch
+
+      kq topic delete scratch --if-exists     [dim]# in scripts: no error if it is gone[/dim]
+    """
     from .errors import TopicNotFound
 
     s = _settings(ctx)
@@ -639,8 +766,8 @@ def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
 @offsets_app.command("show")
 def offsets_show(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., help="Topic name."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", help="Only this group [default: every group of the topic]."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Only this group \\[default: every group of the topic]."),
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."),
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.
@@ -665,10 +792,10 @@ def offsets_show(
 @offsets_app.command("reset")
 def offsets_reset(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., help="Topic name."),
-    group: str = typer.Option(..., "-g", "--group", help="The group whose offsets move."),
-    to: str = typer.Option(..., "--to", metavar="SPEC", help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
-    partition: List[int] = typer.Option([], "-p", "--partition", help="Only this partition (repeatable) [default: all]."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
+    group: str = typer.Option(..., "-g", "--group", autocompletion=complete_group, help="The group whose offsets move."),
+    to: str = typer.Option(..., "--to", metavar="SPEC", autocompletion=complete_reset_spec, help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
+    partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Only this partition (repeatable) \\[default: all]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the before/after table and change nothing."),
     json_output: bool = typer.Option(False, "--json", help="The before/after table as JSON."),
 ) -> None:
@@ -707,7 +834,14 @@ def group_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {group, topics, members}."),
 ) -> None:
-    """List consumer groups: one name per line (a table on a terminal)."""
+    """List consumer groups: one name per line (a table on a terminal).
+
+    [bold]Examples[/bold]
+
+      kq group list
+
+      kq group list --json | jq -r '.[] | select(.members == 0) | .group'
+    """
     from .group import Groups
 
     s = _settings(ctx)
@@ -728,10 +862,17 @@ def group_list(
 @group_app.command("describe")
 def group_describe(
     ctx: typer.Context,
-    group: str = typer.Argument(..., help="Group name."),
+    group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
     json_output: bool = typer.Option(False, "--json", help="A JSON object: group, partitions (committed, lag, owner), members (and what each owns)."),
 ) -> None:
-    """Show a group's committed offsets, lag and live members, per topic and partition."""
+    """Show a group's committed offsets, lag and live members, per topic and partition.
+
+    [bold]Examples[/bold]
+
+      kq group describe billing
+
+      kq group describe billing --json | jq '.members[] | {member, partitions}'
+    """
     from .errors import GroupNotFound, TopicNotFound
     from .group import Groups
 
@@ -766,9 +907,16 @@ def group_describe(
 @group_app.command("delete")
 def group_delete(
     ctx: typer.Context,
-    group: str = typer.Argument(..., help="Group name."),
+    group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
 ) -> None:
-    """Delete a group and its committed offsets (it must have no live members)."""
+    """Delete a group and its committed offsets (it must have no live members).
+
+    [bold]Examples[/bold]
+
+      kq group delete old-billing
+
+      kq group list | grep '^test-' | xargs -n1 kq group delete
+    """
     from .group import Groups
 
     s = _settings(ctx)
@@ -782,7 +930,7 @@ def group_delete(
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def replicate(
     ctx: typer.Context,
-    topics: Optional[List[str]] = typer.Argument(None, help="Topics to copy (or --all)."),
+    topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics to copy (or --all)."),
     to: str = typer.Option(..., "--to", metavar="DIR", help="The replica's data directory (another disk, another mount)."),
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep the replica caught up until SIGINT/SIGTERM."),
@@ -840,8 +988,8 @@ def replicate(
                 replicator.follow(names, on_copy=announce)
             except KeyboardInterrupt:
                 return
-        with _copy_progress(s, json_output) as progress:
-            replicator.progress = progress
+        with _ProgressBars(s, json_output) as bars:
+            replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
             reports = replicator.replicate(names)
     if json_output:
         _print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports]})
@@ -850,21 +998,24 @@ def replicate(
             announce(r)
 
 
-class _copy_progress:
-    """A rich progress bar per partition on a terminal, for copies of more than a few MB."""
+class _ProgressBars:
+    """Rich progress bars on stderr, one per task, for work of more than a few MB.
+
+    Only on a terminal (never into a pipe or a log), and not with -q or --json.
+    """
 
     THRESHOLD = 16 * 1024 * 1024
 
-    def __init__(self, settings: Settings, json_output: bool):
+    def __init__(self, settings: Settings, json_output: bool = False):
         self.enabled = not (settings.quiet or json_output) and _is_terminal(sys.stderr)
         self.bar = None
         self.tasks = {}
 
-    def __enter__(self):
-        return self.update if self.enabled else None
+    def __enter__(self) -> "_ProgressBars":
+        return self
 
-    def update(self, report, total: int) -> None:
-        if total < self.THRESHOLD:
+    def update(self, key, completed: int, total: int, records: int) -> None:
+        if not self.enabled or total < self.THRESHOLD:
             return
         if self.bar is None:
             from rich.console import Console
@@ -874,10 +1025,9 @@ class _copy_progress:
                                 TransferSpeedColumn(), TextColumn("{task.fields[records]:,} msgs"),
                                 console=Console(stderr=True), transient=True)
             self.bar.start()
-        key = (report.topic, report.partition)
         if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(f"{report.topic}/{report.partition}", total=total, records=0)
-        self.bar.update(self.tasks[key], completed=report.bytes, records=report.records)
+            self.tasks[key] = self.bar.add_task(str(key), total=total, records=0)
+        self.bar.update(self.tasks[key], completed=completed, records=records)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -42,6 +42,7 @@ class Consumer:
         self.stops: dict[int, int | None] = {}
         self._cursors = {}
         self._finished: set[int] = set()
+        self.timed_out = False
 
     @classmethod
     def from_spec(
@@ -117,11 +118,34 @@ class Consumer:
                 self._finished.add(n)  # nothing more to read below the stop
         return out
 
-    def rounds(self) -> Iterator[list[Slice]]:
-        """Non-empty rounds of slices, until finished (forever when following)."""
+    def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
+        """Non-empty rounds of slices, until finished (forever when following).
+
+        With ``idle_timeout`` it also ends after that many seconds without a
+        new record, setting ``timed_out``.
+        """
+        idle = IdleClock(idle_timeout)
         while not self.finished():
             slices = self.poll()
             if slices:
+                idle.reset()
                 yield slices
+            elif idle.expired():
+                self.timed_out = True
+                return
             elif self.follow:
                 time.sleep(self.poll_seconds)
+
+
+class IdleClock:
+    """Tells when no record has arrived for ``seconds`` (never, if None)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
+
+    def expired(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.since >= self.seconds

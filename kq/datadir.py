@@ -17,24 +17,14 @@ import uuid
 
 from .errors import DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
 from .fileio import atomic_write, fsync_dir, make_dirs
+from .location import GROUPS_DIR, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, topic_names
 from .names import check_name
 from .partition import init_partition
-from .topic import TOPIC_FILE, TOPIC_FORMAT, Topic, check_config
+from .topic import TOPIC_FORMAT, Topic, check_config
 
 FORMAT_FILE = "kq.json"
 FORMAT_VERSION = 1
 MAX_PARTITIONS = 10_000
-
-
-def default_path() -> str:
-    """``$KQ_DATA_DIR``, else ``$XDG_DATA_HOME/kq``, else ``~/.local/share/kq``."""
-    env = os.environ.get("KQ_DATA_DIR")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_DATA_HOME")
-    if xdg and os.path.isabs(xdg):
-        return os.path.join(xdg, "kq")
-    return os.path.join(os.path.expanduser("~"), ".local", "share", "kq")
 
 
 class DataDir:
@@ -42,8 +32,9 @@ class DataDir:
 
     def __init__(self, path: str | None = None):
         self.path = os.path.abspath(path or default_path())
-        self.topics_path = os.path.join(self.path, "topics")
-        self.tmp_path = os.path.join(self.path, "tmp")
+        self.topics_path = os.path.join(self.path, TOPICS_DIR)
+        self.groups_path = os.path.join(self.path, GROUPS_DIR)
+        self.tmp_path = os.path.join(self.path, TMP_DIR)
         self._format_checked = False
 
     def __repr__(self) -> str:
@@ -96,13 +87,7 @@ class DataDir:
     # ------------------------------------------------------------------ topics
 
     def topic_names(self) -> list[str]:
-        if not self.exists():
-            return []
-        try:
-            names = os.listdir(self.topics_path)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in names if os.path.isfile(os.path.join(self.topics_path, n, TOPIC_FILE)))
+        return topic_names(self.path) if self.exists() else []
 
     def topic(self, name: str) -> Topic:
         check_name(name)

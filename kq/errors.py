@@ -9,6 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3  # consume --timeout ended without delivering a message
 
 
 class KqError(Exception):

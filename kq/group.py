@@ -25,10 +25,11 @@ from typing import Iterator
 
 import portalocker
 
-from .consumer import POLL_SECONDS, Consumer, Slice
+from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
 from .errors import CorruptFile, GroupNotFound, KqError, UsageError
 from .fileio import FILE_MODE, atomic_write, make_dirs
+from .location import group_names
 from .names import check_name
 from .offsetspec import OffsetSpec
 from .topic import Topic
@@ -74,7 +75,7 @@ class Groups:
 
     def __init__(self, data: DataDir):
         self.data = data
-        self.path = os.path.join(data.path, "groups")
+        self.path = data.groups_path
 
     def _dir(self, group: str, topic: str | None = None) -> str:
         check_name(group, "group")
@@ -85,12 +86,7 @@ class Groups:
     # ------------------------------------------------------------------ names
 
     def names(self) -> list[str]:
-        if not self.data.exists():
-            return []
-        try:
-            return sorted(n for n in os.listdir(self.path) if os.path.isdir(os.path.join(self.path, n)))
-        except FileNotFoundError:
-            return []
+        return group_names(self.data.path) if self.data.exists() else []
 
     def topics(self, group: str) -> list[str]:
         try:
@@ -332,7 +328,7 @@ class GroupConsumer:
         self.poll_seconds = poll_seconds
         self.member = Member(self.groups, group, topic.name)
         self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
-        self.warnings: list[str] = []
+        self.timed_out = False
         self._marks: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()
@@ -366,10 +362,12 @@ class GroupConsumer:
                     # so that `latest` means "from when the group started".
                     self._marks[p] = start
 
-    def rounds(self) -> Iterator[list[Slice]]:
+    def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
+        """Rounds of slices from the partitions this member owns (see Consumer.rounds)."""
         self.member.join()
         next_rebalance = 0.0
         patience = time.monotonic() + CLAIM_PATIENCE_SECONDS
+        idle = IdleClock(idle_timeout)
         while True:
             self.commit()
             now = time.monotonic()
@@ -378,8 +376,12 @@ class GroupConsumer:
                 next_rebalance = now + REBALANCE_SECONDS
             slices = self.consumer.poll()
             if slices:
+                idle.reset()
                 yield slices
                 continue
+            if idle.expired():
+                self.timed_out = True
+                return
             if not self.follow and self.consumer.finished():
                 if self._wanted <= self.member.owned or now > patience:
                     return

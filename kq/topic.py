@@ -8,10 +8,10 @@ import os
 import random
 
 from .errors import PartitionNotFound, UnsupportedFormat, UsageError
+from .location import TOPIC_FILE
 from .partitioner import partition_for_key
 from .partition import DEFAULT_SEGMENT_BYTES, Partition
 
-TOPIC_FILE = "topic.json"
 TOPIC_FORMAT = 1
 MIN_SEGMENT_BYTES = 4096
 

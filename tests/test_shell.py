@@ -1,0 +1,190 @@
+"""Shell ergonomics: completion, help, terminal vs piped output, colour, exit codes, timeouts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import KQ
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPLETIONS = os.path.join(ROOT, "completions")
+KQ_BIN = os.path.join(os.path.dirname(sys.executable), "kq")
+
+
+def complete_bash(words: str, env: dict | None = None, data: str | None = None):
+    """Candidates as bash asks for them: COMP_WORDS / COMP_CWORD and _KQ_COMPLETE."""
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    full_env = {**os.environ, "_KQ_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    if data is not None:
+        full_env["KQ_DATA_DIR"] = data
+    full_env.update(env or {})
+    r = subprocess.run(KQ, env=full_env, capture_output=True, timeout=30)
+    assert r.stderr == b"", r.stderr  # completion never prints into the shell
+    return r.stdout.decode().split()
+
+
+@pytest.fixture
+def populated(run_kq, data_dir):
+    run_kq("topic", "create", "orders", "--partitions", "3")
+    run_kq("topic", "create", "logs")
+    run_kq("produce", "orders", input="x\n")
+    run_kq("consume", "orders", "-g", "billing")
+    run_kq("consume", "orders", "-g", "audit")
+    return data_dir
+
+
+def tree_state(path):
+    return sorted((d, f, os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_completion_candidates(populated):
+    data = populated
+    before = tree_state(data)
+    assert "consume" in complete_bash("kq con", data=data)
+    assert set(complete_bash("kq ", data=data)) >= {"produce", "consume", "topic", "offsets", "group", "replicate"}
+    assert complete_bash("kq consume ", data=data) == ["logs", "orders"]
+    assert complete_bash("kq consume or", data=data) == ["orders"]
+    assert complete_bash("kq consume orders -p ", data=data) == ["0", "1", "2"]
+    assert complete_bash("kq consume orders -g ", data=data) == ["audit", "billing"]
+    assert complete_bash("kq consume orders -o ", data=data) == ["beginning", "end"]
+    assert complete_bash("kq offsets reset orders -g billing --to ", data=data) == ["earliest", "latest"]
+    assert complete_bash("kq group describe b", data=data) == ["billing"]
+    assert complete_bash("kq topic describe ", data=data) == ["logs", "orders"]
+    assert "--json" in complete_bash("kq consume orders --j", data=data)
+    # --data-dir on the line wins over KQ_DATA_DIR.
+    assert complete_bash(f"kq --data-dir {data} consume ", data="/nonexistent") == ["logs", "orders"]
+    # Completing never writes to the data directory.
+    assert tree_state(data) == before
+
+
+def test_completion_in_an_empty_or_missing_data_dir_is_quiet(tmp_path):
+    missing = str(tmp_path / "nothing-here")
+    assert complete_bash("kq consume ", data=missing) == []
+    assert complete_bash("kq consume t -p ", data=missing) == []
+    assert not os.path.exists(missing)
+
+
+def test_zsh_and_fish_protocols(populated):
+    env = {**os.environ, "KQ_DATA_DIR": populated}
+    zsh = subprocess.run(KQ, env={**env, "_KQ_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "kq consume "},
+                         capture_output=True).stdout.decode()
+    assert '"orders"' in zsh and '"logs"' in zsh
+    fish = subprocess.run(KQ, env={**env, "_KQ_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+                                   "_TYPER_COMPLETE_ARGS": "kq consume orders -g "}, capture_output=True).stdout.decode()
+    assert set(fish.split()) == {"audit", "billing"}
+
+
+def test_static_bash_script_completes_in_a_real_bash(populated):
+    script = f"""
+        source {COMPLETIONS}/kq.bash
+        COMP_WORDS=(kq consume orders -g "")
+        COMP_CWORD=4
+        _kq_completion kq
+        printf '%s\\n' "${{COMPREPLY[@]}}"
+    """
+    env = {**os.environ, "KQ_DATA_DIR": populated, "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, timeout=30)
+    assert out.stdout.decode().split() == ["audit", "billing"], out.stderr
+
+
+def test_completion_scripts_are_up_to_date():
+    r = subprocess.run([sys.executable, os.path.join(COMPLETIONS, "generate.py"), "--check"], capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+def test_show_and_install_completion(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    shown = subprocess.run(["bash", "-c", "kq --show-completion"], env=env, capture_output=True)
+    assert shown.returncode == 0
+    static = open(os.path.join(COMPLETIONS, "kq.bash")).read()
+    assert shown.stdout.decode().strip() == static.split("\n", 1)[1].strip()
+    installed = subprocess.run(["bash", "-c", "kq --install-completion"], env=env, capture_output=True)
+    assert installed.returncode == 0, installed.stderr
+    assert "_KQ_COMPLETE" in (tmp_path / ".bash_completions" / "kq.sh").read_text()
+
+
+def all_commands():
+    from typer.main import get_command
+
+    from kq.cli import app
+
+    root = get_command(app)
+    out = []
+    for name, cmd in root.commands.items():
+        out.append([name])
+        for sub in getattr(cmd, "commands", {}):
+            out.append([name, sub])
+    return out
+
+
+def test_every_help_has_examples(run_kq):
+    r = run_kq(data=None)
+    assert r.returncode == 0 and b"Examples" in r.stdout and b"Usage: kq" in r.stdout
+    for path in all_commands():
+        r = run_kq(*path, "--help", data=None)
+        assert r.returncode == 0, path
+        assert b"Examples" in r.stdout, f"kq {' '.join(path)} --help shows no examples"
+        assert f"Usage: kq {' '.join(path)}".encode() in r.stdout
+
+
+def test_misspellings_get_suggestions(run_kq):
+    r = run_kq("consme", "t")
+    assert r.returncode == 2 and b"Did you mean 'consume'" in r.stderr
+    r = run_kq("topic", "lst")
+    assert r.returncode == 2 and b"Did you mean 'list'" in r.stderr
+    r = run_kq("consume", "t", "--jsn")
+    assert r.returncode == 2 and b"Possible options: --json" in r.stderr
+
+
+def in_terminal(args: list[str], env: dict) -> str:
+    """Run kq under a pseudo-terminal (util-linux `script`) and return what it showed."""
+    cmd = " ".join(["'" + a + "'" for a in [KQ_BIN, *args]])
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env={**env, "COLUMNS": "100"},
+                       capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    return r.stdout.decode(errors="replace")
+
+
+COLOR = re.compile(r"\x1b\[[0-9;]*3[0-7]m|\x1b\[[0-9;]*38;")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/script"), reason="needs util-linux script")
+def test_tables_on_a_terminal_plain_text_in_a_pipe(populated, run_kq):
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["KQ_DATA_DIR"] = populated
+    shown = in_terminal(["topic", "list"], env)
+    assert "┃" in shown or "│" in shown, shown
+    assert run_kq("topic", "list").stdout == b"logs\norders\n"
+    shown = in_terminal(["offsets", "show", "orders"], env)
+    assert "billing" in shown and "│" in shown
+    piped = run_kq("offsets", "show", "orders").stdout.decode()
+    assert "\x1b" not in piped and piped.startswith("partition\t")
+    # Colour on a terminal, none with NO_COLOR or --no-color, none in a pipe.
+    assert COLOR.search(in_terminal(["--help"], env))
+    assert not COLOR.search(in_terminal(["--help"], {**env, "NO_COLOR": "1"}))
+    assert not COLOR.search(in_terminal(["--no-color", "--help"], env))
+    assert "\x1b" not in run_kq("--help", data=None).stdout.decode()
+
+
+def test_timeout_exit_codes(run_kq):
+    run_kq("topic", "create", "quiet")
+    r = run_kq("consume", "quiet", "--timeout", "0.3")
+    assert r.returncode == 3 and r.stdout == b""
+    assert b"no message arrived within 0.3 s" in r.stderr
+    assert run_kq("-q", "consume", "quiet", "-t", "0.3").stderr == b""
+    run_kq("produce", "quiet", input="hello\n")
+    r = run_kq("consume", "quiet", "--timeout", "0.3")
+    assert r.returncode == 0 and r.stdout == b"hello\n"
+    assert run_kq("consume", "quiet", "-g", "g", "-t", "0.3").returncode == 0
+    assert run_kq("consume", "quiet", "-g", "g", "-t", "0.3").returncode == 3  # nothing new for the group
+
+
+def test_quiet_silences_information(run_kq):
+    r = run_kq("-q", "produce", "new-topic", input="x\n")
+    assert r.returncode == 0 and r.stderr == b""
+    r = run_kq("produce", "other-topic", input="x\n")
+    assert b"created topic" in r.stderr
