@@ -270,6 +270,7 @@ def produce(
     json_input: bool = typer.Option(False, "--json", help="Read JSON lines as written by `consume --json`."),
     null_empty: bool = typer.Option(False, "-Z", "--null-empty", help="Turn empty values into null (tombstones)."),
     sync: bool = typer.Option(False, "--sync", help="fsync every batch (survives power loss)."),
+    tombstone: bool = typer.Option(False, "--tombstone", help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY."),
     partitions: int = typer.Option(1, "--partitions", min=1, help="Partitions of the topic if it is created here."),
 ) -> None:
     """Append messages from stdin (one per line) or a file to a topic.
@@ -294,6 +295,8 @@ def produce(
         raise typer.BadParameter("--json cannot be combined with -k, -K, -D or -0", param_hint="--json")
     if key is not None and key_delimiter is not None:
         raise typer.BadParameter("use either -k/--key or -K/--key-delimiter", param_hint="-K")
+    if tombstone and (json_input or key_delimiter is not None):
+        raise typer.BadParameter("--tombstone takes keys, one per message, or -k KEY", param_hint="--tombstone")
     key_delim = None if key_delimiter is None else _unescape(key_delimiter)
     if key_delim == b"":
         raise typer.BadParameter("the key delimiter may not be empty", param_hint="-K")
@@ -314,6 +317,14 @@ def produce(
         t.config["sync"] = True
     producer = Producer(t, partition)
     key_bytes = None if key is None else key.encode("utf-8")
+    if tombstone:
+        if key_bytes is not None:
+            producer.send_values([None], key=key_bytes)
+        else:
+            for messages in read_messages(fd, delim):
+                producer.send_records([(m, None, headers, None, None) for m in messages])
+        t.close()
+        return
     line_no = 0
     bars = _ProgressBars(s)
     total = os.fstat(fd).st_size if file is not None else 0
@@ -406,7 +417,8 @@ def consume(
     if group is not None and not no_commit:
         from .group import GroupConsumer
 
-        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset)
+        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset,
+                               warn=lambda message: print(f"kq: warning: {message}", file=sys.stderr))
         source, rounds = member, member.rounds(timeout)
     elif group is not None:
         from .group import group_start_offsets
@@ -582,6 +594,31 @@ def _format_writer(topic: str, fmt: str):
 # --------------------------------------------------------------------- topics
 
 
+_RETENTION_HELP = "Delete closed segments whose records are all older than this (7d, 12h, none)."
+_RETENTION_BYTES_HELP = "Keep about this much per partition, deleting the oldest closed segments (1G, none)."
+_CLEANUP_HELP = "delete: retention only; compact: also keep just the latest record per key."
+_TOMBSTONE_HELP = "With compact: how long a tombstone (null value) survives compaction \\[default: 1d]."
+
+
+def _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
+    from .units import parse_duration, parse_limit, parse_size
+
+    changes = {}
+    if segment_bytes is not None:
+        changes["segment_bytes"] = parse_size(segment_bytes)
+    if sync is not None:
+        changes["sync"] = sync
+    if retention is not None:
+        changes["retention_ms"] = parse_limit(retention, parse_duration)
+    if retention_bytes is not None:
+        changes["retention_bytes"] = parse_limit(retention_bytes, parse_size)
+    if cleanup is not None:
+        changes["cleanup"] = cleanup
+    if tombstone_retention is not None:
+        changes["tombstone_retention_ms"] = parse_duration(tombstone_retention)
+    return changes
+
+
 @topic_app.command("create")
 def topic_create(
     ctx: typer.Context,
@@ -590,6 +627,10 @@ def topic_create(
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic already exists."),
     segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M) \\[default: 64M]."),
     sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss) \\[default: no-sync]."),
+    retention: Optional[str] = typer.Option(None, "--retention", metavar="DURATION", help=_RETENTION_HELP),
+    retention_bytes: Optional[str] = typer.Option(None, "--retention-bytes", metavar="SIZE", help=_RETENTION_BYTES_HELP),
+    cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="delete|compact", help=_CLEANUP_HELP),
+    tombstone_retention: Optional[str] = typer.Option(None, "--tombstone-retention", metavar="DURATION", help=_TOMBSTONE_HELP),
 ) -> None:
     """Create a topic.
 
@@ -597,17 +638,14 @@ def topic_create(
 
       kq topic create orders --partitions 8
 
-      kq topic create audit --sync --if-not-exists
+      kq topic create logs --retention 7d --retention-bytes 1G
+
+      kq topic create users --cleanup compact     [dim]# a table: latest value per key[/dim]
     """
     from .errors import TopicExists
-    from .units import parse_size
 
     s = _settings(ctx)
-    config = {}
-    if segment_bytes is not None:
-        config["segment_bytes"] = parse_size(segment_bytes)
-    if sync is not None:
-        config["sync"] = sync
+    config = _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
     try:
         t = s.data.create_topic(name, partitions, config)
     except TopicExists:
@@ -615,6 +653,67 @@ def topic_create(
             return
         raise
     s.info(f"created topic '{t.name}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
+
+
+@topic_app.command("alter")
+def topic_alter(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
+    segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M)."),
+    sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss)."),
+    retention: Optional[str] = typer.Option(None, "--retention", metavar="DURATION", help=_RETENTION_HELP),
+    retention_bytes: Optional[str] = typer.Option(None, "--retention-bytes", metavar="SIZE", help=_RETENTION_BYTES_HELP),
+    cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="delete|compact", help=_CLEANUP_HELP),
+    tombstone_retention: Optional[str] = typer.Option(None, "--tombstone-retention", metavar="DURATION", help=_TOMBSTONE_HELP),
+) -> None:
+    """Change a topic's settings; `kq maintain` applies new limits to existing data.
+
+    [bold]Examples[/bold]
+
+      kq topic alter logs --retention 3d
+
+      kq topic alter logs --retention none --retention-bytes 500M
+    """
+    s = _settings(ctx)
+    changes = _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    if not changes:
+        raise typer.BadParameter("give at least one setting to change", param_hint="NAME")
+    t = s.data.alter_topic(name, changes)
+    s.info(f"altered topic '{t.name}': " + ", ".join(f"{k}={t.config[k]}" for k in changes))
+
+
+@topic_app.command("trim")
+def topic_trim(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
+    before: str = typer.Option(..., "--before", metavar="OFFSET|@T", help="Delete records before this offset, or before the first record at or after time T."),
+    partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Only this partition (repeatable) \\[default: all]."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON list of {partition, start_offset, segments_deleted, bytes_reclaimed}."),
+) -> None:
+    """Delete records before a point (like kafka-delete-records): the start offset moves there.
+
+    [bold]Examples[/bold]
+
+      kq topic trim logs --before 1000000 -p 0
+
+      kq topic trim logs --before @-30d
+    """
+    from .maintain import trim
+    from .offsetspec import ABSOLUTE, TIMESTAMP, parse_spec
+
+    s = _settings(ctx)
+    spec = parse_spec(before)
+    if spec.kind not in (ABSOLUTE, TIMESTAMP):
+        raise typer.BadParameter("use an offset N or a time @T", param_hint="--before")
+    t = s.data.topic(name)
+    numbers = sorted({t.partition(p).number for p in partition}) if partition else range(t.partition_count)
+    rows = []
+    for n in numbers:
+        part = t.partition(n)
+        r = trim(part, spec.resolve(part))
+        rows.append({"partition": n, "start_offset": r.start_offset, "segments_deleted": r.segments_deleted,
+                     "bytes_reclaimed": r.bytes_reclaimed})
+    _emit_rows(rows, ["partition", "start_offset", "segments_deleted", "bytes_reclaimed"], json_output, f"trimmed {t.name}")
 
 
 def _partition_rows(t) -> list[dict]:
@@ -1032,6 +1131,55 @@ class _ProgressBars:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+# --------------------------------------------------------------------- maintain
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def maintain(
+    ctx: typer.Context,
+    topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON list with a summary per partition."),
+) -> None:
+    """Apply retention and compaction now: safe to run from cron, idempotent.
+
+    Deletes closed segments past the topic's time or size limit and compacts
+    topics created with --cleanup compact, while producers and consumers go on.
+
+    [bold]Examples[/bold]
+
+      kq maintain
+
+      0 * * * * kq -q maintain          [dim]# hourly, from cron[/dim]
+
+      kq maintain logs --json
+    """
+    from dataclasses import asdict
+
+    from .maintain import maintain_topic
+
+    s = _settings(ctx)
+    names = list(dict.fromkeys(topics)) if topics else s.data.topic_names()
+    rows = []
+    with _ProgressBars(s, json_output) as bars:
+        def progress(part, done, total):
+            bars.update(f"compacting {part.topic}/{part.number}", done * bars.THRESHOLD, total * bars.THRESHOLD, done)
+
+        for name in names:
+            t = s.data.topic(name)
+            rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
+            t.close()
+    if json_output:
+        _print_json(rows)
+        return
+    totals = {k: sum(r[k] for r in rows) for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")}
+    s.info(
+        f"{len(names)} topic(s): {totals['segments_deleted']} segment(s) deleted, {_human(totals['bytes_reclaimed'])} reclaimed, "
+        f"{totals['records_removed']} superseded record(s) and {totals['tombstones_removed']} tombstone(s) compacted away"
+    )
+    if _is_terminal() and rows:
+        _emit_rows(rows, ["topic", "partition", "start_offset", "segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed"], False, "maintenance")
 
 
 # --------------------------------------------------------------------- entry point

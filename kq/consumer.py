@@ -66,7 +66,9 @@ class Consumer:
         return sorted(self._cursors)
 
     def add(self, number: int, start: int, stop: int | None = None) -> None:
+        """Read partition ``number`` from ``start`` (or its start offset, if that is later)."""
         part = self.topic.partition(number)
+        start = max(start, part.start_offset())
         if stop is None and not self.follow:
             stop = part.end_offset()
         self.positions[number] = start

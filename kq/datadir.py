@@ -133,6 +133,14 @@ class DataDir:
         fsync_dir(self.topics_path)
         return self.topic(name)
 
+    def alter_topic(self, name: str, changes: dict) -> Topic:
+        """Change a topic's config (atomically replacing topic.json)."""
+        t = self.topic(name)
+        config = check_config({**t.config, **changes})
+        meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": config}
+        atomic_write(os.path.join(t.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
+        return self.topic(name)
+
     def get_or_create_topic(self, name: str, partitions: int = 1) -> tuple[Topic, bool]:
         """Open a topic, creating it if missing. Returns (topic, created)."""
         try:

@@ -317,7 +317,7 @@ class GroupConsumer:
     """
 
     def __init__(self, data: DataDir, topic: Topic, group: str, follow: bool = False,
-                 reset: str = "earliest", poll_seconds: float = POLL_SECONDS):
+                 reset: str = "earliest", poll_seconds: float = POLL_SECONDS, warn=None):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"--reset must be earliest or latest, not {reset!r}")
         self.groups = Groups(data)
@@ -329,6 +329,7 @@ class GroupConsumer:
         self.member = Member(self.groups, group, topic.name)
         self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
         self.timed_out = False
+        self.warn = warn or (lambda message: None)
         self._marks: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()
@@ -355,6 +356,14 @@ class GroupConsumer:
                 committed = self.groups.committed(self.group, self.topic.name).get(p)
                 part = self.topic.partition(p)
                 start = initial_offset(part, self.reset) if committed is None else committed
+                first = part.start_offset()
+                if start < first:
+                    self.warn(
+                        f"group '{self.group}' resumes {self.topic.name}/{p} at the start offset {first}: "
+                        f"{first - start} message(s) after its committed offset {start} were deleted by retention"
+                    )
+                    start = first
+                    self._marks[p] = start
                 self._committed[p] = committed
                 self.consumer.add(p, start)
                 if committed is None:

@@ -9,6 +9,7 @@ every batch is length-prefixed and checksummed.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 import portalocker
 
 from . import batch as batchfmt
-from .errors import KqError
-from .fileio import FILE_MODE, fsync_dir, make_dirs, write_all
+from .errors import CorruptFile, KqError
+from .fileio import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
 from .index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, Index
 from .segment import (
     CLEAN,
@@ -31,6 +32,7 @@ from .segment import (
 )
 
 LOCK_NAME = "writer.lock"
+START_NAME = "start.offset"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
@@ -53,12 +55,14 @@ class _Tail:
 
 
 class Partition:
-    def __init__(self, topic: str, number: int, path: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES, sync: bool = False):
+    def __init__(self, topic: str, number: int, path: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 sync: bool = False, config: dict | None = None):
         self.topic = topic
         self.number = number
         self.path = path
         self.segment_bytes = segment_bytes
         self.sync = sync
+        self.config = config or {}  # the topic's: retention settings are read from it
         self._lock_file = None
         self._tail: _Tail | None = None
 
@@ -77,8 +81,28 @@ class Partition:
         return os.path.join(self.path, index_name(base))
 
     def start_offset(self) -> int:
+        """The first offset still kept (Kafka's log start offset).
+
+        The first segment's base, or further on if `topic trim` moved it
+        inside that segment (recorded in ``start.offset``).
+        """
         bases = self.segments()
-        return bases[0] if bases else 0
+        first = bases[0] if bases else 0
+        return max(first, self.trimmed_to())
+
+    def trimmed_to(self) -> int:
+        try:
+            with open(os.path.join(self.path, START_NAME), "rb") as f:
+                return int(json.loads(f.read())["start_offset"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError):
+            raise CorruptFile(os.path.join(self.path, START_NAME), "not a start-offset file") from None
+
+    def set_start_offset(self, offset: int) -> None:
+        """Record that records before ``offset`` are gone (atomically)."""
+        body = json.dumps({"format": 1, "start_offset": offset}).encode() + b"\n"
+        atomic_write(os.path.join(self.path, START_NAME), body)
 
     def end_offset(self) -> int:
         """The offset the next appended record will get (Kafka's log end offset)."""
@@ -447,6 +471,12 @@ class Partition:
         fd = self._create_segment(base)
         self._forget_tail()
         self._tail = _Tail(base, fd, os.fstat(fd).st_ino, 0, base, NO_TIMESTAMP, 0)
+        if self.config.get("retention_ms") is not None or self.config.get("retention_bytes") is not None:
+            # Retention is cheap to apply as a segment closes; skipped if
+            # `kq maintain` is busy with this partition.
+            from .maintain import apply_retention
+
+            apply_retention(self, blocking=False)
         return self._tail
 
 
@@ -555,12 +585,18 @@ class Cursor:
             os.close(self._fd)
             self._fd = None
 
-    def _open(self, base: int) -> None:
+    def _open(self, base: int) -> bool:
+        """Open the first segment at or after ``base`` (retention may have just deleted it)."""
         self.close()
-        self._base = base
-        self._path = self.partition._log_path(base)
-        self._fd = os.open(self._path, os.O_RDONLY)
-        self._position = 0
+        for candidate in [b for b in self.partition.segments() if b >= base]:
+            path = self.partition._log_path(candidate)
+            try:
+                self._fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            self._base, self._path, self._position = candidate, path, 0
+            return True
+        return False
 
     def _seek(self, offset: int) -> None:
         bases = self.partition.segments()
@@ -570,8 +606,9 @@ class Cursor:
         for b in bases:
             if b <= offset:
                 base = b
-        self._open(base)
-        entry = Index.load(self.partition._index_path(base)).floor_offset(offset)
+        if not self._open(base):
+            return
+        entry = Index.load(self.partition._index_path(self._base)).floor_offset(offset)
         if entry is not None and _entry_is_valid(self._fd, entry):
             self._position = entry[1]
 
@@ -613,6 +650,5 @@ class Cursor:
             if again.stop == DAMAGED:
                 classify_damage(self._fd, self._path, self._position, bool(later), again.reason)
                 return out  # a torn tail, or a batch still being written: wait here
-            if not later:
+            if not later or not self._open(later[0]):
                 return out
-            self._open(later[0])

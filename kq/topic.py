@@ -18,7 +18,15 @@ MIN_SEGMENT_BYTES = 4096
 DEFAULT_CONFIG = {
     "segment_bytes": DEFAULT_SEGMENT_BYTES,
     "sync": False,
+    "retention_ms": None,  # None: keep forever
+    "retention_bytes": None,  # per partition; None: no size limit
+    "cleanup": "delete",  # or "compact": keep the latest record per key
+    "tombstone_retention_ms": 86_400_000,  # how long compaction keeps tombstones
 }
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_config(config: dict) -> dict:
@@ -28,10 +36,19 @@ def check_config(config: dict) -> dict:
         raise UsageError(f"unknown topic setting(s): {', '.join(sorted(unknown))}")
     merged = {**DEFAULT_CONFIG, **config}
     seg = merged["segment_bytes"]
-    if not isinstance(seg, int) or isinstance(seg, bool) or seg < MIN_SEGMENT_BYTES:
+    if not _is_int(seg) or seg < MIN_SEGMENT_BYTES:
         raise UsageError(f"segment size must be at least {MIN_SEGMENT_BYTES} bytes, not {seg!r}")
     if not isinstance(merged["sync"], bool):
         raise UsageError("sync must be true or false")
+    for key, what in (("retention_ms", "retention"), ("retention_bytes", "retention size"),
+                      ("tombstone_retention_ms", "tombstone retention")):
+        value = merged[key]
+        if value is not None and (not _is_int(value) or value < 0):
+            raise UsageError(f"{what} must be a positive amount or none, not {value!r}")
+    if merged["tombstone_retention_ms"] is None:
+        raise UsageError("tombstone retention needs a duration (0 removes tombstones at the next compaction)")
+    if merged["cleanup"] not in ("delete", "compact"):
+        raise UsageError(f"cleanup must be delete or compact, not {merged['cleanup']!r}")
     return merged
 
 
@@ -74,6 +91,7 @@ class Topic:
                 os.path.join(self.path, str(number)),
                 segment_bytes=self.config["segment_bytes"],
                 sync=self.config["sync"],
+                config=self.config,
             )
             self._partitions[number] = p
         return p

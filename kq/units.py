@@ -16,3 +16,20 @@ def parse_size(text: str) -> int:
     if not m:
         raise UsageError(f"bad size {text!r}: use a number of bytes with an optional K, M, G or T")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds from ``500ms``, ``30s``, ``15m``, ``12h``, ``7d``, ``2w``."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise UsageError(f"bad duration {text!r}: use a number with ms, s, m, h, d or w (e.g. 7d), or none")
+    return int(float(m.group(1)) * _DURATION_MS[m.group(2).lower()])
+
+
+def parse_limit(text: str, parse) -> int | None:
+    """``none`` (no limit) or what ``parse`` makes of the text."""
+    return None if text.strip().lower() in ("none", "unlimited", "forever") else parse(text)
