@@ -23,6 +23,7 @@ import tempfile
 import time
 
 KQ = [sys.executable, "-m", "kq"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_input(path: str, messages: int, keys: int) -> None:
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
 
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(REPO, "kq")], check=True)  # as pip does
     work = tempfile.mkdtemp(prefix="kq-bench-compact-")
     try:
         src = os.path.join(work, "input.txt")

@@ -37,19 +37,29 @@ class Record(NamedTuple):
     headers: list[tuple[str, bytes]]
 
 
-def encode(
-    base_offset: int,
+class Payload(NamedTuple):
+    """A batch's records packed, before the batch is given its offset."""
+
+    data: bytes  # the msgpack payload
+    count: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+
+
+def pack(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None = None,
     headers: Sequence[Sequence[tuple[str, bytes]] | None] | None = None,
     timestamp: int = 0,
     timestamps: Sequence[int] | None = None,
     offset_deltas: Sequence[int] | None = None,
-) -> bytes:
-    """Encode one batch. ``timestamps`` (per record) overrides ``timestamp``.
+) -> Payload:
+    """Pack records into a payload. ``timestamps`` (per record) overrides ``timestamp``.
 
     ``offset_deltas`` is only for batches rewritten by compaction, whose
     offsets have gaps; without it the offsets are base_offset, base_offset+1, ...
+    Packing needs no offset, so a writer does it before taking its lock.
     """
     count = len(values)
     if count == 0:
@@ -66,20 +76,33 @@ def encode(
     if headers is not None and not any(headers):
         headers = None
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
-    payload = msgpack.packb(
-        [values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True
-    )
-    length = HEADER_SIZE - PREFIX_SIZE + len(payload)
+    data = msgpack.packb([values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True)
+    length = HEADER_SIZE - PREFIX_SIZE + len(data)
     if length > MAX_BATCH_BYTES:
         raise MessageTooLarge(
             f"a batch of {count} record(s) encodes to {length} bytes, "
             f"more than the maximum of {MAX_BATCH_BYTES}"
         )
-    body = (
-        struct.pack(">IqIIqqH", length, base_offset, last_delta, count, base_ts, max_ts, 0)
-        + payload
+    return Payload(data, count, last_delta, base_ts, max_ts)
+
+
+def frame(base_offset: int, payload: Payload) -> bytes:
+    """The 46-byte header that makes ``payload`` the batch at ``base_offset``.
+
+    The batch is the header followed by ``payload.data``; writing the two
+    without joining them saves a copy of the payload.
+    """
+    fields = struct.pack(
+        ">IqIIqqH", HEADER_SIZE - PREFIX_SIZE + len(payload.data), base_offset,
+        payload.last_offset_delta, payload.count, payload.base_timestamp, payload.max_timestamp, 0,
     )
-    return MAGIC + struct.pack(">I", zlib.crc32(body)) + body
+    return MAGIC + struct.pack(">I", zlib.crc32(payload.data, zlib.crc32(fields))) + fields
+
+
+def encode(base_offset: int, values: Sequence[bytes | None], **columns) -> bytes:
+    """One whole batch as bytes (``columns`` as for ``pack``)."""
+    payload = pack(values, **columns)
+    return frame(base_offset, payload) + payload.data
 
 
 def check(buf, pos: int, end: int) -> tuple[int, tuple | str | None]:
@@ -172,6 +195,50 @@ class RecordBatch:
             )
 
 
+_BIN_OR_NIL = frozenset((bytes, type(None)))
+_INT = frozenset((int,))
+
+
+def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, max_ts: int) -> bool:
+    """Do the columns hold what FORMAT.md says, element by element?
+
+    A payload can pass its checksum and still be wrong (a crafted file, a
+    writer's bug): an int where a value's bytes belong would otherwise reach
+    readers as a crash far from here, not as a corrupt-log error. Offsets must
+    rise (readers bisect them) and the header's max_timestamp must be the
+    records' largest (timestamp seeks skip batches by it).
+    """
+    if not set(map(type, values)) <= _BIN_OR_NIL:
+        return False
+    if keys is not None and not set(map(type, keys)) <= _BIN_OR_NIL:
+        return False
+    if headers is not None:
+        for pairs in headers:
+            if pairs is None:
+                continue
+            if type(pairs) is not list:
+                return False
+            for pair in pairs:
+                if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not bytes:
+                    return False
+    if ts_deltas is None:
+        if base_ts != max_ts:  # every record has base_timestamp, which is then the largest
+            return False
+    elif (
+        not set(map(type, ts_deltas)) <= _INT
+        or base_ts + max(ts_deltas) != max_ts
+        or base_ts + min(ts_deltas) < -(2**63)
+    ):
+        return False
+    if offset_deltas is not None and (
+        not set(map(type, offset_deltas)) <= _INT
+        or offset_deltas[0] < 0
+        or any(a >= b for a, b in zip(offset_deltas, offset_deltas[1:]))
+    ):
+        return False
+    return True
+
+
 def decode(buf, pos: int, header: tuple, path: str = "<buffer>") -> RecordBatch:
     """Decode a batch that ``check`` accepted at ``pos``."""
     _, _, length, base, last_delta, count, base_ts, max_ts, _attrs = header
@@ -189,12 +256,15 @@ def decode(buf, pos: int, header: tuple, path: str = "<buffer>") -> RecordBatch:
         raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
     if (
         type(values) is not list
+        or count == 0
         or len(values) != count
         or not all(c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas))
         or (offset_deltas is not None and offset_deltas[-1] != last_delta)
         or (offset_deltas is None and last_delta != count - 1)
     ):
         raise CorruptLog(path, pos, "batch columns do not match its header")
+    if not _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts, max_ts):
+        raise CorruptLog(path, pos, "batch columns hold values of the wrong type")
     batch = RecordBatch()
     batch.position = pos
     batch.size = PREFIX_SIZE + length

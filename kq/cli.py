@@ -4,8 +4,6 @@ No storage logic lives here. Heavy imports (rich, json) happen inside the
 commands that need them, because kq is often started once per message.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from typing import List, Optional
@@ -285,7 +283,7 @@ def produce(
 
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
     """
-    from .framing import read_messages
+    from .framing import input_waiting, read_messages, split_keys
     from .producer import Producer
 
     s = _settings(ctx)
@@ -315,21 +313,25 @@ def produce(
         s.info(f"created topic '{topic}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
     if sync:
         t.config["sync"] = True
-    producer = Producer(t, partition)
+    # In the background: the next batch is read and packed while one is written.
+    producer = Producer(t, partition, background=True)
     key_bytes = None if key is None else key.encode("utf-8")
     if tombstone:
-        if key_bytes is not None:
-            producer.send_values([None], key=key_bytes)
-        else:
-            for messages in read_messages(fd, delim):
-                producer.send_records([(m, None, headers, None, None) for m in messages])
-        t.close()
+        try:
+            if key_bytes is not None:
+                producer.send_values([None], key=key_bytes)
+            else:
+                for messages, _ in read_messages(fd, delim):
+                    producer.send_records([(m, None, headers, None, None) for m in messages])
+        finally:
+            producer.close()
+            t.close()
         return
     line_no = 0
     bars = _ProgressBars(s)
     total = os.fstat(fd).st_size if file is not None else 0
     try:
-        for messages in read_messages(fd, delim):
+        for messages, size in read_messages(fd, delim):
             if total:
                 bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, producer.sent)
             if json_input:
@@ -343,20 +345,24 @@ def produce(
                         records.append((k, v, headers + h if headers else h, p, ts))
                 producer.send_records(records)
             elif key_delim is not None:
-                records = []
-                for m in messages:
-                    k, sep, v = m.partition(key_delim)
-                    if not sep:
-                        k, v = None, m
-                    records.append((k, None if null_empty and not v else v, headers, None, None))
-                producer.send_records(records)
+                keys, values = split_keys(messages, key_delim)
+                if null_empty:
+                    values = [v or None for v in values]
+                producer.send_keyed(keys, values, headers=headers, size=size)
             else:
                 if null_empty:
                     messages = [m or None for m in messages]
-                producer.send_values(messages, key=key_bytes, headers=headers)
+                producer.send_values(messages, key=key_bytes, headers=headers, size=size)
+            if not input_waiting(fd):
+                # About to wait for input (tail -F): finish writing first, so a
+                # failed append ends the produce now, not at the next line.
+                producer.flush()
     finally:
-        bars.__exit__()
-        t.close()
+        try:
+            producer.close()  # every batch appended (or its error raised) before exit
+        finally:
+            bars.__exit__()
+            t.close()
         if file is not None:
             os.close(fd)
 
@@ -548,11 +554,13 @@ def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
         return _format_writer(topic, fmt)
 
     def write_values(p, b, lo, hi):
-        values = b.values if (lo, hi) == (0, b.count) else b.values[lo:hi]
+        # Joined with a last empty value, so the final delimiter is not added
+        # by copying the whole round once more.
+        values = [*(b.values if (lo, hi) == (0, b.count) else b.values[lo:hi]), b""]
         try:
-            return delim.join(values) + delim
+            return delim.join(values)
         except TypeError:  # tombstones print as empty values
-            return delim.join(v or b"" for v in values) + delim
+            return delim.join([v or b"" for v in values])
 
     return write_values
 
@@ -1182,6 +1190,93 @@ def maintain(
         _emit_rows(rows, ["topic", "partition", "start_offset", "segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed"], False, "maintenance")
 
 
+# --------------------------------------------------------------------- verify
+
+
+@app.command("verify", context_settings={"help_option_names": ["-h", "--help"]})
+def verify_command(
+    ctx: typer.Context,
+    topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed: rebuild indexes, truncate torn tails, move damaged bytes and unreadable offsets files to quarantine files; print each action."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON list of problems: topic, partition, file, position, problem, severity (with --repair also action, repaired)."),
+) -> None:
+    """Check every segment, index and offsets file; exit 0 only when no error is left.
+
+    One line per problem on stdout: FILE: position N: SEVERITY: WHAT. Warnings
+    (a group behind the start offset) and info lines never fail the check.
+    --repair holds each partition's writer and maintenance locks while it
+    works, and never deletes data silently: see docs/FORMAT.md, "kq verify".
+
+    [bold]Examples[/bold]
+
+      kq verify
+
+      kq verify orders --repair
+
+      kq verify --json | jq -r '.[] | select(.severity == "error") | .file'
+    """
+    from .verify import ERROR, WARNING, Verifier
+
+    s = _settings(ctx)
+    verifier = Verifier(s.data, repair=repair)
+    problems = []
+    for p in verifier.run(list(dict.fromkeys(topics)) if topics else None):
+        problems.append(p)
+        if not json_output:
+            print(p.line(), flush=True)
+    if json_output:
+        _print_json([p.as_dict(with_action=repair) for p in problems])
+    counts = verifier.counts
+    outcome = "clean" if not counts[ERROR] + counts[WARNING] else f"{counts[ERROR]} error(s), {counts[WARNING]} warning(s)"
+    if repair and counts[ERROR]:
+        outcome += f"; {verifier.repaired} repaired, {verifier.unrepaired} not"
+    s.info(
+        f"verified {verifier.topics} topic(s), {verifier.partitions} partition(s), {verifier.segments} segment(s) "
+        f"({_human(verifier.bytes)}): {outcome}"
+    )
+    if not verifier.clean:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------- bench
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def bench(
+    ctx: typer.Context,
+    messages: int = typer.Option(1_000_000, "-n", "--messages", min=1, help="How many messages to produce and consume."),
+    size: int = typer.Option(100, "-s", "--size", min=0, metavar="BYTES", help="Bytes per message."),
+    partitions: int = typer.Option(1, "--partitions", min=1, help="Partitions of the scratch topic."),
+    keys: int = typer.Option(0, "--keys", min=0, metavar="N", show_default=False, help="Spread the messages over N keys (murmur2 partitioning) \\[default: no keys]."),
+    sync: bool = typer.Option(False, "--sync", help="fsync every batch, as `produce --sync` does."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON list: phase, messages, bytes, seconds, msg_per_s, mb_per_s."),
+) -> None:
+    """Measure produce and consume speed on this machine's disk (like kafka-producer-perf-test).
+
+    Writes a scratch topic in the data directory, reads it back, deletes it.
+    Produce cuts batches as `kq produce` does from a fast pipe; consume reads
+    and decodes as `kq consume` does, without writing the messages out.
+
+    [bold]Examples[/bold]
+
+      kq bench
+
+      kq bench -n 200000 --size 1000 --sync       [dim]# durable writes of 1 KB messages[/dim]
+
+      kq --data-dir /mnt/fast bench --partitions 8 --keys 10000 --json
+    """
+    from .bench import run
+
+    s = _settings(ctx)
+    phases = run(s.data, messages, size, partitions, keys, sync)
+    rows = [
+        {"phase": p.name, "messages": p.messages, "bytes": p.bytes, "seconds": round(p.seconds, 4),
+         "msg_per_s": round(p.messages_per_second), "mb_per_s": round(p.megabytes_per_second, 1)}
+        for p in phases
+    ]
+    _emit_rows(rows, ["phase", "messages", "bytes", "seconds", "msg_per_s", "mb_per_s"], json_output, "kq bench")
+
+
 # --------------------------------------------------------------------- entry point
 
 
@@ -1200,6 +1295,43 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _invoked_name(args: list[str]) -> str | None:
+    """The command named on the line, after the global options; None if there is none."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--data-dir":
+            i += 2
+        elif arg.startswith("--data-dir=") or arg in ("-q", "--quiet", "--no-color"):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def _command_tree(args: list[str], get_command):
+    """The click command for this run, built only for the command it names.
+
+    typer converts every command's signature into click parameters at each
+    start; building just the invoked command saves most of kq's own start-up
+    (kq is often run once per message). Help, completion and misspelt
+    commands get the whole tree.
+    """
+    from typer.main import get_command_name
+
+    name = None if "_KQ_COMPLETE" in os.environ else _invoked_name(args)
+    commands = [c for c in app.registered_commands if (c.name or get_command_name(c.callback.__name__)) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not (commands or groups):
+        return get_command(app)
+    everything = app.registered_commands, app.registered_groups
+    app.registered_commands, app.registered_groups = commands, groups
+    try:
+        return get_command(app)
+    finally:
+        app.registered_commands, app.registered_groups = everything
+
+
 def main(argv: list[str] | None = None) -> None:
     import signal
 
@@ -1208,7 +1340,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, a produce stops cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    command = get_command(app)
+    command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
     try:
         code = command.main(args=argv, prog_name="kq", standalone_mode=False)
         code = code if isinstance(code, int) else 0

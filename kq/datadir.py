@@ -20,7 +20,7 @@ from .fileio import atomic_write, fsync_dir, make_dirs
 from .location import GROUPS_DIR, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, topic_names
 from .names import check_name
 from .partition import init_partition
-from .topic import TOPIC_FORMAT, Topic, check_config
+from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
 
 FORMAT_FILE = "kq.json"
 FORMAT_VERSION = 1
@@ -93,14 +93,14 @@ class DataDir:
         check_name(name)
         if not self.exists():
             raise TopicNotFound(name)
-        path = os.path.join(self.topics_path, name)
+        path = check_inside(os.path.join(self.topics_path, name), self.path)
         try:
             meta = Topic.load_meta(path)
         except FileNotFoundError:
             raise TopicNotFound(name) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise DataDirError(f"{os.path.join(path, TOPIC_FILE)} is unreadable ({exc})") from None
-        return Topic(name, path, meta)
+        return Topic(name, path, meta, root=self.path)
 
     def create_topic(self, name: str, partitions: int = 1, config: dict | None = None) -> Topic:
         """Create a topic atomically: it appears whole (all partitions) or not at all."""

@@ -5,9 +5,11 @@ its byte position in the segment and the largest timestamp of all batches
 *before* it in the segment. Offsets and that running maximum never decrease,
 so both offset and timestamp lookups are binary searches.
 
-The index is derived data: a missing, short or stale index only makes a
-lookup start earlier in the segment; readers verify the batch an entry points
-at, and writers truncate entries past a recovered tail.
+The index is derived data: a missing or short index only makes a lookup
+start earlier in the segment; readers verify the batch an entry points at,
+and writers truncate entries past a recovered tail. A damaged running
+maximum can make a timestamp lookup start late (it has no checksum):
+``kq verify`` finds it and ``--repair`` rebuilds the index.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class MaintenanceLock:
         self.file = None
 
     def __enter__(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         self.file = os.fdopen(fd, "r+")
         flags = portalocker.LockFlags.EXCLUSIVE
         if not self.blocking:
@@ -72,7 +72,7 @@ class MaintenanceLock:
 def segment_max_timestamp(partition: Partition, base: int) -> int:
     """The largest record timestamp in a segment (from its index and a short scan)."""
     path = partition._log_path(base)
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         position, _, max_ts = _scan_start(fd, base, Index.load(partition._index_path(base)))
         for _, header, _, _ in BatchReader(fd, path, position).headers():
@@ -154,7 +154,7 @@ def trim(partition: Partition, before: int) -> Report:
 def _segment_batches(partition: Partition, base: int):
     """(raw bytes, decoded batch) for every batch of a closed segment; damage is an error."""
     path = partition._log_path(base)
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         reader = BatchReader(fd, path, 0)
         for pos, header, buf, rel in reader.headers():
@@ -266,7 +266,7 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
         position += len(data)
         max_ts = max(max_ts, batch_max)
     for path, payload in ((log_tmp, [d for d, _, _ in out_batches]), (index_tmp, entries)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
             write_all(fd, b"".join(payload))
             os.fsync(fd)

@@ -24,6 +24,7 @@ from .segment import (
     CLEAN,
     DAMAGED,
     BatchReader,
+    READ_CHUNK,
     classify_damage,
     find_valid_batch,
     index_name,
@@ -52,6 +53,10 @@ class _Tail:
     max_timestamp: int  # over the batches of this segment
     last_indexed: int  # position of the last index entry (0: the implicit first)
     index_fd: int | None = None
+    # The index file this tail appends to (None: none yet). If it is replaced
+    # (kq verify --repair) or deleted, the tail is stale: appending to the old
+    # file would leave the index on disk without its newest entries.
+    index_inode: int | None = None
 
 
 class Partition:
@@ -112,7 +117,7 @@ class Partition:
         base = bases[-1]
         path = self._log_path(base)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:  # replaced under us: look again
             return self.end_offset()
         try:
@@ -168,7 +173,7 @@ class Partition:
         for base in self.segments():
             path = self._log_path(base)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 continue
             try:
@@ -192,7 +197,7 @@ class Partition:
 
     def _lock(self):
         if self._lock_file is None:
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, FILE_MODE)
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
             self._lock_file = os.fdopen(fd, "r+")
         portalocker.lock(self._lock_file, portalocker.LockFlags.EXCLUSIVE)
 
@@ -214,35 +219,35 @@ class Partition:
         """
         if timestamp is None and timestamps is None:
             timestamp = now_ms()
+        return self.append_payload(batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps))
+
+    def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
+        """Append records packed by ``batch.pack``; return (first offset, last offset)."""
         self._lock()
         try:
             tail = self._recover_tail()
             if tail.end >= self.segment_bytes:
                 tail = self._roll(tail)
-            data = batchfmt.encode(
-                tail.next_offset, values, keys, headers,
-                timestamp=timestamp or 0, timestamps=timestamps,
-            )
+            head = batchfmt.frame(tail.next_offset, payload)
             position = tail.end
             try:
-                write_all(tail.fd, data)
+                write_all(tail.fd, head, payload.data)
                 if self.sync:
                     os.fdatasync(tail.fd)
-            except BaseException:
+            except BaseException as exc:
                 # Leave no torn batch behind for the next writer to find, and
                 # forget what we knew: the file may not be what we think.
                 self._forget_tail()
                 _truncate_quietly(self._log_path(tail.base), position)
+                _name_the_file(exc, self._log_path(tail.base))
                 raise
             first = tail.next_offset
-            count = len(values)
             if position - tail.last_indexed >= INTERVAL_BYTES:
                 self._append_index(tail, [(first, position, tail.max_timestamp)])
-            tail.end = position + len(data)
-            tail.next_offset = first + count
-            batch_max = max(timestamps) if timestamps is not None else timestamp
-            tail.max_timestamp = max(tail.max_timestamp, batch_max)
-            return first, first + count - 1
+            tail.end = position + len(head) + len(payload.data)
+            tail.next_offset = first + payload.count
+            tail.max_timestamp = max(tail.max_timestamp, payload.max_timestamp)
+            return first, first + payload.count - 1
         finally:
             self._unlock()
 
@@ -266,13 +271,13 @@ class Partition:
                 tail = self._roll(tail)
             position = tail.end
             try:
-                for run in _runs(batches):
-                    write_all(tail.fd, run)
+                write_all(tail.fd, *_runs(batches))
                 if self.sync:
                     os.fdatasync(tail.fd)
-            except BaseException:
+            except BaseException as exc:
                 self._forget_tail()
                 _truncate_quietly(self._log_path(tail.base), position)
+                _name_the_file(exc, self._log_path(tail.base))
                 raise
             entries = []
             last_indexed = tail.last_indexed
@@ -306,7 +311,7 @@ class Partition:
         """The last valid batch of the log, or None if it is empty."""
         for base in reversed(self.segments()):
             path = self._log_path(base)
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 position, _, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
                 last = None
@@ -325,7 +330,7 @@ class Partition:
         if not bases:
             return None
         path = self._log_path(bases[-1])
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             position, _, _ = _scan_start(fd, bases[-1], Index.load(self._index_path(bases[-1])))
             reader = BatchReader(fd, path, position)
@@ -354,7 +359,7 @@ class Partition:
                 return
             base = keep[-1]
             path = self._log_path(base)
-            fd = os.open(path, os.O_RDWR)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
             try:
                 cut = None
                 for pos, header, _, _ in BatchReader(fd, path, 0).headers():
@@ -391,8 +396,9 @@ class Partition:
         """Append (offset, position, max timestamp before it) entries in one write."""
         if tail.index_fd is None:
             tail.index_fd = os.open(
-                self._index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE
+                self._index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE
             )
+            tail.index_inode = os.fstat(tail.index_fd).st_ino
         write_all(tail.index_fd, b"".join(ENTRY.pack(*e) for e in entries))
         tail.last_indexed = entries[-1][1]
 
@@ -423,10 +429,11 @@ class Partition:
                 st = os.stat(path)
             except FileNotFoundError:
                 st = None
-            if st is not None and st.st_ino == tail.inode and st.st_size == tail.end:
+            if (st is not None and st.st_ino == tail.inode and st.st_size == tail.end
+                    and _inode(self._index_path(base)) == tail.index_inode):
                 return tail  # nobody wrote since our last append
         self._forget_tail()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
         try:
             tail = self._scan_tail(fd, base, path)
         except BaseException:
@@ -438,9 +445,21 @@ class Partition:
     def _scan_tail(self, fd: int, base: int, path: str) -> _Tail:
         index_path = self._index_path(base)
         index = Index.load(index_path)
-        position, next_offset, max_ts = _scan_start(fd, base, index)
+        start = _last_valid_entry(fd, index)
+        position, next_offset, max_ts = 0, base, NO_TIMESTAMP
+        if start >= 0:
+            next_offset, position, max_ts = index.entry(start)
+        # The entries the index lacks after the one the scan starts from (it
+        # was deleted, or lost its end in a crash) are the ones append would
+        # have written: add them, so the index stays what kq writes for this
+        # segment instead of growing a hole.
+        missing = []
+        last_indexed = position
         reader = BatchReader(fd, path, position)
         for pos, header, _, _ in reader.headers():
+            if pos - last_indexed >= INTERVAL_BYTES:
+                missing.append((header[3], pos, max_ts))
+                last_indexed = pos
             next_offset = header[3] + header[4] + 1
             max_ts = max(max_ts, header[7])
         end = reader.stop_position
@@ -451,17 +470,22 @@ class Partition:
             os.ftruncate(fd, end)
             if self.sync:
                 os.fsync(fd)
-        # Keep only index entries that point into the valid log, whole.
-        entries = index.entries_before(end)
+        # Keep the entries up to the valid one the scan started from, whole,
+        # unless that one pointed at the torn batch just cut off.
+        kept = start + 1
+        if kept and position >= end:
+            kept -= 1
+            last_indexed = index.entry(kept - 1)[1] if kept else 0
         index_fd = None
-        if entries != len(index) or len(index.blob) % 24:
-            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-            os.ftruncate(index_fd, entries * 24)
-        last_indexed = index.entry(entries - 1)[1] if entries else 0
-        return _Tail(base, fd, os.fstat(fd).st_ino, end, next_offset, max_ts, last_indexed, index_fd)
+        if kept != len(index) or len(index.blob) % ENTRY.size or missing:
+            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            os.ftruncate(index_fd, kept * ENTRY.size)
+            write_all(index_fd, b"".join(ENTRY.pack(*e) for e in missing))
+        index_inode = os.fstat(index_fd).st_ino if index_fd is not None else _inode(index_path)
+        return _Tail(base, fd, os.fstat(fd).st_ino, end, next_offset, max_ts, last_indexed, index_fd, index_inode)
 
     def _create_segment(self, base: int) -> int:
-        fd = os.open(self._log_path(base), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd = os.open(self._log_path(base), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         if self.sync:
             fsync_dir(self.path)
         return fd
@@ -523,15 +547,21 @@ def _runs(batches: list[RawBatch]) -> list[memoryview]:
 def init_partition(path: str, sync: bool = False) -> None:
     """Create an empty partition directory with its first (empty) segment."""
     make_dirs(path)
-    os.close(os.open(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    os.close(os.open(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
     if sync:
         fsync_dir(path)
+
+
+def _name_the_file(exc: BaseException, path: str) -> None:
+    """Let a write error (disk full, EIO) say which file it hit: os.write's does not."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = path
 
 
 def _truncate_quietly(path: str, size: int) -> None:
     """Best-effort truncation after a failed write (the error that caused it wins)."""
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
             os.ftruncate(fd, size)
         finally:
@@ -542,6 +572,10 @@ def _truncate_quietly(path: str, size: int) -> None:
 
 def _entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
     """Does an index entry point at the start of a batch with its base offset?"""
+    # A garbled position: pread fails with EINVAL (rather than reading nothing)
+    # below 0 or where position + length passes the largest file offset.
+    if not 0 <= entry[1] <= 2**63 - 1 - batchfmt.HEADER_SIZE:
+        return False
     head = os.pread(fd, batchfmt.HEADER_SIZE, entry[1])
     return (
         len(head) == batchfmt.HEADER_SIZE
@@ -550,18 +584,31 @@ def _entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
     )
 
 
+def _last_valid_entry(fd: int, index: Index) -> int:
+    """Number of the last index entry that points at its batch, or -1."""
+    i = len(index) - 1
+    while i >= 0 and not _entry_is_valid(fd, index.entry(i)):
+        i -= 1
+    return i
+
+
 def _scan_start(fd: int, base: int, index: Index) -> tuple[int, int, int]:
     """Where to start scanning for the end of a segment: the last valid index entry.
 
     Returns (position, offset at that position, max timestamp before it).
     """
-    i = len(index) - 1
-    while i >= 0:
-        entry = index.entry(i)
-        if _entry_is_valid(fd, entry):
-            return entry[1], entry[0], entry[2]
-        i -= 1
-    return 0, base, NO_TIMESTAMP
+    i = _last_valid_entry(fd, index)
+    if i < 0:
+        return 0, base, NO_TIMESTAMP
+    offset, position, max_ts = index.entry(i)
+    return position, offset, max_ts
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 class Cursor:
@@ -571,13 +618,16 @@ class Cursor:
     returns a batch twice; ``offset`` is the next offset to deliver.
     """
 
-    def __init__(self, partition: Partition, offset: int):
+    def __init__(self, partition: Partition, offset: int, buffers: int = 1, buffer_bytes: int = READ_CHUNK):
         self.partition = partition
         self.offset = offset
         self._fd: int | None = None
         self._base = -1
         self._path = ""
         self._position = 0
+        # Polls read into these in turn: ``poll_raw`` batches stay valid
+        # until ``buffers`` more polls (two let a thread read one poll ahead).
+        self._buffers = [bytearray(buffer_bytes) for _ in range(buffers)]
         self._seek(offset)
 
     def close(self) -> None:
@@ -591,7 +641,7 @@ class Cursor:
         for candidate in [b for b in self.partition.segments() if b >= base]:
             path = self.partition._log_path(candidate)
             try:
-                self._fd = os.open(path, os.O_RDONLY)
+                self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except FileNotFoundError:
                 continue
             self._base, self._path, self._position = candidate, path, 0
@@ -612,12 +662,20 @@ class Cursor:
         if entry is not None and _entry_is_valid(self._fd, entry):
             self._position = entry[1]
 
-    def poll(self, max_bytes: int = 8 * 1024 * 1024) -> list:
-        """Decoded batches that end after ``offset``, up to about ``max_bytes``."""
+    def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
+        """Decoded batches that end after ``offset``, up to about ``max_bytes``.
+
+        Small rounds are faster than large ones: the values of a round are
+        freed before the next, so their memory is reused instead of faulted in.
+        """
         return self._poll(max_bytes, batchfmt.decode)
 
     def poll_raw(self, max_bytes: int = 8 * 1024 * 1024) -> list["RawBatch"]:
-        """Like ``poll`` but the batches' bytes as stored, undecoded (for replication)."""
+        """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
+
+        The batches are views of the cursor's read buffers: valid until as
+        many more polls as the cursor has buffers.
+        """
         return self._poll(max_bytes, _raw_batch)
 
     def _poll(self, max_bytes: int, make) -> list:
@@ -627,7 +685,7 @@ class Cursor:
                 return []
         out = []
         while True:
-            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes)
+            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0])
             for pos, header, buf, rel in reader.headers():
                 next_offset = header[3] + header[4] + 1
                 if next_offset > self.offset:
@@ -635,8 +693,10 @@ class Cursor:
                     b.position = pos
                     out.append(b)
                     self.offset = next_offset
+            self._buffers[0] = reader.buffer
             self._position = reader.stop_position
             if out:
+                self._buffers.append(self._buffers.pop(0))
                 return out
             if reader.stop not in (CLEAN, DAMAGED):
                 continue  # the limit was reached skipping batches before ``offset``

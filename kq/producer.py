@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import defaultdict
 
-from .batch import MAX_BATCH_BYTES
+from .batch import MAX_BATCH_BYTES, pack
+from .partition import now_ms
+from .partitioner import partition_for_key
 from .topic import Topic
 
 # Leave room under the batch limit for msgpack's per-value framing and the header.
 SPLIT_BYTES = MAX_BATCH_BYTES // 2
+KEY_CACHE_SIZE = 100_000  # distinct keys remembered with their partition
 
 
 def _size(values) -> int:
@@ -18,9 +23,13 @@ def _size(values) -> int:
         return sum(len(v) for v in values if v is not None)
 
 
-def _pieces(n: int, values) -> list[tuple[int, int]]:
-    """Index ranges that cut ``values`` into batches under SPLIT_BYTES."""
-    if n <= 1 or _size(values) <= SPLIT_BYTES:
+def _pieces(n: int, values, size: int | None = None) -> list[tuple[int, int]]:
+    """Index ranges that cut ``values`` into batches under SPLIT_BYTES.
+
+    ``size``, if given, is at least the values' total length (measuring a
+    million small values costs more than encoding them).
+    """
+    if n <= 1 or (size if size is not None else _size(values)) <= SPLIT_BYTES:
         return [(0, n)]
     out, start, acc = [], 0, 0
     for i, v in enumerate(values):
@@ -41,32 +50,100 @@ class Producer:
     partitioner), so a batch is never split for partitioning's sake.
     """
 
-    def __init__(self, topic: Topic, partition: int | None = None):
+    def __init__(self, topic: Topic, partition: int | None = None, background: bool = False):
         self.topic = topic
         self.partition = None if partition is None else topic.partition(partition).number
         self.sent = 0
+        # murmur2 in Python costs microseconds a key, and keys repeat.
+        self._key_partitions: dict[bytes, int] = {}
+        self._writer = _BackgroundWriter() if background else None
+
+    def flush(self) -> None:
+        """Wait until every record sent is appended; raise the error that stopped a write."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush, then stop the background writer (if any)."""
+        if self._writer is not None:
+            try:
+                self._writer.flush()
+            finally:
+                self._writer.stop()
+                self._writer = None
 
     def _choose(self, key: bytes | None) -> int:
         if self.partition is not None:
             return self.partition
         if key is not None:
-            return self.topic.partition_for_key(key)
+            return self._partitions_of([key], None)[0]
         return self.topic.next_partition()
 
-    def send_values(self, values: list, key: bytes | None = None, headers=None) -> None:
-        """Send values that share one key (or none) and one header list."""
+    def _partitions_of(self, keys, unkeyed: int | None) -> list[int]:
+        """The partition of each key (Kafka's murmur2); ``unkeyed`` for None."""
+        cache = self._key_partitions
+        if len(cache) > KEY_CACHE_SIZE:
+            cache.clear()
+        out = list(map(cache.get, keys))
+        if None in out:  # new keys, or records without a key
+            count = self.topic.partition_count
+            for i, number in enumerate(out):
+                if number is None:
+                    key = keys[i]
+                    out[i] = unkeyed if key is None else cache.setdefault(key, partition_for_key(key, count))
+        return out
+
+    def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None:
+        """Send values each with its own key (None: no key), sharing one header list.
+
+        ``size``: an upper bound of the values' total length, if known.
+        """
         if not values:
             return
-        number = self._choose(key)
+        if self.partition is not None or self.topic.partition_count == 1:
+            number = self.partition if self.partition is not None else 0
+            self._append(number, values, keys, None if not headers else [headers] * len(values), None, size)
+            return
+        numbers = self._partitions_of(keys, self.topic.next_partition())
+        members: dict[int, list[int]] = defaultdict(list)
+        for i, number in enumerate(numbers):
+            members[number].append(i)
+        for number, indexes in members.items():
+            self._append(
+                number, [values[i] for i in indexes], [keys[i] for i in indexes],
+                None if not headers else [headers] * len(indexes), None, None,
+            )
+
+    def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
+        """Send values that share one key (or none) and one header list.
+
+        ``size``: an upper bound of the values' total length, if known.
+        """
+        if not values:
+            return
+        n = len(values)
+        self._append(
+            self._choose(key), values, None if key is None else [key] * n,
+            None if not headers else [headers] * n, None, size,
+        )
+
+    def _append(self, number: int, values: list, keys, headers, timestamps, size: int | None) -> None:
+        """Append records to partition ``number``, in as many batches as their size needs."""
         part = self.topic.partition(number)
         n = len(values)
-        for lo, hi in _pieces(n, values):
-            piece = values if (lo, hi) == (0, n) else values[lo:hi]
-            part.append(
-                piece,
-                keys=None if key is None else [key] * len(piece),
-                headers=None if not headers else [headers] * len(piece),
+        for lo, hi in _pieces(n, values, size):
+            whole = (lo, hi) == (0, n)
+            piece = (
+                values if whole else values[lo:hi],
+                keys if whole or keys is None else keys[lo:hi],
+                headers if whole or headers is None else headers[lo:hi],
             )
+            piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
+            if self._writer is None:
+                part.append(*piece, timestamps=piece_stamps)
+            else:
+                stamp = now_ms() if piece_stamps is None else 0
+                self._writer.append(part, pack(*piece, timestamp=stamp, timestamps=piece_stamps))
         self.sent += n
 
     def send_records(self, records) -> None:
@@ -92,15 +169,53 @@ class Producer:
             if all(t is None for t in stamps):
                 stamps = None
             else:
-                from .partition import now_ms
-
                 now = now_ms()
                 stamps = [now if t is None else t for t in stamps]
-            part = self.topic.partition(number)
-            n = len(values)
-            for lo, hi in _pieces(n, values):
-                part.append(
-                    values[lo:hi], keys=keys[lo:hi], headers=headers[lo:hi],
-                    timestamps=None if stamps is None else stamps[lo:hi],
-                )
-            self.sent += n
+            self._append(number, values, keys, headers, stamps, None)
+
+
+class _BackgroundWriter:
+    """Appends packed batches in a thread, so that a producer reads and packs the next one meanwhile.
+
+    Checksumming and writing release the GIL: with this, a producer from a
+    pipe uses both cores. At most a few batches wait (bounded memory); the
+    first error stops the writer and is raised to the producer's next call.
+    """
+
+    def __init__(self, depth: int = 4):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None  # to raise in the producer, once
+        self._failed = False  # after a failed append, no later batch may be written
+        self._thread = threading.Thread(target=self._run, name="kq-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if not self._failed:
+                    part, payload = item
+                    part.append_payload(payload)
+            except BaseException as exc:  # raised again in the producer's thread
+                self._error, self._failed = exc, True
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def append(self, part, payload) -> None:
+        self._raise()
+        self._queue.put((part, payload))
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()

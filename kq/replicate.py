@@ -10,6 +10,8 @@ tail that readers never see and the next run truncates.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +21,8 @@ from .datadir import DataDir
 from .errors import KqError, TopicNotFound
 from .fileio import FILE_MODE
 from .group import Groups
-from .partition import Partition
+from .maintain import trim
+from .partition import Cursor, Partition
 from .topic import Topic
 
 LOCK_NAME = "replicate.lock"
@@ -89,6 +92,62 @@ def first_mismatch(source: Partition, replica: Partition) -> int | None:
     return None
 
 
+def _batch_start(part: Partition, offset: int) -> int:
+    """The base offset of the batch that holds ``offset`` (``offset`` itself at the end)."""
+    cursor = part.cursor(offset)
+    try:
+        batches = cursor.poll_raw(1)
+        return batches[0].base_offset if batches else offset
+    finally:
+        cursor.close()
+
+
+def _read_ahead(cursor: Cursor, max_bytes: int):
+    """The cursor's polls of raw batches, each read by a thread while the caller writes the one before.
+
+    Reading (pread) and checking (crc32) release the GIL, as does writing,
+    so a copy uses both cores. The cursor alternates two buffers, and the
+    thread starts a poll only once the caller is done with the poll that
+    last used that buffer. Ends at the first empty poll.
+    """
+    polls: queue.Queue = queue.Queue(maxsize=1)
+    free = threading.Semaphore(2)  # buffers the caller is not using
+    stopping = threading.Event()
+
+    def read() -> None:
+        try:
+            while True:
+                free.acquire()
+                if stopping.is_set():
+                    return
+                batches = cursor.poll_raw(max_bytes)
+                polls.put(batches)
+                if not batches:
+                    return
+        except BaseException as exc:  # handed to the caller, raised there
+            polls.put(exc)
+
+    thread = threading.Thread(target=read, name="kq-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = polls.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            yield item
+            free.release()
+    finally:
+        stopping.set()
+        free.release()
+        while thread.is_alive():  # unblock a thread waiting to hand over a poll
+            try:
+                polls.get(timeout=0.01)
+            except queue.Empty:
+                pass
+
+
 class Replicator:
     """Copies topics from ``source`` to ``replica`` (two data directories)."""
 
@@ -105,7 +164,7 @@ class Replicator:
 
     def __enter__(self) -> "Replicator":
         self.replica.ensure()
-        fd = os.open(os.path.join(self.replica.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = os.open(os.path.join(self.replica.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         fh = os.fdopen(fd, "r+")
         try:
             portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
@@ -167,18 +226,19 @@ class Replicator:
             rep.truncate_to(mismatch)
             report.truncated_at = report.from_offset = report.to_offset = start = mismatch
         source_start = src.start_offset()
-        if start < source_start:
-            # The source no longer has what the replica lacks (retention): the
-            # copy starts where the source does.
-            rep.truncate_to(source_start)
-            report.from_offset = start = source_start
+        boundary = _batch_start(src, source_start)
+        if start < boundary:
+            # The source no longer has what the replica lacks (retention, trim):
+            # the copy starts at the batch holding the source's start offset.
+            rep.truncate_to(boundary)
+            report.from_offset = report.to_offset = start = boundary
         end = src.end_offset()
         total = max(src.size() - rep.size(), 0)
-        cursor = src.cursor(start)
+        cursor = Cursor(src, start, buffers=2, buffer_bytes=COPY_BYTES)
+        polls = _read_ahead(cursor, COPY_BYTES)
         try:
-            while report.to_offset < end:
-                batches = cursor.poll_raw(COPY_BYTES)
-                if not batches:
+            for batches in polls:
+                if report.to_offset >= end:
                     break
                 if batches[0].base_offset != report.to_offset:
                     raise KqError(
@@ -192,7 +252,10 @@ class Replicator:
                 if self.progress is not None:
                     self.progress(report, total)
         finally:
+            polls.close()
             cursor.close()
+        if rep.start_offset() < source_start:
+            trim(rep, source_start)  # records the source deleted are deleted here too
         return report
 
     def _copy_groups(self, src: Topic, rep: Topic) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import random
 
-from .errors import PartitionNotFound, UnsupportedFormat, UsageError
+from .errors import DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
 from .location import TOPIC_FILE
 from .partitioner import partition_for_key
 from .partition import DEFAULT_SEGMENT_BYTES, Partition
@@ -52,10 +52,29 @@ def check_config(config: dict) -> dict:
     return merged
 
 
+def check_inside(path: str, root: str) -> str:
+    """Return ``path`` if it resolves inside the data directory ``root``; raise if a link leads out.
+
+    Someone who can write in a shared data directory could replace a topic,
+    partition or group directory with a symbolic link, so that kq reads,
+    truncates or appends to files elsewhere (another user's, say). Links that
+    stay inside the data directory, and a data directory that is itself
+    reached through a link, are fine.
+    """
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise DataDirError(
+            f"{path} leads out of the data directory {root} through a symbolic link "
+            f"(to {real}); kq does not follow links out of its data directory"
+        )
+    return path
+
+
 class Topic:
-    def __init__(self, name: str, path: str, meta: dict):
+    def __init__(self, name: str, path: str, meta: dict, root: str | None = None):
         self.name = name
         self.path = path
+        self.root = root  # the data directory: partition directories must resolve inside it
         self.partition_count: int = meta["partitions"]
         self.config: dict = meta["config"]
         self._partitions: dict[int, Partition] = {}
@@ -85,10 +104,13 @@ class Topic:
             raise PartitionNotFound(self.name, number, self.partition_count)
         p = self._partitions.get(number)
         if p is None:
+            path = os.path.join(self.path, str(number))
+            if self.root is not None:
+                check_inside(path, self.root)
             p = Partition(
                 self.name,
                 number,
-                os.path.join(self.path, str(number)),
+                path,
                 segment_bytes=self.config["segment_bytes"],
                 sync=self.config["sync"],
                 config=self.config,

@@ -1,0 +1,529 @@
+"""Checking and repairing a data directory's files (``kq verify``).
+
+Every segment is read batch by batch (magic, length, checksum, payload,
+offsets), every index is compared with the index kq writes for that segment,
+and the small files beside them (``topic.json``, ``start.offset``, the groups'
+committed offsets) are parsed. Each problem names its file and byte position.
+
+Nothing changes unless ``repair`` is asked for, and repair never deletes data
+silently: damaged bytes with valid batches after them are moved to a
+quarantine file beside the segment, a torn tail (an append a crash cut short,
+never acknowledged) is truncated as the next writer would, indexes are
+rebuilt (they are derived data), and an unreadable offsets file is moved
+aside. Every action is reported.
+
+Locks: a partition is checked under its maintenance lock, so retention and
+compaction cannot change files mid-check. A partition that looks damaged is
+checked again holding its writer lock too, so that an append in progress is
+never reported as a torn tail; repair holds both locks throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import batch as batchfmt
+from .datadir import DataDir
+from .errors import CorruptFile, CorruptLog, DataDirError
+from .fileio import FILE_MODE, atomic_write, fsync_dir, write_all
+from .group import CLAIM_SUFFIX, OFFSET_SUFFIX, Groups, _try_lock
+from .index import ENTRY, ENTRY_SIZE, INTERVAL_BYTES, NO_TIMESTAMP, Index
+from .location import TOPIC_FILE
+from .maintain import COMPACT_SUFFIX, MaintenanceLock
+from .partition import START_NAME, Partition
+from .segment import DAMAGED, INDEX_SUFFIX, READ_CHUNK, BatchReader, find_valid_batch
+from .topic import Topic
+
+ERROR = "error"  # the partition cannot be read as written: exit 1 until repaired
+WARNING = "warning"  # surprising but readable (a group behind the start offset)
+INFO = "info"  # files worth knowing about (leftovers, quarantined bytes)
+
+# "<segment>.log.quarantine-<byte position>" and "<P>.offset.quarantine":
+# never read by kq, never deleted by it.
+QUARANTINE = ".quarantine"
+
+
+@dataclass
+class Problem:
+    topic: str
+    partition: int | None  # None: a topic-wide file (topic.json)
+    file: str
+    position: int | None  # a byte position in ``file``, where that means something
+    problem: str
+    severity: str = ERROR
+    action: str | None = None  # with repair: what was done, or why nothing was
+    repaired: bool = False
+    why_not: str | None = field(default=None, repr=False)  # why repair cannot fix it, if it cannot
+
+    def line(self) -> str:
+        where = "" if self.position is None else f" position {self.position}:"
+        text = f"{self.file}:{where} {self.severity}: {self.problem}"
+        return text if self.action is None else f"{text} -> {self.action}"
+
+    def as_dict(self, with_action: bool = False) -> dict:
+        out = {"topic": self.topic, "partition": self.partition, "file": self.file,
+               "position": self.position, "problem": self.problem, "severity": self.severity}
+        if with_action:
+            out["action"] = self.action
+            out["repaired"] = self.repaired
+        return out
+
+
+@dataclass
+class _Region:
+    """Bytes of a segment that are not valid batches: [start, end)."""
+
+    start: int
+    end: int
+    problem: Problem
+
+
+@dataclass
+class _Segment:
+    base: int
+    path: str
+    index_path: str
+    size: int = 0
+    damaged: list[_Region] = field(default_factory=list)  # to quarantine
+    torn_tail: _Region | None = None  # to truncate (last segment only)
+    index: list[tuple[int, int, int]] = field(default_factory=list)  # what the index should hold
+    index_problem: Problem | None = None
+
+
+_AMBIGUOUS = "kq cannot tell which records are the right ones; inspect the segment"
+
+
+class _PartitionCheck:
+    """One pass over a partition's files: the problems and what repair needs to know."""
+
+    def __init__(self, topic: Topic, part: Partition):
+        self.topic = topic
+        self.part = part
+        self.compacted = topic.config.get("cleanup") == "compact"
+        self.problems: list[Problem] = []
+        self.segments: list[_Segment] = []
+        self.bytes = 0
+        self.next_offset: int | None = None  # after the last valid batch seen
+        self.expected: int | None = None  # where the next batch starts if nothing is missing
+
+    def report(self, path: str, position: int | None, problem: str, severity: str = ERROR,
+               why_not: str | None = None) -> Problem:
+        p = Problem(self.topic.name, self.part.number, path, position, problem, severity, why_not=why_not)
+        self.problems.append(p)
+        return p
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    def run(self) -> "_PartitionCheck":
+        path = self.part.path
+        try:
+            bases = self.part.segments()
+        except FileNotFoundError:
+            self.report(path, None, "partition directory missing",
+                        why_not="the topic says it has this partition; restore the directory")
+            return self
+        for i, base in enumerate(bases):
+            self._check_segment(base, last=i == len(bases) - 1)
+        try:
+            self.part.trimmed_to()
+        except CorruptFile:
+            self.report(os.path.join(path, START_NAME), None, "start offset file unreadable",
+                        why_not="the start offset it held is unknown; restore the file, or remove it to serve the "
+                                "partition from its first segment (records trimmed before would be served again)")
+        segments = {seg.base for seg in self.segments}
+        for name in sorted(os.listdir(path)):
+            if name.endswith(INDEX_SUFFIX) and name[:-len(INDEX_SUFFIX)].isdigit() \
+                    and int(name[:-len(INDEX_SUFFIX)]) not in segments:
+                self.report(os.path.join(path, name), None,
+                            "index of a segment that does not exist (left by an interrupted deletion)", INFO)
+            elif name.endswith(COMPACT_SUFFIX):
+                self.report(os.path.join(path, name), None,
+                            "left by an interrupted compaction; never read, the next compaction removes it", INFO)
+            elif QUARANTINE in name:
+                size = os.path.getsize(os.path.join(path, name))
+                self.report(os.path.join(path, name), None,
+                            f"{size} byte(s) quarantined by an earlier repair: not served; inspect, then remove", INFO)
+        return self
+
+    # ------------------------------------------------------------------ segments
+
+    def _check_segment(self, base: int, last: bool) -> None:
+        seg = _Segment(base, self.part._log_path(base), self.part._index_path(base))
+        try:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            seg.size = os.fstat(fd).st_size
+            self.bytes += seg.size
+            if self.next_offset is not None and base < self.next_offset:
+                self.report(seg.path, 0, f"segment base offset {base} is below the previous segment's "
+                                         f"next offset {self.next_offset}: offsets overlap", why_not=_AMBIGUOUS)
+            if self.expected is None:  # the first segment, or damage hid where the last one ended
+                self.expected = base
+            self._check_batches(fd, seg, last)
+        finally:
+            os.close(fd)
+        if not seg.damaged:
+            self._check_index(seg)
+        self.segments.append(seg)
+
+    def _check_batches(self, fd: int, seg: _Segment, last: bool) -> None:
+        """Walk every valid batch; damage ends a run, a valid batch after it starts the next."""
+        last_indexed, max_ts = 0, NO_TIMESTAMP
+        position = 0
+        while True:
+            reader = BatchReader(fd, seg.path, position)
+            for pos, header, buf, rel in reader.headers():
+                try:
+                    b = batchfmt.decode(buf, rel, header, seg.path)
+                except CorruptLog as exc:
+                    # Its checksum holds but readers cannot serve it: damage like any other.
+                    end = pos + batchfmt.batch_size(header)
+                    problem = self.report(seg.path, pos, f"{exc.reason} (offsets {header[3]}..{header[3] + header[4]})")
+                    seg.damaged.append(_Region(pos, end, problem))
+                    self.expected = None
+                    continue
+                self._check_offsets(seg, pos, b)
+                if pos - last_indexed >= INTERVAL_BYTES:
+                    seg.index.append((b.base_offset, pos, max_ts))
+                    last_indexed = pos
+                max_ts = max(max_ts, b.max_timestamp)
+            if reader.stop != DAMAGED:
+                return
+            start = reader.stop_position
+            found = find_valid_batch(fd, start + 1, seg.size)
+            end = seg.size if found is None else found
+            if found is None and last:
+                problem = self.report(seg.path, start, f"torn tail: {end - start} byte(s) after the last "
+                                                       f"valid batch ({reader.reason})")
+                seg.torn_tail = _Region(start, end, problem)
+                return
+            if found is None:
+                what = f"{reader.reason} in a closed segment: its last {end - start} byte(s) are damaged"
+            else:
+                what = f"{reader.reason}: {end - start} damaged byte(s) before the valid batch at byte {found}"
+            seg.damaged.append(_Region(start, end, self.report(seg.path, start, what)))
+            self.expected = None  # the records in the damage are unknown
+            if found is None:
+                return
+            position = found
+
+    def _check_offsets(self, seg: _Segment, pos: int, b: batchfmt.RecordBatch) -> None:
+        first = b.base_offset
+        if first < seg.base:
+            self.report(seg.path, pos, f"batch at offset {first} lies below its segment's base offset {seg.base}",
+                        why_not=_AMBIGUOUS)
+        elif self.next_offset is not None and first < self.next_offset:
+            self.report(seg.path, pos, f"offsets go backwards: the batch starts at offset {first}, "
+                                       f"the one before ended at {self.next_offset - 1}", why_not=_AMBIGUOUS)
+        elif self.expected is not None and first > self.expected and not self.compacted:
+            missing = f"record {first - 1} is" if first - self.expected == 1 else f"records {self.expected}..{first - 1} are"
+            self.report(seg.path, pos, f"offsets skip from {self.expected} to {first}: {missing} missing "
+                                       "(only compaction, or a repair that quarantined them, leaves gaps)", WARNING)
+        self.next_offset = self.expected = b.next_offset
+
+    def _check_index(self, seg: _Segment) -> None:
+        """The index must be exactly the one kq writes: one entry every INTERVAL_BYTES."""
+        have = Index.load(seg.index_path)
+        entries = [have.entry(i) for i in range(len(have))]
+        torn = len(have.blob) % ENTRY_SIZE
+        if entries == seg.index and not torn:
+            return
+        if not have.blob and not os.path.exists(seg.index_path):
+            seg.index_problem = self.report(
+                seg.index_path, None, f"index out of date: missing (the segment needs {len(seg.index)} entries)")
+            return
+        i = next((i for i, (a, b) in enumerate(zip(entries, seg.index)) if a != b), min(len(entries), len(seg.index)))
+        if torn and i == len(entries):  # a crash tore the last entry written
+            what = f"a partial {torn}-byte entry at the end"
+        elif i < len(entries) and i < len(seg.index):
+            (o, p, t), (eo, ep, et) = entries[i], seg.index[i]
+            what = (f"entry {i} says offset {o} at byte {p} after timestamps up to {t}; "
+                    f"the segment has offset {eo} at byte {ep} after timestamps up to {et}")
+        elif i < len(seg.index):
+            what = f"{len(seg.index) - i} entries missing from entry {i} on (the segment needs {len(seg.index)})"
+        else:
+            what = f"{len(entries) - i} entries past the last one the segment needs"
+        seg.index_problem = self.report(seg.index_path, i * ENTRY_SIZE, f"index out of date: {what}")
+
+    # ------------------------------------------------------------------ repair
+
+    def repair(self) -> None:
+        """Quarantine damage and truncate torn tails (the caller holds both locks)."""
+        for seg in self.segments:
+            if seg.damaged:
+                _quarantine_and_splice(seg)
+            elif seg.torn_tail is not None:
+                _truncate(seg.path, seg.torn_tail.start)
+            if seg.torn_tail is not None:
+                r = seg.torn_tail
+                r.problem.action = (f"truncated the segment to {r.start} bytes: dropped {r.end - r.start} byte(s) "
+                                    "of an incomplete write, as the next producer would")
+                r.problem.repaired = True
+
+    def rebuild_indexes(self) -> None:
+        """Write every index that is not what kq writes (after ``repair``, on a fresh check)."""
+        for seg in self.segments:
+            if seg.index_problem is not None and not seg.damaged:
+                atomic_write(seg.index_path, b"".join(ENTRY.pack(*e) for e in seg.index))
+                seg.index_problem.action = f"rebuilt the index ({len(seg.index)} entries)"
+                seg.index_problem.repaired = True
+
+
+def _quarantine_and_splice(seg: _Segment) -> None:
+    """Move each damaged region to its own file, then rewrite the segment without them.
+
+    The quarantine files are on disk (fsynced) before the segment loses the
+    bytes, so a crash in between leaves them twice, never nowhere; a rerun
+    finds the same damage and reuses the same file names.
+    """
+    fd = os.open(seg.path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        for r in seg.damaged:
+            moved = _read(fd, r.start, r.end)
+            target = _quarantine_name(f"{seg.path}{QUARANTINE}-{r.start}", moved)
+            atomic_write(target, moved)
+            after = "the batches after them stay in the segment" if r.end < seg.size else "they ended the segment"
+            r.problem.action = f"moved bytes {r.start}..{r.end - 1} ({r.end - r.start} bytes) to {target}; {after}"
+            r.problem.repaired = True
+        cut = sorted(seg.damaged, key=lambda r: r.start) + ([seg.torn_tail] if seg.torn_tail else [])
+        keep, at = [], 0
+        for r in cut:
+            keep.append((at, r.start))
+            at = r.end
+        keep.append((at, seg.size))
+        tmp = f"{seg.path}.tmp-{os.getpid()}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            for lo, hi in keep:
+                for chunk_start in range(lo, hi, READ_CHUNK):
+                    write_all(out, _read(fd, chunk_start, min(chunk_start + READ_CHUNK, hi)))
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, seg.path)
+        fsync_dir(os.path.dirname(seg.path))
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int, start: int, end: int) -> bytes:
+    data = os.pread(fd, end - start, start)
+    if len(data) != end - start:
+        raise DataDirError(f"segment shrank while being repaired (read {len(data)} of {end - start} bytes at {start})")
+    return data
+
+
+def _quarantine_name(path: str, content: bytes | None = None) -> str:
+    """``path``, or ``path-2``, ``-3``...: never overwrite another quarantine's bytes."""
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        if content is not None and os.path.getsize(candidate) == len(content):
+            with open(candidate, "rb") as f:
+                if f.read() == content:
+                    return candidate  # a rerun after a crash: the same bytes
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
+def _truncate(path: str, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- data directory
+
+
+class Verifier:
+    """Checks (and with ``repair``, fixes) the files of some or all topics.
+
+    ``run`` yields each problem once its partition is done; afterwards
+    ``clean`` says whether no error is left.
+    """
+
+    def __init__(self, data: DataDir, repair: bool = False):
+        self.data = data
+        self.repair = repair
+        self.topics = self.partitions = self.segments = self.bytes = 0
+        self.counts = {ERROR: 0, WARNING: 0, INFO: 0}
+        self.repaired = 0
+        self.unrepaired = 0
+
+    @property
+    def clean(self) -> bool:
+        return self.unrepaired == 0
+
+    def run(self, topics: list[str] | None = None):
+        self.data.exists()  # a broken data directory is an error, not a problem to list
+        names = self.data.topic_names() if topics is None else topics
+        opened = {}
+        for name in names:
+            try:
+                opened[name] = self.data.topic(name)  # unknown names fail before any work
+            except DataDirError as exc:
+                path = os.path.join(self.data.topics_path, name, TOPIC_FILE)
+                why = str(exc).replace(f"{path} is unreadable ", "")  # the line names the file already
+                opened[name] = Problem(name, None, path, None, f"topic metadata unreadable {why}")
+        for name, topic in opened.items():
+            self.topics += 1
+            if isinstance(topic, Problem):
+                if self.repair:
+                    topic.action = "not repaired: restore it (it holds the partition count and settings)"
+                yield self._count(topic)
+                continue
+            try:
+                ranges = {}
+                for part in topic.partitions():
+                    problems, ranges[part.number] = self._partition(topic, part)
+                    for p in problems:
+                        yield self._count(p)
+                for p in self._group_offsets(topic, ranges):
+                    yield self._count(p)
+            finally:
+                topic.close()
+
+    def _count(self, p: Problem) -> Problem:
+        self.counts[p.severity] += 1
+        if p.severity == ERROR:
+            if p.repaired:
+                self.repaired += 1
+            else:
+                self.unrepaired += 1
+        return p
+
+    def _partition(self, topic: Topic, part: Partition) -> tuple[list[Problem], tuple[int, int] | None]:
+        """Problems of one partition, and its (start, end) offsets when they can be read."""
+        self.partitions += 1
+        with MaintenanceLock(part):
+            check = _PartitionCheck(topic, part).run()
+            if check.errors:
+                part._lock()  # no append in progress from here on: look again
+                try:
+                    check = _PartitionCheck(topic, part).run()
+                    if self.repair and check.errors:
+                        check = self._repair(topic, part, check)
+                    ends = _offset_range(part)
+                finally:
+                    part._unlock()
+            else:
+                ends = _offset_range(part)
+        self.segments += len(check.segments)
+        self.bytes += check.bytes
+        return check.problems, ends
+
+    def _repair(self, topic: Topic, part: Partition, found: _PartitionCheck) -> _PartitionCheck:
+        found.repair()
+        # Cutting bytes moved the batches after them: indexes are rebuilt from a fresh look.
+        again = _PartitionCheck(topic, part).run()
+        again.rebuild_indexes()
+        before = {seg.base: seg for seg in found.segments}
+        for seg in again.segments:
+            old = before.get(seg.base)
+            if seg.index_problem is None or old is None:
+                continue
+            if old.index_problem is not None:
+                old.index_problem.action, old.index_problem.repaired = seg.index_problem.action, True
+            elif old.damaged or old.torn_tail:  # the index of a segment whose bytes were cut
+                cut = old.torn_tail or old.damaged[-1]
+                cut.problem.action += f"; {seg.index_problem.action}"
+            else:
+                found.problems.append(seg.index_problem)
+        for p in found.errors:
+            if not p.repaired:
+                p.action = f"not repaired: {p.why_not}" if p.why_not else "not repaired"
+        # What the fresh look still finds, other than the indexes it rebuilt,
+        # is left: say so, unless it is already listed as not repaired.
+        listed = {(p.file, p.problem) for p in found.problems}
+        for p in again.errors:
+            if not p.repaired and (p.file, p.problem) not in listed:
+                p.problem = f"after repair: {p.problem}"
+                p.action = "not repaired"
+                found.problems.append(p)
+        return found
+
+    def _group_offsets(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
+        """Each group's committed offsets for this topic: readable, and inside the partition."""
+        groups = Groups(self.data)
+        for group in groups.groups_of_topic(topic.name):
+            directory = os.path.join(groups.path, group, topic.name)
+            try:
+                names = sorted(os.listdir(directory))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                stem = name[: -len(OFFSET_SUFFIX)]
+                if not (name.endswith(OFFSET_SUFFIX) and stem.isdigit()):
+                    continue
+                number, path = int(stem), os.path.join(directory, name)
+                try:
+                    offset = Groups._read_offset(path)
+                except CorruptFile:
+                    p = Problem(topic.name, number, path, None, f"offsets file of group '{group}' unreadable")
+                    if self.repair:
+                        _quarantine_offsets(p, group, directory)
+                    yield p
+                    continue
+                if offset is None:
+                    continue
+                if number >= topic.partition_count:
+                    yield Problem(topic.name, number, path, None,
+                                  f"group '{group}' has an offset for partition {number}, which does not exist", WARNING)
+                    continue
+                yield from _offset_in_range(topic, number, path, group, offset, ranges.get(number))
+
+
+def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
+    # Holding the partition's claim, no member can own it and commit a good
+    # offset that would then be moved aside in its place.
+    claim = _try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
+    if claim is None:
+        p.action = f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
+        return
+    try:
+        try:
+            Groups._read_offset(p.file)
+            p.action, p.repaired = "nothing to do: it was replaced or removed meanwhile", True
+            return
+        except CorruptFile:
+            pass
+        target = _quarantine_name(p.file + QUARANTINE)
+        os.rename(p.file, target)
+        fsync_dir(directory)
+    finally:
+        claim.close()
+    p.action = (f"moved it to {target}; group '{group}' will restart partition {p.partition} "
+                "from its reset policy (--reset, default earliest)")
+    p.repaired = True
+
+
+def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: int, ends):
+    if ends is None:
+        return
+    start, end = ends
+    if offset > end:
+        end = topic.partition(number).end_offset()  # a producer may have appended since
+    if offset < start:
+        yield Problem(topic.name, number, path, None,
+                      f"group '{group}' committed offset {offset}, below the start offset {start}: it will resume "
+                      f"at {start}, having missed {start - offset} record(s) retention or trim deleted", WARNING)
+    elif offset > end:
+        yield Problem(topic.name, number, path, None,
+                      f"group '{group}' committed offset {offset}, past the end offset {end}", WARNING)
+
+
+def _offset_range(part: Partition) -> tuple[int, int] | None:
+    try:
+        return part.start_offset(), part.end_offset()
+    except (CorruptFile, FileNotFoundError):
+        return None
+
+
