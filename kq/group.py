@@ -346,10 +346,14 @@ class GroupConsumer:
     def commit(self, partitions=None) -> None:
         self._last_commit = time.monotonic()
         for p in list(self._marks) if partitions is None else partitions:
-            offset = self._marks.pop(p, None)
+            offset = self._marks.get(p)
             if offset is not None and offset != self._committed.get(p):
                 self.groups.commit(self.group, self.topic.name, p, offset)
                 self._committed[p] = offset
+            # Forgotten only once committed: a SIGTERM inside the write above
+            # leaves the mark for close() to commit.
+            if self._marks.get(p) == offset:
+                self._marks.pop(p, None)
 
     def _rebalance(self) -> None:
         self._wanted = self.member.assignment(self.topic.partition_count)

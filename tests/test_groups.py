@@ -304,3 +304,25 @@ def test_concurrent_commits_never_corrupt_the_offsets_store(run_kq, data_dir):
     assert all(v is None or v % 1000 < 300 for v in seen)
     leftovers = [n for n in os.listdir(os.path.join(data_dir, "groups", "g", "t")) if ".tmp-" in n]
     assert leftovers == []
+
+
+def test_sigterm_right_after_the_last_round_commits_everything_written(run_kq, spawn_kq, data_dir):
+    # SIGTERM lands while a member is writing or committing its last rounds:
+    # whatever it wrote out must be committed on the way out.
+    for attempt in range(4):
+        topic = f"t{attempt}"
+        run_kq("produce", topic, "--partitions", "2", input="".join(f"{i}\n" for i in range(200_000)))
+        member = spawn_kq("consume", topic, "-g", "g", "-f", stderr=subprocess.DEVNULL)
+        os.set_blocking(member.stdout.fileno(), False)
+        lines = [0]
+
+        def everything_written():
+            lines[0] += (member.stdout.read() or b"").count(b"\n")
+            return lines[0] == 200_000
+
+        wait_for(everything_written, timeout=30, interval=0.001, message="every message on stdout")
+        member.send_signal(signal.SIGTERM)
+        assert member.wait(timeout=10) == 0
+        committed = {p: r["committed"] for p, r in show(run_kq, topic, "g").items()}
+        ends = {p: r["end_offset"] for p, r in show(run_kq, topic, "g").items()}
+        assert committed == ends, f"attempt {attempt}: written but not committed: {committed} of {ends}"
