@@ -406,7 +406,7 @@ class GroupConsumer:
             if not self.follow and self.consumer.finished():
                 if self._wanted <= self.member.owned or now > patience:
                     return
-            time.sleep(self.poll_seconds)
+            idle.pause(self.poll_seconds)
 
     def close(self) -> None:
         try:
