@@ -111,7 +111,7 @@ class Producer:
         for number, indexes in members.items():
             self._append(
                 number, [values[i] for i in indexes], [keys[i] for i in indexes],
-                None if not headers else [headers] * len(indexes), None, None,
+                None if not headers else [headers] * len(indexes), None, size,  # size bounds each share
             )
 
     def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
