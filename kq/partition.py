@@ -619,7 +619,7 @@ class Cursor:
     returns a batch twice; ``offset`` is the next offset to deliver.
     """
 
-    def __init__(self, partition: Partition, offset: int, buffers: int = 1, buffer_bytes: int = READ_CHUNK):
+    def __init__(self, partition: Partition, offset: int, buffers: int = 1):
         self.partition = partition
         self.offset = offset
         self._fd: int | None = None
@@ -628,7 +628,8 @@ class Cursor:
         self._position = 0
         # Polls read into these in turn: ``poll_raw`` batches stay valid
         # until ``buffers`` more polls (two let a thread read one poll ahead).
-        self._buffers = [bytearray(buffer_bytes) for _ in range(buffers)]
+        # Grown by the reader to what a read needs (a small log, a small buffer).
+        self._buffers = [bytearray() for _ in range(buffers)]
         self._quiet_until = 0.0  # until then, an unchanged segment size means nothing new
         self._seek(offset)
 

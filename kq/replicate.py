@@ -234,7 +234,7 @@ class Replicator:
             report.from_offset = report.to_offset = start = boundary
         end = src.end_offset()
         total = max(src.size() - rep.size(), 0)
-        cursor = Cursor(src, start, buffers=2, buffer_bytes=COPY_BYTES)
+        cursor = Cursor(src, start, buffers=2)
         polls = _read_ahead(cursor, COPY_BYTES)
         try:
             for batches in polls:
