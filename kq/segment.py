@@ -126,8 +126,24 @@ def classify_damage(fd: int, path: str, position: int, later_segment_exists: boo
     if later_segment_exists:
         raise CorruptLog(path, position, reason + " in a closed segment")
     found = find_valid_batch(fd, position + 1, os.fstat(fd).st_size)
-    if found is not None:
+    if found is not None and not _valid_batch_at(fd, position):
+        # (A valid batch at ``position`` now means it was being written when
+        # the caller looked, and the writer has finished it and started the
+        # next since: not damage, and the caller reads it at its next poll.)
         raise CorruptLog(path, position, f"{reason}, followed by a valid batch at byte {found}")
+
+
+def _valid_batch_at(fd: int, position: int, size: int | None = None) -> bool:
+    """Whether a whole, checksum-valid batch starts at ``position`` (reading no further than ``size``)."""
+    header = os.pread(fd, batchfmt.PREFIX_SIZE, position)
+    if len(header) < batchfmt.PREFIX_SIZE:
+        return False
+    length = int.from_bytes(header[8:12], "big")
+    if not batchfmt.MIN_LENGTH <= length <= batchfmt.MAX_BATCH_BYTES:
+        return False
+    size = os.fstat(fd).st_size if size is None else size
+    whole = os.pread(fd, min(batchfmt.PREFIX_SIZE + length, size - position), position)
+    return batchfmt.check(whole, 0, len(whole))[0] == batchfmt.OK
 
 
 def find_valid_batch(fd: int, start: int, size: int) -> int | None:
@@ -138,12 +154,8 @@ def find_valid_batch(fd: int, start: int, size: int) -> int | None:
         hit = window.find(batchfmt.MAGIC)
         while hit >= 0:
             candidate = pos + hit
-            header = os.pread(fd, batchfmt.PREFIX_SIZE, candidate)
-            length = int.from_bytes(header[8:12], "big") if len(header) == batchfmt.PREFIX_SIZE else 0
-            if batchfmt.MIN_LENGTH <= length <= batchfmt.MAX_BATCH_BYTES:
-                whole = os.pread(fd, min(batchfmt.PREFIX_SIZE + length, size - candidate), candidate)
-                if batchfmt.check(whole, 0, len(whole))[0] == batchfmt.OK:
-                    return candidate
+            if _valid_batch_at(fd, candidate, size):
+                return candidate
             hit = window.find(batchfmt.MAGIC, hit + 1)
         # Overlap windows by the magic's length so a split magic is still seen.
         pos += max(len(window) - len(batchfmt.MAGIC) + 1, 1)

@@ -106,3 +106,30 @@ def test_kill_9_mid_stream_leaves_a_log_the_next_producer_continues(run_kq, spaw
     for round_ in range(3):
         seqs = [int(r["value"][3:]) for r in records if r["value"].startswith(f"r{round_}-")]
         assert seqs == list(range(len(seqs)))
+
+
+def test_followers_never_mistake_a_batch_being_written_for_damage(run_kq, spawn_kq, tmp_path):
+    # Big batches from several producers at once: a follower often finds a
+    # batch half written, and by the time it looks further the writer may have
+    # finished it and appended the next. That is progress, not corruption.
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"".join(b"%07d %s\n" % (i, b"x" * 200) for i in range(100_000)))
+    run_kq("topic", "create", "big")
+    followers = [spawn_kq("consume", "big", "-f", "-F", "%o\n") for _ in range(2)]
+    producers = [spawn_kq("produce", "big", "--file", str(lines)) for _ in range(3)]
+    for p in producers:
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+    total = 3 * 100_000
+    for f in followers:
+        os.set_blocking(f.stdout.fileno(), False)
+        seen = [0]
+
+        def caught_up(f=f, seen=seen):
+            seen[0] += (f.stdout.read() or b"").count(b"\n")
+            assert f.poll() is None, f"the follower died: {f.stderr.read().decode()}"
+            return seen[0] == total
+
+        wait_for(caught_up, timeout=60, interval=0.005, message="the follower to read everything")
+        f.send_signal(signal.SIGTERM)
+        assert f.wait(timeout=10) == 0
+        assert b"error" not in f.stderr.read()

@@ -169,3 +169,31 @@ def test_timestamp_seek_with_a_clock_that_went_backwards(data_dir):
     for target in (0, 100, 150, 160, 250, 350, 450, 500, 501):
         want = next((i for i, ts in enumerate(stamps) if ts >= target), len(stamps))
         assert p.offset_for_timestamp(target) == want, target
+
+
+def test_a_batch_finished_while_the_reader_looked_further_is_not_damage(data_dir):
+    # A reader finds a half-written batch; before it searches the rest of the
+    # file for valid batches, the writer finishes that batch and appends the
+    # next. The later valid batch must not make the finished one "corruption".
+    from kq.segment import classify_damage
+
+    part = kq.DataDir(data_dir).get_or_create_topic("t")[0].partition(0)
+    part.append([b"a"] * 10)
+    path = segment_path(data_dir)
+    position = os.path.getsize(path)
+    second = batchfmt.encode(10, [b"b" * 5000] * 10)
+    with open(path, "ab") as f:
+        f.write(second[: len(second) // 2])  # what the reader saw
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with open(path, "ab") as f:  # the writer goes on meanwhile
+            f.write(second[len(second) // 2 :] + batchfmt.encode(20, [b"c"]))
+        classify_damage(fd, path, position, False, "incomplete batch at end of file")  # no error
+        # Real damage followed by a valid batch is still reported.
+        with open(path, "r+b") as f:
+            f.seek(position + 30)
+            f.write(b"\xff")
+        with pytest.raises(kq.CorruptLog):
+            classify_damage(fd, path, position, False, "checksum mismatch")
+    finally:
+        os.close(fd)
