@@ -6,7 +6,7 @@ commands that need them, because kq is often started once per message.
 
 import os
 import sys
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -607,6 +607,12 @@ _RETENTION_BYTES_HELP = "Keep about this much per partition, deleting the oldest
 _CLEANUP_HELP = "delete: retention only; compact: also keep just the latest record per key."
 _TOMBSTONE_HELP = "With compact: how long a tombstone (null value) survives compaction \\[default: 1d]."
 
+# The settings that `topic create` and `topic alter` share.
+RetentionOption = Annotated[Optional[str], typer.Option("--retention", metavar="DURATION", help=_RETENTION_HELP)]
+RetentionBytesOption = Annotated[Optional[str], typer.Option("--retention-bytes", metavar="SIZE", help=_RETENTION_BYTES_HELP)]
+CleanupOption = Annotated[Optional[str], typer.Option("--cleanup", metavar="delete|compact", help=_CLEANUP_HELP)]
+TombstoneOption = Annotated[Optional[str], typer.Option("--tombstone-retention", metavar="DURATION", help=_TOMBSTONE_HELP)]
+
 
 def _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
     from .units import parse_duration, parse_limit, parse_size
@@ -635,10 +641,10 @@ def topic_create(
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic already exists."),
     segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M) \\[default: 64M]."),
     sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss) \\[default: no-sync]."),
-    retention: Optional[str] = typer.Option(None, "--retention", metavar="DURATION", help=_RETENTION_HELP),
-    retention_bytes: Optional[str] = typer.Option(None, "--retention-bytes", metavar="SIZE", help=_RETENTION_BYTES_HELP),
-    cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="delete|compact", help=_CLEANUP_HELP),
-    tombstone_retention: Optional[str] = typer.Option(None, "--tombstone-retention", metavar="DURATION", help=_TOMBSTONE_HELP),
+    retention: RetentionOption = None,
+    retention_bytes: RetentionBytesOption = None,
+    cleanup: CleanupOption = None,
+    tombstone_retention: TombstoneOption = None,
 ) -> None:
     """Create a topic.
 
@@ -669,10 +675,10 @@ def topic_alter(
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
     segment_bytes: Optional[str] = typer.Option(None, "--segment-bytes", metavar="SIZE", help="Roll segments at this size (e.g. 64M)."),
     sync: Optional[bool] = typer.Option(None, "--sync/--no-sync", help="fsync every batch (survives power loss)."),
-    retention: Optional[str] = typer.Option(None, "--retention", metavar="DURATION", help=_RETENTION_HELP),
-    retention_bytes: Optional[str] = typer.Option(None, "--retention-bytes", metavar="SIZE", help=_RETENTION_BYTES_HELP),
-    cleanup: Optional[str] = typer.Option(None, "--cleanup", metavar="delete|compact", help=_CLEANUP_HELP),
-    tombstone_retention: Optional[str] = typer.Option(None, "--tombstone-retention", metavar="DURATION", help=_TOMBSTONE_HELP),
+    retention: RetentionOption = None,
+    retention_bytes: RetentionBytesOption = None,
+    cleanup: CleanupOption = None,
+    tombstone_retention: TombstoneOption = None,
 ) -> None:
     """Change a topic's settings; `kq maintain` applies new limits to existing data.
 
