@@ -33,7 +33,6 @@ from .segment import (
 )
 
 LOCK_NAME = "writer.lock"
-SEGMENT_LIST_SECONDS = 0.05  # how late a follower may notice a new segment
 START_NAME = "start.offset"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -630,7 +629,6 @@ class Cursor:
         # until ``buffers`` more polls (two let a thread read one poll ahead).
         # Grown by the reader to what a read needs (a small log, a small buffer).
         self._buffers = [bytearray() for _ in range(buffers)]
-        self._quiet_until = 0.0  # until then, an unchanged segment size means nothing new
         self._seek(offset)
 
     def close(self) -> None:
@@ -686,8 +684,6 @@ class Cursor:
             self._seek(self.offset)
             if self._fd is None:
                 return []
-        if time.monotonic() < self._quiet_until and os.fstat(self._fd).st_size <= self._position:
-            return []  # at the end, and the later segments were listed a moment ago
         out = []
         while True:
             reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0])
@@ -715,10 +711,5 @@ class Cursor:
             if again.stop == DAMAGED:
                 classify_damage(self._fd, self._path, self._position, bool(later), again.reason)
                 return out  # a torn tail, or a batch still being written: wait here
-            if not later:
-                # A follower polls the end every few ms; listing the directory
-                # for a new segment each time would be most of its idle cost.
-                self._quiet_until = time.monotonic() + SEGMENT_LIST_SECONDS
-                return out
-            if not self._open(later[0]):
+            if not later or not self._open(later[0]):
                 return out

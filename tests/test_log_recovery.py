@@ -197,3 +197,18 @@ def test_a_batch_finished_while_the_reader_looked_further_is_not_damage(data_dir
             classify_damage(fd, path, position, False, "checksum mismatch")
     finally:
         os.close(fd)
+
+
+def test_a_cursor_at_the_end_sees_an_append_into_a_new_segment_at_once(data_dir):
+    # Found by the stateful test: a poll right after an append that rolled the
+    # log must return it (no grace period for listing new segments).
+    part = kq.DataDir(data_dir).create_topic("t", 1, {"segment_bytes": 4096}).partition(0)
+    part.append([b"x" * 5000])  # fills the first segment
+    cursor = part.cursor(1)
+    try:
+        assert cursor.poll() == []
+        part.append([b"after the roll"])
+        assert len(part.segments()) == 2
+        assert [v for b in cursor.poll() for v in b.values] == [b"after the roll"]
+    finally:
+        cursor.close()
