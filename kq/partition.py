@@ -24,7 +24,6 @@ from .segment import (
     CLEAN,
     DAMAGED,
     BatchReader,
-    READ_CHUNK,
     classify_damage,
     find_valid_batch,
     index_name,
