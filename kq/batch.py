@@ -105,11 +105,18 @@ def encode(base_offset: int, values: Sequence[bytes | None], **columns) -> bytes
     return frame(base_offset, payload) + payload.data
 
 
-def check(buf, pos: int, end: int) -> tuple[int, tuple | str | None]:
+def checksum_matches(buf, pos: int, size: int, crc: int) -> bool:
+    """Whether the batch of ``size`` bytes at ``buf[pos]`` has the checksum ``crc``."""
+    return zlib.crc32(memoryview(buf)[pos + CRC_START : pos + size]) == crc
+
+
+def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, tuple | str | None]:
     """Classify the bytes of ``buf[pos:end]`` as the start of a batch.
 
     Returns (OK, header tuple), (INCOMPLETE, None) when more bytes are needed,
     or (INVALID, reason). ``buf`` may be bytes, bytearray or memoryview.
+    With ``checksum=False`` only the framing is checked: the caller must
+    check the checksum itself (``checksum_matches``) before trusting the batch.
     """
     if end - pos < PREFIX_SIZE:
         return INCOMPLETE, None
@@ -121,7 +128,7 @@ def check(buf, pos: int, end: int) -> tuple[int, tuple | str | None]:
     total = PREFIX_SIZE + length
     if pos + total > end:
         return INCOMPLETE, None
-    if zlib.crc32(memoryview(buf)[pos + CRC_START : pos + total]) != crc:
+    if checksum and not checksum_matches(buf, pos, total, crc):
         return INVALID, "checksum mismatch"
     return OK, HEADER.unpack_from(buf, pos)
 

@@ -522,6 +522,9 @@ class RawBatch:
     def data(self) -> memoryview:
         return memoryview(self.buf)[self.start : self.start + self.size]
 
+    def checksum_ok(self) -> bool:
+        return batchfmt.checksum_matches(self.buf, self.start, self.size, self.crc)
+
     @property
     def identity(self) -> tuple[int, int, int]:
         """What two copies of one batch share: base offset, size and checksum."""
@@ -670,22 +673,24 @@ class Cursor:
         """
         return self._poll(max_bytes, batchfmt.decode)
 
-    def poll_raw(self, max_bytes: int = 8 * 1024 * 1024) -> list["RawBatch"]:
+    def poll_raw(self, max_bytes: int = 8 * 1024 * 1024, checksums: bool = True) -> list["RawBatch"]:
         """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
 
         The batches are views of the cursor's read buffers: valid until as
-        many more polls as the cursor has buffers.
+        many more polls as the cursor has buffers. With ``checksums=False``
+        only their framing is checked: call ``checksum_ok`` before trusting one.
         """
-        return self._poll(max_bytes, _raw_batch)
+        return self._poll(max_bytes, _raw_batch, checksums)
 
-    def _poll(self, max_bytes: int, make) -> list:
+    def _poll(self, max_bytes: int, make, checksums: bool = True) -> list:
         if self._fd is None:
             self._seek(self.offset)
             if self._fd is None:
                 return []
         out = []
         while True:
-            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0])
+            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0],
+                                 checksums=checksums)
             for pos, header, buf, rel in reader.headers():
                 next_offset = header[3] + header[4] + 1
                 if next_offset > self.offset:

@@ -27,6 +27,7 @@ from .topic import Topic
 
 LOCK_NAME = "replicate.lock"
 COPY_BYTES = 8 * 1024 * 1024
+CHECKED_BY_WRITER = 4  # the writing thread checks every 4th batch's checksum, the reading thread the rest
 FOLLOW_SECONDS = 0.2
 
 
@@ -105,10 +106,14 @@ def _batch_start(part: Partition, offset: int) -> int:
 def _read_ahead(cursor: Cursor, max_bytes: int):
     """The cursor's polls of raw batches, each read by a thread while the caller writes the one before.
 
-    Reading (pread) and checking (crc32) release the GIL, as does writing,
-    so a copy uses both cores. The cursor alternates two buffers, and the
-    thread starts a poll only once the caller is done with the poll that
-    last used that buffer. Ends at the first empty poll.
+    Reading (pread), checking (crc32) and writing release the GIL, so a copy
+    uses both cores: the thread reads and checks the checksums of most
+    batches, the caller's thread checks every CHECKED_BY_WRITER-th batch
+    besides writing. The cursor alternates two buffers, and the thread starts
+    a poll only once the caller is done with the poll that last used that
+    buffer. At a batch whose checksum fails, reading goes on from it the
+    ordinary way, which stops quietly at a torn tail and raises CorruptLog
+    for damage. Ends at the first empty poll.
     """
     polls: queue.Queue = queue.Queue(maxsize=1)
     free = threading.Semaphore(2)  # buffers the caller is not using
@@ -120,8 +125,9 @@ def _read_ahead(cursor: Cursor, max_bytes: int):
                 free.acquire()
                 if stopping.is_set():
                     return
-                batches = cursor.poll_raw(max_bytes)
-                polls.put(batches)
+                batches = cursor.poll_raw(max_bytes, checksums=False)
+                theirs = (i for i in range(len(batches)) if i % CHECKED_BY_WRITER)
+                polls.put((batches, _first_bad(batches, theirs)))
                 if not batches:
                     return
         except BaseException as exc:  # handed to the caller, raised there
@@ -129,15 +135,26 @@ def _read_ahead(cursor: Cursor, max_bytes: int):
 
     thread = threading.Thread(target=read, name="kq-read-ahead", daemon=True)
     thread.start()
+    resume_at = None
     try:
         while True:
             item = polls.get()
             if isinstance(item, BaseException):
                 raise item
-            if not item:
+            batches, bad = item
+            if not batches:
                 return
-            yield item
-            free.release()
+            mine = _first_bad(batches, range(0, len(batches), CHECKED_BY_WRITER))
+            if bad is None or (mine is not None and mine < bad):
+                bad = mine
+            if bad is None:
+                yield batches
+                free.release()
+                continue
+            if bad:
+                yield batches[:bad]
+            resume_at = batches[bad].base_offset
+            break
     finally:
         stopping.set()
         free.release()
@@ -146,6 +163,17 @@ def _read_ahead(cursor: Cursor, max_bytes: int):
                 polls.get(timeout=0.01)
             except queue.Empty:
                 pass
+    careful = Cursor(cursor.partition, resume_at)
+    try:
+        while batches := careful.poll_raw(max_bytes):
+            yield batches
+    finally:
+        careful.close()
+
+
+def _first_bad(batches: list, indexes) -> int | None:
+    """The first of ``indexes`` whose batch fails its checksum, if any."""
+    return next((i for i in indexes if not batches[i].checksum_ok()), None)
 
 
 class Replicator:

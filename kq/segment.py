@@ -50,7 +50,8 @@ class BatchReader:
     the byte position after the last valid batch (where the damage starts).
     """
 
-    def __init__(self, fd: int, path: str, position: int, limit: int | None = None, buffer: bytearray | None = None):
+    def __init__(self, fd: int, path: str, position: int, limit: int | None = None, buffer: bytearray | None = None,
+                 checksums: bool = True):
         self.fd = fd
         self.path = path
         self.stop = CLEAN
@@ -62,6 +63,7 @@ class BatchReader:
         # It is filled at most once after the first batch is yielded, so the
         # batches yielded stay valid until the caller's next use of it.
         self.buffer = buffer
+        self.checksums = checksums  # False: framing only, the caller checks (see batch.check)
 
     def headers(self):
         """Yield (position, header, buf, buf_position) for each valid batch."""
@@ -73,7 +75,7 @@ class BatchReader:
         check = batchfmt.check
         while True:
             rel = pos - buf_pos
-            status, info = check(buf, rel, len(buf))
+            status, info = check(buf, rel, len(buf), self.checksums)
             if status == batchfmt.OK:
                 size = batchfmt.PREFIX_SIZE + info[2]
                 yield pos, info, buf, rel

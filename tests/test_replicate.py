@@ -173,3 +173,46 @@ def test_verify_reports_lag_and_group_offsets(run_kq, data_dir, replica):
     assert row["groups"] == [{"group": "g", "source": 2, "replica": 1, "status": "behind"}]
     plain = run_kq("replicate", "--verify", "t", "--to", replica).stdout.decode()
     assert "lagging" in plain and "g:behind" in plain
+
+
+@pytest.mark.parametrize("damaged", [0, 1, 5], ids=["checked-by-the-writer", "checked-by-the-reader", "later"])
+def test_damage_in_the_source_stops_the_copy_before_it_and_a_torn_tail_is_left_behind(run_kq, data_dir, replica, damaged):
+    # Batches of one segment, a checksum broken in batch `damaged` (framing
+    # intact): the replica gets exactly the batches before it, and an error
+    # names the source file. The replicate threads check the checksums of
+    # different batches, so each index is tried.
+    for i in range(8):
+        assert run_kq("produce", "t", input="".join(f"b{i}-{j}\n" for j in range(50))).returncode == 0
+    segment = os.path.join(data_dir, "topics", "t", "0", f"{0:020d}.log")
+    data = open(segment, "rb").read()
+    positions, pos = [], 0
+    while pos < len(data):
+        positions.append(pos)
+        pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "big")
+    with open(segment, "r+b") as f:
+        f.seek(positions[damaged] + 60)
+        f.write(bytes([data[positions[damaged] + 60] ^ 0xFF]))
+    r = run_kq("replicate", "t", "--to", replica)
+    assert r.returncode == 1 and b"corrupt log" in r.stderr and segment.encode() in r.stderr, r.stderr
+    copied = run_kq("consume", "t", data=replica).stdout.split()
+    assert copied == [f"b{i}-{j}".encode() for i in range(damaged) for j in range(50)]
+    # A torn tail (an append cut short) is not damage: the copy stops before it.
+    with open(segment, "r+b") as f:
+        f.seek(positions[damaged] + 60)
+        f.write(bytes([data[positions[damaged] + 60]]))  # repaired
+    with open(segment, "ab") as f:
+        f.write(data[positions[1] : positions[2] - 7])  # most of a batch
+    r = run_kq("replicate", "t", "--to", replica)
+    assert r.returncode == 0, r.stderr
+    everything = [f"b{i}-{j}".encode() for i in range(8) for j in range(50)]
+    assert run_kq("consume", "t", data=replica).stdout.split() == everything
+    # So is a whole batch of nonsense at the end (the file grew before its data landed).
+    with open(segment, "r+b") as f:
+        f.truncate(len(data))
+        f.seek(0, os.SEEK_END)
+        garbled = bytearray(data[positions[1] : positions[2]])
+        garbled[60] ^= 0xFF
+        f.write(garbled)
+    r = run_kq("replicate", "t", "--to", replica)
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "t", data=replica).stdout.split() == everything
