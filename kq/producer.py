@@ -139,11 +139,11 @@ class Producer:
                 headers if whole or headers is None else headers[lo:hi],
             )
             piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
+            payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
             if self._writer is None:
-                part.append(*piece, timestamps=piece_stamps)
+                part.append_payload(payload)
             else:
-                stamp = now_ms() if piece_stamps is None else 0
-                self._writer.append(part, pack(*piece, timestamp=stamp, timestamps=piece_stamps))
+                self._writer.append(part, payload)
         self.sent += n
 
     def send_records(self, records) -> None:
