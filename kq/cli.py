@@ -423,8 +423,7 @@ def consume(
     if group is not None and not no_commit:
         from .group import GroupConsumer
 
-        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset,
-                               warn=lambda message: print(f"kq: warning: {message}", file=sys.stderr))
+        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset)
         source, rounds = member, member.rounds(timeout)
     elif group is not None:
         from .group import group_start_offsets
@@ -1338,6 +1337,24 @@ def _command_tree(args: list[str], get_command):
         app.registered_commands, app.registered_groups = everything
 
 
+def _print_warnings() -> None:
+    """Show the library's KqWarnings as ``kq: warning: …`` lines, every time they happen."""
+    import warnings
+
+    from .errors import KqWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KqWarning):
+            print(f"kq: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("always", KqWarning)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     import signal
 
@@ -1346,6 +1363,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, a produce stops cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _print_warnings()
     command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
     try:
         code = command.main(args=argv, prog_name="kq", standalone_mode=False)

@@ -15,14 +15,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import portalocker
-
+from .cursor import Cursor
 from .datadir import DataDir
 from .errors import KqError, TopicNotFound
-from .fileio import FILE_MODE
+from .fileio import FileLock
 from .group import Groups
 from .maintain import trim
-from .partition import Cursor, Partition
+from .partition import Partition
 from .topic import Topic
 
 LOCK_NAME = "replicate.lock"
@@ -186,26 +185,23 @@ class Replicator:
         self.replica = replica
         self.truncate = truncate
         self.progress = progress  # callable(report, bytes_total) or None
-        self._lock_file = None
+        self._lock: FileLock | None = None
 
     # ------------------------------------------------------------------ locking
 
     def __enter__(self) -> "Replicator":
         self.replica.ensure()
-        fd = os.open(os.path.join(self.replica.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-        fh = os.fdopen(fd, "r+")
-        try:
-            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
-        except portalocker.exceptions.LockException:
-            fh.close()
-            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends") from None
-        self._lock_file = fh
+        lock = FileLock(os.path.join(self.replica.path, LOCK_NAME))
+        if not lock.acquire(blocking=False):
+            lock.close()
+            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends")
+        self._lock = lock
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ------------------------------------------------------------------ copying
 
