@@ -225,6 +225,10 @@ def _parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _warn(message: str) -> None:
+    print(f"kq: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _is_terminal(stream=None) -> bool:
     stream = stream or sys.stdout
     try:
@@ -1047,7 +1051,7 @@ def replicate(
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep the replica caught up until SIGINT/SIGTERM."),
     truncate: bool = typer.Option(False, "--truncate", help="If the replica has records the source lacks, cut it back to the common prefix and continue."),
-    verify: bool = typer.Option(False, "--verify", help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag). Group offsets that differ are listed as warnings and do not fail the check."),
     json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
 ) -> None:
     """Copy topics to a replica data directory: same batches, same offsets, same group offsets.
@@ -1084,30 +1088,55 @@ def replicate(
             for r in rows:
                 r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
             _emit_rows(rows, ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"], False, f"replica {to}")
-        if not all(r.ok for r in reports):
-            raise typer.Exit(1)
+        for r in reports:
+            for g in r.groups:
+                if g["status"] != "same":
+                    replica_side = "nothing" if g["replica"] is None else g["replica"]
+                    source_side = "nothing" if g["source"] is None else g["source"]
+                    _warn(f"{r.topic}/{r.partition}: group '{g['group']}' committed {replica_side} in the replica, "
+                          f"{source_side} in the source ({g['status']})")
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            what = "; ".join(f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3])
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise KqError(f"replica {to} does not verify: {what}{more}")
         return
 
     def announce(r) -> None:
         if r.truncated_at is not None:
             s.info(f"{r.topic}/{r.partition}: replica truncated to offset {r.truncated_at}")
+        if r.restarted_at is not None:
+            _warn(f"{r.topic}/{r.partition}: the source's retention deleted what the replica lacked; "
+                  f"the replica starts over at offset {r.restarted_at}")
         if r.records:
-            s.info(f"{r.topic}/{r.partition}: copied {r.records} records ({r.bytes} bytes), offsets {r.from_offset}..{r.to_offset - 1}")
+            s.info(f"{r.topic}/{r.partition}: copied {r.records:,} records ({_human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
+
+    failed: list[str] = []
+
+    def report_error(topic: str, exc) -> None:
+        if exc is None:
+            s.info(f"{topic}: copying again")
+            return
+        failed.append(topic)
+        print(f"kq: error: {topic}: {exc}", file=sys.stderr, flush=True)
 
     with replicator:
         if follow:
             try:
-                replicator.follow(names, on_copy=announce)
+                replicator.follow(names, on_copy=announce, on_error=report_error)
             except KeyboardInterrupt:
                 return
         with _ProgressBars(s, json_output) as bars:
             replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
-            reports = replicator.replicate(names)
+            reports = replicator.replicate(names, on_error=report_error)
     if json_output:
-        _print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports]})
+        _print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports],
+                     "failed": failed})
     else:
         for r in reports:
             announce(r)
+    if failed:
+        raise typer.Exit(1)
 
 
 class _ProgressBars:

@@ -333,6 +333,7 @@ class GroupConsumer:
         self.poll_seconds = poll_seconds
         self.member = Member(self.groups, group, topic.name)
         self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
+        self.consumer.who = f"group '{self.group}'"
         self.timed_out = False
         self.warn = warn or kq_warn
         self._marks: dict[int, int] = {}
