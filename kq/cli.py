@@ -446,11 +446,30 @@ def consume(
             return
         rounds = _limited(rounds, count)
         if exec_cmd is not None:
-            delivered = _run_exec(rounds, write, exec_cmd, batch, member)
+            from .runner import CommandFailed, CommandRunner
+
+            def accepted(p: int, offset: int) -> None:
+                if member is not None:
+                    member.mark(p, offset)
+                    member.commit()
+
+            stop_partition = (member.consumer if member is not None else source).remove
+            runner = CommandRunner(exec_cmd, batch, write, t.name, accepted, stop_partition)
+            try:
+                runner.run(rounds)
+            finally:
+                delivered = runner.done
+            if runner.failures:
+                raise CommandFailed(exec_cmd, runner.failures, group if member is not None else None)
         else:
             delivered = _write_rounds(rounds, write, member)
     except KeyboardInterrupt:
-        pass  # SIGINT/SIGTERM end a consume quietly, after committing what was written
+        # A follow ends this way (exit 0); a consume that stops before the end
+        # of what it was asked for exits 128 + the signal, so that
+        # `kq consume t > dump && mv dump final` never ships a partial dump.
+        # Either way what was written is committed first (finally, below).
+        if not follow:
+            raise
     except BrokenPipeError:
         _quiet_stdout()  # the reader left (`kq consume t | head`): its job is done
     finally:
@@ -497,46 +516,6 @@ def _write_rounds(rounds, write, member) -> int:
             for sl in slices:
                 member.mark(sl.partition, sl.offset_after())
     return written
-
-
-def _exec_batches(slices, size: int):
-    """Cut a round of slices into runs of at most ``size`` records."""
-    chunk, room = [], size
-    for sl in slices:
-        start = sl.start
-        while start < sl.stop:
-            stop = min(sl.stop, start + room)
-            chunk.append(sl._replace(start=start, stop=stop))
-            room -= stop - start
-            start = stop
-            if room == 0:
-                yield chunk
-                chunk, room = [], size
-    if chunk:
-        yield chunk
-
-
-def _run_exec(rounds, write, command: str, size: int, member) -> int:
-    """Run ``command`` per batch; commit a batch only after the command succeeded.
-
-    Returns how many records the command accepted.
-    """
-    import subprocess
-
-    done = 0
-    for slices in rounds:
-        for chunk in _exec_batches(slices, size):
-            data = b"".join(write(sl.partition, sl.batch, sl.start, sl.stop) for sl in chunk)
-            status = subprocess.run(command, shell=True, input=data).returncode
-            if status != 0:
-                how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
-                raise KqError(f"command {command!r} {how}; its batch was not committed and will be delivered again")
-            done += sum(sl.stop - sl.start for sl in chunk)
-            if member is not None:
-                for sl in chunk:
-                    member.mark(sl.partition, sl.offset_after())
-                member.commit()
-    return done
 
 
 def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
@@ -869,7 +848,7 @@ def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
         return [{"topic": t.name, "partition": n, "start_offset": lo, "end_offset": hi} for n, lo, hi in ends]
     rows = []
     for g in groups:
-        committed = store.committed(g, t.name)
+        committed = store.committed(g, t)
         for n, lo, hi in ends:
             c = committed.get(n)
             rows.append({
@@ -927,6 +906,7 @@ def offsets_reset(
 
       kq offsets reset orders -g billing --to -100 -p 3     [dim]# replay 100 on partition 3[/dim]
     """
+    from .errors import GroupBusy
     from .group import Groups
     from .offsetspec import parse_spec
 
@@ -939,10 +919,17 @@ def offsets_reset(
     for r in rows:
         if r["clamped"]:
             s.info(f"partition {r['partition']}: clamped to {r['after']} (offsets {r['start_offset']}..{r['end_offset']})")
-    if not dry_run:
-        store.apply_reset(group, t.name, rows)
+    if dry_run:
+        _emit_rows(rows, ["partition", "start_offset", "end_offset", "before", "after"], json_output,
+                   f"would reset {group} on {t.name}")
+        try:
+            store.check_no_live_members(group, t.name)
+        except GroupBusy as exc:
+            raise KqError(f"{exc}: a real run would refuse") from None
+        return
+    store.apply_reset(group, t, rows)
     _emit_rows(rows, ["partition", "start_offset", "end_offset", "before", "after"], json_output,
-               f"{'would reset' if dry_run else 'reset'} {group} on {t.name}")
+               f"reset {group} on {t.name}")
 
 
 @group_app.command("list")
@@ -979,9 +966,15 @@ def group_list(
 def group_describe(
     ctx: typer.Context,
     group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
-    json_output: bool = typer.Option(False, "--json", help="A JSON object: group, partitions (committed, lag, owner), members (and what each owns)."),
+    json_output: bool = typer.Option(False, "--json", help="A JSON object: group, partitions (committed, lag, owner), members (what each owns, when it last made progress, whether it is stalled)."),
+    stalled_after: float = typer.Option(30.0, "--stalled-after", metavar="SECONDS", min=0, help="Flag a member that has made no progress for this long while its partitions have lag."),
 ) -> None:
     """Show a group's committed offsets, lag and live members, per topic and partition.
+
+    A member that holds partitions but has stopped making progress (stopped
+    with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
+    PID: if it is stuck, kill it and the other members take over its
+    partitions within a second.
 
     [bold]Examples[/bold]
 
@@ -989,6 +982,8 @@ def group_describe(
 
       kq group describe billing --json | jq '.members[] | {member, partitions}'
     """
+    import time
+
     from .errors import GroupNotFound, TopicNotFound
     from .group import Groups
 
@@ -1006,18 +1001,31 @@ def group_describe(
         for r in _offset_rows(s.data, t, [group]):
             r["owner"] = owners.get(r["partition"])
             partitions.append(r)
+        lags = {r["partition"]: r["lag"] for r in partitions if r["topic"] == topic}
         for m in store.members(group, topic):
-            members.append({**m, "partitions": sorted(p for p, o in owners.items() if o == m["member"])})
+            owned = sorted(p for p, o in owners.items() if o == m["member"])
+            idle = max(time.time() - m["progress_at"] / 1000, 0.0)
+            lag = sum(lags.get(p, 0) for p in owned)
+            members.append({**m, "partitions": owned, "idle_seconds": round(idle, 1),
+                            "stalled": bool(owned) and lag > 0 and idle >= stalled_after})
+    for m in members:
+        if m["stalled"]:
+            _warn(f"member {m['member']} (pid {m['pid']} on {m['host']}) has made no progress for "
+                  f"{m['idle_seconds']:.0f} s while its partitions {','.join(map(str, m['partitions']))} of "
+                  f"'{m['topic']}' have lag; if it is stuck, kill {m['pid']} and the other members take them over")
     if json_output:
         _print_json({"group": group, "partitions": partitions, "members": members})
         return
     _emit_rows(partitions, ["topic", "partition", "committed", "end_offset", "lag", "owner"], False, f"group {group}")
+    status = lambda m: "stalled" if m["stalled"] else "ok"  # noqa: E731
     if _is_terminal():
-        _rich_table("members", ["member", "host", "pid", "topic", "partitions"],
-                    [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"]))] for m in members])
+        _rich_table("members", ["member", "host", "pid", "topic", "partitions", "idle", "status"],
+                    [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"])),
+                      f"{m['idle_seconds']:.0f}s", status(m)] for m in members])
     else:
         for m in members:
-            print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}")
+            print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}"
+                  f"\t{m['idle_seconds']}\t{status(m)}")
 
 
 @group_app.command("delete")
@@ -1366,6 +1374,14 @@ def _command_tree(args: list[str], get_command):
         app.registered_commands, app.registered_groups = everything
 
 
+_signal_received: list[int | None] = [None]  # the signal that interrupted this run, if one did
+
+
+def _interrupted(signum, frame) -> None:
+    _signal_received[0] = signum
+    raise KeyboardInterrupt
+
+
 def _print_warnings() -> None:
     """Show the library's KqWarnings as ``kq: warning: …`` lines, every time they happen."""
     import warnings
@@ -1390,13 +1406,17 @@ def main(argv: list[str] | None = None) -> None:
     from typer._click import exceptions as click_exc
     from typer.main import get_command
 
-    # SIGTERM ends kq the way SIGINT does: a follow exits 0, a produce stops cleanly.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM ends kq the way SIGINT does: a follow exits 0, anything else
+    # stops cleanly and exits 128 + the signal's number.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     _print_warnings()
     command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
     try:
         code = command.main(args=argv, prog_name="kq", standalone_mode=False)
         code = code if isinstance(code, int) else 0
+        if code == 130 and _signal_received[0] is not None:  # typer's answer to KeyboardInterrupt
+            code = 128 + _signal_received[0]
     except click_exc.UsageError as exc:
         hint = ""
         if exc.ctx is not None:
@@ -1410,12 +1430,12 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_stdout()
         code = 0
     except KeyboardInterrupt:
-        code = 130
+        code = 128 + (_signal_received[0] or 2)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         code = _error(f"{exc.strerror or exc}{where}", 1)
     except (typer.Abort, EOFError):
-        code = 130
+        code = 128 + (_signal_received[0] or 2)
     try:
         sys.stdout.flush()
     except BrokenPipeError:

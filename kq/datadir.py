@@ -17,7 +17,7 @@ import uuid
 
 from .errors import DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
 from .fileio import atomic_write, fsync_dir, make_dirs
-from .location import GROUPS_DIR, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, topic_names
+from .location import GROUPS_DIR, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, group_names, topic_names
 from .names import check_name
 from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
@@ -102,8 +102,14 @@ class DataDir:
             raise DataDirError(f"{os.path.join(path, TOPIC_FILE)} is unreadable ({exc})") from None
         return Topic(name, path, meta, root=self.path)
 
-    def create_topic(self, name: str, partitions: int = 1, config: dict | None = None) -> Topic:
-        """Create a topic atomically: it appears whole (all partitions) or not at all."""
+    def create_topic(self, name: str, partitions: int = 1, config: dict | None = None,
+                     topic_id: str | None = None) -> Topic:
+        """Create a topic atomically: it appears whole (all partitions) or not at all.
+
+        Every topic gets an id (a replica keeps its source's, ``topic_id``):
+        committed offsets carry it, so a group never resumes a deleted topic's
+        offsets in a new topic of the same name.
+        """
         check_name(name)
         if not isinstance(partitions, int) or isinstance(partitions, bool) or not 1 <= partitions <= MAX_PARTITIONS:
             raise UsageError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
@@ -115,7 +121,8 @@ class DataDir:
         staging = os.path.join(self.tmp_path, f"create-{uuid.uuid4().hex}")
         make_dirs(staging)
         try:
-            meta = {"format": TOPIC_FORMAT, "name": name, "partitions": partitions, "config": config}
+            meta = {"format": TOPIC_FORMAT, "name": name, "id": topic_id or uuid.uuid4().hex,
+                    "partitions": partitions, "config": config}
             atomic_write(os.path.join(staging, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n", sync=config["sync"])
             for number in range(partitions):
                 init_partition(os.path.join(staging, str(number)), sync=config["sync"])
@@ -138,6 +145,8 @@ class DataDir:
         t = self.topic(name)
         config = check_config({**t.config, **changes})
         meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": config}
+        if t.id is not None:
+            meta["id"] = t.id
         atomic_write(os.path.join(t.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         return self.topic(name)
 
@@ -166,3 +175,14 @@ class DataDir:
             raise TopicNotFound(name) from None
         fsync_dir(self.topics_path)
         shutil.rmtree(doomed, ignore_errors=True)
+        # Its groups' committed offsets go with it, as Kafka deletes a deleted
+        # topic's offsets: a new topic of the same name starts afresh.
+        for group in group_names(self.path):
+            stale = os.path.join(self.groups_path, group, name)
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                gone = os.path.join(self.tmp_path, f"delete-offsets-{uuid.uuid4().hex}")
+                try:
+                    os.rename(stale, gone)
+                except OSError:
+                    continue  # removed meanwhile; a member's later commit is ignored by its topic id
+                shutil.rmtree(gone, ignore_errors=True)

@@ -68,6 +68,17 @@ class GroupNotFound(KqError):
         self.group = group
 
 
+class GroupBusy(KqError):
+    """A change that needs a group's members stopped (reset, delete) while some are live."""
+
+    def __init__(self, group: str, topic: str | None, live: int):
+        on = f" consuming '{topic}'" if topic else ""
+        super().__init__(f"group '{group}' has {live} live member(s){on}; stop them first")
+        self.group = group
+        self.topic = topic
+        self.live = live
+
+
 class MessageTooLarge(KqError):
     """A single record that cannot fit in one batch."""
 

@@ -27,7 +27,7 @@ import portalocker
 
 from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
-from .errors import CorruptFile, GroupNotFound, KqError, UsageError
+from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 from .errors import warn as kq_warn
 from .fileio import FILE_MODE, atomic_write, make_dirs
 from .location import group_names
@@ -48,6 +48,8 @@ COMMIT_SECONDS = 0.1
 # A member that exits at the end of the log waits this long for partitions
 # that another member still holds but is due to hand over.
 CLAIM_PATIENCE_SECONDS = 2.0
+# A member shows it is alive and reading at most this often (Member.touch).
+PROGRESS_SECONDS = 1.0
 
 _TRY_EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 
@@ -107,42 +109,63 @@ class Groups:
 
     # ------------------------------------------------------------------ offsets
 
-    def committed(self, group: str, topic: str) -> dict[int, int]:
-        """Committed offsets of a group on a topic, by partition (absent: none yet)."""
-        directory = self._dir(group, topic)
+    def committed(self, group: str, topic: str | Topic) -> dict[int, int]:
+        """Committed offsets of a group on a topic, by partition (absent: none yet).
+
+        Given a Topic, offsets committed for another topic of the same name
+        (one since deleted and re-created) are left out: they are not this
+        topic's offsets.
+        """
+        name, topic_id = _name_and_id(topic)
+        directory = self._dir(group, name)
         out = {}
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             return out
-        for name in names:
-            stem = name[: -len(OFFSET_SUFFIX)]
-            if name.endswith(OFFSET_SUFFIX) and stem.isdigit():
-                offset = self._read_offset(os.path.join(directory, name))
-                if offset is not None:
-                    out[int(stem)] = offset
+        for entry in names:
+            stem = entry[: -len(OFFSET_SUFFIX)]
+            if entry.endswith(OFFSET_SUFFIX) and stem.isdigit():
+                found = self.read_offset_file(os.path.join(directory, entry))
+                if found is not None and (topic_id is None or found[1] in (None, topic_id)):
+                    out[int(stem)] = found[0]
         return out
 
     @staticmethod
-    def _read_offset(path: str) -> int | None:
+    def read_offset_file(path: str) -> tuple[int, str | None] | None:
+        """(offset, the topic id it was committed for, if recorded) from an offsets file; None if missing."""
         try:
             with open(path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
             return None
         try:
-            offset = json.loads(raw)["offset"]
+            body = json.loads(raw)
+            offset, topic_id = body["offset"], body.get("topic_id")
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise ValueError(offset)
-        except (ValueError, KeyError, TypeError):
+            if topic_id is not None and not isinstance(topic_id, str):
+                raise ValueError(topic_id)
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise CorruptFile(path, "not a committed-offset file") from None
-        return offset
+        return offset, topic_id
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        """Store a committed offset atomically (temp file, fsync, rename, fsync dir)."""
-        directory = self._dir(group, topic)
+    @classmethod
+    def _read_offset(cls, path: str) -> int | None:
+        found = cls.read_offset_file(path)
+        return None if found is None else found[0]
+
+    def commit(self, group: str, topic: str | Topic, partition: int, offset: int) -> None:
+        """Store a committed offset atomically (temp file, fsync, rename, fsync dir).
+
+        Given a Topic, the offset records the topic's id (see ``committed``).
+        """
+        name, topic_id = _name_and_id(topic)
+        directory = self._dir(group, name)
         make_dirs(directory)
         body = {"format": OFFSETS_FORMAT, "offset": offset, "committed_at": time.time_ns() // 1_000_000}
+        if topic_id is not None:
+            body["topic_id"] = topic_id
         atomic_write(os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n")
 
     # ------------------------------------------------------------------ members
@@ -170,6 +193,8 @@ class Groups:
             try:
                 with open(path, "rb") as f:
                     info = json.loads(f.read())
+                # The member file's time is the member's last sign of progress (Member.touch).
+                info["progress_at"] = os.stat(path).st_mtime_ns // 1_000_000
             except (FileNotFoundError, ValueError):
                 continue
             live.append(info)
@@ -213,7 +238,7 @@ class Groups:
 
     def plan_reset(self, group: str, topic: Topic, spec: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
         """What ``offsets reset`` would do: per partition before, after and whether it was clamped."""
-        committed = self.committed(group, topic.name)
+        committed = self.committed(group, topic)
         rows = []
         for n in range(topic.partition_count) if partitions is None else partitions:
             part = topic.partition(n)
@@ -228,14 +253,20 @@ class Groups:
             })
         return rows
 
-    def apply_reset(self, group: str, topic: str, rows: list[dict]) -> None:
+    def check_no_live_members(self, group: str, topic: str) -> None:
+        """Raise GroupBusy if a live member of ``group`` consumes ``topic`` (offsets must not move under it)."""
         live = self.members(group, topic)
         if live:
-            raise KqError(
-                f"group '{group}' has {len(live)} live member(s) consuming '{topic}'; stop them first"
-            )
+            raise GroupBusy(group, topic, len(live))
+
+    def apply_reset(self, group: str, topic: str | Topic, rows: list[dict]) -> None:
+        self.check_no_live_members(group, _name_and_id(topic)[0])
         for r in rows:
             self.commit(group, topic, r["partition"], r["after"])
+
+
+def _name_and_id(topic: str | Topic) -> tuple[str, str | None]:
+    return (topic, None) if isinstance(topic, str) else (topic.name, topic.id)
 
 
 def initial_offset(partition, reset: str) -> int:
@@ -253,6 +284,7 @@ class Member:
         # Ids sort by joining time, so the longest-lived member keeps rank 0.
         self.id = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._member_file = None
+        self._touched = 0.0
         self._claims: dict[int, object] = {}
 
     def join(self) -> None:
@@ -269,6 +301,22 @@ class Member:
         fh.flush()
         os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
         self._member_file = fh
+        self._touched = time.monotonic()
+
+    def touch(self) -> None:
+        """Show that this member is making progress (its member file's time), at most once a second.
+
+        A member that stops calling this (stopped with SIGSTOP, stuck in an
+        --exec command) still holds its partitions; `kq group describe`
+        shows how long it has been idle so that a user can find and kill it.
+        """
+        now = time.monotonic()
+        if self._member_file is not None and now - self._touched >= PROGRESS_SECONDS:
+            self._touched = now
+            try:
+                os.utime(self._member_file.fileno())
+            except OSError:
+                pass  # a missing member file is tidied up by the next prober; nothing to show
 
     def live_ids(self) -> list[str]:
         return sorted(m["member"] for m in self.groups.members(self.group, self.topic))
@@ -350,7 +398,7 @@ class GroupConsumer:
         for p in list(self._marks) if partitions is None else partitions:
             offset = self._marks.get(p)
             if offset is not None and offset != self._committed.get(p):
-                self.groups.commit(self.group, self.topic.name, p, offset)
+                self.groups.commit(self.group, self.topic, p, offset)
                 self._committed[p] = offset
             # Forgotten only once committed: a SIGTERM inside the write above
             # leaves the mark for close() to commit.
@@ -365,21 +413,14 @@ class GroupConsumer:
             self.member.release(p)
         for p in sorted(self._wanted - self.member.owned):
             if self.member.claim(p):
-                committed = self.groups.committed(self.group, self.topic.name).get(p)
-                part = self.topic.partition(p)
-                start = initial_offset(part, self.reset) if committed is None else committed
-                first = part.start_offset()
-                if start < first:
-                    self.warn(
-                        f"group '{self.group}' resumes {self.topic.name}/{p} at the start offset {first}: "
-                        f"{first - start} message(s) after its committed offset {start} were deleted by retention"
-                    )
-                    start = first
-                    self._marks[p] = start
+                committed = self.groups.committed(self.group, self.topic).get(p)
+                start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
+                if warning:
+                    self.warn(warning)
                 self._committed[p] = committed
                 self.consumer.add(p, start)
-                if committed is None:
-                    # Remember where --reset put a new group, as Kafka does,
+                if start != committed:
+                    # Remember where --reset put the group, as Kafka does,
                     # so that `latest` means "from when the group started".
                     self._marks[p] = start
 
@@ -391,6 +432,7 @@ class GroupConsumer:
         idle = IdleClock(idle_timeout)
         while True:
             now = time.monotonic()
+            self.member.touch()
             if now - self._last_commit >= COMMIT_SECONDS:
                 self.commit()
             if now >= next_rebalance:
@@ -418,11 +460,36 @@ class GroupConsumer:
             self.member.leave()
 
 
-def group_start_offsets(data: DataDir, topic: Topic, group: str, reset: str = "earliest") -> dict[int, int]:
+def group_start_offsets(data: DataDir, topic: Topic, group: str, reset: str = "earliest", warn=kq_warn) -> dict[int, int]:
     """Where the group would resume on each partition (for reading without joining)."""
-    committed = Groups(data).committed(group, topic.name)
-    return {
-        p: committed[p] if p in committed else initial_offset(topic.partition(p), reset)
-        for p in range(topic.partition_count)
-    }
+    committed = Groups(data).committed(group, topic)
+    starts = {}
+    for p in range(topic.partition_count):
+        starts[p], warning = resume_offset(topic.partition(p), committed.get(p), reset, group)
+        if warning:
+            warn(warning)
+    return starts
+
+
+def resume_offset(partition, committed: int | None, reset: str, group: str) -> tuple[int, str | None]:
+    """Where a group resumes in a partition, and what to warn about.
+
+    Its committed offset, unless it has none or the offset lies outside the
+    partition (retention deleted what it had not read; the topic was deleted
+    and re-created): then where ``reset`` says, as Kafka's auto.offset.reset
+    does, with a warning naming the group, partition and offsets. Never a
+    silent skip.
+    """
+    if committed is None:
+        return initial_offset(partition, reset), None
+    first, end = partition.start_offset(), partition.end_offset()
+    if first <= committed <= end:
+        return committed, None
+    start = initial_offset(partition, reset)
+    where = f"group '{group}' resumes {partition.topic}/{partition.number} at offset {start} (--reset {reset})"
+    if committed < first:
+        return start, (f"{where}: {first - committed} message(s) after its committed offset {committed} "
+                       "were deleted by retention or trim")
+    return start, (f"{where}: its committed offset {committed} lies past the partition's end offset {end} "
+                   "(was the topic deleted and re-created?)")
 

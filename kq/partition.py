@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import batch as batchfmt
@@ -117,11 +118,23 @@ class Partition:
         was done that a user must hear of (a torn tail's truncation is routine
         and not reported), or None.
         """
-        with self._writer:
+        with self._writing():
             self._forget_tail()
             self._recover_tail()
             done, self._recovered = self._recovered, None
             return done
+
+    @contextmanager
+    def _writing(self):
+        """Hold the writer lock; a partition directory deleted under us is the topic's deletion."""
+        try:
+            self._writer.acquire()
+        except FileNotFoundError:
+            raise self._gone() from None
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     def maintenance_lock(self, blocking: bool = True, read_only_ok: bool = False):
         """Context manager over ``maintain.lock`` (retention, trim, compaction, verify); yields False if busy."""
@@ -325,7 +338,7 @@ class Partition:
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
         """Append records packed by ``batch.pack``; return (first offset, last offset)."""
         rolled = False
-        with self._writer:
+        with self._writing():
             tail = self._recover_tail()
             self._report_recovery()
             if tail.end >= self.segment_bytes:
@@ -350,7 +363,7 @@ class Partition:
         if not batches:
             return self.end_offset()
         rolled = False
-        with self._writer:
+        with self._writing():
             tail = self._recover_tail()
             self._report_recovery()
             if batches[0].base_offset != tail.next_offset:
@@ -405,7 +418,9 @@ class Partition:
         Used to cut a diverged replica back to its common prefix with the source,
         the way a Kafka follower truncates to its leader's log.
         """
-        with self._writer:
+        # Segments go: maintenance (retention, verify) must not look meanwhile.
+        # (Always the maintenance lock before the writer lock, as kq verify takes them.)
+        with self.maintenance_lock(), self._writing():
             self._forget_tail()
             bases = self.segments()
             keep = [b for b in bases if b < offset]
@@ -443,7 +458,7 @@ class Partition:
         start: the records between the old end and ``offset`` no longer exist
         anywhere, so the log starts over there.
         """
-        with self._writer:
+        with self.maintenance_lock(), self._writing():
             self._forget_tail()
             bases = self.segments()
             os.close(self._create_segment(offset, exist_ok=True))

@@ -261,7 +261,7 @@ class Replicator:
             rep = self.replica.topic(src.name)
         except TopicNotFound:
             try:
-                rep = self.replica.create_topic(src.name, src.partition_count, dict(src.config))
+                rep = self.replica.create_topic(src.name, src.partition_count, dict(src.config), topic_id=src.id)
             except KqError:
                 rep = self.replica.topic(src.name)
         if rep.partition_count != src.partition_count:
@@ -319,10 +319,10 @@ class Replicator:
         source_groups, replica_groups = Groups(self.source), Groups(self.replica)
         ends = [rep.partition(p).end_offset() for p in range(rep.partition_count)]
         for group in source_groups.groups_of_topic(src.name):
-            have = replica_groups.committed(group, rep.name)
-            for p, offset in source_groups.committed(group, src.name).items():
+            have = replica_groups.committed(group, rep)
+            for p, offset in source_groups.committed(group, src).items():
                 if p < len(ends) and have.get(p) != min(offset, ends[p]):
-                    replica_groups.commit(group, rep.name, p, min(offset, ends[p]))
+                    replica_groups.commit(group, rep, p, min(offset, ends[p]))
 
     def follow(self, topics: list[str] | None, interval: float = FOLLOW_SECONDS, on_copy=None, on_error=None) -> None:
         """Replicate until interrupted; new batches reach the replica within ``interval``.
@@ -372,8 +372,8 @@ class Replicator:
                 mine = {r.partition: r for r in reports if r.topic == name}
                 groups = sorted(set(source_groups.groups_of_topic(name)) | set(replica_groups.groups_of_topic(name)))
                 for group in groups:
-                    theirs = source_groups.committed(group, name)
-                    ours = replica_groups.committed(group, name)
+                    theirs = source_groups.committed(group, src)
+                    ours = replica_groups.committed(group, rep)
                     for p in sorted(set(theirs) | set(ours)):
                         if p not in mine:
                             continue

@@ -82,6 +82,7 @@ class Topic:
         self.name = name
         self.path = path
         self.root = root  # the data directory: partition directories must resolve inside it
+        self.id: str | None = meta.get("id")  # None: a topic made by a kq that gave no ids
         self.partition_count: int = meta["partitions"]
         self.config: dict = meta["config"]
         self._partitions: dict[int, Partition] = {}

@@ -316,3 +316,53 @@ def test_unwritable_data_dir_is_a_clear_error(run_kq, unwritable_dir):
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr
     assert str(unwritable_dir).encode() in r.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("mode", ["plain", "group", "exec"])
+def test_an_interrupted_consume_exits_128_plus_the_signal(run_kq, spawn_kq, tmp_path, sig, code, mode):
+    """Before: exit 0, so `kq consume t > dump && mv dump final` shipped a truncated dump (issue #11.2)."""
+    assert run_kq("produce", "t", input="".join(f"{i:07d}\n" for i in range(200_000))).returncode == 0
+    started = tmp_path / "started"
+    args = {"plain": [], "group": ["-g", "g"], "exec": ["-g", "g", "--exec", f"touch {started}; sleep 30"]}[mode]
+    reader = spawn_kq("consume", "t", *args)  # its stdout is not read: a plain or group consume blocks writing
+    if mode == "exec":
+        wait_for(started.exists, message="the --exec command to start")
+    else:
+        first = reader.stdout.read(8)
+        assert first == b"0000000\n"
+    reader.send_signal(sig)
+    out, err = reader.communicate(timeout=30)
+    assert reader.returncode == code, err
+    assert b"Traceback" not in err
+    if mode == "group":
+        # What was written out was committed: the next run goes on right after it, nothing twice.
+        written = 1 + (len(out) // 8)
+        rest = run_kq("consume", "t", "-g", "g").stdout.split()
+        assert int(rest[0]) <= written and int(rest[-1]) == 199_999
+
+
+@pytest.mark.parametrize("args", [["-f"], ["--timeout", "30"]], ids=["follow", "timeout"])
+def test_an_interrupted_follow_still_exits_zero(run_kq, spawn_kq, args):
+    run_kq("produce", "t", input="a\n")
+    follower = spawn_kq("consume", "t", *args)
+    assert follower.stdout.readline() == b"a\n"
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+
+
+def test_deleting_a_topic_in_use_tells_its_follower_and_producer(run_kq, spawn_kq):
+    """Before: `kq: error: No such file or directory: …/topics/t/0` (issues #11.14, #12.9)."""
+    run_kq("produce", "t", input="a\n")
+    follower = spawn_kq("consume", "t", "-f")
+    producer = spawn_kq("produce", "t", stdin=subprocess.PIPE)
+    producer.stdin.write(b"b\n")
+    producer.stdin.flush()
+    assert follower.stdout.readline() == b"a\n"
+    assert follower.stdout.readline() == b"b\n"
+    assert run_kq("topic", "delete", "t").returncode == 0
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 1 and err == b"kq: error: topic 't' was deleted\n", err
+    _, err = producer.communicate(b"c\n", timeout=30)
+    assert producer.returncode == 1 and err == b"kq: error: topic 't' was deleted\n", err

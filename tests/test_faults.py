@@ -821,6 +821,10 @@ def test_read_only_data_directory_serves_readers_and_refuses_writers_clearly(run
     for args in (["produce", "t"], ["topic", "create", "x"], ["consume", "t", "-g", "g2"],
                  ["offsets", "reset", "t", "-g", "g", "--to", "beginning"]):
         assert_refused(run_as(NOBODY, data, *args, input="z\n"))
+    # Checking a read-only copy (a backup mount) works; repairing it is refused (issue #11.13).
+    r = run_as(NOBODY, data, "verify")
+    assert r.returncode == 0 and b"clean" in r.stderr, r.stderr
+    assert_refused(run_as(NOBODY, data, "verify", "--repair"))
     assert snapshot(data) == before, "a refused command changed the read-only data directory"
 
 

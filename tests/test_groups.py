@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from conftest import wait_for
 
@@ -325,3 +327,105 @@ def test_sigterm_right_after_the_last_round_commits_everything_written(run_kq, s
         committed = {p: r["committed"] for p, r in show(run_kq, topic, "g").items()}
         ends = {p: r["end_offset"] for p, r in show(run_kq, topic, "g").items()}
         assert committed == ends, f"attempt {attempt}: written but not committed: {committed} of {ends}"
+
+
+def test_a_deleted_and_recreated_topic_is_read_from_its_start_by_its_old_groups(run_kq, data_dir):
+    """Before: the old group's offset 5 skipped the new topic's first records (issue #11.1)."""
+    run_kq("produce", "t", input="1\n2\n3\n4\n5\n")
+    assert lines(run_kq("consume", "t", "-g", "g1")) == ["1", "2", "3", "4", "5"]
+    assert run_kq("topic", "delete", "t").returncode == 0
+    assert not os.path.exists(os.path.join(data_dir, "groups", "g1", "t")), "its offsets go with the topic"
+    run_kq("produce", "t", input="101\n102\n103\n")
+    assert json.loads(run_kq("offsets", "show", "t", "--json").stdout)[0].get("group") is None
+    r = run_kq("consume", "t", "-g", "g1")
+    assert (r.returncode, lines(r)) == (0, ["101", "102", "103"]), r.stderr
+    run_kq("produce", "t", input="104\n")
+    assert lines(run_kq("consume", "t", "-g", "g1")) == ["104"]
+
+
+def test_offsets_committed_for_an_earlier_topic_of_the_same_name_are_ignored(run_kq, data_dir):
+    """A member of the deleted topic that commits after the deletion cannot steer the new topic."""
+    run_kq("produce", "t", input="a\nb\nc\n")
+    directory = os.path.join(data_dir, "groups", "g", "t")
+    os.makedirs(directory)
+    with open(os.path.join(directory, "0.offset"), "w") as f:
+        json.dump({"format": 1, "offset": 2, "topic_id": "an-earlier-topic", "committed_at": 0}, f)
+    assert lines(run_kq("consume", "t", "-g", "g")) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("reset, expected", [("earliest", ["a", "b", "c"]), ("latest", [])])
+def test_a_committed_offset_past_the_end_resets_with_a_warning(run_kq, data_dir, reset, expected):
+    run_kq("produce", "t", input="a\nb\nc\n")
+    directory = os.path.join(data_dir, "groups", "g", "t")
+    os.makedirs(directory)
+    with open(os.path.join(directory, "0.offset"), "w") as f:
+        json.dump({"format": 1, "offset": 100, "committed_at": 0}, f)  # an older kq wrote no topic id
+    r = run_kq("consume", "t", "-g", "g", "--reset", reset)
+    assert r.returncode == 0 and lines(r) == expected, r.stderr
+    assert (f"kq: warning: group 'g' resumes t/0 at offset {3 if reset == 'latest' else 0} (--reset {reset}): "
+            "its committed offset 100 lies past the partition's end offset 3").encode() in r.stderr, r.stderr
+    run_kq("produce", "t", input="d\n")
+    assert lines(run_kq("consume", "t", "-g", "g")) == ["d"]  # nothing skipped from here on
+
+
+def test_a_dry_run_reset_reports_that_a_live_member_would_make_it_refuse(run_kq, spawn_kq):
+    """Before: exit 0 and no word, while the real run refused (issue #11.11)."""
+    run_kq("produce", "t", input="a\nb\n")
+    member = spawn_kq("consume", "t", "-g", "g", "-f")
+    assert member.stdout.readline() == b"a\n"
+    r = run_kq("offsets", "reset", "t", "-g", "g", "--to", "earliest", "--dry-run")
+    assert r.returncode == 1 and b"a real run would refuse" in r.stderr and b"live member" in r.stderr, r.stderr
+    assert b"partition" in r.stdout  # the table is still shown
+    r = run_kq("offsets", "reset", "t", "-g", "g", "--to", "earliest")
+    assert r.returncode == 1 and b"live member" in r.stderr
+
+
+def test_a_failing_exec_batch_stops_only_its_own_partition(run_kq):
+    """Before: one failing batch stopped every partition of the member; partition 2 never advanced (issue #11.9)."""
+    run_kq("topic", "create", "t", "--partitions", "4")
+    for p in range(4):
+        run_kq("produce", "t", "-p", p, input="".join(f"{p}-{i}\n" for i in range(20)))
+    r = run_kq("consume", "t", "-g", "g", "--batch", "7", "--exec", 'test "$KQ_PARTITION" != 2 && cat >/dev/null')
+    assert r.returncode == 1, r.stderr
+    assert b"exited with status 1 on t/2 offsets 0..6" in r.stderr, r.stderr
+    assert b"were not committed and the next run of group 'g' delivers them again" in r.stderr
+    rows = show(run_kq, "t", "g")
+    assert [rows[p]["lag"] for p in range(4)] == [0, 0, 20, 0]
+    # The next run delivers partition 2 from where it stopped, and only that.
+    r = run_kq("consume", "t", "-g", "g", "--exec", 'cat')
+    assert r.returncode == 0 and lines(r) == [f"2-{i}" for i in range(20)], r.stderr
+
+
+def test_exec_without_a_group_says_what_happens_to_a_failed_batch(run_kq):
+    """Before: "will be delivered again", though without a group nothing is (issue #11.10)."""
+    run_kq("produce", "t", input="a\nb\n")
+    r = run_kq("consume", "t", "--exec", "false")
+    assert r.returncode == 1
+    assert b"exited with status 1 on t/0 offsets 0..1" in r.stderr and b"without a group nothing is committed" in r.stderr
+    assert b"delivered again" not in r.stderr
+
+
+def test_a_frozen_member_is_flagged_with_its_pid(run_kq, spawn_kq):
+    """A member stopped with SIGSTOP keeps its partitions (locks are by design), but
+    `group describe` must show it stalled and how to recover (issue #12.8)."""
+    run_kq("produce", "t", input="a\n")
+    member = spawn_kq("consume", "t", "-g", "g", "-f")
+    assert member.stdout.readline() == b"a\n"
+    member.send_signal(signal.SIGSTOP)
+    try:
+        run_kq("produce", "t", input="b\nc\n")  # lag grows while it is frozen
+
+        def stalled():
+            r = run_kq("group", "describe", "g", "--json", "--stalled-after", "1")
+            m = json.loads(r.stdout)["members"]
+            return (m[0], r.stderr) if m and m[0]["stalled"] else None
+
+        info, err = wait_for(stalled, timeout=20, message="the frozen member to be flagged")
+        assert info["pid"] == member.pid and info["partitions"] == [0] and info["idle_seconds"] >= 1
+        assert f"kill {member.pid}".encode() in err and b"kq: warning:" in err
+        plain = run_kq("group", "describe", "g", "--stalled-after", "1").stdout.decode()
+        assert [line.split("\t")[-1] for line in plain.splitlines() if line.startswith("member")] == ["stalled"]
+    finally:
+        member.send_signal(signal.SIGCONT)
+    assert member.stdout.readline() == b"b\n"
+    wait_for(lambda: stalled() is None, timeout=20, message="the member to be seen making progress again")

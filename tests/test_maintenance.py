@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import kq
 from conftest import KQ, wait_for
 
@@ -299,3 +301,24 @@ def test_a_live_reader_overtaken_by_retention_is_told_what_it_missed(data_dir, s
     warned = [line for line in err.decode().splitlines() if "deleted by retention or trim" in line]
     assert warned and all(line.startswith("kq: warning: group 'g' on t/0: ") for line in warned), err
     assert sum(int(line.split(": ")[3].split()[0]) for line in warned) == missed, err
+
+
+def test_a_deletion_cut_short_never_leaves_an_index_without_its_segment(data_dir, monkeypatch):
+    """Before: the log went first, so `verify` could find "an index of a segment that
+    does not exist (left by an interrupted deletion)" (issue #12.9)."""
+    part = kq.DataDir(data_dir).create_topic("t", 1, {"segment_bytes": 4096}).partition(0)
+    for i in range(100):
+        part.append([b"%04d" % i + b"." * 500])
+    first = part.segments()[0]
+    open(part.index_path(first), "ab").close()  # make sure it has an index to lose
+    real_unlink = os.unlink
+
+    def dies_after_one_unlink(path, *args, **kwargs):
+        real_unlink(path, *args, **kwargs)
+        raise KeyboardInterrupt  # the process is killed between the two deletions
+
+    monkeypatch.setattr(os, "unlink", dies_after_one_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        part.remove_segment(first)
+    monkeypatch.undo()
+    assert os.path.exists(part.log_path(first)) and not os.path.exists(part.index_path(first))

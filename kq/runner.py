@@ -1,0 +1,125 @@
+"""Running a command per batch of records (``consume --exec``).
+
+Each batch holds records of one partition, written to the command's stdin in
+the consumer's output format. A batch that the command accepts (exit 0) is
+marked for the group to commit; one it rejects stops that partition only:
+its records stay uncommitted for the next run, and the other partitions go on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from .errors import KqError
+
+
+@dataclass
+class Failure:
+    topic: str
+    partition: int
+    first: int  # offsets of the batch the command rejected
+    last: int
+    status: int  # the command's exit status; negative: killed by that signal
+
+    def describe(self) -> str:
+        how = f"was killed by signal {-self.status}" if self.status < 0 else f"exited with status {self.status}"
+        return f"{how} on {self.topic}/{self.partition} offsets {self.first}..{self.last}"
+
+
+class CommandFailed(KqError):
+    """The --exec command rejected at least one batch."""
+
+    def __init__(self, command: str, failures: list[Failure], group: str | None):
+        where = "; ".join(f.describe() for f in failures)
+        if group is not None:
+            fate = (f"those batches were not committed and the next run of group '{group}' delivers them again; "
+                    "the other partitions went on")
+        else:
+            fate = ("without a group nothing is committed: rerun with -p and -o from the offsets above to process "
+                    "them again; the other partitions went on")
+        super().__init__(f"command {command!r} {where}: {fate}")
+        self.failures = failures
+
+
+def batches_of(slices, size: int):
+    """Cut a round of slices into runs of at most ``size`` records, each of one partition."""
+    for sl in slices:
+        start = sl.start
+        while start < sl.stop:
+            stop = min(sl.stop, start + size)
+            yield sl._replace(start=start, stop=stop)
+            start = stop
+
+
+class CommandRunner:
+    """Feeds rounds of slices to ``command``, one partition's batch at a time.
+
+    ``write(partition, batch, start, stop)`` renders records as bytes;
+    ``accepted(partition, offset_after)`` is called after each batch the
+    command accepted; ``stop_partition(partition)`` after one it rejected.
+    """
+
+    def __init__(self, command: str, size: int, write, topic: str, accepted=None, stop_partition=None):
+        self.command = command
+        self.size = size
+        self.write = write
+        self.topic = topic
+        self.accepted = accepted
+        self.stop_partition = stop_partition
+        self.done = 0  # records the command accepted
+        self.failures: list[Failure] = []
+
+    def run(self, rounds) -> None:
+        failed: set[int] = set()
+        for slices in rounds:
+            for sl in batches_of(slices, self.size):
+                if sl.partition in failed:
+                    continue
+                status = self._run(sl)
+                if status == 0:
+                    self.done += sl.stop - sl.start
+                    if self.accepted is not None:
+                        self.accepted(sl.partition, sl.offset_after())
+                    continue
+                failed.add(sl.partition)
+                offsets = sl.batch.offsets()
+                self.failures.append(Failure(self.topic, sl.partition, offsets[sl.start], offsets[sl.stop - 1], status))
+                if self.stop_partition is not None:
+                    self.stop_partition(sl.partition)
+
+    def _run(self, sl) -> int:
+        offsets = sl.batch.offsets()
+        env = {**os.environ, "KQ_TOPIC": self.topic, "KQ_PARTITION": str(sl.partition),
+               "KQ_OFFSET": str(offsets[sl.start]), "KQ_LAST_OFFSET": str(offsets[sl.stop - 1])}
+        # Its own process group, so that when kq is interrupted the whole
+        # command (a shell and what it started) is stopped with it.
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)
+        try:
+            try:
+                proc.stdin.write(self.write(sl.partition, sl.batch, sl.start, sl.stop))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it stopped reading: its exit status says whether it succeeded
+            return proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the command's process group: SIGTERM, then SIGKILL if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
