@@ -52,6 +52,18 @@ def test_six_megabyte_message(run_kq):
     assert out == big + b"\nsmall\n"
 
 
+def test_long_line_from_a_pipe_takes_linear_time(run_kq):
+    # One 60 MB line arrives in many pipe-sized reads; joining the pending
+    # bytes again at every read took 17 s, a linear pass well under a second.
+    line = b"x" * (60 << 20)
+    start = time.monotonic()
+    r = run_kq("-q", "produce", "long", input=line + b"\n")
+    took = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert took < 8, f"a 60 MB line from a pipe took {took:.1f} s to produce"
+    assert run_kq("consume", "long").stdout == line + b"\n"
+
+
 def test_file_option(run_kq, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("x\ny\n")
