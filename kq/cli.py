@@ -386,7 +386,7 @@ def consume(
     exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch, the messages on its stdin; with -g, commit a batch only when CMD exits 0."),
     batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
     fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON object per line (topic, partition, offset, timestamp, key, value, headers)."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md."),
     delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."),
     null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
 ) -> None:

@@ -79,7 +79,7 @@ def test_json_envelope_copies_keys_headers_nulls_and_partitions(run_kq):
     run_kq("produce", "src", "-p", "2", "-Z", input="\n")  # a null value (tombstone)
     src = [json.loads(line) for line in run_kq("consume", "src", "--json").stdout.splitlines()]
     assert {r["key"] for r in src} == {"k1", "k2", "k3", None}
-    assert all(r["headers"] == {"trace": "abc", "x": "1"} for r in src if r["key"])
+    assert all(r["headers"] == [["trace", "abc"], ["x", "1"]] for r in src if r["key"])
     assert [r["value"] for r in src if r["key"] == "k2"] == [""]
     assert [r["value"] for r in src if r["key"] is None] == [None]
     run_kq("topic", "create", "dst", "--partitions", "3")
@@ -88,6 +88,46 @@ def test_json_envelope_copies_keys_headers_nulls_and_partitions(run_kq):
     dst = [json.loads(line) for line in run_kq("consume", "dst", "--json").stdout.splitlines()]
     strip = lambda rs: sorted((r["partition"], r["offset"], r["key"], r["value"], json.dumps(r["headers"])) for r in rs)  # noqa: E731
     assert strip(dst) == strip(src)
+
+
+def test_json_envelope_keeps_repeated_headers_in_order(run_kq):
+    run_kq("produce", "dup", "-H", "a=1", "-H", "b=x", "-H", "a=2", input="v\n")
+    line = json.loads(run_kq("consume", "dup", "--json").stdout)
+    assert line["headers"] == [["a", "1"], ["b", "x"], ["a", "2"]]
+    # The copy is faithful: every header, in order.
+    copied = run_kq("produce", "dup-copy", "--json", input=run_kq("consume", "dup", "--json").stdout)
+    assert copied.returncode == 0, copied.stderr
+    assert run_kq("consume", "dup-copy", "-F", r"%h\n").stdout == b"a=1,b=x,a=2\n"
+    # Header values that are not UTF-8 are base64, still in order.
+    run_kq("produce", "dup-bin", "--json", input=json.dumps(
+        {"value": "v", "headers": [["a", "/w=="], ["a", "AA=="]], "headers_encoding": "base64"}) + "\n")
+    assert run_kq("consume", "dup-bin", "-F", "%h").stdout == b"a=\xff,a=\x00"
+    assert json.loads(run_kq("consume", "dup-bin", "--json").stdout)["headers"] == [["a", "/w=="], ["a", "AA=="]]
+
+
+def test_json_envelope_reads_the_older_headers_object(run_kq):
+    r = run_kq("produce", "old", "--json", input='{"value": "v", "headers": {"trace": "abc", "x": "1"}}\n')
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "old", "-F", "%h").stdout == b"trace=abc,x=1"
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"vaule": "x"}', b'line 2: unknown field "vaule"'),
+        ('{"key": "k"}', b"line 2: no 'value' field"),
+        ('{"value": "x", "value_encoding": "hex"}', b"line 2: 'value_encoding' must be"),
+        ('{"value": "x", "headers": [["a"]]}', b"line 2: each header must be a [name, value] pair"),
+        ('{"value": "x", "headers": [["a", null]]}', b"line 2: header 'a' must have a string value"),
+        ('{"value": "x", "headers": "a=1"}', b"line 2: 'headers' must be a list"),
+        ("[" * 100_000, b"line 2: not valid JSON"),
+    ],
+)
+def test_json_lines_with_unknown_or_malformed_fields_are_refused(run_kq, line, message):
+    r = run_kq("-q", "produce", "t", "--json", input='{"value": "ok"}\n' + line + "\n")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and b"Traceback" not in r.stderr
+    assert r.stderr.count(b"\n") == 1, r.stderr
 
 
 def test_key_option_sends_all_to_one_partition(run_kq):
