@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError
+from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError, UsageError
 
 app = typer.Typer(
     name="kq",
@@ -187,6 +187,15 @@ def root(
 _ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\"}
 
 
+def _arg_bytes(text: str) -> bytes:
+    """The bytes the shell passed for an argument, valid UTF-8 or not.
+
+    Python decodes arguments with surrogateescape; encoding them back the
+    same way gives a shell user's bytes (`-k "$(printf '\\xff')"`) unchanged.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _unescape(text: str) -> bytes:
     r"""Bytes of a delimiter or format given on the command line: \n \t \r \0 \\ \xHH."""
     import re
@@ -194,7 +203,7 @@ def _unescape(text: str) -> bytes:
     out = bytearray()
     for i, piece in enumerate(re.split(r"(\\x[0-9a-fA-F]{2}|\\[ntr0\\])", text)):
         if i % 2 == 0:
-            out += piece.encode("utf-8")
+            out += _arg_bytes(piece)
         elif piece[1] == "x":
             out.append(int(piece[2:], 16))
         else:
@@ -221,7 +230,12 @@ def _parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
         name, sep, value = h.partition("=")
         if not sep or not name:
             raise typer.BadParameter(f"{h!r} is not NAME=VALUE", param_hint="-H/--header")
-        out.append((name, value.encode("utf-8")))
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Kafka's header names are text; their values are bytes.
+            raise typer.BadParameter(f"header name {name!r} is not UTF-8 text", param_hint="-H/--header") from None
+        out.append((name, _arg_bytes(value)))
     return out
 
 
@@ -254,6 +268,126 @@ def _rich_table(title: str, columns: list[str], rows: list[list]) -> None:
 # --------------------------------------------------------------------- produce
 
 
+def _open_input(file: Optional[str]) -> tuple[int, str]:
+    """The descriptor to read messages from and its name for errors (stdin without --file)."""
+    import stat
+
+    if file is None:
+        return sys.stdin.fileno(), "stdin"
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError as exc:
+        raise KqError(f"cannot read {file}: {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KqError(f"cannot read {file}: Is a directory")
+    return fd, file
+
+
+class _ProduceTarget:
+    """The topic a produce appends to, and its producer, made when the first records are ready.
+
+    An existing topic is opened at once; a missing one is created only when
+    there is something to write, so a produce that fails first (a bad first
+    line, an unreadable file) leaves no empty topic behind. A topic created
+    here for --json input grows to the partitions the records name, so that
+    `consume a --json | produce b --json` copies any number of partitions.
+    """
+
+    def __init__(self, settings: Settings, name: str, partitions: int, pinned: Optional[int], sync: bool):
+        from .errors import PartitionNotFound, TopicNotFound
+
+        self.settings, self.name, self.pinned, self.sync = settings, name, pinned, sync
+        self.partitions = partitions  # for a topic created here: at least this many
+        self.created = False
+        self._producer = None
+        try:
+            self.topic = settings.data.topic(name)
+        except TopicNotFound:
+            self.topic = None
+        count = partitions if self.topic is None else self.topic.partition_count
+        if pinned is not None and not 0 <= pinned < count:
+            raise PartitionNotFound(name, pinned, count)
+
+    def need_partition(self, number: int, line_no: int) -> None:
+        """Check that a record may go to partition ``number``, growing a topic created here."""
+        from .datadir import MAX_PARTITIONS
+
+        if self.topic is not None and not self.created:
+            count = self.topic.partition_count
+            if not 0 <= number < count:
+                raise UsageError(
+                    f"line {line_no}: partition {number} does not exist in topic '{self.name}' "
+                    f"(it has partitions 0..{count - 1})"
+                )
+        elif not 0 <= number < MAX_PARTITIONS:
+            raise UsageError(f"line {line_no}: partition {number} is not between 0 and {MAX_PARTITIONS - 1}")
+        else:
+            self.partitions = max(self.partitions, number + 1)
+
+    def producer(self):
+        from .producer import Producer
+
+        if self.topic is None:
+            self.topic, self.created = self.settings.data.get_or_create_topic(self.name, self.partitions)
+            if self.created:
+                self.settings.info(f"created topic '{self.name}' with {_count(self.topic.partition_count, 'partition')}")
+            elif self.partitions > self.topic.partition_count:
+                raise UsageError(
+                    f"topic '{self.name}' was created meanwhile with {_count(self.topic.partition_count, 'partition')}, "
+                    f"but the input names partition {self.partitions - 1}"
+                )
+        if self.created and self.partitions > self.topic.partition_count:
+            self.settings.data.add_partitions(self.topic, self.partitions)
+            self.settings.info(f"grew topic '{self.name}' to {_count(self.topic.partition_count, 'partition')}, as its input names them")
+        if self._producer is None:
+            if self.sync:
+                self.topic.config["sync"] = True
+            # In the background: the next batch is read and packed while one is written.
+            self._producer = Producer(self.topic, self.pinned, background=True)
+        return self._producer
+
+    @property
+    def sent(self) -> int:
+        return 0 if self._producer is None else self._producer.sent
+
+    @property
+    def written(self) -> int:
+        return 0 if self._producer is None else self._producer.written
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        """Append every record sent (or raise the error that stopped it), then close the topic."""
+        try:
+            if self._producer is not None:
+                self._producer.close()
+        finally:
+            if self.topic is not None:
+                self.topic.close()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _noting_written(exc: BaseException, written: int, bad_line: Optional[int]) -> KqError:
+    """The error that stopped a produce, saying how much was appended before it (for a rerun)."""
+    if bad_line is not None:
+        note = f"{_count(written, 'record')} from the lines before it {'was' if written == 1 else 'were'} written" if written else "nothing was written"
+    else:
+        note = f"{_count(written, 'record')} {'was' if written == 1 else 'were'} written before the error" if written else "nothing was written"
+    if isinstance(exc, KqError):
+        exc.args = (f"{exc}; {note}",)
+        return exc
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return KqError(f"{getattr(exc, 'strerror', None) or exc}{where}; {note}")
+
+
+
+
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def produce(
     ctx: typer.Context,
@@ -284,7 +418,6 @@ def produce(
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
     """
     from .framing import input_waiting, read_messages, split_keys
-    from .producer import Producer
 
     s = _settings(ctx)
     delim = _delimiter(delimiter, null)
@@ -298,73 +431,74 @@ def produce(
     key_delim = None if key_delimiter is None else _unescape(key_delimiter)
     if key_delim == b"":
         raise typer.BadParameter("the key delimiter may not be empty", param_hint="-K")
+    key_bytes = None if key is None else _arg_bytes(key)
 
-    if file is not None:
+    target = _ProduceTarget(s, topic, partitions, partition, sync)
+    if tombstone and key_bytes is not None:
         try:
-            fd = os.open(file, os.O_RDONLY)
-        except OSError as exc:
-            raise KqError(f"cannot read {file}: {exc.strerror}") from None
-    else:
-        fd = sys.stdin.fileno()
-
-    data = s.data
-    t, created = data.get_or_create_topic(topic, partitions)
-    if created:
-        s.info(f"created topic '{topic}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
-    if sync:
-        t.config["sync"] = True
-    # In the background: the next batch is read and packed while one is written.
-    producer = Producer(t, partition, background=True)
-    key_bytes = None if key is None else key.encode("utf-8")
-    if tombstone:
-        try:
-            if key_bytes is not None:
-                producer.send_values([None], key=key_bytes)
-            else:
-                for messages, _ in read_messages(fd, delim):
-                    producer.send_records([(m, None, headers, None, None) for m in messages])
+            target.producer().send_values([None], key=key_bytes)
         finally:
-            producer.close()
-            t.close()
+            target.close()
         return
+    fd, source = _open_input(file)
     line_no = 0
+    bad_line = None  # the --json line that stopped the produce
+    failure = None
     bars = _ProgressBars(s)
     total = os.fstat(fd).st_size if file is not None else 0
     try:
-        for messages, size in read_messages(fd, delim):
+        for messages, size in read_messages(fd, delim, name=source):
             if total:
-                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, producer.sent)
-            if json_input:
+                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, target.sent)
+            if tombstone:
+                target.producer().send_records([(m, None, headers, None, None) for m in messages])
+            elif json_input:
                 from .envelope import decode_record
 
-                records = []
+                records, line_error = [], None
                 for m in messages:
                     line_no += 1
-                    if m.strip():
+                    if not m.strip():
+                        continue
+                    try:
                         k, v, h, p, ts = decode_record(m, line_no)
-                        records.append((k, v, headers + h if headers else h, p, ts))
-                producer.send_records(records)
+                        if p is not None:
+                            target.need_partition(p, line_no)
+                    except KqError as exc:
+                        line_error, bad_line = exc, line_no
+                        break
+                    records.append((k, v, headers + h if headers else h, p, ts))
+                # The lines before a bad one are written, so that a rerun can skip them.
+                if records:
+                    target.producer().send_records(records)
+                if line_error is not None:
+                    raise line_error
             elif key_delim is not None:
                 keys, values = split_keys(messages, key_delim)
                 if null_empty:
                     values = [v or None for v in values]
-                producer.send_keyed(keys, values, headers=headers, size=size)
+                target.producer().send_keyed(keys, values, headers=headers, size=size)
             else:
                 if null_empty:
                     messages = [m or None for m in messages]
-                producer.send_values(messages, key=key_bytes, headers=headers, size=size)
+                target.producer().send_values(messages, key=key_bytes, headers=headers, size=size)
             if not input_waiting(fd):
                 # About to wait for input (tail -F): finish writing first, so a
                 # failed append ends the produce now, not at the next line.
-                producer.flush()
+                target.flush()
+    except (KqError, OSError) as exc:
+        failure = exc
     finally:
         try:
-            producer.close()  # every batch appended (or its error raised) before exit
+            target.close()  # every batch appended (or its error raised) before exit
+        except (KqError, OSError) as exc:
+            failure = failure or exc
         finally:
             bars.__exit__()
-            t.close()
-        if file is not None:
-            os.close(fd)
+            if file is not None:
+                os.close(fd)
+    if failure is not None:
+        raise _noting_written(failure, target.written, bad_line)
 
 
 # --------------------------------------------------------------------- consume

@@ -43,6 +43,8 @@ def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, 
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_TIMESTAMP = 2**63 - 1  # a batch header's signed 64-bit field
+
 FIELDS = (
     "topic", "partition", "offset", "timestamp", "key", "value", "headers",
     "key_encoding", "value_encoding", "headers_encoding",
@@ -67,7 +69,15 @@ def _field_bytes(obj: dict, name: str, line_no: int) -> bytes | None:
             return base64.b64decode(raw, validate=True)
         except ValueError:
             raise UsageError(f"line {line_no}: '{name}' is not valid base64") from None
-    return raw.encode("utf-8")
+    return _utf8(raw, f"'{name}'", line_no)
+
+
+def _utf8(text: str, what: str, line_no: int) -> bytes:
+    # JSON can escape a lone surrogate ("\udcff"), which no UTF-8 encodes.
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"line {line_no}: {what} is not valid Unicode text (a lone surrogate); use base64") from None
 
 
 def _header_pairs(raw, line_no: int) -> list:
@@ -109,16 +119,19 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     b64 = _is_base64(obj, "headers", line_no)
     headers = []
     for name, v in _header_pairs(obj.get("headers"), line_no):
+        _utf8(name, "a header name", line_no)
         if not isinstance(v, str):
             raise UsageError(f"line {line_no}: header '{name}' must have a string value")
         try:
-            headers.append((name, base64.b64decode(v, validate=True) if b64 else v.encode("utf-8")))
+            headers.append((name, base64.b64decode(v, validate=True) if b64 else _utf8(v, f"header '{name}'", line_no)))
         except ValueError:
             raise UsageError(f"line {line_no}: header '{name}' is not valid base64") from None
     partition = obj.get("partition")
     if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool)):
         raise UsageError(f"line {line_no}: 'partition' must be an integer")
     timestamp = obj.get("timestamp")
-    if timestamp is not None and (not isinstance(timestamp, int) or isinstance(timestamp, bool)):
-        raise UsageError(f"line {line_no}: 'timestamp' must be an integer (epoch ms)")
+    if timestamp is not None and (
+        not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TIMESTAMP
+    ):
+        raise UsageError(f"line {line_no}: 'timestamp' must be an integer from 0 to {MAX_TIMESTAMP} (epoch ms)")
     return key, value, headers, partition, timestamp

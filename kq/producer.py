@@ -53,10 +53,16 @@ class Producer:
     def __init__(self, topic: Topic, partition: int | None = None, background: bool = False):
         self.topic = topic
         self.partition = None if partition is None else topic.partition(partition).number
-        self.sent = 0
+        self.sent = 0  # records handed to the writer
+        self._appended = 0  # records appended, by this thread or a finished background writer
         # murmur2 in Python costs microseconds a key, and keys repeat.
         self._key_partitions: dict[bytes, int] = {}
         self._writer = _BackgroundWriter() if background else None
+
+    @property
+    def written(self) -> int:
+        """Records appended so far (after a failed append: those before it)."""
+        return self._appended + (0 if self._writer is None else self._writer.written)
 
     def flush(self) -> None:
         """Wait until every record sent is appended; raise the error that stopped a write."""
@@ -70,6 +76,7 @@ class Producer:
                 self._writer.flush()
             finally:
                 self._writer.stop()
+                self._appended += self._writer.written
                 self._writer = None
 
     def _choose(self, key: bytes | None) -> int:
@@ -142,6 +149,7 @@ class Producer:
             payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
             if self._writer is None:
                 part.append_payload(payload)
+                self._appended += payload.count
             else:
                 self._writer.append(part, payload)
         self.sent += n
@@ -186,6 +194,7 @@ class _BackgroundWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None  # to raise in the producer, once
         self._failed = False  # after a failed append, no later batch may be written
+        self.written = 0  # records appended
         self._thread = threading.Thread(target=self._run, name="kq-writer", daemon=True)
         self._thread.start()
 
@@ -198,6 +207,7 @@ class _BackgroundWriter:
                 if not self._failed:
                     part, payload = item
                     part.append_payload(payload)
+                    self.written += payload.count
             except BaseException as exc:  # raised again in the producer's thread
                 self._error, self._failed = exc, True
             finally:

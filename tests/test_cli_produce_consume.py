@@ -40,6 +40,24 @@ def test_binary_round_trip_with_nul_delimiter(run_kq):
     assert run_kq("consume", "bin2", "-0").stdout == b"\0".join(messages) + b"\0"
 
 
+def test_arguments_that_are_not_utf8_are_bytes(run_kq):
+    # A shell passes arguments as bytes: `-k "$(printf '\xff')"` means the byte 0xff.
+    r = run_kq("produce", "t", "-k", b"\xfe", "-H", b"bin=\xff", "-D", b"\xfc", input=b"a\xfcb")
+    assert r.returncode == 0, r.stderr
+    out = run_kq("consume", "t", "-F", b"%k|%h|%s\xfd", "-o", "0").stdout
+    assert out == b"\xfe|bin=\xff|a\xfd\xfe|bin=\xff|b\xfd"
+    assert run_kq("consume", "t", "-D", b"\xff").stdout == b"a\xffb\xff"
+    r = run_kq("produce", "k", "-K", b"\xff", input=b"key\xffvalue\n")
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "k", "-F", r"%k=%s").stdout == b"key=value"
+    # Header names are text in Kafka: a name that is not UTF-8 is refused in one line.
+    r = run_kq("produce", "t", "-H", b"\xff=1", input="x\n")
+    assert r.returncode == 2 and r.stderr.startswith(b"kq: error: ") and b"is not UTF-8 text" in r.stderr
+    for args in (["consume", b"\xff"], ["consume", "t", "-g", b"\xff"], ["consume", "t", "-o", b"\xff"]):
+        r = run_kq(*args)
+        assert r.returncode == 2 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, r.stderr
+
+
 def test_custom_delimiter_with_escape(run_kq):
     run_kq("produce", "t", "-D", r"\t", input="a\tb\tc")
     assert run_kq("consume", "t", "-D", "|").stdout == b"a|b|c|"
@@ -121,6 +139,11 @@ def test_json_envelope_reads_the_older_headers_object(run_kq):
         ('{"value": "x", "headers": [["a", null]]}', b"line 2: header 'a' must have a string value"),
         ('{"value": "x", "headers": "a=1"}', b"line 2: 'headers' must be a list"),
         ("[" * 100_000, b"line 2: not valid JSON"),
+        ('{"value": "\\udcff"}', b"line 2: 'value' is not valid Unicode text"),
+        ('{"key": "\\ud800", "value": "x"}', b"line 2: 'key' is not valid Unicode text"),
+        ('{"value": "x", "headers": [["\\ud800", "v"]]}', b"line 2: a header name is not valid Unicode text"),
+        ('{"value": "x", "timestamp": 99999999999999999999}', b"line 2: 'timestamp' must be an integer from 0"),
+        ('{"value": "x", "timestamp": -5}', b"line 2: 'timestamp' must be an integer from 0"),
     ],
 )
 def test_json_lines_with_unknown_or_malformed_fields_are_refused(run_kq, line, message):
@@ -128,6 +151,71 @@ def test_json_lines_with_unknown_or_malformed_fields_are_refused(run_kq, line, m
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and b"Traceback" not in r.stderr
     assert r.stderr.count(b"\n") == 1, r.stderr
+
+
+def envelope_rows(stdout: bytes) -> list[tuple]:
+    return sorted((r["partition"], r["offset"], r["timestamp"], r["key"], r["value"], json.dumps(r["headers"]))
+                  for r in map(json.loads, stdout.splitlines()))
+
+
+def test_json_copy_into_a_missing_topic_keeps_every_partition(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "4")
+    # Partitions 1-3 come last, far into the input, after many reads.
+    run_kq("produce", "src", "-p", "0", input="".join(f"{i}\n" for i in range(40_000)))
+    for p in range(1, 4):
+        run_kq("produce", "src", "-p", p, "-K", ":", "-H", "h=1", input=f"k{p}:v{p}\n")
+    source = run_kq("consume", "src", "--json").stdout
+    r = run_kq("produce", "copy", "--json", input=source)
+    assert r.returncode == 0, r.stderr
+    ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", "copy", "--json").stdout)["partitions"]]
+    assert ends == [40_000, 1, 1, 1]
+    assert envelope_rows(run_kq("consume", "copy", "--json").stdout) == envelope_rows(source)
+
+
+def test_json_copy_into_a_smaller_topic_says_how_much_was_written(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "2")
+    run_kq("produce", "src", "-p", "0", input="a\nb\nc\n")
+    run_kq("produce", "src", "-p", "1", input="d\n")
+    run_kq("topic", "create", "small")
+    r = run_kq("produce", "small", "--json", input=run_kq("consume", "src", "--json").stdout)
+    assert r.returncode == 2
+    assert r.stderr == (b"kq: error: line 4: partition 1 does not exist in topic 'small' (it has partitions 0..0); "
+                        b"3 records from the lines before it were written\n")
+    assert run_kq("consume", "small").stdout == b"a\nb\nc\n"
+
+
+def test_bad_json_line_in_the_middle_says_what_a_rerun_skips(run_kq):
+    lines = [json.dumps({"value": str(i)}) for i in range(5)]
+    lines[3] = '{"vaule": "3"}'
+    r = run_kq("produce", "t", "--json", input="\n".join(lines) + "\n")
+    assert r.returncode == 2
+    assert b"line 4: unknown field" in r.stderr and b"3 records from the lines before it were written" in r.stderr
+    assert run_kq("consume", "t").stdout == b"0\n1\n2\n"
+    lines[3] = '{"value": "3"}'
+    assert run_kq("produce", "t", "--json", input="\n".join(lines[3:]) + "\n").returncode == 0
+    assert run_kq("consume", "t").stdout == b"0\n1\n2\n3\n4\n"
+
+
+@pytest.mark.parametrize(
+    "args,stdin,message",
+    [
+        (["--json"], '{"vaule": "x"}\n', b"line 1: unknown field"),
+        (["--file", "{tmp}"], "", b"cannot read {tmp}: Is a directory"),
+        (["--file", "{tmp}/missing"], "", b"cannot read {tmp}/missing: No such file or directory"),
+        (["-p", "1"], "x\n", b"partition 1 does not exist in topic 'new'"),
+        (["--json"], '{"value": "x", "partition": -1}\n', b"line 1: partition -1 is not between"),
+        ([], "", None),
+    ],
+)
+def test_a_produce_that_writes_nothing_leaves_no_topic(run_kq, tmp_path, args, stdin, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_kq("produce", "new", *args, input=stdin)
+    if message is None:
+        assert r.returncode == 0 and r.stderr == b""
+    else:
+        assert r.returncode in (1, 2) and b"Traceback" not in r.stderr
+        assert r.stderr.startswith(b"kq: error: ") and message.replace(b"{tmp}", str(tmp_path).encode()) in r.stderr, r.stderr
+    assert run_kq("topic", "list").stdout == b""
 
 
 def test_key_option_sends_all_to_one_partition(run_kq):
