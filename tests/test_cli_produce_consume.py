@@ -234,6 +234,26 @@ def test_unkeyed_messages_spread_over_partitions(run_kq):
     assert sum(1 for p in d["partitions"] if p["end_offset"] > 0) >= 2
 
 
+def test_unkeyed_input_spreads_evenly_like_a_sticky_partitioner(run_kq):
+    # One pipe's worth of small unkeyed messages (less than one 1 MiB read)
+    # is spread in runs of about 16 KiB, so every partition gets its share.
+    run_kq("topic", "create", "t", "--partitions", "4")
+    assert run_kq("produce", "t", input="".join(f"{i}\n" for i in range(100_000))).returncode == 0
+    ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", "t", "--json").stdout)["partitions"]]
+    assert sum(ends) == 100_000
+    assert min(ends) > 15_000, f"unkeyed messages were not spread over the partitions: {ends}"
+    # Within a partition the input order is kept.
+    for p in range(4):
+        values = [int(v) for v in run_kq("consume", "t", "-p", p).stdout.split()]
+        assert values == sorted(values)
+    # The same for --json lines without partition or key, and -K lines without the delimiter.
+    for topic, args, line in (("j", ["--json"], '{{"value": "{}"}}\n'), ("k", ["-K", ":"], "{}\n")):
+        run_kq("topic", "create", topic, "--partitions", "4")
+        assert run_kq("produce", topic, *args, input="".join(line.format(i) for i in range(20_000))).returncode == 0
+        ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", topic, "--json").stdout)["partitions"]]
+        assert min(ends) > 2_000, f"{args}: unkeyed messages were not spread over the partitions: {ends}"
+
+
 def test_format_tokens(run_kq):
     run_kq("produce", "fmt", "-k", "K", "-H", "h=v", input="hello\n")
     out = run_kq("consume", "fmt", "-F", r"%t|%p|%o|%k|%s|%h|%%|\t|%T\n").stdout.decode()
