@@ -150,6 +150,103 @@ complete_offset = _completer(lambda ctx: ["beginning", "end"])
 complete_reset_spec = _completer(lambda ctx: ["earliest", "latest"])
 
 
+def _option_value(value):
+    """``-o=X`` means X: a short option's value cannot start with '=' here (no offset, group or topic does)."""
+    return value[1:] if isinstance(value, str) and value.startswith("=") else value
+
+
+def _join_equals(words: list[str], current: int) -> tuple[list[str], int]:
+    """Words as the command line wrote them, where bash split ``--opt=value`` at '='.
+
+    bash breaks completion words at '=' (COMP_WORDBREAKS), so
+    ``--data-dir=DIR`` arrives as ``--data-dir``, ``=``, ``DIR``; click
+    needs it whole. Returns the joined words and the index of the word
+    being completed in them.
+    """
+    out: list[str] = []
+    where = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        joinable = out and (out[-1].startswith("--") or out[-1] in _EQUALS_SHORT) and "=" not in out[-1]
+        if word == "=" and joinable:
+            out[-1] += "="
+            if i == current:
+                where = len(out) - 1
+            if i + 1 < len(words) and words[i + 1] != "=":
+                out[-1] += words[i + 1]
+                if i + 1 == current:
+                    where = len(out) - 1
+                i += 1
+        else:
+            if i == current:
+                where = len(out)
+            out.append(word)
+        i += 1
+    return out, len(out) if where is None else where
+
+
+# Short options that also take ``-o=VALUE`` (see _option_value).
+_EQUALS_SHORT = ("-o", "-g")
+
+
+def _use_kq_completion() -> None:
+    """typer's completion, fixed: bash after ``--opt=`` (and ``-o=``), zsh and fish on
+    ``--opt=value`` words, zsh descriptions with quotes and backslashes."""
+    from typer._click.shell_completion import add_completion_class, split_arg_string
+    from typer._completion_classes import BashComplete, FishComplete, ZshComplete, _sanitize_help_text
+
+    class Bash(BashComplete):
+        def get_completion_args(self):
+            words = split_arg_string(os.environ["COMP_WORDS"])
+            words, current = _join_equals(words, int(os.environ["COMP_CWORD"]))
+            return words[1:current], words[current] if current < len(words) else ""
+
+    def zsh_quoted(text: str) -> str:
+        # Inside zsh double quotes only these four are special.
+        return text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+
+    class WholeWord:
+        """zsh and fish complete the whole word `--offset=be`: offer `--offset=beginning`, not `beginning`."""
+
+        value_prefix = ""
+
+        def get_completion_args(self):
+            args, incomplete = super().get_completion_args()
+            if incomplete.startswith("-") and "=" in incomplete:
+                self.value_prefix = incomplete.partition("=")[0] + "="
+            return args, incomplete
+
+        def get_completions(self, args, incomplete):
+            items = super().get_completions(args, incomplete)
+            for item in items:
+                item.value = self.value_prefix + item.value
+            return items
+
+    class Zsh(WholeWord, ZshComplete):
+        def format_completion(self, item) -> str:
+            value = zsh_quoted(item.value).replace(":", "\\:")
+            if item.help:
+                return f'"{value}":"{zsh_quoted(_sanitize_help_text(item.help))}"'
+            return f'"{value}"'
+
+        def complete(self) -> str:
+            args, incomplete = self.get_completion_args()
+            items = [self.format_completion(item) for item in self.get_completions(args, incomplete)]
+            if not items:
+                return "_files"
+            # The script evals this unquoted: the spec is one single-quoted word.
+            spec = "*: :((" + "\n".join(items) + "))"
+            return "_arguments '" + spec.replace("'", "'\\''") + "'"
+
+    class Fish(WholeWord, FishComplete):
+        pass
+
+    add_completion_class(Bash, "bash")
+    add_completion_class(Zsh, "zsh")
+    add_completion_class(Fish, "fish")
+
+
 def _no_color(value: bool) -> None:
     # Eager, so that `kq --no-color --help` is colourless too: rich honours
     # NO_COLOR wherever a console is made.
@@ -508,13 +605,13 @@ def produce(
 def consume(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to read."),
-    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
+    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, callback=_option_value, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
     partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
     timeout: Optional[float] = typer.Option(None, "-t", "--timeout", metavar="S", min=0, help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none."),
     exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, callback=_option_value, help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
     reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
     no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
     exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch, the messages on its stdin; with -g, commit a batch only when CMD exits 0."),
@@ -1014,7 +1111,7 @@ def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
 def offsets_show(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Only this group \\[default: every group of the topic]."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, callback=_option_value, help="Only this group \\[default: every group of the topic]."),
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."),
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.
@@ -1040,7 +1137,7 @@ def offsets_show(
 def offsets_reset(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
-    group: str = typer.Option(..., "-g", "--group", autocompletion=complete_group, help="The group whose offsets move."),
+    group: str = typer.Option(..., "-g", "--group", autocompletion=complete_group, callback=_option_value, help="The group whose offsets move."),
     to: str = typer.Option(..., "--to", metavar="SPEC", autocompletion=complete_reset_spec, help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
     partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Only this partition (repeatable) \\[default: all]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the before/after table and change nothing."),
@@ -1481,6 +1578,8 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, a produce stops cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
+    if "_KQ_COMPLETE" in os.environ:
+        _use_kq_completion()
     try:
         code = command.main(args=argv, prog_name="kq", standalone_mode=False)
         code = code if isinstance(code, int) else 0
