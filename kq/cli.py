@@ -799,6 +799,12 @@ def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
 def _format_writer(topic: str, fmt: str):
     import re
 
+    unknown = re.search(r"%([^tpoksTh%]|$)", fmt.replace("%%", ""))
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown.group(0)!r} is not a format token: use %t %p %o %k %s %T %h, or %% for a '%'",
+            param_hint="-F/--format",
+        )
     pieces = re.split(r"(%[tpoksTh%])", fmt)
     literal = {i: _unescape(p) for i, p in enumerate(pieces) if i % 2 == 0}
     topic_b = topic.encode("utf-8")
@@ -947,9 +953,11 @@ def topic_trim(
     from .offsetspec import ABSOLUTE, TIMESTAMP, parse_spec
 
     s = _settings(ctx)
+    if not (before.startswith("@") or before.strip().isdigit()):
+        raise typer.BadParameter(f"{before!r} is not an offset N or a time @T", param_hint="--before")
     spec = parse_spec(before)
     if spec.kind not in (ABSOLUTE, TIMESTAMP):
-        raise typer.BadParameter("use an offset N or a time @T", param_hint="--before")
+        raise typer.BadParameter(f"{before!r} is not an offset N or a time @T", param_hint="--before")
     t = s.data.topic(name)
     numbers = sorted({t.partition(p).number for p in partition}) if partition else range(t.partition_count)
     rows = []
@@ -1301,8 +1309,10 @@ def replicate(
     from .replicate import Replicator, report_dict
 
     s = _settings(ctx)
-    if all_topics == bool(topics):
-        raise typer.BadParameter("name topics or give --all (not both)", param_hint="TOPIC")
+    if all_topics and topics:
+        raise typer.BadParameter("name topics or give --all, not both", param_hint="TOPIC")
+    if not all_topics and not topics:
+        raise typer.BadParameter("name the topics to copy, or give --all for every topic", param_hint="TOPIC")
     if verify and (follow or truncate):
         raise typer.BadParameter("--verify only compares; it takes no --follow or --truncate", param_hint="--verify")
     names = None if all_topics else list(dict.fromkeys(topics))

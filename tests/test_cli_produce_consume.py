@@ -374,6 +374,18 @@ def test_broken_pipe_is_quiet(run_kq, data_dir):
         (["topic", "create", "t", "--segment-bytes", "lots"], 2, b"bad size"),
         (["consum", "t"], 2, b"Did you mean 'consume'"),
         (["consume", "t", "--bogus"], 2, b"No such option"),
+        (["consume", "t", "-F", "%x"], 2, b"'%x' is not a format token"),
+        (["consume", "t", "-F", "%s%"], 2, b"'%' is not a format token"),
+        (["consume", "t", "-o", "5:2"], 2, b"bad range '5:2': it ends before it starts"),
+        (["consume", "t", "-o", "-2:-4"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "end:beginning"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "@2000:@1000"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "soon"], 2, b"use beginning, end, N, -N, @T or a range A:B"),
+        (["offsets", "reset", "t", "-g", "g", "--to", "bogus"], 2, b"use earliest, latest, N, +N, -N or @T"),
+        (["topic", "trim", "t", "--before", "bogus"], 2, b"'bogus' is not an offset N or a time @T"),
+        (["topic", "trim", "t", "--before", "-5"], 2, b"'-5' is not an offset N or a time @T"),
+        (["replicate", "--to", "elsewhere"], 2, b"name the topics to copy, or give --all for every topic"),
+        (["replicate", "t", "--all", "--to", "elsewhere"], 2, b"name topics or give --all, not both"),
     ],
 )
 def test_bad_input_gets_a_clear_error(run_kq, args, code, message):
