@@ -9,9 +9,27 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
 from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError, UsageError
+
+class _Command(TyperCommand):
+    """A command whose usage line names arguments as click does (``TOPIC``, ``[TOPICS]...``).
+
+    typer 0.28 writes a required argument as ``{topic}``.
+    """
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+        return pieces
+
 
 app = typer.Typer(
     name="kq",
@@ -35,11 +53,15 @@ app = typer.Typer(
 """,
 )
 topic_app = typer.Typer(
-    help="""Create, list, describe and delete topics.
+    help="""Create, alter, trim, list, describe and delete topics.
 
 [bold]Examples[/bold]
 
   kq topic create orders --partitions 8
+
+  kq topic alter logs --retention 3d
+
+  kq topic trim logs --before @-30d
 
   kq topic list
 
@@ -354,12 +376,26 @@ def _rich_table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not rows:
+        console.print(f"{title}: none", style="dim")
+        return
     table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, justify="right" if c not in ("name", "topic", "setting") else "left")
+    for i, c in enumerate(columns):
+        # Numbers (and sizes such as 1.2 MiB) line up on the right, words on the left.
+        cells = [r[i] for r in rows if r[i] is not None and r[i] != ""]
+        table.add_column(c, justify="right" if cells and all(map(_looks_numeric, cells)) else "left")
     for r in rows:
         table.add_row(*[("" if v is None else str(v)) for v in r])
-    Console().print(table)
+    console.print(table)
+
+
+def _looks_numeric(value) -> bool:
+    import re
+
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or bool(re.fullmatch(r"-?[\d,.]+(?: [KMGT]?i?B)?", str(value)))
 
 
 # --------------------------------------------------------------------- produce
@@ -485,10 +521,10 @@ def _noting_written(exc: BaseException, written: int, bad_line: Optional[int]) -
 
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def produce(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to append to (created with 1 partition if missing)."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
     delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."),
     null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
@@ -601,7 +637,7 @@ def produce(
 # --------------------------------------------------------------------- consume
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def consume(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to read."),
@@ -870,7 +906,7 @@ def _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, to
     return changes
 
 
-@topic_app.command("create")
+@topic_app.command("create", cls=_Command)
 def topic_create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Topic name: 1-249 of [A-Za-z0-9._-]."),
@@ -906,7 +942,7 @@ def topic_create(
     s.info(f"created topic '{t.name}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
 
 
-@topic_app.command("alter")
+@topic_app.command("alter", cls=_Command)
 def topic_alter(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -930,10 +966,10 @@ def topic_alter(
     if not changes:
         raise typer.BadParameter("give at least one setting to change", param_hint="NAME")
     t = s.data.alter_topic(name, changes)
-    s.info(f"altered topic '{t.name}': " + ", ".join(f"{k}={t.config[k]}" for k in changes))
+    s.info(f"altered topic '{t.name}': " + ", ".join(f"{k}={_setting_text(k, t.config[k], True)}" for k in changes))
 
 
-@topic_app.command("trim")
+@topic_app.command("trim", cls=_Command)
 def topic_trim(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -981,7 +1017,7 @@ def _partition_rows(t) -> list[dict]:
     return rows
 
 
-@topic_app.command("list")
+@topic_app.command("list", cls=_Command)
 def topic_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {name, partitions}."),
@@ -1010,6 +1046,25 @@ def topic_list(
             print(n)
 
 
+def _setting_text(name: str, value, human: bool) -> str:
+    """A topic setting as `topic create` takes it: none, true/false, and (for people) 64M or 7d."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if human and isinstance(value, int) and value > 0:
+        units = _DURATION_UNITS if name.endswith("_ms") else _SIZE_UNITS if name.endswith("_bytes") else ()
+        for suffix, unit in units:
+            if value % unit == 0:
+                return f"{value // unit}{suffix}"
+    return str(value)
+
+
+# The largest unit that divides a setting exactly names it (7d, not 1w; 1536M, not 1.5G).
+_DURATION_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+_SIZE_UNITS = (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024))
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -1018,7 +1073,7 @@ def _human(size: int) -> str:
     return str(size)
 
 
-@topic_app.command("describe")
+@topic_app.command("describe", cls=_Command)
 def topic_describe(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -1043,17 +1098,17 @@ def topic_describe(
             ["partition", "start_offset", "end_offset", "messages", "size"],
             [[r["partition"], r["start_offset"], r["end_offset"], r["end_offset"] - r["start_offset"], _human(r["size"])] for r in rows],
         )
-        _rich_table("config", ["setting", "value"], [[k, v] for k, v in t.config.items()])
+        _rich_table("config", ["setting", "value"], [[k, _setting_text(k, v, True)] for k, v in t.config.items()])
     else:
         print(f"topic\t{t.name}")
         for k, v in t.config.items():
-            print(f"config\t{k}\t{v}")
+            print(f"config\t{k}\t{_setting_text(k, v, False)}")
         print("partition\tstart_offset\tend_offset\tsize")
         for r in rows:
             print(f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{r['size']}")
 
 
-@topic_app.command("delete")
+@topic_app.command("delete", cls=_Command)
 def topic_delete(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -1115,7 +1170,7 @@ def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
     return rows
 
 
-@offsets_app.command("show")
+@offsets_app.command("show", cls=_Command)
 def offsets_show(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -1141,7 +1196,7 @@ def offsets_show(
     _emit_rows(rows, columns, json_output, f"offsets of {t.name}")
 
 
-@offsets_app.command("reset")
+@offsets_app.command("reset", cls=_Command)
 def offsets_reset(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -1181,7 +1236,7 @@ def offsets_reset(
                f"{'would reset' if dry_run else 'reset'} {group} on {t.name}")
 
 
-@group_app.command("list")
+@group_app.command("list", cls=_Command)
 def group_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {group, topics, members}."),
@@ -1211,7 +1266,7 @@ def group_list(
                     [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows])
 
 
-@group_app.command("describe")
+@group_app.command("describe", cls=_Command)
 def group_describe(
     ctx: typer.Context,
     group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
@@ -1249,14 +1304,14 @@ def group_describe(
         return
     _emit_rows(partitions, ["topic", "partition", "committed", "end_offset", "lag", "owner"], False, f"group {group}")
     if _is_terminal():
-        _rich_table("members", ["member", "host", "pid", "topic", "partitions"],
+        _rich_table("live members", ["member", "host", "pid", "topic", "partitions"],
                     [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"]))] for m in members])
     else:
         for m in members:
             print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}")
 
 
-@group_app.command("delete")
+@group_app.command("delete", cls=_Command)
 def group_delete(
     ctx: typer.Context,
     group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
@@ -1279,7 +1334,7 @@ def group_delete(
 # --------------------------------------------------------------------- replicate
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def replicate(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics to copy (or --all)."),
@@ -1334,7 +1389,7 @@ def replicate(
         if r.truncated_at is not None:
             s.info(f"{r.topic}/{r.partition}: replica truncated to offset {r.truncated_at}")
         if r.records:
-            s.info(f"{r.topic}/{r.partition}: copied {r.records} records ({r.bytes} bytes), offsets {r.from_offset}..{r.to_offset - 1}")
+            s.info(f"{r.topic}/{r.partition}: copied {_count(r.records, 'record')} ({_human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
 
     with replicator:
         if follow:
@@ -1391,7 +1446,7 @@ class _ProgressBars:
 # --------------------------------------------------------------------- maintain
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def maintain(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
@@ -1430,8 +1485,8 @@ def maintain(
         return
     totals = {k: sum(r[k] for r in rows) for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")}
     s.info(
-        f"{len(names)} topic(s): {totals['segments_deleted']} segment(s) deleted, {_human(totals['bytes_reclaimed'])} reclaimed, "
-        f"{totals['records_removed']} superseded record(s) and {totals['tombstones_removed']} tombstone(s) compacted away"
+        f"{len(names)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {_human(totals['bytes_reclaimed'])} reclaimed, "
+        f"{totals['records_removed']:,} superseded record(s) and {totals['tombstones_removed']:,} tombstone(s) compacted away"
     )
     if _is_terminal() and rows:
         _emit_rows(rows, ["topic", "partition", "start_offset", "segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed"], False, "maintenance")
@@ -1440,7 +1495,7 @@ def maintain(
 # --------------------------------------------------------------------- verify
 
 
-@app.command("verify", context_settings={"help_option_names": ["-h", "--help"]})
+@app.command("verify", context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def verify_command(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
@@ -1488,7 +1543,7 @@ def verify_command(
 # --------------------------------------------------------------------- bench
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def bench(
     ctx: typer.Context,
     messages: int = typer.Option(1_000_000, "-n", "--messages", min=1, help="How many messages to produce and consume."),

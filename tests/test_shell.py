@@ -238,6 +238,12 @@ def test_every_help_has_examples(run_kq):
         assert r.returncode == 0, path
         assert b"Examples" in r.stdout, f"kq {' '.join(path)} --help shows no examples"
         assert f"Usage: kq {' '.join(path)}".encode() in r.stdout
+        usage = next(line for line in r.stdout.decode().splitlines() if "Usage:" in line)
+        assert "{" not in usage and not re.search(r"\b[a-z]+\]?\.*\s*$", usage.split("[OPTIONS]")[-1]), usage
+    # Each group's help names all its commands.
+    topic_help = run_kq("topic", "--help", data=None).stdout.decode()
+    assert "Create, alter, trim, list, describe and delete topics." in topic_help
+    assert "kq topic alter" in topic_help and "kq topic trim" in topic_help
 
 
 def test_misspellings_get_suggestions(run_kq):
@@ -276,6 +282,30 @@ def test_tables_on_a_terminal_plain_text_in_a_pipe(populated, run_kq):
     assert not COLOR.search(in_terminal(["--help"], {**env, "NO_COLOR": "1"}))
     assert not COLOR.search(in_terminal(["--no-color", "--help"], env))
     assert "\x1b" not in run_kq("--help", data=None).stdout.decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/script"), reason="needs util-linux script")
+def test_settings_and_tables_read_as_people_write_them(run_kq, data_dir):
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["KQ_DATA_DIR"] = data_dir
+    run_kq("topic", "create", "t", "--retention", "7d", "--retention-bytes", "1536M")
+    shown = in_terminal(["--no-color", "topic", "describe", "t"], env)
+    for setting, value in (("segment_bytes", "64M"), ("retention_ms", "7d"), ("retention_bytes", "1536M"),
+                           ("tombstone_retention_ms", "1d"), ("sync", "false"), ("cleanup", "delete")):
+        assert re.search(rf"│ {setting} +│ {value} +│", shown), f"{setting} is not shown as {value}:\n{shown}"
+    # In a pipe: the raw numbers, and none/true/false rather than Python's None/True/False.
+    piped = run_kq("topic", "describe", "t").stdout.decode()
+    assert "config\tsync\tfalse\n" in piped and "config\tretention_ms\t604800000\n" in piped
+    run_kq("topic", "alter", "t", "--retention", "none")
+    assert "config\tretention_ms\tnone\n" in run_kq("topic", "describe", "t").stdout.decode()
+    # Words on the left, numbers on the right.
+    run_kq("produce", "t", input="x\n")
+    run_kq("consume", "t", "-g", "g")
+    shown = in_terminal(["--no-color", "offsets", "show", "t"], env)
+    assert re.search(r"│ +0 │ +0 │ +1 │ g +│ +1 │ +0 │", shown), shown
+    # A group without live members says so instead of drawing an empty table.
+    shown = in_terminal(["--no-color", "group", "describe", "g"], env)
+    assert "live members: none" in shown and "member " not in shown, shown
 
 
 def test_timeout_exit_codes(run_kq):
