@@ -555,8 +555,8 @@ def produce(
     s = _settings(ctx)
     delim = _delimiter(delimiter, null)
     headers = _parse_headers(header)
-    if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None):
-        raise typer.BadParameter("--json cannot be combined with -k, -K, -D or -0", param_hint="--json")
+    if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
+        raise typer.BadParameter("--json cannot be combined with -k, -K, -D, -0 or -Z", param_hint="--json")
     if key is not None and key_delimiter is not None:
         raise typer.BadParameter("use either -k/--key or -K/--key-delimiter", param_hint="-K")
     if tombstone and (json_input or key_delimiter is not None):
@@ -595,7 +595,9 @@ def produce(
                         continue
                     try:
                         k, v, h, p, ts = decode_record(m, line_no)
-                        if p is not None:
+                        if partition is not None:
+                            p = None  # -p puts every record in one partition
+                        elif p is not None:
                             target.need_partition(p, line_no)
                     except KqError as exc:
                         line_error, bad_line = exc, line_no
@@ -675,6 +677,9 @@ def consume(
     s = _settings(ctx)
     if fmt is not None and json_output:
         raise typer.BadParameter("use either -F/--format or --json", param_hint="--json")
+    if (fmt is not None or json_output) and (delimiter is not None or null):
+        # A format says everything written, and JSON lines end in newlines.
+        raise typer.BadParameter("-D and -0 do not apply to -F or --json output", param_hint="-D/-0")
     if group is not None and (offset is not None or partition):
         raise typer.BadParameter("a group chooses its own offsets and partitions; use `kq offsets reset` to move them", param_hint="-g")
     if no_commit and group is None:

@@ -208,7 +208,7 @@ class Producer:
         else:
             numbers = self._partitions_of(keys, values)
         for i, partition in enumerate(partitions):
-            if partition is not None:
+            if partition is not None and self.partition is None:
                 numbers[i] = self.topic.partition(partition).number
         self._append_shares(numbers, values, keys, headers, stamps, None)
 

@@ -218,6 +218,16 @@ def test_a_produce_that_writes_nothing_leaves_no_topic(run_kq, tmp_path, args, s
     assert run_kq("topic", "list").stdout == b""
 
 
+def test_partition_option_wins_over_the_partitions_of_json_lines(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "3")
+    for p in range(3):
+        run_kq("produce", "src", "-p", p, input=f"{p}\n")
+    run_kq("topic", "create", "merged", "--partitions", "2")
+    r = run_kq("produce", "merged", "--json", "-p", "1", input=run_kq("consume", "src", "--json").stdout)
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "merged", "-p", "1").stdout == b"0\n1\n2\n"
+
+
 def test_key_option_sends_all_to_one_partition(run_kq):
     run_kq("topic", "create", "t", "--partitions", "4")
     run_kq("produce", "t", "-k", "user-42", input="a\nb\nc\n")
@@ -386,6 +396,9 @@ def test_broken_pipe_is_quiet(run_kq, data_dir):
         (["topic", "trim", "t", "--before", "-5"], 2, b"'-5' is not an offset N or a time @T"),
         (["replicate", "--to", "elsewhere"], 2, b"name the topics to copy, or give --all for every topic"),
         (["replicate", "t", "--all", "--to", "elsewhere"], 2, b"name topics or give --all, not both"),
+        (["produce", "t", "--json", "-Z"], 2, b"--json cannot be combined with -k, -K, -D, -0 or -Z"),
+        (["consume", "t", "--json", "-0"], 2, b"-D and -0 do not apply to -F or --json output"),
+        (["consume", "t", "-F", "%s", "-D", ","], 2, b"-D and -0 do not apply to -F or --json output"),
     ],
 )
 def test_bad_input_gets_a_clear_error(run_kq, args, code, message):
