@@ -25,7 +25,7 @@ _EXPORTS = {
     "UsageError": "errors",
     "Consumer": "consumer", "GroupConsumer": "group", "Groups": "group",
     "murmur2": "partitioner", "partition_for_key": "partitioner",
-    "Cursor": "partition", "Partition": "partition",
+    "Cursor": "cursor", "Partition": "partition",
     "Producer": "producer", "Replicator": "replicate", "Topic": "topic",
 }
 

@@ -26,7 +26,40 @@ CRC_START = 8  # the checksum covers the length field, the header and the payloa
 MIN_LENGTH = HEADER_SIZE - PREFIX_SIZE + 1  # a payload is at least one byte
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 
-OK, INCOMPLETE, INVALID = 0, 1, 2
+MAX_OFFSET = 2**63 - 1  # offsets are signed 64-bit, as in Kafka
+
+# What ``check`` makes of the bytes at a position:
+OK = 0  # a whole, valid batch
+INCOMPLETE = 1  # too few bytes yet: a batch being written, or a torn write
+INVALID = 2  # not a batch (bad magic, impossible length): torn garbage or damage
+DAMAGED = 3  # a whole batch (every byte its length claims is there) that fails its checksum or holds impossible offsets
+
+
+class BatchHeader(NamedTuple):
+    """The fixed header of a batch, field by field (docs/FORMAT.md, "Batches")."""
+
+    magic: bytes
+    crc: int
+    length: int  # bytes after magic, crc and length
+    base_offset: int
+    last_offset_delta: int
+    record_count: int
+    base_timestamp: int
+    max_timestamp: int
+    attributes: int
+
+    @property
+    def size(self) -> int:
+        """The whole batch's size in bytes, header included."""
+        return PREFIX_SIZE + self.length
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta + 1
 
 
 class Record(NamedTuple):
@@ -110,13 +143,15 @@ def checksum_matches(buf, pos: int, size: int, crc: int) -> bool:
     return zlib.crc32(memoryview(buf)[pos + CRC_START : pos + size]) == crc
 
 
-def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, tuple | str | None]:
+def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, BatchHeader | str | None]:
     """Classify the bytes of ``buf[pos:end]`` as the start of a batch.
 
-    Returns (OK, header tuple), (INCOMPLETE, None) when more bytes are needed,
-    or (INVALID, reason). ``buf`` may be bytes, bytearray or memoryview.
-    With ``checksum=False`` only the framing is checked: the caller must
-    check the checksum itself (``checksum_matches``) before trusting the batch.
+    Returns (OK, header), (INCOMPLETE, None) when more bytes are needed,
+    (INVALID, reason) for bytes that are no batch, or (DAMAGED, reason) for a
+    whole batch that fails its checksum or names impossible offsets.
+    ``buf`` may be bytes, bytearray or memoryview. With ``checksum=False``
+    only the framing is checked: the caller must check the checksum itself
+    (``checksum_matches``) before trusting the batch.
     """
     if end - pos < PREFIX_SIZE:
         return INCOMPLETE, None
@@ -129,12 +164,20 @@ def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, tuple | 
     if pos + total > end:
         return INCOMPLETE, None
     if checksum and not checksum_matches(buf, pos, total, crc):
-        return INVALID, "checksum mismatch"
-    return OK, HEADER.unpack_from(buf, pos)
+        return DAMAGED, "checksum mismatch"
+    header = BatchHeader._make(HEADER.unpack_from(buf, pos))
+    if header.base_offset < 0 or header.base_offset + header.last_offset_delta > MAX_OFFSET:
+        return DAMAGED, f"impossible offsets {header.base_offset}..{header.base_offset + header.last_offset_delta}"
+    return OK, header
 
 
-def batch_size(header: tuple) -> int:
-    return PREFIX_SIZE + header[2]
+def batch_size(header: BatchHeader) -> int:
+    return PREFIX_SIZE + header.length
+
+
+def header_at(buf, pos: int) -> BatchHeader:
+    """The header fields at ``pos`` as they stand, checksum unchecked (to describe damage)."""
+    return BatchHeader._make(HEADER.unpack_from(buf, pos))
 
 
 def _reject_ext(code, data):
@@ -246,7 +289,7 @@ def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, m
     return True
 
 
-def decode(buf, pos: int, header: tuple, path: str = "<buffer>") -> RecordBatch:
+def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> RecordBatch:
     """Decode a batch that ``check`` accepted at ``pos``."""
     _, _, length, base, last_delta, count, base_ts, max_ts, _attrs = header
     start = pos + HEADER_SIZE

@@ -358,6 +358,10 @@ def _parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
     return out
 
 
+def _warn(message: str) -> None:
+    print(f"kq: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _is_terminal(stream=None) -> bool:
     stream = stream or sys.stdout
     try:
@@ -695,8 +699,7 @@ def consume(
     if group is not None and not no_commit:
         from .group import GroupConsumer
 
-        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset,
-                               warn=lambda message: print(f"kq: warning: {message}", file=sys.stderr))
+        member = GroupConsumer(s.data, t, group, follow=follow, reset=reset)
         source, rounds = member, member.rounds(timeout)
     elif group is not None:
         from .group import group_start_offsets
@@ -1347,7 +1350,7 @@ def replicate(
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep the replica caught up until SIGINT/SIGTERM."),
     truncate: bool = typer.Option(False, "--truncate", help="If the replica has records the source lacks, cut it back to the common prefix and continue."),
-    verify: bool = typer.Option(False, "--verify", help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag). Group offsets that differ are listed as warnings and do not fail the check."),
     json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
 ) -> None:
     """Copy topics to a replica data directory: same batches, same offsets, same group offsets.
@@ -1386,30 +1389,55 @@ def replicate(
             for r in rows:
                 r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
             _emit_rows(rows, ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"], False, f"replica {to}")
-        if not all(r.ok for r in reports):
-            raise typer.Exit(1)
+        for r in reports:
+            for g in r.groups:
+                if g["status"] != "same":
+                    replica_side = "nothing" if g["replica"] is None else g["replica"]
+                    source_side = "nothing" if g["source"] is None else g["source"]
+                    _warn(f"{r.topic}/{r.partition}: group '{g['group']}' committed {replica_side} in the replica, "
+                          f"{source_side} in the source ({g['status']})")
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            what = "; ".join(f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3])
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise KqError(f"replica {to} does not verify: {what}{more}")
         return
 
     def announce(r) -> None:
         if r.truncated_at is not None:
             s.info(f"{r.topic}/{r.partition}: replica truncated to offset {r.truncated_at}")
+        if r.restarted_at is not None:
+            _warn(f"{r.topic}/{r.partition}: the source's retention deleted what the replica lacked; "
+                  f"the replica starts over at offset {r.restarted_at}")
         if r.records:
             s.info(f"{r.topic}/{r.partition}: copied {_count(r.records, 'record')} ({_human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
+
+    failed: list[str] = []
+
+    def report_error(topic: str, exc) -> None:
+        if exc is None:
+            s.info(f"{topic}: copying again")
+            return
+        failed.append(topic)
+        print(f"kq: error: {topic}: {exc}", file=sys.stderr, flush=True)
 
     with replicator:
         if follow:
             try:
-                replicator.follow(names, on_copy=announce)
+                replicator.follow(names, on_copy=announce, on_error=report_error)
             except KeyboardInterrupt:
                 return
         with _ProgressBars(s, json_output) as bars:
             replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
-            reports = replicator.replicate(names)
+            reports = replicator.replicate(names, on_error=report_error)
     if json_output:
-        _print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports]})
+        _print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports],
+                     "failed": failed})
     else:
         for r in reports:
             announce(r)
+    if failed:
+        raise typer.Exit(1)
 
 
 class _ProgressBars:
@@ -1659,6 +1687,24 @@ def _command_tree(args: list[str], get_command):
         app.registered_commands, app.registered_groups = everything
 
 
+def _print_warnings() -> None:
+    """Show the library's KqWarnings as ``kq: warning: …`` lines, every time they happen."""
+    import warnings
+
+    from .errors import KqWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KqWarning):
+            print(f"kq: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("always", KqWarning)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     import signal
 
@@ -1667,6 +1713,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, a produce stops cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _print_warnings()
     command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
     if "_KQ_COMPLETE" in os.environ:
         _use_kq_completion()

@@ -6,6 +6,7 @@ import time
 from typing import Iterator, NamedTuple
 
 from .batch import RecordBatch
+from .errors import warn
 from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from .topic import Topic
 
@@ -49,6 +50,7 @@ class Consumer:
         self._cursors = {}
         self._finished: set[int] = set()
         self.timed_out = False
+        self.who: str | None = None  # who reads, for warnings (a group consumer names its group)
 
     @classmethod
     def from_spec(
@@ -110,7 +112,10 @@ class Consumer:
         for n in self.partitions:
             if n in self._finished:
                 continue
-            batches = self._cursors[n].poll()
+            cursor = self._cursors[n]
+            batches = cursor.poll()
+            if cursor.skipped:
+                self._report_skips(n, cursor)
             stop = self.stops[n]
             for b in batches:
                 if stop is not None and b.base_offset >= stop:
@@ -125,6 +130,18 @@ class Consumer:
             if not batches and not self.follow:
                 self._finished.add(n)  # nothing more to read below the stop
         return out
+
+    def _report_skips(self, n: int, cursor) -> None:
+        """Warn of records retention (or trim) deleted before this reader got to them."""
+        for first, after in cursor.skipped:
+            if after > self.positions[n]:
+                warn(f"{self.describe(n)}: {after - first} message(s) at offsets {first}..{after - 1} were deleted "
+                     f"by retention or trim before this reader got to them; reading on from offset {after}")
+        cursor.skipped.clear()
+
+    def describe(self, n: int) -> str:
+        """How warnings name partition ``n`` (a group consumer adds its group)."""
+        return f"{self.topic.name}/{n}" if self.who is None else f"{self.who} on {self.topic.name}/{n}"
 
     def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
         """Non-empty rounds of slices, until finished (forever when following).

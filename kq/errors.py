@@ -6,6 +6,8 @@ the error's ``exit_code``; library users catch ``KqError`` (or a subclass).
 
 from __future__ import annotations
 
+import warnings
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -35,6 +37,14 @@ class InvalidOffsetSpec(UsageError):
 class TopicNotFound(KqError):
     def __init__(self, topic: str):
         super().__init__(f"topic '{topic}' does not exist")
+        self.topic = topic
+
+
+class TopicDeleted(TopicNotFound):
+    """The topic was deleted while this process was using it."""
+
+    def __init__(self, topic: str):
+        KqError.__init__(self, f"topic '{topic}' was deleted")
         self.topic = topic
 
 
@@ -90,3 +100,15 @@ class UnsupportedFormat(KqError):
 
 class DataDirError(KqError):
     """The data directory cannot be created, read or written."""
+
+
+class KqWarning(UserWarning):
+    """Something a user should hear about that does not stop the work (a skip, a repair).
+
+    The library issues these through Python's ``warnings``; the ``kq`` command
+    prints each one as ``kq: warning: …`` on stderr.
+    """
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, KqWarning, stacklevel=3)

@@ -6,7 +6,11 @@ writes or ENOSPC in one place; small files are replaced atomically.
 
 from __future__ import annotations
 
+import errno
 import os
+from contextlib import contextmanager
+
+import portalocker
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -89,3 +93,94 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+class FileLock:
+    """An exclusive flock on one lock file: the one way kq locks anything.
+
+    The file is opened once and the lock taken and dropped as often as needed
+    (a producer locks its partition for every batch). The kernel drops the
+    lock when the holder dies, so a crash never leaves it held. With
+    ``read_only_ok`` a lock file that cannot be opened for writing (a
+    read-only mount, another user's directory) is locked through a read-only
+    descriptor, and one that does not exist and cannot be created is not
+    locked at all: whoever could write there has not.
+    """
+
+    def __init__(self, path: str, read_only_ok: bool = False):
+        self.path = path
+        self.read_only_ok = read_only_ok
+        self.file = None  # the open lock file (group claims write their owner into it)
+        self.held = False
+        self._depth = 0  # taken again by its holder: released when the outermost ``with`` ends
+
+    def _open(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            mode = "r+"
+        except OSError as exc:
+            if not self.read_only_ok or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                return False
+            mode = "r"
+        self.file = os.fdopen(fd, mode)
+        return True
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; without ``blocking``, return False at once if another holds it."""
+        if self.held:
+            self._depth += 1
+            return True
+        if self.file is None and not self._open():
+            self.held, self._depth = True, 1  # nothing to lock: see the class docstring
+            return True
+        flags = portalocker.LockFlags.EXCLUSIVE
+        if not blocking:
+            flags |= portalocker.LockFlags.NON_BLOCKING
+        try:
+            portalocker.lock(self.file, flags)
+        except portalocker.exceptions.LockException:
+            return False
+        self.held, self._depth = True, 1
+        return True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        if self.file is not None:
+            portalocker.unlock(self.file)
+        self.held = False
+
+    def close(self) -> None:
+        """Close the file, which drops the lock if it is held."""
+        self.held, self._depth = False, 0
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextmanager
+def locked(path: str, blocking: bool = True, read_only_ok: bool = False):
+    """Hold the lock on ``path`` for a ``with`` block; yields False if it is taken and not ``blocking``.
+
+    Writers that already hold a lock must flush what they wrote before the
+    block ends: the lock goes before the file is closed.
+    """
+    lock = FileLock(path, read_only_ok)
+    try:
+        yield lock.acquire(blocking)
+    finally:
+        lock.close()

@@ -28,6 +28,7 @@ import portalocker
 from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
 from .errors import CorruptFile, GroupNotFound, KqError, UsageError
+from .errors import warn as kq_warn
 from .fileio import FILE_MODE, atomic_write, make_dirs
 from .location import group_names
 from .names import check_name
@@ -332,8 +333,9 @@ class GroupConsumer:
         self.poll_seconds = poll_seconds
         self.member = Member(self.groups, group, topic.name)
         self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
+        self.consumer.who = f"group '{self.group}'"
         self.timed_out = False
-        self.warn = warn or (lambda message: None)
+        self.warn = warn or kq_warn
         self._marks: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()

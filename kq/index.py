@@ -14,7 +14,10 @@ maximum can make a timestamp lookup start late (it has no checksum):
 
 from __future__ import annotations
 
+import os
 import struct
+
+from .batch import HEADER_SIZE, MAGIC
 
 ENTRY = struct.Struct(">qqq")  # base_offset, position, max timestamp before it
 ENTRY_SIZE = ENTRY.size
@@ -69,3 +72,65 @@ class Index:
     def entries_before(self, position: int) -> int:
         """How many entries point below ``position`` (what survives a truncation)."""
         return self._last_where(1, lambda p: p < position) + 1
+
+
+class IndexBuilder:
+    """The one rule for index entries, as docs/FORMAT.md states it.
+
+    Batches are fed in log order; a batch that starts at least
+    ``INTERVAL_BYTES`` after the last entry (or the segment's start, which is
+    implicitly indexed) gets an entry carrying the largest timestamp of the
+    batches before it. Every writer of an index (append, recovery,
+    compaction, ``kq verify``) goes through this class.
+    """
+
+    __slots__ = ("last_indexed", "max_timestamp", "entries")
+
+    def __init__(self, last_indexed: int = 0, max_timestamp: int = NO_TIMESTAMP):
+        self.last_indexed = last_indexed
+        self.max_timestamp = max_timestamp  # over the batches fed so far
+        self.entries: list[tuple[int, int, int]] = []  # made since the last ``take``
+
+    def add(self, base_offset: int, position: int, batch_max_timestamp: int) -> None:
+        """Feed the batch at ``position``; it gets an entry if the rule says so."""
+        if position - self.last_indexed >= INTERVAL_BYTES:
+            self.entries.append((base_offset, position, self.max_timestamp))
+            self.last_indexed = position
+        if batch_max_timestamp > self.max_timestamp:
+            self.max_timestamp = batch_max_timestamp
+
+    def take(self) -> bytes:
+        """The entries made since the last call, packed as the index file holds them."""
+        packed = pack_entries(self.entries)
+        self.entries = []
+        return packed
+
+
+def pack_entries(entries) -> bytes:
+    return b"".join(ENTRY.pack(*e) for e in entries)
+
+
+def entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
+    """Does an index entry point at the start of a batch with its base offset?
+
+    Indexes carry no checksum, so every entry is checked against the log
+    before a reader or writer trusts it.
+    """
+    # A garbled position: pread fails with EINVAL (rather than reading nothing)
+    # below 0 or where position + length passes the largest file offset.
+    if not 0 <= entry[1] <= 2**63 - 1 - HEADER_SIZE:
+        return False
+    head = os.pread(fd, HEADER_SIZE, entry[1])
+    return (
+        len(head) == HEADER_SIZE
+        and head[:4] == MAGIC
+        and int.from_bytes(head[12:20], "big", signed=True) == entry[0]
+    )
+
+
+def last_valid_entry(fd: int, index: Index) -> int:
+    """Number of the last index entry that points at its batch, or -1."""
+    i = len(index) - 1
+    while i >= 0 and not entry_is_valid(fd, index.entry(i)):
+        i -= 1
+    return i

@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import portalocker
-
 from . import batch as batchfmt
+from . import segment
 from .errors import CorruptLog
 from .fileio import FILE_MODE, fsync_dir, write_all
-from .index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, Index
-from .partition import Partition, _scan_start, now_ms
+from .index import Index, IndexBuilder
+from .partition import Partition, now_ms
 from .segment import DAMAGED, BatchReader
 
-LOCK_NAME = "maintain.lock"
 COMPACT_SUFFIX = ".compact"
 
 
@@ -42,53 +40,23 @@ class Report:
         self.tombstones_removed += other.tombstones_removed
 
 
-class MaintenanceLock:
-    """Serialises retention, trim and compaction of one partition."""
-
-    def __init__(self, partition: Partition, blocking: bool = True):
-        self.path = os.path.join(partition.path, LOCK_NAME)
-        self.blocking = blocking
-        self.file = None
-
-    def __enter__(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-        self.file = os.fdopen(fd, "r+")
-        flags = portalocker.LockFlags.EXCLUSIVE
-        if not self.blocking:
-            flags |= portalocker.LockFlags.NON_BLOCKING
-        try:
-            portalocker.lock(self.file, flags)
-        except portalocker.exceptions.LockException:
-            self.file.close()
-            self.file = None
-            return False
-        return True
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
 def segment_max_timestamp(partition: Partition, base: int) -> int:
     """The largest record timestamp in a segment (from its index and a short scan)."""
-    path = partition._log_path(base)
+    path = partition.log_path(base)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        position, _, max_ts = _scan_start(fd, base, Index.load(partition._index_path(base)))
-        for _, header, _, _ in BatchReader(fd, path, position).headers():
-            max_ts = max(max_ts, header[7])
-        return max_ts
+        return segment.scan(fd, path, base, Index.load(partition.index_path(base))).index.max_timestamp
     finally:
         os.close(fd)
 
 
 def _delete_segment(partition: Partition, base: int, report: Report) -> None:
-    path = partition._log_path(base)
+    path = partition.log_path(base)
     try:
         report.bytes_reclaimed += os.path.getsize(path)
     except FileNotFoundError:
         return
-    partition._remove_segment(base)
+    partition.remove_segment(base)
     report.segments_deleted += 1
 
 
@@ -106,7 +74,7 @@ def apply_retention(partition: Partition, now: int | None = None, blocking: bool
     if retention_ms is None and retention_bytes is None:
         report.start_offset = partition.start_offset()
         return report
-    with MaintenanceLock(partition, blocking) as locked:
+    with partition.maintenance_lock(blocking) as locked:
         if not locked:
             return report
         now = now_ms() if now is None else now
@@ -126,7 +94,7 @@ def apply_retention(partition: Partition, now: int | None = None, blocking: bool
 
 def _size(partition: Partition, base: int) -> int:
     try:
-        return os.path.getsize(partition._log_path(base))
+        return os.path.getsize(partition.log_path(base))
     except FileNotFoundError:
         return 0
 
@@ -138,7 +106,7 @@ def trim(partition: Partition, before: int) -> Report:
     and closed segments that lie wholly below it are deleted.
     """
     report = Report(partition.topic, partition.number)
-    with MaintenanceLock(partition):
+    with partition.maintenance_lock():
         end = partition.end_offset()
         before = min(before, end)
         if before > partition.start_offset():
@@ -153,7 +121,7 @@ def trim(partition: Partition, before: int) -> Report:
 
 def _segment_batches(partition: Partition, base: int):
     """(raw bytes, decoded batch) for every batch of a closed segment; damage is an error."""
-    path = partition._log_path(base)
+    path = partition.log_path(base)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         reader = BatchReader(fd, path, 0)
@@ -180,7 +148,7 @@ def compact(partition: Partition, now: int | None = None, progress=None) -> Repo
     report = Report(partition.topic, partition.number)
     now = now_ms() if now is None else now
     horizon = now - partition.config.get("tombstone_retention_ms", 0)
-    with MaintenanceLock(partition):
+    with partition.maintenance_lock():
         for name in os.listdir(partition.path):
             if name.endswith(COMPACT_SUFFIX):  # left by a crash: never swapped in
                 os.unlink(os.path.join(partition.path, name))
@@ -255,20 +223,17 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
         return None
     report.records_removed += removed
     report.tombstones_removed += tombstones
-    log_tmp = partition._log_path(base) + COMPACT_SUFFIX
-    index_tmp = partition._index_path(base) + COMPACT_SUFFIX
-    entries = []
-    position, last_indexed, max_ts = 0, 0, NO_TIMESTAMP
+    log_tmp = partition.log_path(base) + COMPACT_SUFFIX
+    index_tmp = partition.index_path(base) + COMPACT_SUFFIX
+    index = IndexBuilder()
+    position = 0
     for data, offset, batch_max in out_batches:
-        if position - last_indexed >= INTERVAL_BYTES:
-            entries.append(ENTRY.pack(offset, position, max_ts))
-            last_indexed = position
+        index.add(offset, position, batch_max)
         position += len(data)
-        max_ts = max(max_ts, batch_max)
-    for path, payload in ((log_tmp, [d for d, _, _ in out_batches]), (index_tmp, entries)):
+    for path, payload in ((log_tmp, b"".join(d for d, _, _ in out_batches)), (index_tmp, index.take())):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
-            write_all(fd, b"".join(payload))
+            write_all(fd, payload)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -277,7 +242,7 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
 
 
 def _swap_in(partition: Partition, base: int) -> None:
-    log, index = partition._log_path(base), partition._index_path(base)
+    log, index = partition.log_path(base), partition.index_path(base)
     # Drop the old index first: for a moment the new log has no index
     # (lookups scan), never an index that describes the old file.
     try:

@@ -1,10 +1,12 @@
 """A partition: an ordered list of segments, one writer at a time, any number of readers.
 
-Writers serialise on ``writer.lock`` (an flock through portalocker that the
-kernel drops if the holder dies). Under the lock a writer first recovers the
-tail of the last segment (truncating a torn batch left by a crash), then
-appends. Readers take no lock; they never see a half-written batch because
-every batch is length-prefixed and checksummed.
+Writers serialise on ``writer.lock`` (an flock the kernel drops if the
+holder dies). Under the lock a writer first recovers the tail of the last
+segment, then appends. Recovery truncates a torn tail (an append a crash cut
+short, never acknowledged); a whole batch at the end that fails its checksum
+is damage instead: its bytes are quarantined and its offsets never reused
+(docs/GUARANTEES.md). Readers take no lock (kq.cursor); they never see a
+half-written batch because every batch is length-prefixed and checksummed.
 """
 
 from __future__ import annotations
@@ -14,24 +16,17 @@ import os
 import time
 from dataclasses import dataclass
 
-import portalocker
-
 from . import batch as batchfmt
-from .errors import CorruptFile, KqError
-from .fileio import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
-from .index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, Index
-from .segment import (
-    CLEAN,
-    DAMAGED,
-    BatchReader,
-    classify_damage,
-    find_valid_batch,
-    index_name,
-    list_segments,
-    log_name,
-)
+from . import segment
+from .batch import BatchHeader
+from .cursor import Cursor, RawBatch, runs
+from .errors import CorruptFile, CorruptLog, KqError, TopicDeleted, warn
+from .fileio import FILE_MODE, FileLock, atomic_write, fsync_dir, locked, make_dirs, write_all
+from .index import ENTRY_SIZE, Index, IndexBuilder, entry_is_valid
+from .segment import CLEAN, DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
 
-LOCK_NAME = "writer.lock"
+WRITER_LOCK = "writer.lock"
+MAINTENANCE_LOCK = "maintain.lock"
 START_NAME = "start.offset"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -49,8 +44,7 @@ class _Tail:
     inode: int
     end: int  # byte position after the last valid batch
     next_offset: int
-    max_timestamp: int  # over the batches of this segment
-    last_indexed: int  # position of the last index entry (0: the implicit first)
+    index: IndexBuilder  # where the last entry is, and the max timestamp so far
     index_fd: int | None = None
     # The index file this tail appends to (None: none yet). If it is replaced
     # (kq verify --repair) or deleted, the tail is stale: appending to the old
@@ -60,29 +54,88 @@ class _Tail:
 
 class Partition:
     def __init__(self, topic: str, number: int, path: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 sync: bool = False, config: dict | None = None):
+                 sync: bool = False, config: dict | None = None, on_roll=None):
         self.topic = topic
         self.number = number
         self.path = path
         self.segment_bytes = segment_bytes
         self.sync = sync
         self.config = config or {}  # the topic's: retention settings are read from it
-        self._lock_file = None
+        self.on_roll = on_roll  # called with the partition, outside the writer lock, after a segment closes
+        # Read-only copies can be checked (kq verify) without a writable lock
+        # file; a writer there fails on the segment it cannot open instead.
+        self._writer = FileLock(os.path.join(path, WRITER_LOCK), read_only_ok=True)
+        self._recovered: str | None = None  # what the last recovery did that a user must hear
         self._tail: _Tail | None = None
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.number})"
 
-    # ------------------------------------------------------------------ reading
+    @property
+    def compacted(self) -> bool:
+        return self.config.get("cleanup") == "compact"
+
+    # ------------------------------------------------------------------ files
 
     def segments(self) -> list[int]:
-        return list_segments(self.path)
+        """Base offsets of the segments, ascending."""
+        try:
+            return list_segments(self.path)
+        except FileNotFoundError:
+            raise self._gone() from None
 
-    def _log_path(self, base: int) -> str:
+    def _gone(self) -> Exception:
+        """The error for a partition directory that is not there: its topic was deleted, or it is missing."""
+        if not os.path.isdir(os.path.dirname(self.path)):
+            return TopicDeleted(self.topic)
+        return FileNotFoundError(2, "partition directory missing", self.path)
+
+    def log_path(self, base: int) -> str:
         return os.path.join(self.path, log_name(base))
 
-    def _index_path(self, base: int) -> str:
+    def index_path(self, base: int) -> str:
         return os.path.join(self.path, index_name(base))
+
+    def remove_segment(self, base: int) -> None:
+        """Delete a segment and its index (the index first: an index never outlives its log)."""
+        for path in (self.index_path(base), self.log_path(base)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.sync:
+            fsync_dir(self.path)
+
+    def writer_lock(self) -> FileLock:
+        """The writer lock, for ``with`` (reentrant): appends, recovery and truncation hold it."""
+        return self._writer
+
+    def recover(self) -> str | None:
+        """Bring the log's tail to where an append can follow it, as the next writer would.
+
+        Truncates a torn tail; quarantines a damaged last batch. Returns what
+        was done that a user must hear of (a torn tail's truncation is routine
+        and not reported), or None.
+        """
+        with self._writer:
+            self._forget_tail()
+            self._recover_tail()
+            done, self._recovered = self._recovered, None
+            return done
+
+    def maintenance_lock(self, blocking: bool = True, read_only_ok: bool = False):
+        """Context manager over ``maintain.lock`` (retention, trim, compaction, verify); yields False if busy."""
+        return locked(os.path.join(self.path, MAINTENANCE_LOCK), blocking, read_only_ok)
+
+    def _open_log(self, base: int, flags: int = os.O_RDONLY) -> int:
+        try:
+            return os.open(self.log_path(base), flags | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if not os.path.isdir(self.path):
+                raise self._gone() from None
+            raise
+
+    # ------------------------------------------------------------------ reading
 
     def start_offset(self) -> int:
         """The first offset still kept (Kafka's log start offset).
@@ -114,24 +167,29 @@ class Partition:
         if not bases:
             return 0
         base = bases[-1]
-        path = self._log_path(base)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:  # replaced under us: look again
+            fd = self._open_log(base)
+        except FileNotFoundError:  # replaced or removed under us: look again
             return self.end_offset()
         try:
-            position, next_offset, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
-            while True:
-                reader = BatchReader(fd, path, position)
-                for _, header, _, _ in reader.headers():
-                    next_offset = header[3] + header[4] + 1
-                if reader.stop != DAMAGED:
-                    return next_offset
-                # A torn tail ends the log. Valid batches after damage still
-                # count: the end is theirs, and a reader will report the damage.
-                position = find_valid_batch(fd, reader.stop_position + 1, os.fstat(fd).st_size)
+            size = os.fstat(fd).st_size
+            found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
+            while found.stop == DAMAGED:
+                # Valid batches after damage still count: the end is theirs,
+                # and a reader will report the damage. So do the offsets of a
+                # whole damaged batch at the end: a writer skips them.
+                position = find_valid_batch(fd, found.end + 1, size)
+                if position is None and found.whole_batch:
+                    damaged = self._damaged_last_batch(fd, found, size)
+                    if damaged is not None:
+                        return damaged.next_offset
+                    # Offsets nobody can trust: say so (raises) rather than end before them.
+                    classify_damage(fd, self.log_path(base), found.end, False, found.reason, True, found.floor)
+                    return self.end_offset()  # it was being rewritten: look again
                 if position is None:
-                    return next_offset
+                    return found.next_offset
+                segment.resume(found, fd, self.log_path(base), position, None)
+            return found.next_offset
         finally:
             os.close(fd)
 
@@ -139,13 +197,13 @@ class Partition:
         total = 0
         for base in self.segments():
             try:
-                total += os.stat(self._log_path(base)).st_size
+                total += os.stat(self.log_path(base)).st_size
             except FileNotFoundError:
                 pass
         return total
 
-    def cursor(self, offset: int) -> "Cursor":
-        return Cursor(self, offset)
+    def cursor(self, offset: int, buffers: int = 1) -> Cursor:
+        return Cursor(self, offset, buffers)
 
     def read(self, offset: int = 0, stop: int | None = None):
         """Yield the records from ``offset`` up to (not including) ``stop`` or the end."""
@@ -163,137 +221,6 @@ class Partition:
         finally:
             cur.close()
 
-    def offset_for_timestamp(self, timestamp: int) -> int:
-        """Offset of the first record (in offset order) with a timestamp >= ``timestamp``.
-
-        Returns the end offset when there is none. Costs a binary search in each
-        segment's index plus a scan of at most one index interval per segment.
-        """
-        for base in self.segments():
-            path = self._log_path(base)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                continue
-            try:
-                index = Index.load(self._index_path(base))
-                entry = index.floor_timestamp(timestamp)
-                position = 0
-                if entry is not None and _entry_is_valid(fd, entry):
-                    position = entry[1]
-                reader = BatchReader(fd, path, position)
-                for pos, header, buf, rel in reader.headers():
-                    if header[7] >= timestamp:  # max_timestamp
-                        b = batchfmt.decode(buf, rel, header, path)
-                        for off, ts in zip(b.offsets(), b.timestamps()):
-                            if ts >= timestamp:
-                                return off
-            finally:
-                os.close(fd)
-        return self.end_offset()
-
-    # ------------------------------------------------------------------ writing
-
-    def _lock(self):
-        if self._lock_file is None:
-            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-            self._lock_file = os.fdopen(fd, "r+")
-        portalocker.lock(self._lock_file, portalocker.LockFlags.EXCLUSIVE)
-
-    def _unlock(self):
-        portalocker.unlock(self._lock_file)
-
-    def append(
-        self,
-        values,
-        keys=None,
-        headers=None,
-        timestamp: int | None = None,
-        timestamps=None,
-    ) -> tuple[int, int]:
-        """Append one batch of records; return (first offset, last offset).
-
-        The batch is in the page cache (visible to readers, safe from a crash of
-        this process) when this returns, and on disk if the partition syncs.
-        """
-        if timestamp is None and timestamps is None:
-            timestamp = now_ms()
-        return self.append_payload(batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps))
-
-    def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
-        """Append records packed by ``batch.pack``; return (first offset, last offset)."""
-        self._lock()
-        try:
-            tail = self._recover_tail()
-            if tail.end >= self.segment_bytes:
-                tail = self._roll(tail)
-            head = batchfmt.frame(tail.next_offset, payload)
-            position = tail.end
-            try:
-                write_all(tail.fd, head, payload.data)
-                if self.sync:
-                    os.fdatasync(tail.fd)
-            except BaseException as exc:
-                # Leave no torn batch behind for the next writer to find, and
-                # forget what we knew: the file may not be what we think.
-                self._forget_tail()
-                _truncate_quietly(self._log_path(tail.base), position)
-                _name_the_file(exc, self._log_path(tail.base))
-                raise
-            first = tail.next_offset
-            if position - tail.last_indexed >= INTERVAL_BYTES:
-                self._append_index(tail, [(first, position, tail.max_timestamp)])
-            tail.end = position + len(head) + len(payload.data)
-            tail.next_offset = first + payload.count
-            tail.max_timestamp = max(tail.max_timestamp, payload.max_timestamp)
-            return first, first + payload.count - 1
-        finally:
-            self._unlock()
-
-    def append_raw(self, batches: list[RawBatch]) -> int:
-        """Append batches exactly as another log stored them (replication).
-
-        The first batch must start at this partition's end offset, so offsets
-        stay identical to the source's. Returns the new end offset.
-        """
-        if not batches:
-            return self.end_offset()
-        self._lock()
-        try:
-            tail = self._recover_tail()
-            if batches[0].base_offset != tail.next_offset:
-                raise KqError(
-                    f"{self}: batch at offset {batches[0].base_offset} does not follow the end "
-                    f"offset {tail.next_offset}"
-                )
-            if tail.end >= self.segment_bytes:
-                tail = self._roll(tail)
-            position = tail.end
-            try:
-                write_all(tail.fd, *_runs(batches))
-                if self.sync:
-                    os.fdatasync(tail.fd)
-            except BaseException as exc:
-                self._forget_tail()
-                _truncate_quietly(self._log_path(tail.base), position)
-                _name_the_file(exc, self._log_path(tail.base))
-                raise
-            entries = []
-            last_indexed = tail.last_indexed
-            for b in batches:
-                if position - last_indexed >= INTERVAL_BYTES:
-                    entries.append((b.base_offset, position, tail.max_timestamp))
-                    last_indexed = position
-                tail.max_timestamp = max(tail.max_timestamp, b.max_timestamp)
-                position += b.size
-            if entries:
-                self._append_index(tail, entries)
-            tail.end = position
-            tail.next_offset = batches[-1].next_offset
-            return tail.next_offset
-        finally:
-            self._unlock()
-
     def raw_batches(self, offset: int = 0):
         """Every valid batch from ``offset`` on, undecoded (raises CorruptLog on damage)."""
         cursor = self.cursor(offset)
@@ -306,38 +233,171 @@ class Partition:
         finally:
             cursor.close()
 
+    def offset_for_timestamp(self, timestamp: int) -> int:
+        """Offset of the first record (in offset order) with a timestamp >= ``timestamp``.
+
+        Returns the end offset when there is none. Costs a binary search in each
+        segment's index plus a scan of at most one index interval per segment.
+        """
+        for base in self.segments():
+            path = self.log_path(base)
+            try:
+                fd = self._open_log(base)
+            except FileNotFoundError:
+                continue
+            try:
+                index = Index.load(self.index_path(base))
+                entry = index.floor_timestamp(timestamp)
+                position = 0
+                if entry is not None and entry_is_valid(fd, entry):
+                    position = entry[1]
+                reader = BatchReader(fd, path, position)
+                for pos, header, buf, rel in reader.headers():
+                    if header.max_timestamp >= timestamp:
+                        b = batchfmt.decode(buf, rel, header, path)
+                        for off, ts in zip(b.offsets(), b.timestamps()):
+                            if ts >= timestamp:
+                                return off
+            finally:
+                os.close(fd)
+        return self.end_offset()
+
     def last_batch(self) -> RawBatch | None:
         """The last valid batch of the log, or None if it is empty."""
         for base in reversed(self.segments()):
-            path = self._log_path(base)
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = self._open_log(base)
             try:
-                position, _, _ = _scan_start(fd, base, Index.load(self._index_path(base)))
-                last = None
-                for pos, header, buf, rel in BatchReader(fd, path, position).headers():
-                    last = (pos, header, buf, rel)
-                if last is not None:
-                    pos, header, buf, rel = last
-                    return RawBatch(header, buf, rel, pos)
+                found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
+                if found.last is not None:
+                    position, header = found.last
+                    return RawBatch(header, os.pread(fd, header.size, position), 0, position)
             finally:
                 os.close(fd)
         return None
 
     def damaged_tail(self) -> tuple[str, int] | None:
-        """(file, position) of bytes after the last valid batch, if any (a torn tail)."""
+        """(file, position) of bytes after the last valid batch, if any."""
         bases = self.segments()
         if not bases:
             return None
-        path = self._log_path(bases[-1])
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        path = self.log_path(bases[-1])
+        fd = self._open_log(bases[-1])
         try:
-            position, _, _ = _scan_start(fd, bases[-1], Index.load(self._index_path(bases[-1])))
-            reader = BatchReader(fd, path, position)
-            for _ in reader.headers():
-                pass
-            return (path, reader.stop_position) if reader.stop == DAMAGED else None
+            found = segment.scan(fd, path, bases[-1], Index.load(self.index_path(bases[-1])))
+            return (path, found.end) if found.stop == DAMAGED else None
         finally:
             os.close(fd)
+
+    def _damaged_last_batch(self, fd: int, found: segment.SegmentScan, size: int) -> BatchHeader | None:
+        """The header of the whole batch that fails its checksum at ``found.end``, if it is one
+
+        and its header is plausible: it starts where the log left off and
+        counts its records as a batch of this topic does. None otherwise.
+        """
+        if not found.whole_batch or found.floor is None:
+            return None
+        data = os.pread(fd, min(size - found.end, batchfmt.MAX_BATCH_BYTES + batchfmt.PREFIX_SIZE), found.end)
+        status, _ = batchfmt.check(data, 0, len(data))
+        if status != batchfmt.DAMAGED or len(data) < batchfmt.HEADER_SIZE:
+            return None  # its checksum holds: the offsets themselves are wrong
+        header = batchfmt.header_at(data, 0)
+        plausible = (
+            header.base_offset == found.floor
+            and 1 <= header.record_count <= header.length
+            and header.last_offset_delta >= header.record_count - 1
+            and (self.compacted or header.last_offset_delta == header.record_count - 1)
+            and header.next_offset <= batchfmt.MAX_OFFSET
+        )
+        return header if plausible else None
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, values, keys=None, headers=None, timestamp: int | None = None, timestamps=None) -> tuple[int, int]:
+        """Append one batch of records; return (first offset, last offset).
+
+        The batch is in the page cache (visible to readers, safe from a crash of
+        this process) when this returns, and on disk if the partition syncs.
+        """
+        if timestamp is None and timestamps is None:
+            timestamp = now_ms()
+        return self.append_payload(batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps))
+
+    def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
+        """Append records packed by ``batch.pack``; return (first offset, last offset)."""
+        rolled = False
+        with self._writer:
+            tail = self._recover_tail()
+            self._report_recovery()
+            if tail.end >= self.segment_bytes:
+                tail, rolled = self._roll(tail), True
+            first = tail.next_offset
+            head = batchfmt.frame(first, payload)
+            self._write(tail, head, payload.data)
+            tail.index.add(first, tail.end, payload.max_timestamp)
+            self._write_index(tail)
+            tail.end += len(head) + len(payload.data)
+            tail.next_offset = first + payload.last_offset_delta + 1
+        if rolled and self.on_roll is not None:
+            self.on_roll(self)
+        return first, first + payload.last_offset_delta
+
+    def append_raw(self, batches: list[RawBatch]) -> int:
+        """Append batches exactly as another log stored them (replication).
+
+        The first batch must start at this partition's end offset, so offsets
+        stay identical to the source's. Returns the new end offset.
+        """
+        if not batches:
+            return self.end_offset()
+        rolled = False
+        with self._writer:
+            tail = self._recover_tail()
+            self._report_recovery()
+            if batches[0].base_offset != tail.next_offset:
+                raise KqError(
+                    f"{self}: batch at offset {batches[0].base_offset} does not follow the end "
+                    f"offset {tail.next_offset}"
+                )
+            if tail.end >= self.segment_bytes:
+                tail, rolled = self._roll(tail), True
+            self._write(tail, *runs(batches))
+            for b in batches:
+                tail.index.add(b.base_offset, tail.end, b.max_timestamp)
+                tail.end += b.size
+            self._write_index(tail)
+            tail.next_offset = batches[-1].next_offset
+        if rolled and self.on_roll is not None:
+            self.on_roll(self)
+        return tail.next_offset
+
+    def _report_recovery(self) -> None:
+        if self._recovered is not None:
+            done, self._recovered = self._recovered, None
+            warn(done)
+
+    def _write(self, tail: _Tail, *chunks) -> None:
+        try:
+            write_all(tail.fd, *chunks)
+            if self.sync:
+                os.fdatasync(tail.fd)
+        except BaseException as exc:
+            # Leave no torn batch behind for the next writer to find, and
+            # forget what we knew: the file may not be what we think.
+            self._forget_tail()
+            _truncate_quietly(self.log_path(tail.base), tail.end)
+            _name_the_file(exc, self.log_path(tail.base))
+            raise
+
+    def _write_index(self, tail: _Tail) -> None:
+        """Append the entries the builder made since the last write, in one write."""
+        if not tail.index.entries:
+            return
+        if tail.index_fd is None:
+            tail.index_fd = os.open(
+                self.index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE
+            )
+            tail.index_inode = os.fstat(tail.index_fd).st_ino
+        write_all(tail.index_fd, tail.index.take())
 
     def truncate_to(self, offset: int) -> None:
         """Remove every record at or after ``offset``, which must start a batch (or be the end).
@@ -345,24 +405,23 @@ class Partition:
         Used to cut a diverged replica back to its common prefix with the source,
         the way a Kafka follower truncates to its leader's log.
         """
-        self._lock()
-        try:
+        with self._writer:
             self._forget_tail()
             bases = self.segments()
             keep = [b for b in bases if b < offset]
             for base in bases:
                 if base >= offset:
-                    self._remove_segment(base)
+                    self.remove_segment(base)
             if not keep:
                 os.close(self._create_segment(offset))
                 return
             base = keep[-1]
-            path = self._log_path(base)
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            path = self.log_path(base)
+            fd = self._open_log(base, os.O_RDWR)
             try:
                 cut = None
                 for pos, header, _, _ in BatchReader(fd, path, 0).headers():
-                    if header[3] >= offset:
+                    if header.base_offset >= offset:
                         cut = pos
                         break
                 if cut is None:
@@ -375,31 +434,27 @@ class Partition:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            index = Index.load(self._index_path(base))
-            keep_entries = index.entries_before(cut)
-            if keep_entries != len(index):
-                _truncate_quietly(self._index_path(base), keep_entries * 24)
-        finally:
-            self._unlock()
+            _truncate_index(self.index_path(base), cut)
 
-    def _remove_segment(self, base: int) -> None:
-        for path in (self._log_path(base), self._index_path(base)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        if self.sync:
-            fsync_dir(self.path)
+    def restart_at(self, offset: int) -> None:
+        """Delete every record and continue the log at ``offset`` (a replica the source's retention overtook).
 
-    def _append_index(self, tail: _Tail, entries: list[tuple[int, int, int]]) -> None:
-        """Append (offset, position, max timestamp before it) entries in one write."""
-        if tail.index_fd is None:
-            tail.index_fd = os.open(
-                self._index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE
-            )
-            tail.index_inode = os.fstat(tail.index_fd).st_ino
-        write_all(tail.index_fd, b"".join(ENTRY.pack(*e) for e in entries))
-        tail.last_indexed = entries[-1][1]
+        Like a Kafka follower whose fetch offset fell below its leader's log
+        start: the records between the old end and ``offset`` no longer exist
+        anywhere, so the log starts over there.
+        """
+        with self._writer:
+            self._forget_tail()
+            bases = self.segments()
+            os.close(self._create_segment(offset, exist_ok=True))
+            for base in bases:
+                if base != offset:
+                    self.remove_segment(base)
+            self.set_start_offset(offset)
+
+    def close(self) -> None:
+        self._forget_tail()
+        self._writer.close()
 
     def _forget_tail(self) -> None:
         tail, self._tail = self._tail, None
@@ -408,12 +463,6 @@ class Partition:
             if tail.index_fd is not None:
                 os.close(tail.index_fd)
 
-    def close(self) -> None:
-        self._forget_tail()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
-
     def _recover_tail(self) -> _Tail:
         """Under the lock: find (and if needed repair) the end of the log."""
         bases = self.segments()
@@ -421,7 +470,7 @@ class Partition:
             self._create_segment(0)
             bases = [0]
         base = bases[-1]
-        path = self._log_path(base)
+        path = self.log_path(base)
         tail = self._tail
         if tail is not None and tail.base == base:
             try:
@@ -429,10 +478,10 @@ class Partition:
             except FileNotFoundError:
                 st = None
             if (st is not None and st.st_ino == tail.inode and st.st_size == tail.end
-                    and _inode(self._index_path(base)) == tail.index_inode):
+                    and _inode(self.index_path(base)) == tail.index_inode):
                 return tail  # nobody wrote since our last append
         self._forget_tail()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW)
+        fd = self._open_log(base, os.O_RDWR | os.O_APPEND)
         try:
             tail = self._scan_tail(fd, base, path)
         except BaseException:
@@ -442,49 +491,65 @@ class Partition:
         return tail
 
     def _scan_tail(self, fd: int, base: int, path: str) -> _Tail:
-        index_path = self._index_path(base)
+        index_path = self.index_path(base)
         index = Index.load(index_path)
-        start = _last_valid_entry(fd, index)
-        position, next_offset, max_ts = 0, base, NO_TIMESTAMP
-        if start >= 0:
-            next_offset, position, max_ts = index.entry(start)
-        # The entries the index lacks after the one the scan starts from (it
-        # was deleted, or lost its end in a crash) are the ones append would
-        # have written: add them, so the index stays what kq writes for this
-        # segment instead of growing a hole.
-        missing = []
-        last_indexed = position
-        reader = BatchReader(fd, path, position)
-        for pos, header, _, _ in reader.headers():
-            if pos - last_indexed >= INTERVAL_BYTES:
-                missing.append((header[3], pos, max_ts))
-                last_indexed = pos
-            next_offset = header[3] + header[4] + 1
-            max_ts = max(max_ts, header[7])
-        end = reader.stop_position
+        found = segment.scan(fd, path, base, index)
         size = os.fstat(fd).st_size
-        if reader.stop != CLEAN or size != end:
+        if found.stop != CLEAN or size != found.end:
+            damaged = self._damaged_last_batch(fd, found, size) if found.whole_batch else None
+            if damaged is not None and find_valid_batch(fd, found.end + 1, size) is None:
+                return self._quarantine_last_batch(fd, path, found, damaged, size)
+            if found.whole_batch:
+                raise CorruptLog(path, found.end, f"{found.reason}; kq appends nothing after a batch it cannot "
+                                                  "trust: run `kq verify --repair`")
             # Raises CorruptLog if valid batches follow: never cut those off.
-            classify_damage(fd, path, end, False, reader.reason or "unexpected bytes")
-            os.ftruncate(fd, end)
+            classify_damage(fd, path, found.end, False, found.reason or "unexpected bytes")
+            os.ftruncate(fd, found.end)
             if self.sync:
                 os.fsync(fd)
-        # Keep the entries up to the valid one the scan started from, whole,
-        # unless that one pointed at the torn batch just cut off.
-        kept = start + 1
-        if kept and position >= end:
+        # The index keeps its valid entries up to where the scan started and
+        # gains the ones the scan made after it (lost in a crash, or deleted),
+        # so it stays exactly what kq writes for this segment.
+        kept = found.index_kept
+        if kept and index.entry(kept - 1)[1] >= found.end:  # it pointed at the torn batch just cut off
             kept -= 1
-            last_indexed = index.entry(kept - 1)[1] if kept else 0
+            found.index.last_indexed = index.entry(kept - 1)[1] if kept else 0
         index_fd = None
-        if kept != len(index) or len(index.blob) % ENTRY.size or missing:
+        if kept != len(index) or len(index.blob) % ENTRY_SIZE or found.index.entries:
             index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-            os.ftruncate(index_fd, kept * ENTRY.size)
-            write_all(index_fd, b"".join(ENTRY.pack(*e) for e in missing))
+            os.ftruncate(index_fd, kept * ENTRY_SIZE)
+            write_all(index_fd, found.index.take())
         index_inode = os.fstat(index_fd).st_ino if index_fd is not None else _inode(index_path)
-        return _Tail(base, fd, os.fstat(fd).st_ino, end, next_offset, max_ts, last_indexed, index_fd, index_inode)
+        return _Tail(base, fd, os.fstat(fd).st_ino, found.end, found.next_offset, found.index, index_fd, index_inode)
 
-    def _create_segment(self, base: int) -> int:
-        fd = os.open(self._log_path(base), os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    def _quarantine_last_batch(self, fd: int, path: str, found: segment.SegmentScan, damaged: BatchHeader,
+                               size: int) -> _Tail:
+        """Move a damaged last batch aside and go on in a new segment after its offsets.
+
+        The new segment's name records where the log goes on, so the damaged
+        batch's offsets (which readers may have seen and committed past) are
+        never given to other records, even if this process dies next.
+        """
+        target = segment.quarantine(fd, path, found.end, size)
+        new_fd = self._create_segment(damaged.next_offset, exist_ok=True)
+        fsync_dir(self.path)
+        os.ftruncate(fd, found.end)
+        os.fsync(fd)
+        _truncate_index(self.index_path(found.base), found.end)
+        os.close(fd)
+        self._recovered = (
+            f"{path}: the batch at byte {found.end} (offsets {damaged.base_offset}..{damaged.last_offset}) "
+            f"fails its checksum: moved its {size - found.end} byte(s) to {target}; the log goes on at offset "
+            f"{damaged.next_offset} in a new segment, and those offsets are not reused")
+        return _Tail(damaged.next_offset, new_fd, os.fstat(new_fd).st_ino, 0, damaged.next_offset, IndexBuilder(),
+                     None, _inode(self.index_path(damaged.next_offset)))
+
+    def _create_segment(self, base: int, exist_ok: bool = False) -> int:
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | (0 if exist_ok else os.O_EXCL)
+        try:
+            fd = os.open(self.log_path(base), flags, FILE_MODE)
+        except FileNotFoundError:
+            raise self._gone() from None
         if self.sync:
             fsync_dir(self.path)
         return fd
@@ -493,57 +558,8 @@ class Partition:
         base = tail.next_offset
         fd = self._create_segment(base)
         self._forget_tail()
-        self._tail = _Tail(base, fd, os.fstat(fd).st_ino, 0, base, NO_TIMESTAMP, 0)
-        if self.config.get("retention_ms") is not None or self.config.get("retention_bytes") is not None:
-            # Retention is cheap to apply as a segment closes; skipped if
-            # `kq maintain` is busy with this partition.
-            from .maintain import apply_retention
-
-            apply_retention(self, blocking=False)
+        self._tail = _Tail(base, fd, os.fstat(fd).st_ino, 0, base, IndexBuilder())
         return self._tail
-
-
-class RawBatch:
-    """A batch as stored: a view of its bytes plus the header fields replication needs."""
-
-    __slots__ = ("position", "base_offset", "next_offset", "max_timestamp", "crc", "buf", "start", "size")
-
-    def __init__(self, header: tuple, buf, start: int, position: int = 0):
-        self.position = position
-        self.crc = header[1]
-        self.base_offset = header[3]
-        self.next_offset = header[3] + header[4] + 1
-        self.max_timestamp = header[7]
-        self.buf = buf  # batches read together share one buffer (see _runs)
-        self.start = start
-        self.size = batchfmt.batch_size(header)
-
-    @property
-    def data(self) -> memoryview:
-        return memoryview(self.buf)[self.start : self.start + self.size]
-
-    def checksum_ok(self) -> bool:
-        return batchfmt.checksum_matches(self.buf, self.start, self.size, self.crc)
-
-    @property
-    def identity(self) -> tuple[int, int, int]:
-        """What two copies of one batch share: base offset, size and checksum."""
-        return self.base_offset, self.size, self.crc
-
-
-def _raw_batch(buf, rel: int, header: tuple, path: str) -> RawBatch:
-    return RawBatch(header, buf, rel)
-
-
-def _runs(batches: list[RawBatch]) -> list[memoryview]:
-    """The batches' bytes as few views as possible: adjacent bytes of one buffer join."""
-    runs: list[list] = []
-    for b in batches:
-        if runs and runs[-1][0] is b.buf and runs[-1][2] == b.start:
-            runs[-1][2] = b.start + b.size
-        else:
-            runs.append([b.buf, b.start, b.start + b.size])
-    return [memoryview(buf)[lo:hi] for buf, lo, hi in runs]
 
 
 def init_partition(path: str, sync: bool = False) -> None:
@@ -572,38 +588,12 @@ def _truncate_quietly(path: str, size: int) -> None:
         pass
 
 
-def _entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
-    """Does an index entry point at the start of a batch with its base offset?"""
-    # A garbled position: pread fails with EINVAL (rather than reading nothing)
-    # below 0 or where position + length passes the largest file offset.
-    if not 0 <= entry[1] <= 2**63 - 1 - batchfmt.HEADER_SIZE:
-        return False
-    head = os.pread(fd, batchfmt.HEADER_SIZE, entry[1])
-    return (
-        len(head) == batchfmt.HEADER_SIZE
-        and head[:4] == batchfmt.MAGIC
-        and int.from_bytes(head[12:20], "big", signed=True) == entry[0]
-    )
-
-
-def _last_valid_entry(fd: int, index: Index) -> int:
-    """Number of the last index entry that points at its batch, or -1."""
-    i = len(index) - 1
-    while i >= 0 and not _entry_is_valid(fd, index.entry(i)):
-        i -= 1
-    return i
-
-
-def _scan_start(fd: int, base: int, index: Index) -> tuple[int, int, int]:
-    """Where to start scanning for the end of a segment: the last valid index entry.
-
-    Returns (position, offset at that position, max timestamp before it).
-    """
-    i = _last_valid_entry(fd, index)
-    if i < 0:
-        return 0, base, NO_TIMESTAMP
-    offset, position, max_ts = index.entry(i)
-    return position, offset, max_ts
+def _truncate_index(index_path: str, cut: int) -> None:
+    """Drop the index entries that point at or past byte ``cut`` of their segment."""
+    index = Index.load(index_path)
+    keep = index.entries_before(cut)
+    if keep != len(index):
+        _truncate_quietly(index_path, keep * ENTRY_SIZE)
 
 
 def _inode(path: str) -> int | None:
@@ -612,108 +602,3 @@ def _inode(path: str) -> int | None:
     except FileNotFoundError:
         return None
 
-
-class Cursor:
-    """Reads a partition forward from an offset, across segments, without a lock.
-
-    ``poll()`` returns the batches available now (possibly none) and never
-    returns a batch twice; ``offset`` is the next offset to deliver.
-    """
-
-    def __init__(self, partition: Partition, offset: int, buffers: int = 1):
-        self.partition = partition
-        self.offset = offset
-        self._fd: int | None = None
-        self._base = -1
-        self._path = ""
-        self._position = 0
-        # Polls read into these in turn: ``poll_raw`` batches stay valid
-        # until ``buffers`` more polls (two let a thread read one poll ahead).
-        # Grown by the reader to what a read needs (a small log, a small buffer).
-        self._buffers = [bytearray() for _ in range(buffers)]
-        self._seek(offset)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _open(self, base: int) -> bool:
-        """Open the first segment at or after ``base`` (retention may have just deleted it)."""
-        self.close()
-        for candidate in [b for b in self.partition.segments() if b >= base]:
-            path = self.partition._log_path(candidate)
-            try:
-                self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                continue
-            self._base, self._path, self._position = candidate, path, 0
-            return True
-        return False
-
-    def _seek(self, offset: int) -> None:
-        bases = self.partition.segments()
-        if not bases:
-            return
-        base = bases[0]
-        for b in bases:
-            if b <= offset:
-                base = b
-        if not self._open(base):
-            return
-        entry = Index.load(self.partition._index_path(self._base)).floor_offset(offset)
-        if entry is not None and _entry_is_valid(self._fd, entry):
-            self._position = entry[1]
-
-    def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
-        """Decoded batches that end after ``offset``, up to about ``max_bytes``.
-
-        Small rounds are faster than large ones: the values of a round are
-        freed before the next, so their memory is reused instead of faulted in.
-        """
-        return self._poll(max_bytes, batchfmt.decode)
-
-    def poll_raw(self, max_bytes: int = 8 * 1024 * 1024, checksums: bool = True) -> list["RawBatch"]:
-        """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
-
-        The batches are views of the cursor's read buffers: valid until as
-        many more polls as the cursor has buffers. With ``checksums=False``
-        only their framing is checked: call ``checksum_ok`` before trusting one.
-        """
-        return self._poll(max_bytes, _raw_batch, checksums)
-
-    def _poll(self, max_bytes: int, make, checksums: bool = True) -> list:
-        if self._fd is None:
-            self._seek(self.offset)
-            if self._fd is None:
-                return []
-        out = []
-        while True:
-            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0],
-                                 checksums=checksums)
-            for pos, header, buf, rel in reader.headers():
-                next_offset = header[3] + header[4] + 1
-                if next_offset > self.offset:
-                    b = make(buf, rel, header, self._path)
-                    b.position = pos
-                    out.append(b)
-                    self.offset = next_offset
-            self._buffers[0] = reader.buffer
-            self._position = reader.stop_position
-            if out:
-                self._buffers.append(self._buffers.pop(0))
-                return out
-            if reader.stop not in (CLEAN, DAMAGED):
-                continue  # the limit was reached skipping batches before ``offset``
-            # List later segments before looking again: a writer finishes a
-            # batch before it rolls, so if a later segment exists, any batch
-            # that was still being written here is complete now.
-            later = [b for b in self.partition.segments() if b > self._base]
-            again = BatchReader(self._fd, self._path, self._position, limit=1)
-            if any(True for _ in again.headers()):
-                continue
-            if again.stop == DAMAGED:
-                classify_damage(self._fd, self._path, self._position, bool(later), again.reason)
-                return out  # a torn tail, or a batch still being written: wait here
-            if not later or not self._open(later[0]):
-                return out

@@ -15,14 +15,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import portalocker
-
+from .cursor import Cursor
 from .datadir import DataDir
 from .errors import KqError, TopicNotFound
-from .fileio import FILE_MODE
+from .fileio import FileLock
 from .group import Groups
 from .maintain import trim
-from .partition import Cursor, Partition
+from .partition import Partition
 from .topic import Topic
 
 LOCK_NAME = "replicate.lock"
@@ -52,6 +51,7 @@ class CopyReport:
     records: int = 0
     bytes: int = 0
     truncated_at: int | None = None
+    restarted_at: int | None = None  # the source's retention had deleted what the replica lacked
 
 
 @dataclass
@@ -66,28 +66,42 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("identical", "lagging") and all(g["status"] != "ahead" for g in self.groups)
+        """The replica holds exactly the source's batches (it may lag); group offsets do not count."""
+        return self.status in ("identical", "lagging")
 
 
 def first_mismatch(source: Partition, replica: Partition) -> int | None:
     """The first offset where the replica's batches differ from the source's, if any.
 
-    Batches are compared by base offset, size and checksum. A replica that is
-    a prefix of the source does not differ; one that goes on past the
-    source's end differs at the source's end.
+    Batches are compared by base offset, size and checksum, where both logs
+    still hold them: what the source's retention deleted is not compared. A
+    replica that is a prefix of the source does not differ; one that goes on
+    past the source's end differs at the source's end.
     """
     last = replica.last_batch()
     if last is None:
         return None
+    common = _batch_start(source, source.start_offset())
+    if last.next_offset <= common:
+        return None  # the source deleted everything the replica holds (see _copy_partition)
     # The common case: the replica's last batch is the source's, so the
     # replica is a prefix (``--verify`` checks every batch).
     for b in source.raw_batches(last.base_offset):
         if b.identity == last.identity:
             return None
         break
-    src = source.raw_batches(replica.start_offset())
-    for rep in replica.raw_batches(replica.start_offset()):
+    return _first_difference(source, replica, max(common, replica.start_offset()))
+
+
+def _first_difference(source: Partition, replica: Partition, start: int) -> int | None:
+    """The base offset of the first replica batch from ``start`` on that the source lacks."""
+    src = source.raw_batches(start)
+    for rep in replica.raw_batches(start):
+        if rep.base_offset < start:
+            continue  # a batch the source's retention has deleted
         s = next(src, None)
+        while s is not None and s.base_offset < rep.base_offset and s.next_offset <= start:
+            s = next(src, None)
         if s is None or s.identity != rep.identity:
             return rep.base_offset
     return None
@@ -186,26 +200,23 @@ class Replicator:
         self.replica = replica
         self.truncate = truncate
         self.progress = progress  # callable(report, bytes_total) or None
-        self._lock_file = None
+        self._lock: FileLock | None = None
 
     # ------------------------------------------------------------------ locking
 
     def __enter__(self) -> "Replicator":
         self.replica.ensure()
-        fd = os.open(os.path.join(self.replica.path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
-        fh = os.fdopen(fd, "r+")
-        try:
-            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
-        except portalocker.exceptions.LockException:
-            fh.close()
-            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends") from None
-        self._lock_file = fh
+        lock = FileLock(os.path.join(self.replica.path, LOCK_NAME))
+        if not lock.acquire(blocking=False):
+            lock.close()
+            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends")
+        self._lock = lock
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ------------------------------------------------------------------ copying
 
@@ -215,18 +226,34 @@ class Replicator:
             self.source.topic(name)  # raises TopicNotFound early
         return names
 
-    def replicate(self, topics: list[str] | None = None) -> list[CopyReport]:
+    def replicate(self, topics: list[str] | None = None, on_error=None) -> list[CopyReport]:
+        """Copy what is new in each topic. With ``on_error(topic, error)``, a topic that
+        fails (diverged, damaged) is reported to it and the others are still copied."""
         reports = []
         for name in self.topic_names(topics):
-            src = self.source.topic(name)
-            rep = self._create_like(src)
             try:
-                for p in range(src.partition_count):
-                    reports.append(self._copy_partition(src.partition(p), rep.partition(p)))
-                self._copy_groups(src, rep)
-            finally:
-                src.close()
-                rep.close()
+                reports += self._replicate_topic(name)
+            except KqError as exc:
+                if on_error is None:
+                    raise
+                on_error(name, exc)
+        return reports
+
+    def _replicate_topic(self, name: str) -> list[CopyReport]:
+        reports = []
+        src = self.source.topic(name)
+        try:
+            rep = self._create_like(src)
+        except BaseException:
+            src.close()
+            raise
+        try:
+            for p in range(src.partition_count):
+                reports.append(self._copy_partition(src.partition(p), rep.partition(p)))
+            self._copy_groups(src, rep)
+        finally:
+            src.close()
+            rep.close()
         return reports
 
     def _create_like(self, src: Topic) -> Topic:
@@ -257,9 +284,10 @@ class Replicator:
         boundary = _batch_start(src, source_start)
         if start < boundary:
             # The source no longer has what the replica lacks (retention, trim):
-            # the copy starts at the batch holding the source's start offset.
-            rep.truncate_to(boundary)
-            report.from_offset = report.to_offset = start = boundary
+            # like a Kafka follower behind its leader's log start, the replica
+            # starts over at the batch holding the source's start offset.
+            rep.restart_at(boundary)
+            report.from_offset = report.to_offset = report.restarted_at = start = boundary
         end = src.end_offset()
         total = max(src.size() - rep.size(), 0)
         cursor = Cursor(src, start, buffers=2)
@@ -296,13 +324,30 @@ class Replicator:
                 if p < len(ends) and have.get(p) != min(offset, ends[p]):
                     replica_groups.commit(group, rep.name, p, min(offset, ends[p]))
 
-    def follow(self, topics: list[str] | None, interval: float = FOLLOW_SECONDS, on_copy=None) -> None:
-        """Replicate until interrupted; new batches reach the replica within ``interval``."""
+    def follow(self, topics: list[str] | None, interval: float = FOLLOW_SECONDS, on_copy=None, on_error=None) -> None:
+        """Replicate until interrupted; new batches reach the replica within ``interval``.
+
+        A topic that fails is reported to ``on_error(topic, error)`` once (and
+        again if its error changes), retried every round, and never stops the
+        others; ``on_error(topic, None)`` says it copies again.
+        """
+        failing: dict[str, str] = {}
+
+        def failed(topic: str, exc: KqError) -> None:
+            if failing.get(topic) != str(exc) and on_error is not None:
+                on_error(topic, exc)
+            failing[topic] = str(exc)
+
         while True:
-            reports = self.replicate(topics)
+            before = set(failing)
+            reports = self.replicate(topics, on_error=failed)
+            for topic in before & {r.topic for r in reports}:
+                failing.pop(topic, None)
+                if on_error is not None:
+                    on_error(topic, None)
             if on_copy is not None:
                 for r in reports:
-                    if r.records or r.truncated_at is not None:
+                    if r.records or r.truncated_at is not None or r.restarted_at is not None:
                         on_copy(r)
             time.sleep(interval)
 
@@ -324,16 +369,26 @@ class Replicator:
                     continue
                 reports.append(_verify_partition(part, rep.partition(p)))
             if rep is not None:
-                for group in source_groups.groups_of_topic(name):
-                    theirs = replica_groups.committed(group, name)
-                    for p, offset in source_groups.committed(group, name).items():
-                        if p >= len(reports) or p >= src.partition_count:
+                mine = {r.partition: r for r in reports if r.topic == name}
+                groups = sorted(set(source_groups.groups_of_topic(name)) | set(replica_groups.groups_of_topic(name)))
+                for group in groups:
+                    theirs = source_groups.committed(group, name)
+                    ours = replica_groups.committed(group, name)
+                    for p in sorted(set(theirs) | set(ours)):
+                        if p not in mine:
                             continue
-                        r = next(x for x in reports if x.topic == name and x.partition == p)
-                        mine = theirs.get(p)
-                        status = "same" if mine == offset else ("behind" if mine is None or mine < offset else "ahead")
-                        r.groups.append({"group": group, "source": offset, "replica": mine, "status": status})
+                        source, replica = theirs.get(p), ours.get(p)
+                        mine[p].groups.append({"group": group, "source": source, "replica": replica,
+                                               "status": _group_status(source, replica)})
         return reports
+
+
+def _group_status(source: int | None, replica: int | None) -> str:
+    if source == replica:
+        return "same"
+    if source is None:
+        return "replica only"
+    return "behind" if replica is None or replica < source else "ahead"
 
 
 def _verify_partition(src: Partition, rep: Partition) -> VerifyReport:
@@ -341,13 +396,18 @@ def _verify_partition(src: Partition, rep: Partition) -> VerifyReport:
     report = VerifyReport(src.topic, src.number, source_end, None, "identical")
     try:
         report.replica_end = rep.end_offset()
-        src_batches = src.raw_batches(rep.start_offset())
-        for b in rep.raw_batches(rep.start_offset()):  # recomputes every checksum
-            s = next(src_batches, None)
-            if s is None or s.identity != b.identity:
-                report.status = "mismatch"
-                report.detail = f"batches differ from offset {b.base_offset}"
-                return report
+        boundary = _batch_start(src, src.start_offset())
+        if report.replica_end < boundary:
+            report.status = "lagging"
+            report.detail = (f"behind the source's retention: the source deleted offsets {report.replica_end}.."
+                             f"{boundary - 1} before they were copied; the next copy goes on from {boundary}")
+            return report
+        # Every batch both still hold; raw_batches recomputes every checksum.
+        differs = _first_difference(src, rep, max(boundary, rep.start_offset()))
+        if differs is not None:
+            report.status = "mismatch"
+            report.detail = f"batches differ from offset {differs}"
+            return report
         damage = rep.damaged_tail()
         if damage is not None:
             report.status = "mismatch"

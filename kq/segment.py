@@ -2,17 +2,27 @@
 
 A segment is ``<base offset, 20 digits>.log`` holding batches back to back,
 with ``<base offset>.index`` beside it. Reading takes no lock: a reader stops
-at the first batch that is incomplete or fails its checksum and reports why,
-and the caller decides (with ``classify_damage``) whether that is a torn tail
-to wait at or corruption to report.
+at the first batch that is incomplete, fails its checksum or breaks the
+order of offsets, and reports why; the caller decides (with
+``classify_damage``) whether that is a torn tail to wait at or damage to
+report.
+
+The rule that tells them apart (docs/GUARANTEES.md): a torn write leaves a
+batch shorter than its length field says, or bytes that are no batch at
+all; a batch whose every byte is present but that fails its checksum, or
+whose offsets go backwards, is damage, never a torn tail.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from . import batch as batchfmt
+from .batch import BatchHeader
 from .errors import CorruptLog
+from .fileio import atomic_write
+from .index import NO_TIMESTAMP, Index, IndexBuilder, last_valid_entry
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -23,6 +33,10 @@ READ_CHUNK = 4 * 1024 * 1024
 CLEAN = "clean"  # every byte up to the end of the file was a valid batch
 DAMAGED = "damaged"  # an incomplete or invalid batch starts at stop_position
 LIMIT = "limit"  # the reader's byte limit was reached
+
+# Damaged bytes moved aside by a writer or by `kq verify --repair`:
+# "<segment>.log.quarantine-<byte position>", never read by kq, never deleted by it.
+QUARANTINE = ".quarantine"
 
 
 def log_name(base_offset: int) -> str:
@@ -46,17 +60,23 @@ def list_segments(partition_dir: str) -> list[int]:
 class BatchReader:
     """Iterates the valid batches of one open segment file from ``position``.
 
-    After iteration, ``stop`` is CLEAN or DAMAGED and ``stop_position`` is
-    the byte position after the last valid batch (where the damage starts).
+    After iteration, ``stop`` is CLEAN, DAMAGED or LIMIT and ``stop_position``
+    is the byte position after the last valid batch (where the damage
+    starts). ``whole_batch`` says the damage is a complete batch (never a
+    torn tail). With ``floor`` (the lowest base offset the next batch may
+    have), a batch whose offsets go backwards is damage too; ``floor`` then
+    follows the batches read.
     """
 
     def __init__(self, fd: int, path: str, position: int, limit: int | None = None, buffer: bytearray | None = None,
-                 checksums: bool = True):
+                 checksums: bool = True, floor: int | None = None):
         self.fd = fd
         self.path = path
         self.stop = CLEAN
         self.stop_position = position
         self.reason = ""
+        self.whole_batch = False
+        self.floor = floor
         self._limit = limit  # stop (cleanly) after this many bytes of batches
         # A caller's buffer, read into instead of allocating fresh memory per
         # read (fresh pages cost a fault each: a third of a consume's time).
@@ -77,7 +97,12 @@ class BatchReader:
             rel = pos - buf_pos
             status, info = check(buf, rel, len(buf), self.checksums)
             if status == batchfmt.OK:
-                size = batchfmt.PREFIX_SIZE + info[2]
+                if self.floor is not None:
+                    if info.base_offset < self.floor:
+                        self.stop, self.whole_batch, self.reason = DAMAGED, True, _backwards(info, self.floor)
+                        return
+                    self.floor = info.base_offset + info.last_offset_delta + 1
+                size = batchfmt.PREFIX_SIZE + info.length
                 yield pos, info, buf, rel
                 pos += size
                 self.stop_position = pos
@@ -86,8 +111,8 @@ class BatchReader:
                     self.stop = LIMIT
                     return
                 continue
-            if status == batchfmt.INVALID:
-                self.stop, self.reason = DAMAGED, info
+            if status != batchfmt.INCOMPLETE:
+                self.stop, self.reason, self.whole_batch = DAMAGED, info, status == batchfmt.DAMAGED
                 return
             # INCOMPLETE: read more, at least the whole batch if its length is known.
             need = READ_CHUNK
@@ -118,21 +143,39 @@ class BatchReader:
         return view[: os.preadv(self.fd, [view], position)]
 
 
-def classify_damage(fd: int, path: str, position: int, later_segment_exists: bool, reason: str) -> None:
-    """Raise CorruptLog unless the damage at ``position`` is a torn tail.
+def _backwards(header: BatchHeader, floor: int) -> str:
+    return (f"offsets go backwards: the batch holds offsets {header.base_offset}..{header.last_offset}, "
+            f"but the log before it reaches offset {floor - 1}")
 
-    A torn tail is damage that nothing valid follows, in the last segment.
-    Damage followed by a valid batch, or in a closed segment, is corruption:
-    treating it as a tail would throw away acknowledged data.
+
+def classify_damage(fd: int, path: str, position: int, later_segment_exists: bool, reason: str,
+                    whole_batch: bool = False, floor: int | None = None) -> None:
+    """Raise CorruptLog unless the damage at ``position`` is a torn tail (or no damage after all).
+
+    A torn tail is an incomplete batch, or bytes that are no batch, that
+    nothing valid follows, in the last segment. A whole batch that fails its
+    checksum or breaks the offset order, damage followed by a valid batch,
+    and damage in a closed segment are corruption: treating them as a tail
+    would throw away acknowledged data (and let its offsets be reused).
     """
     if later_segment_exists:
         raise CorruptLog(path, position, reason + " in a closed segment")
+    if whole_batch:
+        # Looked at again: a batch a recovering writer rewrote while we read
+        # it is whole now, and the caller reads it at its next poll.
+        again = BatchReader(fd, path, position, limit=1, floor=floor)
+        if any(True for _ in again.headers()):
+            return
+        whole_batch, reason = again.whole_batch, again.reason or reason
     found = find_valid_batch(fd, position + 1, os.fstat(fd).st_size)
     if found is not None and not _valid_batch_at(fd, position):
         # (A valid batch at ``position`` now means it was being written when
         # the caller looked, and the writer has finished it and started the
         # next since: not damage, and the caller reads it at its next poll.)
         raise CorruptLog(path, position, f"{reason}, followed by a valid batch at byte {found}")
+    if whole_batch:
+        raise CorruptLog(path, position, f"{reason} in a whole batch at the end of the log "
+                                         "(not a torn write: bit rot or a stray write)")
 
 
 def _valid_batch_at(fd: int, position: int, size: int | None = None) -> bool:
@@ -162,3 +205,77 @@ def find_valid_batch(fd: int, start: int, size: int) -> int | None:
         # Overlap windows by the magic's length so a split magic is still seen.
         pos += max(len(window) - len(batchfmt.MAGIC) + 1, 1)
     return None
+
+
+@dataclass
+class SegmentScan:
+    """What a walk over a segment's batches found (see ``scan``)."""
+
+    base: int
+    end: int  # byte position after the last valid batch
+    next_offset: int  # after the last valid batch (the segment's base if it has none)
+    index: IndexBuilder  # its ``entries``: what the index lacks after the entry the scan started from
+    index_kept: int  # how many entries of the index file were valid up to where the scan started
+    stop: str = CLEAN
+    reason: str = ""
+    whole_batch: bool = False
+    last: tuple[int, BatchHeader] | None = None  # (position, header) of the last valid batch
+    floor: int | None = None  # the lowest base offset the batch at ``end`` may have
+
+
+def scan(fd: int, path: str, base: int, index: Index | None = None) -> SegmentScan:
+    """The one walk to a segment's end: from its last valid index entry to the first damage or the end.
+
+    Writers recover their tail with it, readers find the end offset with it,
+    and the index entries it makes are exactly those ``IndexBuilder`` makes.
+    """
+    start = -1 if index is None else last_valid_entry(fd, index)
+    if start >= 0:
+        offset, position, max_ts = index.entry(start)
+    else:
+        offset, position, max_ts = base, 0, NO_TIMESTAMP
+    result = SegmentScan(base, position, offset, IndexBuilder(position, max_ts), start + 1)
+    resume(result, fd, path, position, offset)
+    return result
+
+
+def resume(result: SegmentScan, fd: int, path: str, position: int, floor: int) -> None:
+    """Walk on from ``position`` (a batch start) where a scan stopped, updating ``result``."""
+    reader = BatchReader(fd, path, position, floor=floor)
+    builder = result.index
+    last = None
+    for pos, header, _, _ in reader.headers():
+        builder.add(header.base_offset, pos, header.max_timestamp)
+        last = pos, header
+    if last is not None:
+        result.last = last
+        result.next_offset = last[1].next_offset
+    result.end = reader.stop_position
+    result.stop, result.reason, result.whole_batch = reader.stop, reader.reason, reader.whole_batch
+    result.floor = reader.floor
+
+
+def quarantine(fd: int, path: str, start: int, end: int) -> str:
+    """Copy bytes ``start:end`` of a segment to a quarantine file beside it; return its name.
+
+    The copy is on disk (fsynced) before the caller cuts the bytes from the
+    segment, so a crash in between leaves them twice, never nowhere; a rerun
+    finds the same bytes and reuses the same file.
+    """
+    data = os.pread(fd, end - start, start)
+    target = quarantine_name(f"{path}{QUARANTINE}-{start}", data)
+    atomic_write(target, data)
+    return target
+
+
+def quarantine_name(path: str, content: bytes | None = None) -> str:
+    """``path``, or ``path-2``, ``-3``...: never overwrite another quarantine's bytes."""
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        if content is not None and os.path.getsize(candidate) == len(content):
+            with open(candidate, "rb") as f:
+                if f.read() == content:
+                    return candidate  # a rerun after a crash: the same bytes
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate

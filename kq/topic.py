@@ -69,6 +69,13 @@ def check_inside(path: str, root: str) -> str:
     return path
 
 
+def _retention_on_roll(partition: Partition) -> None:
+    """Retention is cheap to apply as a segment closes; skipped if `kq maintain` is busy with the partition."""
+    from .maintain import apply_retention
+
+    apply_retention(partition, blocking=False)
+
+
 class Topic:
     def __init__(self, name: str, path: str, meta: dict, root: str | None = None):
         self.name = name
@@ -110,9 +117,14 @@ class Topic:
                 segment_bytes=self.config["segment_bytes"],
                 sync=self.config["sync"],
                 config=self.config,
+                on_roll=_retention_on_roll if self.has_retention else None,
             )
             self._partitions[number] = p
         return p
+
+    @property
+    def has_retention(self) -> bool:
+        return self.config["retention_ms"] is not None or self.config["retention_bytes"] is not None
 
     def partitions(self) -> list[Partition]:
         return [self.partition(i) for i in range(self.partition_count)]

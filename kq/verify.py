@@ -28,20 +28,28 @@ from .datadir import DataDir
 from .errors import CorruptFile, CorruptLog, DataDirError
 from .fileio import FILE_MODE, atomic_write, fsync_dir, write_all
 from .group import CLAIM_SUFFIX, OFFSET_SUFFIX, Groups, _try_lock
-from .index import ENTRY, ENTRY_SIZE, INTERVAL_BYTES, NO_TIMESTAMP, Index
+from .index import ENTRY_SIZE, Index, IndexBuilder, pack_entries
 from .location import TOPIC_FILE
-from .maintain import COMPACT_SUFFIX, MaintenanceLock
+from .maintain import COMPACT_SUFFIX
 from .partition import START_NAME, Partition
-from .segment import DAMAGED, INDEX_SUFFIX, READ_CHUNK, BatchReader, find_valid_batch
+from .segment import (
+    DAMAGED,
+    INDEX_SUFFIX,
+    QUARANTINE,
+    READ_CHUNK,
+    BatchReader,
+    SegmentScan,
+    find_valid_batch,
+    quarantine_name,
+)
 from .topic import Topic
 
 ERROR = "error"  # the partition cannot be read as written: exit 1 until repaired
 WARNING = "warning"  # surprising but readable (a group behind the start offset)
 INFO = "info"  # files worth knowing about (leftovers, quarantined bytes)
 
-# "<segment>.log.quarantine-<byte position>" and "<P>.offset.quarantine":
-# never read by kq, never deleted by it.
-QUARANTINE = ".quarantine"
+# Quarantined bytes ("<segment>.log.quarantine-<byte position>", kq.segment)
+# and offsets files ("<P>.offset.quarantine") are never read by kq, never deleted by it.
 
 
 @dataclass
@@ -87,6 +95,7 @@ class _Segment:
     size: int = 0
     damaged: list[_Region] = field(default_factory=list)  # to quarantine
     torn_tail: _Region | None = None  # to truncate (last segment only)
+    damaged_last: _Region | None = None  # a whole damaged last batch: quarantined as a writer would (last segment only)
     index: list[tuple[int, int, int]] = field(default_factory=list)  # what the index should hold
     index_problem: Problem | None = None
 
@@ -151,7 +160,7 @@ class _PartitionCheck:
     # ------------------------------------------------------------------ segments
 
     def _check_segment(self, base: int, last: bool) -> None:
-        seg = _Segment(base, self.part._log_path(base), self.part._index_path(base))
+        seg = _Segment(base, self.part.log_path(base), self.part.index_path(base))
         try:
             fd = os.open(seg.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -172,32 +181,43 @@ class _PartitionCheck:
         self.segments.append(seg)
 
     def _check_batches(self, fd: int, seg: _Segment, last: bool) -> None:
-        """Walk every valid batch; damage ends a run, a valid batch after it starts the next."""
-        last_indexed, max_ts = 0, NO_TIMESTAMP
-        position = 0
+        """Walk every valid batch; damage ends a run, a valid batch after it starts the next.
+
+        The reader's floor makes a batch whose offsets go backwards (or lie
+        below its segment's base) damage like a bad checksum: readers report
+        it and never serve it, and repair moves it aside.
+        """
+        index = IndexBuilder()
+        position, floor = 0, seg.base
         while True:
-            reader = BatchReader(fd, seg.path, position)
+            reader = BatchReader(fd, seg.path, position, floor=floor)
             for pos, header, buf, rel in reader.headers():
                 try:
                     b = batchfmt.decode(buf, rel, header, seg.path)
                 except CorruptLog as exc:
                     # Its checksum holds but readers cannot serve it: damage like any other.
-                    end = pos + batchfmt.batch_size(header)
-                    problem = self.report(seg.path, pos, f"{exc.reason} (offsets {header[3]}..{header[3] + header[4]})")
-                    seg.damaged.append(_Region(pos, end, problem))
+                    problem = self.report(seg.path, pos, f"{exc.reason} (offsets {header.base_offset}..{header.last_offset})")
+                    seg.damaged.append(_Region(pos, pos + header.size, problem))
                     self.expected = None
                     continue
                 self._check_offsets(seg, pos, b)
-                if pos - last_indexed >= INTERVAL_BYTES:
-                    seg.index.append((b.base_offset, pos, max_ts))
-                    last_indexed = pos
-                max_ts = max(max_ts, b.max_timestamp)
+                index.add(b.base_offset, pos, b.max_timestamp)
+            seg.index = index.entries
             if reader.stop != DAMAGED:
                 return
             start = reader.stop_position
             found = find_valid_batch(fd, start + 1, seg.size)
             end = seg.size if found is None else found
-            if found is None and last:
+            if found is None and last and reader.whole_batch:
+                scan = SegmentScan(seg.base, start, reader.floor, index, 0, DAMAGED, reader.reason, True, None, reader.floor)
+                damaged = self.part._damaged_last_batch(fd, scan, seg.size)
+                if damaged is not None:
+                    seg.damaged_last = _Region(start, end, self.report(
+                        seg.path, start, f"{reader.reason} in the last batch (offsets {damaged.base_offset}.."
+                                         f"{damaged.last_offset}): a whole batch, so damage (bit rot or a stray write), "
+                                         "not a torn write"))
+                    return
+            if found is None and last and not reader.whole_batch:
                 problem = self.report(seg.path, start, f"torn tail: {end - start} byte(s) after the last "
                                                        f"valid batch ({reader.reason})")
                 seg.torn_tail = _Region(start, end, problem)
@@ -210,20 +230,26 @@ class _PartitionCheck:
             self.expected = None  # the records in the damage are unknown
             if found is None:
                 return
-            position = found
+            position, floor = found, reader.floor
 
     def _check_offsets(self, seg: _Segment, pos: int, b: batchfmt.RecordBatch) -> None:
+        """Gaps in the offsets: normal after compaction, worth a warning anywhere else.
+
+        (Offsets that go backwards, or lie below the segment's base, stop the
+        reader: see _check_batches.)
+        """
         first = b.base_offset
-        if first < seg.base:
-            self.report(seg.path, pos, f"batch at offset {first} lies below its segment's base offset {seg.base}",
-                        why_not=_AMBIGUOUS)
-        elif self.next_offset is not None and first < self.next_offset:
+        if self.next_offset is not None and first < self.next_offset:
+            # A batch of an earlier segment reaches into this one.
             self.report(seg.path, pos, f"offsets go backwards: the batch starts at offset {first}, "
                                        f"the one before ended at {self.next_offset - 1}", why_not=_AMBIGUOUS)
         elif self.expected is not None and first > self.expected and not self.compacted:
             missing = f"record {first - 1} is" if first - self.expected == 1 else f"records {self.expected}..{first - 1} are"
             self.report(seg.path, pos, f"offsets skip from {self.expected} to {first}: {missing} missing "
                                        "(only compaction, or a repair that quarantined them, leaves gaps)", WARNING)
+        if b.offset_deltas is not None and b.last_offset_delta != b.count - 1 and not self.compacted:
+            self.report(seg.path, pos, f"offsets inside the batch skip: {b.count} record(s) span offsets "
+                                       f"{b.base_offset}..{b.last_offset} (only compaction leaves gaps)", WARNING)
         self.next_offset = self.expected = b.next_offset
 
     def _check_index(self, seg: _Segment) -> None:
@@ -255,6 +281,10 @@ class _PartitionCheck:
     def repair(self) -> None:
         """Quarantine damage and truncate torn tails (the caller holds both locks)."""
         for seg in self.segments:
+            if seg.damaged_last is not None:
+                r = seg.damaged_last
+                r.problem.action = self.part.recover() or "nothing to do: a writer dealt with it meanwhile"
+                r.problem.repaired = True
             if seg.damaged:
                 _quarantine_and_splice(seg)
             elif seg.torn_tail is not None:
@@ -269,7 +299,7 @@ class _PartitionCheck:
         """Write every index that is not what kq writes (after ``repair``, on a fresh check)."""
         for seg in self.segments:
             if seg.index_problem is not None and not seg.damaged:
-                atomic_write(seg.index_path, b"".join(ENTRY.pack(*e) for e in seg.index))
+                atomic_write(seg.index_path, pack_entries(seg.index))
                 seg.index_problem.action = f"rebuilt the index ({len(seg.index)} entries)"
                 seg.index_problem.repaired = True
 
@@ -285,7 +315,7 @@ def _quarantine_and_splice(seg: _Segment) -> None:
     try:
         for r in seg.damaged:
             moved = _read(fd, r.start, r.end)
-            target = _quarantine_name(f"{seg.path}{QUARANTINE}-{r.start}", moved)
+            target = quarantine_name(f"{seg.path}{QUARANTINE}-{r.start}", moved)
             atomic_write(target, moved)
             after = "the batches after them stay in the segment" if r.end < seg.size else "they ended the segment"
             r.problem.action = f"moved bytes {r.start}..{r.end - 1} ({r.end - r.start} bytes) to {target}; {after}"
@@ -316,19 +346,6 @@ def _read(fd: int, start: int, end: int) -> bytes:
     if len(data) != end - start:
         raise DataDirError(f"segment shrank while being repaired (read {len(data)} of {end - start} bytes at {start})")
     return data
-
-
-def _quarantine_name(path: str, content: bytes | None = None) -> str:
-    """``path``, or ``path-2``, ``-3``...: never overwrite another quarantine's bytes."""
-    candidate, n = path, 1
-    while os.path.exists(candidate):
-        if content is not None and os.path.getsize(candidate) == len(content):
-            with open(candidate, "rb") as f:
-                if f.read() == content:
-                    return candidate  # a rerun after a crash: the same bytes
-        n += 1
-        candidate = f"{path}-{n}"
-    return candidate
 
 
 def _truncate(path: str, size: int) -> None:
@@ -403,17 +420,18 @@ class Verifier:
     def _partition(self, topic: Topic, part: Partition) -> tuple[list[Problem], tuple[int, int] | None]:
         """Problems of one partition, and its (start, end) offsets when they can be read."""
         self.partitions += 1
-        with MaintenanceLock(part):
+        # Checking alone works on a read-only copy (a backup mount): locks
+        # that cannot be created there are not taken, as no writer can run.
+        read_only_ok = not self.repair
+        with part.maintenance_lock(read_only_ok=read_only_ok):
             check = _PartitionCheck(topic, part).run()
             if check.errors:
-                part._lock()  # no append in progress from here on: look again
-                try:
+                # No append in progress from here on: look again.
+                with part.writer_lock():
                     check = _PartitionCheck(topic, part).run()
                     if self.repair and check.errors:
                         check = self._repair(topic, part, check)
                     ends = _offset_range(part)
-                finally:
-                    part._unlock()
             else:
                 ends = _offset_range(part)
         self.segments += len(check.segments)
@@ -495,7 +513,7 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
             return
         except CorruptFile:
             pass
-        target = _quarantine_name(p.file + QUARANTINE)
+        target = quarantine_name(p.file + QUARANTINE)
         os.rename(p.file, target)
         fsync_dir(directory)
     finally:
@@ -523,7 +541,7 @@ def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: i
 def _offset_range(part: Partition) -> tuple[int, int] | None:
     try:
         return part.start_offset(), part.end_offset()
-    except (CorruptFile, FileNotFoundError):
+    except (CorruptFile, CorruptLog, FileNotFoundError):
         return None
 
 

@@ -88,7 +88,7 @@ def outcome_of(buf: bytes) -> str:
     status, info = batchfmt.check(buf, 0, len(buf))
     if status == batchfmt.INCOMPLETE:
         return "incomplete"
-    if status == batchfmt.INVALID:
+    if status in (batchfmt.INVALID, batchfmt.DAMAGED):
         assert isinstance(info, str)
         return "invalid"
     try:

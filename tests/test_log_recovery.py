@@ -45,7 +45,6 @@ def offsets(run_kq, topic="t"):
         pytest.param(lambda good: good[:10], id="part-of-the-prefix"),
         pytest.param(lambda good: os.urandom(300), id="garbage"),
         pytest.param(lambda good: b"\0" * 4096, id="zeros-from-a-size-extended-file"),
-        pytest.param(lambda good: good[:-1] + bytes([good[-1] ^ 0xFF]), id="whole-batch-bad-checksum"),
     ],
 )
 def test_torn_tail_is_invisible_then_truncated_by_the_next_writer(run_kq, data_dir, tail):
@@ -212,3 +211,90 @@ def test_a_cursor_at_the_end_sees_an_append_into_a_new_segment_at_once(data_dir)
         assert [v for b in cursor.poll() for v in b.values] == [b"after the roll"]
     finally:
         cursor.close()
+
+
+def quarantined(data_dir, topic="t", partition=0):
+    directory = os.path.join(data_dir, "topics", topic, str(partition))
+    return sorted(n for n in os.listdir(directory) if ".quarantine" in n)
+
+
+def test_bit_rot_in_the_last_batch_is_quarantined_and_its_offsets_never_reused(run_kq, data_dir):
+    """A whole last batch that fails its checksum is damage, not a torn write (issue #12.4).
+
+    Before: the next producer cut it off as a torn tail and gave its offsets
+    to new records, so a group that had read past them skipped the new ones.
+    """
+    produce_batches(run_kq, 3)  # offsets 0..5
+    assert run_kq("consume", "t", "-g", "g").stdout.split()[-1] == b"b2-y"  # committed 6
+    path = segment_path(data_dir)
+    last = batch_positions(path)[-1]
+    data = bytearray(open(path, "rb").read())
+    data[last + batchfmt.HEADER_SIZE + 3] ^= 0x40  # inside the last batch's payload: its length is intact
+    open(path, "wb").write(data)
+    # Readers report it rather than stopping quietly before it.
+    r = run_kq("consume", "t")
+    assert r.returncode == 1 and f"corrupt log {path} at byte {last}".encode() in r.stderr, r.stderr
+    assert b"whole batch" in r.stderr and b"Traceback" not in r.stderr
+    # The next writer moves it aside, says so, and goes on after its offsets.
+    r = run_kq("produce", "t", input="new\n")
+    assert r.returncode == 0, r.stderr
+    assert b"kq: warning:" in r.stderr and path.encode() in r.stderr and b"offsets 4..5" in r.stderr, r.stderr
+    assert quarantined(data_dir) == [f"{0:020d}.log.quarantine-{last}"]
+    assert open(os.path.join(os.path.dirname(path), quarantined(data_dir)[0]), "rb").read() == bytes(data[last:])
+    assert offsets(run_kq) == [0, 1, 2, 3, 6]
+    assert run_kq("consume", "t", "-g", "g").stdout == b"new\n"  # the group reads on from 6: nothing skipped
+    # Another writer later finds the log as the first one left it.
+    assert run_kq("produce", "t", input="newer\n").returncode == 0
+    assert offsets(run_kq) == [0, 1, 2, 3, 6, 7]
+    r = run_kq("verify", "t")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert b"records 4..5 are missing" in r.stdout
+
+
+def test_verify_repair_quarantines_a_damaged_last_batch_as_a_writer_would(run_kq, data_dir):
+    produce_batches(run_kq, 2)
+    path = segment_path(data_dir)
+    last = batch_positions(path)[-1]
+    data = bytearray(open(path, "rb").read())
+    data[last + batchfmt.HEADER_SIZE + 3] ^= 0x40
+    open(path, "wb").write(data)
+    r = run_kq("verify", "t")
+    assert r.returncode == 1 and b"whole" in r.stdout and b"offsets 2..3" in r.stdout, r.stdout
+    r = run_kq("verify", "t", "--repair")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert b"goes on at offset 4" in r.stdout
+    assert quarantined(data_dir) == [f"{0:020d}.log.quarantine-{last}"]
+    assert run_kq("produce", "t", input="after\n").returncode == 0
+    assert offsets(run_kq) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("base, what", [(-5, b"impossible offsets -5..-5"), (2, b"offsets go backwards")],
+                         ids=["negative-base-offset", "overlapping-offsets"])
+def test_a_crafted_batch_with_a_valid_checksum_is_damage_for_readers_and_writers(run_kq, data_dir, base, what):
+    """Before: consume skipped it silently and a producer appended after it,
+    giving an acknowledged record an offset no reader ever returned (issue #12.7)."""
+    assert run_kq("produce", "t", input="1\n2\n3\n4\n5\n").returncode == 0  # offsets 0..4
+    path = segment_path(data_dir)
+    end = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(batchfmt.encode(base, [b"crafted"], timestamp=1))
+    for args in (["consume", "t"], ["produce", "t"], ["topic", "describe", "t"], ["offsets", "show", "t"]):
+        r = run_kq(*args, input="new\n")
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert f"corrupt log {path} at byte {end}".encode() in r.stderr and what in r.stderr, (args, r.stderr)
+        assert b"Traceback" not in r.stderr
+    r = run_kq("verify", "t")
+    assert r.returncode == 1 and what in r.stdout, r.stdout
+    # Repair moves the crafted batch aside; the records before it stay and writers go on.
+    assert run_kq("verify", "t", "--repair").returncode == 0
+    assert run_kq("produce", "t", input="6\n").returncode == 0
+    assert run_kq("consume", "t").stdout.split() == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_verify_flags_offset_gaps_inside_a_batch_of_a_topic_that_is_not_compacted(run_kq, data_dir):
+    assert run_kq("produce", "t", input="1\n").returncode == 0
+    path = segment_path(data_dir)
+    with open(path, "ab") as f:
+        f.write(batchfmt.encode(1, [b"a", b"b"], timestamps=[1, 2], offset_deltas=[0, 2**32 - 1]))
+    r = run_kq("verify", "t")
+    assert b"offsets inside the batch skip" in r.stdout and b"warning" in r.stdout, r.stdout

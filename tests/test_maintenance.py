@@ -291,3 +291,32 @@ def test_a_reader_in_the_middle_of_old_segments_survives_compaction(data_dir):
     assert offsets == sorted(set(offsets)), "the reader saw an offset twice or out of order"
     assert all(original[o] == v for o, v in seen), "the reader saw a value that was never at that offset"
     assert offsets[-1] == max(original)  # it reached the end
+
+
+def test_a_live_reader_overtaken_by_retention_is_told_what_it_missed(data_dir, spawn_kq):
+    """A follower that falls behind while retention deletes the segments ahead of it
+    warns with the count skipped, every time (issue #12.5); before, it skipped them silently."""
+    data = kq.DataDir(data_dir)
+    part = data.create_topic("t", 1, {"segment_bytes": 4096, "retention_bytes": 8192}).partition(0)
+    part.append([b"first"])
+    follower = spawn_kq("consume", "t", "-g", "g", "-f")  # its stdout is read later: it blocks when the pipe fills
+    assert follower.stdout.readline() == b"first\n"  # it has joined and reads from offset 0
+    total = 3000
+    for i in range(1, total, 10):  # small batches, so segments roll and retention runs as they do
+        part.append([b"%05d" % n + b"." * 200 for n in range(i, min(i + 10, total))])
+    seen = []
+    buffered = b""
+    deadline = time.monotonic() + 60
+    while not seen or seen[-1] != b"%05d" % (total - 1):
+        assert time.monotonic() < deadline, f"the follower stopped at {seen[-1:]}"
+        buffered += follower.stdout.read1(65536)
+        *lines, buffered = buffered.split(b"\n")
+        seen += [line[:5] for line in lines if line != b"first"]
+    follower.send_signal(signal.SIGTERM)
+    _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    missed = total - 1 - len(seen)
+    assert missed > 0, "retention never overtook the follower: the test needs a smaller pipe or more records"
+    warned = [line for line in err.decode().splitlines() if "deleted by retention or trim" in line]
+    assert warned and all(line.startswith("kq: warning: group 'g' on t/0: ") for line in warned), err
+    assert sum(int(line.split(": ")[3].split()[0]) for line in warned) == missed, err

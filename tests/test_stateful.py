@@ -43,6 +43,16 @@ record_st = st.tuples(
 )
 
 
+def valid_end(data: bytes) -> int:
+    """Where the valid batches of a segment's bytes end."""
+    pos = 0
+    while True:
+        status, header = batchfmt.check(data, pos, len(data))
+        if status != batchfmt.OK:
+            return pos
+        pos += header.size
+
+
 class Engine(RuleBasedStateMachine):
     @initialize()
     def open(self):
@@ -217,7 +227,11 @@ class Engine(RuleBasedStateMachine):
             last = max(int(n[:20]) for n in os.listdir(part_dir) if n.endswith(".log"))
             values, keys, headers, stamps = (list(c) for c in zip(*records))
             batch = batchfmt.encode(len(self.model[p]), values, keys=keys, headers=headers, timestamps=stamps)
-            with open(os.path.join(part_dir, f"{last:020d}.log"), "ab") as f:
+            log = os.path.join(part_dir, f"{last:020d}.log")
+            # A crashed writer had recovered the tail before it wrote: an
+            # earlier torn batch no writer cut off since is gone first.
+            with open(log, "r+b") as f:
+                f.truncate(valid_end(f.read()))
                 f.write(batch[: 1 + torn % (len(batch) - 1)])
             if torn_index:
                 with open(os.path.join(part_dir, f"{last:020d}.index"), "ab") as f:

@@ -1,0 +1,180 @@
+"""Reading a partition forward, across its segments, without a lock.
+
+A ``Cursor`` hands out each batch once, decoded (``poll``) or as stored
+(``poll_raw``, for replication). It waits quietly at a torn tail (a batch
+still being written, or one a crash cut short) and raises ``CorruptLog`` for
+damage: a whole batch that fails its checksum, offsets that go backwards,
+bytes that are no batch followed by valid ones, or damage in a closed segment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import batch as batchfmt
+from .batch import BatchHeader
+from .index import Index, entry_is_valid
+from .segment import CLEAN, DAMAGED, BatchReader, classify_damage
+
+
+class RawBatch:
+    """A batch as stored: a view of its bytes plus the header fields replication needs."""
+
+    __slots__ = ("position", "base_offset", "next_offset", "max_timestamp", "crc", "buf", "start", "size")
+
+    def __init__(self, header: BatchHeader, buf, start: int, position: int = 0):
+        self.position = position
+        self.crc = header.crc
+        self.base_offset = header.base_offset
+        self.next_offset = header.next_offset
+        self.max_timestamp = header.max_timestamp
+        self.buf = buf  # batches read together share one buffer (see runs)
+        self.start = start
+        self.size = header.size
+
+    @property
+    def data(self) -> memoryview:
+        return memoryview(self.buf)[self.start : self.start + self.size]
+
+    def checksum_ok(self) -> bool:
+        return batchfmt.checksum_matches(self.buf, self.start, self.size, self.crc)
+
+    @property
+    def identity(self) -> tuple[int, int, int]:
+        """What two copies of one batch share: base offset, size and checksum."""
+        return self.base_offset, self.size, self.crc
+
+
+def _raw_batch(buf, rel: int, header: BatchHeader, path: str) -> RawBatch:
+    return RawBatch(header, buf, rel)
+
+
+def runs(batches: list[RawBatch]) -> list[memoryview]:
+    """The batches' bytes as few views as possible: adjacent bytes of one buffer join."""
+    joined: list[list] = []
+    for b in batches:
+        if joined and joined[-1][0] is b.buf and joined[-1][2] == b.start:
+            joined[-1][2] = b.start + b.size
+        else:
+            joined.append([b.buf, b.start, b.start + b.size])
+    return [memoryview(buf)[lo:hi] for buf, lo, hi in joined]
+
+
+class Cursor:
+    """Reads a partition forward from an offset, across segments, without a lock.
+
+    ``poll()`` returns the batches available now (possibly none) and never
+    returns a batch twice; ``offset`` is the next offset to deliver.
+    ``skipped`` collects (first, after) offset ranges that retention or trim
+    deleted while this cursor was on its way to them.
+    """
+
+    def __init__(self, partition, offset: int, buffers: int = 1):
+        self.partition = partition
+        self.offset = offset
+        self.skipped: list[tuple[int, int]] = []
+        self._fd: int | None = None
+        self._base = -1
+        self._path = ""
+        self._position = 0
+        self._floor: int | None = None  # the lowest base offset the next batch may have
+        # Polls read into these in turn: ``poll_raw`` batches stay valid
+        # until ``buffers`` more polls (two let a thread read one poll ahead).
+        # Grown by the reader to what a read needs (a small log, a small buffer).
+        self._buffers = [bytearray() for _ in range(buffers)]
+        self._seek(offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self, base: int) -> bool:
+        """Open the first segment at or after ``base`` (retention may have just deleted it)."""
+        self.close()
+        for candidate in [b for b in self.partition.segments() if b >= base]:
+            path = self.partition.log_path(candidate)
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue
+            self._base, self._path, self._position, self._floor = candidate, path, 0, candidate
+            return True
+        return False
+
+    def _seek(self, offset: int) -> None:
+        bases = self.partition.segments()
+        if not bases:
+            return
+        base = bases[0]
+        for b in bases:
+            if b <= offset:
+                base = b
+        if not self._open(base):
+            return
+        entry = Index.load(self.partition.index_path(self._base)).floor_offset(offset)
+        if entry is not None and entry_is_valid(self._fd, entry):
+            self._position, self._floor = entry[1], entry[0]
+
+    def _note_skip(self) -> None:
+        """After moving to a later segment: were records deleted before the cursor got to them?"""
+        if self._base > self.offset:
+            start = self.partition.start_offset()
+            if start > self.offset:
+                self.skipped.append((self.offset, start))
+
+    def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
+        """Decoded batches that end after ``offset``, up to about ``max_bytes``.
+
+        Small rounds are faster than large ones: the values of a round are
+        freed before the next, so their memory is reused instead of faulted in.
+        """
+        return self._poll(max_bytes, batchfmt.decode)
+
+    def poll_raw(self, max_bytes: int = 8 * 1024 * 1024, checksums: bool = True) -> list[RawBatch]:
+        """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
+
+        The batches are views of the cursor's read buffers: valid until as
+        many more polls as the cursor has buffers. With ``checksums=False``
+        only their framing is checked: call ``checksum_ok`` before trusting one.
+        """
+        return self._poll(max_bytes, _raw_batch, checksums)
+
+    def _poll(self, max_bytes: int, make, checksums: bool = True) -> list:
+        if self._fd is None:
+            self._seek(self.offset)
+            if self._fd is None:
+                return []
+        out = []
+        while True:
+            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0],
+                                 checksums=checksums, floor=self._floor)
+            for pos, header, buf, rel in reader.headers():
+                next_offset = header.base_offset + header.last_offset_delta + 1
+                if next_offset > self.offset:
+                    b = make(buf, rel, header, self._path)
+                    b.position = pos
+                    out.append(b)
+                    self.offset = next_offset
+            self._buffers[0] = reader.buffer
+            self._position = reader.stop_position
+            self._floor = reader.floor
+            if out:
+                self._buffers.append(self._buffers.pop(0))
+                return out
+            if reader.stop not in (CLEAN, DAMAGED):
+                continue  # the limit was reached skipping batches before ``offset``
+            # List later segments before looking again: a writer finishes a
+            # batch before it rolls, so if a later segment exists, any batch
+            # that was still being written here is complete now.
+            later = [b for b in self.partition.segments() if b > self._base]
+            again = BatchReader(self._fd, self._path, self._position, limit=1, floor=self._floor)
+            if any(True for _ in again.headers()):
+                continue
+            if again.stop == DAMAGED:
+                classify_damage(self._fd, self._path, self._position, bool(later), again.reason,
+                                again.whole_batch, self._floor)
+                return out  # a torn tail, or a batch still being written: wait here
+            if not later or not self._open(later[0]):
+                return out
+            self._note_skip()
