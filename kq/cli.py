@@ -9,9 +9,27 @@ import sys
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
-from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError
+from .errors import EXIT_TIMEOUT, EXIT_USAGE, KqError, UsageError
+
+class _Command(TyperCommand):
+    """A command whose usage line names arguments as click does (``TOPIC``, ``[TOPICS]...``).
+
+    typer 0.28 writes a required argument as ``{topic}``.
+    """
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+        return pieces
+
 
 app = typer.Typer(
     name="kq",
@@ -35,11 +53,15 @@ app = typer.Typer(
 """,
 )
 topic_app = typer.Typer(
-    help="""Create, list, describe and delete topics.
+    help="""Create, alter, trim, list, describe and delete topics.
 
 [bold]Examples[/bold]
 
   kq topic create orders --partitions 8
+
+  kq topic alter logs --retention 3d
+
+  kq topic trim logs --before @-30d
 
   kq topic list
 
@@ -150,6 +172,103 @@ complete_offset = _completer(lambda ctx: ["beginning", "end"])
 complete_reset_spec = _completer(lambda ctx: ["earliest", "latest"])
 
 
+def _option_value(value):
+    """``-o=X`` means X: a short option's value cannot start with '=' here (no offset, group or topic does)."""
+    return value[1:] if isinstance(value, str) and value.startswith("=") else value
+
+
+def _join_equals(words: list[str], current: int) -> tuple[list[str], int]:
+    """Words as the command line wrote them, where bash split ``--opt=value`` at '='.
+
+    bash breaks completion words at '=' (COMP_WORDBREAKS), so
+    ``--data-dir=DIR`` arrives as ``--data-dir``, ``=``, ``DIR``; click
+    needs it whole. Returns the joined words and the index of the word
+    being completed in them.
+    """
+    out: list[str] = []
+    where = None
+    i = 0
+    while i < len(words):
+        word = words[i]
+        joinable = out and (out[-1].startswith("--") or out[-1] in _EQUALS_SHORT) and "=" not in out[-1]
+        if word == "=" and joinable:
+            out[-1] += "="
+            if i == current:
+                where = len(out) - 1
+            if i + 1 < len(words) and words[i + 1] != "=":
+                out[-1] += words[i + 1]
+                if i + 1 == current:
+                    where = len(out) - 1
+                i += 1
+        else:
+            if i == current:
+                where = len(out)
+            out.append(word)
+        i += 1
+    return out, len(out) if where is None else where
+
+
+# Short options that also take ``-o=VALUE`` (see _option_value).
+_EQUALS_SHORT = ("-o", "-g")
+
+
+def _use_kq_completion() -> None:
+    """typer's completion, fixed: bash after ``--opt=`` (and ``-o=``), zsh and fish on
+    ``--opt=value`` words, zsh descriptions with quotes and backslashes."""
+    from typer._click.shell_completion import add_completion_class, split_arg_string
+    from typer._completion_classes import BashComplete, FishComplete, ZshComplete, _sanitize_help_text
+
+    class Bash(BashComplete):
+        def get_completion_args(self):
+            words = split_arg_string(os.environ["COMP_WORDS"])
+            words, current = _join_equals(words, int(os.environ["COMP_CWORD"]))
+            return words[1:current], words[current] if current < len(words) else ""
+
+    def zsh_quoted(text: str) -> str:
+        # Inside zsh double quotes only these four are special.
+        return text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+
+    class WholeWord:
+        """zsh and fish complete the whole word `--offset=be`: offer `--offset=beginning`, not `beginning`."""
+
+        value_prefix = ""
+
+        def get_completion_args(self):
+            args, incomplete = super().get_completion_args()
+            if incomplete.startswith("-") and "=" in incomplete:
+                self.value_prefix = incomplete.partition("=")[0] + "="
+            return args, incomplete
+
+        def get_completions(self, args, incomplete):
+            items = super().get_completions(args, incomplete)
+            for item in items:
+                item.value = self.value_prefix + item.value
+            return items
+
+    class Zsh(WholeWord, ZshComplete):
+        def format_completion(self, item) -> str:
+            value = zsh_quoted(item.value).replace(":", "\\:")
+            if item.help:
+                return f'"{value}":"{zsh_quoted(_sanitize_help_text(item.help))}"'
+            return f'"{value}"'
+
+        def complete(self) -> str:
+            args, incomplete = self.get_completion_args()
+            items = [self.format_completion(item) for item in self.get_completions(args, incomplete)]
+            if not items:
+                return "_files"
+            # The script evals this unquoted: the spec is one single-quoted word.
+            spec = "*: :((" + "\n".join(items) + "))"
+            return "_arguments '" + spec.replace("'", "'\\''") + "'"
+
+    class Fish(WholeWord, FishComplete):
+        pass
+
+    add_completion_class(Bash, "bash")
+    add_completion_class(Zsh, "zsh")
+    add_completion_class(Fish, "fish")
+
+
 def _no_color(value: bool) -> None:
     # Eager, so that `kq --no-color --help` is colourless too: rich honours
     # NO_COLOR wherever a console is made.
@@ -187,6 +306,15 @@ def root(
 _ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\"}
 
 
+def _arg_bytes(text: str) -> bytes:
+    """The bytes the shell passed for an argument, valid UTF-8 or not.
+
+    Python decodes arguments with surrogateescape; encoding them back the
+    same way gives a shell user's bytes (`-k "$(printf '\\xff')"`) unchanged.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _unescape(text: str) -> bytes:
     r"""Bytes of a delimiter or format given on the command line: \n \t \r \0 \\ \xHH."""
     import re
@@ -194,7 +322,7 @@ def _unescape(text: str) -> bytes:
     out = bytearray()
     for i, piece in enumerate(re.split(r"(\\x[0-9a-fA-F]{2}|\\[ntr0\\])", text)):
         if i % 2 == 0:
-            out += piece.encode("utf-8")
+            out += _arg_bytes(piece)
         elif piece[1] == "x":
             out.append(int(piece[2:], 16))
         else:
@@ -221,7 +349,12 @@ def _parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
         name, sep, value = h.partition("=")
         if not sep or not name:
             raise typer.BadParameter(f"{h!r} is not NAME=VALUE", param_hint="-H/--header")
-        out.append((name, value.encode("utf-8")))
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Kafka's header names are text; their values are bytes.
+            raise typer.BadParameter(f"header name {name!r} is not UTF-8 text", param_hint="-H/--header") from None
+        out.append((name, _arg_bytes(value)))
     return out
 
 
@@ -247,21 +380,155 @@ def _rich_table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not rows:
+        console.print(f"{title}: none", style="dim")
+        return
     table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, justify="right" if c not in ("name", "topic", "setting") else "left")
+    for i, c in enumerate(columns):
+        # Numbers (and sizes such as 1.2 MiB) line up on the right, words on the left.
+        cells = [r[i] for r in rows if r[i] is not None and r[i] != ""]
+        table.add_column(c, justify="right" if cells and all(map(_looks_numeric, cells)) else "left")
     for r in rows:
         table.add_row(*[("" if v is None else str(v)) for v in r])
-    Console().print(table)
+    console.print(table)
+
+
+def _looks_numeric(value) -> bool:
+    import re
+
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or bool(re.fullmatch(r"-?[\d,.]+(?: [KMGT]?i?B)?", str(value)))
 
 
 # --------------------------------------------------------------------- produce
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _open_input(file: Optional[str]) -> tuple[int, str]:
+    """The descriptor to read messages from and its name for errors (stdin without --file)."""
+    import stat
+
+    if file is None:
+        return sys.stdin.fileno(), "stdin"
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError as exc:
+        raise KqError(f"cannot read {file}: {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KqError(f"cannot read {file}: Is a directory")
+    return fd, file
+
+
+class _ProduceTarget:
+    """The topic a produce appends to, and its producer, made when the first records are ready.
+
+    An existing topic is opened at once; a missing one is created only when
+    there is something to write, so a produce that fails first (a bad first
+    line, an unreadable file) leaves no empty topic behind. A topic created
+    here for --json input grows to the partitions the records name, so that
+    `consume a --json | produce b --json` copies any number of partitions.
+    """
+
+    def __init__(self, settings: Settings, name: str, partitions: int, pinned: Optional[int], sync: bool):
+        from .errors import PartitionNotFound, TopicNotFound
+
+        self.settings, self.name, self.pinned, self.sync = settings, name, pinned, sync
+        self.partitions = partitions  # for a topic created here: at least this many
+        self.created = False
+        self._producer = None
+        try:
+            self.topic = settings.data.topic(name)
+        except TopicNotFound:
+            self.topic = None
+        count = partitions if self.topic is None else self.topic.partition_count
+        if pinned is not None and not 0 <= pinned < count:
+            raise PartitionNotFound(name, pinned, count)
+
+    def need_partition(self, number: int, line_no: int) -> None:
+        """Check that a record may go to partition ``number``, growing a topic created here."""
+        from .datadir import MAX_PARTITIONS
+
+        if self.topic is not None and not self.created:
+            count = self.topic.partition_count
+            if not 0 <= number < count:
+                raise UsageError(
+                    f"line {line_no}: partition {number} does not exist in topic '{self.name}' "
+                    f"(it has partitions 0..{count - 1})"
+                )
+        elif not 0 <= number < MAX_PARTITIONS:
+            raise UsageError(f"line {line_no}: partition {number} is not between 0 and {MAX_PARTITIONS - 1}")
+        else:
+            self.partitions = max(self.partitions, number + 1)
+
+    def producer(self):
+        from .producer import Producer
+
+        if self.topic is None:
+            self.topic, self.created = self.settings.data.get_or_create_topic(self.name, self.partitions)
+            if self.created:
+                self.settings.info(f"created topic '{self.name}' with {_count(self.topic.partition_count, 'partition')}")
+            elif self.partitions > self.topic.partition_count:
+                raise UsageError(
+                    f"topic '{self.name}' was created meanwhile with {_count(self.topic.partition_count, 'partition')}, "
+                    f"but the input names partition {self.partitions - 1}"
+                )
+        if self.created and self.partitions > self.topic.partition_count:
+            self.settings.data.add_partitions(self.topic, self.partitions)
+            self.settings.info(f"grew topic '{self.name}' to {_count(self.topic.partition_count, 'partition')}, as its input names them")
+        if self._producer is None:
+            if self.sync:
+                self.topic.config["sync"] = True
+            # In the background: the next batch is read and packed while one is written.
+            self._producer = Producer(self.topic, self.pinned, background=True)
+        return self._producer
+
+    @property
+    def sent(self) -> int:
+        return 0 if self._producer is None else self._producer.sent
+
+    @property
+    def written(self) -> int:
+        return 0 if self._producer is None else self._producer.written
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        """Append every record sent (or raise the error that stopped it), then close the topic."""
+        try:
+            if self._producer is not None:
+                self._producer.close()
+        finally:
+            if self.topic is not None:
+                self.topic.close()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _noting_written(exc: BaseException, written: int, bad_line: Optional[int]) -> KqError:
+    """The error that stopped a produce, saying how much was appended before it (for a rerun)."""
+    if bad_line is not None:
+        note = f"{_count(written, 'record')} from the lines before it {'was' if written == 1 else 'were'} written" if written else "nothing was written"
+    else:
+        note = f"{_count(written, 'record')} {'was' if written == 1 else 'were'} written before the error" if written else "nothing was written"
+    if isinstance(exc, KqError):
+        exc.args = (f"{exc}; {note}",)
+        return exc
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return KqError(f"{getattr(exc, 'strerror', None) or exc}{where}; {note}")
+
+
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def produce(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to append to (created with 1 partition if missing)."),
+    topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
     delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."),
     null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
@@ -288,13 +555,12 @@ def produce(
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
     """
     from .framing import input_waiting, read_messages, split_keys
-    from .producer import Producer
 
     s = _settings(ctx)
     delim = _delimiter(delimiter, null)
     headers = _parse_headers(header)
-    if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None):
-        raise typer.BadParameter("--json cannot be combined with -k, -K, -D or -0", param_hint="--json")
+    if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
+        raise typer.BadParameter("--json cannot be combined with -k, -K, -D, -0 or -Z", param_hint="--json")
     if key is not None and key_delimiter is not None:
         raise typer.BadParameter("use either -k/--key or -K/--key-delimiter", param_hint="-K")
     if tombstone and (json_input or key_delimiter is not None):
@@ -302,95 +568,98 @@ def produce(
     key_delim = None if key_delimiter is None else _unescape(key_delimiter)
     if key_delim == b"":
         raise typer.BadParameter("the key delimiter may not be empty", param_hint="-K")
+    key_bytes = None if key is None else _arg_bytes(key)
 
-    if file is not None:
+    target = _ProduceTarget(s, topic, partitions, partition, sync)
+    if tombstone and key_bytes is not None:
         try:
-            fd = os.open(file, os.O_RDONLY)
-        except OSError as exc:
-            raise KqError(f"cannot read {file}: {exc.strerror}") from None
-    else:
-        fd = sys.stdin.fileno()
-
-    data = s.data
-    t, created = data.get_or_create_topic(topic, partitions)
-    if created:
-        s.info(f"created topic '{topic}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
-    if sync:
-        t.config["sync"] = True
-    # In the background: the next batch is read and packed while one is written.
-    producer = Producer(t, partition, background=True)
-    key_bytes = None if key is None else key.encode("utf-8")
-    if tombstone:
-        try:
-            if key_bytes is not None:
-                producer.send_values([None], key=key_bytes)
-            else:
-                for messages, _ in read_messages(fd, delim):
-                    producer.send_records([(m, None, headers, None, None) for m in messages])
+            target.producer().send_values([None], key=key_bytes)
         finally:
-            producer.close()
-            t.close()
+            target.close()
         return
+    fd, source = _open_input(file)
     line_no = 0
+    bad_line = None  # the --json line that stopped the produce
+    failure = None
     bars = _ProgressBars(s)
     total = os.fstat(fd).st_size if file is not None else 0
     try:
-        for messages, size in read_messages(fd, delim):
+        for messages, size in read_messages(fd, delim, name=source):
             if total:
-                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, producer.sent)
-            if json_input:
+                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, target.sent)
+            if tombstone:
+                target.producer().send_records([(m, None, headers, None, None) for m in messages])
+            elif json_input:
                 from .envelope import decode_record
 
-                records = []
+                records, line_error = [], None
                 for m in messages:
                     line_no += 1
-                    if m.strip():
+                    if not m.strip():
+                        continue
+                    try:
                         k, v, h, p, ts = decode_record(m, line_no)
-                        records.append((k, v, headers + h if headers else h, p, ts))
-                producer.send_records(records)
+                        if partition is not None:
+                            p = None  # -p puts every record in one partition
+                        elif p is not None:
+                            target.need_partition(p, line_no)
+                    except KqError as exc:
+                        line_error, bad_line = exc, line_no
+                        break
+                    records.append((k, v, headers + h if headers else h, p, ts))
+                # The lines before a bad one are written, so that a rerun can skip them.
+                if records:
+                    target.producer().send_records(records)
+                if line_error is not None:
+                    raise line_error
             elif key_delim is not None:
                 keys, values = split_keys(messages, key_delim)
                 if null_empty:
                     values = [v or None for v in values]
-                producer.send_keyed(keys, values, headers=headers, size=size)
+                target.producer().send_keyed(keys, values, headers=headers, size=size)
             else:
                 if null_empty:
                     messages = [m or None for m in messages]
-                producer.send_values(messages, key=key_bytes, headers=headers, size=size)
+                target.producer().send_values(messages, key=key_bytes, headers=headers, size=size)
             if not input_waiting(fd):
                 # About to wait for input (tail -F): finish writing first, so a
                 # failed append ends the produce now, not at the next line.
-                producer.flush()
+                target.flush()
+    except (KqError, OSError) as exc:
+        failure = exc
     finally:
         try:
-            producer.close()  # every batch appended (or its error raised) before exit
+            target.close()  # every batch appended (or its error raised) before exit
+        except (KqError, OSError) as exc:
+            failure = failure or exc
         finally:
             bars.__exit__()
-            t.close()
-        if file is not None:
-            os.close(fd)
+            if file is not None:
+                os.close(fd)
+    if failure is not None:
+        raise _noting_written(failure, target.written, bad_line)
 
 
 # --------------------------------------------------------------------- consume
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def consume(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic to read."),
-    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
+    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, callback=_option_value, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
     partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
     timeout: Optional[float] = typer.Option(None, "-t", "--timeout", metavar="S", min=0, help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none."),
     exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, callback=_option_value, help="Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."),
     reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
     no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
     exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch, the messages on its stdin; with -g, commit a batch only when CMD exits 0."),
     batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
     fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON object per line (topic, partition, offset, timestamp, key, value, headers)."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md."),
     delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."),
     null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
 ) -> None:
@@ -412,6 +681,9 @@ def consume(
     s = _settings(ctx)
     if fmt is not None and json_output:
         raise typer.BadParameter("use either -F/--format or --json", param_hint="--json")
+    if (fmt is not None or json_output) and (delimiter is not None or null):
+        # A format says everything written, and JSON lines end in newlines.
+        raise typer.BadParameter("-D and -0 do not apply to -F or --json output", param_hint="-D/-0")
     if group is not None and (offset is not None or partition):
         raise typer.BadParameter("a group chooses its own offsets and partitions; use `kq offsets reset` to move them", param_hint="-g")
     if no_commit and group is None:
@@ -550,6 +822,12 @@ def _record_writer(topic: str, fmt: Optional[str], as_json: bool, delim: bytes):
 def _format_writer(topic: str, fmt: str):
     import re
 
+    unknown = re.search(r"%([^tpoksTh%]|$)", fmt.replace("%%", ""))
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown.group(0)!r} is not a format token: use %t %p %o %k %s %T %h, or %% for a '%'",
+            param_hint="-F/--format",
+        )
     pieces = re.split(r"(%[tpoksTh%])", fmt)
     literal = {i: _unescape(p) for i, p in enumerate(pieces) if i % 2 == 0}
     topic_b = topic.encode("utf-8")
@@ -615,7 +893,7 @@ def _config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, to
     return changes
 
 
-@topic_app.command("create")
+@topic_app.command("create", cls=_Command)
 def topic_create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Topic name: 1-249 of [A-Za-z0-9._-]."),
@@ -651,7 +929,7 @@ def topic_create(
     s.info(f"created topic '{t.name}' with {t.partition_count} partition{'s' if t.partition_count != 1 else ''}")
 
 
-@topic_app.command("alter")
+@topic_app.command("alter", cls=_Command)
 def topic_alter(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -675,10 +953,10 @@ def topic_alter(
     if not changes:
         raise typer.BadParameter("give at least one setting to change", param_hint="NAME")
     t = s.data.alter_topic(name, changes)
-    s.info(f"altered topic '{t.name}': " + ", ".join(f"{k}={t.config[k]}" for k in changes))
+    s.info(f"altered topic '{t.name}': " + ", ".join(f"{k}={_setting_text(k, t.config[k], True)}" for k in changes))
 
 
-@topic_app.command("trim")
+@topic_app.command("trim", cls=_Command)
 def topic_trim(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -698,9 +976,11 @@ def topic_trim(
     from .offsetspec import ABSOLUTE, TIMESTAMP, parse_spec
 
     s = _settings(ctx)
+    if not (before.startswith("@") or before.strip().isdigit()):
+        raise typer.BadParameter(f"{before!r} is not an offset N or a time @T", param_hint="--before")
     spec = parse_spec(before)
     if spec.kind not in (ABSOLUTE, TIMESTAMP):
-        raise typer.BadParameter("use an offset N or a time @T", param_hint="--before")
+        raise typer.BadParameter(f"{before!r} is not an offset N or a time @T", param_hint="--before")
     t = s.data.topic(name)
     numbers = sorted({t.partition(p).number for p in partition}) if partition else range(t.partition_count)
     rows = []
@@ -724,7 +1004,7 @@ def _partition_rows(t) -> list[dict]:
     return rows
 
 
-@topic_app.command("list")
+@topic_app.command("list", cls=_Command)
 def topic_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {name, partitions}."),
@@ -753,6 +1033,25 @@ def topic_list(
             print(n)
 
 
+def _setting_text(name: str, value, human: bool) -> str:
+    """A topic setting as `topic create` takes it: none, true/false, and (for people) 64M or 7d."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if human and isinstance(value, int) and value > 0:
+        units = _DURATION_UNITS if name.endswith("_ms") else _SIZE_UNITS if name.endswith("_bytes") else ()
+        for suffix, unit in units:
+            if value % unit == 0:
+                return f"{value // unit}{suffix}"
+    return str(value)
+
+
+# The largest unit that divides a setting exactly names it (7d, not 1w; 1536M, not 1.5G).
+_DURATION_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+_SIZE_UNITS = (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024))
+
+
 def _human(size: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -761,7 +1060,7 @@ def _human(size: int) -> str:
     return str(size)
 
 
-@topic_app.command("describe")
+@topic_app.command("describe", cls=_Command)
 def topic_describe(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -786,17 +1085,17 @@ def topic_describe(
             ["partition", "start_offset", "end_offset", "messages", "size"],
             [[r["partition"], r["start_offset"], r["end_offset"], r["end_offset"] - r["start_offset"], _human(r["size"])] for r in rows],
         )
-        _rich_table("config", ["setting", "value"], [[k, v] for k, v in t.config.items()])
+        _rich_table("config", ["setting", "value"], [[k, _setting_text(k, v, True)] for k, v in t.config.items()])
     else:
         print(f"topic\t{t.name}")
         for k, v in t.config.items():
-            print(f"config\t{k}\t{v}")
+            print(f"config\t{k}\t{_setting_text(k, v, False)}")
         print("partition\tstart_offset\tend_offset\tsize")
         for r in rows:
             print(f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{r['size']}")
 
 
-@topic_app.command("delete")
+@topic_app.command("delete", cls=_Command)
 def topic_delete(
     ctx: typer.Context,
     name: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
@@ -858,11 +1157,11 @@ def _offset_rows(data, t, groups: list[str] | None) -> list[dict]:
     return rows
 
 
-@offsets_app.command("show")
+@offsets_app.command("show", cls=_Command)
 def offsets_show(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
-    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, help="Only this group \\[default: every group of the topic]."),
+    group: Optional[str] = typer.Option(None, "-g", "--group", autocompletion=complete_group, callback=_option_value, help="Only this group \\[default: every group of the topic]."),
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."),
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.
@@ -884,11 +1183,11 @@ def offsets_show(
     _emit_rows(rows, columns, json_output, f"offsets of {t.name}")
 
 
-@offsets_app.command("reset")
+@offsets_app.command("reset", cls=_Command)
 def offsets_reset(
     ctx: typer.Context,
     topic: str = typer.Argument(..., autocompletion=complete_topic, help="Topic name."),
-    group: str = typer.Option(..., "-g", "--group", autocompletion=complete_group, help="The group whose offsets move."),
+    group: str = typer.Option(..., "-g", "--group", autocompletion=complete_group, callback=_option_value, help="The group whose offsets move."),
     to: str = typer.Option(..., "--to", metavar="SPEC", autocompletion=complete_reset_spec, help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
     partition: List[int] = typer.Option([], "-p", "--partition", autocompletion=complete_partition, help="Only this partition (repeatable) \\[default: all]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the before/after table and change nothing."),
@@ -932,7 +1231,7 @@ def offsets_reset(
                f"reset {group} on {t.name}")
 
 
-@group_app.command("list")
+@group_app.command("list", cls=_Command)
 def group_list(
     ctx: typer.Context,
     json_output: bool = typer.Option(False, "--json", help="A JSON list of {group, topics, members}."),
@@ -962,7 +1261,7 @@ def group_list(
                     [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows])
 
 
-@group_app.command("describe")
+@group_app.command("describe", cls=_Command)
 def group_describe(
     ctx: typer.Context,
     group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
@@ -1019,7 +1318,7 @@ def group_describe(
     _emit_rows(partitions, ["topic", "partition", "committed", "end_offset", "lag", "owner"], False, f"group {group}")
     status = lambda m: "stalled" if m["stalled"] else "ok"  # noqa: E731
     if _is_terminal():
-        _rich_table("members", ["member", "host", "pid", "topic", "partitions", "idle", "status"],
+        _rich_table("live members", ["member", "host", "pid", "topic", "partitions", "idle", "status"],
                     [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"])),
                       f"{m['idle_seconds']:.0f}s", status(m)] for m in members])
     else:
@@ -1028,7 +1327,7 @@ def group_describe(
                   f"\t{m['idle_seconds']}\t{status(m)}")
 
 
-@group_app.command("delete")
+@group_app.command("delete", cls=_Command)
 def group_delete(
     ctx: typer.Context,
     group: str = typer.Argument(..., autocompletion=complete_group, help="Group name."),
@@ -1051,7 +1350,7 @@ def group_delete(
 # --------------------------------------------------------------------- replicate
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def replicate(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics to copy (or --all)."),
@@ -1081,8 +1380,10 @@ def replicate(
     from .replicate import Replicator, report_dict
 
     s = _settings(ctx)
-    if all_topics == bool(topics):
-        raise typer.BadParameter("name topics or give --all (not both)", param_hint="TOPIC")
+    if all_topics and topics:
+        raise typer.BadParameter("name topics or give --all, not both", param_hint="TOPIC")
+    if not all_topics and not topics:
+        raise typer.BadParameter("name the topics to copy, or give --all for every topic", param_hint="TOPIC")
     if verify and (follow or truncate):
         raise typer.BadParameter("--verify only compares; it takes no --follow or --truncate", param_hint="--verify")
     names = None if all_topics else list(dict.fromkeys(topics))
@@ -1117,7 +1418,7 @@ def replicate(
             _warn(f"{r.topic}/{r.partition}: the source's retention deleted what the replica lacked; "
                   f"the replica starts over at offset {r.restarted_at}")
         if r.records:
-            s.info(f"{r.topic}/{r.partition}: copied {r.records:,} records ({_human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
+            s.info(f"{r.topic}/{r.partition}: copied {_count(r.records, 'record')} ({_human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
 
     failed: list[str] = []
 
@@ -1186,7 +1487,7 @@ class _ProgressBars:
 # --------------------------------------------------------------------- maintain
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def maintain(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
@@ -1196,6 +1497,8 @@ def maintain(
 
     Deletes closed segments past the topic's time or size limit and compacts
     topics created with --cleanup compact, while producers and consumers go on.
+    Like Kafka, it never touches a partition's last (active) segment: records
+    there are compacted once it rolls (--segment-bytes, default 64M).
 
     [bold]Examples[/bold]
 
@@ -1216,26 +1519,44 @@ def maintain(
         def progress(part, done, total):
             bars.update(f"compacting {part.topic}/{part.number}", done * bars.THRESHOLD, total * bars.THRESHOLD, done)
 
+        uncompacted = {}  # compacted topic -> records its active segments hold
         for name in names:
             t = s.data.topic(name)
             rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
+            if t.config["cleanup"] == "compact":
+                uncompacted[name] = (sum(_active_segment_records(p) for p in t.partitions()), t.config["segment_bytes"])
             t.close()
     if json_output:
         _print_json(rows)
+    else:
+        totals = {k: sum(r[k] for r in rows) for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")}
+        s.info(
+            f"{len(names)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {_human(totals['bytes_reclaimed'])} reclaimed, "
+            f"{totals['records_removed']:,} superseded record(s) and {totals['tombstones_removed']:,} tombstone(s) compacted away"
+        )
+    for name, (records, segment_bytes) in uncompacted.items():
+        if records:
+            s.info(
+                f"{name}: {_count(records, 'record')} in active segments not compacted: like Kafka, compaction "
+                f"leaves each partition's last segment alone until it rolls at {_setting_text('segment_bytes', segment_bytes, True)} "
+                f"(a smaller --segment-bytes rolls sooner: kq topic alter {name} --segment-bytes 1M)"
+            )
+    if json_output:
         return
-    totals = {k: sum(r[k] for r in rows) for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")}
-    s.info(
-        f"{len(names)} topic(s): {totals['segments_deleted']} segment(s) deleted, {_human(totals['bytes_reclaimed'])} reclaimed, "
-        f"{totals['records_removed']} superseded record(s) and {totals['tombstones_removed']} tombstone(s) compacted away"
-    )
     if _is_terminal() and rows:
         _emit_rows(rows, ["topic", "partition", "start_offset", "segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed"], False, "maintenance")
+
+
+def _active_segment_records(part) -> int:
+    """About how many records the partition's last segment, which compaction skips, holds."""
+    segments = part.segments()
+    return max(0, part.end_offset() - max(segments[-1], part.start_offset())) if segments else 0
 
 
 # --------------------------------------------------------------------- verify
 
 
-@app.command("verify", context_settings={"help_option_names": ["-h", "--help"]})
+@app.command("verify", context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def verify_command(
     ctx: typer.Context,
     topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, help="Topics \\[default: all]."),
@@ -1283,7 +1604,7 @@ def verify_command(
 # --------------------------------------------------------------------- bench
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(context_settings={"help_option_names": ["-h", "--help"]}, cls=_Command)
 def bench(
     ctx: typer.Context,
     messages: int = typer.Option(1_000_000, "-n", "--messages", min=1, help="How many messages to produce and consume."),
@@ -1412,6 +1733,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _interrupted)
     _print_warnings()
     command = _command_tree(sys.argv[1:] if argv is None else argv, get_command)
+    if "_KQ_COMPLETE" in os.environ:
+        _use_kq_completion()
     try:
         code = command.main(args=argv, prog_name="kq", standalone_mode=False)
         code = code if isinstance(code, int) else 0

@@ -150,6 +150,29 @@ class DataDir:
         atomic_write(os.path.join(t.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         return self.topic(name)
 
+    def add_partitions(self, topic: Topic, count: int) -> None:
+        """Grow ``topic`` to ``count`` partitions (Kafka's partition increase); the new ones start empty.
+
+        As in Kafka, keys may map to other partitions afterwards. The new
+        partition directories are made before topic.json names them, so a
+        crash leaves the topic as it was, with unused empty directories that
+        the next growth takes over. Processes that opened the topic before
+        keep its old partitions until they open it again.
+        """
+        if count <= topic.partition_count:
+            return
+        if count > MAX_PARTITIONS:
+            raise UsageError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {count}")
+        for number in range(topic.partition_count, count):
+            path = check_inside(os.path.join(topic.path, str(number)), self.path)
+            try:
+                init_partition(path, sync=topic.config["sync"])
+            except FileExistsError:
+                pass  # made by a growth that crashed before topic.json named it
+        meta = {"format": TOPIC_FORMAT, "name": topic.name, "partitions": count, "config": topic.config}
+        atomic_write(os.path.join(topic.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
+        topic.partition_count = count
+
     def get_or_create_topic(self, name: str, partitions: int = 1) -> tuple[Topic, bool]:
         """Open a topic, creating it if missing. Returns (topic, created)."""
         try:

@@ -14,7 +14,7 @@ import time
 from itertools import repeat
 
 from .batch import MAX_BATCH_BYTES
-from .errors import MessageTooLarge
+from .errors import KqError, MessageTooLarge
 
 READ_SIZE = 1024 * 1024
 BATCH_BYTES = 1024 * 1024
@@ -28,16 +28,23 @@ def input_waiting(fd: int) -> bool:
         return True  # not selectable (e.g. some special files): just read
 
 
-def read_messages(fd: int, delimiter: bytes, batch_bytes: int = BATCH_BYTES):
+def read_messages(fd: int, delimiter: bytes, batch_bytes: int = BATCH_BYTES, name: str = "the input"):
     """Yield (messages, size) split at ``delimiter``; the last message needs no delimiter.
 
     ``size`` bounds the messages' total length (it counts the delimiters too),
     so that a producer need not measure every message to cut batches.
+    ``name`` names the input in a read error.
     """
-    pending = b""
+    # A message longer than a read is kept in pieces and joined once, when its
+    # delimiter arrives: joining (and searching) it again at every read made
+    # a long line from a pipe cost time quadratic in its length.
+    pending: list[bytes] = []
+    pending_size = 0
+    overlap = len(delimiter) - 1  # a delimiter may straddle two reads
+    tail = b""  # the last ``overlap`` bytes of the pending pieces
     eof = False
     while not eof:
-        data = os.read(fd, READ_SIZE)
+        data = _read(fd, name)
         if not data:
             break
         chunks = [data]
@@ -45,23 +52,42 @@ def read_messages(fd: int, delimiter: bytes, batch_bytes: int = BATCH_BYTES):
         deadline = time.monotonic() + GATHER_SECONDS
         # Gather what is already waiting, up to a batch, without blocking.
         while size < batch_bytes and input_waiting(fd) and time.monotonic() < deadline:
-            data = os.read(fd, READ_SIZE)
+            data = _read(fd, name)
             if not data:
                 eof = True
                 break
             chunks.append(data)
             size += len(data)
-        buf = pending + b"".join(chunks) if pending else b"".join(chunks)
+        new = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+        if pending and delimiter not in new and not (overlap and delimiter in tail + new[:overlap]):
+            pending.append(new)
+            pending_size += size
+            _check_length(pending_size)
+            if overlap:
+                tail = (tail + new[-overlap:])[-overlap:]
+            continue
+        buf = b"".join([*pending, new]) if pending else new
         messages = buf.split(delimiter)
-        pending = messages.pop()
-        if len(pending) > MAX_BATCH_BYTES:
-            raise MessageTooLarge(
-                f"a message is longer than {MAX_BATCH_BYTES} bytes without a delimiter"
-            )
+        last = messages.pop()
+        pending, pending_size = ([last], len(last)) if last else ([], 0)
+        _check_length(pending_size)
+        tail = last[-overlap:] if overlap else b""
         if messages:
-            yield messages, len(buf) - len(pending)
+            yield messages, len(buf) - pending_size
     if pending:
-        yield [pending], len(pending)
+        yield [b"".join(pending)], pending_size
+
+
+def _read(fd: int, name: str) -> bytes:
+    try:
+        return os.read(fd, READ_SIZE)
+    except OSError as exc:
+        raise KqError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _check_length(pending_size: int) -> None:
+    if pending_size > MAX_BATCH_BYTES:
+        raise MessageTooLarge(f"a message is longer than {MAX_BATCH_BYTES} bytes without a delimiter")
 
 
 def split_keys(messages: list[bytes], delimiter: bytes) -> tuple[list, list[bytes]]:

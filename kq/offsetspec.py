@@ -91,8 +91,9 @@ def parse_spec(text: str, relative: bool = False) -> OffsetSpec:
         if t.startswith("-"):
             return OffsetSpec(FROM_END, int(t[1:]))
     raise InvalidOffsetSpec(
-        f"bad offset {text!r}: use beginning, end, N, -N, @TIMESTAMP"
-        + (", +N" if relative else " or a range A:B")
+        f"bad offset {text!r}: use "
+        # The forms each command's help lists.
+        + ("earliest, latest, N, +N, -N or @T" if relative else "beginning, end, N, -N, @T or a range A:B")
     )
 
 
@@ -101,6 +102,7 @@ def parse_range(text: str) -> OffsetRange:
     try:
         return OffsetRange(parse_spec(text))
     except InvalidOffsetSpec as first_error:
+        backwards = None
         # ISO timestamps contain ':' too: try each ':' until both sides parse.
         for i, ch in enumerate(text):
             if ch != ":":
@@ -111,5 +113,17 @@ def parse_range(text: str) -> OffsetRange:
                 stop = parse_spec(right) if right else OffsetSpec(END)
             except InvalidOffsetSpec:
                 continue
+            if _reversed(start, stop):
+                backwards = InvalidOffsetSpec(f"bad range {text!r}: it ends before it starts")
+                continue  # an ISO time's ':' may have split it wrongly: try the next
             return OffsetRange(start, stop)
-        raise first_error
+        raise backwards or first_error
+
+
+def _reversed(start: OffsetSpec, stop: OffsetSpec) -> bool:
+    """Whether a range ends before it starts in every partition (5:2, -2:-4, end:beginning)."""
+    if start.kind == stop.kind and start.kind in (ABSOLUTE, TIMESTAMP):
+        return stop.value < start.value
+    if start.kind == stop.kind == FROM_END:
+        return stop.value > start.value
+    return start.kind == END and stop.kind == BEGINNING

@@ -14,6 +14,12 @@ from .topic import Topic
 # Leave room under the batch limit for msgpack's per-value framing and the header.
 SPLIT_BYTES = MAX_BATCH_BYTES // 2
 KEY_CACHE_SIZE = 100_000  # distinct keys remembered with their partition
+# Unkeyed records stick to one partition for a run of this many bytes or
+# records, whichever comes first, then move to the next (Kafka's sticky
+# partitioner switches after batch.size, 16 KiB): a pipe's input spreads
+# evenly over the partitions however it is read.
+STICKY_BYTES = 16 * 1024
+STICKY_RECORDS = 1000
 
 
 def _size(values) -> int:
@@ -46,17 +52,27 @@ class Producer:
     """Appends records to ``topic``; ``partition`` pins every record to one partition.
 
     Keyed records go to Kafka's murmur2 partition of their key; unkeyed
-    records go round robin, one batch at a time (like Kafka's sticky
-    partitioner), so a batch is never split for partitioning's sake.
+    records go round robin in runs of about STICKY_BYTES (like Kafka's
+    sticky partitioner). The records of one send that share a partition go
+    into one batch, so spreading costs a batch per partition, not per run.
     """
 
     def __init__(self, topic: Topic, partition: int | None = None, background: bool = False):
         self.topic = topic
         self.partition = None if partition is None else topic.partition(partition).number
-        self.sent = 0
+        self.sent = 0  # records handed to the writer
+        self._appended = 0  # records appended, by this thread or a finished background writer
         # murmur2 in Python costs microseconds a key, and keys repeat.
         self._key_partitions: dict[bytes, int] = {}
+        self._keyed_count = topic.partition_count  # the partition count the cache was made for
+        self._sticky = 0  # the partition of the current run of unkeyed records
+        self._run_records = self._run_bytes = 0  # what is left of that run
         self._writer = _BackgroundWriter() if background else None
+
+    @property
+    def written(self) -> int:
+        """Records appended so far (after a failed append: those before it)."""
+        return self._appended + (0 if self._writer is None else self._writer.written)
 
     def flush(self) -> None:
         """Wait until every record sent is appended; raise the error that stopped a write."""
@@ -70,28 +86,56 @@ class Producer:
                 self._writer.flush()
             finally:
                 self._writer.stop()
+                self._appended += self._writer.written
                 self._writer = None
 
-    def _choose(self, key: bytes | None) -> int:
-        if self.partition is not None:
-            return self.partition
-        if key is not None:
-            return self._partitions_of([key], None)[0]
-        return self.topic.next_partition()
+    def _unkeyed_runs(self, n: int, size: int) -> list[tuple[int, int, int]]:
+        """(partition, start, stop) runs for ``n`` unkeyed records of ``size`` bytes in all."""
+        average = max(size / n, 1.0)
+        runs, start = [], 0
+        while start < n:
+            if self._run_records <= 0 or self._run_bytes <= 0:
+                self._sticky = self.topic.next_partition()
+                self._run_records, self._run_bytes = STICKY_RECORDS, STICKY_BYTES
+            take = min(n - start, self._run_records, max(1, int(self._run_bytes / average)))
+            runs.append((self._sticky, start, start + take))
+            self._run_records -= take
+            self._run_bytes -= take * average
+            start += take
+        return runs
 
-    def _partitions_of(self, keys, unkeyed: int | None) -> list[int]:
-        """The partition of each key (Kafka's murmur2); ``unkeyed`` for None."""
+    def _next_unkeyed(self, value: bytes | None) -> int:
+        """The partition of one unkeyed record, continuing the current run."""
+        if self._run_records <= 0 or self._run_bytes <= 0:
+            self._sticky = self.topic.next_partition()
+            self._run_records, self._run_bytes = STICKY_RECORDS, STICKY_BYTES
+        self._run_records -= 1
+        self._run_bytes -= max(len(value), 1) if value is not None else 1
+        return self._sticky
+
+    def _partitions_of(self, keys, values) -> list[int]:
+        """The partition of each key (Kafka's murmur2); unkeyed records continue the sticky run."""
         cache = self._key_partitions
-        if len(cache) > KEY_CACHE_SIZE:
-            cache.clear()
+        if len(cache) > KEY_CACHE_SIZE or self._keyed_count != self.topic.partition_count:
+            cache.clear()  # full, or the topic grew: keys map anew
+            self._keyed_count = self.topic.partition_count
         out = list(map(cache.get, keys))
         if None in out:  # new keys, or records without a key
             count = self.topic.partition_count
             for i, number in enumerate(out):
                 if number is None:
                     key = keys[i]
-                    out[i] = unkeyed if key is None else cache.setdefault(key, partition_for_key(key, count))
+                    out[i] = self._next_unkeyed(values[i]) if key is None else cache.setdefault(key, partition_for_key(key, count))
         return out
+
+    def _append_shares(self, numbers: list[int], values: list, keys, headers, timestamps, size: int | None) -> None:
+        """Append each record to its partition in ``numbers``, one share per partition, in order."""
+        members: dict[int, list[int]] = defaultdict(list)
+        for i, number in enumerate(numbers):
+            members[number].append(i)
+        for number, indexes in members.items():
+            pick = lambda column: None if column is None else [column[i] for i in indexes]  # noqa: E731
+            self._append(number, pick(values), pick(keys), pick(headers), pick(timestamps), size)  # size bounds each share
 
     def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None:
         """Send values each with its own key (None: no key), sharing one header list.
@@ -104,15 +148,8 @@ class Producer:
             number = self.partition if self.partition is not None else 0
             self._append(number, values, keys, None if not headers else [headers] * len(values), None, size)
             return
-        numbers = self._partitions_of(keys, self.topic.next_partition())
-        members: dict[int, list[int]] = defaultdict(list)
-        for i, number in enumerate(numbers):
-            members[number].append(i)
-        for number, indexes in members.items():
-            self._append(
-                number, [values[i] for i in indexes], [keys[i] for i in indexes],
-                None if not headers else [headers] * len(indexes), None, size,  # size bounds each share
-            )
+        self._append_shares(self._partitions_of(keys, values), values, keys,
+                            None if not headers else [headers] * len(values), None, size)
 
     def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
         """Send values that share one key (or none) and one header list.
@@ -122,10 +159,19 @@ class Producer:
         if not values:
             return
         n = len(values)
-        self._append(
-            self._choose(key), values, None if key is None else [key] * n,
-            None if not headers else [headers] * n, None, size,
-        )
+        keys = None if key is None else [key] * n
+        headers = None if not headers else [headers] * n
+        if self.partition is not None or self.topic.partition_count == 1:
+            self._append(self.partition or 0, values, keys, headers, None, size)
+        elif key is not None:
+            self._append(self._partitions_of([key], [None])[0], values, keys, headers, None, size)
+        else:
+            runs = self._unkeyed_runs(n, size if size is not None else _size(values))
+            shares: dict[int, list] = defaultdict(list)
+            for number, lo, hi in runs:
+                shares[number] += values[lo:hi] if (lo, hi) != (0, n) else values
+            for number, share in shares.items():
+                self._append(number, share, None, None if headers is None else headers[: len(share)], None, size)
 
     def _append(self, number: int, values: list, keys, headers, timestamps, size: int | None) -> None:
         """Append records to partition ``number``, in as many batches as their size needs."""
@@ -142,36 +188,29 @@ class Producer:
             payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
             if self._writer is None:
                 part.append_payload(payload)
+                self._appended += payload.count
             else:
                 self._writer.append(part, payload)
         self.sent += n
 
     def send_records(self, records) -> None:
         """Send (key, value, headers, partition, timestamp) tuples, grouped per partition."""
-        groups: dict[int, list] = defaultdict(list)
-        unkeyed = None
-        for rec in records:
-            key, _, _, partition, _ = rec
-            if partition is not None:
-                number = self.topic.partition(partition).number
-            elif key is None and self.partition is None:
-                if unkeyed is None:
-                    unkeyed = self.topic.next_partition()
-                number = unkeyed
-            else:
-                number = self._choose(key)
-            groups[number].append(rec)
-        for number, recs in groups.items():
-            keys = [r[0] for r in recs]
-            values = [r[1] for r in recs]
-            headers = [r[2] for r in recs]
-            stamps = [r[4] for r in recs]
-            if all(t is None for t in stamps):
-                stamps = None
-            else:
-                now = now_ms()
-                stamps = [now if t is None else t for t in stamps]
-            self._append(number, values, keys, headers, stamps, None)
+        if not records:
+            return
+        keys, values, headers, partitions, stamps = (list(column) for column in zip(*records))
+        if all(t is None for t in stamps):
+            stamps = None
+        else:
+            now = now_ms()
+            stamps = [now if t is None else t for t in stamps]
+        if self.partition is not None or self.topic.partition_count == 1:
+            numbers = [self.partition or 0] * len(records)
+        else:
+            numbers = self._partitions_of(keys, values)
+        for i, partition in enumerate(partitions):
+            if partition is not None and self.partition is None:
+                numbers[i] = self.topic.partition(partition).number
+        self._append_shares(numbers, values, keys, headers, stamps, None)
 
 
 class _BackgroundWriter:
@@ -186,6 +225,7 @@ class _BackgroundWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None  # to raise in the producer, once
         self._failed = False  # after a failed append, no later batch may be written
+        self.written = 0  # records appended
         self._thread = threading.Thread(target=self._run, name="kq-writer", daemon=True)
         self._thread.start()
 
@@ -198,6 +238,7 @@ class _BackgroundWriter:
                 if not self._failed:
                     part, payload = item
                     part.append_payload(payload)
+                    self.written += payload.count
             except BaseException as exc:  # raised again in the producer's thread
                 self._error, self._failed = exc, True
             finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -87,10 +86,7 @@ class Topic:
         self.config: dict = meta["config"]
         self._partitions: dict[int, Partition] = {}
         # Start at a random partition so that many short-lived producers spread out.
-        start = random.randrange(self.partition_count)
-        self._round_robin = itertools.cycle(
-            list(range(start, self.partition_count)) + list(range(start))
-        )
+        self._next_partition = random.randrange(self.partition_count)
 
     @staticmethod
     def load_meta(path: str) -> dict:
@@ -139,8 +135,10 @@ class Topic:
         return partition_for_key(key, self.partition_count)
 
     def next_partition(self) -> int:
-        """Partition for the next batch of unkeyed records (round robin per batch)."""
-        return next(self._round_robin)
+        """The partition after the last one this returned, round robin (it may grow meanwhile)."""
+        number = self._next_partition % self.partition_count
+        self._next_partition = number + 1
+        return number
 
     def close(self) -> None:
         for p in self._partitions.values():

@@ -27,7 +27,7 @@ def run_kq(data_dir):
         full_env = {**os.environ, **(env or {})}
         prefix = ["--data-dir", data] if data is not None else []
         return subprocess.run(
-            KQ + prefix + [str(a) for a in args],
+            KQ + prefix + [a if isinstance(a, bytes) else str(a) for a in args],
             input=input,
             capture_output=True,
             env=full_env,

@@ -40,6 +40,24 @@ def test_binary_round_trip_with_nul_delimiter(run_kq):
     assert run_kq("consume", "bin2", "-0").stdout == b"\0".join(messages) + b"\0"
 
 
+def test_arguments_that_are_not_utf8_are_bytes(run_kq):
+    # A shell passes arguments as bytes: `-k "$(printf '\xff')"` means the byte 0xff.
+    r = run_kq("produce", "t", "-k", b"\xfe", "-H", b"bin=\xff", "-D", b"\xfc", input=b"a\xfcb")
+    assert r.returncode == 0, r.stderr
+    out = run_kq("consume", "t", "-F", b"%k|%h|%s\xfd", "-o", "0").stdout
+    assert out == b"\xfe|bin=\xff|a\xfd\xfe|bin=\xff|b\xfd"
+    assert run_kq("consume", "t", "-D", b"\xff").stdout == b"a\xffb\xff"
+    r = run_kq("produce", "k", "-K", b"\xff", input=b"key\xffvalue\n")
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "k", "-F", r"%k=%s").stdout == b"key=value"
+    # Header names are text in Kafka: a name that is not UTF-8 is refused in one line.
+    r = run_kq("produce", "t", "-H", b"\xff=1", input="x\n")
+    assert r.returncode == 2 and r.stderr.startswith(b"kq: error: ") and b"is not UTF-8 text" in r.stderr
+    for args in (["consume", b"\xff"], ["consume", "t", "-g", b"\xff"], ["consume", "t", "-o", b"\xff"]):
+        r = run_kq(*args)
+        assert r.returncode == 2 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, r.stderr
+
+
 def test_custom_delimiter_with_escape(run_kq):
     run_kq("produce", "t", "-D", r"\t", input="a\tb\tc")
     assert run_kq("consume", "t", "-D", "|").stdout == b"a|b|c|"
@@ -50,6 +68,18 @@ def test_six_megabyte_message(run_kq):
     assert run_kq("produce", "big", input=big + b"\nsmall\n").returncode == 0
     out = run_kq("consume", "big").stdout
     assert out == big + b"\nsmall\n"
+
+
+def test_long_line_from_a_pipe_takes_linear_time(run_kq):
+    # One 60 MB line arrives in many pipe-sized reads; joining the pending
+    # bytes again at every read took 17 s, a linear pass well under a second.
+    line = b"x" * (60 << 20)
+    start = time.monotonic()
+    r = run_kq("-q", "produce", "long", input=line + b"\n")
+    took = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert took < 8, f"a 60 MB line from a pipe took {took:.1f} s to produce"
+    assert run_kq("consume", "long").stdout == line + b"\n"
 
 
 def test_file_option(run_kq, tmp_path):
@@ -67,7 +97,7 @@ def test_json_envelope_copies_keys_headers_nulls_and_partitions(run_kq):
     run_kq("produce", "src", "-p", "2", "-Z", input="\n")  # a null value (tombstone)
     src = [json.loads(line) for line in run_kq("consume", "src", "--json").stdout.splitlines()]
     assert {r["key"] for r in src} == {"k1", "k2", "k3", None}
-    assert all(r["headers"] == {"trace": "abc", "x": "1"} for r in src if r["key"])
+    assert all(r["headers"] == [["trace", "abc"], ["x", "1"]] for r in src if r["key"])
     assert [r["value"] for r in src if r["key"] == "k2"] == [""]
     assert [r["value"] for r in src if r["key"] is None] == [None]
     run_kq("topic", "create", "dst", "--partitions", "3")
@@ -76,6 +106,126 @@ def test_json_envelope_copies_keys_headers_nulls_and_partitions(run_kq):
     dst = [json.loads(line) for line in run_kq("consume", "dst", "--json").stdout.splitlines()]
     strip = lambda rs: sorted((r["partition"], r["offset"], r["key"], r["value"], json.dumps(r["headers"])) for r in rs)  # noqa: E731
     assert strip(dst) == strip(src)
+
+
+def test_json_envelope_keeps_repeated_headers_in_order(run_kq):
+    run_kq("produce", "dup", "-H", "a=1", "-H", "b=x", "-H", "a=2", input="v\n")
+    line = json.loads(run_kq("consume", "dup", "--json").stdout)
+    assert line["headers"] == [["a", "1"], ["b", "x"], ["a", "2"]]
+    # The copy is faithful: every header, in order.
+    copied = run_kq("produce", "dup-copy", "--json", input=run_kq("consume", "dup", "--json").stdout)
+    assert copied.returncode == 0, copied.stderr
+    assert run_kq("consume", "dup-copy", "-F", r"%h\n").stdout == b"a=1,b=x,a=2\n"
+    # Header values that are not UTF-8 are base64, still in order.
+    run_kq("produce", "dup-bin", "--json", input=json.dumps(
+        {"value": "v", "headers": [["a", "/w=="], ["a", "AA=="]], "headers_encoding": "base64"}) + "\n")
+    assert run_kq("consume", "dup-bin", "-F", "%h").stdout == b"a=\xff,a=\x00"
+    assert json.loads(run_kq("consume", "dup-bin", "--json").stdout)["headers"] == [["a", "/w=="], ["a", "AA=="]]
+
+
+def test_json_envelope_reads_the_older_headers_object(run_kq):
+    r = run_kq("produce", "old", "--json", input='{"value": "v", "headers": {"trace": "abc", "x": "1"}}\n')
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "old", "-F", "%h").stdout == b"trace=abc,x=1"
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"vaule": "x"}', b'line 2: unknown field "vaule"'),
+        ('{"key": "k"}', b"line 2: no 'value' field"),
+        ('{"value": "x", "value_encoding": "hex"}', b"line 2: 'value_encoding' must be"),
+        ('{"value": "x", "headers": [["a"]]}', b"line 2: each header must be a [name, value] pair"),
+        ('{"value": "x", "headers": [["a", null]]}', b"line 2: header 'a' must have a string value"),
+        ('{"value": "x", "headers": "a=1"}', b"line 2: 'headers' must be a list"),
+        ("[" * 100_000, b"line 2: not valid JSON"),
+        ('{"value": "\\udcff"}', b"line 2: 'value' is not valid Unicode text"),
+        ('{"key": "\\ud800", "value": "x"}', b"line 2: 'key' is not valid Unicode text"),
+        ('{"value": "x", "headers": [["\\ud800", "v"]]}', b"line 2: a header name is not valid Unicode text"),
+        ('{"value": "x", "timestamp": 99999999999999999999}', b"line 2: 'timestamp' must be an integer from 0"),
+        ('{"value": "x", "timestamp": -5}', b"line 2: 'timestamp' must be an integer from 0"),
+    ],
+)
+def test_json_lines_with_unknown_or_malformed_fields_are_refused(run_kq, line, message):
+    r = run_kq("-q", "produce", "t", "--json", input='{"value": "ok"}\n' + line + "\n")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and b"Traceback" not in r.stderr
+    assert r.stderr.count(b"\n") == 1, r.stderr
+
+
+def envelope_rows(stdout: bytes) -> list[tuple]:
+    return sorted((r["partition"], r["offset"], r["timestamp"], r["key"], r["value"], json.dumps(r["headers"]))
+                  for r in map(json.loads, stdout.splitlines()))
+
+
+def test_json_copy_into_a_missing_topic_keeps_every_partition(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "4")
+    # Partitions 1-3 come last, far into the input, after many reads.
+    run_kq("produce", "src", "-p", "0", input="".join(f"{i}\n" for i in range(40_000)))
+    for p in range(1, 4):
+        run_kq("produce", "src", "-p", p, "-K", ":", "-H", "h=1", input=f"k{p}:v{p}\n")
+    source = run_kq("consume", "src", "--json").stdout
+    r = run_kq("produce", "copy", "--json", input=source)
+    assert r.returncode == 0, r.stderr
+    ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", "copy", "--json").stdout)["partitions"]]
+    assert ends == [40_000, 1, 1, 1]
+    assert envelope_rows(run_kq("consume", "copy", "--json").stdout) == envelope_rows(source)
+
+
+def test_json_copy_into_a_smaller_topic_says_how_much_was_written(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "2")
+    run_kq("produce", "src", "-p", "0", input="a\nb\nc\n")
+    run_kq("produce", "src", "-p", "1", input="d\n")
+    run_kq("topic", "create", "small")
+    r = run_kq("produce", "small", "--json", input=run_kq("consume", "src", "--json").stdout)
+    assert r.returncode == 2
+    assert r.stderr == (b"kq: error: line 4: partition 1 does not exist in topic 'small' (it has partitions 0..0); "
+                        b"3 records from the lines before it were written\n")
+    assert run_kq("consume", "small").stdout == b"a\nb\nc\n"
+
+
+def test_bad_json_line_in_the_middle_says_what_a_rerun_skips(run_kq):
+    lines = [json.dumps({"value": str(i)}) for i in range(5)]
+    lines[3] = '{"vaule": "3"}'
+    r = run_kq("produce", "t", "--json", input="\n".join(lines) + "\n")
+    assert r.returncode == 2
+    assert b"line 4: unknown field" in r.stderr and b"3 records from the lines before it were written" in r.stderr
+    assert run_kq("consume", "t").stdout == b"0\n1\n2\n"
+    lines[3] = '{"value": "3"}'
+    assert run_kq("produce", "t", "--json", input="\n".join(lines[3:]) + "\n").returncode == 0
+    assert run_kq("consume", "t").stdout == b"0\n1\n2\n3\n4\n"
+
+
+@pytest.mark.parametrize(
+    "args,stdin,message",
+    [
+        (["--json"], '{"vaule": "x"}\n', b"line 1: unknown field"),
+        (["--file", "{tmp}"], "", b"cannot read {tmp}: Is a directory"),
+        (["--file", "{tmp}/missing"], "", b"cannot read {tmp}/missing: No such file or directory"),
+        (["-p", "1"], "x\n", b"partition 1 does not exist in topic 'new'"),
+        (["--json"], '{"value": "x", "partition": -1}\n', b"line 1: partition -1 is not between"),
+        ([], "", None),
+    ],
+)
+def test_a_produce_that_writes_nothing_leaves_no_topic(run_kq, tmp_path, args, stdin, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = run_kq("produce", "new", *args, input=stdin)
+    if message is None:
+        assert r.returncode == 0 and r.stderr == b""
+    else:
+        assert r.returncode in (1, 2) and b"Traceback" not in r.stderr
+        assert r.stderr.startswith(b"kq: error: ") and message.replace(b"{tmp}", str(tmp_path).encode()) in r.stderr, r.stderr
+    assert run_kq("topic", "list").stdout == b""
+
+
+def test_partition_option_wins_over_the_partitions_of_json_lines(run_kq):
+    run_kq("topic", "create", "src", "--partitions", "3")
+    for p in range(3):
+        run_kq("produce", "src", "-p", p, input=f"{p}\n")
+    run_kq("topic", "create", "merged", "--partitions", "2")
+    r = run_kq("produce", "merged", "--json", "-p", "1", input=run_kq("consume", "src", "--json").stdout)
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "merged", "-p", "1").stdout == b"0\n1\n2\n"
 
 
 def test_key_option_sends_all_to_one_partition(run_kq):
@@ -92,6 +242,26 @@ def test_unkeyed_messages_spread_over_partitions(run_kq):
     d = json.loads(run_kq("topic", "describe", "t", "--json").stdout)
     assert sum(p["end_offset"] for p in d["partitions"]) == 12
     assert sum(1 for p in d["partitions"] if p["end_offset"] > 0) >= 2
+
+
+def test_unkeyed_input_spreads_evenly_like_a_sticky_partitioner(run_kq):
+    # One pipe's worth of small unkeyed messages (less than one 1 MiB read)
+    # is spread in runs of about 16 KiB, so every partition gets its share.
+    run_kq("topic", "create", "t", "--partitions", "4")
+    assert run_kq("produce", "t", input="".join(f"{i}\n" for i in range(100_000))).returncode == 0
+    ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", "t", "--json").stdout)["partitions"]]
+    assert sum(ends) == 100_000
+    assert min(ends) > 15_000, f"unkeyed messages were not spread over the partitions: {ends}"
+    # Within a partition the input order is kept.
+    for p in range(4):
+        values = [int(v) for v in run_kq("consume", "t", "-p", p).stdout.split()]
+        assert values == sorted(values)
+    # The same for --json lines without partition or key, and -K lines without the delimiter.
+    for topic, args, line in (("j", ["--json"], '{{"value": "{}"}}\n'), ("k", ["-K", ":"], "{}\n")):
+        run_kq("topic", "create", topic, "--partitions", "4")
+        assert run_kq("produce", topic, *args, input="".join(line.format(i) for i in range(20_000))).returncode == 0
+        ends = [p["end_offset"] for p in json.loads(run_kq("topic", "describe", topic, "--json").stdout)["partitions"]]
+        assert min(ends) > 2_000, f"{args}: unkeyed messages were not spread over the partitions: {ends}"
 
 
 def test_format_tokens(run_kq):
@@ -214,6 +384,21 @@ def test_broken_pipe_is_quiet(run_kq, data_dir):
         (["topic", "create", "t", "--segment-bytes", "lots"], 2, b"bad size"),
         (["consum", "t"], 2, b"Did you mean 'consume'"),
         (["consume", "t", "--bogus"], 2, b"No such option"),
+        (["consume", "t", "-F", "%x"], 2, b"'%x' is not a format token"),
+        (["consume", "t", "-F", "%s%"], 2, b"'%' is not a format token"),
+        (["consume", "t", "-o", "5:2"], 2, b"bad range '5:2': it ends before it starts"),
+        (["consume", "t", "-o", "-2:-4"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "end:beginning"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "@2000:@1000"], 2, b"it ends before it starts"),
+        (["consume", "t", "-o", "soon"], 2, b"use beginning, end, N, -N, @T or a range A:B"),
+        (["offsets", "reset", "t", "-g", "g", "--to", "bogus"], 2, b"use earliest, latest, N, +N, -N or @T"),
+        (["topic", "trim", "t", "--before", "bogus"], 2, b"'bogus' is not an offset N or a time @T"),
+        (["topic", "trim", "t", "--before", "-5"], 2, b"'-5' is not an offset N or a time @T"),
+        (["replicate", "--to", "elsewhere"], 2, b"name the topics to copy, or give --all for every topic"),
+        (["replicate", "t", "--all", "--to", "elsewhere"], 2, b"name topics or give --all, not both"),
+        (["produce", "t", "--json", "-Z"], 2, b"--json cannot be combined with -k, -K, -D, -0 or -Z"),
+        (["consume", "t", "--json", "-0"], 2, b"-D and -0 do not apply to -F or --json output"),
+        (["consume", "t", "-F", "%s", "-D", ","], 2, b"-D and -0 do not apply to -F or --json output"),
     ],
 )
 def test_bad_input_gets_a_clear_error(run_kq, args, code, message):

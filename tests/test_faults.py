@@ -590,6 +590,13 @@ def assert_clear_failure(r) -> None:
     assert len(lines) == 1 and lines[0].startswith("kq: error: "), r.stderr
 
 
+def written_note(records: int) -> bytes:
+    """How a failed produce says how much of its input it appended (so that a rerun can skip it)."""
+    if records == 0:
+        return b"; nothing was written"
+    return f"; {records:,} record{'' if records == 1 else 's'} {'was' if records == 1 else 'were'} written before the error".encode()
+
+
 def lines_of(prefix: str, n: int, width: int = 60) -> list[bytes]:
     return [f"{prefix}-{k:07d}-".encode().ljust(width, b".") for k in range(n)]
 
@@ -635,6 +642,7 @@ def test_disk_full_fails_the_produce_clearly_and_loses_nothing_acknowledged(run_
     assert os.path.getsize(segment) <= limit
     kept = check_after_a_failed_produce(run_kq, data_dir, before, failed)
     assert (kept > 0) == (room > 0), "expected the disk to fill after some batches (or at once)"
+    assert written_note(kept) in r.stderr, f"the error does not say that {kept} records were written: {r.stderr!r}"
 
 
 @pytest.mark.parametrize("budget", [0, 7_000], ids=["first-write", "after-some-batches"])
@@ -655,6 +663,7 @@ def test_enospc_mid_write_truncates_the_torn_batch_and_keeps_acknowledged_messag
     assert os.path.getsize(segment) <= size + budget
     kept = check_after_a_failed_produce(run_kq, data_dir, before, failed)
     assert (kept > 0) == (budget > 0), "expected the disk to fill after some batches (or at once)"
+    assert written_note(kept) in r.stderr, f"the error does not say that {kept} records were written: {r.stderr!r}"
 
 
 def test_failed_fsync_is_never_acknowledged(run_kq, data_dir):

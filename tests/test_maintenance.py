@@ -169,6 +169,27 @@ def test_compaction_keeps_the_latest_per_key_with_original_offsets(run_kq, data_
     assert json.loads(run_kq("maintain", "users", "--json").stdout)[0]["records_removed"] == 0
 
 
+def test_maintain_says_why_a_small_compacted_topic_is_not_compacted(run_kq, data_dir):
+    # The README's steps on a small topic: everything is in the active segment.
+    run_kq("topic", "create", "users", "--cleanup", "compact")
+    run_kq("produce", "users", "-K", ":", input="alice:1\nbob:1\nalice:2\n")
+    r = run_kq("maintain")
+    assert r.returncode == 0, r.stderr
+    assert b"0 superseded record(s)" in r.stderr
+    assert (b"users: 3 records in active segments not compacted: like Kafka, compaction leaves each partition's "
+            b"last segment alone until it rolls at 64M") in r.stderr, r.stderr
+    assert b"--segment-bytes" in r.stderr
+    # With segments that roll, the older records are compacted and the note counts only the active segment.
+    run_kq("topic", "create", "small", "--cleanup", "compact", "--segment-bytes", "4K")
+    for start in range(0, 2000, 500):  # batches of more than 4K: each closes a segment
+        produce_keyed(run_kq, "small", 500, 10, start=start)
+    r = run_kq("maintain", "small")
+    assert b" 0 superseded" not in r.stderr, r.stderr
+    active = kq.DataDir(data_dir).topic("small").partition(0)
+    in_active = active.end_offset() - active.segments()[-1]
+    assert f"small: {in_active:,} records in active segments".encode() in r.stderr, r.stderr
+
+
 def test_tombstones_delete_keys(run_kq, data_dir):
     run_kq("topic", "create", "users", "--cleanup", "compact", "--segment-bytes", "4K")
     produce_keyed(run_kq, "users", 100, keys=5)  # k0..k4

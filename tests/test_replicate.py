@@ -29,6 +29,13 @@ def seed(run_kq, n=500, partitions=3):
     assert run_kq("produce", "t", "-K", ":", "-H", "origin=test", input=lines).returncode == 0
 
 
+def test_summary_reads_like_the_progress_bar(run_kq, replica):
+    run_kq("produce", "t", input="".join(f"{i}\n" for i in range(1500)))
+    r = run_kq("replicate", "t", "--to", replica)
+    assert r.returncode == 0, r.stderr
+    assert b"t/0: copied 1,500 records (" in r.stderr and b" KiB), offsets 0..1499" in r.stderr, r.stderr
+
+
 def test_copy_is_identical_and_carries_group_offsets(run_kq, data_dir, replica):
     seed(run_kq)
     run_kq("produce", "t", "-p", "1", input=b"\xff\xfe binary\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,113 @@ def test_static_bash_script_completes_in_a_real_bash(populated):
     assert out.stdout.decode().split() == ["audit", "billing"], out.stderr
 
 
+def typed_in_bash(line: str, expected: str, env: dict) -> None:
+    """Type ``line`` and Tab into an interactive bash with kq's script; wait until it shows ``expected``.
+
+    Only a real readline splits words the way a user's bash does (at '=',
+    for one), so this drives one through a pseudo-terminal.
+    """
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    shown = b""
+
+    def wait_for_output(text: bytes, timeout: float = 15) -> None:
+        nonlocal shown
+        deadline = time.monotonic() + timeout
+        while text not in shown:
+            left = deadline - time.monotonic()
+            assert left > 0, f"bash did not complete {line!r} to {expected!r}; the terminal showed {shown!r}"
+            if select.select([fd], [], [], min(left, 0.1))[0]:
+                shown += os.read(fd, 65536)
+
+    try:
+        os.write(fd, f"source {COMPLETIONS}/kq.bash; echo READY\n".encode())
+        wait_for_output(b"READY\r\n")
+        os.write(fd, line.encode() + b"\t")
+        wait_for_output(expected.encode())
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("kq --data-dir {data} consume ", "consume orders "),
+        ("kq --data-dir={data} consume ", "consume orders "),
+        ("kq --data-dir={data} consume orders -o=b", "-o=beginning "),
+        ("kq --data-dir={data} consume orders --offset=e", "--offset=end "),
+        ("kq --data-dir={data} consume orders -g=", "-g=billing "),
+        ("kq --data-dir={data} offsets show orders --group=b", "--group=billing "),
+        ("kq --data-dir={data} offsets reset orders -g billing --to=e", "--to=earliest "),
+    ],
+)
+def test_completion_after_option_equals_value_in_a_real_bash(run_kq, data_dir, line, expected):
+    run_kq("topic", "create", "orders")
+    run_kq("consume", "orders", "-g", "billing")
+    env = {**os.environ, "PS1": "$ ", "TERM": "dumb", "INPUTRC": "/dev/null", "KQ_DATA_DIR": "/nonexistent",
+           "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    typed_in_bash(line.format(data=data_dir), expected, env)
+
+
+ZSH_ARGUMENTS_STUB = r"""
+# What _arguments would offer: the words of its '((value:description ...))' spec, unquoted.
+_arguments() {
+  local items=${${1#\*: :\(\(}%\)\)}
+  local w
+  for w in ${(Q)${(z)items}}; do print -r -- "$w"; done
+}
+compdef() { : }
+"""
+
+
+def complete_zsh(line: str, data: str) -> list[str]:
+    """Candidates of the static zsh script for ``line``, as value:description."""
+    words = line.split(" ")
+    script = ZSH_ARGUMENTS_STUB + f"words=({' '.join(repr(w) for w in words)}); CURRENT={len(words)}\nsource {COMPLETIONS}/_kq\n"
+    env = {**os.environ, "KQ_DATA_DIR": data, "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    r = subprocess.run(["zsh", "-f", "-c", script], env=env, capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    return r.stdout.decode().splitlines()
+
+
+@pytest.mark.skipif(not shutil.which("zsh"), reason="needs zsh")
+def test_zsh_keeps_quotes_and_backslashes_and_completes_option_equals_value(populated):
+    topic = complete_zsh("kq topic ", populated)
+    assert "alter:Change a topic's settings; `kq maintain`..." in topic
+    options = complete_zsh("kq produce t -", populated)
+    assert r"-D:Message separator [default: \n]; \t, \0, \xHH understood." in options
+    assert complete_zsh("kq consume orders --offset=be", populated) == ["--offset=beginning"]
+    assert complete_zsh("kq consume orders -g=b", populated) == ["-g=billing"]
+    assert complete_zsh(f"kq --data-dir={populated} consume o", "/nonexistent") == ["orders"]
+
+
+@pytest.mark.skipif(not shutil.which("fish"), reason="needs fish")
+def test_fish_completes_option_equals_value(populated):
+    def complete_fish(line):
+        env = {**os.environ, "KQ_DATA_DIR": populated, "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+        r = subprocess.run(["fish", "--no-config", "-c", f"source {COMPLETIONS}/kq.fish; complete -C '{line}'"],
+                           env=env, capture_output=True, timeout=30)
+        return r.stdout.decode().splitlines()
+
+    assert complete_fish("kq consume orders --offset=be") == ["--offset=beginning"]
+    assert complete_fish("kq consume orders -o=") == ["-o=beginning", "-o=end"]
+    assert complete_fish("kq consume orders -g ") == ["audit", "billing"]
+    assert "alter\tChange a topic's settings; `kq maintain`..." in complete_fish("kq topic al")
+
+
+def test_short_options_take_equals_values(run_kq):
+    run_kq("produce", "t", input="a\nb\n")
+    assert run_kq("consume", "t", "-o=1").stdout == b"b\n"
+    assert run_kq("consume", "t", "-g=billing").stdout == b"a\nb\n"
+    assert run_kq("offsets", "show", "t", "-g=billing").stdout.splitlines()[1].split(b"\t")[3:] == [b"billing", b"2", b"0"]
+
+
 def test_completion_scripts_are_up_to_date():
     r = subprocess.run([sys.executable, os.path.join(COMPLETIONS, "generate.py"), "--check"], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
@@ -130,6 +238,12 @@ def test_every_help_has_examples(run_kq):
         assert r.returncode == 0, path
         assert b"Examples" in r.stdout, f"kq {' '.join(path)} --help shows no examples"
         assert f"Usage: kq {' '.join(path)}".encode() in r.stdout
+        usage = next(line for line in r.stdout.decode().splitlines() if "Usage:" in line)
+        assert "{" not in usage and not re.search(r"\b[a-z]+\]?\.*\s*$", usage.split("[OPTIONS]")[-1]), usage
+    # Each group's help names all its commands.
+    topic_help = run_kq("topic", "--help", data=None).stdout.decode()
+    assert "Create, alter, trim, list, describe and delete topics." in topic_help
+    assert "kq topic alter" in topic_help and "kq topic trim" in topic_help
 
 
 def test_misspellings_get_suggestions(run_kq):
@@ -168,6 +282,30 @@ def test_tables_on_a_terminal_plain_text_in_a_pipe(populated, run_kq):
     assert not COLOR.search(in_terminal(["--help"], {**env, "NO_COLOR": "1"}))
     assert not COLOR.search(in_terminal(["--no-color", "--help"], env))
     assert "\x1b" not in run_kq("--help", data=None).stdout.decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/script"), reason="needs util-linux script")
+def test_settings_and_tables_read_as_people_write_them(run_kq, data_dir):
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["KQ_DATA_DIR"] = data_dir
+    run_kq("topic", "create", "t", "--retention", "7d", "--retention-bytes", "1536M")
+    shown = in_terminal(["--no-color", "topic", "describe", "t"], env)
+    for setting, value in (("segment_bytes", "64M"), ("retention_ms", "7d"), ("retention_bytes", "1536M"),
+                           ("tombstone_retention_ms", "1d"), ("sync", "false"), ("cleanup", "delete")):
+        assert re.search(rf"│ {setting} +│ {value} +│", shown), f"{setting} is not shown as {value}:\n{shown}"
+    # In a pipe: the raw numbers, and none/true/false rather than Python's None/True/False.
+    piped = run_kq("topic", "describe", "t").stdout.decode()
+    assert "config\tsync\tfalse\n" in piped and "config\tretention_ms\t604800000\n" in piped
+    run_kq("topic", "alter", "t", "--retention", "none")
+    assert "config\tretention_ms\tnone\n" in run_kq("topic", "describe", "t").stdout.decode()
+    # Words on the left, numbers on the right.
+    run_kq("produce", "t", input="x\n")
+    run_kq("consume", "t", "-g", "g")
+    shown = in_terminal(["--no-color", "offsets", "show", "t"], env)
+    assert re.search(r"│ +0 │ +0 │ +1 │ g +│ +1 │ +0 │", shown), shown
+    # A group without live members says so instead of drawing an empty table.
+    shown = in_terminal(["--no-color", "group", "describe", "g"], env)
+    assert "live members: none" in shown and "member " not in shown, shown
 
 
 def test_timeout_exit_codes(run_kq):
