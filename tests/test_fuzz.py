@@ -579,6 +579,7 @@ def test_an_index_entry_with_an_impossible_position_is_ignored(run_kq, data_dir,
 TAIL_ROT_CASES = 150
 
 
+@pytest.mark.filterwarnings("ignore::kq.errors.KqWarning")  # the writer's quarantine notice, expected here
 @settings(max_examples=TAIL_ROT_CASES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(batches=st.integers(1, 4), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
        data=st.data())
