@@ -159,7 +159,9 @@ def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, BatchHea
         return INVALID, "bad magic"
     magic, crc, length = struct.unpack_from(">4sII", buf, pos)
     if length < MIN_LENGTH or length > MAX_BATCH_BYTES:
-        return INVALID, f"implausible batch length {length}"
+        # A torn write leaves its length field whole or absent, never wrong:
+        # with its header all there, this is a damaged batch, not torn bytes.
+        return (DAMAGED if end - pos >= HEADER_SIZE else INVALID), f"implausible batch length {length}"
     total = PREFIX_SIZE + length
     if pos + total > end:
         return INCOMPLETE, None

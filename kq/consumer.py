@@ -97,6 +97,16 @@ class Consumer:
         for n in list(self._cursors):
             self.remove(n)
 
+    # A plain reader commits nothing; these make it a Reader (kq.backends.base) like a group member.
+    def mark(self, partition: int, offset: int) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def stop_partition(self, partition: int) -> None:
+        self.remove(partition)
+
     def finished(self) -> bool:
         """True when every partition has reached its stop (never while following without one)."""
         return len(self._finished) == len(self._cursors)

@@ -26,6 +26,15 @@ class UsageError(KqError):
     exit_code = EXIT_USAGE
 
 
+class UnsupportedByBackend(UsageError):
+    """A command that only a data directory has (maintain, verify, ...) run against another backend."""
+
+    def __init__(self, command: str, backend: str):
+        super().__init__(f"{command} works on a kq data directory; it has no meaning on {backend}")
+        self.command = command
+        self.backend = backend
+
+
 class InvalidName(UsageError):
     """A topic or group name that may not become a path."""
 
@@ -77,6 +86,36 @@ class GroupBusy(KqError):
         self.group = group
         self.topic = topic
         self.live = live
+
+
+class Diverged(KqError):
+    """A replica holds records its source does not (replicate refuses to overwrite them)."""
+
+    def __init__(self, replica: str, topic: str, partition: int, offset: int):
+        super().__init__(f"replica {replica} diverges from the source in {topic}/{partition} at offset {offset}: "
+                         "it holds records the source does not")
+        self.replica = replica
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class ReplicaBusy(KqError):
+    """Another replicate is writing to the same replica."""
+
+    def __init__(self, replica: str):
+        super().__init__(f"another kq replicate is writing to {replica}; try again when it ends")
+        self.replica = replica
+
+
+class NotAtBatchBoundary(KqError):
+    """A log can only be cut where a batch starts (or at its end)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, end: int):
+        super().__init__(f"{topic}/{partition}: offset {offset} is not at a batch boundary (end is {end})")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
 
 
 class MessageTooLarge(KqError):

@@ -9,6 +9,7 @@ producer still gets large batches.
 from __future__ import annotations
 
 import os
+import re
 import select
 import time
 from itertools import repeat
@@ -102,3 +103,29 @@ def split_keys(messages: list[bytes], delimiter: bytes) -> tuple[list, list[byte
             if not sep:
                 keys[i], values[i] = None, messages[i]
     return keys, values
+
+
+_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "0": b"\0", "\\": b"\\"}
+_ESCAPE = re.compile(r"(\\x[0-9a-fA-F]{2}|\\[ntr0\\])")
+
+
+def arg_bytes(text: str) -> bytes:
+    """The bytes the shell passed for an argument, valid UTF-8 or not.
+
+    Python decodes arguments with surrogateescape; encoding them back the
+    same way gives a shell user's bytes (`-k "$(printf '\\xff')"`) unchanged.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
+def unescape(text: str) -> bytes:
+    r"""Bytes of a delimiter or format given on the command line: \n \t \r \0 \\ \xHH."""
+    out = bytearray()
+    for i, piece in enumerate(_ESCAPE.split(text)):
+        if i % 2 == 0:
+            out += arg_bytes(piece)
+        elif piece[1] == "x":
+            out.append(int(piece[2:], 16))
+        else:
+            out += _ESCAPES[piece[1]]
+    return bytes(out)

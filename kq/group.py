@@ -32,7 +32,6 @@ from .errors import warn as kq_warn
 from .fileio import FILE_MODE, atomic_write, make_dirs
 from .location import group_names
 from .names import check_name
-from .offsetspec import OffsetSpec
 from .topic import Topic, check_inside
 
 OFFSET_SUFFIX = ".offset"
@@ -234,35 +233,11 @@ class Groups:
         os.rename(self._dir(group), doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
-    # ------------------------------------------------------------------ reset
-
-    def plan_reset(self, group: str, topic: Topic, spec: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
-        """What ``offsets reset`` would do: per partition before, after and whether it was clamped."""
-        committed = self.committed(group, topic)
-        rows = []
-        for n in range(topic.partition_count) if partitions is None else partitions:
-            part = topic.partition(n)
-            start, end = part.start_offset(), part.end_offset()
-            before = committed.get(n)
-            wanted = spec.resolve(part, end, committed=before)
-            after = min(max(wanted, start), end)
-            rows.append({
-                "topic": topic.name, "partition": n, "group": group,
-                "start_offset": start, "end_offset": end,
-                "before": before, "after": after, "clamped": after != wanted,
-            })
-        return rows
-
     def check_no_live_members(self, group: str, topic: str) -> None:
         """Raise GroupBusy if a live member of ``group`` consumes ``topic`` (offsets must not move under it)."""
         live = self.members(group, topic)
         if live:
             raise GroupBusy(group, topic, len(live))
-
-    def apply_reset(self, group: str, topic: str | Topic, rows: list[dict]) -> None:
-        self.check_no_live_members(group, _name_and_id(topic)[0])
-        for r in rows:
-            self.commit(group, topic, r["partition"], r["after"])
 
 
 def _name_and_id(topic: str | Topic) -> tuple[str, str | None]:
@@ -372,7 +347,7 @@ class GroupConsumer:
     def __init__(self, data: DataDir, topic: Topic, group: str, follow: bool = False,
                  reset: str = "earliest", poll_seconds: float = POLL_SECONDS, warn=None):
         if reset not in ("earliest", "latest"):
-            raise UsageError(f"--reset must be earliest or latest, not {reset!r}")
+            raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
         self.groups = Groups(data)
         self.topic = topic
         self.group = check_name(group, "group")
@@ -392,6 +367,10 @@ class GroupConsumer:
     def mark(self, partition: int, offset: int) -> None:
         if partition in self.member.owned:
             self._marks[partition] = offset
+
+    def stop_partition(self, partition: int) -> None:
+        """Read no more of ``partition`` in this run; it stays this member's (claimed) until it leaves."""
+        self.consumer.remove(partition)
 
     def commit(self, partitions=None) -> None:
         self._last_commit = time.monotonic()
@@ -486,7 +465,7 @@ def resume_offset(partition, committed: int | None, reset: str, group: str) -> t
     if first <= committed <= end:
         return committed, None
     start = initial_offset(partition, reset)
-    where = f"group '{group}' resumes {partition.topic}/{partition.number} at offset {start} (--reset {reset})"
+    where = f"group '{group}' resumes {partition.topic}/{partition.number} at offset {start} (reset: {reset})"
     if committed < first:
         return start, (f"{where}: {first - committed} message(s) after its committed offset {committed} "
                        "were deleted by retention or trim")

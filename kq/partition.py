@@ -21,7 +21,7 @@ from . import batch as batchfmt
 from . import segment
 from .batch import BatchHeader
 from .cursor import Cursor, RawBatch, runs
-from .errors import CorruptFile, CorruptLog, KqError, TopicDeleted, warn
+from .errors import CorruptFile, CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
 from .fileio import FILE_MODE, FileLock, atomic_write, fsync_dir, locked, make_dirs, write_all
 from .index import ENTRY_SIZE, Index, IndexBuilder, entry_is_valid
 from .segment import CLEAN, DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
@@ -442,7 +442,7 @@ class Partition:
                 if cut is None:
                     end = self.end_offset()
                     if end != offset:
-                        raise KqError(f"{self}: offset {offset} is not at a batch boundary (end is {end})")
+                        raise NotAtBatchBoundary(self.topic, self.number, offset, end)
                     return
                 os.ftruncate(fd, cut)
                 if self.sync:
@@ -515,8 +515,8 @@ class Partition:
             if damaged is not None and find_valid_batch(fd, found.end + 1, size) is None:
                 return self._quarantine_last_batch(fd, path, found, damaged, size)
             if found.whole_batch:
-                raise CorruptLog(path, found.end, f"{found.reason}; kq appends nothing after a batch it cannot "
-                                                  "trust: run `kq verify --repair`")
+                raise CorruptLog(path, found.end, f"{found.reason}; nothing is appended after a batch that "
+                                                  "cannot be trusted")
             # Raises CorruptLog if valid batches follow: never cut those off.
             classify_damage(fd, path, found.end, False, found.reason or "unexpected bytes")
             os.ftruncate(fd, found.end)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from .cursor import Cursor
 from .datadir import DataDir
-from .errors import KqError, TopicNotFound
+from .errors import Diverged, KqError, ReplicaBusy, TopicNotFound
 from .fileio import FileLock
 from .group import Groups
 from .maintain import trim
@@ -28,18 +28,6 @@ LOCK_NAME = "replicate.lock"
 COPY_BYTES = 8 * 1024 * 1024
 CHECKED_BY_WRITER = 4  # the writing thread checks every 4th batch's checksum, the reading thread the rest
 FOLLOW_SECONDS = 0.2
-
-
-class Diverged(KqError):
-    """The replica holds records the source does not."""
-
-    def __init__(self, replica: str, topic: str, partition: int, offset: int):
-        super().__init__(
-            f"replica {replica} diverges from the source in {topic}/{partition} at offset {offset}: "
-            f"it holds records the source does not; rerun with --truncate to cut the replica back "
-            f"to offset {offset} and copy from there"
-        )
-        self.offset = offset
 
 
 @dataclass
@@ -209,7 +197,7 @@ class Replicator:
         lock = FileLock(os.path.join(self.replica.path, LOCK_NAME))
         if not lock.acquire(blocking=False):
             lock.close()
-            raise KqError(f"another kq replicate is writing to {self.replica.path}; try again when it ends")
+            raise ReplicaBusy(self.replica.path)
         self._lock = lock
         return self
 

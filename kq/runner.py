@@ -31,17 +31,11 @@ class Failure:
 
 
 class CommandFailed(KqError):
-    """The --exec command rejected at least one batch."""
+    """The command rejected at least one batch (each stopped its partition; the others went on)."""
 
-    def __init__(self, command: str, failures: list[Failure], group: str | None):
-        where = "; ".join(f.describe() for f in failures)
-        if group is not None:
-            fate = (f"those batches were not committed and the next run of group '{group}' delivers them again; "
-                    "the other partitions went on")
-        else:
-            fate = ("without a group nothing is committed: rerun with -p and -o from the offsets above to process "
-                    "them again; the other partitions went on")
-        super().__init__(f"command {command!r} {where}: {fate}")
+    def __init__(self, command: str, failures: list[Failure]):
+        super().__init__(f"command {command!r} " + "; ".join(f.describe() for f in failures))
+        self.command = command
         self.failures = failures
 
 

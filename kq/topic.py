@@ -127,6 +127,12 @@ class Topic:
     def has_retention(self) -> bool:
         return self.config["retention_ms"] is not None or self.config["retention_bytes"] is not None
 
+    def sync_every_batch(self) -> None:
+        """fsync every batch appended through this object (``produce --sync``), whatever the topic's setting."""
+        self.config["sync"] = True
+        for p in self._partitions.values():
+            p.sync = True
+
     def partitions(self) -> list[Partition]:
         return [self.partition(i) for i in range(self.partition_count)]
 

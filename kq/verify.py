@@ -519,7 +519,7 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
     finally:
         claim.close()
     p.action = (f"moved it to {target}; group '{group}' will restart partition {p.partition} "
-                "from its reset policy (--reset, default earliest)")
+                "from its reset policy (earliest by default)")
     p.repaired = True
 
 

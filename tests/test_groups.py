@@ -362,7 +362,7 @@ def test_a_committed_offset_past_the_end_resets_with_a_warning(run_kq, data_dir,
         json.dump({"format": 1, "offset": 100, "committed_at": 0}, f)  # an older kq wrote no topic id
     r = run_kq("consume", "t", "-g", "g", "--reset", reset)
     assert r.returncode == 0 and lines(r) == expected, r.stderr
-    assert (f"kq: warning: group 'g' resumes t/0 at offset {3 if reset == 'latest' else 0} (--reset {reset}): "
+    assert (f"kq: warning: group 'g' resumes t/0 at offset {3 if reset == 'latest' else 0} (reset: {reset}): "
             "its committed offset 100 lies past the partition's end offset 3").encode() in r.stderr, r.stderr
     run_kq("produce", "t", input="d\n")
     assert lines(run_kq("consume", "t", "-g", "g")) == ["d"]  # nothing skipped from here on

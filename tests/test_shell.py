@@ -219,7 +219,7 @@ def test_show_and_install_completion(tmp_path):
 def all_commands():
     from typer.main import get_command
 
-    from kq.cli import app
+    from kq.cli.app import app
 
     root = get_command(app)
     out = []

@@ -24,6 +24,7 @@ from hypothesis.stateful import (
 
 import kq
 from kq import batch as batchfmt
+from kq.backends.local import LocalBackend
 from kq.group import GroupConsumer, Groups
 from kq.offsetspec import ABSOLUTE, BEGINNING, END, FROM_END, RELATIVE, TIMESTAMP, OffsetSpec
 
@@ -189,8 +190,8 @@ class Engine(RuleBasedStateMachine):
                          st.builds(OffsetSpec, st.just(TIMESTAMP), st.integers(0, 10_001))))
     def reset_offsets(self, group, spec):
         STEPS_RUN["reset_offsets"] += 1
-        groups = Groups(self.data)
-        rows = groups.plan_reset(group, self.topic, spec)
+        backend = LocalBackend(self.data)
+        rows = backend.plan_reset(group, "t", spec)
         for row in rows:
             p = row["partition"]
             end = len(self.model[p])
@@ -204,7 +205,8 @@ class Engine(RuleBasedStateMachine):
                 TIMESTAMP: next((o for o, r in enumerate(self.model[p]) if r[3] >= spec.value), end),
             }[spec.kind]
             assert (row["before"], row["after"]) == (before, min(max(wanted, 0), end)), (spec, row)
-        groups.apply_reset(group, "t", rows)
+        backend.apply_reset(group, "t", rows)
+        backend.close()
         for row in rows:
             self.committed[(group, row["partition"])] = row["after"]
 

@@ -1,0 +1,283 @@
+"""The backend interface: a place that has topics, partitions, groups and offsets.
+
+Every ``kq`` command talks to one of these and nothing else, so that the same
+command body serves a data directory (``kq.backends.local``) and a Kafka
+cluster (``kq.backends.kafka``). The shape follows a Kafka client's:
+
+- topics have partitions and a config (kq's setting names: ``segment_bytes``,
+  ``retention_ms``, ``retention_bytes``, ``cleanup``, ...);
+- records are produced as (key, value, headers, partition, timestamp) and read
+  from offsets, in rounds of ``Slice``\\ s of batches (kq.consumer);
+- offsets are found by time (ListOffsets); groups commit, fetch, list,
+  describe and delete offsets.
+
+Readers and producers are the objects described by ``Reader`` and
+``Producer`` below; the local ones are kq.consumer.Consumer,
+kq.group.GroupConsumer and kq.producer.Producer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from ..errors import TopicNotFound, UnsupportedByBackend
+from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
+
+
+@dataclass
+class PartitionInfo:
+    partition: int
+    start_offset: int
+    end_offset: int
+    size: int | None = None  # bytes stored; None where the backend cannot tell
+
+    @property
+    def messages(self) -> int:
+        return self.end_offset - self.start_offset
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    partitions: list[PartitionInfo]
+    config: dict = field(default_factory=dict)
+
+
+class Reader(Protocol):
+    """Rounds of records from some partitions of one topic (a plain reader or a group member)."""
+
+    timed_out: bool  # rounds() ended because ``idle_timeout`` passed without a record
+
+    def rounds(self, idle_timeout: float | None = None) -> Iterator[list]:
+        """Non-empty lists of kq.consumer.Slice, until the end (forever when following)."""
+
+    def mark(self, partition: int, offset: int) -> None:
+        """Records before ``offset`` were written out: a group member may commit them."""
+
+    def commit(self) -> None:
+        """Commit what was marked now (a group member; nothing otherwise)."""
+
+    def stop_partition(self, partition: int) -> None:
+        """Read no more of ``partition`` in this run (its marks stay as they are)."""
+
+    def close(self) -> None:
+        """Commit what was marked, leave the group, release everything."""
+
+
+class Producer(Protocol):
+    sent: int  # records handed to the producer
+    written: int  # records acknowledged (appended, or acknowledged by the broker)
+
+    def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None: ...
+    def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None: ...
+    def send_records(self, records) -> None:
+        """(key, value, headers, partition, timestamp) tuples; None partition: the partitioner's choice."""
+
+    def flush(self) -> None:
+        """Return once every record sent is acknowledged; raise the error that stopped one."""
+
+    def close(self) -> None: ...
+
+
+def lag(committed: int | None, start: int, end: int) -> int:
+    """How many records a group has yet to read in a partition: from its committed
+    offset (or the start, if it has none or it lies below the start) to the end."""
+    return end - (start if committed is None else max(committed, start))
+
+
+class Backend(ABC):
+    """Topics, records, groups and offsets of one place (see the module docstring)."""
+
+    #: How errors and tables name the place: "data directory DIR", "Kafka cluster HOST:PORT".
+    description: str = ""
+
+    def close(self) -> None:
+        """Release what the backend holds open."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ topics
+
+    @abstractmethod
+    def topic_names(self) -> list[str]:
+        """Topic names, sorted."""
+
+    @abstractmethod
+    def partition_count(self, topic: str) -> int:
+        """Raises TopicNotFound."""
+
+    @abstractmethod
+    def describe_topic(self, topic: str) -> TopicInfo:
+        """Partitions with start and end offsets (and sizes where known), and the config."""
+
+    @abstractmethod
+    def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
+        """Raises TopicExists."""
+
+    @abstractmethod
+    def alter_topic(self, topic: str, changes: dict) -> dict:
+        """Apply config ``changes``; returns the whole config after them."""
+
+    @abstractmethod
+    def add_partitions(self, topic: str, count: int) -> None:
+        """Grow ``topic`` to ``count`` partitions (never shrinks)."""
+
+    @abstractmethod
+    def delete_topic(self, topic: str) -> None:
+        """Raises TopicNotFound."""
+
+    @abstractmethod
+    def trim(self, topic: str, before: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
+        """Delete records before ``before`` (kafka-delete-records); a row per partition:
+        partition, start_offset, and where the backend can tell segments_deleted and bytes_reclaimed."""
+
+    def check_partitions(self, topic: str, partitions: list[int]) -> list[int]:
+        """``partitions`` sorted, once each; raises PartitionNotFound for one the topic lacks."""
+        from ..errors import PartitionNotFound
+
+        count = self.partition_count(topic)
+        for p in partitions:
+            if not 0 <= p < count:
+                raise PartitionNotFound(topic, p, count)
+        return sorted(set(partitions))
+
+    def topic_exists(self, topic: str) -> bool:
+        try:
+            self.partition_count(topic)
+        except TopicNotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ records
+
+    @abstractmethod
+    def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
+        """The first offset whose record's timestamp is >= ``timestamp`` (the end offset if none)."""
+
+    @abstractmethod
+    def producer(self, topic: str, partition: int | None = None, sync: bool = False) -> Producer:
+        """A producer for an existing topic; ``partition`` pins every record there."""
+
+    @abstractmethod
+    def reader(self, topic: str, partitions: list[int] | None = None,
+               offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)), follow: bool = False) -> Reader:
+        """Read ``partitions`` (all by default) from ``offsets.start`` to ``offsets.stop`` or, without
+        ``follow``, the end as it is now."""
+
+    # ------------------------------------------------------------------ groups
+
+    @abstractmethod
+    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Reader:
+        """Read as a member of ``group``: resume at its committed offsets, share partitions with
+        its other members, commit what is marked."""
+
+    @abstractmethod
+    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Reader:
+        """Read every partition from where ``group`` would resume, without joining or committing."""
+
+    @abstractmethod
+    def group_names(self) -> list[str]:
+        """Group names, sorted."""
+
+    @abstractmethod
+    def group_topics(self, group: str) -> list[str]:
+        """The topics ``group`` has committed offsets or members for."""
+
+    @abstractmethod
+    def groups_of_topic(self, topic: str) -> list[str]:
+        """The groups that have committed offsets or members for ``topic``."""
+
+    @abstractmethod
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The group's committed offsets on the topic, by partition (absent: none)."""
+
+    @abstractmethod
+    def members(self, group: str) -> list[dict]:
+        """Live members: member, host, pid (where known), topic, partitions (owned),
+        progress_at (ms, where known)."""
+
+    @abstractmethod
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        """Partition -> the id of the live member that holds it."""
+
+    @abstractmethod
+    def delete_group(self, group: str) -> None:
+        """Raises GroupNotFound, or GroupBusy while members are live."""
+
+    @abstractmethod
+    def check_no_live_members(self, group: str, topic: str) -> None:
+        """Raise GroupBusy if a live member of ``group`` reads ``topic``."""
+
+    @abstractmethod
+    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Set the group's committed offsets (by partition); the caller checked it has no live members."""
+
+    def offset_rows(self, topic: str, groups: list[str] | None) -> list[dict]:
+        """Per partition: start and end offset, and for each group its committed offset and lag."""
+        info = self.describe_topic(topic)
+        if not groups:
+            return [{"topic": topic, "partition": p.partition, "start_offset": p.start_offset,
+                     "end_offset": p.end_offset} for p in info.partitions]
+        rows = []
+        for group in groups:
+            committed = self.committed(group, topic)
+            for p in info.partitions:
+                c = committed.get(p.partition)
+                rows.append({"topic": topic, "partition": p.partition, "start_offset": p.start_offset,
+                             "end_offset": p.end_offset, "group": group, "committed": c,
+                             "lag": lag(c, p.start_offset, p.end_offset)})
+        return rows
+
+    def plan_reset(self, group: str, topic: str, spec: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
+        """What ``offsets reset`` would do: per partition the offsets before and after, and
+        whether the wanted offset was clamped to the partition's range."""
+        info = self.describe_topic(topic)
+        committed = self.committed(group, topic)
+        wanted_partitions = None if partitions is None else set(partitions)
+        rows = []
+        for p in info.partitions:
+            if wanted_partitions is not None and p.partition not in wanted_partitions:
+                continue
+            before = committed.get(p.partition)
+            wanted = self._resolve(spec, topic, p, before)
+            after = min(max(wanted, p.start_offset), p.end_offset)
+            rows.append({"topic": topic, "partition": p.partition, "group": group,
+                         "start_offset": p.start_offset, "end_offset": p.end_offset,
+                         "before": before, "after": after, "clamped": after != wanted})
+        return rows
+
+    def apply_reset(self, group: str, topic: str, rows: list[dict]) -> None:
+        self.check_no_live_members(group, topic)
+        self.commit_offsets(group, topic, {r["partition"]: r["after"] for r in rows})
+
+    def _resolve(self, spec: OffsetSpec, topic: str, p: PartitionInfo, committed: int | None) -> int:
+        return spec.resolve(_PartitionView(self, topic, p), p.end_offset, committed)
+
+    # ------------------------------------------------------------------ local only
+
+    def data_dir(self, command: str):
+        """The kq.DataDir under this backend, for commands that only a data directory has
+        (maintain, verify, replicate, bench); raises UnsupportedByBackend elsewhere."""
+        raise UnsupportedByBackend(command, self.description)
+
+
+class _PartitionView:
+    """A partition as OffsetSpec.resolve asks about it, answered from a backend."""
+
+    def __init__(self, backend: Backend, topic: str, info: PartitionInfo):
+        self.backend, self.topic, self.info = backend, topic, info
+
+    def start_offset(self) -> int:
+        return self.info.start_offset
+
+    def end_offset(self) -> int:
+        return self.info.end_offset
+
+    def offset_for_timestamp(self, timestamp: int) -> int:
+        return self.backend.offset_for_timestamp(self.topic, self.info.partition, timestamp)

@@ -1,0 +1,158 @@
+"""The backend over a kq data directory: the storage engine and the file-lock groups."""
+
+from __future__ import annotations
+
+from ..consumer import Consumer
+from ..datadir import DataDir
+from ..errors import TopicNotFound
+from ..group import GroupConsumer, Groups, group_start_offsets
+from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
+from ..producer import Producer
+from ..topic import Topic
+from .base import Backend, PartitionInfo, TopicInfo
+
+
+class LocalBackend(Backend):
+    """Topics, records and groups of one data directory (``DataDir``, or its path)."""
+
+    def __init__(self, data: DataDir | str | None = None):
+        self.data = data if isinstance(data, DataDir) else DataDir(data)
+        self.groups = Groups(self.data)
+        self.description = f"data directory {self.data.path}"
+        self._topics: dict[str, Topic] = {}
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.data.path!r})"
+
+    def topic(self, name: str) -> Topic:
+        """The engine's Topic, opened once per backend (its partitions keep their files open)."""
+        t = self._topics.get(name)
+        if t is None:
+            t = self._topics[name] = self.data.topic(name)
+        return t
+
+    def _forget(self, name: str) -> None:
+        t = self._topics.pop(name, None)
+        if t is not None:
+            t.close()
+
+    def close(self) -> None:
+        for name in list(self._topics):
+            self._forget(name)
+
+    def data_dir(self, command: str) -> DataDir:
+        return self.data
+
+    # ------------------------------------------------------------------ topics
+
+    def topic_names(self) -> list[str]:
+        return self.data.topic_names()
+
+    def partition_count(self, topic: str) -> int:
+        return self.topic(topic).partition_count
+
+    def describe_topic(self, topic: str) -> TopicInfo:
+        t = self.topic(topic)
+        return TopicInfo(t.name, [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size())
+                                  for p in t.partitions()], dict(t.config))
+
+    def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
+        t = self.data.create_topic(topic, partitions, config)
+        self._topics[topic] = t
+        return TopicInfo(t.name, [PartitionInfo(n, 0, 0, 0) for n in range(t.partition_count)], dict(t.config))
+
+    def alter_topic(self, topic: str, changes: dict) -> dict:
+        self._forget(topic)
+        return dict(self.data.alter_topic(topic, changes).config)
+
+    def add_partitions(self, topic: str, count: int) -> None:
+        self.data.add_partitions(self.topic(topic), count)
+
+    def delete_topic(self, topic: str) -> None:
+        self._forget(topic)
+        self.data.delete_topic(topic)
+
+    def trim(self, topic: str, before: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
+        from ..maintain import trim
+
+        t = self.topic(topic)
+        rows = []
+        for n in sorted({t.partition(p).number for p in partitions}) if partitions else range(t.partition_count):
+            part = t.partition(n)
+            r = trim(part, before.resolve(part))
+            rows.append({"partition": n, "start_offset": r.start_offset, "segments_deleted": r.segments_deleted,
+                         "bytes_reclaimed": r.bytes_reclaimed})
+        return rows
+
+    # ------------------------------------------------------------------ records
+
+    def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
+        return self.topic(topic).partition(partition).offset_for_timestamp(timestamp)
+
+    def producer(self, topic: str, partition: int | None = None, sync: bool = False) -> Producer:
+        t = self.topic(topic)
+        if sync:
+            t.sync_every_batch()
+        # In the background: the next batch is read and packed while one is written.
+        return Producer(t, partition, background=True)
+
+    def reader(self, topic: str, partitions: list[int] | None = None,
+               offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)), follow: bool = False) -> Consumer:
+        t = self.topic(topic)
+        numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
+        return Consumer.from_spec(t, numbers, offsets, follow=follow)
+
+    # ------------------------------------------------------------------ groups
+
+    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> GroupConsumer:
+        return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset)
+
+    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Consumer:
+        t = self.topic(topic)
+        reader = Consumer(t, follow=follow)
+        for p, start in group_start_offsets(self.data, t, group, reset).items():
+            reader.add(p, start)
+        return reader
+
+    def group_names(self) -> list[str]:
+        return self.groups.names()
+
+    def group_topics(self, group: str) -> list[str]:
+        return self.groups.topics(group)
+
+    def groups_of_topic(self, topic: str) -> list[str]:
+        return self.groups.groups_of_topic(topic)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        return self.groups.committed(group, self.topic(topic))
+
+    def members(self, group: str) -> list[dict]:
+        if not self.groups.exists(group):
+            from ..errors import GroupNotFound
+
+            raise GroupNotFound(group)
+        out = []
+        for topic in self.groups.topics(group):
+            try:
+                self.topic(topic)
+            except TopicNotFound:
+                continue
+            owners = self.groups.owners(group, topic)
+            for m in self.groups.members(group, topic):
+                out.append({**m, "partitions": sorted(p for p, o in owners.items() if o == m["member"])})
+        return out
+
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        """Partition -> the member id that holds it."""
+        return self.groups.owners(group, topic)
+
+    def delete_group(self, group: str) -> None:
+        self.groups.delete(group)
+
+    def check_no_live_members(self, group: str, topic: str) -> None:
+        self.groups.check_no_live_members(group, topic)
+
+    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        t = self.topic(topic)
+        for partition, offset in sorted(offsets.items()):
+            self.groups.commit(group, t, t.partition(partition).number, offset)

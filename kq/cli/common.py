@@ -1,0 +1,158 @@
+"""What every command shares: the run's settings, option definitions, completion callbacks.
+
+Imported by every command module, so it imports nothing heavy: typer and the
+standard library only (completion reads directory entries through kq.location).
+"""
+
+import os
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+from typer.core import TyperCommand
+
+
+class KqCommand(TyperCommand):
+    """A command whose usage line names arguments as click does (``TOPIC``, ``[TOPICS]...``).
+
+    typer 0.28 writes a required argument as ``{topic}``.
+    """
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+                continue
+            name = param.metavar or param.name.upper()
+            pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+class Settings:
+    """The global options of this run, and the backend they choose (opened on first use)."""
+
+    def __init__(self, data_dir: Optional[str], quiet: bool):
+        self.data_dir_path = data_dir
+        self.quiet = quiet
+        self._backend = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ..backends import open_backend
+
+            self._backend = open_backend(self.data_dir_path)
+        return self._backend
+
+    def data_dir(self, command: str):
+        """The data directory, for commands only a data directory has (else a usage error)."""
+        return self.backend.data_dir(command)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(f"kq: {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+
+def settings(ctx: typer.Context) -> Settings:
+    return ctx.find_root().obj
+
+
+def bad_parameter(message: str, hint: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=hint)
+
+
+# --------------------------------------------------------------------- completion
+
+
+def _data_path(ctx: typer.Context) -> str:
+    from ..location import default_path
+
+    return os.path.abspath(ctx.find_root().params.get("data_dir") or default_path())
+
+
+def _completer(candidates):
+    """A completion callback that filters by prefix and never fails into the shell.
+
+    Completion runs on every Tab press: it only reads directory entries (see
+    kq.location) and must never print an error or write to the data directory.
+    """
+
+    def complete(ctx: typer.Context, incomplete: str) -> list[str]:
+        try:
+            return [c for c in candidates(ctx) if c.startswith(incomplete)]
+        except Exception:
+            return []
+
+    return complete
+
+
+def _topic_candidates(ctx):
+    from ..location import topic_names
+
+    return topic_names(_data_path(ctx))
+
+
+def _group_candidates(ctx):
+    from ..location import group_names
+
+    return group_names(_data_path(ctx))
+
+
+def _partition_candidates(ctx):
+    from ..location import partition_count
+
+    # While an option's value is being completed, click leaves the positional
+    # arguments unparsed in ctx.args.
+    topic = ctx.params.get("topic") or ctx.params.get("name") or (ctx.args[0] if ctx.args else "")
+    return [str(p) for p in range(partition_count(_data_path(ctx), topic))]
+
+
+complete_topic = _completer(_topic_candidates)
+complete_group = _completer(_group_candidates)
+complete_partition = _completer(_partition_candidates)
+complete_offset = _completer(lambda ctx: ["beginning", "end"])
+complete_reset_spec = _completer(lambda ctx: ["earliest", "latest"])
+
+
+def option_value(value):
+    """``-o=X`` means X: a short option's value cannot start with '=' here (no offset, group or topic does)."""
+    return value[1:] if isinstance(value, str) and value.startswith("=") else value
+
+
+# --------------------------------------------------------------------- shared options
+# One definition each; the help that differs per command is the argument.
+
+
+def json_flag(what: str):
+    """``--json``: ``what`` says what the JSON holds."""
+    return Annotated[bool, typer.Option("--json", help=what)]
+
+
+def topic_argument(help: str = "Topic name.", complete: bool = True):
+    return Annotated[str, typer.Argument(help=help, autocompletion=complete_topic if complete else None,
+                                         metavar="TOPIC", show_default=False)]
+
+
+TopicsArgument = Annotated[Optional[List[str]], typer.Argument(autocompletion=complete_topic, metavar="[TOPICS]...",
+                                                               help="Topics \\[default: all].", show_default=False)]
+
+
+def partitions_filter(help: str = "Only this partition (repeatable) \\[default: all]."):
+    """``-p/--partition`` taken several times: the partitions a command works on."""
+    return Annotated[List[int], typer.Option("-p", "--partition", autocompletion=complete_partition, help=help)]
+
+
+def group_option(help: str, required: bool = False):
+    return Annotated[
+        str if required else Optional[str],
+        typer.Option("-g", "--group", autocompletion=complete_group, callback=option_value, help=help,
+                     show_default=False),
+    ]
+
+
+PartitionsOption = Annotated[int, typer.Option("--partitions", min=1, help="Number of partitions (of a topic created here).")]

@@ -1,0 +1,171 @@
+"""``kq consume``: records to stdout (kq.formats), or to a command per batch (kq.runner)."""
+
+import sys
+from typing import Optional
+
+import typer
+
+from ..errors import EXIT_TIMEOUT, UsageError
+from .common import (
+    KqCommand,
+    bad_parameter,
+    complete_offset,
+    group_option,
+    option_value,
+    partitions_filter,
+    settings,
+    topic_argument,
+)
+from .output import quiet_stdout
+
+app = typer.Typer()
+
+
+@app.command("consume", cls=KqCommand)
+def consume(
+    ctx: typer.Context,
+    topic: topic_argument("Topic to read."),
+    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, callback=option_value, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
+    partition: partitions_filter("Read only this partition (repeatable).") = [],
+    count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
+    timeout: Optional[float] = typer.Option(None, "-t", "--timeout", metavar="S", min=0, help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none."),
+    exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
+    group: group_option("Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written.") = None,
+    reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
+    no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
+    exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only."),
+    batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
+    fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md."),
+    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."),
+    null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
+) -> None:
+    """Write a topic's messages to stdout, then exit at the end of the log.
+
+    [bold]Examples[/bold]
+
+      kq consume demo                         [dim]# everything, then exit[/dim]
+
+      kq consume demo -f                      [dim]# and keep waiting for more[/dim]
+
+      kq consume logs -o @-1h -F '%T %s\\n'    [dim]# the last hour, with timestamps[/dim]
+
+      kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: at least once, commit on success[/dim]
+    """
+    from ..formats import record_writer
+    from ..offsetspec import parse_range
+    from .produce import delimiter_bytes
+
+    s = settings(ctx)
+    if fmt is not None and json_output:
+        raise bad_parameter("use either -F/--format or --json", "--json")
+    if (fmt is not None or json_output) and (delimiter is not None or null):
+        # A format says everything written, and JSON lines end in newlines.
+        raise bad_parameter("-D and -0 do not apply to -F or --json output", "-D/-0")
+    if group is not None and (offset is not None or partition):
+        raise bad_parameter("a group chooses its own offsets and partitions; use `kq offsets reset` to move them", "-g")
+    if no_commit and group is None:
+        raise bad_parameter("--no-commit needs -g/--group", "--no-commit")
+    if reset not in ("earliest", "latest"):
+        raise bad_parameter(f"{reset!r} is not earliest or latest", "--reset")
+    delim = delimiter_bytes(delimiter, null)
+    spec = parse_range(offset or "beginning")
+    follow = follow or timeout is not None
+    try:
+        write = record_writer(topic, fmt, json_output, delim)
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "-F/--format") from None
+    if group is not None and not no_commit:
+        source = s.backend.group_reader(topic, group, follow=follow, reset=reset)
+    elif group is not None:
+        source = s.backend.group_peek(topic, group, follow=follow, reset=reset)
+    else:
+        source = s.backend.reader(topic, partition or None, spec, follow=follow)
+    committing = group is not None and not no_commit
+    delivered = 0
+    try:
+        if count == 0:
+            return
+        rounds = limited(source.rounds(timeout), count)
+        if exec_cmd is not None:
+            delivered = run_command(rounds, write, exec_cmd, batch, topic, source, group if committing else None)
+        else:
+            delivered = write_rounds(rounds, write, source)
+    except KeyboardInterrupt:
+        # A follow ends this way (exit 0); a consume that stops before the end
+        # of what it was asked for exits 128 + the signal, so that
+        # `kq consume t > dump && mv dump final` never ships a partial dump.
+        # Either way what was written is committed first (finally, below).
+        if not follow:
+            raise
+    except BrokenPipeError:
+        quiet_stdout()  # the reader left (`kq consume t | head`): its job is done
+    finally:
+        source.close()
+    if source.timed_out and delivered == 0:
+        s.info(f"no message arrived within {timeout:g} s")
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+def limited(rounds, count: Optional[int]):
+    """The rounds, cut short after ``count`` records in all."""
+    if count is None:
+        yield from rounds
+        return
+    remaining = count
+    for slices in rounds:
+        taken = []
+        for sl in slices:
+            if sl.stop - sl.start >= remaining:
+                taken.append(sl._replace(stop=sl.start + remaining))
+                remaining = 0
+                break
+            taken.append(sl)
+            remaining -= sl.stop - sl.start
+        yield taken
+        if remaining == 0:
+            return
+
+
+def write_rounds(rounds, write, source) -> int:
+    """Write each round, flush, then mark it written (so a group may commit it).
+
+    Returns how many records were written.
+    """
+    out = sys.stdout.buffer
+    written = 0
+    for slices in rounds:
+        for sl in slices:
+            out.write(write(sl.partition, sl.batch, sl.start, sl.stop))
+        out.flush()
+        written += sum(sl.stop - sl.start for sl in slices)
+        for sl in slices:
+            source.mark(sl.partition, sl.offset_after())
+    return written
+
+
+def run_command(rounds, write, command: str, size: int, topic: str, source, group: Optional[str]) -> int:
+    """--exec: run ``command`` per batch; a group commits a batch once the command accepted it."""
+    from ..runner import CommandFailed, CommandRunner
+
+    def accepted(p: int, offset: int) -> None:
+        source.mark(p, offset)
+        source.commit()
+
+    runner = CommandRunner(command, size, write, topic, accepted, source.stop_partition)
+    try:
+        runner.run(rounds)
+    finally:
+        done = runner.done
+    if runner.failures:
+        failed = CommandFailed(command, runner.failures)
+        if group is not None:
+            fate = (f"those batches were not committed and the next run of group '{group}' delivers them again; "
+                    "the other partitions went on")
+        else:
+            fate = ("without a group nothing is committed: rerun with -p and -o from the offsets above to process "
+                    "them again; the other partitions went on")
+        failed.args = (f"{failed}: {fate}",)
+        raise failed
+    return done

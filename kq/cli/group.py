@@ -1,0 +1,134 @@
+"""``kq group list|describe|delete``."""
+
+import time
+
+import typer
+
+from ..errors import GroupNotFound
+from .common import KqCommand, complete_group, json_flag, settings
+from .output import emit_rows, is_terminal, print_json, rich_table, warn
+
+app = typer.Typer(
+    name="group",
+    help="""List, describe and delete consumer groups.
+
+[bold]Examples[/bold]
+
+  kq group list
+
+  kq group describe billing
+""",
+    no_args_is_help=True,
+)
+
+GroupArgument = typer.Argument(..., autocompletion=complete_group, metavar="GROUP", help="Group name.")
+
+
+@app.command("list", cls=KqCommand)
+def group_list(
+    ctx: typer.Context,
+    json_output: json_flag("A JSON list of {group, topics, members}.") = False,
+) -> None:
+    """List consumer groups: one name per line (a table on a terminal).
+
+    [bold]Examples[/bold]
+
+      kq group list
+
+      kq group list --json | jq -r '.[] | select(.members == 0) | .group'
+    """
+    s = settings(ctx)
+    names = s.backend.group_names()
+    if not json_output and not is_terminal():
+        for n in names:
+            print(n)
+        return
+    rows = [{"group": g, "topics": s.backend.group_topics(g), "members": len(s.backend.members(g))} for g in names]
+    if json_output:
+        print_json(rows)
+    else:
+        rich_table("consumer groups", ["group", "topics", "members"],
+                   [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows])
+
+
+@app.command("describe", cls=KqCommand)
+def group_describe(
+    ctx: typer.Context,
+    group: str = GroupArgument,
+    json_output: json_flag("A JSON object: group, partitions (committed, lag, owner), members (what each owns, when it last made progress, whether it is stalled).") = False,
+    stalled_after: float = typer.Option(30.0, "--stalled-after", metavar="SECONDS", min=0, help="Flag a member that has made no progress for this long while its partitions have lag."),
+) -> None:
+    """Show a group's committed offsets, lag and live members, per topic and partition.
+
+    A member that holds partitions but has stopped making progress (stopped
+    with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
+    PID: if it is stuck, kill it and the other members take over its
+    partitions within a second.
+
+    [bold]Examples[/bold]
+
+      kq group describe billing
+
+      kq group describe billing --json | jq '.members[] | {member, partitions}'
+    """
+    s = settings(ctx)
+    backend = s.backend
+    if group not in backend.group_names():
+        from ..names import check_name
+
+        check_name(group, "group")
+        raise GroupNotFound(group)
+    partitions = []
+    for topic in backend.group_topics(group):
+        if not backend.topic_exists(topic):
+            continue
+        owners = backend.owners(group, topic)
+        for r in backend.offset_rows(topic, [group]):
+            r["owner"] = owners.get(r["partition"])
+            partitions.append(r)
+    lags = {(r["topic"], r["partition"]): r["lag"] for r in partitions}
+    members = []
+    for m in backend.members(group):
+        idle = None if m.get("progress_at") is None else round(max(time.time() - m["progress_at"] / 1000, 0.0), 1)
+        lag = sum(lags.get((m["topic"], p), 0) for p in m["partitions"])
+        members.append({**m, "idle_seconds": idle,
+                        "stalled": bool(m["partitions"]) and lag > 0 and idle is not None and idle >= stalled_after})
+    for m in members:
+        if m["stalled"]:
+            warn(f"member {m['member']} (pid {m['pid']} on {m['host']}) has made no progress for "
+                 f"{m['idle_seconds']:.0f} s while its partitions {','.join(map(str, m['partitions']))} of "
+                 f"'{m['topic']}' have lag; if it is stuck, kill {m['pid']} and the other members take them over")
+    if json_output:
+        print_json({"group": group, "partitions": partitions, "members": members})
+        return
+    emit_rows(partitions, ["topic", "partition", "committed", "end_offset", "lag", "owner"], False, f"group {group}")
+
+    def status(m) -> str:
+        return "stalled" if m["stalled"] else "ok"
+
+    if is_terminal():
+        rich_table("live members", ["member", "host", "pid", "topic", "partitions", "idle", "status"],
+                   [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"])),
+                     None if m["idle_seconds"] is None else f"{m['idle_seconds']:.0f}s", status(m)] for m in members])
+    else:
+        for m in members:
+            print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}"
+                  f"\t{'-' if m['idle_seconds'] is None else m['idle_seconds']}\t{status(m)}")
+
+
+@app.command("delete", cls=KqCommand)
+def group_delete(
+    ctx: typer.Context,
+    group: str = GroupArgument,
+) -> None:
+    """Delete a group and its committed offsets (it must have no live members).
+
+    [bold]Examples[/bold]
+
+      kq group delete old-billing
+
+      kq group list | grep '^test-' | xargs -n1 kq group delete
+    """
+    s = settings(ctx)
+    s.backend.delete_group(group)
+    s.info(f"deleted group '{group}'")

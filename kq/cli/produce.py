@@ -1,0 +1,256 @@
+"""``kq produce``: messages from stdin or a file, split by kq.framing, appended by the backend's producer."""
+
+import os
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from ..errors import KqError, TopicExists, TopicNotFound, UsageError
+from .common import KqCommand, PartitionsOption, bad_parameter, complete_partition, settings, topic_argument
+from .output import ProgressBars, count, noting_written
+
+app = typer.Typer()
+
+
+def parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
+    from ..framing import arg_bytes
+
+    out = []
+    for h in headers:
+        name, sep, value = h.partition("=")
+        if not sep or not name:
+            raise bad_parameter(f"{h!r} is not NAME=VALUE", "-H/--header")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            # Kafka's header names are text; their values are bytes.
+            raise bad_parameter(f"header name {name!r} is not UTF-8 text", "-H/--header") from None
+        out.append((name, arg_bytes(value)))
+    return out
+
+
+def delimiter_bytes(delimiter: Optional[str], null: bool, default: bytes = b"\n") -> bytes:
+    """The bytes of -D STR (escapes understood) or -0."""
+    from ..framing import unescape
+
+    if null and delimiter is not None:
+        raise bad_parameter("use either -D/--delimiter or -0/--null", "-0")
+    if null:
+        return b"\0"
+    if delimiter is None:
+        return default
+    value = unescape(delimiter)
+    if not value:
+        raise bad_parameter("the delimiter may not be empty", "-D")
+    return value
+
+
+def open_input(file: Optional[str]) -> tuple[int, str]:
+    """The descriptor to read messages from and its name for errors (stdin without --file)."""
+    import stat
+
+    if file is None:
+        return sys.stdin.fileno(), "stdin"
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError as exc:
+        raise KqError(f"cannot read {file}: {exc.strerror}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KqError(f"cannot read {file}: Is a directory")
+    return fd, file
+
+
+class ProduceTarget:
+    """The topic a produce appends to, and its producer, made when the first records are ready.
+
+    An existing topic is used as it is; a missing one is created only when
+    there is something to write, so a produce that fails first (a bad first
+    line, an unreadable file) leaves no empty topic behind. A topic created
+    here for --json input grows to the partitions the records name, so that
+    `consume a --json | produce b --json` copies any number of partitions.
+    """
+
+    def __init__(self, s, name: str, partitions: int, pinned: Optional[int], sync: bool):
+        from ..errors import PartitionNotFound
+
+        self.settings, self.backend, self.name, self.pinned, self.sync = s, s.backend, name, pinned, sync
+        self.partitions = partitions  # for a topic created here: at least this many
+        self.created = False
+        try:
+            self.count: Optional[int] = self.backend.partition_count(name)
+        except TopicNotFound:
+            self.count = None
+        count_now = partitions if self.count is None else self.count
+        if pinned is not None and not 0 <= pinned < count_now:
+            raise PartitionNotFound(name, pinned, count_now)
+        self._producer = None
+
+    def need_partition(self, number: int, line_no: int) -> None:
+        """Check that a record may go to partition ``number``, growing a topic created here."""
+        from ..datadir import MAX_PARTITIONS
+
+        if self.count is not None and not self.created:
+            if not 0 <= number < self.count:
+                raise UsageError(
+                    f"line {line_no}: partition {number} does not exist in topic '{self.name}' "
+                    f"(it has partitions 0..{self.count - 1})"
+                )
+        elif not 0 <= number < MAX_PARTITIONS:
+            raise UsageError(f"line {line_no}: partition {number} is not between 0 and {MAX_PARTITIONS - 1}")
+        else:
+            self.partitions = max(self.partitions, number + 1)
+
+    def producer(self):
+        if self.count is None:
+            try:
+                self.count = len(self.backend.create_topic(self.name, self.partitions).partitions)
+                self.created = True
+                self.settings.info(f"created topic '{self.name}' with {count(self.count, 'partition')}")
+            except TopicExists:  # another process created it first
+                self.count = self.backend.partition_count(self.name)
+                if self.partitions > self.count:
+                    raise UsageError(
+                        f"topic '{self.name}' was created meanwhile with {count(self.count, 'partition')}, "
+                        f"but the input names partition {self.partitions - 1}"
+                    ) from None
+        if self.created and self.partitions > self.count:
+            self.backend.add_partitions(self.name, self.partitions)
+            self.count = self.partitions
+            self.settings.info(f"grew topic '{self.name}' to {count(self.count, 'partition')}, as its input names them")
+        if self._producer is None:
+            self._producer = self.backend.producer(self.name, self.pinned, sync=self.sync)
+        return self._producer
+
+    @property
+    def sent(self) -> int:
+        return 0 if self._producer is None else self._producer.sent
+
+    @property
+    def written(self) -> int:
+        return 0 if self._producer is None else self._producer.written
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        """Append every record sent (or raise the error that stopped it)."""
+        if self._producer is not None:
+            self._producer.close()
+
+
+@app.command("produce", cls=KqCommand)
+def produce(
+    ctx: typer.Context,
+    topic: topic_argument("Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."),
+    file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
+    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."),
+    null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
+    key: Optional[str] = typer.Option(None, "-k", "--key", help="Give every message this key."),
+    key_delimiter: Optional[str] = typer.Option(None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."),
+    header: List[str] = typer.Option([], "-H", "--header", metavar="NAME=VALUE", help="Add a header to every message (repeatable)."),
+    partition: Annotated[Optional[int], typer.Option("-p", "--partition", autocompletion=complete_partition, help="Append to this partition only.")] = None,
+    json_input: bool = typer.Option(False, "--json", help="Read JSON lines as written by `consume --json`."),
+    null_empty: bool = typer.Option(False, "-Z", "--null-empty", help="Turn empty values into null (tombstones)."),
+    sync: bool = typer.Option(False, "--sync", help="fsync every batch (survives power loss)."),
+    tombstone: bool = typer.Option(False, "--tombstone", help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY."),
+    partitions: PartitionsOption = 1,
+) -> None:
+    """Append messages from stdin (one per line) or a file to a topic.
+
+    [bold]Examples[/bold]
+
+      seq 5 | kq produce demo
+
+      printf 'user1:hello\\nuser2:hi\\n' | kq produce chat -K :
+
+      find . -print0 | kq produce files -0
+
+      kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
+    """
+    from ..framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
+
+    s = settings(ctx)
+    delim = delimiter_bytes(delimiter, null)
+    headers = parse_headers(header)
+    if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
+        raise bad_parameter("--json cannot be combined with -k, -K, -D, -0 or -Z", "--json")
+    if key is not None and key_delimiter is not None:
+        raise bad_parameter("use either -k/--key or -K/--key-delimiter", "-K")
+    if tombstone and (json_input or key_delimiter is not None):
+        raise bad_parameter("--tombstone takes keys, one per message, or -k KEY", "--tombstone")
+    key_delim = None if key_delimiter is None else unescape(key_delimiter)
+    if key_delim == b"":
+        raise bad_parameter("the key delimiter may not be empty", "-K")
+    key_bytes = None if key is None else arg_bytes(key)
+
+    target = ProduceTarget(s, topic, partitions, partition, sync)
+    if tombstone and key_bytes is not None:
+        try:
+            target.producer().send_values([None], key=key_bytes)
+        finally:
+            target.close()
+        return
+    fd, source = open_input(file)
+    line_no = 0
+    bad_line = None  # the --json line that stopped the produce
+    failure = None
+    bars = ProgressBars(s.quiet)
+    total = os.fstat(fd).st_size if file is not None else 0
+    try:
+        for messages, size in read_messages(fd, delim, name=source):
+            if total:
+                bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, target.sent)
+            if tombstone:
+                target.producer().send_records([(m, None, headers, None, None) for m in messages])
+            elif json_input:
+                from ..envelope import decode_record
+
+                records, line_error = [], None
+                for m in messages:
+                    line_no += 1
+                    if not m.strip():
+                        continue
+                    try:
+                        k, v, h, p, ts = decode_record(m, line_no)
+                        if partition is not None:
+                            p = None  # -p puts every record in one partition
+                        elif p is not None:
+                            target.need_partition(p, line_no)
+                    except KqError as exc:
+                        line_error, bad_line = exc, line_no
+                        break
+                    records.append((k, v, headers + h if headers else h, p, ts))
+                # The lines before a bad one are written, so that a rerun can skip them.
+                if records:
+                    target.producer().send_records(records)
+                if line_error is not None:
+                    raise line_error
+            elif key_delim is not None:
+                keys, values = split_keys(messages, key_delim)
+                if null_empty:
+                    values = [v or None for v in values]
+                target.producer().send_keyed(keys, values, headers=headers, size=size)
+            else:
+                if null_empty:
+                    messages = [m or None for m in messages]
+                target.producer().send_values(messages, key=key_bytes, headers=headers, size=size)
+            if not input_waiting(fd):
+                # About to wait for input (tail -F): finish writing first, so a
+                # failed append ends the produce now, not at the next line.
+                target.flush()
+    except (KqError, OSError) as exc:
+        failure = exc
+    finally:
+        try:
+            target.close()  # every batch appended (or its error raised) before exit
+        except (KqError, OSError) as exc:
+            failure = failure or exc
+        finally:
+            bars.__exit__()
+            if file is not None:
+                os.close(fd)
+    if failure is not None:
+        raise noting_written(failure, target.written, bad_line)

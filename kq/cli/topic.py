@@ -1,0 +1,235 @@
+"""``kq topic create|alter|trim|list|describe|delete``."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import TopicExists, TopicNotFound
+from .common import KqCommand, bad_parameter, json_flag, partitions_filter, settings, topic_argument
+from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
+
+app = typer.Typer(
+    name="topic",
+    help="""Create, alter, trim, list, describe and delete topics.
+
+[bold]Examples[/bold]
+
+  kq topic create orders --partitions 8
+
+  kq topic alter logs --retention 3d
+
+  kq topic trim logs --before @-30d
+
+  kq topic list
+
+  kq topic describe orders --json
+""",
+    no_args_is_help=True,
+)
+
+# The settings that `topic create` and `topic alter` share, one definition each.
+SegmentBytesOption = Annotated[Optional[str], typer.Option("--segment-bytes", metavar="SIZE", help="Roll segments at this size, e.g. 64M (a new topic's default).")]
+SyncOption = Annotated[Optional[bool], typer.Option("--sync/--no-sync", help="fsync every batch (survives power loss); a new topic's default is --no-sync.")]
+RetentionOption = Annotated[Optional[str], typer.Option("--retention", metavar="DURATION", help="Delete closed segments whose records are all older than this (7d, 12h, none).")]
+RetentionBytesOption = Annotated[Optional[str], typer.Option("--retention-bytes", metavar="SIZE", help="Keep about this much per partition, deleting the oldest closed segments (1G, none).")]
+CleanupOption = Annotated[Optional[str], typer.Option("--cleanup", metavar="delete|compact", help="delete: retention only; compact: also keep just the latest record per key.")]
+TombstoneOption = Annotated[Optional[str], typer.Option("--tombstone-retention", metavar="DURATION", help="With compact: how long a tombstone (null value) survives compaction \\[default: 1d].")]
+
+
+def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
+    from ..units import parse_duration, parse_limit, parse_size
+
+    changes = {}
+    if segment_bytes is not None:
+        changes["segment_bytes"] = parse_size(segment_bytes)
+    if sync is not None:
+        changes["sync"] = sync
+    if retention is not None:
+        changes["retention_ms"] = parse_limit(retention, parse_duration)
+    if retention_bytes is not None:
+        changes["retention_bytes"] = parse_limit(retention_bytes, parse_size)
+    if cleanup is not None:
+        changes["cleanup"] = cleanup
+    if tombstone_retention is not None:
+        changes["tombstone_retention_ms"] = parse_duration(tombstone_retention)
+    return changes
+
+
+@app.command("create", cls=KqCommand)
+def topic_create(
+    ctx: typer.Context,
+    name: topic_argument("Topic name: 1-249 of [A-Za-z0-9._-].", complete=False),
+    partitions: int = typer.Option(1, "--partitions", help="Number of partitions."),
+    if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic already exists."),
+    segment_bytes: SegmentBytesOption = None,
+    sync: SyncOption = None,
+    retention: RetentionOption = None,
+    retention_bytes: RetentionBytesOption = None,
+    cleanup: CleanupOption = None,
+    tombstone_retention: TombstoneOption = None,
+) -> None:
+    """Create a topic.
+
+    [bold]Examples[/bold]
+
+      kq topic create orders --partitions 8
+
+      kq topic create logs --retention 7d --retention-bytes 1G
+
+      kq topic create users --cleanup compact     [dim]# a table: latest value per key[/dim]
+    """
+    s = settings(ctx)
+    config = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    try:
+        info = s.backend.create_topic(name, partitions, config)
+    except TopicExists:
+        if if_not_exists:
+            return
+        raise
+    s.info(f"created topic '{info.name}' with {count(len(info.partitions), 'partition')}")
+
+
+@app.command("alter", cls=KqCommand)
+def topic_alter(
+    ctx: typer.Context,
+    name: topic_argument(),
+    segment_bytes: SegmentBytesOption = None,
+    sync: SyncOption = None,
+    retention: RetentionOption = None,
+    retention_bytes: RetentionBytesOption = None,
+    cleanup: CleanupOption = None,
+    tombstone_retention: TombstoneOption = None,
+) -> None:
+    """Change a topic's settings; `kq maintain` applies new limits to existing data.
+
+    [bold]Examples[/bold]
+
+      kq topic alter logs --retention 3d
+
+      kq topic alter logs --retention none --retention-bytes 500M
+    """
+    s = settings(ctx)
+    changes = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    if not changes:
+        raise bad_parameter("give at least one setting to change", "TOPIC")
+    config = s.backend.alter_topic(name, changes)
+    s.info(f"altered topic '{name}': " + ", ".join(f"{k}={setting_text(k, config[k], True)}" for k in changes))
+
+
+@app.command("trim", cls=KqCommand)
+def topic_trim(
+    ctx: typer.Context,
+    name: topic_argument(),
+    before: str = typer.Option(..., "--before", metavar="OFFSET|@T", help="Delete records before this offset, or before the first record at or after time T."),
+    partition: partitions_filter() = [],
+    json_output: json_flag("A JSON list of {partition, start_offset, segments_deleted, bytes_reclaimed}.") = False,
+) -> None:
+    """Delete records before a point (like kafka-delete-records): the start offset moves there.
+
+    [bold]Examples[/bold]
+
+      kq topic trim logs --before 1000000 -p 0
+
+      kq topic trim logs --before @-30d
+    """
+    from ..offsetspec import ABSOLUTE, TIMESTAMP, parse_spec
+
+    s = settings(ctx)
+    if not (before.startswith("@") or before.strip().isdigit()):
+        raise bad_parameter(f"{before!r} is not an offset N or a time @T", "--before")
+    spec = parse_spec(before)
+    if spec.kind not in (ABSOLUTE, TIMESTAMP):
+        raise bad_parameter(f"{before!r} is not an offset N or a time @T", "--before")
+    rows = s.backend.trim(name, spec, partition or None)
+    emit_rows(rows, ["partition", "start_offset", "segments_deleted", "bytes_reclaimed"], json_output, f"trimmed {name}")
+
+
+@app.command("list", cls=KqCommand)
+def topic_list(
+    ctx: typer.Context,
+    json_output: json_flag("A JSON list of {name, partitions}.") = False,
+) -> None:
+    """List topics: one name per line (a table on a terminal).
+
+    [bold]Examples[/bold]
+
+      kq topic list
+
+      kq topic list --json | jq -r '.[] | select(.partitions > 1) | .name'
+    """
+    s = settings(ctx)
+    names = s.backend.topic_names()
+    if json_output:
+        print_json([{"name": n, "partitions": s.backend.partition_count(n)} for n in names])
+    elif is_terminal():
+        rows = []
+        for n in names:
+            info = s.backend.describe_topic(n)
+            sizes = [p.size for p in info.partitions if p.size is not None]
+            rows.append([n, len(info.partitions), sum(p.messages for p in info.partitions),
+                         human(sum(sizes)) if sizes else None])
+        rich_table(f"topics in {s.backend.description}", ["name", "partitions", "messages", "size"], rows)
+    else:
+        for n in names:
+            print(n)
+
+
+@app.command("describe", cls=KqCommand)
+def topic_describe(
+    ctx: typer.Context,
+    name: topic_argument(),
+    json_output: json_flag("A JSON object: name, partitions (start/end offset, size), config.") = False,
+) -> None:
+    """Show a topic's partitions (start and end offsets, size) and config.
+
+    [bold]Examples[/bold]
+
+      kq topic describe orders
+
+      kq topic describe orders --json | jq '[.partitions[].end_offset] | add'
+    """
+    s = settings(ctx)
+    info = s.backend.describe_topic(name)
+    rows = [{"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "size": p.size}
+            for p in info.partitions]
+    if json_output:
+        print_json({"name": info.name, "partitions": rows, "config": info.config})
+    elif is_terminal():
+        rich_table(
+            f"topic {info.name}",
+            ["partition", "start_offset", "end_offset", "messages", "size"],
+            [[p.partition, p.start_offset, p.end_offset, p.messages, None if p.size is None else human(p.size)]
+             for p in info.partitions],
+        )
+        rich_table("config", ["setting", "value"], [[k, setting_text(k, v, True)] for k, v in info.config.items()])
+    else:
+        print(f"topic\t{info.name}")
+        for k, v in info.config.items():
+            print(f"config\t{k}\t{setting_text(k, v, False)}")
+        print("partition\tstart_offset\tend_offset\tsize")
+        for r in rows:
+            print(f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{'-' if r['size'] is None else r['size']}")
+
+
+@app.command("delete", cls=KqCommand)
+def topic_delete(
+    ctx: typer.Context,
+    name: topic_argument(),
+    if_exists: bool = typer.Option(False, "--if-exists", help="Succeed if the topic does not exist."),
+) -> None:
+    """Delete a topic and all its messages.
+
+    [bold]Examples[/bold]
+
+      kq topic delete scratch
+
+      kq topic delete scratch --if-exists     [dim]# in scripts: no error if it is gone[/dim]
+    """
+    s = settings(ctx)
+    try:
+        s.backend.delete_topic(name)
+    except TopicNotFound:
+        if if_exists:
+            return
+        raise
+    s.info(f"deleted topic '{name}'")
