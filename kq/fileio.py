@@ -107,16 +107,17 @@ class FileLock:
     locked at all: whoever could write there has not.
     """
 
-    def __init__(self, path: str, read_only_ok: bool = False):
+    def __init__(self, path: str, read_only_ok: bool = False, create: bool = True):
         self.path = path
         self.read_only_ok = read_only_ok
+        self.create = create  # without it, a missing lock file raises FileNotFoundError
         self.file = None  # the open lock file (group claims write their owner into it)
         self.held = False
         self._depth = 0  # taken again by its holder: released when the outermost ``with`` ends
 
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if self.create else 0) | os.O_NOFOLLOW, FILE_MODE)
             mode = "r+"
         except OSError as exc:
             if not self.read_only_ok or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -170,6 +171,28 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def try_lock(path: str, create: bool = False) -> FileLock | None:
+    """Take the lock on ``path`` without waiting: the held FileLock, or None if another
+    process holds it (or, without ``create``, the file does not exist). Close it to let go."""
+    lock = FileLock(path, create=create)
+    try:
+        if lock.acquire(blocking=False):
+            return lock
+    except FileNotFoundError:
+        return None
+    lock.close()
+    return None
+
+
+def is_locked(path: str) -> bool:
+    """Whether another process holds the lock on ``path`` (a probe: takes and drops it if free)."""
+    lock = try_lock(path)
+    if lock is None:
+        return os.path.exists(path)
+    lock.close()
+    return False
 
 
 @contextmanager

@@ -23,13 +23,11 @@ import time
 import uuid
 from typing import Iterator
 
-import portalocker
-
 from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
 from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 from .errors import warn as kq_warn
-from .fileio import FILE_MODE, atomic_write, make_dirs
+from .fileio import atomic_write, is_locked, make_dirs, try_lock
 from .location import group_names
 from .names import check_name
 from .topic import Topic, check_inside
@@ -49,32 +47,6 @@ COMMIT_SECONDS = 0.1
 CLAIM_PATIENCE_SECONDS = 2.0
 # A member shows it is alive and reading at most this often (Member.touch).
 PROGRESS_SECONDS = 1.0
-
-_TRY_EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-
-
-def _try_lock(path: str, create: bool = False):
-    """Open and flock ``path`` without blocking: the open file, or None if it is held."""
-    try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | os.O_NOFOLLOW, FILE_MODE)
-    except FileNotFoundError:
-        return None
-    fh = os.fdopen(fd, "r+")
-    try:
-        portalocker.lock(fh, _TRY_EXCLUSIVE)
-    except portalocker.exceptions.LockException:
-        fh.close()
-        return None
-    return fh
-
-
-def _is_held(path: str) -> bool:
-    fh = _try_lock(path)
-    if fh is None:
-        return os.path.exists(path)
-    fh.close()  # closing drops the probe's lock
-    return False
-
 
 class Groups:
     """The consumer groups of a data directory."""
@@ -181,13 +153,13 @@ class Groups:
             if not name.endswith(MEMBER_SUFFIX):
                 continue
             path = os.path.join(directory, name)
-            fh = _try_lock(path)
-            if fh is not None:  # its owner is gone: tidy up under the lock
+            lock = try_lock(path)
+            if lock is not None:  # its owner is gone: tidy up under the lock
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
-                fh.close()
+                lock.close()
                 continue
             try:
                 with open(path, "rb") as f:
@@ -211,7 +183,7 @@ class Groups:
             stem = name[: -len(CLAIM_SUFFIX)]
             if name.endswith(CLAIM_SUFFIX) and stem.isdigit():
                 path = os.path.join(directory, name)
-                if _is_held(path):
+                if is_locked(path):
                     try:
                         with open(path) as f:
                             out[int(stem)] = f.read().strip()
@@ -269,13 +241,13 @@ class Member:
         # Lock the file before it gets its final name, so that no prober can
         # ever see it unlocked and take it for a dead member's.
         tmp = os.path.join(members, f".{self.id}.joining")
-        fh = _try_lock(tmp, create=True)
+        lock = try_lock(tmp, create=True)
         info = {"member": self.id, "pid": os.getpid(), "host": socket.gethostname(),
                 "topic": self.topic, "joined_at": time.time_ns() // 1_000_000}
-        fh.write(json.dumps(info))
-        fh.flush()
+        lock.file.write(json.dumps(info))
+        lock.file.flush()
         os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
-        self._member_file = fh
+        self._member_file = lock
         self._touched = time.monotonic()
 
     def touch(self) -> None:
@@ -289,7 +261,7 @@ class Member:
         if self._member_file is not None and now - self._touched >= PROGRESS_SECONDS:
             self._touched = now
             try:
-                os.utime(self._member_file.fileno())
+                os.utime(self._member_file.file.fileno())
             except OSError:
                 pass  # a missing member file is tidied up by the next prober; nothing to show
 
@@ -304,20 +276,20 @@ class Member:
         return {p for p in range(partition_count) if p % size == rank}
 
     def claim(self, partition: int) -> bool:
-        fh = _try_lock(os.path.join(self.dir, f"{partition}{CLAIM_SUFFIX}"), create=True)
-        if fh is None:
+        lock = try_lock(os.path.join(self.dir, f"{partition}{CLAIM_SUFFIX}"), create=True)
+        if lock is None:
             return False
-        fh.seek(0)
-        fh.truncate()
-        fh.write(self.id)
-        fh.flush()
-        self._claims[partition] = fh
+        lock.file.seek(0)
+        lock.file.truncate()
+        lock.file.write(self.id)
+        lock.file.flush()
+        self._claims[partition] = lock
         return True
 
     def release(self, partition: int) -> None:
-        fh = self._claims.pop(partition, None)
-        if fh is not None:
-            fh.close()
+        lock = self._claims.pop(partition, None)
+        if lock is not None:
+            lock.close()
 
     @property
     def owned(self) -> set[int]:

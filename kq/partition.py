@@ -193,7 +193,7 @@ class Partition:
                 # whole damaged batch at the end: a writer skips them.
                 position = find_valid_batch(fd, found.end + 1, size)
                 if position is None and found.whole_batch:
-                    damaged = self._damaged_last_batch(fd, found, size)
+                    damaged = segment.damaged_last_batch(fd, found, size, self.compacted)
                     if damaged is not None:
                         return damaged.next_offset
                     # Offsets nobody can trust: say so (raises) rather than end before them.
@@ -300,28 +300,6 @@ class Partition:
             return (path, found.end) if found.stop == DAMAGED else None
         finally:
             os.close(fd)
-
-    def _damaged_last_batch(self, fd: int, found: segment.SegmentScan, size: int) -> BatchHeader | None:
-        """The header of the whole batch that fails its checksum at ``found.end``, if it is one
-
-        and its header is plausible: it starts where the log left off and
-        counts its records as a batch of this topic does. None otherwise.
-        """
-        if not found.whole_batch or found.floor is None:
-            return None
-        data = os.pread(fd, min(size - found.end, batchfmt.MAX_BATCH_BYTES + batchfmt.PREFIX_SIZE), found.end)
-        status, _ = batchfmt.check(data, 0, len(data))
-        if status != batchfmt.DAMAGED or len(data) < batchfmt.HEADER_SIZE:
-            return None  # its checksum holds: the offsets themselves are wrong
-        header = batchfmt.header_at(data, 0)
-        plausible = (
-            header.base_offset == found.floor
-            and 1 <= header.record_count <= header.length
-            and header.last_offset_delta >= header.record_count - 1
-            and (self.compacted or header.last_offset_delta == header.record_count - 1)
-            and header.next_offset <= batchfmt.MAX_OFFSET
-        )
-        return header if plausible else None
 
     # ------------------------------------------------------------------ writing
 
@@ -511,7 +489,7 @@ class Partition:
         found = segment.scan(fd, path, base, index)
         size = os.fstat(fd).st_size
         if found.stop != CLEAN or size != found.end:
-            damaged = self._damaged_last_batch(fd, found, size) if found.whole_batch else None
+            damaged = segment.damaged_last_batch(fd, found, size, self.compacted) if found.whole_batch else None
             if damaged is not None and find_valid_batch(fd, found.end + 1, size) is None:
                 return self._quarantine_last_batch(fd, path, found, damaged, size)
             if found.whole_batch:

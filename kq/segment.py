@@ -255,6 +255,30 @@ def resume(result: SegmentScan, fd: int, path: str, position: int, floor: int) -
     result.floor = reader.floor
 
 
+def damaged_last_batch(fd: int, found: SegmentScan, size: int, compacted: bool = False) -> BatchHeader | None:
+    """The header of the whole batch that fails its checksum where ``found`` stopped, if it is one
+    and its header is plausible: it starts where the log left off and counts its records as a
+    batch of this topic does (dense offsets unless ``compacted``). None otherwise.
+
+    Its offsets are then known, and a writer goes on after them (docs/GUARANTEES.md).
+    """
+    if not found.whole_batch or found.floor is None:
+        return None
+    data = os.pread(fd, min(size - found.end, batchfmt.MAX_BATCH_BYTES + batchfmt.PREFIX_SIZE), found.end)
+    status, _ = batchfmt.check(data, 0, len(data))
+    if status != batchfmt.DAMAGED or len(data) < batchfmt.HEADER_SIZE:
+        return None  # its checksum holds: the offsets themselves are wrong
+    header = batchfmt.header_at(data, 0)
+    plausible = (
+        header.base_offset == found.floor
+        and 1 <= header.record_count <= header.length
+        and header.last_offset_delta >= header.record_count - 1
+        and (compacted or header.last_offset_delta == header.record_count - 1)
+        and header.next_offset <= batchfmt.MAX_OFFSET
+    )
+    return header if plausible else None
+
+
 def quarantine(fd: int, path: str, start: int, end: int) -> str:
     """Copy bytes ``start:end`` of a segment to a quarantine file beside it; return its name.
 

@@ -27,7 +27,8 @@ from . import batch as batchfmt
 from .datadir import DataDir
 from .errors import CorruptFile, CorruptLog, DataDirError
 from .fileio import FILE_MODE, atomic_write, fsync_dir, write_all
-from .group import CLAIM_SUFFIX, OFFSET_SUFFIX, Groups, _try_lock
+from .fileio import try_lock
+from .group import CLAIM_SUFFIX, OFFSET_SUFFIX, Groups
 from .index import ENTRY_SIZE, Index, IndexBuilder, pack_entries
 from .location import TOPIC_FILE
 from .maintain import COMPACT_SUFFIX
@@ -39,6 +40,7 @@ from .segment import (
     READ_CHUNK,
     BatchReader,
     SegmentScan,
+    damaged_last_batch,
     find_valid_batch,
     quarantine_name,
 )
@@ -210,7 +212,7 @@ class _PartitionCheck:
             end = seg.size if found is None else found
             if found is None and last and reader.whole_batch:
                 scan = SegmentScan(seg.base, start, reader.floor, index, 0, DAMAGED, reader.reason, True, None, reader.floor)
-                damaged = self.part._damaged_last_batch(fd, scan, seg.size)
+                damaged = damaged_last_batch(fd, scan, seg.size, self.compacted)
                 if damaged is not None:
                     seg.damaged_last = _Region(start, end, self.report(
                         seg.path, start, f"{reader.reason} in the last batch (offsets {damaged.base_offset}.."
@@ -483,14 +485,20 @@ class Verifier:
                     continue
                 number, path = int(stem), os.path.join(directory, name)
                 try:
-                    offset = Groups._read_offset(path)
+                    found = Groups.read_offset_file(path)
                 except CorruptFile:
                     p = Problem(topic.name, number, path, None, f"offsets file of group '{group}' unreadable")
                     if self.repair:
                         _quarantine_offsets(p, group, directory)
                     yield p
                     continue
-                if offset is None:
+                if found is None:
+                    continue
+                offset, committed_for = found
+                if topic.id is not None and committed_for not in (None, topic.id):
+                    yield Problem(topic.name, number, path, None,
+                                  f"group '{group}' committed this offset for an earlier topic named '{topic.name}' "
+                                  "(deleted and re-created): it is ignored", WARNING)
                     continue
                 if number >= topic.partition_count:
                     yield Problem(topic.name, number, path, None,
@@ -502,13 +510,13 @@ class Verifier:
 def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
     # Holding the partition's claim, no member can own it and commit a good
     # offset that would then be moved aside in its place.
-    claim = _try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
+    claim = try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
     if claim is None:
         p.action = f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
         return
     try:
         try:
-            Groups._read_offset(p.file)
+            Groups.read_offset_file(p.file)
             p.action, p.repaired = "nothing to do: it was replaced or removed meanwhile", True
             return
         except CorruptFile:

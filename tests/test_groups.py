@@ -350,6 +350,8 @@ def test_offsets_committed_for_an_earlier_topic_of_the_same_name_are_ignored(run
     os.makedirs(directory)
     with open(os.path.join(directory, "0.offset"), "w") as f:
         json.dump({"format": 1, "offset": 2, "topic_id": "an-earlier-topic", "committed_at": 0}, f)
+    r = run_kq("verify", "t")
+    assert r.returncode == 0 and b"warning: group 'g' committed this offset for an earlier topic named 't'" in r.stdout
     assert lines(run_kq("consume", "t", "-g", "g")) == ["a", "b", "c"]
 
 
