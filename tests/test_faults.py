@@ -686,6 +686,8 @@ def test_disk_full_during_a_group_commit_keeps_the_previous_commit(run_kq, data_
     r = subprocess.run(faulty_kq_command(data_dir, "consume", "t", "-g", "g"), capture_output=True,
                        env={**os.environ, "KQ_FAULT_WRITE_BUDGET": "0"}, timeout=60)
     assert_clear_failure(r)
+    assert b"No space left on device" in r.stderr
+    assert os.path.join("groups", "g", "t", "0.offset").encode() in r.stderr, "the error does not name the file"
     assert r.stdout == b"c\nd\n"  # written out, but not committed
     offsets_dir = os.path.join(data_dir, "groups", "g", "t")
     assert not [n for n in os.listdir(offsets_dir) if ".tmp-" in n], "a failed commit left its temporary file"
@@ -1030,3 +1032,4 @@ def test_a_topic_trimmed_mid_batch_still_replicates(run_kq, data_dir, tmp_path):
     r = run_kq("replicate", "t", "--to", replica)
     assert r.returncode == 0, r.stderr
     assert run_kq("consume", "t", data=replica).stdout == run_kq("consume", "t").stdout
+
