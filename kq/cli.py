@@ -1011,6 +1011,10 @@ def topic_list(
 ) -> None:
     """List topics: one name per line (a table on a terminal).
 
+    A topic kq cannot read (damaged metadata, another user's directory, a
+    FIFO where a file belongs) is left out of the list and named on stderr,
+    one `kq: error:` line each, and the exit code is 1.
+
     [bold]Examples[/bold]
 
       kq topic list
@@ -1018,19 +1022,34 @@ def topic_list(
       kq topic list --json | jq -r '.[] | select(.partitions > 1) | .name'
     """
     s = _settings(ctx)
-    names = s.data.topic_names()
-    if json_output:
-        _print_json([{"name": n, "partitions": s.data.topic(n).partition_count} for n in names])
-    elif _is_terminal():
-        rows = []
-        for n in names:
+    table = _is_terminal() and not json_output
+    listed, unreadable = [], []
+    for n in s.data.topic_names():
+        try:
             t = s.data.topic(n)
-            parts = _partition_rows(t)
-            rows.append([n, t.partition_count, sum(r["end_offset"] - r["start_offset"] for r in parts), _human(sum(r["size"] for r in parts))])
-        _rich_table(f"topics in {s.data.path}", ["name", "partitions", "messages", "size"], rows)
+            try:
+                parts = _partition_rows(t) if table else []
+            finally:
+                t.close()
+        except (KqError, OSError) as exc:
+            unreadable.append(f"cannot read topic '{n}': {_error_text(exc)}")
+            continue
+        listed.append({"name": n, "partitions": t.partition_count,
+                       "messages": sum(r["end_offset"] - r["start_offset"] for r in parts),
+                       "size": sum(r["size"] for r in parts)})
+    if json_output:
+        _print_json([{"name": r["name"], "partitions": r["partitions"]} for r in listed])
+    elif table:
+        _rich_table(f"topics in {s.data.path}", ["name", "partitions", "messages", "size"],
+                    [[r["name"], r["partitions"], r["messages"], _human(r["size"])] for r in listed])
     else:
-        for n in names:
-            print(n)
+        for r in listed:
+            print(r["name"])
+    if unreadable:
+        sys.stdout.flush()
+        for message in unreadable:
+            _error(message, 1)
+        raise typer.Exit(1)
 
 
 def _setting_text(name: str, value, human: bool) -> str:
@@ -1567,6 +1586,8 @@ def verify_command(
 
     One line per problem on stdout: FILE: position N: SEVERITY: WHAT. Warnings
     (a group behind the start offset) and info lines never fail the check.
+    Nothing is skipped: a topic, partition or file verify cannot read (another
+    user's directory, a FIFO where a file belongs) is an error line naming it.
     --repair holds each partition's writer and maintenance locks while it
     works, and never deletes data silently: see docs/FORMAT.md, "kq verify".
 
@@ -1646,6 +1667,14 @@ def bench(
 def _error(message: str, code: int) -> int:
     print(f"kq: error: {message}", file=sys.stderr)
     return code
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error as one line: a KqError's message, an OSError's reason and file."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return str(exc)
 
 
 def _quiet_stdout() -> None:
@@ -1755,8 +1784,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 128 + (_signal_received[0] or 2)
     except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        code = _error(f"{exc.strerror or exc}{where}", 1)
+        code = _error(_error_text(exc), 1)
     except (typer.Abort, EOFError):
         code = 128 + (_signal_received[0] or 2)
     try:

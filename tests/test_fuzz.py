@@ -765,3 +765,116 @@ def test_any_bytes_in_a_metadata_file_give_checked_values_or_a_corrupt_file_erro
     assert counts["cases"] >= METADATA_CASES // 2
     assert sum(n for k, n in counts.items() if k.endswith("refused")) > METADATA_CASES // 4
 
+
+def _case(name, place, content, *commands):
+    return pytest.param(place, content, list(commands), id=name)
+
+
+OUT_OF_RANGE = [
+    # The file, what is put there, and commands that read it. The issue's examples first.
+    _case("topic-a-list", "topics/t/topic.json", b"[1,2]", ["consume", "t"], ["topic", "describe", "t"]),
+    _case("partitions--1", "topics/t/topic.json", b'{"format": 1, "partitions": -1, "config": {}}',
+          ["consume", "t"], ["topic", "list", "--json"]),
+    _case("partitions-str", "topics/t/topic.json", b'{"format": 1, "partitions": "3", "config": {}}', ["produce", "t"]),
+    _case("partitions-1e9", "topics/t/topic.json", b'{"format": 1, "partitions": 1000000000, "config": {}}',
+          ["consume", "t"], ["maintain"]),
+    _case("partitions-0", "topics/t/topic.json", b'{"format": 1, "partitions": 0, "config": {}}', ["consume", "t"]),
+    _case("partitions-float", "topics/t/topic.json", b'{"format": 1, "partitions": 1.0, "config": {}}', ["consume", "t"]),
+    _case("partitions-bool", "topics/t/topic.json", b'{"format": 1, "partitions": true, "config": {}}', ["consume", "t"]),
+    _case("topic-format-str", "topics/t/topic.json", b'{"format": "1", "partitions": 1, "config": {}}', ["consume", "t"]),
+    _case("config-list", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": []}', ["consume", "t"]),
+    _case("segment-bytes-inf", "topics/t/topic.json",
+          b'{"format": 1, "partitions": 1, "config": {"segment_bytes": 1e400}}', ["produce", "t"]),
+    _case("retention--5", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": {"retention_ms": -5}}',
+          ["maintain"]),
+    _case("cleanup-list", "topics/t/topic.json",
+          b'{"format": 1, "partitions": 1, "config": {"cleanup": ["compact"]}}', ["maintain"]),
+    _case("topic-deep", "topics/t/topic.json", b'{"partitions":' * 10_000, ["consume", "t"]),
+    _case("start--1", "topics/t/0/start.offset", b'{"format": 1, "start_offset": -1}',
+          ["consume", "t"], ["topic", "describe", "t"]),
+    _case("start-2^63", "topics/t/0/start.offset", b'{"format": 1, "start_offset": 9223372036854775808}',
+          ["consume", "t"]),
+    _case("start-str", "topics/t/0/start.offset", b'{"format": 1, "start_offset": "5"}', ["offsets", "show", "t"]),
+    _case("start-list", "topics/t/0/start.offset", b'["start_offset", 5]', ["consume", "t"]),
+    _case("start-deep", "topics/t/0/start.offset", b"[" * 50_000, ["consume", "t"]),
+    _case("offset--1", "groups/g/t/0.offset", b'{"format": 1, "offset": -1}',
+          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
+    _case("offset-2^63", "groups/g/t/0.offset", b'{"format": 1, "offset": 9223372036854775808}',
+          ["consume", "t", "-g", "g"]),
+    _case("offset-float", "groups/g/t/0.offset", b'{"format": 1, "offset": 1.5}', ["offsets", "show", "t"]),
+    _case("offset-100k-brackets", "groups/g/t/0.offset", b"[" * 100_000,
+          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
+    _case("offset-deep", "groups/g/t/0.offset", b"[" * 30_000, ["consume", "t", "-g", "g"]),
+    _case("format-deep", "kq.json", b'{"a":' * 10_000, ["consume", "t"], ["topic", "list"]),
+    _case("format-str", "kq.json", b'{"format": "1"}', ["consume", "t"]),
+    _case("format-0", "kq.json", b'{"format": 0}', ["produce", "t"]),
+    _case("format-list", "kq.json", b"[1]", ["topic", "list"]),
+    _case("segment-10^20", "topics/t/0/99999999999999999999.log", b"",
+          ["produce", "t"], ["consume", "t"], ["topic", "describe", "t"]),
+    _case("segment-2^63", "topics/t/0/09223372036854775808.log", b"", ["produce", "t"], ["consume", "t"]),
+]
+
+
+@pytest.mark.parametrize("place, content, commands", OUT_OF_RANGE)
+def test_a_crafted_number_or_shape_in_any_file_is_a_one_line_error_naming_it(run_kq, data_dir, place, content, commands):
+    """Each command that reads the file fails with one `kq: error:` line naming it
+    (never a traceback), and `kq verify` names it and exits 1."""
+    assert run_kq("produce", "t", input="a\nb\n").returncode == 0
+    assert run_kq("consume", "t", "-g", "g").returncode == 0
+    path = os.path.join(data_dir, place)
+    with open(path, "wb") as f:
+        f.write(content)
+    for args in commands + [["verify"], ["verify", "--repair"]]:
+        r = run_kq(*args, input="x\n", timeout=30)
+        where = f"kq {' '.join(args)} with {content[:40]!r} in {place}"
+        assert b"Traceback" not in r.stderr, f"{where}:\n{r.stderr.decode()}"
+        if args[0] == "verify":
+            if place.endswith(".offset") and "groups" in place and args == ["verify", "--repair"]:
+                assert r.returncode == 0 and f"moved it to {path}.quarantine".encode() in r.stdout, where
+                continue
+            assert r.returncode == 1 and path.encode() in r.stdout + r.stderr, f"{where}:\n{r.stdout.decode()}{r.stderr.decode()}"
+            continue
+        assert r.returncode == 1, f"{where}: exit {r.returncode}"
+        errors = r.stderr.decode().splitlines()
+        assert errors and all(e.startswith("kq: error: ") and path in e for e in errors), f"{where}: {r.stderr.decode()}"
+
+
+def test_a_valid_batch_at_the_largest_offsets_fills_the_partition_without_a_crash(run_kq, data_dir):
+    """Offsets are signed 64-bit. A (crafted) batch that ends at offset 2^63-2 leaves the
+    partition full: produce refuses clearly, readers serve it, verify warns. One that
+    passes it is corruption, refused by readers and named by verify."""
+    assert run_kq("topic", "create", "t").returncode == 0
+    segment = os.path.join(data_dir, "topics", "t", "0", f"{0:020d}.log")
+    with open(segment, "wb") as f:
+        f.write(batchfmt.encode(2**63 - 2, [b"last"]))
+    r = run_kq("produce", "t", input="more\n")
+    assert r.returncode == 1 and r.stderr.startswith(b"kq: error: partition t/0 is full"), r.stderr
+    r = run_kq("consume", "t", "-F", "%o %s\n")
+    assert (r.returncode, r.stdout) == (0, b"9223372036854775806 last\n"), r.stderr
+    r = run_kq("consume", "t", "-g", "g")
+    assert (r.returncode, r.stdout) == (0, b"last\n"), r.stderr
+    assert kq.Groups(kq.DataDir(data_dir)).committed("g", "t") == {0: 2**63 - 1}
+    r = run_kq("verify")
+    assert r.returncode == 0 and b"warning: the partition is full" in r.stdout, r.stdout + r.stderr
+    with open(segment, "wb") as f:
+        f.write(batchfmt.encode(2**63 - 1, [b"past", b"the end"]))
+    for args in (["consume", "t"], ["consume", "t", "-g", "g2"], ["produce", "t"]):
+        r = run_kq(*args, input="more\n")
+        assert r.returncode == 1 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, (args, r.stderr)
+    r = run_kq("verify")
+    assert r.returncode == 1 and b"impossible offsets 9223372036854775807..9223372036854775808" in r.stdout, r.stdout
+
+
+def test_segment_names_in_other_scripts_digits_are_not_segments(run_kq, data_dir):
+    """str.isdigit() accepts '٠' (Arabic-Indic zero) and '²'; int() reads the first as 0.
+    Files so named are not kq's segments: no traceback, no second segment 0."""
+    assert run_kq("produce", "t", input="a\n").returncode == 0
+    partition = os.path.join(data_dir, "topics", "t", "0")
+    for name in ("٠" * 20 + ".log", "²" * 20 + ".log", "٠" * 20 + ".index"):
+        with open(os.path.join(partition, name), "wb") as f:
+            f.write(batchfmt.encode(0, [b"planted"]))
+    for args in (["consume", "t"], ["topic", "describe", "t"], ["verify"]):
+        r = run_kq(*args)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr and b"planted" not in r.stdout, (args, r.stderr)
+    assert run_kq("produce", "t", input="b\n").returncode == 0
+    assert run_kq("consume", "t").stdout == b"a\nb\n"

@@ -219,10 +219,10 @@ def test_unreadable_offsets_file_is_moved_aside_and_the_group_restarts(run_kq, d
     assert b"corrupt file" in run_kq("consume", "t", "-g", "g").stderr
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable"]
+    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON"]
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable -> moved it to {path}.quarantine; "
+    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON -> moved it to {path}.quarantine; "
                         "group 'g' will restart partition 0 from its reset policy (--reset, default earliest)"]
     assert open(f"{path}.quarantine", "rb").read() == b'{"format": 1, "offs'
     assert run_kq("consume", "t", "-g", "g").stdout == b"a\nb\nc\n"
