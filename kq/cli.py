@@ -1673,6 +1673,8 @@ def _error_text(exc: BaseException) -> str:
     """An error as one line: a KqError's message, an OSError's reason and file."""
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
+        if exc.filename2:  # a rename names both ends: either may be the cause
+            where += f" -> {exc.filename2}"
         return f"{exc.strerror or exc}{where}"
     return str(exc)
 
