@@ -30,7 +30,8 @@ from kq import batch as batchfmt
 from kq.errors import CorruptLog, KqError
 from kq.index import ENTRY, ENTRY_SIZE, Index
 from kq.location import MAX_PARTITIONS
-from kq.segment import DAMAGED, MAX_OFFSET, BatchReader, classify_damage
+from kq.batch import MAX_OFFSET
+from kq.segment import DAMAGED, BatchReader, classify_damage
 from kq.topic import check_config
 
 # Hypothesis examples per test; each example also tries EXTRA_PER_CASE more inputs
