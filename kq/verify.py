@@ -20,6 +20,7 @@ never reported as a torn tail; repair holds both locks throughout.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -499,6 +500,8 @@ class Verifier:
                     f"partition directory is a {file_kind(mode)}, not a directory", why_not=_FOREIGN))], None
             return self._check_partition(topic, part)
         except (KqError, OSError) as exc:
+            if self.repair and isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # --repair needs write access: without it, it fails as a whole, naming the file
             # A lock file that is a FIFO, a directory kq may not enter, a link
             # out of the data directory: the partition is not checked, and says so.
             file, why = _unreadable(exc, os.path.join(topic.path, str(number)))
