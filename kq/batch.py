@@ -25,8 +25,10 @@ PREFIX_SIZE = 12  # magic + crc + length: `length` counts the bytes after these
 CRC_START = 8  # the checksum covers the length field, the header and the payload
 MIN_LENGTH = HEADER_SIZE - PREFIX_SIZE + 1  # a payload is at least one byte
 MAX_BATCH_BYTES = 64 * 1024 * 1024
-
-MAX_OFFSET = 2**63 - 1  # offsets are signed 64-bit, as in Kafka
+# Offsets are signed 64-bit, as in Kafka. The largest is reserved for the end
+# offset, the offset after a full partition's last record (it is packed as the
+# next batch's base offset and committed), so a record's is at most MAX_OFFSET - 1.
+MAX_OFFSET = 2**63 - 1
 
 # What ``check`` makes of the bytes at a position:
 OK = 0  # a whole, valid batch
@@ -168,7 +170,7 @@ def check(buf, pos: int, end: int, checksum: bool = True) -> tuple[int, BatchHea
     if checksum and not checksum_matches(buf, pos, total, crc):
         return DAMAGED, "checksum mismatch"
     header = BatchHeader._make(HEADER.unpack_from(buf, pos))
-    if header.base_offset < 0 or header.base_offset + header.last_offset_delta > MAX_OFFSET:
+    if header.base_offset < 0 or header.base_offset + header.last_offset_delta >= MAX_OFFSET:
         return DAMAGED, f"impossible offsets {header.base_offset}..{header.base_offset + header.last_offset_delta}"
     return OK, header
 

@@ -13,6 +13,7 @@ import os
 
 from . import batch as batchfmt
 from .batch import BatchHeader
+from .fileio import open_regular
 from .index import Index, entry_is_valid
 from .segment import CLEAN, DAMAGED, BatchReader, classify_damage
 
@@ -95,7 +96,7 @@ class Cursor:
         for candidate in [b for b in self.partition.segments() if b >= base]:
             path = self.partition.log_path(candidate)
             try:
-                self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                self._fd = open_regular(path)
             except FileNotFoundError:
                 continue
             self._base, self._path, self._position, self._floor = candidate, path, 0, candidate

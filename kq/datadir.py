@@ -15,16 +15,16 @@ import os
 import shutil
 import uuid
 
-from .errors import DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
-from .fileio import atomic_write, fsync_dir, make_dirs
-from .location import GROUPS_DIR, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, group_names, topic_names
+from .errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
+from .fileio import atomic_write, fsync_dir, make_dirs, read_metadata, shown
+from .location import (GROUPS_DIR, MAX_PARTITIONS, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, group_names,
+                       topic_names)
 from .names import check_name
 from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
 
 FORMAT_FILE = "kq.json"
 FORMAT_VERSION = 1
-MAX_PARTITIONS = 10_000
 
 
 class DataDir:
@@ -46,20 +46,19 @@ class DataDir:
         """True if the directory holds kq data (checking its format version)."""
         if self._format_checked:
             return True
+        path = os.path.join(self.path, FORMAT_FILE)
         try:
-            with open(os.path.join(self.path, FORMAT_FILE), "rb") as f:
-                raw = f.read()
+            meta = read_metadata(path)
         except FileNotFoundError:
             return False
         except NotADirectoryError:
             raise DataDirError(f"data directory {self.path} is not a directory") from None
-        try:
-            version = json.loads(raw)["format"]
-        except (ValueError, KeyError, TypeError):
-            raise DataDirError(f"{os.path.join(self.path, FORMAT_FILE)} is not a kq format file") from None
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        version = meta.get("format")
+        if type(version) is not int or version < 1:
+            raise CorruptFile(path, f"format is {shown(version)}, not a version number: not a kq format file")
+        if version > FORMAT_VERSION:
             raise UnsupportedFormat(
-                f"data directory {self.path} has format {version}, newer than this kq "
+                f"data directory {self.path} has format {shown(version)} ({path}), newer than this kq "
                 f"understands ({FORMAT_VERSION}); upgrade kq"
             )
         self._format_checked = True
@@ -97,9 +96,11 @@ class DataDir:
         try:
             meta = Topic.load_meta(path)
         except FileNotFoundError:
-            raise TopicNotFound(name) from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataDirError(f"{os.path.join(path, TOPIC_FILE)} is unreadable ({exc})") from None
+            if not os.path.isdir(path):
+                raise TopicNotFound(name) from None
+            # Topics appear and go as whole directories (renamed in and out),
+            # so a topic directory without its metadata is damage, not a race.
+            raise CorruptFile(os.path.join(path, TOPIC_FILE), "missing (the topic directory has no metadata)") from None
         return Topic(name, path, meta, root=self.path)
 
     def create_topic(self, name: str, partitions: int = 1, config: dict | None = None,
@@ -187,7 +188,9 @@ class DataDir:
     def delete_topic(self, name: str) -> None:
         check_name(name)
         path = os.path.join(self.topics_path, name)
-        if not self.exists() or not os.path.isfile(os.path.join(path, TOPIC_FILE)):
+        # Any topic directory, even one whose metadata is damaged: deleting is
+        # how a user gets rid of a topic that `topic list` reports unreadable.
+        if not self.exists() or name not in topic_names(self.path):
             raise TopicNotFound(name)
         # Rename first so the topic disappears at once, then remove at leisure.
         doomed = os.path.join(self.tmp_path, f"delete-{uuid.uuid4().hex}")

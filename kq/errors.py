@@ -137,11 +137,24 @@ class CorruptLog(KqError):
 
 
 class CorruptFile(KqError):
-    """A small metadata file (committed offsets, topic config) that does not parse."""
+    """A file kq reads that is not what kq writes there: metadata that does not
+    parse, has the wrong shape or holds a number out of range; a name out of range."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"corrupt file {path}: {reason}")
         self.path = path
+        self.reason = reason
+
+
+class NotRegularFile(CorruptFile):
+    """Something other than a regular file (a FIFO, a directory, a device, a
+    symbolic link) where kq keeps a file: never opened for reading, which could hang."""
+
+    def __init__(self, path: str, kind: str):
+        KqError.__init__(self, f"{path} is a {kind}, not a regular file: kq keeps a file there")
+        self.path = path
+        self.kind = kind
+        self.reason = f"a {kind}, not a regular file"
 
 
 class UnsupportedFormat(KqError):

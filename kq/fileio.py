@@ -1,20 +1,147 @@
-"""The few system calls through which kq changes files.
+"""The few system calls through which kq opens, reads and changes files.
 
-Every log append goes through ``write_all`` so that a test can inject short
-writes or ENOSPC in one place; small files are replaced atomically.
+Every file in a data directory is untrusted input: another process, a
+crash or a person may have put anything there. Every file kq opens goes
+through ``open_regular`` (never a FIFO, device, directory or symbolic
+link, so no open or read can hang), and every small metadata file is read
+through ``read_metadata`` (bounded in size and depth, a JSON object or a
+``CorruptFile`` naming the file). Every log append goes through
+``write_all`` so that a test can inject short writes or ENOSPC in one
+place; small files are replaced atomically.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from contextlib import contextmanager
 
 import portalocker
 
+from .errors import CorruptFile, NotRegularFile
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 IOV_MAX = 1024  # the most buffers one writev takes on Linux
+# kq's JSON files (kq.json, topic.json, start.offset, P.offset, members) are
+# a few hundred bytes; anything this large was not written by kq.
+MAX_METADATA_BYTES = 64 * 1024
+
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "named pipe (FIFO)"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISLNK, "symbolic link"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: \"directory\", \"named pipe (FIFO)\", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
+    """Open ``path`` (with ``os.open`` flags) only if it is a regular file; return the fd.
+
+    O_NONBLOCK makes the open itself return at once where a FIFO would block
+    until a writer came, O_NOFOLLOW refuses a planted link, and fstat on the
+    open file (not a stat before it, which a swap could outrun) decides.
+    Regular files ignore O_NONBLOCK, but it is cleared anyway so the fd
+    behaves as an ordinary one wherever it goes (portalocker, os.fdopen).
+    Raises NotRegularFile naming the path; FileNotFoundError as os.open does.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, mode)
+    except OSError as exc:
+        # ELOOP: a link (O_NOFOLLOW); EISDIR: a directory opened to write;
+        # ENXIO: a FIFO without a reader, or a socket, opened to write.
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                raise exc from None
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(path, file_kind(st.st_mode)) from None
+        if exc.filename is None:
+            exc.filename = path
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, file_kind(st.st_mode))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_file(path: str, flags: int = os.O_RDWR, mode: str = "r+"):
+    """``open_regular`` as a Python file object (lock files, which portalocker takes)."""
+    return os.fdopen(open_regular(path, flags), mode)
+
+
+def read_small(path: str, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """The bytes of a small regular file; CorruptFile if it holds more than ``limit``.
+
+    Raises FileNotFoundError if it is missing. Never reads (or allocates)
+    more than ``limit`` + 1 bytes, whatever size the file claims.
+    """
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise CorruptFile(path, f"{size} bytes, more than the {limit} kq ever writes there")
+        chunks, have = [], 0
+        while have <= limit:
+            chunk = os.read(fd, limit + 1 - have)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            have += len(chunk)
+    finally:
+        os.close(fd)
+    if have > limit:  # it grew after the fstat
+        raise CorruptFile(path, f"more than the {limit} bytes kq ever writes there")
+    return b"".join(chunks)
+
+
+def read_metadata(path: str) -> dict:
+    """A small JSON file kq wrote, as a dict, or CorruptFile naming ``path``.
+
+    Raises FileNotFoundError if it is missing. JSON nested deeply enough to
+    exhaust the parser's recursion, a number too long to convert and any
+    value that is not an object are all corruption, never a crash.
+    """
+    import json  # not at import time: kq starts once per message in shell loops
+
+    raw = read_small(path)
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptFile(path, "JSON nested too deeply" if isinstance(exc, RecursionError) else "not JSON") from None
+    if not isinstance(value, dict):
+        raise CorruptFile(path, f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def shown(value, width: int = 40) -> str:
+    """``repr(value)``, cut to ``width`` characters: error messages quote hostile values."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def integer_field(meta: dict, key: str, path: str, low: int, high: int) -> int:
+    """``meta[key]`` if it is a whole number in [low, high] (not a bool), else CorruptFile."""
+    if key not in meta:
+        raise CorruptFile(path, f"no {key!r}")
+    value = meta[key]
+    if type(value) is not int or not low <= value <= high:
+        raise CorruptFile(path, f"{key} is {shown(value)}, not a whole number from {low} to {high}")
+    return value
 
 
 def write_all(fd: int, *chunks) -> None:
@@ -30,6 +157,12 @@ def write_all(fd: int, *chunks) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+
+
+def name_the_file(exc: BaseException, path: str) -> None:
+    """Let an OSError from a write or fsync (disk full, EIO) say which file it hit: os.write's does not."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = path
 
 
 def fsync_dir(path: str) -> None:
@@ -66,23 +199,33 @@ def atomic_write(path: str, data: bytes, sync: bool = True) -> None:
 
     Write a temporary file beside it, fsync, rename over, fsync the directory.
     A stale temporary file from a crash is harmless: its name carries the pid.
+    Errors name ``path`` (not the temporary file, which is gone).
     """
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        fd = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    except OSError as exc:
+        exc.filename, exc.filename2 = path, None
+        raise
     try:
         write_all(fd, data)
         if sync:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         _unlink_quietly(tmp)
+        name_the_file(exc, path)
         raise
     os.close(fd)
     try:
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         _unlink_quietly(tmp)
+        if isinstance(exc, IsADirectoryError):
+            raise NotRegularFile(path, "directory") from None
+        if isinstance(exc, OSError):
+            exc.filename, exc.filename2 = path, None
         raise
     if sync:
         fsync_dir(directory or ".")
@@ -117,13 +260,13 @@ class FileLock:
 
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if self.create else 0) | os.O_NOFOLLOW, FILE_MODE)
+            fd = open_regular(self.path, os.O_RDWR | (os.O_CREAT if self.create else 0))
             mode = "r+"
         except OSError as exc:
             if not self.read_only_ok or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+                fd = open_regular(self.path)
             except FileNotFoundError:
                 return False
             mode = "r"

@@ -27,15 +27,17 @@ from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
 from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 from .errors import warn as kq_warn
-from .fileio import atomic_write, is_locked, make_dirs, try_lock
-from .location import group_names
+from .fileio import atomic_write, integer_field, is_locked, make_dirs, read_metadata, read_small, shown, try_lock
+from .location import MAX_PARTITIONS, group_names, named_directories
 from .names import check_name
-from .topic import Topic, check_inside
+from .segment import MAX_OFFSET
+from .topic import MAX_TOPIC_ID, Topic, check_inside
 
 OFFSET_SUFFIX = ".offset"
 CLAIM_SUFFIX = ".lock"
 MEMBER_SUFFIX = ".member"
 MEMBERS_DIR = "members"
+MAX_MEMBER_ID = 256  # bytes of a P.lock: a member id is 20 digits, a pid and 6 hex digits
 OFFSETS_FORMAT = 1
 REBALANCE_SECONDS = 0.5
 # While rounds come back to back, commit at most this often: each commit is
@@ -47,6 +49,19 @@ COMMIT_SECONDS = 0.1
 CLAIM_PATIENCE_SECONDS = 2.0
 # A member shows it is alive and reading at most this often (Member.touch).
 PROGRESS_SECONDS = 1.0
+
+def partition_of(name: str, suffix: str) -> int | None:
+    """The partition number a group file's name starts with ("3.offset"), or None.
+
+    Only the canonical decimal kq writes counts: not "03" (another name for
+    partition 3), not other scripts' digits, not past MAX_PARTITIONS.
+    """
+    stem = name[: -len(suffix)]
+    if not (name.endswith(suffix) and stem.isascii() and stem.isdigit() and len(stem) <= len(str(MAX_PARTITIONS))):
+        return None
+    number = int(stem)
+    return number if str(number) == stem and number < MAX_PARTITIONS else None
+
 
 class Groups:
     """The consumer groups of a data directory."""
@@ -67,10 +82,7 @@ class Groups:
         return group_names(self.data.path) if self.data.exists() else []
 
     def topics(self, group: str) -> list[str]:
-        try:
-            return sorted(os.listdir(self._dir(group)))
-        except FileNotFoundError:
-            return []
+        return named_directories(self._dir(group), "topic")
 
     def exists(self, group: str) -> bool:
         return self.data.exists() and os.path.isdir(self._dir(group))
@@ -95,30 +107,23 @@ class Groups:
         except FileNotFoundError:
             return out
         for entry in names:
-            stem = entry[: -len(OFFSET_SUFFIX)]
-            if entry.endswith(OFFSET_SUFFIX) and stem.isdigit():
+            number = partition_of(entry, OFFSET_SUFFIX)
+            if number is not None:
                 found = self.read_offset_file(os.path.join(directory, entry))
                 if found is not None and (topic_id is None or found[1] in (None, topic_id)):
-                    out[int(stem)] = found[0]
+                    out[number] = found[0]
         return out
 
     @staticmethod
     def read_offset_file(path: str) -> tuple[int, str | None] | None:
         """(offset, the topic id it was committed for, if recorded) from an offsets file; None if missing."""
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            body = read_metadata(path)
         except FileNotFoundError:
             return None
-        try:
-            body = json.loads(raw)
-            offset, topic_id = body["offset"], body.get("topic_id")
-            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-                raise ValueError(offset)
-            if topic_id is not None and not isinstance(topic_id, str):
-                raise ValueError(topic_id)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CorruptFile(path, "not a committed-offset file") from None
+        offset, topic_id = integer_field(body, "offset", path, 0, MAX_OFFSET), body.get("topic_id")
+        if topic_id is not None and not (isinstance(topic_id, str) and len(topic_id) <= MAX_TOPIC_ID):
+            raise CorruptFile(path, f"topic_id is {shown(topic_id)}, not a topic id")
         return offset, topic_id
 
     @classmethod
@@ -131,6 +136,8 @@ class Groups:
 
         Given a Topic, the offset records the topic's id (see ``committed``).
         """
+        if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:  # kq never writes what it would refuse to read
+            raise KqError(f"a committed offset is a whole number from 0 to {MAX_OFFSET}, not {shown(offset)}")
         name, topic_id = _name_and_id(topic)
         directory = self._dir(group, name)
         make_dirs(directory)
@@ -162,11 +169,10 @@ class Groups:
                 lock.close()
                 continue
             try:
-                with open(path, "rb") as f:
-                    info = json.loads(f.read())
+                info = _read_member(path, name[: -len(MEMBER_SUFFIX)])
                 # The member file's time is the member's last sign of progress (Member.touch).
-                info["progress_at"] = os.stat(path).st_mtime_ns // 1_000_000
-            except (FileNotFoundError, ValueError):
+                info["progress_at"] = os.lstat(path).st_mtime_ns // 1_000_000
+            except FileNotFoundError:  # it left meanwhile
                 continue
             live.append(info)
         return live
@@ -180,13 +186,12 @@ class Groups:
         except FileNotFoundError:
             return out
         for name in names:
-            stem = name[: -len(CLAIM_SUFFIX)]
-            if name.endswith(CLAIM_SUFFIX) and stem.isdigit():
+            number = partition_of(name, CLAIM_SUFFIX)
+            if number is not None:
                 path = os.path.join(directory, name)
                 if is_locked(path):
                     try:
-                        with open(path) as f:
-                            out[int(stem)] = f.read().strip()
+                        out[number] = read_small(path, MAX_MEMBER_ID).decode("ascii", "replace").strip()
                     except FileNotFoundError:
                         pass
         return out
@@ -214,6 +219,19 @@ class Groups:
 
 def _name_and_id(topic: str | Topic) -> tuple[str, str | None]:
     return (topic, None) if isinstance(topic, str) else (topic.name, topic.id)
+
+
+def _read_member(path: str, member_id: str) -> dict:
+    """A live member's file: the fields ``group describe`` shows, each of its type."""
+    info = read_metadata(path)
+    for key, kind in (("member", str), ("host", str), ("topic", str), ("pid", int), ("joined_at", int)):
+        if type(info.get(key)) is not kind:
+            raise CorruptFile(path, f"{key} is {shown(info.get(key))}, not a {kind.__name__}")
+    if info["member"] != member_id:
+        # Assignment ranks members by id: one file claiming another's id would
+        # give two members the same partitions.
+        raise CorruptFile(path, f"member {shown(info['member'])} in the file of member {member_id}")
+    return info
 
 
 def initial_offset(partition, reset: str) -> int:

@@ -18,29 +18,49 @@ import os
 import struct
 
 from .batch import HEADER_SIZE, MAGIC
+from .fileio import open_regular
 
 ENTRY = struct.Struct(">qqq")  # base_offset, position, max timestamp before it
 ENTRY_SIZE = ENTRY.size
 INTERVAL_BYTES = 4096
 NO_TIMESTAMP = -(2**63)
+# The most of an index file read at once when the caller does not say how
+# large its segment is: the index of a 10 GiB segment. An index has no
+# checksum and any size; the entries left unread only make lookups scan more.
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
 class Index:
-    """An immutable snapshot of one index file's entries."""
+    """An immutable snapshot of (the start of) one index file's entries.
 
-    __slots__ = ("blob", "count")
+    ``file_size`` is the file's size, which may be more than was read.
+    """
 
-    def __init__(self, blob: bytes):
+    __slots__ = ("blob", "count", "file_size")
+
+    def __init__(self, blob: bytes, file_size: int | None = None):
         self.count = len(blob) // ENTRY_SIZE  # a torn last entry is ignored
         self.blob = blob
+        self.file_size = len(blob) if file_size is None else file_size
 
     @classmethod
-    def load(cls, path: str) -> "Index":
+    def load(cls, path: str, log_size: int | None = None) -> "Index":
+        """The entries of the index at ``path`` (none if it is missing).
+
+        With ``log_size`` (its segment's size) only as many entries as such
+        a segment can have are read; without it, at most MAX_INDEX_BYTES.
+        A FIFO, directory or link in its place is NotRegularFile.
+        """
+        limit = MAX_INDEX_BYTES if log_size is None else min(log_size // INTERVAL_BYTES * ENTRY_SIZE, MAX_INDEX_BYTES)
         try:
-            with open(path, "rb") as f:
-                return cls(f.read())
+            fd = open_regular(path)
         except FileNotFoundError:
             return cls(b"")
+        try:
+            size = os.fstat(fd).st_size
+            return cls(os.pread(fd, min(size, limit), 0), size)
+        finally:
+            os.close(fd)
 
     def entry(self, i: int) -> tuple[int, int, int]:
         return ENTRY.unpack_from(self.blob, i * ENTRY_SIZE)

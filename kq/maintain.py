@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import batch as batchfmt
 from . import segment
 from .errors import CorruptLog
-from .fileio import FILE_MODE, fsync_dir, write_all
+from .fileio import fsync_dir, open_regular, write_all
 from .index import Index, IndexBuilder
 from .partition import Partition, now_ms
 from .segment import DAMAGED, BatchReader
@@ -43,7 +43,7 @@ class Report:
 def segment_max_timestamp(partition: Partition, base: int) -> int:
     """The largest record timestamp in a segment (from its index and a short scan)."""
     path = partition.log_path(base)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_regular(path)
     try:
         return segment.scan(fd, path, base, Index.load(partition.index_path(base))).index.max_timestamp
     finally:
@@ -122,7 +122,7 @@ def trim(partition: Partition, before: int) -> Report:
 def _segment_batches(partition: Partition, base: int):
     """(raw bytes, decoded batch) for every batch of a closed segment; damage is an error."""
     path = partition.log_path(base)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_regular(path)
     try:
         reader = BatchReader(fd, path, 0)
         for pos, header, buf, rel in reader.headers():
@@ -231,7 +231,7 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
         index.add(offset, position, batch_max)
         position += len(data)
     for path, payload in ((log_tmp, b"".join(d for d, _, _ in out_batches)), (index_tmp, index.take())):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+        fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             write_all(fd, payload)
             os.fsync(fd)

@@ -21,8 +21,10 @@ from . import batch as batchfmt
 from . import segment
 from .batch import BatchHeader
 from .cursor import Cursor, RawBatch, runs
-from .errors import CorruptFile, CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
-from .fileio import FILE_MODE, FileLock, atomic_write, fsync_dir, locked, make_dirs, write_all
+from .batch import MAX_OFFSET
+from .errors import CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
+from .fileio import (FileLock, atomic_write, fsync_dir, integer_field, locked, make_dirs, open_regular,
+                     read_metadata, write_all)
 from .index import ENTRY_SIZE, Index, IndexBuilder, entry_is_valid
 from .segment import CLEAN, DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
 
@@ -142,7 +144,7 @@ class Partition:
 
     def _open_log(self, base: int, flags: int = os.O_RDONLY) -> int:
         try:
-            return os.open(self.log_path(base), flags | os.O_NOFOLLOW)
+            return open_regular(self.log_path(base), flags)
         except FileNotFoundError:
             if not os.path.isdir(self.path):
                 raise self._gone() from None
@@ -161,13 +163,11 @@ class Partition:
         return max(first, self.trimmed_to())
 
     def trimmed_to(self) -> int:
+        path = os.path.join(self.path, START_NAME)
         try:
-            with open(os.path.join(self.path, START_NAME), "rb") as f:
-                return int(json.loads(f.read())["start_offset"])
+            return integer_field(read_metadata(path), "start_offset", path, 0, MAX_OFFSET)
         except FileNotFoundError:
             return 0
-        except (ValueError, KeyError, TypeError):
-            raise CorruptFile(os.path.join(self.path, START_NAME), "not a start-offset file") from None
 
     def set_start_offset(self, offset: int) -> None:
         """Record that records before ``offset`` are gone (atomically)."""
@@ -319,6 +319,7 @@ class Partition:
         with self._writing():
             tail = self._recover_tail()
             self._report_recovery()
+            self._check_room(tail.next_offset, tail.next_offset + payload.last_offset_delta + 1)
             if tail.end >= self.segment_bytes:
                 tail, rolled = self._roll(tail), True
             first = tail.next_offset
@@ -349,6 +350,7 @@ class Partition:
                     f"{self}: batch at offset {batches[0].base_offset} does not follow the end "
                     f"offset {tail.next_offset}"
                 )
+            self._check_room(tail.next_offset, batches[-1].next_offset)
             if tail.end >= self.segment_bytes:
                 tail, rolled = self._roll(tail), True
             self._write(tail, *runs(batches))
@@ -360,6 +362,14 @@ class Partition:
         if rolled and self.on_roll is not None:
             self.on_roll(self)
         return tail.next_offset
+
+    def _check_room(self, end: int, new_end: int) -> None:
+        """Refuse an append that would take the end offset past MAX_OFFSET (it would not pack)."""
+        if new_end > MAX_OFFSET:
+            raise KqError(
+                f"partition {self.topic}/{self.number} is full: {new_end - end} more offset(s) after its end "
+                f"offset {end} would pass the largest end offset {MAX_OFFSET}"
+            )
 
     def _report_recovery(self) -> None:
         if self._recovered is not None:
@@ -384,9 +394,7 @@ class Partition:
         if not tail.index.entries:
             return
         if tail.index_fd is None:
-            tail.index_fd = os.open(
-                self.index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE
-            )
+            tail.index_fd = open_regular(self.index_path(tail.base), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             tail.index_inode = os.fstat(tail.index_fd).st_ino
         write_all(tail.index_fd, tail.index.take())
 
@@ -508,8 +516,8 @@ class Partition:
             kept -= 1
             found.index.last_indexed = index.entry(kept - 1)[1] if kept else 0
         index_fd = None
-        if kept != len(index) or len(index.blob) % ENTRY_SIZE or found.index.entries:
-            index_fd = os.open(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        if kept * ENTRY_SIZE != index.file_size or found.index.entries:
+            index_fd = open_regular(index_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             os.ftruncate(index_fd, kept * ENTRY_SIZE)
             write_all(index_fd, found.index.take())
         index_inode = os.fstat(index_fd).st_ino if index_fd is not None else _inode(index_path)
@@ -538,9 +546,9 @@ class Partition:
                      None, _inode(self.index_path(damaged.next_offset)))
 
     def _create_segment(self, base: int, exist_ok: bool = False) -> int:
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | (0 if exist_ok else os.O_EXCL)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | (0 if exist_ok else os.O_EXCL)
         try:
-            fd = os.open(self.log_path(base), flags, FILE_MODE)
+            fd = open_regular(self.log_path(base), flags)
         except FileNotFoundError:
             raise self._gone() from None
         if self.sync:
@@ -558,7 +566,7 @@ class Partition:
 def init_partition(path: str, sync: bool = False) -> None:
     """Create an empty partition directory with its first (empty) segment."""
     make_dirs(path)
-    os.close(os.open(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
+    os.close(open_regular(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
     if sync:
         fsync_dir(path)
 
@@ -572,12 +580,12 @@ def _name_the_file(exc: BaseException, path: str) -> None:
 def _truncate_quietly(path: str, size: int) -> None:
     """Best-effort truncation after a failed write (the error that caused it wins)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        fd = open_regular(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, size)
         finally:
             os.close(fd)
-    except OSError:
+    except (OSError, KqError):
         pass
 
 
@@ -585,7 +593,7 @@ def _truncate_index(index_path: str, cut: int) -> None:
     """Drop the index entries that point at or past byte ``cut`` of their segment."""
     index = Index.load(index_path)
     keep = index.entries_before(cut)
-    if keep != len(index):
+    if keep * ENTRY_SIZE != index.file_size:
         _truncate_quietly(index_path, keep * ENTRY_SIZE)
 
 

@@ -16,12 +16,13 @@ whose offsets go backwards, is damage, never a torn tail.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from . import batch as batchfmt
-from .batch import BatchHeader
-from .errors import CorruptLog
-from .fileio import atomic_write
+from .batch import MAX_OFFSET, BatchHeader
+from .errors import CorruptFile, CorruptLog
+from .fileio import atomic_write, open_regular
 from .index import NO_TIMESTAMP, Index, IndexBuilder, last_valid_entry
 
 LOG_SUFFIX = ".log"
@@ -47,12 +48,28 @@ def index_name(base_offset: int) -> str:
     return f"{base_offset:0{DIGITS}d}{INDEX_SUFFIX}"
 
 
-def list_segments(partition_dir: str) -> list[int]:
-    """Base offsets of the segments in a partition directory, ascending."""
+def list_segments(partition_dir: str, out_of_range: list[str] | None = None) -> list[int]:
+    """Base offsets of the segments in a partition directory, ascending.
+
+    A name is a number kq did not necessarily write: one past the largest
+    offset is an error naming the file (20 digits reach 10^20 - 1, a signed
+    64-bit offset only 2^63 - 1), or with ``out_of_range`` (for ``kq verify``)
+    its path is added there and the rest are listed. Only ASCII digits count
+    (``str.isdigit`` also accepts other scripts' digits, which ``int`` reads).
+    """
     bases = []
     for name in os.listdir(partition_dir):
-        if len(name) == DIGITS + len(LOG_SUFFIX) and name.endswith(LOG_SUFFIX) and name[:DIGITS].isdigit():
-            bases.append(int(name[:DIGITS]))
+        if len(name) == DIGITS + len(LOG_SUFFIX) and name.endswith(LOG_SUFFIX):
+            digits = name[:DIGITS]
+            if digits.isascii() and digits.isdigit():
+                base = int(digits)
+                if base > MAX_OFFSET:
+                    path = os.path.join(partition_dir, name)
+                    if out_of_range is None:
+                        raise CorruptFile(path, f"a segment name past the largest offset ({MAX_OFFSET})")
+                    out_of_range.append(path)
+                    continue
+                bases.append(base)
     bases.sort()
     return bases
 
@@ -295,11 +312,15 @@ def quarantine(fd: int, path: str, start: int, end: int) -> str:
 def quarantine_name(path: str, content: bytes | None = None) -> str:
     """``path``, or ``path-2``, ``-3``...: never overwrite another quarantine's bytes."""
     candidate, n = path, 1
-    while os.path.exists(candidate):
-        if content is not None and os.path.getsize(candidate) == len(content):
-            with open(candidate, "rb") as f:
-                if f.read() == content:
+    while os.path.lexists(candidate):
+        st = os.lstat(candidate)
+        if content is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(content):
+            fd = open_regular(candidate)
+            try:
+                if os.pread(fd, len(content), 0) == content:
                     return candidate  # a rerun after a crash: the same bytes
+            finally:
+                os.close(fd)
         n += 1
         candidate = f"{path}-{n}"
     return candidate

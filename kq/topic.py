@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 
-from .errors import DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
-from .location import TOPIC_FILE
+from .errors import CorruptFile, DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
+from .fileio import integer_field, read_metadata, shown
+from .location import MAX_PARTITIONS, TOPIC_FILE
 from .partitioner import partition_for_key
 from .partition import DEFAULT_SEGMENT_BYTES, Partition
 
 TOPIC_FORMAT = 1
 MIN_SEGMENT_BYTES = 4096
+MAX_TOPIC_ID = 64  # characters: kq writes 32 hex digits (a uuid4)
+LARGEST = 2**63 - 1  # sizes and durations are signed 64-bit in Kafka; kq keeps them in that range
 
 DEFAULT_CONFIG = {
     "segment_bytes": DEFAULT_SEGMENT_BYTES,
@@ -32,22 +34,23 @@ def check_config(config: dict) -> dict:
     """Return a complete, validated config (defaults filled in)."""
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
-        raise UsageError(f"unknown topic setting(s): {', '.join(sorted(unknown))}")
+        listing = ", ".join(sorted(map(str, unknown)))
+        raise UsageError(f"unknown topic setting(s): {listing if len(listing) <= 80 else listing[:77] + '...'}")
     merged = {**DEFAULT_CONFIG, **config}
     seg = merged["segment_bytes"]
-    if not _is_int(seg) or seg < MIN_SEGMENT_BYTES:
-        raise UsageError(f"segment size must be at least {MIN_SEGMENT_BYTES} bytes, not {seg!r}")
+    if not _is_int(seg) or not MIN_SEGMENT_BYTES <= seg <= LARGEST:
+        raise UsageError(f"segment size must be at least {MIN_SEGMENT_BYTES} bytes, not {shown(seg)}")
     if not isinstance(merged["sync"], bool):
         raise UsageError("sync must be true or false")
     for key, what in (("retention_ms", "retention"), ("retention_bytes", "retention size"),
                       ("tombstone_retention_ms", "tombstone retention")):
         value = merged[key]
-        if value is not None and (not _is_int(value) or value < 0):
-            raise UsageError(f"{what} must be a positive amount or none, not {value!r}")
+        if value is not None and (not _is_int(value) or not 0 <= value <= LARGEST):
+            raise UsageError(f"{what} must be a positive amount up to {LARGEST} or none, not {shown(value)}")
     if merged["tombstone_retention_ms"] is None:
         raise UsageError("tombstone retention needs a duration (0 removes tombstones at the next compaction)")
     if merged["cleanup"] not in ("delete", "compact"):
-        raise UsageError(f"cleanup must be delete or compact, not {merged['cleanup']!r}")
+        raise UsageError(f"cleanup must be delete or compact, not {shown(merged['cleanup'])}")
     return merged
 
 
@@ -90,15 +93,34 @@ class Topic:
 
     @staticmethod
     def load_meta(path: str) -> dict:
-        with open(os.path.join(path, TOPIC_FILE), "rb") as f:
-            meta = json.loads(f.read())
-        if meta.get("format", 0) > TOPIC_FORMAT:
+        """The checked contents of a topic's ``topic.json`` (FileNotFoundError if it has none).
+
+        Every field is checked for type and range before use: a partition
+        count decides how many directories kq opens and how long a list it
+        builds, and the config is what ``topic create`` would accept.
+        """
+        file = os.path.join(path, TOPIC_FILE)
+        meta = read_metadata(file)
+        version = meta.get("format", TOPIC_FORMAT)
+        if type(version) is not int or version < 1:
+            raise CorruptFile(file, f"format is {shown(version)}, not a version number")
+        if version > TOPIC_FORMAT:
             raise UnsupportedFormat(
-                f"topic at {path} has format {meta['format']}, newer than this kq "
+                f"topic at {path} has format {shown(version)} ({file}), newer than this kq "
                 f"understands ({TOPIC_FORMAT}); upgrade kq"
             )
-        meta["config"] = {**DEFAULT_CONFIG, **meta.get("config", {})}
-        return meta
+        count = integer_field(meta, "partitions", file, 1, MAX_PARTITIONS)
+        topic_id = meta.get("id")
+        if topic_id is not None and not (isinstance(topic_id, str) and 0 < len(topic_id) <= MAX_TOPIC_ID):
+            raise CorruptFile(file, f"id is {shown(topic_id)}, not a topic id")
+        config = meta.get("config", {})
+        if not isinstance(config, dict):
+            raise CorruptFile(file, f"config is {shown(config)}, not an object")
+        try:
+            config = check_config(config)
+        except UsageError as exc:
+            raise CorruptFile(file, str(exc)) from None
+        return {**meta, "format": version, "partitions": count, "config": config}
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partition_count})"

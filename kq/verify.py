@@ -20,28 +20,31 @@ never reported as a torn tail; repair holds both locks throughout.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 
 from . import batch as batchfmt
 from .datadir import DataDir
-from .errors import CorruptFile, CorruptLog, DataDirError
-from .fileio import FILE_MODE, atomic_write, fsync_dir, write_all
-from .fileio import try_lock
-from .group import CLAIM_SUFFIX, OFFSET_SUFFIX, Groups
-from .index import ENTRY_SIZE, Index, IndexBuilder, pack_entries
+from .errors import CorruptFile, CorruptLog, DataDirError, KqError, NotRegularFile, TopicNotFound, UsageError
+from .fileio import atomic_write, file_kind, fsync_dir, open_regular, try_lock, write_all
+from .group import CLAIM_SUFFIX, MEMBER_SUFFIX, MEMBERS_DIR, OFFSET_SUFFIX, Groups, _read_member, partition_of
+from .index import ENTRY_SIZE, INTERVAL_BYTES, Index, IndexBuilder, pack_entries
 from .location import TOPIC_FILE
 from .maintain import COMPACT_SUFFIX
-from .partition import START_NAME, Partition
+from .partition import MAINTENANCE_LOCK, START_NAME, WRITER_LOCK, Partition
 from .segment import (
     DAMAGED,
     INDEX_SUFFIX,
+    MAX_OFFSET,
     QUARANTINE,
     READ_CHUNK,
     BatchReader,
     SegmentScan,
     damaged_last_batch,
     find_valid_batch,
+    list_segments,
     quarantine_name,
 )
 from .topic import Topic
@@ -103,6 +106,25 @@ class _Segment:
 
 
 _AMBIGUOUS = "kq cannot tell which records are the right ones; inspect the segment"
+_FOREIGN = "kq did not write it and does not remove what it did not write; move it away"
+
+
+def _unreadable(exc: BaseException, path: str) -> tuple[str, str]:
+    """(file, why) for an error that kept verify from reading something: the file it names, else ``path``."""
+    if isinstance(exc, CorruptFile):
+        return exc.path, exc.reason
+    if isinstance(exc, OSError):
+        return exc.filename or path, exc.strerror or str(exc)
+    return path, str(exc)
+
+
+def _not_regular(path: str) -> str | None:
+    """What ``path`` is if it is there and not a regular file (a FIFO, ...), else None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
 class _PartitionCheck:
@@ -130,31 +152,54 @@ class _PartitionCheck:
 
     def run(self) -> "_PartitionCheck":
         path = self.part.path
+        out_of_range: list[str] = []
         try:
-            bases = self.part.segments()
+            bases = list_segments(path, out_of_range)
         except FileNotFoundError:
             self.report(path, None, "partition directory missing",
                         why_not="the topic says it has this partition; restore the directory")
             return self
+        except OSError as exc:
+            file, why = _unreadable(exc, path)
+            self.report(file, None, f"partition directory unreadable: {why}", why_not="kq cannot check it")
+            return self
+        for file in out_of_range:
+            self.report(file, None, f"a segment name past the largest offset ({MAX_OFFSET}): kq refuses the partition",
+                        why_not=_FOREIGN)
         for i, base in enumerate(bases):
             self._check_segment(base, last=i == len(bases) - 1)
+        if self.next_offset == MAX_OFFSET:
+            self.report(self.segments[-1].path, None, f"the partition is full: its end offset is the largest "
+                                                      f"offset ({MAX_OFFSET}), so every append is refused", WARNING)
         try:
-            self.part.trimmed_to()
-        except CorruptFile:
-            self.report(os.path.join(path, START_NAME), None, "start offset file unreadable",
+            trimmed = self.part.trimmed_to()
+        except (CorruptFile, OSError) as exc:
+            file, why = _unreadable(exc, os.path.join(path, START_NAME))
+            self.report(file, None, f"start offset file unreadable: {why}",
                         why_not="the start offset it held is unknown; restore the file, or remove it to serve the "
                                 "partition from its first segment (records trimmed before would be served again)")
+        else:
+            end = max(self.next_offset or 0, bases[-1] if bases else 0)
+            if trimmed > end and len(self.segments) == len(bases):  # (with a segment unread, the end is unknown)
+                # A trim never moves the start past the end: readers would skip records not yet written.
+                self.report(os.path.join(path, START_NAME), None,
+                            f"start offset {trimmed} is past the end offset {end}: records appended below "
+                            f"{trimmed} would never be served",
+                            why_not="restore the file, or remove it to serve the partition from its first segment")
         segments = {seg.base for seg in self.segments}
         for name in sorted(os.listdir(path)):
-            if name.endswith(INDEX_SUFFIX) and name[:-len(INDEX_SUFFIX)].isdigit() \
-                    and int(name[:-len(INDEX_SUFFIX)]) not in segments:
+            stem = name[:-len(INDEX_SUFFIX)]
+            if name in (WRITER_LOCK, MAINTENANCE_LOCK) and (kind := _not_regular(os.path.join(path, name))):
+                self.report(os.path.join(path, name), None, f"lock file is a {kind}, not a regular file: "
+                                                            "writers cannot lock the partition", why_not=_FOREIGN)
+            elif name.endswith(INDEX_SUFFIX) and stem.isascii() and stem.isdigit() and int(stem) not in segments:
                 self.report(os.path.join(path, name), None,
                             "index of a segment that does not exist (left by an interrupted deletion)", INFO)
             elif name.endswith(COMPACT_SUFFIX):
                 self.report(os.path.join(path, name), None,
                             "left by an interrupted compaction; never read, the next compaction removes it", INFO)
             elif QUARANTINE in name:
-                size = os.path.getsize(os.path.join(path, name))
+                size = os.lstat(os.path.join(path, name)).st_size
                 self.report(os.path.join(path, name), None,
                             f"{size} byte(s) quarantined by an earlier repair: not served; inspect, then remove", INFO)
         return self
@@ -164,8 +209,14 @@ class _PartitionCheck:
     def _check_segment(self, base: int, last: bool) -> None:
         seg = _Segment(base, self.part.log_path(base), self.part.index_path(base))
         try:
-            fd = os.open(seg.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = open_regular(seg.path)
         except FileNotFoundError:
+            return
+        except (NotRegularFile, OSError) as exc:
+            file, why = _unreadable(exc, seg.path)
+            self.report(file, None, f"segment unreadable: {why}",
+                        why_not=_FOREIGN if isinstance(exc, NotRegularFile) else "kq cannot read it")
+            self.expected = None  # its records are unknown
             return
         try:
             seg.size = os.fstat(fd).st_size
@@ -256,12 +307,20 @@ class _PartitionCheck:
 
     def _check_index(self, seg: _Segment) -> None:
         """The index must be exactly the one kq writes: one entry every INTERVAL_BYTES."""
-        have = Index.load(seg.index_path)
+        try:
+            # No more entries than the segment can have: the rest are surplus, read or not.
+            have = Index.load(seg.index_path, seg.size + INTERVAL_BYTES)
+        except (NotRegularFile, OSError) as exc:
+            file, why = _unreadable(exc, seg.index_path)
+            self.report(file, None, f"index unreadable: {why}",
+                        why_not=_FOREIGN + " (kq then writes a new index)" if isinstance(exc, NotRegularFile)
+                        else "kq cannot read it")
+            return
         entries = [have.entry(i) for i in range(len(have))]
         torn = len(have.blob) % ENTRY_SIZE
-        if entries == seg.index and not torn:
+        if entries == seg.index and have.file_size == len(have.blob) and not torn:
             return
-        if not have.blob and not os.path.exists(seg.index_path):
+        if not have.blob and not os.path.lexists(seg.index_path):
             seg.index_problem = self.report(
                 seg.index_path, None, f"index out of date: missing (the segment needs {len(seg.index)} entries)")
             return
@@ -275,7 +334,10 @@ class _PartitionCheck:
         elif i < len(seg.index):
             what = f"{len(seg.index) - i} entries missing from entry {i} on (the segment needs {len(seg.index)})"
         else:
-            what = f"{len(entries) - i} entries past the last one the segment needs"
+            extra = have.file_size - i * ENTRY_SIZE
+            what = f"{extra // ENTRY_SIZE} entries past the last one the segment needs"
+            if extra % ENTRY_SIZE:
+                what += f" and a partial {extra % ENTRY_SIZE}-byte entry"
         seg.index_problem = self.report(seg.index_path, i * ENTRY_SIZE, f"index out of date: {what}")
 
     # ------------------------------------------------------------------ repair
@@ -313,7 +375,7 @@ def _quarantine_and_splice(seg: _Segment) -> None:
     bytes, so a crash in between leaves them twice, never nowhere; a rerun
     finds the same damage and reuses the same file names.
     """
-    fd = os.open(seg.path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = open_regular(seg.path)
     try:
         for r in seg.damaged:
             moved = _read(fd, r.start, r.end)
@@ -329,7 +391,7 @@ def _quarantine_and_splice(seg: _Segment) -> None:
             at = r.end
         keep.append((at, seg.size))
         tmp = f"{seg.path}.tmp-{os.getpid()}"
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+        out = open_regular(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             for lo, hi in keep:
                 for chunk_start in range(lo, hi, READ_CHUNK):
@@ -351,7 +413,7 @@ def _read(fd: int, start: int, end: int) -> bytes:
 
 
 def _truncate(path: str, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    fd = open_regular(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -388,10 +450,12 @@ class Verifier:
         for name in names:
             try:
                 opened[name] = self.data.topic(name)  # unknown names fail before any work
-            except DataDirError as exc:
-                path = os.path.join(self.data.topics_path, name, TOPIC_FILE)
-                why = str(exc).replace(f"{path} is unreadable ", "")  # the line names the file already
-                opened[name] = Problem(name, None, path, None, f"topic metadata unreadable {why}")
+            except (TopicNotFound, UsageError):  # the caller's mistake, not the data's
+                raise
+            except (KqError, OSError) as exc:
+                # Never skipped: what verify cannot read, it cannot call sound.
+                file, why = _unreadable(exc, os.path.join(self.data.topics_path, name, TOPIC_FILE))
+                opened[name] = Problem(name, None, file, None, f"topic unreadable: {why}")
         for name, topic in opened.items():
             self.topics += 1
             if isinstance(topic, Problem):
@@ -401,8 +465,8 @@ class Verifier:
                 continue
             try:
                 ranges = {}
-                for part in topic.partitions():
-                    problems, ranges[part.number] = self._partition(topic, part)
+                for number in range(topic.partition_count):
+                    problems, ranges[number] = self._partition(topic, number)
                     for p in problems:
                         yield self._count(p)
                 for p in self._group_offsets(topic, ranges):
@@ -419,9 +483,31 @@ class Verifier:
                 self.unrepaired += 1
         return p
 
-    def _partition(self, topic: Topic, part: Partition) -> tuple[list[Problem], tuple[int, int] | None]:
+    def _partition(self, topic: Topic, number: int) -> tuple[list[Problem], tuple[int, int] | None]:
         """Problems of one partition, and its (start, end) offsets when they can be read."""
         self.partitions += 1
+        try:
+            part = topic.partition(number)
+            try:
+                mode = os.stat(part.path).st_mode
+            except FileNotFoundError:
+                return [self._not_repaired(Problem(
+                    topic.name, number, part.path, None, "partition directory missing",
+                    why_not="the topic says it has this partition; restore the directory"))], None
+            if not stat.S_ISDIR(mode):
+                return [self._not_repaired(Problem(
+                    topic.name, number, part.path, None,
+                    f"partition directory is a {file_kind(mode)}, not a directory", why_not=_FOREIGN))], None
+            return self._check_partition(topic, part)
+        except (KqError, OSError) as exc:
+            if self.repair and isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # --repair needs write access: without it, it fails as a whole, naming the file
+            # A lock file that is a FIFO, a directory kq may not enter, a link
+            # out of the data directory: the partition is not checked, and says so.
+            file, why = _unreadable(exc, os.path.join(topic.path, str(number)))
+            return [self._not_repaired(Problem(topic.name, number, file, None, f"partition not checked: {why}"))], None
+
+    def _check_partition(self, topic: Topic, part: Partition) -> tuple[list[Problem], tuple[int, int] | None]:
         # Checking alone works on a read-only copy (a backup mount): locks
         # that cannot be created there are not taken, as no writer can run.
         read_only_ok = not self.repair
@@ -471,7 +557,8 @@ class Verifier:
         return found
 
     def _group_offsets(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
-        """Each group's committed offsets for this topic: readable, and inside the partition."""
+        """Each group's files for this topic: committed offsets readable and inside the
+        partition, claim and member files that a member can open."""
         groups = Groups(self.data)
         for group in groups.groups_of_topic(topic.name):
             directory = os.path.join(groups.path, group, topic.name)
@@ -479,18 +566,31 @@ class Verifier:
                 names = sorted(os.listdir(directory))
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                yield self._not_repaired(Problem(topic.name, None, directory, None,
+                                                 f"directory of group '{group}' unreadable: {exc.strerror}"))
+                continue
+            yield from self._group_members(topic, group, directory)
             for name in names:
-                stem = name[: -len(OFFSET_SUFFIX)]
-                if not (name.endswith(OFFSET_SUFFIX) and stem.isdigit()):
+                path = os.path.join(directory, name)
+                number = partition_of(name, CLAIM_SUFFIX)
+                if number is not None:
+                    kind = _not_regular(path)
+                    if kind:
+                        yield self._not_repaired(Problem(
+                            topic.name, number, path, None,
+                            f"claim file of group '{group}' is a {kind}, not a regular file", why_not=_FOREIGN))
+                number = partition_of(name, OFFSET_SUFFIX)
+                if number is None:
                     continue
-                number, path = int(stem), os.path.join(directory, name)
                 try:
                     found = Groups.read_offset_file(path)
-                except CorruptFile:
-                    p = Problem(topic.name, number, path, None, f"offsets file of group '{group}' unreadable")
-                    if self.repair:
+                except (CorruptFile, OSError) as exc:
+                    _, why = _unreadable(exc, path)
+                    p = Problem(topic.name, number, path, None, f"offsets file of group '{group}' unreadable: {why}")
+                    if self.repair and isinstance(exc, CorruptFile):
                         _quarantine_offsets(p, group, directory)
-                    yield p
+                    yield self._not_repaired(p)
                     continue
                 if found is None:
                     continue
@@ -507,10 +607,46 @@ class Verifier:
                 yield from _offset_in_range(topic, number, path, group, offset, ranges.get(number))
 
 
+    def _group_members(self, topic: Topic, group: str, directory: str):
+        """Member files a live member holds must be what a member writes (others are tidied by members)."""
+        members = os.path.join(directory, MEMBERS_DIR)
+        try:
+            names = sorted(n for n in os.listdir(members) if n.endswith(MEMBER_SUFFIX))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            yield self._not_repaired(Problem(topic.name, None, members, None,
+                                             f"members of group '{group}' unreadable: {exc.strerror}"))
+            return
+        for name in names:
+            path = os.path.join(members, name)
+            try:
+                probe = try_lock(path)
+                if probe is not None:  # its member is gone; the next member removes it
+                    probe.close()
+                    continue
+                _read_member(path, name[: -len(MEMBER_SUFFIX)])
+            except FileNotFoundError:
+                continue
+            except (CorruptFile, OSError) as exc:
+                _, why = _unreadable(exc, path)
+                yield self._not_repaired(Problem(topic.name, None, path, None,
+                                                 f"member file of group '{group}' unreadable: {why}", why_not=_FOREIGN))
+
+    def _not_repaired(self, p: Problem) -> Problem:
+        if self.repair and p.action is None:
+            p.action = f"not repaired: {p.why_not}" if p.why_not else "not repaired"
+        return p
+
+
 def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
     # Holding the partition's claim, no member can own it and commit a good
     # offset that would then be moved aside in its place.
-    claim = try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
+    try:
+        claim = try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
+    except (KqError, OSError) as exc:
+        p.action = f"not repaired: {_unreadable(exc, p.file)[1]}"
+        return
     if claim is None:
         p.action = f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
         return
@@ -549,7 +685,7 @@ def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: i
 def _offset_range(part: Partition) -> tuple[int, int] | None:
     try:
         return part.start_offset(), part.end_offset()
-    except (CorruptFile, CorruptLog, FileNotFoundError):
+    except (KqError, OSError):
         return None
 
 

@@ -686,6 +686,8 @@ def test_disk_full_during_a_group_commit_keeps_the_previous_commit(run_kq, data_
     r = subprocess.run(faulty_kq_command(data_dir, "consume", "t", "-g", "g"), capture_output=True,
                        env={**os.environ, "KQ_FAULT_WRITE_BUDGET": "0"}, timeout=60)
     assert_clear_failure(r)
+    assert b"No space left on device" in r.stderr
+    assert os.path.join("groups", "g", "t", "0.offset").encode() in r.stderr, "the error does not name the file"
     assert r.stdout == b"c\nd\n"  # written out, but not committed
     offsets_dir = os.path.join(data_dir, "groups", "g", "t")
     assert not [n for n in os.listdir(offsets_dir) if ".tmp-" in n], "a failed commit left its temporary file"
@@ -1030,3 +1032,139 @@ def test_a_topic_trimmed_mid_batch_still_replicates(run_kq, data_dir, tmp_path):
     r = run_kq("replicate", "t", "--to", replica)
     assert r.returncode == 0, r.stderr
     assert run_kq("consume", "t", data=replica).stdout == run_kq("consume", "t").stdout
+
+
+# ---------------------------------------------------------------- something else where kq keeps a file
+
+# Where each file lives (relative to the data directory), and the commands that
+# read or write it: each must fail with one `kq: error:` line naming it, at
+# once, whatever stands there instead of a regular file. `verify` must name it
+# too (exit 1) and never call the data directory clean. Commands that do not
+# need the file may succeed; none may hang.
+PARTITION = "topics/t/0"
+SEGMENT = f"{PARTITION}/{0:020d}.log"
+HOSTILE_PLACES = {
+    "segment": (SEGMENT, [["consume", "t"], ["consume", "t", "-g", "g"], ["produce", "t"], ["topic", "describe", "t"],
+                          ["offsets", "show", "t"], ["replicate", "t", "--to", "REPLICA"], ["verify", "--repair"]]),
+    "index": (f"{PARTITION}/{0:020d}.index", [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
+                                             ["consume", "t", "-o", "@1500"], ["verify", "--repair"]]),
+    "start.offset": (f"{PARTITION}/start.offset", [["consume", "t"], ["consume", "t", "-g", "g2"],
+                                                   ["topic", "describe", "t"], ["offsets", "show", "t"],
+                                                   ["topic", "trim", "t", "--before", "3"], ["verify", "--repair"]]),
+    "topic.json": ("topics/t/topic.json", [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
+                                           ["topic", "list"], ["topic", "list", "--json"], ["maintain"],
+                                           ["topic", "alter", "t", "--retention", "2d"], ["group", "describe", "g"],
+                                           ["replicate", "--all", "--to", "REPLICA"], ["verify", "--repair"]]),
+    "kq.json": ("kq.json", [["consume", "t"], ["produce", "t"], ["topic", "list"], ["group", "list"],
+                            ["topic", "create", "u"], ["verify"]]),
+    "writer.lock": (f"{PARTITION}/writer.lock", [["produce", "t"], ["verify", "--repair"]]),
+    "maintain.lock": (f"{PARTITION}/maintain.lock", [["maintain"], ["topic", "trim", "t", "--before", "3"],
+                                                     ["verify", "--repair"]]),
+    "P.offset": ("groups/g/t/0.offset", [["consume", "t", "-g", "g"], ["offsets", "show", "t"],
+                                         ["offsets", "reset", "t", "-g", "g", "--to", "0"], ["group", "describe", "g"],
+                                         ["replicate", "t", "--to", "REPLICA"]]),
+    "P.lock": ("groups/g/t/0.lock", [["consume", "t", "-g", "g"], ["group", "describe", "g"], ["verify", "--repair"]]),
+    "member": ("groups/g/t/members/00000000000000000001-1-abcdef.member",
+               [["consume", "t", "-g", "g"], ["group", "describe", "g"], ["group", "delete", "g"],
+                ["offsets", "reset", "t", "-g", "g", "--to", "0"], ["verify", "--repair"]]),
+    "partition directory": (PARTITION, [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
+                                        ["verify", "--repair"]]),
+}
+
+
+def plant(path: str, kind: str) -> None:
+    """Put a ``kind`` of non-regular file at ``path`` (moving aside what is there)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        os.mkdir(path, 0o700)
+        open(os.path.join(path, "x"), "wb").close()  # not empty: nothing may remove it
+    elif kind == "socket":
+        import socket
+
+        short = tempfile.mkdtemp(prefix="kq-sock-")  # a socket's path has at most 107 bytes
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(os.path.join(short, "s"))  # the socket file stays after close
+        os.rename(os.path.join(short, "s"), path)
+        os.rmdir(short)
+    else:
+        raise ValueError(kind)
+
+
+@pytest.fixture(scope="module")
+def hostile_template(tmp_path_factory):
+    """A data directory with every kind of file: segments and an index, a start
+    offset, retention, a group's committed offset; copied fresh for each run."""
+    path = str(tmp_path_factory.mktemp("hostile") / "data")
+    data = kq.DataDir(path)
+    t = data.create_topic("t", 1, {"retention_ms": 86_400_000})
+    for i in range(4):
+        t.partition(0).append([b"%d-a" % i + b"x" * 1000, b"%d-b" % i + b"x" * 1000], timestamp=1000 + i * 1000)
+    t.close()
+    kq.Groups(data).commit("g", "t", 0, 2)
+    kq.DataDir(path).topic("t").partition(0).set_start_offset(1)  # inside the first batch
+    part = os.path.join(path, PARTITION)
+    assert {f"{0:020d}.index", "start.offset", "writer.lock"} <= set(os.listdir(part))
+    return path
+
+
+def run_on_hostile_copy(template: str, workdir: str, place: str, kind: str, args: list[str]):
+    data = os.path.join(workdir, "data")
+    shutil.copytree(template, data)
+    plant(os.path.join(data, place), kind)
+    args = [os.path.join(workdir, "replica") if a == "REPLICA" else a for a in args]
+    try:
+        r = subprocess.run(kq_command(data, *args), input=b"x\n", capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"kq {' '.join(args)} hung on a {kind} at {place}") from None
+    return data, r
+
+
+@pytest.mark.parametrize("what", sorted(HOSTILE_PLACES))
+def test_a_fifo_directory_or_socket_where_a_file_belongs_is_a_clear_error(hostile_template, tmp_path, what):
+    """Never a hang (a FIFO blocks open() until a writer comes), a traceback or
+    "Is a directory" without a name: each command that needs the file fails
+    naming it, and verify reports it rather than skipping it."""
+    import concurrent.futures
+
+    place, commands = HOSTILE_PLACES[what]
+    kinds = ("fifo", "socket") if what == "partition directory" else ("fifo", "directory", "socket")
+    runs = [(kind, args) for kind in kinds for args in commands]
+    if ["verify", "--repair"] in commands:
+        runs += [(kind, ["verify"]) for kind in kinds[:2]]
+
+    def one(i_run):
+        i, (kind, args) = i_run
+        return kind, args, run_on_hostile_copy(hostile_template, str(tmp_path / str(i)), place, kind, args)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, enumerate(runs)))
+    for kind, args, (data, r) in results:
+        where = f"kq {' '.join(args)} with a {kind} at {place}"
+        full = os.path.join(data, place)
+        assert b"Traceback" not in r.stderr, f"{where}: {r.stderr.decode()}"
+        assert r.returncode == 1, f"{where}: exit {r.returncode}\n{r.stdout.decode()}{r.stderr.decode()}"
+        if args[0] == "verify":
+            assert full.encode() in r.stdout + r.stderr, f"{where} did not name it:\n{r.stdout.decode()}{r.stderr.decode()}"
+            assert b": clean" not in r.stderr
+        else:
+            lines = r.stderr.decode().splitlines()  # informational "kq: ..." lines may come first
+            assert lines and all(line.startswith("kq: ") for line in lines), f"{where}: {r.stderr}"
+            errors = [line for line in lines if line.startswith("kq: error: ")]
+            assert errors and all(full in line for line in errors), f"{where} did not name the file: {r.stderr.decode()}"
+        # Nothing kq did not write was removed or replaced.
+        assert os.path.lexists(full) and not os.path.isfile(full), f"{where} removed or replaced it"
+
+
+def test_a_fifo_as_the_replicas_lock_file_is_a_clear_error(run_kq, data_dir, tmp_path):
+    assert run_kq("produce", "t", input="a\n").returncode == 0
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    os.mkfifo(replica / "replicate.lock")
+    r = run_kq("replicate", "t", "--to", replica, timeout=30)
+    assert_refused(r, str(replica / "replicate.lock").encode())

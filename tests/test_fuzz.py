@@ -10,6 +10,7 @@ constants) and counts what it tried; run with ``-s`` to see the figures.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
@@ -19,15 +20,19 @@ import zlib
 from collections import Counter
 
 import msgpack
+import portalocker
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kq
 from kq import batch as batchfmt
-from kq.errors import CorruptLog
+from kq.errors import CorruptLog, KqError
 from kq.index import ENTRY, ENTRY_SIZE, Index
+from kq.location import MAX_PARTITIONS
+from kq.batch import MAX_OFFSET
 from kq.segment import DAMAGED, BatchReader, classify_damage
+from kq.topic import check_config
 
 # Hypothesis examples per test; each example also tries EXTRA_PER_CASE more inputs
 # made with a PRNG seeded by the example (cheap volume on top of shrinkable cases).
@@ -624,3 +629,253 @@ def test_bit_rot_anywhere_in_the_last_batch_never_lets_a_writer_reuse_its_offset
     except CorruptLog:
         pass
     part.close()
+
+
+# ---------------------------------------------------------------- small metadata files
+
+METADATA_CASES = 300
+# The JSON files kq reads, and the fields it reads from each.
+METADATA_FIELDS = {
+    "kq.json": ["format"],
+    "topic.json": ["format", "name", "id", "partitions", "config"],
+    "start.offset": ["format", "start_offset"],
+    "P.offset": ["format", "offset", "committed_at", "topic_id"],
+    "member": ["member", "pid", "host", "topic", "joined_at"],
+}
+MEMBER_ID = "00000000000000000001-1-abcdef"
+
+json_leaves = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.text(max_size=12),
+    st.integers(-(2**65), 2**65), st.sampled_from([0, -1, 1, 2, 2**63 - 1, 2**63, 10_000, 10_001, 10**9, MEMBER_ID]),
+)
+json_values = st.recursive(
+    json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+config_values = st.dictionaries(
+    st.sampled_from(["segment_bytes", "sync", "retention_ms", "retention_bytes", "cleanup", "tombstone_retention_ms",
+                     "unknown"]), json_values | st.sampled_from(["delete", "compact"]), max_size=4)
+
+
+@st.composite
+def metadata_bytes(draw, which: str):
+    """Bytes for a metadata file: objects with its own fields (so the checks past "is it
+    an object" run), any JSON, nesting deep enough to exhaust a recursive parser,
+    numbers too long to convert, or random bytes."""
+    fields = METADATA_FIELDS[which]
+    kind = draw(st.sampled_from(["valid", "fields", "fields", "fields", "json", "deep", "long number", "bytes"]))
+    if kind == "valid":  # what kq writes, with numbers anywhere in range
+        big = st.integers(0, MAX_OFFSET)
+        return json.dumps(draw(st.fixed_dictionaries({
+            "kq.json": {"format": st.just(1)},
+            "topic.json": {"format": st.just(1), "partitions": st.integers(1, MAX_PARTITIONS), "config": st.just({})},
+            "start.offset": {"format": st.just(1), "start_offset": big},
+            "P.offset": {"format": st.just(1), "offset": big, "committed_at": big},
+            "member": {"member": st.just(MEMBER_ID), "pid": big, "host": st.text(), "topic": st.just("t"),
+                       "joined_at": big},
+        }[which]))).encode()
+    if kind == "fields":
+        value = draw(st.dictionaries(st.sampled_from(fields), json_values | config_values, min_size=1))
+        return json.dumps(value).encode()
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    if kind == "deep":
+        depth = draw(st.integers(500, 30_000))
+        return draw(st.sampled_from([b"[", b'{"a":', b"[{\"partitions\":"])) * depth
+    if kind == "long number":
+        field = draw(st.sampled_from(fields))
+        return b'{"%s": %s}' % (field.encode(), b"9" * draw(st.integers(19, 60_000)))
+    return draw(st.binary(max_size=200))
+
+
+def read_through_kq(data_dir: str, which: str):
+    """What a kq reader makes of ``which``: the value it uses, checked."""
+    data = kq.DataDir(data_dir)
+    if which == "kq.json":
+        assert data.exists() is True
+        return "ok"
+    if which == "topic.json":
+        t = data.topic("t")
+        assert type(t.partition_count) is int and 1 <= t.partition_count <= MAX_PARTITIONS
+        assert check_config(dict(t.config)) == t.config
+        t.close()
+        return "ok"
+    if which == "start.offset":
+        start = data.topic("t").partition(0).trimmed_to()
+        assert type(start) is int and 0 <= start <= MAX_OFFSET
+        return "ok"
+    if which == "P.offset":
+        committed = kq.Groups(data).committed("g", "t")
+        assert all(type(o) is int and 0 <= o <= MAX_OFFSET for o in committed.values())
+        return "ok"
+    members = kq.Groups(data).members("g", "t")
+    assert [m["member"] for m in members] == [MEMBER_ID]
+    assert all(type(m["pid"]) is int and type(m["host"]) is str for m in members)
+    return "ok"
+
+
+def test_any_bytes_in_a_metadata_file_give_checked_values_or_a_corrupt_file_error(tmp_path):
+    """kq.json, topic.json, start.offset, committed offsets and member files hold anything:
+    wrong shapes, wrong types, numbers out of range, 30,000 levels of nesting, 60,000
+    digits. A reader gets values of the right type and range, or kq's error naming the
+    file; never RecursionError, AttributeError, ValueError or a gigabyte list."""
+    data_dir = str(tmp_path / "data")
+    data = kq.DataDir(data_dir)
+    data.create_topic("t", 2).close()
+    groups = kq.Groups(data)
+    groups.commit("g", "t", 0, 1)
+    members = os.path.join(data_dir, "groups", "g", "t", "members")
+    os.makedirs(members)
+    paths = {
+        "kq.json": os.path.join(data_dir, "kq.json"),
+        "topic.json": os.path.join(data_dir, "topics", "t", "topic.json"),
+        "start.offset": os.path.join(data_dir, "topics", "t", "0", "start.offset"),
+        "P.offset": os.path.join(data_dir, "groups", "g", "t", "0.offset"),
+        "member": os.path.join(members, MEMBER_ID + ".member"),
+    }
+    originals = {w: open(p, "rb").read() if os.path.exists(p) else None for w, p in paths.items()}
+    member_lock = open(paths["member"], "wb")  # a live member holds its file's lock
+    portalocker.lock(member_lock, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+    counts = Counter()
+
+    @fuzz(METADATA_CASES)
+    @given(st.sampled_from(sorted(paths)).flatmap(lambda w: st.tuples(st.just(w), metadata_bytes(w))))
+    def run(case):
+        which, raw = case
+        path = paths[which]
+        with open(path, "r+b" if which == "member" else "wb") as f:
+            f.truncate(0)
+            f.write(raw)
+        try:
+            counts[f"{which} {read_through_kq(data_dir, which)}"] += 1
+        except KqError as exc:
+            assert path in str(exc), f"the error does not name {path}: {exc}"
+            counts[f"{which} refused"] += 1
+        finally:
+            original = originals[which]
+            if original is not None:
+                with open(path, "wb") as f:
+                    f.write(original)
+        counts["cases"] += 1
+
+    try:
+        run()
+    finally:
+        member_lock.close()
+    report("metadata files", counts)
+    assert counts["cases"] >= METADATA_CASES // 2
+    assert sum(n for k, n in counts.items() if k.endswith("refused")) > METADATA_CASES // 4
+
+
+def _case(name, place, content, *commands):
+    return pytest.param(place, content, list(commands), id=name)
+
+
+OUT_OF_RANGE = [
+    # The file, what is put there, and commands that read it. The issue's examples first.
+    _case("topic-a-list", "topics/t/topic.json", b"[1,2]", ["consume", "t"], ["topic", "describe", "t"]),
+    _case("partitions--1", "topics/t/topic.json", b'{"format": 1, "partitions": -1, "config": {}}',
+          ["consume", "t"], ["topic", "list", "--json"]),
+    _case("partitions-str", "topics/t/topic.json", b'{"format": 1, "partitions": "3", "config": {}}', ["produce", "t"]),
+    _case("partitions-1e9", "topics/t/topic.json", b'{"format": 1, "partitions": 1000000000, "config": {}}',
+          ["consume", "t"], ["maintain"]),
+    _case("partitions-0", "topics/t/topic.json", b'{"format": 1, "partitions": 0, "config": {}}', ["consume", "t"]),
+    _case("partitions-float", "topics/t/topic.json", b'{"format": 1, "partitions": 1.0, "config": {}}', ["consume", "t"]),
+    _case("partitions-bool", "topics/t/topic.json", b'{"format": 1, "partitions": true, "config": {}}', ["consume", "t"]),
+    _case("topic-format-str", "topics/t/topic.json", b'{"format": "1", "partitions": 1, "config": {}}', ["consume", "t"]),
+    _case("config-list", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": []}', ["consume", "t"]),
+    _case("segment-bytes-inf", "topics/t/topic.json",
+          b'{"format": 1, "partitions": 1, "config": {"segment_bytes": 1e400}}', ["produce", "t"]),
+    _case("retention--5", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": {"retention_ms": -5}}',
+          ["maintain"]),
+    _case("cleanup-list", "topics/t/topic.json",
+          b'{"format": 1, "partitions": 1, "config": {"cleanup": ["compact"]}}', ["maintain"]),
+    _case("topic-deep", "topics/t/topic.json", b'{"partitions":' * 10_000, ["consume", "t"]),
+    _case("start--1", "topics/t/0/start.offset", b'{"format": 1, "start_offset": -1}',
+          ["consume", "t"], ["topic", "describe", "t"]),
+    _case("start-2^63", "topics/t/0/start.offset", b'{"format": 1, "start_offset": 9223372036854775808}',
+          ["consume", "t"]),
+    _case("start-str", "topics/t/0/start.offset", b'{"format": 1, "start_offset": "5"}', ["offsets", "show", "t"]),
+    _case("start-list", "topics/t/0/start.offset", b'["start_offset", 5]', ["consume", "t"]),
+    _case("start-deep", "topics/t/0/start.offset", b"[" * 50_000, ["consume", "t"]),
+    _case("offset--1", "groups/g/t/0.offset", b'{"format": 1, "offset": -1}',
+          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
+    _case("offset-2^63", "groups/g/t/0.offset", b'{"format": 1, "offset": 9223372036854775808}',
+          ["consume", "t", "-g", "g"]),
+    _case("offset-float", "groups/g/t/0.offset", b'{"format": 1, "offset": 1.5}', ["offsets", "show", "t"]),
+    _case("offset-100k-brackets", "groups/g/t/0.offset", b"[" * 100_000,
+          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
+    _case("offset-deep", "groups/g/t/0.offset", b"[" * 30_000, ["consume", "t", "-g", "g"]),
+    _case("format-deep", "kq.json", b'{"a":' * 10_000, ["consume", "t"], ["topic", "list"]),
+    _case("format-str", "kq.json", b'{"format": "1"}', ["consume", "t"]),
+    _case("format-0", "kq.json", b'{"format": 0}', ["produce", "t"]),
+    _case("format-list", "kq.json", b"[1]", ["topic", "list"]),
+    _case("segment-10^20", "topics/t/0/99999999999999999999.log", b"",
+          ["produce", "t"], ["consume", "t"], ["topic", "describe", "t"]),
+    _case("segment-2^63", "topics/t/0/09223372036854775808.log", b"", ["produce", "t"], ["consume", "t"]),
+]
+
+
+@pytest.mark.parametrize("place, content, commands", OUT_OF_RANGE)
+def test_a_crafted_number_or_shape_in_any_file_is_a_one_line_error_naming_it(run_kq, data_dir, place, content, commands):
+    """Each command that reads the file fails with one `kq: error:` line naming it
+    (never a traceback), and `kq verify` names it and exits 1."""
+    assert run_kq("produce", "t", input="a\nb\n").returncode == 0
+    assert run_kq("consume", "t", "-g", "g").returncode == 0
+    path = os.path.join(data_dir, place)
+    with open(path, "wb") as f:
+        f.write(content)
+    for args in commands + [["verify"], ["verify", "--repair"]]:
+        r = run_kq(*args, input="x\n", timeout=30)
+        where = f"kq {' '.join(args)} with {content[:40]!r} in {place}"
+        assert b"Traceback" not in r.stderr, f"{where}:\n{r.stderr.decode()}"
+        if args[0] == "verify":
+            if place.endswith(".offset") and "groups" in place and args == ["verify", "--repair"]:
+                assert r.returncode == 0 and f"moved it to {path}.quarantine".encode() in r.stdout, where
+                continue
+            assert r.returncode == 1 and path.encode() in r.stdout + r.stderr, f"{where}:\n{r.stdout.decode()}{r.stderr.decode()}"
+            continue
+        assert r.returncode == 1, f"{where}: exit {r.returncode}"
+        errors = r.stderr.decode().splitlines()
+        assert errors and all(e.startswith("kq: error: ") and path in e for e in errors), f"{where}: {r.stderr.decode()}"
+
+
+def test_a_valid_batch_at_the_largest_offsets_fills_the_partition_without_a_crash(run_kq, data_dir):
+    """Offsets are signed 64-bit. A (crafted) batch that ends at offset 2^63-2 leaves the
+    partition full: produce refuses clearly, readers serve it, verify warns. One that
+    passes it is corruption, refused by readers and named by verify."""
+    assert run_kq("topic", "create", "t").returncode == 0
+    segment = os.path.join(data_dir, "topics", "t", "0", f"{0:020d}.log")
+    with open(segment, "wb") as f:
+        f.write(batchfmt.encode(2**63 - 2, [b"last"]))
+    r = run_kq("produce", "t", input="more\n")
+    assert r.returncode == 1 and r.stderr.startswith(b"kq: error: partition t/0 is full"), r.stderr
+    r = run_kq("consume", "t", "-F", "%o %s\n")
+    assert (r.returncode, r.stdout) == (0, b"9223372036854775806 last\n"), r.stderr
+    r = run_kq("consume", "t", "-g", "g")
+    assert (r.returncode, r.stdout) == (0, b"last\n"), r.stderr
+    assert kq.Groups(kq.DataDir(data_dir)).committed("g", "t") == {0: 2**63 - 1}
+    r = run_kq("verify")
+    assert r.returncode == 0 and b"warning: the partition is full" in r.stdout, r.stdout + r.stderr
+    with open(segment, "wb") as f:
+        f.write(batchfmt.encode(2**63 - 1, [b"past", b"the end"]))
+    for args in (["consume", "t"], ["consume", "t", "-g", "g2"], ["produce", "t"]):
+        r = run_kq(*args, input="more\n")
+        assert r.returncode == 1 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, (args, r.stderr)
+    r = run_kq("verify")
+    assert r.returncode == 1 and b"impossible offsets 9223372036854775807..9223372036854775808" in r.stdout, r.stdout
+
+
+def test_segment_names_in_other_scripts_digits_are_not_segments(run_kq, data_dir):
+    """str.isdigit() accepts '٠' (Arabic-Indic zero) and '²'; int() reads the first as 0.
+    Files so named are not kq's segments: no traceback, no second segment 0."""
+    assert run_kq("produce", "t", input="a\n").returncode == 0
+    partition = os.path.join(data_dir, "topics", "t", "0")
+    for name in ("٠" * 20 + ".log", "²" * 20 + ".log", "٠" * 20 + ".index"):
+        with open(os.path.join(partition, name), "wb") as f:
+            f.write(batchfmt.encode(0, [b"planted"]))
+    for args in (["consume", "t"], ["topic", "describe", "t"], ["verify"]):
+        r = run_kq(*args)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr and b"planted" not in r.stdout, (args, r.stderr)
+    assert run_kq("produce", "t", input="b\n").returncode == 0
+    assert run_kq("consume", "t").stdout == b"a\nb\n"

@@ -9,6 +9,7 @@ that it does not let links or names lead it outside its data directory.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import stat
@@ -339,3 +340,31 @@ def test_another_users_data_directory_is_not_writable_through_kq(shared_tmp):
     assert snapshot(data) == before, "the intruder changed the owner's data directory"
     r = run_as(NOBODY, data, "consume", "t")
     assert (r.returncode, sorted(r.stdout.split())) == (0, [b"1", b"2"]), r.stderr
+
+
+def test_a_topic_another_user_owns_is_reported_never_skipped(run_kq, shared_tmp):
+    """A topic directory the user cannot enter (another user's, mode 0700) is not left
+    out silently: `verify` reports it as an error (exit 1, never "clean"), and
+    `topic list` lists the rest, names it on stderr and exits 1."""
+    from test_faults import chown_tree
+
+    data = os.path.join(shared_tmp, "data")
+    assert run_kq("produce", "mine", input="a\n", data=data).returncode == 0
+    assert run_kq("produce", "theirs", input="b\n", data=data).returncode == 0
+    chown_tree(data, NOBODY)
+    theirs = os.path.join(data, "topics", "theirs")
+    chown_tree(theirs, 0)
+    os.chmod(theirs, 0o700)
+
+    r = run_as(NOBODY, data, "verify")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{theirs}/topic.json: error: topic unreadable: Permission denied".encode() in r.stdout, r.stdout
+    assert b"clean" not in r.stderr and b"verified 2 topic(s)" in r.stderr, r.stderr
+    r = run_as(NOBODY, data, "topic", "list")
+    assert (r.returncode, r.stdout) == (1, b"mine\n"), r.stderr
+    assert r.stderr.startswith(b"kq: error: cannot read topic 'theirs': Permission denied: ") and theirs.encode() in r.stderr
+    r = run_as(NOBODY, data, "topic", "list", "--json")
+    assert r.returncode == 1 and [t["name"] for t in json.loads(r.stdout)] == ["mine"], r.stderr
+    # What it can read still works.
+    assert run_as(NOBODY, data, "verify", "mine").returncode == 0
+    assert run_as(NOBODY, data, "consume", "mine").stdout == b"a\n"

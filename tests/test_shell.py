@@ -70,6 +70,24 @@ def test_completion_in_an_empty_or_missing_data_dir_is_quiet(tmp_path):
     assert not os.path.exists(missing)
 
 
+def test_completion_over_hostile_files_is_quick_and_quiet(populated):
+    """Tab completion reads topic.json on every key press: a FIFO there (which a plain
+    open() waits on forever), a partition count of a billion or deep nesting gives no
+    candidates, at once, and no output on stderr."""
+    data = populated
+    meta = os.path.join(data, "topics", "orders", "topic.json")
+    for plant in ("fifo", b'{"format": 1, "partitions": 1000000000, "config": {}}', b"[" * 100_000,
+                  b'{"partitions": -3}'):
+        os.unlink(meta)
+        if plant == "fifo":
+            os.mkfifo(meta)
+        else:
+            with open(meta, "wb") as f:
+                f.write(plant)
+        assert complete_bash("kq consume orders -p ", data=data) == []
+        assert complete_bash("kq consume ", data=data) == ["logs", "orders"]
+
+
 def test_zsh_and_fish_protocols(populated):
     env = {**os.environ, "KQ_DATA_DIR": populated}
     zsh = subprocess.run(KQ, env={**env, "_KQ_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "kq consume "},

@@ -219,10 +219,10 @@ def test_unreadable_offsets_file_is_moved_aside_and_the_group_restarts(run_kq, d
     assert b"corrupt file" in run_kq("consume", "t", "-g", "g").stderr
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable"]
+    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON"]
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable -> moved it to {path}.quarantine; "
+    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON -> moved it to {path}.quarantine; "
                         "group 'g' will restart partition 0 from its reset policy (earliest by default)"]
     assert open(f"{path}.quarantine", "rb").read() == b'{"format": 1, "offs'
     assert run_kq("consume", "t", "-g", "g").stdout == b"a\nb\nc\n"
@@ -317,3 +317,17 @@ def test_a_half_written_append_is_checked_again_under_the_writer_lock(data_dir, 
             f.write(late[20:])  # the append completes; the producer lets go
     out, err = verify.communicate(timeout=30)
     assert (verify.returncode, out) == (0, b""), out + err
+
+
+def test_a_start_offset_past_the_end_is_an_error(run_kq, data_dir):
+    """A trim never moves the start past the end: a start.offset that does would make
+    readers skip records appended below it. verify names the file."""
+    small_batches(data_dir, 2)
+    path = os.path.join(data_dir, "topics", "t", "0", "start.offset")
+    kq.DataDir(data_dir).topic("t").partition(0).set_start_offset(4)  # the end: fine
+    assert run_kq("verify").returncode == 0
+    kq.DataDir(data_dir).topic("t").partition(0).set_start_offset(2**63 - 1)
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert lines(r) == [f"{path}: error: start offset 9223372036854775807 is past the end offset 4: "
+                        "records appended below 9223372036854775807 would never be served"]

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..errors import EXIT_USAGE, KqError
     from .app import app
-    from .output import explain, quiet_stdout
+    from .output import error_text, explain, quiet_stdout
 
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, anything else
     # stops cleanly and exits 128 + the signal's number.
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 128 + (_signal_received[0] or 2)
     except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        code = _error(f"{exc.strerror or exc}{where}", 1)
+        code = _error(error_text(exc), 1)
     except (typer.Abort, EOFError):
         code = 128 + (_signal_received[0] or 2)
     try:

@@ -20,6 +20,16 @@ def explain(exc: KqError) -> str:
     return str(exc)
 
 
+def error_text(exc: BaseException) -> str:
+    """An error as one line: a KqError's message (with its hint), an OSError's reason and file."""
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        if exc.filename2:  # a rename names both ends: either may be the cause
+            where += f" -> {exc.filename2}"
+        return f"{exc.strerror or exc}{where}"
+    return explain(exc) if isinstance(exc, KqError) else str(exc)
+
+
 def warn(message: str) -> None:
     print(f"kq: warning: {message}", file=sys.stderr, flush=True)
 

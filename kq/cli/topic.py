@@ -151,27 +151,47 @@ def topic_list(
 ) -> None:
     """List topics: one name per line (a table on a terminal).
 
+    A topic kq cannot read (damaged metadata, another user's directory, a
+    FIFO where a file belongs) is left out of the list and named on stderr,
+    one `kq: error:` line each, and the exit code is 1.
+
     [bold]Examples[/bold]
 
       kq topic list
 
       kq topic list --json | jq -r '.[] | select(.partitions > 1) | .name'
     """
+    import sys
+
+    from ..errors import KqError
+    from .output import error_text
+
     s = settings(ctx)
-    names = s.backend.topic_names()
+    table = is_terminal() and not json_output
+    listed, unreadable = [], []
+    for n in s.backend.topic_names():
+        try:
+            if table:
+                info = s.backend.describe_topic(n)
+                sizes = [p.size for p in info.partitions if p.size is not None]
+                listed.append([n, len(info.partitions), sum(p.messages for p in info.partitions),
+                               human(sum(sizes)) if sizes else None])
+            else:
+                listed.append([n, s.backend.partition_count(n)])
+        except (KqError, OSError) as exc:
+            unreadable.append(f"cannot read topic '{n}': {error_text(exc)}")
     if json_output:
-        print_json([{"name": n, "partitions": s.backend.partition_count(n)} for n in names])
-    elif is_terminal():
-        rows = []
-        for n in names:
-            info = s.backend.describe_topic(n)
-            sizes = [p.size for p in info.partitions if p.size is not None]
-            rows.append([n, len(info.partitions), sum(p.messages for p in info.partitions),
-                         human(sum(sizes)) if sizes else None])
-        rich_table(f"topics in {s.backend.description}", ["name", "partitions", "messages", "size"], rows)
+        print_json([{"name": r[0], "partitions": r[1]} for r in listed])
+    elif table:
+        rich_table(f"topics in {s.backend.description}", ["name", "partitions", "messages", "size"], listed)
     else:
-        for n in names:
-            print(n)
+        for r in listed:
+            print(r[0])
+    if unreadable:
+        sys.stdout.flush()
+        for message in unreadable:
+            print(f"kq: error: {message}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command("describe", cls=KqCommand)

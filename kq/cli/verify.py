@@ -19,6 +19,8 @@ def verify_command(
 
     One line per problem on stdout: FILE: position N: SEVERITY: WHAT. Warnings
     (a group behind the start offset) and info lines never fail the check.
+    Nothing is skipped: a topic, partition or file verify cannot read (another
+    user's directory, a FIFO where a file belongs) is an error line naming it.
     --repair holds each partition's writer and maintenance locks while it
     works, and never deletes data silently: see docs/FORMAT.md, "kq verify".
 
