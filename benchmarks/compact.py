@@ -32,7 +32,11 @@ def make_input(path: str, messages: int, keys: int) -> None:
     values = [bytes(rng.choices(alphabet, k=89)) for _ in range(1000)]
     with open(path, "wb") as f:
         for start in range(0, messages, 10_000):
-            f.write(b"".join(b"key%05d:%s\n" % (i % keys, values[i % 1000]) for i in range(start, min(start + 10_000, messages))))
+            f.write(
+                b"".join(
+                    b"key%05d:%s\n" % (i % keys, values[i % 1000]) for i in range(start, min(start + 10_000, messages))
+                )
+            )
 
 
 def timed(args: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
@@ -64,7 +68,9 @@ def main() -> None:
             seconds, done = timed(kq + ["maintain", "t", "--json"], capture_output=True)
             compact.append(seconds)
             removed.append(json.loads(done.stdout)[0]["records_removed"])
-            survivors = subprocess.run(kq + ["consume", "t", "-F", "%k\n"], check=True, capture_output=True).stdout.split()
+            survivors = subprocess.run(
+                kq + ["consume", "t", "-F", "%k\n"], check=True, capture_output=True
+            ).stdout.split()
             if set(survivors) != {b"key%05d" % k for k in range(min(args.keys, args.messages))}:
                 sys.exit("compaction lost a key")
             shutil.rmtree(data)
@@ -72,7 +78,9 @@ def main() -> None:
         n = args.messages
         print(f"{n:,} records over {args.keys:,} keys, median of {args.runs} runs, {os.cpu_count()} CPUs")
         print(f"produce -K :   {p:8.3f} s  {n / p:>12,.0f} records/s")
-        print(f"maintain       {c:8.3f} s  {n / c:>12,.0f} records/s  ({statistics.median(removed):,.0f} records removed)")
+        print(
+            f"maintain       {c:8.3f} s  {n / c:>12,.0f} records/s  ({statistics.median(removed):,.0f} records removed)"
+        )
         print(f"compaction takes {c / p:.2f}x the time of producing the same records")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,21 +30,22 @@ def run(cmd: list[str], stdin: Path | None = None, capture: bool = False, peak_r
     runs the command under GNU time: a child forked from this large process
     would report this process's RSS as its own peak, while time is small.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile() as rss:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as rss:
         if peak_rss:
             cmd = [TIME, "-f", "%M", "-o", rss.name, *cmd]
         with open(stdin, "rb") if stdin else open(os.devnull, "rb") as stdin_file:
             start = time.perf_counter()
-            status = subprocess.run(cmd, stdin=stdin_file, stdout=out if capture else subprocess.DEVNULL,
-                                    stderr=err).returncode
+            status = subprocess.run(
+                cmd, stdin=stdin_file, stdout=out if capture else subprocess.DEVNULL, stderr=err
+            ).returncode
             seconds = time.perf_counter() - start
         if status != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(cmd)} exited {status}: {err.read().decode(errors='replace')}")
         out.seek(0)
-        return Run(seconds, out.read() if capture else b"",
-                   int(Path(rss.name).read_text()) / 1024 if peak_rss else None)  # time's %M is in KiB
+        return Run(
+            seconds, out.read() if capture else b"", int(Path(rss.name).read_text()) / 1024 if peak_rss else None
+        )  # time's %M is in KiB
 
 
 def cpu_seconds(pid: int) -> float:

@@ -72,9 +72,15 @@ def main() -> None:
         print(f"{'what':<14}{'seconds':>10}{'msg/s':>14}{'MB/s':>10}")
         for k, v in med.items():
             print(f"{k:<14}{v:>10.3f}{n / v:>14,.0f}{n * args.size / v / 1e6:>10.1f}")
-        print(f"produce: {n / med['kq produce']:,.0f} msg/s, {med['kq produce'] / med['cat | cat']:.1f}x the time of cat | cat")
-        print(f"consume: {n / med['kq consume']:,.0f} msg/s, {med['kq consume'] / med['cat file']:.1f}x the time of cat")
-        print(f"consume -g (committing): {med['kq consume -g'] / med['kq consume']:.2f}x the time of consume without a group")
+        print(
+            f"produce: {n / med['kq produce']:,.0f} msg/s, {med['kq produce'] / med['cat | cat']:.1f}x the time of cat | cat"
+        )
+        print(
+            f"consume: {n / med['kq consume']:,.0f} msg/s, {med['kq consume'] / med['cat file']:.1f}x the time of cat"
+        )
+        print(
+            f"consume -g (committing): {med['kq consume -g'] / med['kq consume']:.2f}x the time of consume without a group"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

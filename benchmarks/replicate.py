@@ -54,8 +54,7 @@ def main() -> None:
     try:
         data = os.path.join(work, "data")
         line = b"r" * 99 + b"\n"
-        subprocess.run(KQ + ["--data-dir", data, "-q", "produce", "bench"],
-                       input=line * args.messages, check=True)
+        subprocess.run(KQ + ["--data-dir", data, "-q", "produce", "bench"], input=line * args.messages, check=True)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data) for f in fs)
         cp, library, whole = [], [], []
         for run in range(args.runs):
@@ -65,8 +64,13 @@ def main() -> None:
             library.append(timed_library_copy(data, copies[0]))
             whole.append(timed(KQ + ["--data-dir", data, "-q", "replicate", "bench", "--to", copies[1]]))
             for replica in copies:
-                if subprocess.run(KQ + ["--data-dir", data, "replicate", "--verify", "bench", "--to", replica],
-                                  capture_output=True).returncode != 0:
+                if (
+                    subprocess.run(
+                        KQ + ["--data-dir", data, "replicate", "--verify", "bench", "--to", replica],
+                        capture_output=True,
+                    ).returncode
+                    != 0
+                ):
                     sys.exit("the replica does not verify")
                 shutil.rmtree(replica)
             shutil.rmtree(cp_dest)
@@ -75,8 +79,10 @@ def main() -> None:
         print(f"cp -r                  {c:7.3f} s  {size / c / 1e6:8.1f} MB/s")
         print(f"kq.Replicator          {lib:7.3f} s  {size / lib / 1e6:8.1f} MB/s  {args.messages / lib:,.0f} msg/s")
         print(f"kq replicate (process) {k:7.3f} s  {size / k / 1e6:8.1f} MB/s  {args.messages / k:,.0f} msg/s")
-        print(f"the copy takes {lib / c:.2f}x the time of cp -r (target: <= 2); "
-              f"the whole process {k / c:.2f}x ({k - lib:.3f} s more than the copy: start-up)")
+        print(
+            f"the copy takes {lib / c:.2f}x the time of cp -r (target: <= 2); "
+            f"the whole process {k / c:.2f}x ({k - lib:.3f} s more than the copy: start-up)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

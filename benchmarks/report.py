@@ -78,20 +78,24 @@ def peer_checks(rows: list[Row], tenfold_peers: list[str]) -> list[Check]:
             continue
         weakest = min(measured, key=lambda label: row.advantage(measured[label]))
         margin = row.advantage(measured[weakest])
-        checks.append(Check(
-            f"{row.workload}: ahead of every peer ({row.metric})",
-            f"closest: {weakest}, kq {times(margin)}",
-            margin > 1,
-        ))
+        checks.append(
+            Check(
+                f"{row.workload}: ahead of every peer ({row.metric})",
+                f"closest: {weakest}, kq {times(margin)}",
+                margin > 1,
+            )
+        )
         tenfold = {label: v for label, v in measured.items() if label in tenfold_peers}
         if row.tenfold and tenfold:
             weakest = min(tenfold, key=lambda label: row.advantage(tenfold[label]))
             margin = row.advantage(tenfold[weakest])
-            checks.append(Check(
-                f"{row.workload}: ≥ 10× persist-queue, litequeue, diskcache",
-                f"closest: {weakest}, kq {times(margin)}",
-                margin >= 10,
-            ))
+            checks.append(
+                Check(
+                    f"{row.workload}: ≥ 10× persist-queue, litequeue, diskcache",
+                    f"closest: {weakest}, kq {times(margin)}",
+                    margin >= 10,
+                )
+            )
     return checks
 
 
@@ -101,21 +105,21 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def results_table(rows: list[Row], peers: list[str]) -> list[str]:
-    body = [[row.workload, row.metric, f"**{figure(row.kq, row.metric)}**", *(peer_cell(row, p) for p in peers)]
-            for row in rows]
+    body = [
+        [row.workload, row.metric, f"**{figure(row.kq, row.metric)}**", *(peer_cell(row, p) for p in peers)]
+        for row in rows
+    ]
     return _table(["workload", "metric", "kq", *peers], body)
 
 
 def checks_table(checks: list[Check]) -> list[str]:
-    return _table(["target", "measured", "verdict"],
-                  [[c.target, c.measured, f"**{c.verdict}**"] for c in checks])
+    return _table(["target", "measured", "verdict"], [[c.target, c.measured, f"**{c.verdict}**"] for c in checks])
 
 
 def console(rows: list[Row], checks: list[Check], peers: list[str]) -> str:
     """Plain aligned text for the terminal: figures, then targets."""
     header = ["workload", "metric", "kq", *peers]
-    body = [[row.workload, row.metric, figure(row.kq, row.metric), *(peer_cell(row, p) for p in peers)]
-            for row in rows]
+    body = [[row.workload, row.metric, figure(row.kq, row.metric), *(peer_cell(row, p) for p in peers)] for row in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in [header, *body]]
     lines.append("")
@@ -124,14 +128,30 @@ def console(rows: list[Row], checks: list[Check], peers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def markdown(title: str, intro: list[str], machine: dict[str, str], rows: list[Row], checks: list[Check],
-             peers: list[str], chart: str, method: list[str], not_measured: list[str]) -> str:
+def markdown(
+    title: str,
+    intro: list[str],
+    machine: dict[str, str],
+    rows: list[Row],
+    checks: list[Check],
+    peers: list[str],
+    chart: str,
+    method: list[str],
+    not_measured: list[str],
+) -> str:
     out = [f"# {title}", "", *intro, ""]
     out += ["## Machine", "", *_table(["", ""], [[k, v] for k, v in machine.items()]), ""]
     out += ["## Targets", "", *checks_table(checks), ""]
-    out += ["## Results", "",
-            "Each peer's cell says how many times better kq is (above 1×: kq is ahead).", "",
-            *results_table(rows, peers), "", f"![msg/s per workload, log scale]({chart})", ""]
+    out += [
+        "## Results",
+        "",
+        "Each peer's cell says how many times better kq is (above 1×: kq is ahead).",
+        "",
+        *results_table(rows, peers),
+        "",
+        f"![msg/s per workload, log scale]({chart})",
+        "",
+    ]
     out += ["## Method", "", *(f"- {line}" for line in method), ""]
     out += ["## Not measured", "", *(f"- {line}" for line in not_measured), ""]
     return "\n".join(out)
@@ -164,8 +184,14 @@ def chart(rows: list[Row], peers: list[str], path: Path, title: str) -> None:
         bars = ax.bar(xs, heights, width, label=system, color=colours[i % len(colours)])
         if system == "kq":
             for bar, value in zip(bars, heights):
-                ax.annotate(figure(value, "msg/s"), (bar.get_x() + bar.get_width() / 2, value),
-                            ha="center", va="bottom", fontsize=8, fontweight="bold")
+                ax.annotate(
+                    figure(value, "msg/s"),
+                    (bar.get_x() + bar.get_width() / 2, value),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    fontweight="bold",
+                )
         for x, value in zip(xs, values):
             if value is None:
                 ax.annotate("n/a", (x, 1), ha="center", va="bottom", fontsize=7, rotation=90, color="grey")

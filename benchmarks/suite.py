@@ -65,8 +65,16 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(messages=100_000, topics=(200_000, 1_000_000), runs=1, invocations=20,
-              follow_messages=50, idle_seconds=1.0, peer_seconds=0.5, concurrent_seconds=1.0)
+QUICK = Sizes(
+    messages=100_000,
+    topics=(200_000, 1_000_000),
+    runs=1,
+    invocations=20,
+    follow_messages=50,
+    idle_seconds=1.0,
+    peer_seconds=0.5,
+    concurrent_seconds=1.0,
+)
 
 
 def short_count(n: int) -> str:
@@ -238,18 +246,25 @@ def bulk(bench: Bench, keyed: bool) -> tuple[list[Row], list[Check]]:
         bench.peer_take_rates = {label: med[(label, "consume")] for label in PEERS}
 
     def row(workload: str, action: str, short: str) -> Row:
-        return Row(workload, "msg/s", med[action], {p: med[(p, action)] for p in PEERS},
-                   tenfold=True, short=short)
+        return Row(workload, "msg/s", med[action], {p: med[(p, action)] for p in PEERS}, tenfold=True, short=short)
 
     if keyed:
         return [row(f"2. keyed produce into 8 partitions, {short_count(n)} msgs", "produce", "2 keyed produce")], []
-    rows = [row(f"1. bulk produce, {short_count(n)} msgs", "produce", "1 bulk produce"),
-            row(f"1. bulk consume, {short_count(n)} msgs", "consume", "1 bulk consume")]
+    rows = [
+        row(f"1. bulk produce, {short_count(n)} msgs", "produce", "1 bulk produce"),
+        row(f"1. bulk consume, {short_count(n)} msgs", "consume", "1 bulk consume"),
+    ]
     checks = [
-        Check("1. bulk produce ≥ 2,000,000 msg/s (whole process)",
-              f"{med['produce']:,.0f} msg/s ({med['produce'] / 2e6:.2f}× the target)", med["produce"] >= 2e6),
-        Check("1. bulk consume ≥ 3,000,000 msg/s (whole process)",
-              f"{med['consume']:,.0f} msg/s ({med['consume'] / 3e6:.2f}× the target)", med["consume"] >= 3e6),
+        Check(
+            "1. bulk produce ≥ 2,000,000 msg/s (whole process)",
+            f"{med['produce']:,.0f} msg/s ({med['produce'] / 2e6:.2f}× the target)",
+            med["produce"] >= 2e6,
+        ),
+        Check(
+            "1. bulk consume ≥ 3,000,000 msg/s (whole process)",
+            f"{med['consume']:,.0f} msg/s ({med['consume'] / 3e6:.2f}× the target)",
+            med["consume"] >= 3e6,
+        ),
     ]
     return rows, checks
 
@@ -307,19 +322,26 @@ def concurrent(bench: Bench) -> tuple[list[Row], list[Check]]:
     for _ in range(bench.sizes.runs):
         data = bench.fresh_dir("kq")
         run(bench.kq(data, "topic", "create", "t", "--partitions", "4"))
-        results["kq"].append(run_concurrent(
-            [bench.kq(data, "produce", "t")] * 4, bench.input_parts(n, 4),
-            [bench.kq(data, "consume", "t", "-g", "g", "-f")] * 2))
+        results["kq"].append(
+            run_concurrent(
+                [bench.kq(data, "produce", "t")] * 4,
+                bench.input_parts(n, 4),
+                [bench.kq(data, "consume", "t", "-g", "g", "-f")] * 2,
+            )
+        )
         shutil.rmtree(data)
         for name, store_class in peers.STORES.items():
             if hasattr(store_class, "several_processes"):
                 continue
             directory = bench.fresh_dir("peer")
             store_class(str(directory), 2).close()  # create it before the processes race to
-            results[store_class.label].append(run_concurrent(
-                [bench.worker("produce", name, directory, 2)] * 4,
-                bench.input_parts(bench.concurrent_count(store_class.label), 4),
-                [bench.worker("consume", name, directory, 2, member, 2, "follow") for member in (0, 1)]))
+            results[store_class.label].append(
+                run_concurrent(
+                    [bench.worker("produce", name, directory, 2)] * 4,
+                    bench.input_parts(bench.concurrent_count(store_class.label), 4),
+                    [bench.worker("consume", name, directory, 2, member, 2, "follow") for member in (0, 1)],
+                )
+            )
             shutil.rmtree(directory)
 
     def cell(label: str) -> float | str:
@@ -331,13 +353,21 @@ def concurrent(bench: Bench) -> tuple[list[Row], list[Check]]:
         return rate
 
     peer_cells = {s.label: getattr(s, "several_processes", None) or cell(s.label) for s in STORES}
-    row = Row("3. 4 producer + 2 consumer processes (aggregate)", "msg/s", cell("kq"), peer_cells,
-              tenfold=True, short="3 four producers\n+ two consumers")
+    row = Row(
+        "3. 4 producer + 2 consumer processes (aggregate)",
+        "msg/s",
+        cell("kq"),
+        peer_cells,
+        tenfold=True,
+        short="3 four producers\n+ two consumers",
+    )
     kq_runs = results["kq"]
     lost, duplicated = sum(r.lost for r in kq_runs), sum(r.duplicated for r in kq_runs)
-    exact = Check("3. 4 producers + 2 group members: nothing lost or duplicated",
-                  f"{len(kq_runs)} runs of {n:,}: {lost} lost, {duplicated} duplicated",
-                  not lost and not duplicated)
+    exact = Check(
+        "3. 4 producers + 2 group members: nothing lost or duplicated",
+        f"{len(kq_runs)} runs of {n:,}: {lost} lost, {duplicated} duplicated",
+        not lost and not duplicated,
+    )
     if isinstance(row.kq, str):  # inexact: keep the figure out of the peer comparison
         row = replace(row, kq=statistics.median(r.rate for r in kq_runs))
     return [row], [exact]
@@ -350,9 +380,11 @@ def per_invocation(bench: Bench) -> tuple[list[Row], list[Check]]:
     """Each command once per round, round after round, so drift in the machine's load hits all alike."""
     data = bench.fresh_dir("kq")
     run(bench.kq(data, "topic", "create", "t"))
-    commands = {"kq": bench.kq(data, "produce", "t"),
-                "floor": [sys.executable, "-c", FLOOR],
-                "bare": [sys.executable, "-c", "pass"]}
+    commands = {
+        "kq": bench.kq(data, "produce", "t"),
+        "floor": [sys.executable, "-c", FLOOR],
+        "bare": [sys.executable, "-c", "pass"],
+    }
     for name, store_class in peers.STORES.items():
         directory = bench.fresh_dir("peer")
         store_class(str(directory), 1).close()
@@ -366,12 +398,19 @@ def per_invocation(bench: Bench) -> tuple[list[Row], list[Check]]:
             samples[label].append((time.perf_counter() - start) * 1000)
     ms = {label: statistics.median(v) for label, v in samples.items()}
     startup = ms["kq"] - ms["floor"]
-    row = Row(f"4. one message per process ({bench.sizes.invocations} runs)", "ms/msg", ms["kq"],
-              {p: ms[p] for p in PEERS}, higher_is_better=False, short="4 one message\nper process")
+    row = Row(
+        f"4. one message per process ({bench.sizes.invocations} runs)",
+        "ms/msg",
+        ms["kq"],
+        {p: ms[p] for p in PEERS},
+        higher_is_better=False,
+        short="4 one message\nper process",
+    )
     check = Check(
         f"4. kq start-up ≤ 25 ms above `python3 -c '{FLOOR}'`",
         f"{ms['kq']:.1f} ms − floor {ms['floor']:.1f} ms = {startup:.1f} ms (bare python: {ms['bare']:.1f} ms)",
-        startup <= 25)
+        startup <= 25,
+    )
     return [row], [check]
 
 
@@ -388,8 +427,7 @@ def stamped(prefix: bytes) -> bytes:
     return prefix.ljust(VALUE_BYTES, b"f") + b"\n"
 
 
-def follow_session(bench: Bench, follower_cmd: list[str], producer_cmd: list[str],
-                   idle_seconds: float) -> Follow | str:
+def follow_session(bench: Bench, follower_cmd: list[str], producer_cmd: list[str], idle_seconds: float) -> Follow | str:
     """A producer fed one message every 10 ms; each message carries its send time, read back on arrival."""
     collector = LineCollector()
     follower = subprocess.Popen(follower_cmd, stdout=subprocess.PIPE)
@@ -415,8 +453,12 @@ def follow_session(bench: Bench, follower_cmd: list[str], producer_cmd: list[str
         if not collector.wait_for(warmups + bench.sizes.follow_messages, 10):
             sent = warmups + bench.sizes.follow_messages
             return f"{sent - collector.count} of {sent} msgs never arrived"
-        delays = [(arrived - int(line[:19])) / 1e6
-                  for arrived, lines in collector.arrivals for line in lines if line[:1].isdigit()]
+        delays = [
+            (arrived - int(line[:19])) / 1e6
+            for arrived, lines in collector.arrivals
+            for line in lines
+            if line[:1].isdigit()
+        ]
         idle = None
         if idle_seconds:
             # An observation window, not a synchronisation: the follower is idle throughout.
@@ -444,8 +486,10 @@ def follow_latency(bench: Bench) -> tuple[list[Row], list[Check]]:
         for name, store_class in peers.STORES.items():
             directory = bench.fresh_dir("peer")
             store_class(str(directory), 1).close()
-            sessions[store_class.label] = (bench.worker("consume", name, directory, 1, 0, 1, "follow"),
-                                           bench.worker("produce", name, directory, 1))
+            sessions[store_class.label] = (
+                bench.worker("consume", name, directory, 1, 0, 1, "follow"),
+                bench.worker("produce", name, directory, 1),
+            )
         for label, (follower, producer) in sessions.items():
             if label in failed:
                 continue
@@ -463,14 +507,23 @@ def follow_latency(bench: Bench) -> tuple[list[Row], list[Check]]:
     p50 = {label: stat(label, lambda k: percentile(delays[k], 0.50)) for label in ["kq", *PEERS]}
     p99 = {label: stat(label, lambda k: percentile(delays[k], 0.99)) for label in ["kq", *PEERS]}
     cpu = {label: stat(label, lambda k: idle[k]) for label in ["kq", *PEERS]}
-    rows = [Row("5. follow latency p50", "ms", p50.pop("kq"), p50, higher_is_better=False),
-            Row("5. follow latency p99", "ms", p99.pop("kq"), p99, higher_is_better=False),
-            Row(f"5. idle follower CPU ({bench.sizes.idle_seconds:g} s)", "% of a core", cpu.pop("kq"), cpu,
-                higher_is_better=False)]
+    rows = [
+        Row("5. follow latency p50", "ms", p50.pop("kq"), p50, higher_is_better=False),
+        Row("5. follow latency p99", "ms", p99.pop("kq"), p99, higher_is_better=False),
+        Row(
+            f"5. idle follower CPU ({bench.sizes.idle_seconds:g} s)",
+            "% of a core",
+            cpu.pop("kq"),
+            cpu,
+            higher_is_better=False,
+        ),
+    ]
     kq_p50, kq_p99, kq_cpu = (row.kq for row in rows)
-    checks = [Check("5. follow latency p50 ≤ 10 ms", report.figure(kq_p50, "ms"), _at_most(kq_p50, 10)),
-              Check("5. follow latency p99 ≤ 50 ms", report.figure(kq_p99, "ms"), _at_most(kq_p99, 50)),
-              Check("5. idle follower < 2 % of a core", report.figure(kq_cpu, "% of a core"), _at_most(kq_cpu, 2))]
+    checks = [
+        Check("5. follow latency p50 ≤ 10 ms", report.figure(kq_p50, "ms"), _at_most(kq_p50, 10)),
+        Check("5. follow latency p99 ≤ 50 ms", report.figure(kq_p99, "ms"), _at_most(kq_p99, 50)),
+        Check("5. idle follower < 2 % of a core", report.figure(kq_cpu, "% of a core"), _at_most(kq_cpu, 2)),
+    ]
     return rows, checks
 
 
@@ -497,8 +550,11 @@ def seek_times(bench: Bench, read_at, middle: int) -> dict[str, list[float]]:
     """
     times: dict[str, list[float]] = defaultdict(list)
     _, _, middle_stamp = read_at("offset", middle)
-    reads = [("offset 0", "offset", 0), ("middle offset", "offset", middle),
-             ("middle timestamp", "timestamp", middle_stamp)]
+    reads = [
+        ("offset 0", "offset", 0),
+        ("middle offset", "offset", middle),
+        ("middle timestamp", "timestamp", middle_stamp),
+    ]
     for run_number in range(bench.sizes.runs):
         # Rotate the order from run to run, so that a drift in the machine's load favours no kind of read.
         shift = run_number % len(reads)
@@ -521,8 +577,9 @@ def seek_and_memory(bench: Bench) -> tuple[list[Row], list[Check]]:
         rss = {
             ("kq", "produce"): run(bench.kq(kq_dir, "produce", "t"), stdin=path, peak_rss=True).peak_rss_mb,
             ("kq", "consume"): run(bench.kq(kq_dir, "consume", "t"), peak_rss=True).peak_rss_mb,
-            ("sqlite", "produce"): run(bench.worker("produce", "sqlite", sqlite_dir, 1), stdin=path,
-                                       peak_rss=True).peak_rss_mb,
+            ("sqlite", "produce"): run(
+                bench.worker("produce", "sqlite", sqlite_dir, 1), stdin=path, peak_rss=True
+            ).peak_rss_mb,
             ("sqlite", "consume"): run(bench.worker("consume", "sqlite", sqlite_dir, 1), peak_rss=True).peak_rss_mb,
         }
 
@@ -543,19 +600,40 @@ def seek_and_memory(bench: Bench) -> tuple[list[Row], list[Check]]:
         not_a_log = "n/a: no offsets"
         for what in ("offset 0", "middle offset", "middle timestamp"):
             where = f"offset {middle:,}" if what == "middle offset" else what
-            rows.append(Row(f"6. read 1 msg at {where}, {label}", "ms", kq_ms[what],
-                            {p: sqlite_ms[what] if p == peers.SqliteTable.label else not_a_log for p in PEERS},
-                            higher_is_better=False))
+            rows.append(
+                Row(
+                    f"6. read 1 msg at {where}, {label}",
+                    "ms",
+                    kq_ms[what],
+                    {p: sqlite_ms[what] if p == peers.SqliteTable.label else not_a_log for p in PEERS},
+                    higher_is_better=False,
+                )
+            )
         for what in ("middle offset", "middle timestamp"):
             above = kq_ms[what] - kq_ms["offset 0"]
-            checks.append(Check(f"6. seek to the {what} ≤ 30 ms above offset 0, {label}",
-                                f"{kq_ms[what]:.1f} − {kq_ms['offset 0']:.1f} = {above:.1f} ms", above <= 30))
+            checks.append(
+                Check(
+                    f"6. seek to the {what} ≤ 30 ms above offset 0, {label}",
+                    f"{kq_ms[what]:.1f} − {kq_ms['offset 0']:.1f} = {above:.1f} ms",
+                    above <= 30,
+                )
+            )
         for action, what in (("produce", "producing it from stdin"), ("consume", "consuming it")):
             slow = {p: _too_slow_to_load(bench, p, max(bench.sizes.topics)) for p in TENFOLD_PEERS}
-            rows.append(Row(f"7. peak RSS {what}, {label}", "MB", rss[("kq", action)],
-                            {peers.SqliteTable.label: rss[("sqlite", action)], **slow}, higher_is_better=False))
-            checks.append(Check(f"7. peak RSS ≤ 100 MB {what}, {label}", f"{rss[('kq', action)]:.0f} MB",
-                                rss[("kq", action)] <= 100))
+            rows.append(
+                Row(
+                    f"7. peak RSS {what}, {label}",
+                    "MB",
+                    rss[("kq", action)],
+                    {peers.SqliteTable.label: rss[("sqlite", action)], **slow},
+                    higher_is_better=False,
+                )
+            )
+            checks.append(
+                Check(
+                    f"7. peak RSS ≤ 100 MB {what}, {label}", f"{rss[('kq', action)]:.0f} MB", rss[("kq", action)] <= 100
+                )
+            )
         shutil.rmtree(kq_dir)
         shutil.rmtree(sqlite_dir)
     return rows, checks
@@ -587,10 +665,17 @@ def workload_number(text: str) -> int:
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
     libraries = ", ".join(f"{p} {version(p)}" for p in dict.fromkeys(s.package for s in STORES) if p != "sqlite3")
     return {
         "CPUs (nproc)": str(os.cpu_count()),
@@ -678,8 +763,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes and one run, for development")
     parser.add_argument("--runs", type=int, help="runs per figure (default 5, or 1 with --quick)")
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. 1,4 (7 runs with 6)")
-    parser.add_argument("--write-doc", action="store_true",
-                        help="write docs/ even with --quick or --only (a full run always writes them)")
+    parser.add_argument(
+        "--write-doc",
+        action="store_true",
+        help="write docs/ even with --quick or --only (a full run always writes them)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.runs:
@@ -702,8 +790,9 @@ def main() -> None:
             new_rows, new_checks = WORKLOADS[number](bench)
             rows += new_rows
             checks += new_checks
-            print(f"workload {number}{' and 7' if number == 6 else ''}: {time.monotonic() - began:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"workload {number}{' and 7' if number == 6 else ''}: {time.monotonic() - began:.0f} s", file=sys.stderr
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     checks += report.peer_checks(rows, TENFOLD_PEERS)
@@ -717,15 +806,18 @@ def main() -> None:
     if args.write_doc or (not args.quick and not args.only):
         docs = REPO / "docs"
         title = "kq beside the stores people already use"
-        report.chart(rows, PEERS, docs / "benchmarks.png",
-                     f"{title}: msg/s per workload, {facts['CPUs (nproc)']} CPUs (higher is better)")
+        report.chart(
+            rows,
+            PEERS,
+            docs / "benchmarks.png",
+            f"{title}: msg/s per workload, {facts['CPUs (nproc)']} CPUs (higher is better)",
+        )
         intro = [
             "Generated by `python benchmarks/suite.py` (install the peers with `pip install -e '.[bench]'`); "
             "every figure below comes from one run of it on the machine described, kq and its peers side by "
             "side. Workload numbers follow issue 7."
         ]
-        text = report.markdown(title, intro, facts, rows, checks, PEERS, "benchmarks.png",
-                               method(sizes), NOT_MEASURED)
+        text = report.markdown(title, intro, facts, rows, checks, PEERS, "benchmarks.png", method(sizes), NOT_MEASURED)
         (docs / "BENCHMARKS.md").write_text(text)
         print(f"wrote {docs / 'BENCHMARKS.md'} and {docs / 'benchmarks.png'}", file=sys.stderr)
 

@@ -34,7 +34,7 @@ def scripts() -> dict[str, str]:
             # As an autoloaded function file (#compdef), also answer the Tab
             # press that loaded it.
             first, rest = body.split("\n", 1)
-            out[name] = f"{first}\n{HEADER.format(shell=shell)}{rest}\n\n_{prog}_completion \"$@\"\n"
+            out[name] = f'{first}\n{HEADER.format(shell=shell)}{rest}\n\n_{prog}_completion "$@"\n'
         else:
             out[name] = HEADER.format(shell=shell) + body + "\n"
     return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import msgpack
 
@@ -115,8 +116,7 @@ def pack(
     length = HEADER_SIZE - PREFIX_SIZE + len(data)
     if length > MAX_BATCH_BYTES:
         raise MessageTooLarge(
-            f"a batch of {count} record(s) encodes to {length} bytes, "
-            f"more than the maximum of {MAX_BATCH_BYTES}"
+            f"a batch of {count} record(s) encodes to {length} bytes, more than the maximum of {MAX_BATCH_BYTES}"
         )
     return Payload(data, count, last_delta, base_ts, max_ts)
 
@@ -128,8 +128,14 @@ def frame(base_offset: int, payload: Payload) -> bytes:
     without joining them saves a copy of the payload.
     """
     fields = struct.pack(
-        ">IqIIqqH", HEADER_SIZE - PREFIX_SIZE + len(payload.data), base_offset,
-        payload.last_offset_delta, payload.count, payload.base_timestamp, payload.max_timestamp, 0,
+        ">IqIIqqH",
+        HEADER_SIZE - PREFIX_SIZE + len(payload.data),
+        base_offset,
+        payload.last_offset_delta,
+        payload.count,
+        payload.base_timestamp,
+        payload.max_timestamp,
+        0,
     )
     return MAGIC + struct.pack(">I", zlib.crc32(payload.data, zlib.crc32(fields))) + fields
 
@@ -192,9 +198,18 @@ class RecordBatch:
     """A decoded batch, kept in columns; ``records()`` yields ``Record``s."""
 
     __slots__ = (
-        "position", "size", "base_offset", "last_offset_delta", "count",
-        "base_timestamp", "max_timestamp", "values", "keys", "headers",
-        "timestamp_deltas", "offset_deltas",
+        "position",
+        "size",
+        "base_offset",
+        "last_offset_delta",
+        "count",
+        "base_timestamp",
+        "max_timestamp",
+        "values",
+        "keys",
+        "headers",
+        "timestamp_deltas",
+        "offset_deltas",
     )
 
     @property
@@ -312,7 +327,9 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
         type(values) is not list
         or count == 0
         or len(values) != count
-        or not all(c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas))
+        or not all(
+            c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas)
+        )
         or (offset_deltas is not None and offset_deltas[-1] != last_delta)
         or (offset_deltas is None and last_delta != count - 1)
     ):

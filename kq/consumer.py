@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from .batch import RecordBatch
 from .errors import warn
@@ -59,7 +60,7 @@ class Consumer:
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
-    ) -> "Consumer":
+    ) -> Consumer:
         consumer = cls(topic, follow)
         for n in range(topic.partition_count) if partitions is None else partitions:
             part = topic.partition(n)
@@ -145,8 +146,10 @@ class Consumer:
         """Warn of records retention (or trim) deleted before this reader got to them."""
         for first, after in cursor.skipped:
             if after > self.positions[n]:
-                warn(f"{self.describe(n)}: {after - first} message(s) at offsets {first}..{after - 1} were deleted "
-                     f"by retention or trim before this reader got to them; reading on from offset {after}")
+                warn(
+                    f"{self.describe(n)}: {after - first} message(s) at offsets {first}..{after - 1} were deleted "
+                    f"by retention or trim before this reader got to them; reading on from offset {after}"
+                )
         cursor.skipped.clear()
 
     def describe(self, n: int) -> str:

@@ -148,8 +148,15 @@ class Cursor:
                 return []
         out = []
         while True:
-            reader = BatchReader(self._fd, self._path, self._position, limit=max_bytes, buffer=self._buffers[0],
-                                 checksums=checksums, floor=self._floor)
+            reader = BatchReader(
+                self._fd,
+                self._path,
+                self._position,
+                limit=max_bytes,
+                buffer=self._buffers[0],
+                checksums=checksums,
+                floor=self._floor,
+            )
             for pos, header, buf, rel in reader.headers():
                 next_offset = header.base_offset + header.last_offset_delta + 1
                 if next_offset > self.offset:
@@ -173,8 +180,9 @@ class Cursor:
             if any(True for _ in again.headers()):
                 continue
             if again.stop == DAMAGED:
-                classify_damage(self._fd, self._path, self._position, bool(later), again.reason,
-                                again.whole_batch, self._floor)
+                classify_damage(
+                    self._fd, self._path, self._position, bool(later), again.reason, again.whole_batch, self._floor
+                )
                 return out  # a torn tail, or a batch still being written: wait here
             if not later or not self._open(later[0]):
                 return out

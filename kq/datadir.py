@@ -17,8 +17,16 @@ import uuid
 
 from .errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
 from .fileio import atomic_write, fsync_dir, make_dirs, read_metadata, shown
-from .location import (GROUPS_DIR, MAX_PARTITIONS, TMP_DIR, TOPIC_FILE, TOPICS_DIR, default_path, group_names,
-                       topic_names)
+from .location import (
+    GROUPS_DIR,
+    MAX_PARTITIONS,
+    TMP_DIR,
+    TOPIC_FILE,
+    TOPICS_DIR,
+    default_path,
+    group_names,
+    topic_names,
+)
 from .names import check_name
 from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
@@ -103,8 +111,9 @@ class DataDir:
             raise CorruptFile(os.path.join(path, TOPIC_FILE), "missing (the topic directory has no metadata)") from None
         return Topic(name, path, meta, root=self.path)
 
-    def create_topic(self, name: str, partitions: int = 1, config: dict | None = None,
-                     topic_id: str | None = None) -> Topic:
+    def create_topic(
+        self, name: str, partitions: int = 1, config: dict | None = None, topic_id: str | None = None
+    ) -> Topic:
         """Create a topic atomically: it appears whole (all partitions) or not at all.
 
         Every topic gets an id (a replica keeps its source's, ``topic_id``):
@@ -122,9 +131,16 @@ class DataDir:
         staging = os.path.join(self.tmp_path, f"create-{uuid.uuid4().hex}")
         make_dirs(staging)
         try:
-            meta = {"format": TOPIC_FORMAT, "name": name, "id": topic_id or uuid.uuid4().hex,
-                    "partitions": partitions, "config": config}
-            atomic_write(os.path.join(staging, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n", sync=config["sync"])
+            meta = {
+                "format": TOPIC_FORMAT,
+                "name": name,
+                "id": topic_id or uuid.uuid4().hex,
+                "partitions": partitions,
+                "config": config,
+            }
+            atomic_write(
+                os.path.join(staging, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n", sync=config["sync"]
+            )
             for number in range(partitions):
                 init_partition(os.path.join(staging, str(number)), sync=config["sync"])
             try:

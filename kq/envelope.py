@@ -46,15 +46,25 @@ def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, 
 MAX_TIMESTAMP = 2**63 - 1  # a batch header's signed 64-bit field
 
 FIELDS = (
-    "topic", "partition", "offset", "timestamp", "key", "value", "headers",
-    "key_encoding", "value_encoding", "headers_encoding",
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "key",
+    "value",
+    "headers",
+    "key_encoding",
+    "value_encoding",
+    "headers_encoding",
 )
 
 
 def _is_base64(obj: dict, name: str, line_no: int) -> bool:
     encoding = obj.get(f"{name}_encoding")
     if encoding not in (None, "base64"):
-        raise UsageError(f"line {line_no}: '{name}_encoding' must be \"base64\" or left out, not {json.dumps(encoding)}")
+        raise UsageError(
+            f"line {line_no}: '{name}_encoding' must be \"base64\" or left out, not {json.dumps(encoding)}"
+        )
     return encoding == "base64"
 
 

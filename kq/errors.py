@@ -65,10 +65,7 @@ class TopicExists(KqError):
 
 class PartitionNotFound(UsageError):
     def __init__(self, topic: str, partition: int, count: int):
-        super().__init__(
-            f"partition {partition} does not exist in topic '{topic}' "
-            f"(it has partitions 0..{count - 1})"
-        )
+        super().__init__(f"partition {partition} does not exist in topic '{topic}' (it has partitions 0..{count - 1})")
 
 
 class GroupNotFound(KqError):
@@ -92,8 +89,10 @@ class Diverged(KqError):
     """A replica holds records its source does not (replicate refuses to overwrite them)."""
 
     def __init__(self, replica: str, topic: str, partition: int, offset: int):
-        super().__init__(f"replica {replica} diverges from the source in {topic}/{partition} at offset {offset}: "
-                         "it holds records the source does not")
+        super().__init__(
+            f"replica {replica} diverges from the source in {topic}/{partition} at offset {offset}: "
+            "it holds records the source does not"
+        )
         self.replica = replica
         self.topic = topic
         self.partition = partition

@@ -308,7 +308,7 @@ class FileLock:
             self.file.close()
             self.file = None
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 

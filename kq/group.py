@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
@@ -49,6 +49,7 @@ COMMIT_SECONDS = 0.1
 CLAIM_PATIENCE_SECONDS = 2.0
 # A member shows it is alive and reading at most this often (Member.touch).
 PROGRESS_SECONDS = 1.0
+
 
 def partition_of(name: str, suffix: str) -> int | None:
     """The partition number a group file's name starts with ("3.offset"), or None.
@@ -260,8 +261,13 @@ class Member:
         # ever see it unlocked and take it for a dead member's.
         tmp = os.path.join(members, f".{self.id}.joining")
         lock = try_lock(tmp, create=True)
-        info = {"member": self.id, "pid": os.getpid(), "host": socket.gethostname(),
-                "topic": self.topic, "joined_at": time.time_ns() // 1_000_000}
+        info = {
+            "member": self.id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "topic": self.topic,
+            "joined_at": time.time_ns() // 1_000_000,
+        }
         lock.file.write(json.dumps(info))
         lock.file.flush()
         os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
@@ -334,8 +340,16 @@ class GroupConsumer:
     ``close``. So a commit never covers a record that was not written out.
     """
 
-    def __init__(self, data: DataDir, topic: Topic, group: str, follow: bool = False,
-                 reset: str = "earliest", poll_seconds: float = POLL_SECONDS, warn=None):
+    def __init__(
+        self,
+        data: DataDir,
+        topic: Topic,
+        group: str,
+        follow: bool = False,
+        reset: str = "earliest",
+        poll_seconds: float = POLL_SECONDS,
+        warn=None,
+    ):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
         self.groups = Groups(data)
@@ -429,7 +443,9 @@ class GroupConsumer:
             self.member.leave()
 
 
-def group_start_offsets(data: DataDir, topic: Topic, group: str, reset: str = "earliest", warn=kq_warn) -> dict[int, int]:
+def group_start_offsets(
+    data: DataDir, topic: Topic, group: str, reset: str = "earliest", warn=kq_warn
+) -> dict[int, int]:
     """Where the group would resume on each partition (for reading without joining)."""
     committed = Groups(data).committed(group, topic)
     starts = {}
@@ -457,8 +473,11 @@ def resume_offset(partition, committed: int | None, reset: str, group: str) -> t
     start = initial_offset(partition, reset)
     where = f"group '{group}' resumes {partition.topic}/{partition.number} at offset {start} (reset: {reset})"
     if committed < first:
-        return start, (f"{where}: {first - committed} message(s) after its committed offset {committed} "
-                       "were deleted by retention or trim")
-    return start, (f"{where}: its committed offset {committed} lies past the partition's end offset {end} "
-                   "(was the topic deleted and re-created?)")
-
+        return start, (
+            f"{where}: {first - committed} message(s) after its committed offset {committed} "
+            "were deleted by retention or trim"
+        )
+    return start, (
+        f"{where}: its committed offset {committed} lies past the partition's end offset {end} "
+        "(was the topic deleted and re-created?)"
+    )

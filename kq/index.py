@@ -44,7 +44,7 @@ class Index:
         self.file_size = len(blob) if file_size is None else file_size
 
     @classmethod
-    def load(cls, path: str, log_size: int | None = None) -> "Index":
+    def load(cls, path: str, log_size: int | None = None) -> Index:
         """The entries of the index at ``path`` (none if it is missing).
 
         With ``log_size`` (its segment's size) only as many entries as such
@@ -142,9 +142,7 @@ def entry_is_valid(fd: int, entry: tuple[int, int, int]) -> bool:
         return False
     head = os.pread(fd, HEADER_SIZE, entry[1])
     return (
-        len(head) == HEADER_SIZE
-        and head[:4] == MAGIC
-        and int.from_bytes(head[12:20], "big", signed=True) == entry[0]
+        len(head) == HEADER_SIZE and head[:4] == MAGIC and int.from_bytes(head[12:20], "big", signed=True) == entry[0]
     )
 
 

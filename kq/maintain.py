@@ -33,7 +33,7 @@ class Report:
     records_removed: int = 0
     tombstones_removed: int = 0
 
-    def add(self, other: "Report") -> None:
+    def add(self, other: Report) -> None:
         self.segments_deleted += other.segments_deleted
         self.bytes_reclaimed += other.bytes_reclaimed
         self.records_removed += other.records_removed
@@ -125,7 +125,7 @@ def _segment_batches(partition: Partition, base: int):
     fd = open_regular(path)
     try:
         reader = BatchReader(fd, path, 0)
-        for pos, header, buf, rel in reader.headers():
+        for _, header, buf, rel in reader.headers():
             raw = bytes(buf[rel : rel + batchfmt.batch_size(header)])
             yield raw, batchfmt.decode(buf, rel, header, path)
         if reader.stop == DAMAGED:
@@ -263,4 +263,3 @@ def maintain_topic(topic, now: int | None = None, progress=None) -> list[Report]
             report.start_offset = part.start_offset()
         reports.append(report)
     return reports
-

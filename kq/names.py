@@ -13,7 +13,6 @@ _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")
 def check_name(name: str, kind: str = "topic") -> str:
     if not isinstance(name, str) or not _LEGAL.fullmatch(name) or name in (".", ".."):
         raise InvalidName(
-            f"invalid {kind} name {name!r}: use 1-249 characters of "
-            "letters, digits, '.', '_' and '-' (not '.' or '..')"
+            f"invalid {kind} name {name!r}: use 1-249 characters of letters, digits, '.', '_' and '-' (not '.' or '..')"
         )
     return name

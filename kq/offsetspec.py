@@ -1,14 +1,14 @@
 """Offset specifications, as given to ``consume -o`` and ``offsets reset --to``.
 
-    beginning | earliest    the partition's start offset
-    end | latest            its end offset (when the command started)
-    N                       absolute offset N
-    -N                      N before the end
-    +N / -N (relative)      shift from a committed offset (reset only)
-    @T                      the first record with a timestamp >= T, where T is
-                            epoch milliseconds, ISO-8601 / RFC 3339, or a
-                            duration back from now such as -1h, -30m, -2d
-    A:B                     start at A, stop before B (consume only)
+beginning | earliest    the partition's start offset
+end | latest            its end offset (when the command started)
+N                       absolute offset N
+-N                      N before the end
++N / -N (relative)      shift from a committed offset (reset only)
+@T                      the first record with a timestamp >= T, where T is
+                        epoch milliseconds, ISO-8601 / RFC 3339, or a
+                        duration back from now such as -1h, -30m, -2d
+A:B                     start at A, stop before B (consume only)
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from .errors import InvalidOffsetSpec
 
 BEGINNING, END, ABSOLUTE, FROM_END, RELATIVE, TIMESTAMP = (
-    "beginning", "end", "absolute", "from_end", "relative", "timestamp",
+    "beginning",
+    "end",
+    "absolute",
+    "from_end",
+    "relative",
+    "timestamp",
 )
 _DURATION = re.compile(r"-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -117,7 +122,7 @@ def parse_range(text: str) -> OffsetRange:
                 backwards = InvalidOffsetSpec(f"bad range {text!r}: it ends before it starts")
                 continue  # an ISO time's ':' may have split it wrongly: try the next
             return OffsetRange(start, stop)
-        raise backwards or first_error
+        raise (backwards or first_error) from None
 
 
 def _reversed(start: OffsetSpec, stop: OffsetSpec) -> bool:

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 
 from . import batch as batchfmt
 from . import segment
-from .batch import BatchHeader
+from .batch import MAX_OFFSET, BatchHeader
 from .cursor import Cursor, RawBatch, runs
-from .batch import MAX_OFFSET
 from .errors import CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
-from .fileio import (FileLock, atomic_write, fsync_dir, integer_field, locked, make_dirs, open_regular,
-                     read_metadata, write_all)
+from .fileio import (
+    FileLock,
+    atomic_write,
+    fsync_dir,
+    integer_field,
+    locked,
+    make_dirs,
+    open_regular,
+    read_metadata,
+    write_all,
+)
 from .index import ENTRY_SIZE, Index, IndexBuilder, entry_is_valid
 from .segment import CLEAN, DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
 
@@ -56,8 +64,16 @@ class _Tail:
 
 
 class Partition:
-    def __init__(self, topic: str, number: int, path: str, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 sync: bool = False, config: dict | None = None, on_roll=None):
+    def __init__(
+        self,
+        topic: str,
+        number: int,
+        path: str,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        sync: bool = False,
+        config: dict | None = None,
+        on_roll=None,
+    ):
         self.topic = topic
         self.number = number
         self.path = path
@@ -265,7 +281,7 @@ class Partition:
                 if entry is not None and entry_is_valid(fd, entry):
                     position = entry[1]
                 reader = BatchReader(fd, path, position)
-                for pos, header, buf, rel in reader.headers():
+                for _, header, buf, rel in reader.headers():
                     if header.max_timestamp >= timestamp:
                         b = batchfmt.decode(buf, rel, header, path)
                         for off, ts in zip(b.offsets(), b.timestamps()):
@@ -311,7 +327,9 @@ class Partition:
         """
         if timestamp is None and timestamps is None:
             timestamp = now_ms()
-        return self.append_payload(batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps))
+        return self.append_payload(
+            batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps)
+        )
 
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
         """Append records packed by ``batch.pack``; return (first offset, last offset)."""
@@ -478,8 +496,12 @@ class Partition:
                 st = os.stat(path)
             except FileNotFoundError:
                 st = None
-            if (st is not None and st.st_ino == tail.inode and st.st_size == tail.end
-                    and _inode(self.index_path(base)) == tail.index_inode):
+            if (
+                st is not None
+                and st.st_ino == tail.inode
+                and st.st_size == tail.end
+                and _inode(self.index_path(base)) == tail.index_inode
+            ):
                 return tail  # nobody wrote since our last append
         self._forget_tail()
         fd = self._open_log(base, os.O_RDWR | os.O_APPEND)
@@ -501,8 +523,9 @@ class Partition:
             if damaged is not None and find_valid_batch(fd, found.end + 1, size) is None:
                 return self._quarantine_last_batch(fd, path, found, damaged, size)
             if found.whole_batch:
-                raise CorruptLog(path, found.end, f"{found.reason}; nothing is appended after a batch that "
-                                                  "cannot be trusted")
+                raise CorruptLog(
+                    path, found.end, f"{found.reason}; nothing is appended after a batch that cannot be trusted"
+                )
             # Raises CorruptLog if valid batches follow: never cut those off.
             classify_damage(fd, path, found.end, False, found.reason or "unexpected bytes")
             os.ftruncate(fd, found.end)
@@ -523,8 +546,9 @@ class Partition:
         index_inode = os.fstat(index_fd).st_ino if index_fd is not None else _inode(index_path)
         return _Tail(base, fd, os.fstat(fd).st_ino, found.end, found.next_offset, found.index, index_fd, index_inode)
 
-    def _quarantine_last_batch(self, fd: int, path: str, found: segment.SegmentScan, damaged: BatchHeader,
-                               size: int) -> _Tail:
+    def _quarantine_last_batch(
+        self, fd: int, path: str, found: segment.SegmentScan, damaged: BatchHeader, size: int
+    ) -> _Tail:
         """Move a damaged last batch aside and go on in a new segment after its offsets.
 
         The new segment's name records where the log goes on, so the damaged
@@ -541,9 +565,18 @@ class Partition:
         self._recovered = (
             f"{path}: the batch at byte {found.end} (offsets {damaged.base_offset}..{damaged.last_offset}) "
             f"fails its checksum: moved its {size - found.end} byte(s) to {target}; the log goes on at offset "
-            f"{damaged.next_offset} in a new segment, and those offsets are not reused")
-        return _Tail(damaged.next_offset, new_fd, os.fstat(new_fd).st_ino, 0, damaged.next_offset, IndexBuilder(),
-                     None, _inode(self.index_path(damaged.next_offset)))
+            f"{damaged.next_offset} in a new segment, and those offsets are not reused"
+        )
+        return _Tail(
+            damaged.next_offset,
+            new_fd,
+            os.fstat(new_fd).st_ino,
+            0,
+            damaged.next_offset,
+            IndexBuilder(),
+            None,
+            _inode(self.index_path(damaged.next_offset)),
+        )
 
     def _create_segment(self, base: int, exist_ok: bool = False) -> int:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | (0 if exist_ok else os.O_EXCL)
@@ -602,4 +635,3 @@ def _inode(path: str) -> int | None:
         return os.stat(path).st_ino
     except FileNotFoundError:
         return None
-

@@ -48,6 +48,11 @@ def _pieces(n: int, values, size: int | None = None) -> list[tuple[int, int]]:
     return out
 
 
+def _picker(indexes: list[int]):
+    """A function that takes the items at ``indexes`` of a column (None stays None)."""
+    return lambda column: None if column is None else [column[i] for i in indexes]
+
+
 class Producer:
     """Appends records to ``topic``; ``partition`` pins every record to one partition.
 
@@ -125,7 +130,11 @@ class Producer:
             for i, number in enumerate(out):
                 if number is None:
                     key = keys[i]
-                    out[i] = self._next_unkeyed(values[i]) if key is None else cache.setdefault(key, partition_for_key(key, count))
+                    out[i] = (
+                        self._next_unkeyed(values[i])
+                        if key is None
+                        else cache.setdefault(key, partition_for_key(key, count))
+                    )
         return out
 
     def _append_shares(self, numbers: list[int], values: list, keys, headers, timestamps, size: int | None) -> None:
@@ -134,8 +143,10 @@ class Producer:
         for i, number in enumerate(numbers):
             members[number].append(i)
         for number, indexes in members.items():
-            pick = lambda column: None if column is None else [column[i] for i in indexes]  # noqa: E731
-            self._append(number, pick(values), pick(keys), pick(headers), pick(timestamps), size)  # size bounds each share
+            pick = _picker(indexes)
+            self._append(
+                number, pick(values), pick(keys), pick(headers), pick(timestamps), size
+            )  # size bounds each share
 
     def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None:
         """Send values each with its own key (None: no key), sharing one header list.
@@ -148,8 +159,14 @@ class Producer:
             number = self.partition if self.partition is not None else 0
             self._append(number, values, keys, None if not headers else [headers] * len(values), None, size)
             return
-        self._append_shares(self._partitions_of(keys, values), values, keys,
-                            None if not headers else [headers] * len(values), None, size)
+        self._append_shares(
+            self._partitions_of(keys, values),
+            values,
+            keys,
+            None if not headers else [headers] * len(values),
+            None,
+            size,
+        )
 
     def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
         """Send values that share one key (or none) and one header list.

@@ -192,7 +192,7 @@ class Replicator:
 
     # ------------------------------------------------------------------ locking
 
-    def __enter__(self) -> "Replicator":
+    def __enter__(self) -> Replicator:
         self.replica.ensure()
         lock = FileLock(os.path.join(self.replica.path, LOCK_NAME))
         if not lock.acquire(blocking=False):
@@ -366,8 +366,14 @@ class Replicator:
                         if p not in mine:
                             continue
                         source, replica = theirs.get(p), ours.get(p)
-                        mine[p].groups.append({"group": group, "source": source, "replica": replica,
-                                               "status": _group_status(source, replica)})
+                        mine[p].groups.append(
+                            {
+                                "group": group,
+                                "source": source,
+                                "replica": replica,
+                                "status": _group_status(source, replica),
+                            }
+                        )
         return reports
 
 
@@ -387,8 +393,10 @@ def _verify_partition(src: Partition, rep: Partition) -> VerifyReport:
         boundary = _batch_start(src, src.start_offset())
         if report.replica_end < boundary:
             report.status = "lagging"
-            report.detail = (f"behind the source's retention: the source deleted offsets {report.replica_end}.."
-                             f"{boundary - 1} before they were copied; the next copy goes on from {boundary}")
+            report.detail = (
+                f"behind the source's retention: the source deleted offsets {report.replica_end}.."
+                f"{boundary - 1} before they were copied; the next copy goes on from {boundary}"
+            )
             return report
         # Every batch both still hold; raw_batches recomputes every checksum.
         differs = _first_difference(src, rep, max(boundary, rep.start_offset()))

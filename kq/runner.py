@@ -87,8 +87,13 @@ class CommandRunner:
 
     def _run(self, sl) -> int:
         offsets = sl.batch.offsets()
-        env = {**os.environ, "KQ_TOPIC": self.topic, "KQ_PARTITION": str(sl.partition),
-               "KQ_OFFSET": str(offsets[sl.start]), "KQ_LAST_OFFSET": str(offsets[sl.stop - 1])}
+        env = {
+            **os.environ,
+            "KQ_TOPIC": self.topic,
+            "KQ_PARTITION": str(sl.partition),
+            "KQ_OFFSET": str(offsets[sl.start]),
+            "KQ_LAST_OFFSET": str(offsets[sl.stop - 1]),
+        }
         # Its own process group, so that when kq is interrupted the whole
         # command (a shell and what it started) is stopped with it.
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}

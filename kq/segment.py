@@ -85,8 +85,16 @@ class BatchReader:
     follows the batches read.
     """
 
-    def __init__(self, fd: int, path: str, position: int, limit: int | None = None, buffer: bytearray | None = None,
-                 checksums: bool = True, floor: int | None = None):
+    def __init__(
+        self,
+        fd: int,
+        path: str,
+        position: int,
+        limit: int | None = None,
+        buffer: bytearray | None = None,
+        checksums: bool = True,
+        floor: int | None = None,
+    ):
         self.fd = fd
         self.path = path
         self.stop = CLEAN
@@ -161,12 +169,21 @@ class BatchReader:
 
 
 def _backwards(header: BatchHeader, floor: int) -> str:
-    return (f"offsets go backwards: the batch holds offsets {header.base_offset}..{header.last_offset}, "
-            f"but the log before it reaches offset {floor - 1}")
+    return (
+        f"offsets go backwards: the batch holds offsets {header.base_offset}..{header.last_offset}, "
+        f"but the log before it reaches offset {floor - 1}"
+    )
 
 
-def classify_damage(fd: int, path: str, position: int, later_segment_exists: bool, reason: str,
-                    whole_batch: bool = False, floor: int | None = None) -> None:
+def classify_damage(
+    fd: int,
+    path: str,
+    position: int,
+    later_segment_exists: bool,
+    reason: str,
+    whole_batch: bool = False,
+    floor: int | None = None,
+) -> None:
     """Raise CorruptLog unless the damage at ``position`` is a torn tail (or no damage after all).
 
     A torn tail is an incomplete batch, or bytes that are no batch, that
@@ -191,8 +208,11 @@ def classify_damage(fd: int, path: str, position: int, later_segment_exists: boo
         # next since: not damage, and the caller reads it at its next poll.)
         raise CorruptLog(path, position, f"{reason}, followed by a valid batch at byte {found}")
     if whole_batch:
-        raise CorruptLog(path, position, f"{reason} in a whole batch at the end of the log "
-                                         "(not a torn write: bit rot or a stray write)")
+        raise CorruptLog(
+            path,
+            position,
+            f"{reason} in a whole batch at the end of the log (not a torn write: bit rot or a stray write)",
+        )
 
 
 def _valid_batch_at(fd: int, position: int, size: int | None = None) -> bool:

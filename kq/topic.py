@@ -8,8 +8,8 @@ import random
 from .errors import CorruptFile, DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
 from .fileio import integer_field, read_metadata, shown
 from .location import MAX_PARTITIONS, TOPIC_FILE
-from .partitioner import partition_for_key
 from .partition import DEFAULT_SEGMENT_BYTES, Partition
+from .partitioner import partition_for_key
 
 TOPIC_FORMAT = 1
 MIN_SEGMENT_BYTES = 4096
@@ -42,8 +42,11 @@ def check_config(config: dict) -> dict:
         raise UsageError(f"segment size must be at least {MIN_SEGMENT_BYTES} bytes, not {shown(seg)}")
     if not isinstance(merged["sync"], bool):
         raise UsageError("sync must be true or false")
-    for key, what in (("retention_ms", "retention"), ("retention_bytes", "retention size"),
-                      ("tombstone_retention_ms", "tombstone retention")):
+    for key, what in (
+        ("retention_ms", "retention"),
+        ("retention_bytes", "retention size"),
+        ("tombstone_retention_ms", "tombstone retention"),
+    ):
         value = merged[key]
         if value is not None and (not _is_int(value) or not 0 <= value <= LARGEST):
             raise UsageError(f"{what} must be a positive amount up to {LARGEST} or none, not {shown(value)}")

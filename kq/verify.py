@@ -75,8 +75,14 @@ class Problem:
         return text if self.action is None else f"{text} -> {self.action}"
 
     def as_dict(self, with_action: bool = False) -> dict:
-        out = {"topic": self.topic, "partition": self.partition, "file": self.file,
-               "position": self.position, "problem": self.problem, "severity": self.severity}
+        out = {
+            "topic": self.topic,
+            "partition": self.partition,
+            "file": self.file,
+            "position": self.position,
+            "problem": self.problem,
+            "severity": self.severity,
+        }
         if with_action:
             out["action"] = self.action
             out["repaired"] = self.repaired
@@ -140,8 +146,9 @@ class _PartitionCheck:
         self.next_offset: int | None = None  # after the last valid batch seen
         self.expected: int | None = None  # where the next batch starts if nothing is missing
 
-    def report(self, path: str, position: int | None, problem: str, severity: str = ERROR,
-               why_not: str | None = None) -> Problem:
+    def report(
+        self, path: str, position: int | None, problem: str, severity: str = ERROR, why_not: str | None = None
+    ) -> Problem:
         p = Problem(self.topic.name, self.part.number, path, position, problem, severity, why_not=why_not)
         self.problems.append(p)
         return p
@@ -150,58 +157,94 @@ class _PartitionCheck:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == ERROR]
 
-    def run(self) -> "_PartitionCheck":
+    def run(self) -> _PartitionCheck:
         path = self.part.path
         out_of_range: list[str] = []
         try:
             bases = list_segments(path, out_of_range)
         except FileNotFoundError:
-            self.report(path, None, "partition directory missing",
-                        why_not="the topic says it has this partition; restore the directory")
+            self.report(
+                path,
+                None,
+                "partition directory missing",
+                why_not="the topic says it has this partition; restore the directory",
+            )
             return self
         except OSError as exc:
             file, why = _unreadable(exc, path)
             self.report(file, None, f"partition directory unreadable: {why}", why_not="kq cannot check it")
             return self
         for file in out_of_range:
-            self.report(file, None, f"a segment name past the largest offset ({MAX_OFFSET}): kq refuses the partition",
-                        why_not=_FOREIGN)
+            self.report(
+                file,
+                None,
+                f"a segment name past the largest offset ({MAX_OFFSET}): kq refuses the partition",
+                why_not=_FOREIGN,
+            )
         for i, base in enumerate(bases):
             self._check_segment(base, last=i == len(bases) - 1)
         if self.next_offset == MAX_OFFSET:
-            self.report(self.segments[-1].path, None, f"the partition is full: its end offset is the largest "
-                                                      f"offset ({MAX_OFFSET}), so every append is refused", WARNING)
+            self.report(
+                self.segments[-1].path,
+                None,
+                f"the partition is full: its end offset is the largest "
+                f"offset ({MAX_OFFSET}), so every append is refused",
+                WARNING,
+            )
         try:
             trimmed = self.part.trimmed_to()
         except (CorruptFile, OSError) as exc:
             file, why = _unreadable(exc, os.path.join(path, START_NAME))
-            self.report(file, None, f"start offset file unreadable: {why}",
-                        why_not="the start offset it held is unknown; restore the file, or remove it to serve the "
-                                "partition from its first segment (records trimmed before would be served again)")
+            self.report(
+                file,
+                None,
+                f"start offset file unreadable: {why}",
+                why_not="the start offset it held is unknown; restore the file, or remove it to serve the "
+                "partition from its first segment (records trimmed before would be served again)",
+            )
         else:
             end = max(self.next_offset or 0, bases[-1] if bases else 0)
             if trimmed > end and len(self.segments) == len(bases):  # (with a segment unread, the end is unknown)
                 # A trim never moves the start past the end: readers would skip records not yet written.
-                self.report(os.path.join(path, START_NAME), None,
-                            f"start offset {trimmed} is past the end offset {end}: records appended below "
-                            f"{trimmed} would never be served",
-                            why_not="restore the file, or remove it to serve the partition from its first segment")
+                self.report(
+                    os.path.join(path, START_NAME),
+                    None,
+                    f"start offset {trimmed} is past the end offset {end}: records appended below "
+                    f"{trimmed} would never be served",
+                    why_not="restore the file, or remove it to serve the partition from its first segment",
+                )
         segments = {seg.base for seg in self.segments}
         for name in sorted(os.listdir(path)):
-            stem = name[:-len(INDEX_SUFFIX)]
+            stem = name[: -len(INDEX_SUFFIX)]
             if name in (WRITER_LOCK, MAINTENANCE_LOCK) and (kind := _not_regular(os.path.join(path, name))):
-                self.report(os.path.join(path, name), None, f"lock file is a {kind}, not a regular file: "
-                                                            "writers cannot lock the partition", why_not=_FOREIGN)
+                self.report(
+                    os.path.join(path, name),
+                    None,
+                    f"lock file is a {kind}, not a regular file: writers cannot lock the partition",
+                    why_not=_FOREIGN,
+                )
             elif name.endswith(INDEX_SUFFIX) and stem.isascii() and stem.isdigit() and int(stem) not in segments:
-                self.report(os.path.join(path, name), None,
-                            "index of a segment that does not exist (left by an interrupted deletion)", INFO)
+                self.report(
+                    os.path.join(path, name),
+                    None,
+                    "index of a segment that does not exist (left by an interrupted deletion)",
+                    INFO,
+                )
             elif name.endswith(COMPACT_SUFFIX):
-                self.report(os.path.join(path, name), None,
-                            "left by an interrupted compaction; never read, the next compaction removes it", INFO)
+                self.report(
+                    os.path.join(path, name),
+                    None,
+                    "left by an interrupted compaction; never read, the next compaction removes it",
+                    INFO,
+                )
             elif QUARANTINE in name:
                 size = os.lstat(os.path.join(path, name)).st_size
-                self.report(os.path.join(path, name), None,
-                            f"{size} byte(s) quarantined by an earlier repair: not served; inspect, then remove", INFO)
+                self.report(
+                    os.path.join(path, name),
+                    None,
+                    f"{size} byte(s) quarantined by an earlier repair: not served; inspect, then remove",
+                    INFO,
+                )
         return self
 
     # ------------------------------------------------------------------ segments
@@ -214,16 +257,25 @@ class _PartitionCheck:
             return
         except (NotRegularFile, OSError) as exc:
             file, why = _unreadable(exc, seg.path)
-            self.report(file, None, f"segment unreadable: {why}",
-                        why_not=_FOREIGN if isinstance(exc, NotRegularFile) else "kq cannot read it")
+            self.report(
+                file,
+                None,
+                f"segment unreadable: {why}",
+                why_not=_FOREIGN if isinstance(exc, NotRegularFile) else "kq cannot read it",
+            )
             self.expected = None  # its records are unknown
             return
         try:
             seg.size = os.fstat(fd).st_size
             self.bytes += seg.size
             if self.next_offset is not None and base < self.next_offset:
-                self.report(seg.path, 0, f"segment base offset {base} is below the previous segment's "
-                                         f"next offset {self.next_offset}: offsets overlap", why_not=_AMBIGUOUS)
+                self.report(
+                    seg.path,
+                    0,
+                    f"segment base offset {base} is below the previous segment's "
+                    f"next offset {self.next_offset}: offsets overlap",
+                    why_not=_AMBIGUOUS,
+                )
             if self.expected is None:  # the first segment, or damage hid where the last one ended
                 self.expected = base
             self._check_batches(fd, seg, last)
@@ -249,7 +301,9 @@ class _PartitionCheck:
                     b = batchfmt.decode(buf, rel, header, seg.path)
                 except CorruptLog as exc:
                     # Its checksum holds but readers cannot serve it: damage like any other.
-                    problem = self.report(seg.path, pos, f"{exc.reason} (offsets {header.base_offset}..{header.last_offset})")
+                    problem = self.report(
+                        seg.path, pos, f"{exc.reason} (offsets {header.base_offset}..{header.last_offset})"
+                    )
                     seg.damaged.append(_Region(pos, pos + header.size, problem))
                     self.expected = None
                     continue
@@ -262,17 +316,27 @@ class _PartitionCheck:
             found = find_valid_batch(fd, start + 1, seg.size)
             end = seg.size if found is None else found
             if found is None and last and reader.whole_batch:
-                scan = SegmentScan(seg.base, start, reader.floor, index, 0, DAMAGED, reader.reason, True, None, reader.floor)
+                scan = SegmentScan(
+                    seg.base, start, reader.floor, index, 0, DAMAGED, reader.reason, True, None, reader.floor
+                )
                 damaged = damaged_last_batch(fd, scan, seg.size, self.compacted)
                 if damaged is not None:
-                    seg.damaged_last = _Region(start, end, self.report(
-                        seg.path, start, f"{reader.reason} in the last batch (offsets {damaged.base_offset}.."
-                                         f"{damaged.last_offset}): a whole batch, so damage (bit rot or a stray write), "
-                                         "not a torn write"))
+                    seg.damaged_last = _Region(
+                        start,
+                        end,
+                        self.report(
+                            seg.path,
+                            start,
+                            f"{reader.reason} in the last batch (offsets {damaged.base_offset}.."
+                            f"{damaged.last_offset}): a whole batch, so damage (bit rot or a stray write), "
+                            "not a torn write",
+                        ),
+                    )
                     return
             if found is None and last and not reader.whole_batch:
-                problem = self.report(seg.path, start, f"torn tail: {end - start} byte(s) after the last "
-                                                       f"valid batch ({reader.reason})")
+                problem = self.report(
+                    seg.path, start, f"torn tail: {end - start} byte(s) after the last valid batch ({reader.reason})"
+                )
                 seg.torn_tail = _Region(start, end, problem)
                 return
             if found is None:
@@ -294,15 +358,32 @@ class _PartitionCheck:
         first = b.base_offset
         if self.next_offset is not None and first < self.next_offset:
             # A batch of an earlier segment reaches into this one.
-            self.report(seg.path, pos, f"offsets go backwards: the batch starts at offset {first}, "
-                                       f"the one before ended at {self.next_offset - 1}", why_not=_AMBIGUOUS)
+            self.report(
+                seg.path,
+                pos,
+                f"offsets go backwards: the batch starts at offset {first}, "
+                f"the one before ended at {self.next_offset - 1}",
+                why_not=_AMBIGUOUS,
+            )
         elif self.expected is not None and first > self.expected and not self.compacted:
-            missing = f"record {first - 1} is" if first - self.expected == 1 else f"records {self.expected}..{first - 1} are"
-            self.report(seg.path, pos, f"offsets skip from {self.expected} to {first}: {missing} missing "
-                                       "(only compaction, or a repair that quarantined them, leaves gaps)", WARNING)
+            missing = (
+                f"record {first - 1} is" if first - self.expected == 1 else f"records {self.expected}..{first - 1} are"
+            )
+            self.report(
+                seg.path,
+                pos,
+                f"offsets skip from {self.expected} to {first}: {missing} missing "
+                "(only compaction, or a repair that quarantined them, leaves gaps)",
+                WARNING,
+            )
         if b.offset_deltas is not None and b.last_offset_delta != b.count - 1 and not self.compacted:
-            self.report(seg.path, pos, f"offsets inside the batch skip: {b.count} record(s) span offsets "
-                                       f"{b.base_offset}..{b.last_offset} (only compaction leaves gaps)", WARNING)
+            self.report(
+                seg.path,
+                pos,
+                f"offsets inside the batch skip: {b.count} record(s) span offsets "
+                f"{b.base_offset}..{b.last_offset} (only compaction leaves gaps)",
+                WARNING,
+            )
         self.next_offset = self.expected = b.next_offset
 
     def _check_index(self, seg: _Segment) -> None:
@@ -312,9 +393,14 @@ class _PartitionCheck:
             have = Index.load(seg.index_path, seg.size + INTERVAL_BYTES)
         except (NotRegularFile, OSError) as exc:
             file, why = _unreadable(exc, seg.index_path)
-            self.report(file, None, f"index unreadable: {why}",
-                        why_not=_FOREIGN + " (kq then writes a new index)" if isinstance(exc, NotRegularFile)
-                        else "kq cannot read it")
+            self.report(
+                file,
+                None,
+                f"index unreadable: {why}",
+                why_not=_FOREIGN + " (kq then writes a new index)"
+                if isinstance(exc, NotRegularFile)
+                else "kq cannot read it",
+            )
             return
         entries = [have.entry(i) for i in range(len(have))]
         torn = len(have.blob) % ENTRY_SIZE
@@ -322,15 +408,18 @@ class _PartitionCheck:
             return
         if not have.blob and not os.path.lexists(seg.index_path):
             seg.index_problem = self.report(
-                seg.index_path, None, f"index out of date: missing (the segment needs {len(seg.index)} entries)")
+                seg.index_path, None, f"index out of date: missing (the segment needs {len(seg.index)} entries)"
+            )
             return
         i = next((i for i, (a, b) in enumerate(zip(entries, seg.index)) if a != b), min(len(entries), len(seg.index)))
         if torn and i == len(entries):  # a crash tore the last entry written
             what = f"a partial {torn}-byte entry at the end"
         elif i < len(entries) and i < len(seg.index):
             (o, p, t), (eo, ep, et) = entries[i], seg.index[i]
-            what = (f"entry {i} says offset {o} at byte {p} after timestamps up to {t}; "
-                    f"the segment has offset {eo} at byte {ep} after timestamps up to {et}")
+            what = (
+                f"entry {i} says offset {o} at byte {p} after timestamps up to {t}; "
+                f"the segment has offset {eo} at byte {ep} after timestamps up to {et}"
+            )
         elif i < len(seg.index):
             what = f"{len(seg.index) - i} entries missing from entry {i} on (the segment needs {len(seg.index)})"
         else:
@@ -355,8 +444,10 @@ class _PartitionCheck:
                 _truncate(seg.path, seg.torn_tail.start)
             if seg.torn_tail is not None:
                 r = seg.torn_tail
-                r.problem.action = (f"truncated the segment to {r.start} bytes: dropped {r.end - r.start} byte(s) "
-                                    "of an incomplete write, as the next producer would")
+                r.problem.action = (
+                    f"truncated the segment to {r.start} bytes: dropped {r.end - r.start} byte(s) "
+                    "of an incomplete write, as the next producer would"
+                )
                 r.problem.repaired = True
 
     def rebuild_indexes(self) -> None:
@@ -456,7 +547,7 @@ class Verifier:
                 # Never skipped: what verify cannot read, it cannot call sound.
                 file, why = _unreadable(exc, os.path.join(self.data.topics_path, name, TOPIC_FILE))
                 opened[name] = Problem(name, None, file, None, f"topic unreadable: {why}")
-        for name, topic in opened.items():
+        for topic in opened.values():
             self.topics += 1
             if isinstance(topic, Problem):
                 if self.repair:
@@ -491,13 +582,31 @@ class Verifier:
             try:
                 mode = os.stat(part.path).st_mode
             except FileNotFoundError:
-                return [self._not_repaired(Problem(
-                    topic.name, number, part.path, None, "partition directory missing",
-                    why_not="the topic says it has this partition; restore the directory"))], None
+                return [
+                    self._not_repaired(
+                        Problem(
+                            topic.name,
+                            number,
+                            part.path,
+                            None,
+                            "partition directory missing",
+                            why_not="the topic says it has this partition; restore the directory",
+                        )
+                    )
+                ], None
             if not stat.S_ISDIR(mode):
-                return [self._not_repaired(Problem(
-                    topic.name, number, part.path, None,
-                    f"partition directory is a {file_kind(mode)}, not a directory", why_not=_FOREIGN))], None
+                return [
+                    self._not_repaired(
+                        Problem(
+                            topic.name,
+                            number,
+                            part.path,
+                            None,
+                            f"partition directory is a {file_kind(mode)}, not a directory",
+                            why_not=_FOREIGN,
+                        )
+                    )
+                ], None
             return self._check_partition(topic, part)
         except (KqError, OSError) as exc:
             if self.repair and isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -567,8 +676,11 @@ class Verifier:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                yield self._not_repaired(Problem(topic.name, None, directory, None,
-                                                 f"directory of group '{group}' unreadable: {exc.strerror}"))
+                yield self._not_repaired(
+                    Problem(
+                        topic.name, None, directory, None, f"directory of group '{group}' unreadable: {exc.strerror}"
+                    )
+                )
                 continue
             yield from self._group_members(topic, group, directory)
             for name in names:
@@ -577,9 +689,16 @@ class Verifier:
                 if number is not None:
                     kind = _not_regular(path)
                     if kind:
-                        yield self._not_repaired(Problem(
-                            topic.name, number, path, None,
-                            f"claim file of group '{group}' is a {kind}, not a regular file", why_not=_FOREIGN))
+                        yield self._not_repaired(
+                            Problem(
+                                topic.name,
+                                number,
+                                path,
+                                None,
+                                f"claim file of group '{group}' is a {kind}, not a regular file",
+                                why_not=_FOREIGN,
+                            )
+                        )
                 number = partition_of(name, OFFSET_SUFFIX)
                 if number is None:
                     continue
@@ -596,16 +715,27 @@ class Verifier:
                     continue
                 offset, committed_for = found
                 if topic.id is not None and committed_for not in (None, topic.id):
-                    yield Problem(topic.name, number, path, None,
-                                  f"group '{group}' committed this offset for an earlier topic named '{topic.name}' "
-                                  "(deleted and re-created): it is ignored", WARNING)
+                    yield Problem(
+                        topic.name,
+                        number,
+                        path,
+                        None,
+                        f"group '{group}' committed this offset for an earlier topic named '{topic.name}' "
+                        "(deleted and re-created): it is ignored",
+                        WARNING,
+                    )
                     continue
                 if number >= topic.partition_count:
-                    yield Problem(topic.name, number, path, None,
-                                  f"group '{group}' has an offset for partition {number}, which does not exist", WARNING)
+                    yield Problem(
+                        topic.name,
+                        number,
+                        path,
+                        None,
+                        f"group '{group}' has an offset for partition {number}, which does not exist",
+                        WARNING,
+                    )
                     continue
                 yield from _offset_in_range(topic, number, path, group, offset, ranges.get(number))
-
 
     def _group_members(self, topic: Topic, group: str, directory: str):
         """Member files a live member holds must be what a member writes (others are tidied by members)."""
@@ -615,8 +745,9 @@ class Verifier:
         except FileNotFoundError:
             return
         except OSError as exc:
-            yield self._not_repaired(Problem(topic.name, None, members, None,
-                                             f"members of group '{group}' unreadable: {exc.strerror}"))
+            yield self._not_repaired(
+                Problem(topic.name, None, members, None, f"members of group '{group}' unreadable: {exc.strerror}")
+            )
             return
         for name in names:
             path = os.path.join(members, name)
@@ -630,8 +761,16 @@ class Verifier:
                 continue
             except (CorruptFile, OSError) as exc:
                 _, why = _unreadable(exc, path)
-                yield self._not_repaired(Problem(topic.name, None, path, None,
-                                                 f"member file of group '{group}' unreadable: {why}", why_not=_FOREIGN))
+                yield self._not_repaired(
+                    Problem(
+                        topic.name,
+                        None,
+                        path,
+                        None,
+                        f"member file of group '{group}' unreadable: {why}",
+                        why_not=_FOREIGN,
+                    )
+                )
 
     def _not_repaired(self, p: Problem) -> Problem:
         if self.repair and p.action is None:
@@ -648,7 +787,9 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
         p.action = f"not repaired: {_unreadable(exc, p.file)[1]}"
         return
     if claim is None:
-        p.action = f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
+        p.action = (
+            f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
+        )
         return
     try:
         try:
@@ -662,8 +803,10 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
         fsync_dir(directory)
     finally:
         claim.close()
-    p.action = (f"moved it to {target}; group '{group}' will restart partition {p.partition} "
-                "from its reset policy (earliest by default)")
+    p.action = (
+        f"moved it to {target}; group '{group}' will restart partition {p.partition} "
+        "from its reset policy (earliest by default)"
+    )
     p.repaired = True
 
 
@@ -674,12 +817,24 @@ def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: i
     if offset > end:
         end = topic.partition(number).end_offset()  # a producer may have appended since
     if offset < start:
-        yield Problem(topic.name, number, path, None,
-                      f"group '{group}' committed offset {offset}, below the start offset {start}: it will resume "
-                      f"at {start}, having missed {start - offset} record(s) retention or trim deleted", WARNING)
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"group '{group}' committed offset {offset}, below the start offset {start}: it will resume "
+            f"at {start}, having missed {start - offset} record(s) retention or trim deleted",
+            WARNING,
+        )
     elif offset > end:
-        yield Problem(topic.name, number, path, None,
-                      f"group '{group}' committed offset {offset}, past the end offset {end}", WARNING)
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"group '{group}' committed offset {offset}, past the end offset {end}",
+            WARNING,
+        )
 
 
 def _offset_range(part: Partition) -> tuple[int, int] | None:
@@ -687,5 +842,3 @@ def _offset_range(part: Partition) -> tuple[int, int] | None:
         return part.start_offset(), part.end_offset()
     except (KqError, OSError):
         return None
-
-

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -21,7 +23,13 @@ def data_dir(tmp_path):
 def run_kq(data_dir):
     """Run ``kq --data-dir DATA ARGS...``; returns the CompletedProcess (bytes)."""
 
-    def run(*args, input: bytes | str | None = None, env: dict | None = None, timeout: float = 60, data: str | None = data_dir):
+    def run(
+        *args,
+        input: bytes | str | None = None,
+        env: dict | None = None,
+        timeout: float = 60,
+        data: str | None = data_dir,
+    ):
         if isinstance(input, str):
             input = input.encode()
         full_env = {**os.environ, **(env or {})}
@@ -66,3 +74,12 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A directory other users can enter (pytest's own tmp_path is private to root)."""
+    base = tempfile.mkdtemp(prefix="kq-shared-", dir="/tmp")
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import KQ, wait_for
 
 
@@ -117,8 +116,13 @@ def test_json_envelope_keeps_repeated_headers_in_order(run_kq):
     assert copied.returncode == 0, copied.stderr
     assert run_kq("consume", "dup-copy", "-F", r"%h\n").stdout == b"a=1,b=x,a=2\n"
     # Header values that are not UTF-8 are base64, still in order.
-    run_kq("produce", "dup-bin", "--json", input=json.dumps(
-        {"value": "v", "headers": [["a", "/w=="], ["a", "AA=="]], "headers_encoding": "base64"}) + "\n")
+    run_kq(
+        "produce",
+        "dup-bin",
+        "--json",
+        input=json.dumps({"value": "v", "headers": [["a", "/w=="], ["a", "AA=="]], "headers_encoding": "base64"})
+        + "\n",
+    )
     assert run_kq("consume", "dup-bin", "-F", "%h").stdout == b"a=\xff,a=\x00"
     assert json.loads(run_kq("consume", "dup-bin", "--json").stdout)["headers"] == [["a", "/w=="], ["a", "AA=="]]
 
@@ -154,8 +158,10 @@ def test_json_lines_with_unknown_or_malformed_fields_are_refused(run_kq, line, m
 
 
 def envelope_rows(stdout: bytes) -> list[tuple]:
-    return sorted((r["partition"], r["offset"], r["timestamp"], r["key"], r["value"], json.dumps(r["headers"]))
-                  for r in map(json.loads, stdout.splitlines()))
+    return sorted(
+        (r["partition"], r["offset"], r["timestamp"], r["key"], r["value"], json.dumps(r["headers"]))
+        for r in map(json.loads, stdout.splitlines())
+    )
 
 
 def test_json_copy_into_a_missing_topic_keeps_every_partition(run_kq):
@@ -179,8 +185,10 @@ def test_json_copy_into_a_smaller_topic_says_how_much_was_written(run_kq):
     run_kq("topic", "create", "small")
     r = run_kq("produce", "small", "--json", input=run_kq("consume", "src", "--json").stdout)
     assert r.returncode == 2
-    assert r.stderr == (b"kq: error: line 4: partition 1 does not exist in topic 'small' (it has partitions 0..0); "
-                        b"3 records from the lines before it were written\n")
+    assert r.stderr == (
+        b"kq: error: line 4: partition 1 does not exist in topic 'small' (it has partitions 0..0); "
+        b"3 records from the lines before it were written\n"
+    )
     assert run_kq("consume", "small").stdout == b"a\nb\nc\n"
 
 
@@ -214,7 +222,9 @@ def test_a_produce_that_writes_nothing_leaves_no_topic(run_kq, tmp_path, args, s
         assert r.returncode == 0 and r.stderr == b""
     else:
         assert r.returncode in (1, 2) and b"Traceback" not in r.stderr
-        assert r.stderr.startswith(b"kq: error: ") and message.replace(b"{tmp}", str(tmp_path).encode()) in r.stderr, r.stderr
+        assert r.stderr.startswith(b"kq: error: ") and message.replace(b"{tmp}", str(tmp_path).encode()) in r.stderr, (
+            r.stderr
+        )
     assert run_kq("topic", "list").stdout == b""
 
 
@@ -360,7 +370,9 @@ def test_broken_pipe_is_quiet(run_kq, data_dir):
     run_kq("produce", "t", input="".join(f"{i}\n" for i in range(200_000)))
     p = subprocess.run(
         " ".join(KQ) + f" --data-dir '{data_dir}' consume t | head -3",
-        shell=True, capture_output=True, timeout=60,
+        shell=True,
+        capture_output=True,
+        timeout=60,
     )
     assert p.stdout == b"0\n1\n2\n"
     assert p.stderr == b""
@@ -428,11 +440,17 @@ def test_topic_commands(run_kq):
     assert run_kq("topic", "create", "a", "--if-not-exists").returncode == 0
     assert run_kq("topic", "list").stdout == b"a\nb\n"
     assert json.loads(run_kq("topic", "list", "--json").stdout) == [
-        {"name": "a", "partitions": 1}, {"name": "b", "partitions": 3}]
+        {"name": "a", "partitions": 1},
+        {"name": "b", "partitions": 3},
+    ]
     run_kq("produce", "b", "-p", "1", input="x\ny\n")
     d = json.loads(run_kq("topic", "describe", "b", "--json").stdout)
     assert d["name"] == "b" and d["config"]["sync"] is False
-    assert [(p["partition"], p["start_offset"], p["end_offset"]) for p in d["partitions"]] == [(0, 0, 0), (1, 0, 2), (2, 0, 0)]
+    assert [(p["partition"], p["start_offset"], p["end_offset"]) for p in d["partitions"]] == [
+        (0, 0, 0),
+        (1, 0, 2),
+        (2, 0, 0),
+    ]
     assert d["partitions"][1]["size"] > 0
     assert run_kq("topic", "delete", "b").returncode == 0
     assert run_kq("topic", "list").stdout == b"a\n"

@@ -101,7 +101,11 @@ def test_kill_9_mid_stream_leaves_a_log_the_next_producer_continues(run_kq, spaw
 
     pattern = re.compile(r"r\d-\d{8}|after-kill-\d")
     assert all(pattern.fullmatch(r["value"]) for r in records), "garbage was served"
-    assert [r["value"] for r in records if r["value"].startswith("after")] == ["after-kill-0", "after-kill-1", "after-kill-2"]
+    assert [r["value"] for r in records if r["value"].startswith("after")] == [
+        "after-kill-0",
+        "after-kill-1",
+        "after-kill-2",
+    ]
     # Within a round, messages are whole and in order with no gaps (a prefix of what was sent).
     for round_ in range(3):
         seqs = [int(r["value"][3:]) for r in records if r["value"].startswith(f"r{round_}-")]

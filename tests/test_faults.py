@@ -28,9 +28,9 @@ import warnings
 from collections import Counter, defaultdict
 
 import pytest
+from conftest import KQ, wait_for
 
 import kq
-from conftest import KQ, wait_for
 
 # How many times each operation is killed with SIGKILL (the figures for the closing note).
 KILLS = {
@@ -65,7 +65,7 @@ def assert_verify_clean(run_kq, *topics, data: str | None = None) -> bool:
     if r.returncode == 2 and b"No such command" in r.stderr:
         _verify["available"] = False
         _verify["skipped"] += 1
-        warnings.warn("this kq has no `kq verify` yet: the fault tests skipped their verify step")
+        warnings.warn("this kq has no `kq verify` yet: the fault tests skipped their verify step", stacklevel=2)
         return False
     _verify["available"] = True
     assert r.returncode == 0, f"kq verify found damage after recovery:\n{r.stdout.decode()}{r.stderr.decode()}"
@@ -106,8 +106,12 @@ def kill_at_random_moment(proc, rng: random.Random, max_delay: float, under_way=
     Returns True if the kill hit a running process, False if it had exited first.
     """
     if under_way is not None:
-        wait_for(lambda: proc.poll() is not None or under_way(), timeout=30, interval=0.002,
-                 message=f"{what} to be under way")
+        wait_for(
+            lambda: proc.poll() is not None or under_way(),
+            timeout=30,
+            interval=0.002,
+            message=f"{what} to be under way",
+        )
     time.sleep(rng.uniform(0, max_delay))  # the random moment itself, not synchronisation
     if proc.poll() is not None:
         return False
@@ -175,8 +179,10 @@ def assert_acknowledged_exactly_once(values: list[bytes], acked) -> None:
 
 def report_kills(name: str, landed: int, planned: int) -> None:
     KILLS_LANDED[name] += landed
-    print(f"\n[kill -9] {name}: {planned} kills, {landed} hit a running process; "
-          f"verify {'ran' if _verify['available'] else 'skipped (no kq verify yet)'}")
+    print(
+        f"\n[kill -9] {name}: {planned} kills, {landed} hit a running process; "
+        f"verify {'ran' if _verify['available'] else 'skipped (no kq verify yet)'}"
+    )
 
 
 # ---------------------------------------------------------------- kill -9 during produce
@@ -188,8 +194,12 @@ def test_kill_9_during_produce_loses_no_acknowledged_message(run_kq, data_dir):
     acked: list[bytes] = []
     landed = 0
     for i in range(KILLS["produce"]):
-        proc = subprocess.Popen(kq_command(data_dir, "produce", "t"), stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            kq_command(data_dir, "produce", "t"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # Every third producer gets a short input and may finish before its kill.
         total = 3000 if i % 3 == 2 else None
         pump = Pump(proc, lambda n, i=i: b"k%d-%07d\n" % (i, n), chunk=50, total=total)
@@ -240,8 +250,12 @@ def test_kill_9_during_concurrent_produce_loses_no_acknowledged_message(run_kq, 
             (b"p%d" % i, ["-p", "1"], None),
             (b"k%d" % i, ["-K", ":"], None),
         ):
-            proc = subprocess.Popen(kq_command(data_dir, "produce", "c", *args), stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                kq_command(data_dir, "produce", "c", *args),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if name.startswith(b"k"):
                 keyed_streams.add(name)
                 line = lambda n, name=name: b"key%d:%s-%07d\n" % (n % 5, name, n)
@@ -251,8 +265,11 @@ def test_kill_9_during_concurrent_produce_loses_no_acknowledged_message(run_kq, 
             pump.start()
             producers.append((name, proc, pump))
         before = sum(end_offsets(data_dir, "c"))
-        wait_for(lambda: sum(end_offsets(data_dir, "c")) > before or all(p.poll() is not None for _, p, _ in producers),
-                 timeout=30, message="the producers to append")
+        wait_for(
+            lambda: sum(end_offsets(data_dir, "c")) > before or all(p.poll() is not None for _, p, _ in producers),
+            timeout=30,
+            message="the producers to append",
+        )
         # Each one dies at its own random moment.
         deadlines = sorted((rng.uniform(0, 0.4), n) for n in range(len(producers)))
         started = time.monotonic()
@@ -293,7 +310,9 @@ def test_kill_9_during_concurrent_produce_loses_no_acknowledged_message(run_kq, 
             if stream in keyed_streams:
                 # Per partition, a prefix of what the producer sent there.
                 for p, s in per_partition.items():
-                    sent_here = [n for n in range(sent_by_stream[stream]) if kq.partition_for_key(b"key%d" % (n % 5), 2) == p]
+                    sent_here = [
+                        n for n in range(sent_by_stream[stream]) if kq.partition_for_key(b"key%d" % (n % 5), 2) == p
+                    ]
                     assert s == sent_here[: len(s)], f"producer {stream!r} skipped a message in partition {p}"
             elif not stream.startswith(b"a"):
                 union = sorted(x for s in per_partition.values() for x in s)
@@ -326,8 +345,9 @@ def test_kill_9_during_group_commits_never_skips_a_message(run_kq, data_dir, tmp
     seed = [b"s-%07d" % n for n in range(500)]
     assert run_kq("produce", "g", input=b"\n".join(seed) + b"\n").returncode == 0
     acked = list(seed)
-    feeder = subprocess.Popen(kq_command(data_dir, "produce", "g"), stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    feeder = subprocess.Popen(
+        kq_command(data_dir, "produce", "g"), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     pump = Pump(feeder, lambda n: b"f-%07d\n" % n, chunk=20, pause=0.01)
     pump.start()
     delivered: set[tuple[int, int]] = set()
@@ -338,8 +358,9 @@ def test_kill_9_during_group_commits_never_skips_a_message(run_kq, data_dir, tmp
     for i in range(KILLS["group commit"]):
         out_path = str(tmp_path / f"member{i}.jsonl")
         with open(out_path, "wb") as out:
-            member = subprocess.Popen(kq_command(data_dir, "consume", "g", "-g", "grp", "-f", "--json"),
-                                      stdout=out, stderr=subprocess.DEVNULL)
+            member = subprocess.Popen(
+                kq_command(data_dir, "consume", "g", "-g", "grp", "-f", "--json"), stdout=out, stderr=subprocess.DEVNULL
+            )
         landed += kill_at_random_moment(member, rng, 0.4, lambda: os.path.getsize(out_path) > 0, "the member")
         log = log_of(data_dir, "g")
         for p, offset, value in read_deliveries(out_path):
@@ -352,7 +373,9 @@ def test_kill_9_during_group_commits_never_skips_a_message(run_kq, data_dir, tmp
             assert c <= len(log[p]), f"partition {p}: committed offset {c} is past the end"
             assert c >= previous[p], f"partition {p}: the committed offset went back from {previous[p]} to {c}"
             skipped = [o for o in range(c) if (p, o) not in delivered]
-            assert not skipped, f"partition {p}: offsets {skipped[:5]} are below the commit point but were never delivered"
+            assert not skipped, (
+                f"partition {p}: offsets {skipped[:5]} are below the commit point but were never delivered"
+            )
             previous[p] = c
         assert_verify_clean(run_kq, "g")
     pump.finish()
@@ -393,19 +416,24 @@ def test_kill_9_during_replicate_leaves_a_readable_prefix_the_next_run_completes
             groups.commit("grp", "r", p, rng.randrange(end + 1))
         # Four fresh replicas copy everything; then two reused ones copy what is new.
         replica = str(tmp_path / f"replica{i % 4}")
-        proc = subprocess.Popen(kq_command(data_dir, "replicate", "r", "--to", replica),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            kq_command(data_dir, "replicate", "r", "--to", replica),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # The replica's topic appears (whole) just before the first batch is copied;
         # a full copy takes some 50 ms, an incremental one a few.
         landed += kill_at_random_moment(
-            proc, rng, 0.05, lambda: os.path.isdir(os.path.join(replica, "topics", "r", "1")), "the copy")
+            proc, rng, 0.05, lambda: os.path.isdir(os.path.join(replica, "topics", "r", "1")), "the copy"
+        )
         src = log_of(data_dir, "r")
         if os.path.exists(os.path.join(replica, "topics", "r", "topic.json")):
             # What the killed copy left is readable and an exact prefix of the source.
             rep = log_of(replica, "r")
             for p, recs in rep.items():
-                assert [(r.offset, r.value, r.timestamp) for r in recs] == \
-                    [(r.offset, r.value, r.timestamp) for r in src[p][: len(recs)]], f"replica partition {p} is not a prefix"
+                assert [(r.offset, r.value, r.timestamp) for r in recs] == [
+                    (r.offset, r.value, r.timestamp) for r in src[p][: len(recs)]
+                ], f"replica partition {p} is not a prefix"
             for p, offset in kq.Groups(kq.DataDir(replica)).committed("grp", "r").items():
                 assert offset <= len(rep[p]), "a replica's group offset points past its data"
         r = run_kq("replicate", "r", "--to", replica)
@@ -471,15 +499,20 @@ def test_kill_9_during_maintain_keeps_latest_values_and_every_record_retention_k
         if i % 2:
             # Producers are never blocked by maintenance.
             lines = [b"k%d:p%d-%d" % (n % 40, i, n) for n in range(300)]
-            producer = subprocess.Popen(kq_command(data_dir, "produce", "cmp", "-K", ":"), stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            producer = subprocess.Popen(
+                kq_command(data_dir, "produce", "cmp", "-K", ":"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             producer.stdin.write(b"\n".join(lines) + b"\n")
             producer.stdin.close()
         if i % 3 == 2:
             hit = kill_at_random_moment(proc, rng, 0.6, None, "maintain")
         else:
             hit = kill_at_random_moment(
-                proc, rng, 0.02, lambda: any(f.endswith(".compact") for f in os.listdir(pdir)), "compaction")
+                proc, rng, 0.02, lambda: any(f.endswith(".compact") for f in os.listdir(pdir)), "compaction"
+            )
         landed += hit
         if producer is not None:
             assert producer.wait(timeout=30) == 0, producer.stderr.read()
@@ -503,7 +536,7 @@ def test_kill_9_during_maintain_keeps_latest_values_and_every_record_retention_k
         values = [r.value for r in rows]
         assert_acknowledged_exactly_once(values, recent)
         # Retention removes whole segments from the front: what is left is a suffix.
-        assert values == retained[len(retained) - len(values):], "retention left a hole in the log"
+        assert values == retained[len(retained) - len(values) :], "retention left a hole in the log"
         assert_verify_clean(run_kq)
     assert run_kq("maintain").returncode == 0
     assert not [f for f in os.listdir(pdir) if f.endswith(".compact")]
@@ -560,7 +593,9 @@ def faulty_kq_command(data_dir, *args) -> list[str]:
     return [sys.executable, "-c", FAULTY_KQ, "--data-dir", data_dir, *map(str, args)]
 
 
-def produce_paced(command, lines: list[bytes], chunk: int, pause: float, ready=None, **popen) -> subprocess.CompletedProcess:
+def produce_paced(
+    command, lines: list[bytes], chunk: int, pause: float, ready=None, **popen
+) -> subprocess.CompletedProcess:
     """Feed ``lines`` to a producer ``chunk`` at a time, ``pause`` apart, so they form several batches.
 
     With ``ready``, the first line goes alone and the rest only once
@@ -612,7 +647,7 @@ def check_after_a_failed_produce(run_kq, data_dir, before: list[bytes], failed: 
     assert [r.offset for r in rows] == list(range(len(rows)))
     values = [r.value for r in rows]
     assert values[: len(before)] == before, "a message acknowledged before the disk filled was lost"
-    rest = values[len(before):]
+    rest = values[len(before) :]
     assert rest == failed[: len(rest)], "the failed produce left something other than whole batches of its input"
     after = lines_of("after", 100)
     r = run_kq("produce", "t", input=b"\n".join(after) + b"\n")
@@ -635,9 +670,14 @@ def test_disk_full_fails_the_produce_clearly_and_loses_nothing_acknowledged(run_
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     failed = lines_of("failed", 2000)
-    r = produce_paced(kq_command(data_dir, "produce", "t"), failed, chunk=100, pause=0.06,
-                      ready=(lambda: end_offsets(data_dir, "t")[0] > len(before)) if room else None,
-                      preexec_fn=small_disk)
+    r = produce_paced(
+        kq_command(data_dir, "produce", "t"),
+        failed,
+        chunk=100,
+        pause=0.06,
+        ready=(lambda: end_offsets(data_dir, "t")[0] > len(before)) if room else None,
+        preexec_fn=small_disk,
+    )
     assert_clear_failure(r)
     assert os.path.getsize(segment) <= limit
     kept = check_after_a_failed_produce(run_kq, data_dir, before, failed)
@@ -653,9 +693,14 @@ def test_enospc_mid_write_truncates_the_torn_batch_and_keeps_acknowledged_messag
     segment = os.path.join(data_dir, "topics", "t", "0", f"{0:020d}.log")
     size = os.path.getsize(segment)
     failed = lines_of("failed", 300)
-    r = produce_paced(faulty_kq_command(data_dir, "produce", "t"), failed, chunk=20, pause=0.06,
-                      ready=(lambda: end_offsets(data_dir, "t")[0] > len(before)) if budget else None,
-                      env={**os.environ, "KQ_FAULT_WRITE_BUDGET": str(budget)})
+    r = produce_paced(
+        faulty_kq_command(data_dir, "produce", "t"),
+        failed,
+        chunk=20,
+        pause=0.06,
+        ready=(lambda: end_offsets(data_dir, "t")[0] > len(before)) if budget else None,
+        env={**os.environ, "KQ_FAULT_WRITE_BUDGET": str(budget)},
+    )
     assert_clear_failure(r)
     assert b"No space left on device" in r.stderr
     # What is in the file is whole batches: the short write was truncated away.
@@ -670,8 +715,13 @@ def test_failed_fsync_is_never_acknowledged(run_kq, data_dir):
     before = lines_of("before", 50)
     assert run_kq("produce", "t", input=b"\n".join(before) + b"\n").returncode == 0
     failed = lines_of("synced", 50)
-    r = subprocess.run(faulty_kq_command(data_dir, "produce", "t", "--sync"), input=b"\n".join(failed) + b"\n",
-                       capture_output=True, env={**os.environ, "KQ_FAULT_FDATASYNC_EIO": "1"}, timeout=60)
+    r = subprocess.run(
+        faulty_kq_command(data_dir, "produce", "t", "--sync"),
+        input=b"\n".join(failed) + b"\n",
+        capture_output=True,
+        env={**os.environ, "KQ_FAULT_FDATASYNC_EIO": "1"},
+        timeout=60,
+    )
     assert_clear_failure(r)
     assert b"Input/output error" in r.stderr
     rows = run_kq("consume", "t").stdout.split(b"\n")[:-1]
@@ -683,8 +733,12 @@ def test_disk_full_during_a_group_commit_keeps_the_previous_commit(run_kq, data_
     assert run_kq("produce", "t", input="a\nb\n").returncode == 0
     assert run_kq("consume", "t", "-g", "g").stdout == b"a\nb\n"
     assert run_kq("produce", "t", input="c\nd\n").returncode == 0
-    r = subprocess.run(faulty_kq_command(data_dir, "consume", "t", "-g", "g"), capture_output=True,
-                       env={**os.environ, "KQ_FAULT_WRITE_BUDGET": "0"}, timeout=60)
+    r = subprocess.run(
+        faulty_kq_command(data_dir, "consume", "t", "-g", "g"),
+        capture_output=True,
+        env={**os.environ, "KQ_FAULT_WRITE_BUDGET": "0"},
+        timeout=60,
+    )
     assert_clear_failure(r)
     assert b"No space left on device" in r.stderr
     assert os.path.join("groups", "g", "t", "0.offset").encode() in r.stderr, "the error does not name the file"
@@ -701,7 +755,7 @@ def test_disk_full_during_a_group_commit_keeps_the_previous_commit(run_kq, data_
 NOBODY = 65534
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _other_user_site() -> tuple[str, dict] | str:
     """A copy of kq's dependencies that another user can import, and the env to use it.
 
@@ -747,17 +801,36 @@ def _other_user_site() -> tuple[str, dict] | str:
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)
     source_tree = os.path.dirname(os.path.dirname(os.path.abspath(kq.__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([site, source_tree]), "HOME": "/nonexistent",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([site, source_tree]),
+        "HOME": "/nonexistent",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     env.pop("KQ_DATA_DIR", None)
-    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                            sys.executable, "-m", "kq", "--version"], env=env, cwd="/", capture_output=True)
+    probe = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "kq",
+            "--version",
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+    )
     if probe.returncode != 0:
         return f"kq does not start as uid {NOBODY}: {probe.stderr.decode(errors='replace')[-300:]}"
     return base, env
 
 
-def run_as(uid: int, data: str, *args, input: bytes | str = b"", umask: int | None = None) -> subprocess.CompletedProcess:
+def run_as(
+    uid: int, data: str, *args, input: bytes | str = b"", umask: int | None = None
+) -> subprocess.CompletedProcess:
     """Run ``kq --data-dir DATA ARGS`` as ``uid`` (and the same gid, no other groups)."""
     site = _other_user_site()
     if isinstance(site, str):
@@ -766,20 +839,25 @@ def run_as(uid: int, data: str, *args, input: bytes | str = b"", umask: int | No
     if isinstance(input, str):
         input = input.encode()
     return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-m", "kq",
-         "--data-dir", data, *map(str, args)],
-        input=input, capture_output=True, env=env, cwd="/", timeout=60,
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "kq",
+            "--data-dir",
+            data,
+            *map(str, args),
+        ],
+        input=input,
+        capture_output=True,
+        env=env,
+        cwd="/",
+        timeout=60,
         preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
-
-
-@pytest.fixture
-def shared_tmp():
-    """A directory other users can enter (pytest's own tmp_path is private to root)."""
-    base = tempfile.mkdtemp(prefix="kq-shared-", dir="/tmp")
-    os.chmod(base, 0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def snapshot(path: str) -> dict:
@@ -829,8 +907,12 @@ def test_read_only_data_directory_serves_readers_and_refuses_writers_clearly(run
     assert (r.returncode, r.stdout) == (0, expected), r.stderr
     assert run_as(NOBODY, data, "topic", "describe", "t").returncode == 0
     assert run_as(NOBODY, data, "consume", "t", "-g", "g", "--no-commit").returncode == 0
-    for args in (["produce", "t"], ["topic", "create", "x"], ["consume", "t", "-g", "g2"],
-                 ["offsets", "reset", "t", "-g", "g", "--to", "beginning"]):
+    for args in (
+        ["produce", "t"],
+        ["topic", "create", "x"],
+        ["consume", "t", "-g", "g2"],
+        ["offsets", "reset", "t", "-g", "g", "--to", "beginning"],
+    ):
         assert_refused(run_as(NOBODY, data, *args, input="z\n"))
     # Checking a read-only copy (a backup mount) works; repairing it is refused (issue #11.13).
     r = run_as(NOBODY, data, "verify")
@@ -944,8 +1026,13 @@ def test_data_directory_on_an_odd_path_works_end_to_end(run_kq, tmp_path, parts)
     assert run_kq("produce", "t", "-K", ":", "--partitions", "2", input="a:1\nb:2\nc:3\n", data=data).returncode == 0
     r = run_kq("consume", "t", "-g", "g", data=data)
     assert r.returncode == 0 and sorted(r.stdout.split()) == [b"1", b"2", b"3"], r.stderr
-    for args in (["topic", "describe", "t"], ["offsets", "show", "t"], ["maintain"],
-                 ["replicate", "t", "--to", replica], ["replicate", "--verify", "t", "--to", replica]):
+    for args in (
+        ["topic", "describe", "t"],
+        ["offsets", "show", "t"],
+        ["maintain"],
+        ["replicate", "t", "--to", replica],
+        ["replicate", "--verify", "t", "--to", replica],
+    ):
         r = run_kq(*args, data=data)
         assert r.returncode == 0, (args, r.stderr)
     r = run_kq("consume", "t", data=None, env={"KQ_DATA_DIR": replica})
@@ -981,9 +1068,12 @@ def test_clock_going_backwards_keeps_offsets_ordered_and_timestamp_seeks_right(r
         # within the batch too.
         lines = [{"value": f"r{round_}-{n}{pad}"} for n in range(30)]
         lines += [{"value": f"j{round_}-{n}{pad}", "timestamp": clock + 5_000 - n * 400} for n in range(20)]
-        r = subprocess.run([sys.executable, "-c", CLOCK_KQ, "--data-dir", data_dir, "produce", "t", "--json"],
-                           input="".join(json.dumps(x) + "\n" for x in lines).encode(), capture_output=True,
-                           env={**os.environ, "KQ_FAKE_NOW_MS": str(clock)})
+        r = subprocess.run(
+            [sys.executable, "-c", CLOCK_KQ, "--data-dir", data_dir, "produce", "t", "--json"],
+            input="".join(json.dumps(x) + "\n" for x in lines).encode(),
+            capture_output=True,
+            env={**os.environ, "KQ_FAKE_NOW_MS": str(clock)},
+        )
         assert r.returncode == 0, r.stderr
         stamps += [x.get("timestamp", clock) for x in lines]
     rows = [json.loads(line) for line in run_kq("consume", "t", "--json").stdout.splitlines()]
@@ -1008,8 +1098,13 @@ def test_a_failed_write_ends_the_produce_without_waiting_for_more_input(run_kq, 
     def full_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.Popen(kq_command(data_dir, "produce", "t"), stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=full_disk)
+    proc = subprocess.Popen(
+        kq_command(data_dir, "produce", "t"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=full_disk,
+    )
     try:
         proc.stdin.write(b"lost\n")  # and no more for now, as from tail -F
         proc.stdin.flush()
@@ -1044,31 +1139,95 @@ def test_a_topic_trimmed_mid_batch_still_replicates(run_kq, data_dir, tmp_path):
 PARTITION = "topics/t/0"
 SEGMENT = f"{PARTITION}/{0:020d}.log"
 HOSTILE_PLACES = {
-    "segment": (SEGMENT, [["consume", "t"], ["consume", "t", "-g", "g"], ["produce", "t"], ["topic", "describe", "t"],
-                          ["offsets", "show", "t"], ["replicate", "t", "--to", "REPLICA"], ["verify", "--repair"]]),
-    "index": (f"{PARTITION}/{0:020d}.index", [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
-                                             ["consume", "t", "-o", "@1500"], ["verify", "--repair"]]),
-    "start.offset": (f"{PARTITION}/start.offset", [["consume", "t"], ["consume", "t", "-g", "g2"],
-                                                   ["topic", "describe", "t"], ["offsets", "show", "t"],
-                                                   ["topic", "trim", "t", "--before", "3"], ["verify", "--repair"]]),
-    "topic.json": ("topics/t/topic.json", [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
-                                           ["topic", "list"], ["topic", "list", "--json"], ["maintain"],
-                                           ["topic", "alter", "t", "--retention", "2d"], ["group", "describe", "g"],
-                                           ["replicate", "--all", "--to", "REPLICA"], ["verify", "--repair"]]),
-    "kq.json": ("kq.json", [["consume", "t"], ["produce", "t"], ["topic", "list"], ["group", "list"],
-                            ["topic", "create", "u"], ["verify"]]),
+    "segment": (
+        SEGMENT,
+        [
+            ["consume", "t"],
+            ["consume", "t", "-g", "g"],
+            ["produce", "t"],
+            ["topic", "describe", "t"],
+            ["offsets", "show", "t"],
+            ["replicate", "t", "--to", "REPLICA"],
+            ["verify", "--repair"],
+        ],
+    ),
+    "index": (
+        f"{PARTITION}/{0:020d}.index",
+        [
+            ["consume", "t"],
+            ["produce", "t"],
+            ["topic", "describe", "t"],
+            ["consume", "t", "-o", "@1500"],
+            ["verify", "--repair"],
+        ],
+    ),
+    "start.offset": (
+        f"{PARTITION}/start.offset",
+        [
+            ["consume", "t"],
+            ["consume", "t", "-g", "g2"],
+            ["topic", "describe", "t"],
+            ["offsets", "show", "t"],
+            ["topic", "trim", "t", "--before", "3"],
+            ["verify", "--repair"],
+        ],
+    ),
+    "topic.json": (
+        "topics/t/topic.json",
+        [
+            ["consume", "t"],
+            ["produce", "t"],
+            ["topic", "describe", "t"],
+            ["topic", "list"],
+            ["topic", "list", "--json"],
+            ["maintain"],
+            ["topic", "alter", "t", "--retention", "2d"],
+            ["group", "describe", "g"],
+            ["replicate", "--all", "--to", "REPLICA"],
+            ["verify", "--repair"],
+        ],
+    ),
+    "kq.json": (
+        "kq.json",
+        [
+            ["consume", "t"],
+            ["produce", "t"],
+            ["topic", "list"],
+            ["group", "list"],
+            ["topic", "create", "u"],
+            ["verify"],
+        ],
+    ),
     "writer.lock": (f"{PARTITION}/writer.lock", [["produce", "t"], ["verify", "--repair"]]),
-    "maintain.lock": (f"{PARTITION}/maintain.lock", [["maintain"], ["topic", "trim", "t", "--before", "3"],
-                                                     ["verify", "--repair"]]),
-    "P.offset": ("groups/g/t/0.offset", [["consume", "t", "-g", "g"], ["offsets", "show", "t"],
-                                         ["offsets", "reset", "t", "-g", "g", "--to", "0"], ["group", "describe", "g"],
-                                         ["replicate", "t", "--to", "REPLICA"]]),
+    "maintain.lock": (
+        f"{PARTITION}/maintain.lock",
+        [["maintain"], ["topic", "trim", "t", "--before", "3"], ["verify", "--repair"]],
+    ),
+    "P.offset": (
+        "groups/g/t/0.offset",
+        [
+            ["consume", "t", "-g", "g"],
+            ["offsets", "show", "t"],
+            ["offsets", "reset", "t", "-g", "g", "--to", "0"],
+            ["group", "describe", "g"],
+            ["replicate", "t", "--to", "REPLICA"],
+        ],
+    ),
     "P.lock": ("groups/g/t/0.lock", [["consume", "t", "-g", "g"], ["group", "describe", "g"], ["verify", "--repair"]]),
-    "member": ("groups/g/t/members/00000000000000000001-1-abcdef.member",
-               [["consume", "t", "-g", "g"], ["group", "describe", "g"], ["group", "delete", "g"],
-                ["offsets", "reset", "t", "-g", "g", "--to", "0"], ["verify", "--repair"]]),
-    "partition directory": (PARTITION, [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"],
-                                        ["verify", "--repair"]]),
+    "member": (
+        "groups/g/t/members/00000000000000000001-1-abcdef.member",
+        [
+            ["consume", "t", "-g", "g"],
+            ["group", "describe", "g"],
+            ["group", "delete", "g"],
+            ["offsets", "reset", "t", "-g", "g", "--to", "0"],
+            ["verify", "--repair"],
+        ],
+    ),
+    "partition directory": (
+        PARTITION,
+        [["consume", "t"], ["produce", "t"], ["topic", "describe", "t"], ["verify", "--repair"]],
+    ),
 }
 
 
@@ -1150,13 +1309,17 @@ def test_a_fifo_directory_or_socket_where_a_file_belongs_is_a_clear_error(hostil
         assert b"Traceback" not in r.stderr, f"{where}: {r.stderr.decode()}"
         assert r.returncode == 1, f"{where}: exit {r.returncode}\n{r.stdout.decode()}{r.stderr.decode()}"
         if args[0] == "verify":
-            assert full.encode() in r.stdout + r.stderr, f"{where} did not name it:\n{r.stdout.decode()}{r.stderr.decode()}"
+            assert full.encode() in r.stdout + r.stderr, (
+                f"{where} did not name it:\n{r.stdout.decode()}{r.stderr.decode()}"
+            )
             assert b": clean" not in r.stderr
         else:
             lines = r.stderr.decode().splitlines()  # informational "kq: ..." lines may come first
             assert lines and all(line.startswith("kq: ") for line in lines), f"{where}: {r.stderr}"
             errors = [line for line in lines if line.startswith("kq: error: ")]
-            assert errors and all(full in line for line in errors), f"{where} did not name the file: {r.stderr.decode()}"
+            assert errors and all(full in line for line in errors), (
+                f"{where} did not name the file: {r.stderr.decode()}"
+            )
         # Nothing kq did not write was removed or replaced.
         assert os.path.lexists(full) and not os.path.isfile(full), f"{where} removed or replaced it"
 

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 import kq
 from kq import batch as batchfmt
+from kq.batch import MAX_OFFSET
 from kq.errors import CorruptLog, KqError
 from kq.index import ENTRY, ENTRY_SIZE, Index
 from kq.location import MAX_PARTITIONS
-from kq.batch import MAX_OFFSET
 from kq.segment import DAMAGED, BatchReader, classify_damage
 from kq.topic import check_config
 
@@ -142,8 +142,12 @@ def valid_batches(draw):
             deltas.append(deltas[-1] + s)
     values, keys, headers, stamps = (list(c) for c in zip(*records))
     data = batchfmt.encode(
-        base, values, keys=keys, headers=[[tuple(h) for h in hs] for hs in headers],
-        timestamps=stamps, offset_deltas=deltas,
+        base,
+        values,
+        keys=keys,
+        headers=[[tuple(h) for h in hs] for hs in headers],
+        timestamps=stamps,
+        offset_deltas=deltas,
     )
     return data, base, records, deltas
 
@@ -208,8 +212,12 @@ def random_mutations(rng: random.Random) -> list:
 # Anything msgpack can hold (no ext types: kq rejects them), nested a little.
 msgpack_st = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-        st.text(max_size=8), st.binary(max_size=8),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=8),
+        st.binary(max_size=8),
     ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
@@ -237,8 +245,13 @@ def crafted_payloads(draw):
 
     values = column(st.lists(st.one_of(st.none(), st.binary(max_size=6)), min_size=count, max_size=count), False)
     keys = column(st.lists(st.one_of(st.none(), st.binary(max_size=6)), min_size=count, max_size=count))
-    headers = column(st.lists(st.one_of(st.none(), st.lists(st.tuples(st.text(max_size=3), st.binary(max_size=3)), max_size=2)),
-                              min_size=count, max_size=count))
+    headers = column(
+        st.lists(
+            st.one_of(st.none(), st.lists(st.tuples(st.text(max_size=3), st.binary(max_size=3)), max_size=2)),
+            min_size=count,
+            max_size=count,
+        )
+    )
     ts = column(st.lists(st.integers(-(2**63), 2**63), min_size=count, max_size=count))
     offs = column(st.lists(st.integers(-2, 2**32), min_size=count, max_size=count).map(sorted))
     shape = draw(st.sampled_from(["columns", "columns", "anything", "raw"]))
@@ -253,11 +266,21 @@ def crafted_payloads(draw):
         good_ts = isinstance(ts, list) and all(isinstance(t, int) for t in ts)
         base_ts = draw(st.integers(-(2**40), 2**40))
         max_ts = base_ts + max(ts) if good_ts else base_ts
-        header = dict(base=draw(st.integers(0, 2**40)), last_delta=last, count=count,
-                      base_ts=base_ts, max_ts=max(min(max_ts, 2**63 - 1), -(2**63)))
+        header = dict(
+            base=draw(st.integers(0, 2**40)),
+            last_delta=last,
+            count=count,
+            base_ts=base_ts,
+            max_ts=max(min(max_ts, 2**63 - 1), -(2**63)),
+        )
     else:
-        header = dict(base=draw(INT64), last_delta=draw(UINT32), count=draw(st.one_of(st.just(count), UINT32)),
-                      base_ts=draw(INT64), max_ts=draw(INT64))
+        header = dict(
+            base=draw(INT64),
+            last_delta=draw(UINT32),
+            count=draw(st.one_of(st.just(count), UINT32)),
+            base_ts=draw(INT64),
+            max_ts=draw(INT64),
+        )
     return craft(payload, **header)
 
 
@@ -292,7 +315,9 @@ def test_mutated_batches_give_valid_records_or_a_corruption_error():
     counts = Counter()
 
     @fuzz(MUTATED_BATCH_CASES)
-    @given(valid_batches(), st.lists(mutation_st, min_size=1, max_size=4), st.booleans(), st.randoms(use_true_random=False))
+    @given(
+        valid_batches(), st.lists(mutation_st, min_size=1, max_size=4), st.booleans(), st.randoms(use_true_random=False)
+    )
     def run(case, mutations, fix_crc, rng):
         attempts = [(mutations, fix_crc)] + [(random_mutations(rng), rng.random() < 0.5) for _ in range(EXTRA_PER_CASE)]
         for muts, fix in attempts:
@@ -387,7 +412,12 @@ def test_random_bytes_give_valid_records_or_a_corruption_error(tmp_path):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     @fuzz(RANDOM_BYTES_CASES)
-    @given(st.binary(max_size=400), st.sampled_from([b"", batchfmt.MAGIC]), st.booleans(), st.randoms(use_true_random=False))
+    @given(
+        st.binary(max_size=400),
+        st.sampled_from([b"", batchfmt.MAGIC]),
+        st.booleans(),
+        st.randoms(use_true_random=False),
+    )
     def run(noise, prefix, after_a_good_batch, rng):
         blobs = [prefix + noise] + [
             rng.choice([b"", batchfmt.MAGIC]) + rng.randbytes(rng.randint(0, 400)) for _ in range(EXTRA_PER_CASE)
@@ -445,8 +475,14 @@ def test_a_huge_length_prefix_allocates_nothing_big(tmp_path):
         assert peak < 1024 * 1024, f"reading a {length}-byte length prefix allocated {peak} bytes"
     # msgpack lengths inside a checksummed payload: an array, bin, str and map claiming ~4 G
     # elements or bytes in a few bytes of payload are refused without allocating them.
-    for payload in (b"\xdd\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff",
-                    b"\x95\xdd\xff\xff\xff\xff\xc0\xc0\xc0\xc0", b"\x91" * 5000):
+    for payload in (
+        b"\xdd\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff",
+        b"\xdb\xff\xff\xff\xff",
+        b"\xdf\xff\xff\xff\xff",
+        b"\x95\xdd\xff\xff\xff\xff\xc0\xc0\xc0\xc0",
+        b"\x91" * 5000,
+    ):
         data = craft(payload)
         tracemalloc.start()
         try:
@@ -488,8 +524,12 @@ index_damage_st = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, 2000)),
     st.tuples(st.just("flip-offset-or-position"), st.integers(0, 100), st.integers(0, 127)),
     st.tuples(st.just("flip-timestamp"), st.integers(0, 100), st.integers(0, 63)),
-    st.tuples(st.just("entries"), st.lists(st.tuples(st.integers(-5, 500), st.integers(-5, 60_000), INT64), max_size=20)),
-    st.tuples(st.just("reverse"),),
+    st.tuples(
+        st.just("entries"), st.lists(st.tuples(st.integers(-5, 500), st.integers(-5, 60_000), INT64), max_size=20)
+    ),
+    st.tuples(
+        st.just("reverse"),
+    ),
 )
 
 
@@ -529,8 +569,12 @@ def test_any_index_bytes_leave_offset_reads_exact(indexed_partition):
     data = kq.DataDir(path)
 
     @fuzz(INDEX_CASES)
-    @given(index_damage_st, st.lists(st.integers(0, len(expected)), min_size=1, max_size=3),
-           st.lists(st.integers(900, 2100), min_size=1, max_size=3), st.booleans())
+    @given(
+        index_damage_st,
+        st.lists(st.integers(0, len(expected)), min_size=1, max_size=3),
+        st.lists(st.integers(900, 2100), min_size=1, max_size=3),
+        st.booleans(),
+    )
     def run(damage, starts, targets, append):
         blob, timestamps_may_lie = damage_index(index_bytes, damage)
         with open(log, "wb") as f:
@@ -586,10 +630,10 @@ TAIL_ROT_CASES = 150
 
 @pytest.mark.filterwarnings("ignore::kq.errors.KqWarning")  # the writer's quarantine notice, expected here
 @settings(max_examples=TAIL_ROT_CASES, deadline=None, suppress_health_check=list(HealthCheck))
-@given(batches=st.integers(1, 4), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
-       data=st.data())
-def test_bit_rot_anywhere_in_the_last_batch_never_lets_a_writer_reuse_its_offsets(tmp_path_factory, batches, where,
-                                                                                  bit, data):
+@given(batches=st.integers(1, 4), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7), data=st.data())
+def test_bit_rot_anywhere_in_the_last_batch_never_lets_a_writer_reuse_its_offsets(
+    tmp_path_factory, batches, where, bit, data
+):
     """One flipped bit anywhere in a whole last batch (header or payload): the next append either
     refuses with kq's corruption error or lands after every offset the log had; readers return only
     records that were written, at their offsets, or kq's corruption error (issue #12.4)."""
@@ -621,7 +665,9 @@ def test_bit_rot_anywhere_in_the_last_batch_never_lets_a_writer_reuse_its_offset
         # length field damaged to claim more bytes than the file holds.
         length = int.from_bytes(bytes(rotten[last.position + 8 : last.position + 12]), "big")
         looks_torn = last.position + batchfmt.PREFIX_SIZE + length > len(rotten)
-        assert first >= end or looks_torn, f"the new record got offset {first}, which the log had given before (end {end})"
+        assert first >= end or looks_torn, (
+            f"the new record got offset {first}, which the log had given before (end {end})"
+        )
         written[first] = b"new"
     try:
         for r in part.read(0):
@@ -645,16 +691,25 @@ METADATA_FIELDS = {
 MEMBER_ID = "00000000000000000001-1-abcdef"
 
 json_leaves = st.one_of(
-    st.none(), st.booleans(), st.floats(), st.text(max_size=12),
-    st.integers(-(2**65), 2**65), st.sampled_from([0, -1, 1, 2, 2**63 - 1, 2**63, 10_000, 10_001, 10**9, MEMBER_ID]),
+    st.none(),
+    st.booleans(),
+    st.floats(),
+    st.text(max_size=12),
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([0, -1, 1, 2, 2**63 - 1, 2**63, 10_000, 10_001, 10**9, MEMBER_ID]),
 )
 json_values = st.recursive(
-    json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 config_values = st.dictionaries(
-    st.sampled_from(["segment_bytes", "sync", "retention_ms", "retention_bytes", "cleanup", "tombstone_retention_ms",
-                     "unknown"]), json_values | st.sampled_from(["delete", "compact"]), max_size=4)
+    st.sampled_from(
+        ["segment_bytes", "sync", "retention_ms", "retention_bytes", "cleanup", "tombstone_retention_ms", "unknown"]
+    ),
+    json_values | st.sampled_from(["delete", "compact"]),
+    max_size=4,
+)
 
 
 @st.composite
@@ -666,14 +721,29 @@ def metadata_bytes(draw, which: str):
     kind = draw(st.sampled_from(["valid", "fields", "fields", "fields", "json", "deep", "long number", "bytes"]))
     if kind == "valid":  # what kq writes, with numbers anywhere in range
         big = st.integers(0, MAX_OFFSET)
-        return json.dumps(draw(st.fixed_dictionaries({
-            "kq.json": {"format": st.just(1)},
-            "topic.json": {"format": st.just(1), "partitions": st.integers(1, MAX_PARTITIONS), "config": st.just({})},
-            "start.offset": {"format": st.just(1), "start_offset": big},
-            "P.offset": {"format": st.just(1), "offset": big, "committed_at": big},
-            "member": {"member": st.just(MEMBER_ID), "pid": big, "host": st.text(), "topic": st.just("t"),
-                       "joined_at": big},
-        }[which]))).encode()
+        return json.dumps(
+            draw(
+                st.fixed_dictionaries(
+                    {
+                        "kq.json": {"format": st.just(1)},
+                        "topic.json": {
+                            "format": st.just(1),
+                            "partitions": st.integers(1, MAX_PARTITIONS),
+                            "config": st.just({}),
+                        },
+                        "start.offset": {"format": st.just(1), "start_offset": big},
+                        "P.offset": {"format": st.just(1), "offset": big, "committed_at": big},
+                        "member": {
+                            "member": st.just(MEMBER_ID),
+                            "pid": big,
+                            "host": st.text(),
+                            "topic": st.just("t"),
+                            "joined_at": big,
+                        },
+                    }[which]
+                )
+            )
+        ).encode()
     if kind == "fields":
         value = draw(st.dictionaries(st.sampled_from(fields), json_values | config_values, min_size=1))
         return json.dumps(value).encode()
@@ -681,7 +751,7 @@ def metadata_bytes(draw, which: str):
         return json.dumps(draw(json_values)).encode()
     if kind == "deep":
         depth = draw(st.integers(500, 30_000))
-        return draw(st.sampled_from([b"[", b'{"a":', b"[{\"partitions\":"])) * depth
+        return draw(st.sampled_from([b"[", b'{"a":', b'[{"partitions":'])) * depth
     if kind == "long number":
         field = draw(st.sampled_from(fields))
         return b'{"%s": %s}' % (field.encode(), b"9" * draw(st.integers(19, 60_000)))
@@ -774,50 +844,106 @@ def _case(name, place, content, *commands):
 OUT_OF_RANGE = [
     # The file, what is put there, and commands that read it. The issue's examples first.
     _case("topic-a-list", "topics/t/topic.json", b"[1,2]", ["consume", "t"], ["topic", "describe", "t"]),
-    _case("partitions--1", "topics/t/topic.json", b'{"format": 1, "partitions": -1, "config": {}}',
-          ["consume", "t"], ["topic", "list", "--json"]),
+    _case(
+        "partitions--1",
+        "topics/t/topic.json",
+        b'{"format": 1, "partitions": -1, "config": {}}',
+        ["consume", "t"],
+        ["topic", "list", "--json"],
+    ),
     _case("partitions-str", "topics/t/topic.json", b'{"format": 1, "partitions": "3", "config": {}}', ["produce", "t"]),
-    _case("partitions-1e9", "topics/t/topic.json", b'{"format": 1, "partitions": 1000000000, "config": {}}',
-          ["consume", "t"], ["maintain"]),
+    _case(
+        "partitions-1e9",
+        "topics/t/topic.json",
+        b'{"format": 1, "partitions": 1000000000, "config": {}}',
+        ["consume", "t"],
+        ["maintain"],
+    ),
     _case("partitions-0", "topics/t/topic.json", b'{"format": 1, "partitions": 0, "config": {}}', ["consume", "t"]),
-    _case("partitions-float", "topics/t/topic.json", b'{"format": 1, "partitions": 1.0, "config": {}}', ["consume", "t"]),
-    _case("partitions-bool", "topics/t/topic.json", b'{"format": 1, "partitions": true, "config": {}}', ["consume", "t"]),
-    _case("topic-format-str", "topics/t/topic.json", b'{"format": "1", "partitions": 1, "config": {}}', ["consume", "t"]),
+    _case(
+        "partitions-float", "topics/t/topic.json", b'{"format": 1, "partitions": 1.0, "config": {}}', ["consume", "t"]
+    ),
+    _case(
+        "partitions-bool", "topics/t/topic.json", b'{"format": 1, "partitions": true, "config": {}}', ["consume", "t"]
+    ),
+    _case(
+        "topic-format-str", "topics/t/topic.json", b'{"format": "1", "partitions": 1, "config": {}}', ["consume", "t"]
+    ),
     _case("config-list", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": []}', ["consume", "t"]),
-    _case("segment-bytes-inf", "topics/t/topic.json",
-          b'{"format": 1, "partitions": 1, "config": {"segment_bytes": 1e400}}', ["produce", "t"]),
-    _case("retention--5", "topics/t/topic.json", b'{"format": 1, "partitions": 1, "config": {"retention_ms": -5}}',
-          ["maintain"]),
-    _case("cleanup-list", "topics/t/topic.json",
-          b'{"format": 1, "partitions": 1, "config": {"cleanup": ["compact"]}}', ["maintain"]),
+    _case(
+        "segment-bytes-inf",
+        "topics/t/topic.json",
+        b'{"format": 1, "partitions": 1, "config": {"segment_bytes": 1e400}}',
+        ["produce", "t"],
+    ),
+    _case(
+        "retention--5",
+        "topics/t/topic.json",
+        b'{"format": 1, "partitions": 1, "config": {"retention_ms": -5}}',
+        ["maintain"],
+    ),
+    _case(
+        "cleanup-list",
+        "topics/t/topic.json",
+        b'{"format": 1, "partitions": 1, "config": {"cleanup": ["compact"]}}',
+        ["maintain"],
+    ),
     _case("topic-deep", "topics/t/topic.json", b'{"partitions":' * 10_000, ["consume", "t"]),
-    _case("start--1", "topics/t/0/start.offset", b'{"format": 1, "start_offset": -1}',
-          ["consume", "t"], ["topic", "describe", "t"]),
-    _case("start-2^63", "topics/t/0/start.offset", b'{"format": 1, "start_offset": 9223372036854775808}',
-          ["consume", "t"]),
+    _case(
+        "start--1",
+        "topics/t/0/start.offset",
+        b'{"format": 1, "start_offset": -1}',
+        ["consume", "t"],
+        ["topic", "describe", "t"],
+    ),
+    _case(
+        "start-2^63", "topics/t/0/start.offset", b'{"format": 1, "start_offset": 9223372036854775808}', ["consume", "t"]
+    ),
     _case("start-str", "topics/t/0/start.offset", b'{"format": 1, "start_offset": "5"}', ["offsets", "show", "t"]),
     _case("start-list", "topics/t/0/start.offset", b'["start_offset", 5]', ["consume", "t"]),
     _case("start-deep", "topics/t/0/start.offset", b"[" * 50_000, ["consume", "t"]),
-    _case("offset--1", "groups/g/t/0.offset", b'{"format": 1, "offset": -1}',
-          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
-    _case("offset-2^63", "groups/g/t/0.offset", b'{"format": 1, "offset": 9223372036854775808}',
-          ["consume", "t", "-g", "g"]),
+    _case(
+        "offset--1",
+        "groups/g/t/0.offset",
+        b'{"format": 1, "offset": -1}',
+        ["consume", "t", "-g", "g"],
+        ["offsets", "show", "t"],
+    ),
+    _case(
+        "offset-2^63",
+        "groups/g/t/0.offset",
+        b'{"format": 1, "offset": 9223372036854775808}',
+        ["consume", "t", "-g", "g"],
+    ),
     _case("offset-float", "groups/g/t/0.offset", b'{"format": 1, "offset": 1.5}', ["offsets", "show", "t"]),
-    _case("offset-100k-brackets", "groups/g/t/0.offset", b"[" * 100_000,
-          ["consume", "t", "-g", "g"], ["offsets", "show", "t"]),
+    _case(
+        "offset-100k-brackets",
+        "groups/g/t/0.offset",
+        b"[" * 100_000,
+        ["consume", "t", "-g", "g"],
+        ["offsets", "show", "t"],
+    ),
     _case("offset-deep", "groups/g/t/0.offset", b"[" * 30_000, ["consume", "t", "-g", "g"]),
     _case("format-deep", "kq.json", b'{"a":' * 10_000, ["consume", "t"], ["topic", "list"]),
     _case("format-str", "kq.json", b'{"format": "1"}', ["consume", "t"]),
     _case("format-0", "kq.json", b'{"format": 0}', ["produce", "t"]),
     _case("format-list", "kq.json", b"[1]", ["topic", "list"]),
-    _case("segment-10^20", "topics/t/0/99999999999999999999.log", b"",
-          ["produce", "t"], ["consume", "t"], ["topic", "describe", "t"]),
+    _case(
+        "segment-10^20",
+        "topics/t/0/99999999999999999999.log",
+        b"",
+        ["produce", "t"],
+        ["consume", "t"],
+        ["topic", "describe", "t"],
+    ),
     _case("segment-2^63", "topics/t/0/09223372036854775808.log", b"", ["produce", "t"], ["consume", "t"]),
 ]
 
 
 @pytest.mark.parametrize("place, content, commands", OUT_OF_RANGE)
-def test_a_crafted_number_or_shape_in_any_file_is_a_one_line_error_naming_it(run_kq, data_dir, place, content, commands):
+def test_a_crafted_number_or_shape_in_any_file_is_a_one_line_error_naming_it(
+    run_kq, data_dir, place, content, commands
+):
     """Each command that reads the file fails with one `kq: error:` line naming it
     (never a traceback), and `kq verify` names it and exits 1."""
     assert run_kq("produce", "t", input="a\nb\n").returncode == 0
@@ -833,11 +959,15 @@ def test_a_crafted_number_or_shape_in_any_file_is_a_one_line_error_naming_it(run
             if place.endswith(".offset") and "groups" in place and args == ["verify", "--repair"]:
                 assert r.returncode == 0 and f"moved it to {path}.quarantine".encode() in r.stdout, where
                 continue
-            assert r.returncode == 1 and path.encode() in r.stdout + r.stderr, f"{where}:\n{r.stdout.decode()}{r.stderr.decode()}"
+            assert r.returncode == 1 and path.encode() in r.stdout + r.stderr, (
+                f"{where}:\n{r.stdout.decode()}{r.stderr.decode()}"
+            )
             continue
         assert r.returncode == 1, f"{where}: exit {r.returncode}"
         errors = r.stderr.decode().splitlines()
-        assert errors and all(e.startswith("kq: error: ") and path in e for e in errors), f"{where}: {r.stderr.decode()}"
+        assert errors and all(e.startswith("kq: error: ") and path in e for e in errors), (
+            f"{where}: {r.stderr.decode()}"
+        )
 
 
 def test_a_valid_batch_at_the_largest_offsets_fills_the_partition_without_a_crash(run_kq, data_dir):
@@ -861,7 +991,10 @@ def test_a_valid_batch_at_the_largest_offsets_fills_the_partition_without_a_cras
         f.write(batchfmt.encode(2**63 - 1, [b"past", b"the end"]))
     for args in (["consume", "t"], ["consume", "t", "-g", "g2"], ["produce", "t"]):
         r = run_kq(*args, input="more\n")
-        assert r.returncode == 1 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, (args, r.stderr)
+        assert r.returncode == 1 and r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, (
+            args,
+            r.stderr,
+        )
     r = run_kq("verify")
     assert r.returncode == 1 and b"impossible offsets 9223372036854775807..9223372036854775808" in r.stdout, r.stdout
 

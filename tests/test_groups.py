@@ -11,8 +11,6 @@ import sys
 import time
 
 import pytest
-
-
 from conftest import wait_for
 
 
@@ -80,8 +78,12 @@ def test_offsets_show_lag(run_kq):
 
 def test_every_reset_form(run_kq):
     base = 1_700_000_000_000
-    run_kq("produce", "t", "--json", input="".join(
-        json.dumps({"value": str(i), "timestamp": base + i * 1000}) + "\n" for i in range(10)))
+    run_kq(
+        "produce",
+        "t",
+        "--json",
+        input="".join(json.dumps({"value": str(i), "timestamp": base + i * 1000}) + "\n" for i in range(10)),
+    )
     committed = lambda: show(run_kq, "t", "g")[0]["committed"]  # noqa: E731
 
     def reset(spec, *extra):
@@ -110,8 +112,15 @@ def test_every_reset_form(run_kq):
     # A dry run prints the plan and changes nothing.
     r = reset("7", "--dry-run", "--json")
     assert json.loads(r.stdout)[0] | {} == {
-        "topic": "t", "partition": 0, "group": "g", "start_offset": 0, "end_offset": 10,
-        "before": 0, "after": 7, "clamped": False}
+        "topic": "t",
+        "partition": 0,
+        "group": "g",
+        "start_offset": 0,
+        "end_offset": 10,
+        "before": 0,
+        "after": 7,
+        "clamped": False,
+    }
     assert committed() == 0
     r = run_kq("offsets", "reset", "t", "-g", "g", "--to", "sideways")
     assert r.returncode == 2 and b"bad offset" in r.stderr
@@ -186,8 +195,11 @@ def test_killed_member_partitions_move_to_the_survivor_with_no_gap(run_kq, spawn
         run_kq("produce", "t", "-p", p, input="".join(f"{i}\n" for i in range(50, 100)))
     everything = {(p, o) for p in range(4) for o in range(100)}
     wait_for(
-        lambda: pairs(read_available(survivor, outs[survivor])) | pairs(read_available(victim, outs[victim])) == everything,
-        timeout=15, message="the survivor to take over every partition",
+        lambda: (
+            pairs(read_available(survivor, outs[survivor])) | pairs(read_available(victim, outs[victim])) == everything
+        ),
+        timeout=15,
+        message="the survivor to take over every partition",
     )
     survivor.send_signal(signal.SIGTERM)
     assert survivor.wait(timeout=10) == 0
@@ -245,7 +257,10 @@ def test_group_list_describe_delete(run_kq):
     run_kq("consume", "a", "-g", "g2", "-n", "1")
     assert run_kq("group", "list").stdout == b"g1\ng2\n"
     listed = json.loads(run_kq("group", "list", "--json").stdout)
-    assert listed == [{"group": "g1", "topics": ["a", "b"], "members": 0}, {"group": "g2", "topics": ["a"], "members": 0}]
+    assert listed == [
+        {"group": "g1", "topics": ["a", "b"], "members": 0},
+        {"group": "g2", "topics": ["a"], "members": 0},
+    ]
     d = json.loads(run_kq("group", "describe", "g2", "--json").stdout)
     assert d["members"] == []
     assert [(r["topic"], r["committed"], r["lag"], r["owner"]) for r in d["partitions"]] == [("a", 1, 1, None)]
@@ -364,8 +379,10 @@ def test_a_committed_offset_past_the_end_resets_with_a_warning(run_kq, data_dir,
         json.dump({"format": 1, "offset": 100, "committed_at": 0}, f)  # an older kq wrote no topic id
     r = run_kq("consume", "t", "-g", "g", "--reset", reset)
     assert r.returncode == 0 and lines(r) == expected, r.stderr
-    assert (f"kq: warning: group 'g' resumes t/0 at offset {3 if reset == 'latest' else 0} (reset: {reset}): "
-            "its committed offset 100 lies past the partition's end offset 3").encode() in r.stderr, r.stderr
+    assert (
+        f"kq: warning: group 'g' resumes t/0 at offset {3 if reset == 'latest' else 0} (reset: {reset}): "
+        "its committed offset 100 lies past the partition's end offset 3"
+    ).encode() in r.stderr, r.stderr
     run_kq("produce", "t", input="d\n")
     assert lines(run_kq("consume", "t", "-g", "g")) == ["d"]  # nothing skipped from here on
 
@@ -394,7 +411,7 @@ def test_a_failing_exec_batch_stops_only_its_own_partition(run_kq):
     rows = show(run_kq, "t", "g")
     assert [rows[p]["lag"] for p in range(4)] == [0, 0, 20, 0]
     # The next run delivers partition 2 from where it stopped, and only that.
-    r = run_kq("consume", "t", "-g", "g", "--exec", 'cat')
+    r = run_kq("consume", "t", "-g", "g", "--exec", "cat")
     assert r.returncode == 0 and lines(r) == [f"2-{i}" for i in range(20)], r.stderr
 
 
@@ -403,7 +420,9 @@ def test_exec_without_a_group_says_what_happens_to_a_failed_batch(run_kq):
     run_kq("produce", "t", input="a\nb\n")
     r = run_kq("consume", "t", "--exec", "false")
     assert r.returncode == 1
-    assert b"exited with status 1 on t/0 offsets 0..1" in r.stderr and b"without a group nothing is committed" in r.stderr
+    assert (
+        b"exited with status 1 on t/0 offsets 0..1" in r.stderr and b"without a group nothing is committed" in r.stderr
+    )
     assert b"delivered again" not in r.stderr
 
 

@@ -268,8 +268,11 @@ def test_verify_repair_quarantines_a_damaged_last_batch_as_a_writer_would(run_kq
     assert offsets(run_kq) == [0, 1, 4]
 
 
-@pytest.mark.parametrize("base, what", [(-5, b"impossible offsets -5..-5"), (2, b"offsets go backwards")],
-                         ids=["negative-base-offset", "overlapping-offsets"])
+@pytest.mark.parametrize(
+    "base, what",
+    [(-5, b"impossible offsets -5..-5"), (2, b"offsets go backwards")],
+    ids=["negative-base-offset", "overlapping-offsets"],
+)
 def test_a_crafted_batch_with_a_valid_checksum_is_damage_for_readers_and_writers(run_kq, data_dir, base, what):
     """Before: consume skipped it silently and a producer appended after it,
     giving an acknowledged record an offset no reader ever returned (issue #12.7)."""

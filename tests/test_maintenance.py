@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+from conftest import KQ, wait_for
 
 import kq
-from conftest import KQ, wait_for
 
 DAY = 86_400_000
 
@@ -135,7 +135,12 @@ def test_trim_before_an_offset_and_a_time(run_kq, data_dir):
 
 
 def produce_keyed(run_kq, topic, n, keys, start=0, ts=None):
-    assert run_kq("produce", topic, "--json", input=records(n, start=start, ts=ts, key=lambda i: f"k{i % keys}", size=20)).returncode == 0
+    assert (
+        run_kq(
+            "produce", topic, "--json", input=records(n, start=start, ts=ts, key=lambda i: f"k{i % keys}", size=20)
+        ).returncode
+        == 0
+    )
 
 
 def latest_per_key(run_kq, topic):
@@ -176,8 +181,10 @@ def test_maintain_says_why_a_small_compacted_topic_is_not_compacted(run_kq, data
     r = run_kq("maintain")
     assert r.returncode == 0, r.stderr
     assert b"0 superseded record(s)" in r.stderr
-    assert (b"users: 3 records in active segments not compacted: like Kafka, compaction leaves each partition's "
-            b"last segment alone until it rolls at 64M") in r.stderr, r.stderr
+    assert (
+        b"users: 3 records in active segments not compacted: like Kafka, compaction leaves each partition's "
+        b"last segment alone until it rolls at 64M"
+    ) in r.stderr, r.stderr
     assert b"--segment-bytes" in r.stderr
     # With segments that roll, the older records are compacted and the note counts only the active segment.
     run_kq("topic", "create", "small", "--cleanup", "compact", "--segment-bytes", "4K")
@@ -213,10 +220,12 @@ def test_tombstones_delete_keys(run_kq, data_dir):
 def test_old_tombstone_removed_recent_one_kept(run_kq, data_dir):
     run_kq("topic", "create", "t", "--cleanup", "compact", "--segment-bytes", "4K", "--tombstone-retention", "1h")
     now = int(time.time() * 1000)
-    lines = [json.dumps({"key": "old", "value": "x", "timestamp": now - 2 * DAY}),
-             json.dumps({"key": "old", "value": None, "timestamp": now - DAY}),
-             json.dumps({"key": "new", "value": "y", "timestamp": now}),
-             json.dumps({"key": "new", "value": None, "timestamp": now})]
+    lines = [
+        json.dumps({"key": "old", "value": "x", "timestamp": now - 2 * DAY}),
+        json.dumps({"key": "old", "value": None, "timestamp": now - DAY}),
+        json.dumps({"key": "new", "value": "y", "timestamp": now}),
+        json.dumps({"key": "new", "value": None, "timestamp": now}),
+    ]
     run_kq("produce", "t", "--json", input="\n".join(lines) + "\n")
     produce_keyed(run_kq, "t", 300, keys=4, start=100)  # other keys: the first segment fills up
     run_kq("produce", "t", input="closes the first segment\n")
@@ -248,8 +257,12 @@ def test_kill_9_during_compaction_never_loses_a_latest_value(run_kq, data_dir):
     for attempt in range(6):
         proc = subprocess.Popen(KQ + ["--data-dir", data_dir, "maintain", "t"], stderr=subprocess.DEVNULL)
         # Kill while compacted files are being written or swapped in.
-        wait_for(lambda: proc.poll() is not None or any(f.endswith(".compact") for f in os.listdir(pdir)),
-                 timeout=30, interval=0.001, message="compaction to start")
+        wait_for(
+            lambda: proc.poll() is not None or any(f.endswith(".compact") for f in os.listdir(pdir)),
+            timeout=30,
+            interval=0.001,
+            message="compaction to start",
+        )
         time.sleep(rng.uniform(0, 0.05))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

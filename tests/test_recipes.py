@@ -23,8 +23,9 @@ def test_recipe_runs(block, tmp_path):
     with open(out, "wb") as o, open(err, "wb") as e:
         # Its own session, so anything a recipe leaves in the background can be
         # cleaned up; output to files, so such a process cannot hold a pipe open.
-        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                                stdout=o, stderr=e, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, stdout=o, stderr=e, start_new_session=True
+        )
         try:
             code = proc.wait(timeout=60)
         finally:
@@ -40,10 +41,20 @@ def test_recipe_outputs(tmp_path):
     """Spot checks of what the recipes promise in their comments."""
     env = {**os.environ, "KQ_DATA_DIR": str(tmp_path / "data")}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    run = lambda block: subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,  # noqa: E731
-                                       capture_output=True, timeout=60).stdout.decode()
+    run = lambda block: subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,  # noqa: E731
+        capture_output=True,
+        timeout=60,
+    ).stdout.decode()
     replay = next(b for b in BLOCKS if "sensors" in b)
-    assert [line for line in run(replay).splitlines() if line.startswith("reading")] == ["reading at 10:02", "reading at 10:03", "reading at 10:03",
-                                        "reading at 10:04", "reading at 10:05"]
+    assert [line for line in run(replay).splitlines() if line.startswith("reading")] == [
+        "reading at 10:02",
+        "reading at 10:03",
+        "reading at 10:03",
+        "reading at 10:04",
+        "reading at 10:05",
+    ]
     fanout = next(b for b in BLOCKS if "events" in b)
     assert run(fanout).split("partition")[0].split() == ["1", "2", "3", "1", "2", "3", "4", "5"]

@@ -8,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import KQ, wait_for
 
 
@@ -52,7 +51,9 @@ def test_copy_is_identical_and_carries_group_offsets(run_kq, data_dir, replica):
     show = lambda d: json.loads(run_kq("offsets", "show", "t", "-g", "billing", "--json", data=d).stdout)  # noqa: E731
     assert show(replica) == show(data_dir)
     # Failover: the group resumes on the replica exactly where it committed.
-    assert run_kq("consume", "t", "-g", "billing", data=replica).stdout == run_kq("consume", "t", "-g", "billing").stdout
+    assert (
+        run_kq("consume", "t", "-g", "billing", data=replica).stdout == run_kq("consume", "t", "-g", "billing").stdout
+    )
 
 
 def test_rerun_copies_only_what_is_new(run_kq, data_dir, replica):
@@ -99,7 +100,9 @@ def test_kill_9_mid_copy_then_rerun_gives_an_identical_replica(run_kq, data_dir,
         copier.send_signal(signal.SIGKILL)
         copier.wait()
         # The half-made replica is readable (a prefix), then a rerun completes it.
-        partial = dump(run_kq, "big", target) if os.path.exists(os.path.join(target, "topics", "big", "topic.json")) else b""
+        partial = (
+            dump(run_kq, "big", target) if os.path.exists(os.path.join(target, "topics", "big", "topic.json")) else b""
+        )
         assert set(partial.splitlines()) <= set(expected.splitlines())
         assert run_kq("replicate", "big", "--to", target).returncode == 0
         assert dump(run_kq, "big", target) == expected
@@ -183,7 +186,9 @@ def test_verify_reports_lag_and_group_offsets(run_kq, data_dir, replica):
 
 
 @pytest.mark.parametrize("damaged", [0, 1, 5], ids=["checked-by-the-writer", "checked-by-the-reader", "later"])
-def test_damage_in_the_source_stops_the_copy_before_it_and_a_torn_tail_is_left_behind(run_kq, data_dir, replica, damaged):
+def test_damage_in_the_source_stops_the_copy_before_it_and_a_torn_tail_is_left_behind(
+    run_kq, data_dir, replica, damaged
+):
     # Batches of one segment, a checksum broken in batch `damaged` (framing
     # intact): the replica gets exactly the batches before it, and an error
     # names the source file. The replicate threads check the checksums of

@@ -20,22 +20,27 @@ from collections import Counter
 
 import msgpack
 import pytest
+from conftest import KQ
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_faults import NOBODY, run_as, snapshot
 
 import kq
-from conftest import KQ
 from kq import batch as batchfmt
 from kq.errors import CorruptLog, InvalidName, PartitionNotFound
 from kq.names import check_name
-from test_faults import NOBODY, run_as, shared_tmp, snapshot  # noqa: F401  (shared_tmp is a fixture)
 
 NAME_CASES = 500  # hypothesis examples of arbitrary text tried as topic and group names
 
 
 def run_with_umask(data: str, umask: int, *args, input: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(KQ + ["--data-dir", data, *map(str, args)], input=input, capture_output=True,
-                          preexec_fn=lambda: os.umask(umask), timeout=60)
+    return subprocess.run(
+        KQ + ["--data-dir", data, *map(str, args)],
+        input=input,
+        capture_output=True,
+        preexec_fn=lambda: os.umask(umask),
+        timeout=60,
+    )
 
 
 def modes(path: str) -> Counter:
@@ -91,7 +96,10 @@ def linked(run_kq, tmp_path):
     """A data directory, and another one outside it whose topic a link will point at."""
     data, outside = str(tmp_path / "data"), str(tmp_path / "outside")
     for d in (data, outside):
-        assert run_kq("produce", "t", "-K", ":", input="a:inside\n" if d == data else "a:outside\n", data=d).returncode == 0
+        assert (
+            run_kq("produce", "t", "-K", ":", input="a:inside\n" if d == data else "a:outside\n", data=d).returncode
+            == 0
+        )
     return data, outside
 
 
@@ -131,7 +139,9 @@ def test_a_partition_directory_linked_outside_the_data_directory_is_refused(run_
     shutil.rmtree(partition)
     os.symlink(os.path.join(outside, "topics", "t", "0"), partition)
     # `topic alter` only rewrites topic.json, which is inside: it may go ahead.
-    assert_refused_everywhere(run_kq, data, outside, tmp_path, [c for c in REFUSED_COMMANDS if c[:2] != ["topic", "alter"]])
+    assert_refused_everywhere(
+        run_kq, data, outside, tmp_path, [c for c in REFUSED_COMMANDS if c[:2] != ["topic", "alter"]]
+    )
 
 
 def test_a_group_directory_linked_outside_the_data_directory_is_refused(run_kq, linked):
@@ -176,8 +186,23 @@ def test_a_data_directory_reached_through_a_link_and_links_inside_it_work(run_kq
 # ---------------------------------------------------------------- names
 
 
-BAD_NAMES = ["../escape", "../../escape", "/tmp/kq-absolute-escape", "a/b", ".", "..", "", "x" * 250,
-             "with space", "ünï", "tab\tname", "new\nline", "semi;colon", "star*", "$(touch escape)"]
+BAD_NAMES = [
+    "../escape",
+    "../../escape",
+    "/tmp/kq-absolute-escape",
+    "a/b",
+    ".",
+    "..",
+    "",
+    "x" * 250,
+    "with space",
+    "ünï",
+    "tab\tname",
+    "new\nline",
+    "semi;colon",
+    "star*",
+    "$(touch escape)",
+]
 
 
 def test_bad_topic_and_group_names_are_refused_before_they_touch_a_path(run_kq, data_dir, tmp_path):
@@ -214,9 +239,14 @@ def test_the_library_refuses_every_bad_name_and_partition_number(data_dir):
     groups = kq.Groups(data)
     for name in BAD_NAMES:
         for attempt in (
-            lambda: data.topic(name), lambda: data.create_topic(name), lambda: data.get_or_create_topic(name),
-            lambda: data.delete_topic(name), lambda: groups.commit(name, "t", 0, 0),
-            lambda: groups.committed(name, "t"), lambda: groups.commit("g", name, 0, 0), lambda: groups.delete(name),
+            lambda: data.topic(name),
+            lambda: data.create_topic(name),
+            lambda: data.get_or_create_topic(name),
+            lambda: data.delete_topic(name),
+            lambda: groups.commit(name, "t", 0, 0),
+            lambda: groups.committed(name, "t"),
+            lambda: groups.commit("g", name, 0, 0),
+            lambda: groups.delete(name),
         ):
             with pytest.raises(InvalidName):
                 attempt()
@@ -230,8 +260,12 @@ def test_the_library_refuses_every_bad_name_and_partition_number(data_dir):
 
 def test_partition_numbers_must_be_in_range_integers(run_kq):
     assert run_kq("produce", "t", "--partitions", "2", input="x\n").returncode == 0
-    for args in (["produce", "t", "-p", "-1"], ["produce", "t", "-p", "2"], ["consume", "t", "-p", "1.5"],
-                 ["consume", "t", "-p", "0x1"]):
+    for args in (
+        ["produce", "t", "-p", "-1"],
+        ["produce", "t", "-p", "2"],
+        ["consume", "t", "-p", "1.5"],
+        ["consume", "t", "-p", "0x1"],
+    ):
         r = run_kq(*args, input="y\n")
         assert r.returncode == 2 and r.stderr.startswith(b"kq: error: "), (args, r.stderr)
     assert run_kq("consume", "t").stdout == b"x\n"
@@ -244,8 +278,7 @@ def test_any_text_as_a_name_is_refused_or_stays_one_directory_below(tmp_path):
     counts = Counter()
 
     @settings(max_examples=NAME_CASES, deadline=None)
-    @given(st.one_of(st.text(), st.text(alphabet="./-_\\\x00 aZ9\n", max_size=260),
-                     st.sampled_from(BAD_NAMES)))
+    @given(st.one_of(st.text(), st.text(alphabet="./-_\\\x00 aZ9\n", max_size=260), st.sampled_from(BAD_NAMES)))
     def run(name):
         try:
             check_name(name)
@@ -279,16 +312,22 @@ def test_nothing_in_the_format_is_ever_unpickled_or_evaluated():
         tree = ast.parse(open(os.path.join(root, name), encoding="utf-8").read(), name)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                problems += [f"{name}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+                problems += [
+                    f"{name}: import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES
+                ]
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in FORBIDDEN_MODULES:
                 problems.append(f"{name}: from {node.module} import ...")
             elif isinstance(node, ast.Call):
                 func = node.func
-                called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+                called = (
+                    func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+                )
                 if isinstance(func, ast.Name) and called in FORBIDDEN_CALLS:
                     problems.append(f"{name}:{node.lineno}: {called}()")
                 if called in ("unpackb", "Unpacker") and not any(k.arg == "ext_hook" for k in node.keywords):
-                    problems.append(f"{name}:{node.lineno}: msgpack {called}() without an ext_hook that rejects extensions")
+                    problems.append(
+                        f"{name}:{node.lineno}: msgpack {called}() without an ext_hook that rejects extensions"
+                    )
                 if called == "load" and isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "yaml":
                     problems.append(f"{name}:{node.lineno}: yaml.load")
     assert not problems, "\n".join(problems)
@@ -326,10 +365,17 @@ def test_another_users_data_directory_is_not_writable_through_kq(shared_tmp):
     before = snapshot(data)
 
     for args in (
-        ["produce", "t"], ["consume", "t"], ["consume", "t", "-g", "g"], ["topic", "create", "x"],
-        ["topic", "delete", "t"], ["topic", "alter", "t", "--retention", "1s"], ["maintain"],
-        ["offsets", "reset", "t", "-g", "g", "--to", "beginning"], ["group", "delete", "g"],
-        ["replicate", "t", "--to", os.path.join(theirs, "copy")], ["verify", "--repair"],
+        ["produce", "t"],
+        ["consume", "t"],
+        ["consume", "t", "-g", "g"],
+        ["topic", "create", "x"],
+        ["topic", "delete", "t"],
+        ["topic", "alter", "t", "--retention", "1s"],
+        ["maintain"],
+        ["offsets", "reset", "t", "-g", "g", "--to", "beginning"],
+        ["group", "delete", "g"],
+        ["replicate", "t", "--to", os.path.join(theirs, "copy")],
+        ["verify", "--repair"],
     ):
         r = run_as(INTRUDER, data, *args, input="intruder\n")
         assert r.returncode != 0, (args, r.stdout, r.stderr)
@@ -362,7 +408,10 @@ def test_a_topic_another_user_owns_is_reported_never_skipped(run_kq, shared_tmp)
     assert b"clean" not in r.stderr and b"verified 2 topic(s)" in r.stderr, r.stderr
     r = run_as(NOBODY, data, "topic", "list")
     assert (r.returncode, r.stdout) == (1, b"mine\n"), r.stderr
-    assert r.stderr.startswith(b"kq: error: cannot read topic 'theirs': Permission denied: ") and theirs.encode() in r.stderr
+    assert (
+        r.stderr.startswith(b"kq: error: cannot read topic 'theirs': Permission denied: ")
+        and theirs.encode() in r.stderr
+    )
     r = run_as(NOBODY, data, "topic", "list", "--json")
     assert r.returncode == 1 and [t["name"] for t in json.loads(r.stdout)] == ["mine"], r.stderr
     # What it can read still works.

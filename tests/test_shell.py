@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import KQ
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,8 +75,12 @@ def test_completion_over_hostile_files_is_quick_and_quiet(populated):
     candidates, at once, and no output on stderr."""
     data = populated
     meta = os.path.join(data, "topics", "orders", "topic.json")
-    for plant in ("fifo", b'{"format": 1, "partitions": 1000000000, "config": {}}', b"[" * 100_000,
-                  b'{"partitions": -3}'):
+    for plant in (
+        "fifo",
+        b'{"format": 1, "partitions": 1000000000, "config": {}}',
+        b"[" * 100_000,
+        b'{"partitions": -3}',
+    ):
         os.unlink(meta)
         if plant == "fifo":
             os.mkfifo(meta)
@@ -90,11 +93,20 @@ def test_completion_over_hostile_files_is_quick_and_quiet(populated):
 
 def test_zsh_and_fish_protocols(populated):
     env = {**os.environ, "KQ_DATA_DIR": populated}
-    zsh = subprocess.run(KQ, env={**env, "_KQ_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "kq consume "},
-                         capture_output=True).stdout.decode()
+    zsh = subprocess.run(
+        KQ, env={**env, "_KQ_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "kq consume "}, capture_output=True
+    ).stdout.decode()
     assert '"orders"' in zsh and '"logs"' in zsh
-    fish = subprocess.run(KQ, env={**env, "_KQ_COMPLETE": "complete_fish", "_TYPER_COMPLETE_FISH_ACTION": "get-args",
-                                   "_TYPER_COMPLETE_ARGS": "kq consume orders -g "}, capture_output=True).stdout.decode()
+    fish = subprocess.run(
+        KQ,
+        env={
+            **env,
+            "_KQ_COMPLETE": "complete_fish",
+            "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+            "_TYPER_COMPLETE_ARGS": "kq consume orders -g ",
+        },
+        capture_output=True,
+    ).stdout.decode()
     assert set(fish.split()) == {"audit", "billing"}
 
 
@@ -160,8 +172,14 @@ def typed_in_bash(line: str, expected: str, env: dict) -> None:
 def test_completion_after_option_equals_value_in_a_real_bash(run_kq, data_dir, line, expected):
     run_kq("topic", "create", "orders")
     run_kq("consume", "orders", "-g", "billing")
-    env = {**os.environ, "PS1": "$ ", "TERM": "dumb", "INPUTRC": "/dev/null", "KQ_DATA_DIR": "/nonexistent",
-           "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "PS1": "$ ",
+        "TERM": "dumb",
+        "INPUTRC": "/dev/null",
+        "KQ_DATA_DIR": "/nonexistent",
+        "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"],
+    }
     typed_in_bash(line.format(data=data_dir), expected, env)
 
 
@@ -179,7 +197,10 @@ compdef() { : }
 def complete_zsh(line: str, data: str) -> list[str]:
     """Candidates of the static zsh script for ``line``, as value:description."""
     words = line.split(" ")
-    script = ZSH_ARGUMENTS_STUB + f"words=({' '.join(repr(w) for w in words)}); CURRENT={len(words)}\nsource {COMPLETIONS}/_kq\n"
+    script = (
+        ZSH_ARGUMENTS_STUB
+        + f"words=({' '.join(repr(w) for w in words)}); CURRENT={len(words)}\nsource {COMPLETIONS}/_kq\n"
+    )
     env = {**os.environ, "KQ_DATA_DIR": data, "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
     r = subprocess.run(["zsh", "-f", "-c", script], env=env, capture_output=True, timeout=30)
     assert r.returncode == 0 and r.stderr == b"", r.stderr
@@ -200,9 +221,17 @@ def test_zsh_keeps_quotes_and_backslashes_and_completes_option_equals_value(popu
 @pytest.mark.skipif(not shutil.which("fish"), reason="needs fish")
 def test_fish_completes_option_equals_value(populated):
     def complete_fish(line):
-        env = {**os.environ, "KQ_DATA_DIR": populated, "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
-        r = subprocess.run(["fish", "--no-config", "-c", f"source {COMPLETIONS}/kq.fish; complete -C '{line}'"],
-                           env=env, capture_output=True, timeout=30)
+        env = {
+            **os.environ,
+            "KQ_DATA_DIR": populated,
+            "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"],
+        }
+        r = subprocess.run(
+            ["fish", "--no-config", "-c", f"source {COMPLETIONS}/kq.fish; complete -C '{line}'"],
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
         return r.stdout.decode().splitlines()
 
     assert complete_fish("kq consume orders --offset=be") == ["--offset=beginning"]
@@ -215,7 +244,11 @@ def test_short_options_take_equals_values(run_kq):
     run_kq("produce", "t", input="a\nb\n")
     assert run_kq("consume", "t", "-o=1").stdout == b"b\n"
     assert run_kq("consume", "t", "-g=billing").stdout == b"a\nb\n"
-    assert run_kq("offsets", "show", "t", "-g=billing").stdout.splitlines()[1].split(b"\t")[3:] == [b"billing", b"2", b"0"]
+    assert run_kq("offsets", "show", "t", "-g=billing").stdout.splitlines()[1].split(b"\t")[3:] == [
+        b"billing",
+        b"2",
+        b"0",
+    ]
 
 
 def test_completion_scripts_are_up_to_date():
@@ -276,8 +309,13 @@ def test_misspellings_get_suggestions(run_kq):
 def in_terminal(args: list[str], env: dict) -> str:
     """Run kq under a pseudo-terminal (util-linux `script`) and return what it showed."""
     cmd = " ".join(["'" + a + "'" for a in [KQ_BIN, *args]])
-    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], env={**env, "COLUMNS": "100"},
-                       capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        env={**env, "COLUMNS": "100"},
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     return r.stdout.decode(errors="replace")
 
 
@@ -308,8 +346,14 @@ def test_settings_and_tables_read_as_people_write_them(run_kq, data_dir):
     env["KQ_DATA_DIR"] = data_dir
     run_kq("topic", "create", "t", "--retention", "7d", "--retention-bytes", "1536M")
     shown = in_terminal(["--no-color", "topic", "describe", "t"], env)
-    for setting, value in (("segment_bytes", "64M"), ("retention_ms", "7d"), ("retention_bytes", "1536M"),
-                           ("tombstone_retention_ms", "1d"), ("sync", "false"), ("cleanup", "delete")):
+    for setting, value in (
+        ("segment_bytes", "64M"),
+        ("retention_ms", "7d"),
+        ("retention_bytes", "1536M"),
+        ("tombstone_retention_ms", "1d"),
+        ("sync", "false"),
+        ("cleanup", "delete"),
+    ):
         assert re.search(rf"│ {setting} +│ {value} +│", shown), f"{setting} is not shown as {value}:\n{shown}"
     # In a pipe: the raw numbers, and none/true/false rather than Python's None/True/False.
     piped = run_kq("topic", "describe", "t").stdout.decode()

@@ -19,7 +19,12 @@ from collections import Counter
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
 )
 
 import kq
@@ -183,11 +188,15 @@ class Engine(RuleBasedStateMachine):
             assert seen[p] == self._records(p, self.committed.get((group, p), 0))
             self.committed[(group, p)] = len(self.model[p])
 
-    @rule(group=st.sampled_from(GROUPS),
-          spec=st.one_of(st.builds(OffsetSpec, st.sampled_from([BEGINNING, END])),
-                         st.builds(OffsetSpec, st.sampled_from([ABSOLUTE, FROM_END]), st.integers(0, 60)),
-                         st.builds(OffsetSpec, st.just(RELATIVE), st.integers(-30, 30)),
-                         st.builds(OffsetSpec, st.just(TIMESTAMP), st.integers(0, 10_001))))
+    @rule(
+        group=st.sampled_from(GROUPS),
+        spec=st.one_of(
+            st.builds(OffsetSpec, st.sampled_from([BEGINNING, END])),
+            st.builds(OffsetSpec, st.sampled_from([ABSOLUTE, FROM_END]), st.integers(0, 60)),
+            st.builds(OffsetSpec, st.just(RELATIVE), st.integers(-30, 30)),
+            st.builds(OffsetSpec, st.just(TIMESTAMP), st.integers(0, 10_001)),
+        ),
+    )
     def reset_offsets(self, group, spec):
         STEPS_RUN["reset_offsets"] += 1
         backend = LocalBackend(self.data)
@@ -212,8 +221,13 @@ class Engine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ crashes
 
-    @rule(p=partition_st, torn=st.one_of(st.none(), st.integers(1, 10_000)), torn_index=st.integers(0, 23),
-          stale_commit=st.booleans(), records=st.lists(record_st, min_size=1, max_size=4))
+    @rule(
+        p=partition_st,
+        torn=st.one_of(st.none(), st.integers(1, 10_000)),
+        torn_index=st.integers(0, 23),
+        stale_commit=st.booleans(),
+        records=st.lists(record_st, min_size=1, max_size=4),
+    )
     def crash_and_reopen(self, p, torn, torn_index, stale_commit, records):
         """Everything this process had open is gone; what a crashed writer left is on disk.
 
@@ -264,12 +278,15 @@ class Engine(RuleBasedStateMachine):
 
 def test_the_engine_matches_an_in_memory_model_through_rolls_resets_and_crashes():
     STEPS_RUN.clear()
-    run_state_machine_as_test(Engine, settings=settings(
-        max_examples=MAX_EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-        print_blob=True,
-    ))
+    run_state_machine_as_test(
+        Engine,
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+            print_blob=True,
+        ),
+    )
     print("\n[stateful] " + ", ".join(f"{k}={v}" for k, v in sorted(STEPS_RUN.items())))
     assert STEPS_RUN["crash_and_reopen with a torn batch"] > 0 and STEPS_RUN["segment rolls seen"] > 0

@@ -9,7 +9,6 @@ import threading
 
 from conftest import KQ
 
-
 # Peak RSS of a child, measured by a small intermediate process: a child forked
 # straight from pytest inherits pytest's own high-water mark into ru_maxrss.
 PEAK_RSS = (
@@ -26,7 +25,8 @@ def test_large_pipe_is_streamed_in_bounded_memory(data_dir):
     block = (b"y" * 99 + b"\n") * 10_000  # 1 MB
     p = subprocess.Popen(
         [sys.executable, "-c", PEAK_RSS, *KQ, "--data-dir", data_dir, "-q", "produce", "big"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
 
     def feed():
@@ -40,7 +40,9 @@ def test_large_pipe_is_streamed_in_bounded_memory(data_dir):
     feeder.join()
     assert p.wait() == 0
     assert peak_kb / 1024 < 100, f"producing {total_mb} MB from a pipe peaked at {peak_kb / 1024:.0f} MB of memory"
-    d = json.loads(subprocess.run(KQ + ["--data-dir", data_dir, "topic", "describe", "big", "--json"], capture_output=True).stdout)
+    d = json.loads(
+        subprocess.run(KQ + ["--data-dir", data_dir, "topic", "describe", "big", "--json"], capture_output=True).stdout
+    )
     assert d["partitions"][0]["end_offset"] == total_mb * 10_000
 
 

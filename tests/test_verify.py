@@ -13,9 +13,9 @@ import subprocess
 import threading
 
 import portalocker
+from conftest import wait_for
 
 import kq
-from conftest import wait_for
 from kq import batch as batchfmt
 from kq.index import ENTRY_SIZE
 from kq.segment import BatchReader
@@ -83,12 +83,16 @@ def test_torn_tail_is_reported_then_truncated(run_kq, data_dir):
         f.write(batchfmt.encode(6, [b"torn-1", b"torn-2"], timestamp=1)[:30])
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: position {healthy}: error: torn tail: 30 byte(s) after the last valid batch "
-                        "(incomplete batch at end of file)"]
+    assert lines(r) == [
+        f"{path}: position {healthy}: error: torn tail: 30 byte(s) after the last valid batch "
+        "(incomplete batch at end of file)"
+    ]
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert lines(r)[0].endswith(f" -> truncated the segment to {healthy} bytes: dropped 30 byte(s) of an "
-                                "incomplete write, as the next producer would")
+    assert lines(r)[0].endswith(
+        f" -> truncated the segment to {healthy} bytes: dropped 30 byte(s) of an "
+        "incomplete write, as the next producer would"
+    )
     assert os.path.getsize(path) == healthy
     assert run_kq("consume", "t").stdout == b"b0-x\nb0-y\nb1-x\nb1-y\nb2-x\nb2-y\n"
 
@@ -103,19 +107,32 @@ def test_flipped_byte_mid_log_is_quarantined_and_every_other_record_served(run_k
     damaged = bytes(data[positions[2] : positions[3]])
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: position {positions[2]}: error: checksum mismatch: {len(damaged)} damaged "
-                        f"byte(s) before the valid batch at byte {positions[3]}"]
+    assert lines(r) == [
+        f"{path}: position {positions[2]}: error: checksum mismatch: {len(damaged)} damaged "
+        f"byte(s) before the valid batch at byte {positions[3]}"
+    ]
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
     quarantine = f"{path}.quarantine-{positions[2]}"
-    assert f" -> moved bytes {positions[2]}..{positions[3] - 1} ({len(damaged)} bytes) to {quarantine}; " \
-           "the batches after them stay in the segment" in r.stdout.decode()
+    assert (
+        f" -> moved bytes {positions[2]}..{positions[3] - 1} ({len(damaged)} bytes) to {quarantine}; "
+        "the batches after them stay in the segment" in r.stdout.decode()
+    )
     assert open(quarantine, "rb").read() == damaged  # exactly the damaged batch, nothing else
     assert run_kq("produce", "t", input="after\n").returncode == 0  # the writer carries on at the end
     r = run_kq("consume", "t", "-F", "%o %s\n")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode().splitlines() == ["0 b0-x", "1 b0-y", "2 b1-x", "3 b1-y", "6 b3-x", "7 b3-y",
-                                              "8 b4-x", "9 b4-y", "10 after"]
+    assert r.stdout.decode().splitlines() == [
+        "0 b0-x",
+        "1 b0-y",
+        "2 b1-x",
+        "3 b1-y",
+        "6 b3-x",
+        "7 b3-y",
+        "8 b4-x",
+        "9 b4-y",
+        "10 after",
+    ]
     # What is left is said, and is no error: the gap, and where its bytes went.
     r = run_kq("verify")
     assert r.returncode == 0
@@ -134,8 +151,10 @@ def test_damage_at_the_end_of_a_closed_segment_is_quarantined(run_kq, data_dir):
     os.truncate(first, size - 5)  # the last batch of a closed segment loses its end
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{first}: position {last_batch}: error: incomplete batch at end of file in a closed "
-                        f"segment: its last {size - 5 - last_batch} byte(s) are damaged"]
+    assert lines(r) == [
+        f"{first}: position {last_batch}: error: incomplete batch at end of file in a closed "
+        f"segment: its last {size - 5 - last_batch} byte(s) are damaged"
+    ]
     assert run_kq("consume", "t").returncode == 1  # readers refuse to pass it
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -146,7 +165,12 @@ def test_damage_at_the_end_of_a_closed_segment_is_quarantined(run_kq, data_dir):
 
 # Offsets and timestamps in closed and active segments, and what consume -o
 # returns for them: the records themselves, offset and timestamp.
-LOOKUPS = {"700:703": range(700, 703), "1400:1403": range(1400, 1403), "@1000500": range(500, 503), "@1001300": range(1300, 1303)}
+LOOKUPS = {
+    "700:703": range(700, 703),
+    "1400:1403": range(1400, 1403),
+    "@1000500": range(500, 503),
+    "@1001300": range(1300, 1303),
+}
 
 
 def assert_lookups_right(run_kq, specs=LOOKUPS):
@@ -168,13 +192,23 @@ def test_missing_or_garbled_indexes_change_no_lookup_and_are_rebuilt(run_kq, dat
     r = run_kq("verify")
     assert r.returncode == 1
     found = lines(r)
-    assert found[0] == f"{paths[0]}: error: index out of date: missing (the segment needs {len(originals[0]) // ENTRY_SIZE} entries)"
+    assert (
+        found[0]
+        == f"{paths[0]}: error: index out of date: missing (the segment needs {len(originals[0]) // ENTRY_SIZE} entries)"
+    )
     assert found[1].startswith(f"{paths[1]}: position 0: error: index out of date: entry 0 says offset ")
-    assert found[2].startswith(f"{paths[2]}: position 0: error: index out of date: entry 0 says offset {bases[2] + 52} at byte 8320")
-    assert found[3] == f"{paths[3]}: position {len(originals[3]) - ENTRY_SIZE}: error: index out of date: a partial 19-byte entry at the end"
+    assert found[2].startswith(
+        f"{paths[2]}: position 0: error: index out of date: entry 0 says offset {bases[2] + 52} at byte 8320"
+    )
+    assert (
+        found[3]
+        == f"{paths[3]}: position {len(originals[3]) - ENTRY_SIZE}: error: index out of date: a partial 19-byte entry at the end"
+    )
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert [line.rsplit(" -> ", 1)[1] for line in lines(r)] == [f"rebuilt the index ({len(o) // ENTRY_SIZE} entries)" for o in originals]
+    assert [line.rsplit(" -> ", 1)[1] for line in lines(r)] == [
+        f"rebuilt the index ({len(o) // ENTRY_SIZE} entries)" for o in originals
+    ]
     assert [open(path, "rb").read() for path in paths] == originals
     assert_lookups_right(run_kq)
 
@@ -191,9 +225,11 @@ def test_a_wrong_timestamp_in_an_index_is_found_and_rebuilt(run_kq, data_dir):
     open(path, "wb").write(blob)
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: position {2 * ENTRY_SIZE}: error: index out of date: entry 2 says offset {offset} "
-                        f"at byte {position} after timestamps up to 0; the segment has offset {offset} at byte "
-                        f"{position} after timestamps up to {running_max}"]
+    assert lines(r) == [
+        f"{path}: position {2 * ENTRY_SIZE}: error: index out of date: entry 2 says offset {offset} "
+        f"at byte {position} after timestamps up to 0; the segment has offset {offset} at byte "
+        f"{position} after timestamps up to {running_max}"
+    ]
     assert run_kq("verify", "--repair").returncode == 0
     assert open(path, "rb").read() == original
     assert_lookups_right(run_kq, ["@1000500"])
@@ -222,8 +258,10 @@ def test_unreadable_offsets_file_is_moved_aside_and_the_group_restarts(run_kq, d
     assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON"]
     r = run_kq("verify", "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert lines(r) == [f"{path}: error: offsets file of group 'g' unreadable: not JSON -> moved it to {path}.quarantine; "
-                        "group 'g' will restart partition 0 from its reset policy (earliest by default)"]
+    assert lines(r) == [
+        f"{path}: error: offsets file of group 'g' unreadable: not JSON -> moved it to {path}.quarantine; "
+        "group 'g' will restart partition 0 from its reset policy (earliest by default)"
+    ]
     assert open(f"{path}.quarantine", "rb").read() == b'{"format": 1, "offs'
     assert run_kq("consume", "t", "-g", "g").stdout == b"a\nb\nc\n"
 
@@ -329,5 +367,7 @@ def test_a_start_offset_past_the_end_is_an_error(run_kq, data_dir):
     kq.DataDir(data_dir).topic("t").partition(0).set_start_offset(2**63 - 1)
     r = run_kq("verify")
     assert r.returncode == 1
-    assert lines(r) == [f"{path}: error: start offset 9223372036854775807 is past the end offset 4: "
-                        "records appended below 9223372036854775807 would never be served"]
+    assert lines(r) == [
+        f"{path}: error: start offset 9223372036854775807 is past the end offset 4: "
+        "records appended below 9223372036854775807 would never be served"
+    ]

@@ -19,8 +19,9 @@ kq.group.GroupConsumer and kq.producer.Producer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from ..errors import TopicNotFound, UnsupportedByBackend
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
@@ -93,10 +94,10 @@ class Backend(ABC):
     #: How errors and tables name the place: "data directory DIR", "Kafka cluster HOST:PORT".
     description: str = ""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a backend holding nothing open need not override it)
         """Release what the backend holds open."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -165,8 +166,13 @@ class Backend(ABC):
         """A producer for an existing topic; ``partition`` pins every record there."""
 
     @abstractmethod
-    def reader(self, topic: str, partitions: list[int] | None = None,
-               offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)), follow: bool = False) -> Reader:
+    def reader(
+        self,
+        topic: str,
+        partitions: list[int] | None = None,
+        offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
+        follow: bool = False,
+    ) -> Reader:
         """Read ``partitions`` (all by default) from ``offsets.start`` to ``offsets.stop`` or, without
         ``follow``, the end as it is now."""
 
@@ -222,16 +228,26 @@ class Backend(ABC):
         """Per partition: start and end offset, and for each group its committed offset and lag."""
         info = self.describe_topic(topic)
         if not groups:
-            return [{"topic": topic, "partition": p.partition, "start_offset": p.start_offset,
-                     "end_offset": p.end_offset} for p in info.partitions]
+            return [
+                {"topic": topic, "partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset}
+                for p in info.partitions
+            ]
         rows = []
         for group in groups:
             committed = self.committed(group, topic)
             for p in info.partitions:
                 c = committed.get(p.partition)
-                rows.append({"topic": topic, "partition": p.partition, "start_offset": p.start_offset,
-                             "end_offset": p.end_offset, "group": group, "committed": c,
-                             "lag": lag(c, p.start_offset, p.end_offset)})
+                rows.append(
+                    {
+                        "topic": topic,
+                        "partition": p.partition,
+                        "start_offset": p.start_offset,
+                        "end_offset": p.end_offset,
+                        "group": group,
+                        "committed": c,
+                        "lag": lag(c, p.start_offset, p.end_offset),
+                    }
+                )
         return rows
 
     def plan_reset(self, group: str, topic: str, spec: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
@@ -247,9 +263,18 @@ class Backend(ABC):
             before = committed.get(p.partition)
             wanted = self._resolve(spec, topic, p, before)
             after = min(max(wanted, p.start_offset), p.end_offset)
-            rows.append({"topic": topic, "partition": p.partition, "group": group,
-                         "start_offset": p.start_offset, "end_offset": p.end_offset,
-                         "before": before, "after": after, "clamped": after != wanted})
+            rows.append(
+                {
+                    "topic": topic,
+                    "partition": p.partition,
+                    "group": group,
+                    "start_offset": p.start_offset,
+                    "end_offset": p.end_offset,
+                    "before": before,
+                    "after": after,
+                    "clamped": after != wanted,
+                }
+            )
         return rows
 
     def apply_reset(self, group: str, topic: str, rows: list[dict]) -> None:

@@ -53,8 +53,11 @@ class LocalBackend(Backend):
 
     def describe_topic(self, topic: str) -> TopicInfo:
         t = self.topic(topic)
-        return TopicInfo(t.name, [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size())
-                                  for p in t.partitions()], dict(t.config))
+        return TopicInfo(
+            t.name,
+            [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size()) for p in t.partitions()],
+            dict(t.config),
+        )
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
         t = self.data.create_topic(topic, partitions, config)
@@ -80,8 +83,14 @@ class LocalBackend(Backend):
         for n in sorted({t.partition(p).number for p in partitions}) if partitions else range(t.partition_count):
             part = t.partition(n)
             r = trim(part, before.resolve(part))
-            rows.append({"partition": n, "start_offset": r.start_offset, "segments_deleted": r.segments_deleted,
-                         "bytes_reclaimed": r.bytes_reclaimed})
+            rows.append(
+                {
+                    "partition": n,
+                    "start_offset": r.start_offset,
+                    "segments_deleted": r.segments_deleted,
+                    "bytes_reclaimed": r.bytes_reclaimed,
+                }
+            )
         return rows
 
     # ------------------------------------------------------------------ records
@@ -96,8 +105,13 @@ class LocalBackend(Backend):
         # In the background: the next batch is read and packed while one is written.
         return Producer(t, partition, background=True)
 
-    def reader(self, topic: str, partitions: list[int] | None = None,
-               offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)), follow: bool = False) -> Consumer:
+    def reader(
+        self,
+        topic: str,
+        partitions: list[int] | None = None,
+        offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
+        follow: bool = False,
+    ) -> Consumer:
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
         return Consumer.from_spec(t, numbers, offsets, follow=follow)

@@ -100,13 +100,24 @@ app = typer.Typer(
 def root(
     ctx: typer.Context,
     data_dir: Optional[str] = typer.Option(
-        None, "--data-dir", metavar="DIR", envvar="KQ_DATA_DIR",
+        None,
+        "--data-dir",
+        metavar="DIR",
+        envvar="KQ_DATA_DIR",
         help="Data directory \\[default: $KQ_DATA_DIR, else $XDG_DATA_HOME/kq, else ~/.local/share/kq].",
         show_default=False,
     ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No informational messages on stderr."),
-    no_color: bool = typer.Option(False, "--no-color", callback=_no_color, is_eager=True, help="No colour in tables, help and messages (also: NO_COLOR=1)."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    no_color: bool = typer.Option(
+        False,
+        "--no-color",
+        callback=_no_color,
+        is_eager=True,
+        help="No colour in tables, help and messages (also: NO_COLOR=1).",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     settings = ctx.obj = Settings(data_dir, quiet)
     ctx.call_on_close(settings.close)

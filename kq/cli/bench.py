@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import KqCommand, json_flag, settings
+from .common import KqCommand, json_option, settings
 from .output import emit_rows
 
 app = typer.Typer()
@@ -11,12 +11,21 @@ app = typer.Typer()
 @app.command("bench", cls=KqCommand)
 def bench(
     ctx: typer.Context,
-    messages: int = typer.Option(1_000_000, "-n", "--messages", min=1, help="How many messages to produce and consume."),
+    messages: int = typer.Option(
+        1_000_000, "-n", "--messages", min=1, help="How many messages to produce and consume."
+    ),
     size: int = typer.Option(100, "-s", "--size", min=0, metavar="BYTES", help="Bytes per message."),
     partitions: int = typer.Option(1, "--partitions", min=1, help="Partitions of the scratch topic."),
-    keys: int = typer.Option(0, "--keys", min=0, metavar="N", show_default=False, help="Spread the messages over N keys (murmur2 partitioning) \\[default: no keys]."),
+    keys: int = typer.Option(
+        0,
+        "--keys",
+        min=0,
+        metavar="N",
+        show_default=False,
+        help="Spread the messages over N keys (murmur2 partitioning) \\[default: no keys].",
+    ),
     sync: bool = typer.Option(False, "--sync", help="fsync every batch, as `produce --sync` does."),
-    json_output: json_flag("A JSON list: phase, messages, bytes, seconds, msg_per_s, mb_per_s.") = False,
+    json_output: bool = json_option("A JSON list: phase, messages, bytes, seconds, msg_per_s, mb_per_s."),
 ) -> None:
     """Measure produce and consume speed on this machine's disk (like kafka-producer-perf-test).
 
@@ -37,8 +46,14 @@ def bench(
     s = settings(ctx)
     phases = run(s.data_dir("kq bench"), messages, size, partitions, keys, sync)
     rows = [
-        {"phase": p.name, "messages": p.messages, "bytes": p.bytes, "seconds": round(p.seconds, 4),
-         "msg_per_s": round(p.messages_per_second), "mb_per_s": round(p.megabytes_per_second, 1)}
+        {
+            "phase": p.name,
+            "messages": p.messages,
+            "bytes": p.bytes,
+            "seconds": round(p.seconds, 4),
+            "msg_per_s": round(p.messages_per_second),
+            "mb_per_s": round(p.megabytes_per_second, 1),
+        }
         for p in phases
     ]
     emit_rows(rows, ["phase", "messages", "bytes", "seconds", "msg_per_s", "mb_per_s"], json_output, "kq bench")

@@ -6,7 +6,7 @@ standard library only (completion reads directory entries through kq.location).
 
 import os
 import sys
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -128,31 +128,42 @@ def option_value(value):
 # One definition each; the help that differs per command is the argument.
 
 
-def json_flag(what: str):
+def json_option(what: str):
     """``--json``: ``what`` says what the JSON holds."""
-    return Annotated[bool, typer.Option("--json", help=what)]
+    return typer.Option(False, "--json", help=what)
 
 
 def topic_argument(help: str = "Topic name.", complete: bool = True):
-    return Annotated[str, typer.Argument(help=help, autocompletion=complete_topic if complete else None,
-                                         metavar="TOPIC", show_default=False)]
+    return typer.Argument(
+        ..., help=help, autocompletion=complete_topic if complete else None, metavar="TOPIC", show_default=False
+    )
 
 
-TopicsArgument = Annotated[Optional[List[str]], typer.Argument(autocompletion=complete_topic, metavar="[TOPICS]...",
-                                                               help="Topics \\[default: all].", show_default=False)]
+TopicsArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        autocompletion=complete_topic, metavar="[TOPICS]...", help="Topics \\[default: all].", show_default=False
+    ),
+]
 
 
-def partitions_filter(help: str = "Only this partition (repeatable) \\[default: all]."):
+def partitions_option(help: str = "Only this partition (repeatable) \\[default: all]."):
     """``-p/--partition`` taken several times: the partitions a command works on."""
-    return Annotated[List[int], typer.Option("-p", "--partition", autocompletion=complete_partition, help=help)]
+    return typer.Option([], "-p", "--partition", autocompletion=complete_partition, help=help)
 
 
 def group_option(help: str, required: bool = False):
-    return Annotated[
-        str if required else Optional[str],
-        typer.Option("-g", "--group", autocompletion=complete_group, callback=option_value, help=help,
-                     show_default=False),
-    ]
+    return typer.Option(
+        ... if required else None,
+        "-g",
+        "--group",
+        autocompletion=complete_group,
+        callback=option_value,
+        help=help,
+        show_default=False,
+    )
 
 
-PartitionsOption = Annotated[int, typer.Option("--partitions", min=1, help="Number of partitions (of a topic created here).")]
+PartitionsOption = Annotated[
+    int, typer.Option("--partitions", min=1, help="Number of partitions (of a topic created here).")
+]

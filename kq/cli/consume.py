@@ -12,7 +12,7 @@ from .common import (
     complete_offset,
     group_option,
     option_value,
-    partitions_filter,
+    partitions_option,
     settings,
     topic_argument,
 )
@@ -24,21 +24,68 @@ app = typer.Typer()
 @app.command("consume", cls=KqCommand)
 def consume(
     ctx: typer.Context,
-    topic: topic_argument("Topic to read."),
-    offset: Optional[str] = typer.Option(None, "-o", "--offset", metavar="SPEC", autocompletion=complete_offset, callback=option_value, help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B."),
-    partition: partitions_filter("Read only this partition (repeatable).") = [],
+    topic: str = topic_argument("Topic to read."),
+    offset: Optional[str] = typer.Option(
+        None,
+        "-o",
+        "--offset",
+        metavar="SPEC",
+        autocompletion=complete_offset,
+        callback=option_value,
+        help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B.",
+    ),
+    partition: list[int] = partitions_option("Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
-    timeout: Optional[float] = typer.Option(None, "-t", "--timeout", metavar="S", min=0, help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none."),
-    exit_at_end: bool = typer.Option(True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."),
-    group: group_option("Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written.") = None,
-    reset: str = typer.Option("earliest", "--reset", metavar="earliest|latest", help="Where a group starts on partitions it has never committed."),
-    no_commit: bool = typer.Option(False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."),
-    exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD", help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only."),
-    batch: int = typer.Option(1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."),
-    fmt: Optional[str] = typer.Option(None, "-F", "--format", metavar="FMT", help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added."),
-    json_output: bool = typer.Option(False, "--json", help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md."),
-    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."),
+    follow: bool = typer.Option(
+        False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."
+    ),
+    timeout: Optional[float] = typer.Option(
+        None,
+        "-t",
+        "--timeout",
+        metavar="S",
+        min=0,
+        help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none.",
+    ),
+    exit_at_end: bool = typer.Option(
+        True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."
+    ),
+    group: Optional[str] = group_option(
+        "Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."
+    ),
+    reset: str = typer.Option(
+        "earliest",
+        "--reset",
+        metavar="earliest|latest",
+        help="Where a group starts on partitions it has never committed.",
+    ),
+    no_commit: bool = typer.Option(
+        False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."
+    ),
+    exec_cmd: Optional[str] = typer.Option(
+        None,
+        "--exec",
+        metavar="CMD",
+        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only.",
+    ),
+    batch: int = typer.Option(
+        1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."
+    ),
+    fmt: Optional[str] = typer.Option(
+        None,
+        "-F",
+        "--format",
+        metavar="FMT",
+        help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added.",
+    ),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md.",
+    ),
+    delimiter: Optional[str] = typer.Option(
+        None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."
+    ),
     null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
 ) -> None:
     """Write a topic's messages to stdout, then exit at the end of the log.
@@ -161,11 +208,15 @@ def run_command(rounds, write, command: str, size: int, topic: str, source, grou
     if runner.failures:
         failed = CommandFailed(command, runner.failures)
         if group is not None:
-            fate = (f"those batches were not committed and the next run of group '{group}' delivers them again; "
-                    "the other partitions went on")
+            fate = (
+                f"those batches were not committed and the next run of group '{group}' delivers them again; "
+                "the other partitions went on"
+            )
         else:
-            fate = ("without a group nothing is committed: rerun with -p and -o from the offsets above to process "
-                    "them again; the other partitions went on")
+            fate = (
+                "without a group nothing is committed: rerun with -p and -o from the offsets above to process "
+                "them again; the other partitions went on"
+            )
         failed.args = (f"{failed}: {fate}",)
         raise failed
     return done

@@ -5,7 +5,7 @@ import time
 import typer
 
 from ..errors import GroupNotFound
-from .common import KqCommand, complete_group, json_flag, settings
+from .common import KqCommand, complete_group, json_option, settings
 from .output import emit_rows, is_terminal, print_json, rich_table, warn
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ GroupArgument = typer.Argument(..., autocompletion=complete_group, metavar="GROU
 @app.command("list", cls=KqCommand)
 def group_list(
     ctx: typer.Context,
-    json_output: json_flag("A JSON list of {group, topics, members}.") = False,
+    json_output: bool = json_option("A JSON list of {group, topics, members}."),
 ) -> None:
     """List consumer groups: one name per line (a table on a terminal).
 
@@ -47,16 +47,27 @@ def group_list(
     if json_output:
         print_json(rows)
     else:
-        rich_table("consumer groups", ["group", "topics", "members"],
-                   [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows])
+        rich_table(
+            "consumer groups",
+            ["group", "topics", "members"],
+            [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows],
+        )
 
 
 @app.command("describe", cls=KqCommand)
 def group_describe(
     ctx: typer.Context,
     group: str = GroupArgument,
-    json_output: json_flag("A JSON object: group, partitions (committed, lag, owner), members (what each owns, when it last made progress, whether it is stalled).") = False,
-    stalled_after: float = typer.Option(30.0, "--stalled-after", metavar="SECONDS", min=0, help="Flag a member that has made no progress for this long while its partitions have lag."),
+    json_output: bool = json_option(
+        "A JSON object: group, partitions (committed, lag, owner), members (what each owns, when it last made progress, whether it is stalled)."
+    ),
+    stalled_after: float = typer.Option(
+        30.0,
+        "--stalled-after",
+        metavar="SECONDS",
+        min=0,
+        help="Flag a member that has made no progress for this long while its partitions have lag.",
+    ),
 ) -> None:
     """Show a group's committed offsets, lag and live members, per topic and partition.
 
@@ -91,13 +102,20 @@ def group_describe(
     for m in backend.members(group):
         idle = None if m.get("progress_at") is None else round(max(time.time() - m["progress_at"] / 1000, 0.0), 1)
         lag = sum(lags.get((m["topic"], p), 0) for p in m["partitions"])
-        members.append({**m, "idle_seconds": idle,
-                        "stalled": bool(m["partitions"]) and lag > 0 and idle is not None and idle >= stalled_after})
+        members.append(
+            {
+                **m,
+                "idle_seconds": idle,
+                "stalled": bool(m["partitions"]) and lag > 0 and idle is not None and idle >= stalled_after,
+            }
+        )
     for m in members:
         if m["stalled"]:
-            warn(f"member {m['member']} (pid {m['pid']} on {m['host']}) has made no progress for "
-                 f"{m['idle_seconds']:.0f} s while its partitions {','.join(map(str, m['partitions']))} of "
-                 f"'{m['topic']}' have lag; if it is stuck, kill {m['pid']} and the other members take them over")
+            warn(
+                f"member {m['member']} (pid {m['pid']} on {m['host']}) has made no progress for "
+                f"{m['idle_seconds']:.0f} s while its partitions {','.join(map(str, m['partitions']))} of "
+                f"'{m['topic']}' have lag; if it is stuck, kill {m['pid']} and the other members take them over"
+            )
     if json_output:
         print_json({"group": group, "partitions": partitions, "members": members})
         return
@@ -107,13 +125,28 @@ def group_describe(
         return "stalled" if m["stalled"] else "ok"
 
     if is_terminal():
-        rich_table("live members", ["member", "host", "pid", "topic", "partitions", "idle", "status"],
-                   [[m["member"], m["host"], m["pid"], m["topic"], ",".join(map(str, m["partitions"])),
-                     None if m["idle_seconds"] is None else f"{m['idle_seconds']:.0f}s", status(m)] for m in members])
+        rich_table(
+            "live members",
+            ["member", "host", "pid", "topic", "partitions", "idle", "status"],
+            [
+                [
+                    m["member"],
+                    m["host"],
+                    m["pid"],
+                    m["topic"],
+                    ",".join(map(str, m["partitions"])),
+                    None if m["idle_seconds"] is None else f"{m['idle_seconds']:.0f}s",
+                    status(m),
+                ]
+                for m in members
+            ],
+        )
     else:
         for m in members:
-            print(f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}"
-                  f"\t{'-' if m['idle_seconds'] is None else m['idle_seconds']}\t{status(m)}")
+            print(
+                f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}"
+                f"\t{'-' if m['idle_seconds'] is None else m['idle_seconds']}\t{status(m)}"
+            )
 
 
 @app.command("delete", cls=KqCommand)

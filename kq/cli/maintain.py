@@ -1,9 +1,8 @@
 """``kq maintain``: retention and compaction now (kq.maintain)."""
 
-
 import typer
 
-from .common import KqCommand, TopicsArgument, json_flag, settings
+from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import ProgressBars, count, emit_rows, human, is_terminal, print_json, setting_text
 
 app = typer.Typer()
@@ -13,7 +12,7 @@ app = typer.Typer()
 def maintain(
     ctx: typer.Context,
     topics: TopicsArgument = None,
-    json_output: json_flag("A JSON list with a summary per partition.") = False,
+    json_output: bool = json_option("A JSON list with a summary per partition."),
 ) -> None:
     """Apply retention and compaction now: safe to run from cron, idempotent.
 
@@ -39,6 +38,7 @@ def maintain(
     names = list(dict.fromkeys(topics)) if topics else data.topic_names()
     rows = []
     with ProgressBars(s.quiet, json_output) as bars:
+
         def progress(part, done, total):
             bars.update(f"compacting {part.topic}/{part.number}", done * bars.THRESHOLD, total * bars.THRESHOLD, done)
 
@@ -52,7 +52,10 @@ def maintain(
     if json_output:
         print_json(rows)
     else:
-        totals = {k: sum(r[k] for r in rows) for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")}
+        totals = {
+            k: sum(r[k] for r in rows)
+            for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")
+        }
         s.info(
             f"{len(names)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {human(totals['bytes_reclaimed'])} reclaimed, "
             f"{totals['records_removed']:,} superseded record(s) and {totals['tombstones_removed']:,} tombstone(s) compacted away"
@@ -67,7 +70,20 @@ def maintain(
     if json_output:
         return
     if is_terminal() and rows:
-        emit_rows(rows, ["topic", "partition", "start_offset", "segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed"], False, "maintenance")
+        emit_rows(
+            rows,
+            [
+                "topic",
+                "partition",
+                "start_offset",
+                "segments_deleted",
+                "bytes_reclaimed",
+                "records_removed",
+                "tombstones_removed",
+            ],
+            False,
+            "maintenance",
+        )
 
 
 def active_segment_records(part) -> int:

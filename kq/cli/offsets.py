@@ -1,9 +1,19 @@
 """``kq offsets show|reset``: groups' committed offsets and lag, and moving them."""
 
+from typing import Optional
+
 import typer
 
 from ..errors import GroupBusy, KqError
-from .common import KqCommand, complete_reset_spec, group_option, json_flag, partitions_filter, settings, topic_argument
+from .common import (
+    KqCommand,
+    complete_reset_spec,
+    group_option,
+    json_option,
+    partitions_option,
+    settings,
+    topic_argument,
+)
 from .output import emit_rows
 
 app = typer.Typer(
@@ -23,9 +33,11 @@ app = typer.Typer(
 @app.command("show", cls=KqCommand)
 def offsets_show(
     ctx: typer.Context,
-    topic: topic_argument(),
-    group: group_option("Only this group \\[default: every group of the topic].") = None,
-    json_output: json_flag("A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}.") = False,
+    topic: str = topic_argument(),
+    group: Optional[str] = group_option("Only this group \\[default: every group of the topic]."),
+    json_output: bool = json_option(
+        "A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."
+    ),
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.
 
@@ -48,12 +60,20 @@ def offsets_show(
 @app.command("reset", cls=KqCommand)
 def offsets_reset(
     ctx: typer.Context,
-    topic: topic_argument(),
-    group: group_option("The group whose offsets move.", required=True),
-    to: str = typer.Option(..., "--to", metavar="SPEC", autocompletion=complete_reset_spec, help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume)."),
-    partition: partitions_filter() = [],
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show the before/after table and change nothing (exit 1 if a real run would refuse)."),
-    json_output: json_flag("The before/after table as JSON.") = False,
+    topic: str = topic_argument(),
+    group: str = group_option("The group whose offsets move.", required=True),
+    to: str = typer.Option(
+        ...,
+        "--to",
+        metavar="SPEC",
+        autocompletion=complete_reset_spec,
+        help="earliest, latest, N (absolute), +N / -N (shift from the committed offset), @T (timestamp, as in consume).",
+    ),
+    partition: list[int] = partitions_option(),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show the before/after table and change nothing (exit 1 if a real run would refuse)."
+    ),
+    json_output: bool = json_option("The before/after table as JSON."),
 ) -> None:
     """Move a group's committed offsets (the group must have no live members on the topic).
 
@@ -77,7 +97,9 @@ def offsets_reset(
     rows = s.backend.plan_reset(group, topic, spec, numbers)
     for r in rows:
         if r["clamped"]:
-            s.info(f"partition {r['partition']}: clamped to {r['after']} (offsets {r['start_offset']}..{r['end_offset']})")
+            s.info(
+                f"partition {r['partition']}: clamped to {r['after']} (offsets {r['start_offset']}..{r['end_offset']})"
+            )
     columns = ["partition", "start_offset", "end_offset", "before", "after"]
     if dry_run:
         emit_rows(rows, columns, json_output, f"would reset {group} on {topic}")

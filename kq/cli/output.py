@@ -120,9 +120,17 @@ def setting_text(name: str, value, for_people: bool) -> str:
 def noting_written(exc: BaseException, written: int, bad_line: int | None) -> KqError:
     """The error that stopped a produce, saying how much was appended before it (for a rerun)."""
     if bad_line is not None:
-        note = f"{count(written, 'record')} from the lines before it {'was' if written == 1 else 'were'} written" if written else "nothing was written"
+        note = (
+            f"{count(written, 'record')} from the lines before it {'was' if written == 1 else 'were'} written"
+            if written
+            else "nothing was written"
+        )
     else:
-        note = f"{count(written, 'record')} {'was' if written == 1 else 'were'} written before the error" if written else "nothing was written"
+        note = (
+            f"{count(written, 'record')} {'was' if written == 1 else 'were'} written before the error"
+            if written
+            else "nothing was written"
+        )
     if isinstance(exc, KqError):
         exc.args = (f"{exc}; {note}",)
         return exc
@@ -163,9 +171,15 @@ class ProgressBars:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                TransferSpeedColumn(), TextColumn("{task.fields[records]:,} msgs"),
-                                console=Console(stderr=True), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[records]:,} msgs"),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.start()
         if key not in self.tasks:
             self.tasks[key] = self.bar.add_task(str(key), total=total, records=0)

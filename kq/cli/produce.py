@@ -2,7 +2,7 @@
 
 import os
 import sys
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,7 +13,7 @@ from .output import ProgressBars, count, noting_written
 app = typer.Typer()
 
 
-def parse_headers(headers: List[str]) -> list[tuple[str, bytes]]:
+def parse_headers(headers: list[str]) -> list[tuple[str, bytes]]:
     from ..framing import arg_bytes
 
     out = []
@@ -144,18 +144,33 @@ class ProduceTarget:
 @app.command("produce", cls=KqCommand)
 def produce(
     ctx: typer.Context,
-    topic: topic_argument("Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."),
+    topic: str = topic_argument(
+        "Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."
+    ),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
-    delimiter: Optional[str] = typer.Option(None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."),
+    delimiter: Optional[str] = typer.Option(
+        None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."
+    ),
     null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
     key: Optional[str] = typer.Option(None, "-k", "--key", help="Give every message this key."),
-    key_delimiter: Optional[str] = typer.Option(None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."),
-    header: List[str] = typer.Option([], "-H", "--header", metavar="NAME=VALUE", help="Add a header to every message (repeatable)."),
-    partition: Annotated[Optional[int], typer.Option("-p", "--partition", autocompletion=complete_partition, help="Append to this partition only.")] = None,
+    key_delimiter: Optional[str] = typer.Option(
+        None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."
+    ),
+    header: list[str] = typer.Option(
+        [], "-H", "--header", metavar="NAME=VALUE", help="Add a header to every message (repeatable)."
+    ),
+    partition: Annotated[
+        Optional[int],
+        typer.Option("-p", "--partition", autocompletion=complete_partition, help="Append to this partition only."),
+    ] = None,
     json_input: bool = typer.Option(False, "--json", help="Read JSON lines as written by `consume --json`."),
     null_empty: bool = typer.Option(False, "-Z", "--null-empty", help="Turn empty values into null (tombstones)."),
     sync: bool = typer.Option(False, "--sync", help="fsync every batch (survives power loss)."),
-    tombstone: bool = typer.Option(False, "--tombstone", help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY."),
+    tombstone: bool = typer.Option(
+        False,
+        "--tombstone",
+        help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY.",
+    ),
     partitions: PartitionsOption = 1,
 ) -> None:
     """Append messages from stdin (one per line) or a file to a topic.

@@ -1,7 +1,7 @@
 """``kq replicate``: keep another data directory a batch-exact copy of chosen topics (kq.replicate)."""
 
 import sys
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -15,12 +15,24 @@ app = typer.Typer()
 @app.command("replicate", cls=KqCommand)
 def replicate(
     ctx: typer.Context,
-    topics: Optional[List[str]] = typer.Argument(None, autocompletion=complete_topic, metavar="[TOPICS]...", help="Topics to copy (or --all)."),
-    to: str = typer.Option(..., "--to", metavar="DIR", help="The replica's data directory (another disk, another mount)."),
+    topics: Optional[list[str]] = typer.Argument(
+        None, autocompletion=complete_topic, metavar="[TOPICS]...", help="Topics to copy (or --all)."
+    ),
+    to: str = typer.Option(
+        ..., "--to", metavar="DIR", help="The replica's data directory (another disk, another mount)."
+    ),
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep the replica caught up until SIGINT/SIGTERM."),
-    truncate: bool = typer.Option(False, "--truncate", help="If the replica has records the source lacks, cut it back to the common prefix and continue."),
-    verify: bool = typer.Option(False, "--verify", help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag). Group offsets that differ are listed as warnings and do not fail the check."),
+    truncate: bool = typer.Option(
+        False,
+        "--truncate",
+        help="If the replica has records the source lacks, cut it back to the common prefix and continue.",
+    ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag). Group offsets that differ are listed as warnings and do not fail the check.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
 ) -> None:
     """Copy topics to a replica data directory: same batches, same offsets, same group offsets.
@@ -59,17 +71,26 @@ def replicate(
         else:
             for r in rows:
                 r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
-            emit_rows(rows, ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"], False, f"replica {to}")
+            emit_rows(
+                rows,
+                ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"],
+                False,
+                f"replica {to}",
+            )
         for r in reports:
             for g in r.groups:
                 if g["status"] != "same":
                     replica_side = "nothing" if g["replica"] is None else g["replica"]
                     source_side = "nothing" if g["source"] is None else g["source"]
-                    warn(f"{r.topic}/{r.partition}: group '{g['group']}' committed {replica_side} in the replica, "
-                          f"{source_side} in the source ({g['status']})")
+                    warn(
+                        f"{r.topic}/{r.partition}: group '{g['group']}' committed {replica_side} in the replica, "
+                        f"{source_side} in the source ({g['status']})"
+                    )
         bad = [r for r in reports if not r.ok]
         if bad:
-            what = "; ".join(f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3])
+            what = "; ".join(
+                f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3]
+            )
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise KqError(f"replica {to} does not verify: {what}{more}")
         return
@@ -78,10 +99,14 @@ def replicate(
         if r.truncated_at is not None:
             s.info(f"{r.topic}/{r.partition}: replica truncated to offset {r.truncated_at}")
         if r.restarted_at is not None:
-            warn(f"{r.topic}/{r.partition}: the source's retention deleted what the replica lacked; "
-                  f"the replica starts over at offset {r.restarted_at}")
+            warn(
+                f"{r.topic}/{r.partition}: the source's retention deleted what the replica lacked; "
+                f"the replica starts over at offset {r.restarted_at}"
+            )
         if r.records:
-            s.info(f"{r.topic}/{r.partition}: copied {count(r.records, 'record')} ({human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}")
+            s.info(
+                f"{r.topic}/{r.partition}: copied {count(r.records, 'record')} ({human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}"
+            )
 
     failed: list[str] = []
 
@@ -102,8 +127,9 @@ def replicate(
             replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
             reports = replicator.replicate(names, on_error=report_error)
     if json_output:
-        print_json({"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports],
-                     "failed": failed})
+        print_json(
+            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports], "failed": failed}
+        )
     else:
         for r in reports:
             announce(r)

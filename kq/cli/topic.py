@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import TopicExists, TopicNotFound
-from .common import KqCommand, bad_parameter, json_flag, partitions_filter, settings, topic_argument
+from .common import KqCommand, bad_parameter, json_option, partitions_option, settings, topic_argument
 from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
 
 app = typer.Typer(
@@ -28,12 +28,50 @@ app = typer.Typer(
 )
 
 # The settings that `topic create` and `topic alter` share, one definition each.
-SegmentBytesOption = Annotated[Optional[str], typer.Option("--segment-bytes", metavar="SIZE", help="Roll segments at this size, e.g. 64M (a new topic's default).")]
-SyncOption = Annotated[Optional[bool], typer.Option("--sync/--no-sync", help="fsync every batch (survives power loss); a new topic's default is --no-sync.")]
-RetentionOption = Annotated[Optional[str], typer.Option("--retention", metavar="DURATION", help="Delete closed segments whose records are all older than this (7d, 12h, none).")]
-RetentionBytesOption = Annotated[Optional[str], typer.Option("--retention-bytes", metavar="SIZE", help="Keep about this much per partition, deleting the oldest closed segments (1G, none).")]
-CleanupOption = Annotated[Optional[str], typer.Option("--cleanup", metavar="delete|compact", help="delete: retention only; compact: also keep just the latest record per key.")]
-TombstoneOption = Annotated[Optional[str], typer.Option("--tombstone-retention", metavar="DURATION", help="With compact: how long a tombstone (null value) survives compaction \\[default: 1d].")]
+SegmentBytesOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--segment-bytes", metavar="SIZE", help="Roll segments at this size, e.g. 64M (a new topic's default)."
+    ),
+]
+SyncOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--sync/--no-sync", help="fsync every batch (survives power loss); a new topic's default is --no-sync."
+    ),
+]
+RetentionOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--retention",
+        metavar="DURATION",
+        help="Delete closed segments whose records are all older than this (7d, 12h, none).",
+    ),
+]
+RetentionBytesOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--retention-bytes",
+        metavar="SIZE",
+        help="Keep about this much per partition, deleting the oldest closed segments (1G, none).",
+    ),
+]
+CleanupOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--cleanup",
+        metavar="delete|compact",
+        help="delete: retention only; compact: also keep just the latest record per key.",
+    ),
+]
+TombstoneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tombstone-retention",
+        metavar="DURATION",
+        help="With compact: how long a tombstone (null value) survives compaction \\[default: 1d].",
+    ),
+]
 
 
 def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
@@ -58,7 +96,7 @@ def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tom
 @app.command("create", cls=KqCommand)
 def topic_create(
     ctx: typer.Context,
-    name: topic_argument("Topic name: 1-249 of [A-Za-z0-9._-].", complete=False),
+    name: str = topic_argument("Topic name: 1-249 of [A-Za-z0-9._-].", complete=False),
     partitions: int = typer.Option(1, "--partitions", help="Number of partitions."),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="Succeed if the topic already exists."),
     segment_bytes: SegmentBytesOption = None,
@@ -92,7 +130,7 @@ def topic_create(
 @app.command("alter", cls=KqCommand)
 def topic_alter(
     ctx: typer.Context,
-    name: topic_argument(),
+    name: str = topic_argument(),
     segment_bytes: SegmentBytesOption = None,
     sync: SyncOption = None,
     retention: RetentionOption = None,
@@ -119,10 +157,15 @@ def topic_alter(
 @app.command("trim", cls=KqCommand)
 def topic_trim(
     ctx: typer.Context,
-    name: topic_argument(),
-    before: str = typer.Option(..., "--before", metavar="OFFSET|@T", help="Delete records before this offset, or before the first record at or after time T."),
-    partition: partitions_filter() = [],
-    json_output: json_flag("A JSON list of {partition, start_offset, segments_deleted, bytes_reclaimed}.") = False,
+    name: str = topic_argument(),
+    before: str = typer.Option(
+        ...,
+        "--before",
+        metavar="OFFSET|@T",
+        help="Delete records before this offset, or before the first record at or after time T.",
+    ),
+    partition: list[int] = partitions_option(),
+    json_output: bool = json_option("A JSON list of {partition, start_offset, segments_deleted, bytes_reclaimed}."),
 ) -> None:
     """Delete records before a point (like kafka-delete-records): the start offset moves there.
 
@@ -141,13 +184,15 @@ def topic_trim(
     if spec.kind not in (ABSOLUTE, TIMESTAMP):
         raise bad_parameter(f"{before!r} is not an offset N or a time @T", "--before")
     rows = s.backend.trim(name, spec, partition or None)
-    emit_rows(rows, ["partition", "start_offset", "segments_deleted", "bytes_reclaimed"], json_output, f"trimmed {name}")
+    emit_rows(
+        rows, ["partition", "start_offset", "segments_deleted", "bytes_reclaimed"], json_output, f"trimmed {name}"
+    )
 
 
 @app.command("list", cls=KqCommand)
 def topic_list(
     ctx: typer.Context,
-    json_output: json_flag("A JSON list of {name, partitions}.") = False,
+    json_output: bool = json_option("A JSON list of {name, partitions}."),
 ) -> None:
     """List topics: one name per line (a table on a terminal).
 
@@ -174,8 +219,14 @@ def topic_list(
             if table:
                 info = s.backend.describe_topic(n)
                 sizes = [p.size for p in info.partitions if p.size is not None]
-                listed.append([n, len(info.partitions), sum(p.messages for p in info.partitions),
-                               human(sum(sizes)) if sizes else None])
+                listed.append(
+                    [
+                        n,
+                        len(info.partitions),
+                        sum(p.messages for p in info.partitions),
+                        human(sum(sizes)) if sizes else None,
+                    ]
+                )
             else:
                 listed.append([n, s.backend.partition_count(n)])
         except (KqError, OSError) as exc:
@@ -197,8 +248,8 @@ def topic_list(
 @app.command("describe", cls=KqCommand)
 def topic_describe(
     ctx: typer.Context,
-    name: topic_argument(),
-    json_output: json_flag("A JSON object: name, partitions (start/end offset, size), config.") = False,
+    name: str = topic_argument(),
+    json_output: bool = json_option("A JSON object: name, partitions (start/end offset, size), config."),
 ) -> None:
     """Show a topic's partitions (start and end offsets, size) and config.
 
@@ -210,16 +261,20 @@ def topic_describe(
     """
     s = settings(ctx)
     info = s.backend.describe_topic(name)
-    rows = [{"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "size": p.size}
-            for p in info.partitions]
+    rows = [
+        {"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "size": p.size}
+        for p in info.partitions
+    ]
     if json_output:
         print_json({"name": info.name, "partitions": rows, "config": info.config})
     elif is_terminal():
         rich_table(
             f"topic {info.name}",
             ["partition", "start_offset", "end_offset", "messages", "size"],
-            [[p.partition, p.start_offset, p.end_offset, p.messages, None if p.size is None else human(p.size)]
-             for p in info.partitions],
+            [
+                [p.partition, p.start_offset, p.end_offset, p.messages, None if p.size is None else human(p.size)]
+                for p in info.partitions
+            ],
         )
         rich_table("config", ["setting", "value"], [[k, setting_text(k, v, True)] for k, v in info.config.items()])
     else:
@@ -228,13 +283,15 @@ def topic_describe(
             print(f"config\t{k}\t{setting_text(k, v, False)}")
         print("partition\tstart_offset\tend_offset\tsize")
         for r in rows:
-            print(f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{'-' if r['size'] is None else r['size']}")
+            print(
+                f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{'-' if r['size'] is None else r['size']}"
+            )
 
 
 @app.command("delete", cls=KqCommand)
 def topic_delete(
     ctx: typer.Context,
-    name: topic_argument(),
+    name: str = topic_argument(),
     if_exists: bool = typer.Option(False, "--if-exists", help="Succeed if the topic does not exist."),
 ) -> None:
     """Delete a topic and all its messages.

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import KqCommand, TopicsArgument, json_flag, settings
+from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import human, print_json
 
 app = typer.Typer()
@@ -12,8 +12,14 @@ app = typer.Typer()
 def verify_command(
     ctx: typer.Context,
     topics: TopicsArgument = None,
-    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed: rebuild indexes, truncate torn tails, move damaged bytes and unreadable offsets files to quarantine files; print each action."),
-    json_output: json_flag("A JSON list of problems: topic, partition, file, position, problem, severity (with --repair also action, repaired).") = False,
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Fix what can be fixed: rebuild indexes, truncate torn tails, move damaged bytes and unreadable offsets files to quarantine files; print each action.",
+    ),
+    json_output: bool = json_option(
+        "A JSON list of problems: topic, partition, file, position, problem, severity (with --repair also action, repaired)."
+    ),
 ) -> None:
     """Check every segment, index and offsets file; exit 0 only when no error is left.
 
@@ -44,7 +50,9 @@ def verify_command(
     if json_output:
         print_json([p.as_dict(with_action=repair) for p in problems])
     counts = verifier.counts
-    outcome = "clean" if not counts[ERROR] + counts[WARNING] else f"{counts[ERROR]} error(s), {counts[WARNING]} warning(s)"
+    outcome = (
+        "clean" if not counts[ERROR] + counts[WARNING] else f"{counts[ERROR]} error(s), {counts[WARNING]} warning(s)"
+    )
     if repair and counts[ERROR]:
         outcome += f"; {verifier.repaired} repaired, {verifier.unrepaired} not"
     s.info(
