@@ -168,7 +168,7 @@ class Broker:
         for name in names:
             if name is None:  # a topic by id: kq topics have none
                 topics.append(T(error_code=codes.UNKNOWN_TOPIC_OR_PARTITION, name=None, topic_id=ZERO_UUID,
-                                is_internal=False, partitions=[], authorized_operations=-2147483648))
+                                is_internal=False, partitions=[]))
                 continue
             error, partitions = codes.NONE, []
             try:
@@ -183,10 +183,10 @@ class Broker:
             except KqError:
                 error = codes.INVALID_TOPIC_EXCEPTION
             topics.append(T(error_code=error, name=name, topic_id=ZERO_UUID, is_internal=False,
-                            partitions=partitions, authorized_operations=-2147483648))
+                            partitions=partitions))
         return R(version=version, throttle_time_ms=0, brokers=self._broker_list(R.MetadataResponseBroker),
                  cluster_id=CLUSTER_ID, controller_id=NODE_ID, topics=topics,
-                 authorized_operations=-2147483648)
+                 authorized_operations=None)
 
     def _topic_for_metadata(self, name: str, auto: bool):
         check_name(name)

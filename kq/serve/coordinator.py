@@ -615,14 +615,14 @@ class Coordinator:
             except KqError as exc:
                 out.append(G(error_code=codes.INVALID_GROUP_ID, error_message=str(exc), group_id=name,
                              group_state="", protocol_type="", protocol_data="", members=[],
-                             authorized_operations=-2147483648))
+                             authorized_operations=None))
                 continue
             group = self.groups.get(name)
             if group is None or not group.members:
                 state = EMPTY if name in known else DEAD
                 out.append(G(error_code=0, error_message=None, group_id=name, group_state=state,
                              protocol_type=CONSUMER if name in known else "", protocol_data="", members=[],
-                             authorized_operations=-2147483648))
+                             authorized_operations=None))
                 continue
             members = [M(member_id=m.id, group_instance_id=m.instance_id, client_id=m.client_id or "",
                          client_host=m.client_host or "", member_metadata=m.metadata(group.protocol or ""),
@@ -631,7 +631,7 @@ class Coordinator:
             out.append(G(error_code=0, error_message=None, group_id=name, group_state=group.state,
                          protocol_type=group.protocol_type or "",
                          protocol_data=group.protocol or "" if group.state == STABLE else "",
-                         members=members, authorized_operations=-2147483648))
+                         members=members))
         return R(version=version, throttle_time_ms=0, groups=out)
 
     async def delete_groups(self, body, version: int):

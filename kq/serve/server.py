@@ -83,7 +83,9 @@ class Server:
         except asyncio.CancelledError:
             pass
         except wire.BadRequest as exc:
-            log.warning("closing connection from %s: %s", _addr(peer), exc)
+            log.info("closing connection from %s: %s", _addr(peer), exc)
+        except Exception as exc:  # a bug: one connection ends, the server goes on
+            log.exception("closing connection from %s after an internal error: %s", _addr(peer), exc)
         finally:
             self._connections.discard(task)
             self._busy.discard(task)
