@@ -16,6 +16,7 @@ import queue
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -368,3 +369,62 @@ def kq_records(run_kq, topic: str) -> list[dict]:
                             None if obj["value"] is None else obj["value"].encode(),
                             [(k, v.encode()) for k, v in obj["headers"].items()], obj["timestamp"]))
     return sorted(rows, key=lambda r: (r["partition"], r["offset"]))
+
+
+# ---------------------------------------------------------------- raw protocol
+
+def connect(port: int, timeout: float = 10) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def send_request(sock: socket.socket, request, correlation_id: int = 1, client_id: str = "test") -> None:
+    """Send a kafka.protocol request object (made with version=...)."""
+    request.with_header(correlation_id=correlation_id, client_id=client_id)
+    sock.sendall(bytes(request.encode(header=True, framed=True)))
+
+
+def read_frame(sock: socket.socket) -> bytes | None:
+    """One response frame (without its size), or None if the server closed the connection."""
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (size,) = struct.unpack(">i", head)
+    return _read_exactly(sock, size)
+
+
+def _read_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def roundtrip(port: int, request, response_cls, correlation_id: int = 1):
+    """Send one request on a new connection and decode the response at the request's version."""
+    with connect(port) as sock:
+        send_request(sock, request, correlation_id)
+        frame = read_frame(sock)
+    assert frame is not None, "the server closed the connection"
+    return response_cls.decode(frame, version=request.API_VERSION, header=True)
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 10) -> bool:
+    """True once the server has closed ``sock`` (reads EOF or a reset)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
