@@ -329,7 +329,7 @@ class Coordinator:
         return topics
 
     def _kq_share(self, group: Group) -> dict[str, set[int]]:
-        """Join kq's group on each subscribed topic and claim this server's share; what it holds."""
+        """Join kq's group on each subscribed topic and claim this server's share; what Kafka members may have."""
         held: dict[str, set[int]] = {}
         for topic in self._subscribed(group):
             try:
@@ -343,12 +343,15 @@ class Coordinator:
                     member = self.storage.member(group.id, topic)
                     member.join()
                     group.kq_members[topic] = member
-                for p in sorted(member.assignment(count) - member.owned):
+                share = member.assignment(count)
+                for p in sorted(share - member.owned):
                     member.claim(p)
             except (KqError, OSError) as exc:
                 self.on_error(exc)
                 continue
-            held[topic] = set(member.owned)
+            # Held partitions outside the share are kq members' now: this
+            # generation goes without them, and then they are let go.
+            held[topic] = member.owned & share
         for topic in [t for t in group.kq_members if t not in held]:
             group.kq_members.pop(topic).leave()
         return held
