@@ -153,7 +153,7 @@ def main() -> None:
         print(json.dumps({"medians": medians, "runs": results}, indent=2))
         return
     import confluent_kafka
-    print(f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), {args.messages:,} messages of 100 B, "
+    print(f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]}), {args.messages:,} messages of 100 B, "
           f"one partition, median of {args.runs} runs ({time.strftime('%Y-%m-%d')})\n")
     print("| broker | produce msg/s | consume msg/s | latency p50 ms | latency p99 ms |")
     print("|---|---:|---:|---:|---:|")
