@@ -96,12 +96,13 @@ def test_keyed_produce_lands_where_kq_produce_puts_the_key(client, server, run_k
     assert all(len(parts) == 1 for parts in by_key.values()), by_key
 
 
-@pytest.mark.parametrize("client", client_params(["confluent", "kafka-python", "aiokafka"]))
+@pytest.mark.parametrize("client", client_params())
 def test_idempotent_producer_stores_each_record_once(client, server, run_kq):
     run_kq("topic", "create", "idem")
     batch = [{"key": b"k", "value": f"v{i}".encode()} for i in range(200)]
     got = produce(client, server.bootstrap, "idem", batch, acks="all", compression="lz4", idempotent=True)
-    assert [o for _, o in got] == list(range(200))
+    if client != "kcat":  # kcat reports no offsets
+        assert [o for _, o in got] == list(range(200))
     assert [r["value"] for r in kq_records(run_kq, "idem")] == [r["value"] for r in batch]
 
 
