@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from conftest import wait_for
 from serve_support import KqServer, connect, produce, read_frame
 
 pytest.importorskip("confluent_kafka")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import KQ, wait_for
+from conftest import wait_for
 from serve_support import KCAT, KqServer, client_params, needs_kcat, produce
 
 pytest.importorskip("confluent_kafka")

@@ -19,7 +19,7 @@ from . import codes, records, wire
 from .admin import Admin
 from .coordinator import Coordinator
 from .producers import Duplicate, ProducerState, SequenceError
-from .storage import KqError, Storage, TopicNotFound, check_name
+from .storage import KqError, MessageTooLarge, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
 
@@ -286,9 +286,11 @@ class Broker:
             return codes.CORRUPT_MESSAGE, -1, str(exc)
         except SequenceError as exc:
             return exc.code, -1, str(exc)
-        except KqError as exc:  # MessageTooLarge, a corrupt log
-            code = codes.MESSAGE_TOO_LARGE if type(exc).__name__ == "MessageTooLarge" else codes.KAFKA_STORAGE_ERROR
-            return code, -1, str(exc)
+        except MessageTooLarge as exc:
+            return codes.MESSAGE_TOO_LARGE, -1, str(exc)
+        except KqError as exc:  # a corrupt log, an unreadable topic
+            self.storage_error(exc)
+            return codes.KAFKA_STORAGE_ERROR, -1, str(exc)
         except OSError as exc:
             self.storage_error(exc)
             return codes.KAFKA_STORAGE_ERROR, -1, f"{exc.strerror or exc}"

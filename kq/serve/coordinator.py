@@ -35,7 +35,7 @@ from kafka.protocol.consumer import (
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
 from . import codes
-from .storage import KqError, Storage, TopicNotFound, check_name
+from .storage import GroupNotFound, InvalidName, KqError, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
 
@@ -55,7 +55,7 @@ def _decode_versioned(cls, data: bytes):
     (version,) = struct.unpack_from(">h", data)
     if version < 0:
         raise ValueError(f"consumer protocol version {version}")
-    known = min(version, cls.max_version if hasattr(cls, "max_version") else 3)
+    known = min(version, cls.valid_versions[1])
     patched = struct.pack(">h", known) + bytes(data[2:])
     return cls.decode(patched, version=known), known
 
@@ -650,12 +650,11 @@ class Coordinator:
                 else:
                     self.storage.delete_group(name)
                     self.groups.pop(name, None)
-            except KqError as exc:
-                if type(exc).__name__ == "GroupNotFound":
-                    code = codes.GROUP_ID_NOT_FOUND
-                elif type(exc).__name__ == "InvalidName":
-                    code = codes.INVALID_GROUP_ID
-                else:  # live `kq consume -g` members
-                    code = codes.NON_EMPTY_GROUP
+            except GroupNotFound:
+                code = codes.GROUP_ID_NOT_FOUND
+            except InvalidName:
+                code = codes.INVALID_GROUP_ID
+            except KqError:  # live `kq consume -g` members
+                code = codes.NON_EMPTY_GROUP
             out.append(R.DeletableGroupResult(group_id=name, error_code=code))
         return R(version=version, throttle_time_ms=0, results=out)

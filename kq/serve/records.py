@@ -86,19 +86,6 @@ def _decompress(kind: int, data: memoryview) -> bytes:
     return out
 
 
-def compress(kind: int, data: bytes) -> bytes:
-    """Compress a batch's records the way Kafka does (``kafka.codec``)."""
-    if kind == GZIP:
-        return codec.gzip_encode(data)
-    if kind == SNAPPY:
-        return codec.snappy_encode(data)
-    if kind == LZ4:
-        return codec.lz4_encode(data)
-    if kind == ZSTD:
-        return codec.zstd_encode(data)
-    raise UnsupportedBatch(f"unknown compression codec {kind}")
-
-
 def _varint(buf, pos: int) -> tuple[int, int]:
     """A zigzag varint of up to 10 bytes at ``pos``: (value, position after)."""
     shift = result = 0

@@ -12,11 +12,13 @@ import os
 import time
 
 from ..datadir import DataDir
-from ..errors import KqError, TopicExists, TopicNotFound
+from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
 from ..group import Groups, Member
 from ..names import check_name
 
-__all__ = ["Storage", "KqError", "TopicExists", "TopicNotFound", "check_name"]
+# The engine's errors and name check, for the rest of kq/serve.
+__all__ = ["Storage", "GroupNotFound", "InvalidName", "KqError", "MessageTooLarge", "TopicExists",
+           "TopicNotFound", "check_name"]
 
 # A cached Topic is looked at again after this long: `kq topic delete` and
 # `kq topic create` in another process change what a name means.
