@@ -1327,7 +1327,7 @@ def serve(
     consume -g` and `kq offsets` work on the same directory at the same time.
     There is no authentication: anyone who can reach the port can read and
     write every topic, so it listens on loopback unless told otherwise.
-    Needs the Kafka extra: pip install 'kq[kafka]'.
+    Needs the Kafka extra: pip install 'kq\\[kafka]'.
 
     [bold]Examples[/bold]
 
