@@ -1338,14 +1338,13 @@ def serve(
       kq --data-dir /srv/kq serve --listen 0.0.0.0:9092 --advertise myhost:9092
     """
     import errno
+    import socket
 
     from .serve import INSTALL_HINT, missing_dependency
 
     host, port = _host_port(listen, "--listen")
     adv_host, adv_port = _host_port(advertise, "--advertise") if advertise else (host, None)
     if advertise is None and host in ("0.0.0.0", "::", ""):
-        import socket
-
         adv_host = socket.gethostname()
     missing = missing_dependency()
     if missing is not None:
@@ -1370,7 +1369,7 @@ def serve(
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise KqError(f"cannot listen on {listen}: the address is already in use") from None
-        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES) or isinstance(exc, __import__("socket").gaierror):
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES) or isinstance(exc, socket.gaierror):
             raise KqError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
         raise
     except KeyboardInterrupt:  # a second signal during shutdown
