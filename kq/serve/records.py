@@ -187,11 +187,11 @@ def _decode_records(buf, count: int, base_ts: int):
         else:
             delta, pos = _varint(buf, pos)
             timestamps[i] = base_ts + delta
-        # offset delta: kq gives offsets in order, whatever the producer wrote
-        if buf[pos] < 0x80:
+        # offset delta: kq gives offsets in order, whatever the producer wrote,
+        # so its bytes are only skipped (the record length check catches a bad one)
+        while buf[pos] >= 0x80:
             pos += 1
-        else:
-            _, pos = _varint(buf, pos)
+        pos += 1
         # key
         b = buf[pos]
         if b == 1:  # -1: null
