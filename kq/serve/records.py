@@ -296,6 +296,13 @@ def encode_records(values, keys, headers, timestamps, base_ts: int, offset_delta
     ``timestamps`` None means every record has ``base_ts``; ``offset_deltas``
     None means the offsets follow each other from the batch's base.
     """
+    if keys is None and headers is None and offset_deltas is None and len(values) < _TABLE_SIZE:
+        try:
+            plain = max(map(len, values)) < _TABLE_SIZE - 32
+        except TypeError:  # a null value
+            plain = False
+        if plain:
+            return _encode_plain(values, timestamps, base_ts)
     table = VARINT
     size = _TABLE_SIZE
     zigzag = _zigzag
@@ -327,6 +334,36 @@ def encode_records(values, keys, headers, timestamps, base_ts: int, offset_delta
         n = len(body)
         append(table[n] if n < size else zigzag(n))
         append(body)
+    return b"".join(parts)
+
+
+def _encode_plain(values, timestamps, base_ts: int) -> bytes:
+    """``encode_records`` for the common case: values only (no keys, headers or nulls), few and short.
+
+    Each record's pieces go into one list joined once, and its length is
+    summed from theirs instead of joining the record first.
+    """
+    table = VARINT
+    parts: list = []
+    extend = parts.extend
+    if timestamps is None:
+        for i, value in enumerate(values):
+            n = len(value)
+            o = table[i]
+            v = table[n]
+            # attributes, timestamp delta 0, offset delta, null key, value, no headers
+            extend((table[4 + len(o) + len(v) + n], b"\x00\x00", o, b"\x01", v, value, b"\x00"))
+        return b"".join(parts)
+    size = _TABLE_SIZE
+    zigzag = _zigzag
+    for i, value in enumerate(values):
+        n = len(value)
+        d = timestamps[i] - base_ts
+        t = table[d] if 0 <= d < size else zigzag(d)
+        o = table[i]
+        v = table[n]
+        length = 3 + len(t) + len(o) + len(v) + n
+        extend((table[length] if length < size else zigzag(length), b"\x00", t, o, b"\x01", v, value, b"\x00"))
     return b"".join(parts)
 
 
