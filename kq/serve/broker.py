@@ -27,9 +27,12 @@ NODE_ID = 0
 CLUSTER_ID = "kq"
 MAX_FETCH_RESPONSE_BYTES = 64 * 1024 * 1024  # whatever a client asks for
 # How often partitions with waiting consumers are looked at for records that
-# another process (`kq produce`) appended; appends through this server wake
-# waiters at once.
+# another process (`kq produce`) appended, while such records flow and after
+# a quiet second (as `kq consume -f` does); appends through this server
+# wake waiters at once.
 EXTERNAL_POLL_SECONDS = 0.005
+EXTERNAL_IDLE_POLL_SECONDS = 0.04
+QUIET_SECONDS = 1.0
 ZERO_UUID = uuid.UUID(int=0)
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
@@ -52,6 +55,7 @@ class Waiters:
         self._waiting: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._ends: dict[tuple[str, int], int] = {}
         self._watcher: asyncio.Task | None = None
+        self._last_change = 0.0  # when the watcher last saw another process append
 
     def appended(self, topic: str, partition: int) -> None:
         for fut in self._waiting.pop((topic, partition), ()):
@@ -82,13 +86,15 @@ class Waiters:
     async def _watch(self) -> None:
         """While anyone waits, look for appends made by other processes."""
         while self._waiting:
-            await asyncio.sleep(EXTERNAL_POLL_SECONDS)
+            quiet = time.monotonic() - self._last_change > QUIET_SECONDS
+            await asyncio.sleep(EXTERNAL_IDLE_POLL_SECONDS if quiet else EXTERNAL_POLL_SECONDS)
             for key in list(self._waiting):
                 try:
                     end = self.storage.end_offset(*key)
                 except (KqError, OSError):
                     end = None  # deleted: wake the waiters, who will see the error
                 if end is None or end != self._ends.get(key, end):
+                    self._last_change = time.monotonic()
                     self.appended(*key)
 
     def close(self) -> None:
