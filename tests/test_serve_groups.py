@@ -292,3 +292,21 @@ def test_kafka_python_admin_lists_describes_and_deletes_groups(server, run_kq):
     finally:
         admin.close()
     assert "kg" not in run_kq("group", "list").stdout.decode()
+
+
+def test_a_group_resumes_at_its_commits_after_the_server_is_killed_and_restarted(data_dir, run_kq):
+    run_kq("topic", "create", "rs", "--partitions", "2")
+    first = KqServer(data_dir)
+    try:
+        produce("confluent", first.bootstrap, "rs", [{"value": f"a{i}".encode(), "partition": i % 2} for i in range(8)])
+        assert len(_group_read("confluent", first.bootstrap, "rs", "survivor", 8)) == 8
+    finally:
+        first.proc.send_signal(signal.SIGKILL)
+        first.kill()
+    second = KqServer(data_dir)
+    try:
+        produce("confluent", second.bootstrap, "rs", [{"value": b"after", "partition": 1}])
+        again = _group_read("kafka-python", second.bootstrap, "rs", "survivor", 1)
+        assert [(p, o, v) for p, o, v in again] == [(1, 4, b"after")]
+    finally:
+        second.kill()
