@@ -86,10 +86,10 @@ class _Lines:
 class KqServer:
     """``kq --data-dir DATA serve --listen 127.0.0.1:0 ...`` until stopped."""
 
-    def __init__(self, data_dir: str, *args: str, env: dict | None = None):
+    def __init__(self, data_dir: str, *args: str, env: dict | None = None, wrapper: list[str] | None = None):
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            KQ + ["--data-dir", data_dir, "serve", "--listen", "127.0.0.1:0", *args],
+            (wrapper or []) + KQ + ["--data-dir", data_dir, "serve", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
         )
         self.stderr = _Lines(self.proc.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -255,3 +256,23 @@ def test_a_running_server_survives_a_stream_of_mutated_requests(server):
     produce("confluent", server.bootstrap, "after-fuzz", [{"value": b"still here"}])
     assert server.proc.poll() is None
     assert "Traceback" not in "".join(server.stderr.seen)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (Debian: apt-get install strace)")
+@pytest.mark.parametrize("sync", [False, True])
+def test_sync_fdatasyncs_every_produced_batch_before_acknowledging_it(data_dir, run_kq, tmp_path, sync):
+    run_kq("topic", "create", "synced")
+    trace = tmp_path / "trace"
+    server = KqServer(data_dir, *(["--sync"] if sync else []),
+                      wrapper=["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(trace)])
+    try:
+        for i in range(5):  # five requests, one batch each
+            produce("confluent", server.bootstrap, "synced", [{"value": b"v%d" % i, "partition": 0}], acks="all")
+        # Stop kq serve itself (strace's child); strace ends with it.
+        child = int(open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()[0])
+        os.kill(child, signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+    finally:
+        server.kill()
+    calls = [line for line in trace.read_text().splitlines() if "fdatasync(" in line]
+    assert len(calls) >= 5 if sync else not calls, calls
