@@ -259,11 +259,11 @@ def test_a_running_server_survives_a_stream_of_mutated_requests(server):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (Debian: apt-get install strace)")
-@pytest.mark.parametrize("sync", [False, True])
+@pytest.mark.parametrize("sync", ["no", "kq serve --sync", "kq topic create --sync"])
 def test_sync_fdatasyncs_every_produced_batch_before_acknowledging_it(data_dir, run_kq, tmp_path, sync):
-    run_kq("topic", "create", "synced")
+    run_kq("topic", "create", "synced", *(["--sync"] if sync == "kq topic create --sync" else []))
     trace = tmp_path / "trace"
-    server = KqServer(data_dir, *(["--sync"] if sync else []),
+    server = KqServer(data_dir, *(["--sync"] if sync == "kq serve --sync" else []),
                       wrapper=["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(trace)])
     try:
         for i in range(5):  # five requests, one batch each
@@ -275,4 +275,4 @@ def test_sync_fdatasyncs_every_produced_batch_before_acknowledging_it(data_dir, 
     finally:
         server.kill()
     calls = [line for line in trace.read_text().splitlines() if "fdatasync(" in line]
-    assert len(calls) >= 5 if sync else not calls, calls
+    assert len(calls) >= 5 if sync != "no" else not calls, calls
