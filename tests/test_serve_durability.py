@@ -265,14 +265,18 @@ def test_sync_fdatasyncs_every_produced_batch_before_acknowledging_it(data_dir, 
     trace = tmp_path / "trace"
     server = KqServer(data_dir, *(["--sync"] if sync == "kq serve --sync" else []),
                       wrapper=["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(trace)])
+    # kq serve itself is strace's child: it is the one to stop (strace ends with it).
+    child = int(open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()[0])
     try:
         for i in range(5):  # five requests, one batch each
             produce("confluent", server.bootstrap, "synced", [{"value": b"v%d" % i, "partition": 0}], acks="all")
-        # Stop kq serve itself (strace's child); strace ends with it.
-        child = int(open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()[0])
         os.kill(child, signal.SIGTERM)
         assert server.proc.wait(20) == 0
     finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         server.kill()
     calls = [line for line in trace.read_text().splitlines() if "fdatasync(" in line]
     assert len(calls) >= 5 if sync != "no" else not calls, calls
