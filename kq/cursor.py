@@ -119,10 +119,11 @@ class Cursor:
 
     def _note_skip(self) -> None:
         """After moving to a later segment: were records deleted before the cursor got to them?"""
-        if self._base > self.offset:
-            start = self.partition.start_offset()
-            if start > self.offset:
-                self.skipped.append((self.offset, start))
+        if self._base > self.offset and self.partition.start_offset() > self.offset:
+            # What lies between where it was and the segment it opened is gone.
+            # (Not up to the start offset now: retention may have deleted the
+            # opened segment too since, and the cursor still reads it.)
+            self.skipped.append((self.offset, self._base))
 
     def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
         """Decoded batches that end after ``offset``, up to about ``max_bytes``.

@@ -27,6 +27,7 @@ COMMANDS = {
     "maintain": "maintain",
     "verify": "verify",
     "bench": "bench",
+    "serve": "serve",
 }
 
 

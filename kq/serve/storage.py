@@ -1,0 +1,218 @@
+"""Every call kq serve makes into kq's storage engine, in one place.
+
+The engine's internals are being redesigned behind a backend interface
+(issue #13); keeping the server's use of it to this module, and to a few
+documented calls (DataDir, Topic, Partition, Cursor, Groups, Member), is
+what lets that change leave the rest of kq/serve alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..datadir import DataDir
+from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
+from ..group import Groups, Member
+from ..names import check_name
+
+# The engine's errors and name check, for the rest of kq/serve.
+__all__ = [
+    "Storage",
+    "GroupNotFound",
+    "InvalidName",
+    "KqError",
+    "MessageTooLarge",
+    "TopicExists",
+    "TopicNotFound",
+    "check_name",
+]
+
+# A cached Topic is looked at again after this long: `kq topic delete` and
+# `kq topic create` in another process change what a name means.
+TOPIC_RECHECK_SECONDS = 1.0
+MAX_READERS = 1024  # open cursors kept for consumers that come back for more
+
+
+class Storage:
+    """A data directory as kq serve sees it: topics, partitions, groups."""
+
+    def __init__(self, path: str | None, sync: bool = False):
+        self.data = DataDir(path)
+        self.path = self.data.path
+        self.sync = sync  # --sync: every partition fdatasyncs each batch
+        self.groups = Groups(self.data)
+        self._topics: dict[str, tuple] = {}  # name -> (Topic, directory inode, checked at)
+        self._readers: dict[tuple, object] = {}  # (topic, partition, next offset) -> Cursor
+
+    # ------------------------------------------------------------------ topics
+
+    def ensure(self) -> None:
+        self.data.ensure()
+
+    def topic_names(self) -> list[str]:
+        return self.data.topic_names()
+
+    def topic(self, name: str):
+        """The Topic called ``name`` (TopicNotFound, InvalidName)."""
+        now = time.monotonic()
+        cached = self._topics.get(name)
+        if cached is not None:
+            topic, inode, checked = cached
+            if now - checked < TOPIC_RECHECK_SECONDS:
+                return topic
+            if _inode(topic.path) == inode:
+                self._topics[name] = (topic, inode, now)
+                return topic
+            self._forget(name)
+        topic = self.data.topic(name)
+        if self.sync:
+            for number in range(topic.partition_count):
+                topic.partition(number).sync = True
+        self._topics[name] = (topic, _inode(topic.path), now)
+        return topic
+
+    def _forget(self, name: str) -> None:
+        cached = self._topics.pop(name, None)
+        if cached is not None:
+            cached[0].close()
+        for key in [k for k in self._readers if k[0] == name]:
+            self._readers.pop(key).close()
+
+    def create_topic(self, name: str, partitions: int, config: dict | None = None):
+        self._forget(name)
+        self.data.create_topic(name, partitions, config)
+        return self.topic(name)
+
+    def delete_topic(self, name: str) -> None:
+        self._forget(name)
+        self.data.delete_topic(name)
+
+    def topic_config(self, name: str) -> dict:
+        return dict(self.topic(name).config)
+
+    # ------------------------------------------------------------------ partitions
+
+    def append(self, topic: str, partition: int, values, keys, headers, timestamps) -> tuple[int, int]:
+        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
+        part = self.topic(topic).partition(partition)
+        try:
+            return part.append(values, keys=keys, headers=headers, timestamps=timestamps)
+        except FileNotFoundError:
+            # The topic was deleted (and maybe created again) under us.
+            self._forget(topic)
+            raise
+
+    def offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        """(log start offset, high watermark) of a partition."""
+        part = self.topic(topic).partition(partition)
+        return part.start_offset(), part.end_offset()
+
+    def end_offset(self, topic: str, partition: int) -> int:
+        return self.topic(topic).partition(partition).end_offset()
+
+    def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record at or after ``timestamp``; None if there is none."""
+        part = self.topic(topic).partition(partition)
+        offset = part.offset_for_timestamp(timestamp)
+        if offset >= part.end_offset():
+            return None
+        return offset, self._timestamp_at(part, offset)
+
+    def max_timestamp_offset(self, topic: str, partition: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp (the first of equals)."""
+        part = self.topic(topic).partition(partition)
+        best = None
+        cursor = part.cursor(part.start_offset())
+        try:
+            while True:
+                batches = cursor.poll()
+                if not batches:
+                    return best
+                for b in batches:
+                    if best is None or b.max_timestamp > best[1]:
+                        for off, ts in zip(b.offsets(), b.timestamps()):
+                            if ts == b.max_timestamp:
+                                best = (off, ts)
+                                break
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _timestamp_at(part, offset: int) -> int:
+        cursor = part.cursor(offset)
+        try:
+            for b in cursor.poll(max_bytes=1):
+                for off, ts in zip(b.offsets(), b.timestamps()):
+                    if off >= offset:
+                        return ts
+        finally:
+            cursor.close()
+        return -1
+
+    def read(self, topic: str, partition: int, offset: int, max_bytes: int) -> list:
+        """Decoded kq batches from the one holding ``offset`` on, about ``max_bytes`` of them.
+
+        A cursor that ended where a consumer asks next is reused, so a
+        consumer reading on costs no seek.
+        """
+        part = self.topic(topic).partition(partition)
+        cursor = self._readers.pop((topic, partition, offset), None)
+        if cursor is None:
+            cursor = part.cursor(offset)
+        try:
+            batches = cursor.poll(max_bytes=max_bytes)
+        except BaseException:
+            cursor.close()
+            raise
+        self._readers[(topic, partition, cursor.offset)] = cursor
+        while len(self._readers) > MAX_READERS:
+            self._readers.pop(next(iter(self._readers))).close()
+        return batches
+
+    # ------------------------------------------------------------------ groups
+
+    def group_names(self) -> list[str]:
+        return self.groups.names()
+
+    def group_topics(self, group: str) -> list[str]:
+        return self.groups.topics(group)
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        return self.groups.committed(group, topic)
+
+    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
+        self.groups.commit(group, topic, partition, offset)
+
+    def delete_group(self, group: str) -> None:
+        self.groups.delete(group)
+
+    def group_exists(self, group: str) -> bool:
+        return group in self.groups.names()
+
+    def kq_members(self, group: str, topic: str) -> list[dict]:
+        return self.groups.members(group, topic)
+
+    def claim_owners(self, group: str, topic: str) -> dict[int, str]:
+        return self.groups.owners(group, topic)
+
+    def member(self, group: str, topic: str) -> Member:
+        """A kq group member (not yet joined) through which the server holds partitions."""
+        return Member(self.groups, group, topic)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        for cursor in self._readers.values():
+            cursor.close()
+        self._readers.clear()
+        for topic, _, _ in self._topics.values():
+            topic.close()
+        self._topics.clear()
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
