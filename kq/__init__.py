@@ -8,6 +8,10 @@
     >>> [r.value for r in topic.partition(0).read()]
     [b'hello', b'world']
 
+The ``kq`` command works through a backend (kq.backends): ``kq.open_backend(DIR)``
+for a data directory, ``kq.open_backend(brokers="HOST:PORT")`` for a Kafka
+cluster (with the ``kafka`` extra), each with the same methods.
+
 The library imports neither typer nor rich; the ``kq`` command (kq.cli) is a
 thin layer over it. Names are imported on first use, so that ``import kq``
 (and the command's start-up) stays cheap.
@@ -43,6 +47,7 @@ _EXPORTS = {
     "Producer": "producer",
     "Replicator": "replicate",
     "Topic": "topic",
+    "open_backend": "backends",
 }
 
 __all__ = sorted(_EXPORTS)

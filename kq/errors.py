@@ -156,6 +156,25 @@ class NotRegularFile(CorruptFile):
         self.reason = f"a {kind}, not a regular file"
 
 
+class ClusterError(KqError):
+    """A Kafka cluster refused a request, or could not be reached; ``reason`` is the cluster's or the client's."""
+
+    def __init__(self, cluster: str, reason: str):
+        super().__init__(f"Kafka cluster {cluster}: {reason}")
+        self.cluster = cluster
+        self.reason = reason
+
+
+class MissingDependency(KqError):
+    """An optional library that a feature needs is not installed."""
+
+    def __init__(self, feature: str, library: str, extra: str):
+        super().__init__(
+            f"{feature} needs {library}: pip install 'kq-log[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+        )
+        self.library = library
+
+
 class UnsupportedFormat(KqError):
     """A data directory or file written by a newer kq."""
 

@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+# The brokers (kq serve, Tansu) and the `place` fixture of the suites that run one command line at three places.
+from cluster_support import kq_serve_cluster, place, tansu_cluster  # noqa: F401
+
 KQ = [sys.executable, "-m", "kq"]
 
 

@@ -162,8 +162,16 @@ class Backend(ABC):
         """The first offset whose record's timestamp is >= ``timestamp`` (the end offset if none)."""
 
     @abstractmethod
-    def producer(self, topic: str, partition: int | None = None, sync: bool = False) -> Producer:
-        """A producer for an existing topic; ``partition`` pins every record there."""
+    def producer(
+        self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False
+    ) -> Producer:
+        """A producer for an existing topic; ``partition`` pins every record there.
+
+        ``idempotent``: no record is written twice by a retry and each
+        partition's records land in the order sent, so that what landed is
+        always a prefix of what was sent (a data directory's appends always
+        are; a cluster's producer gets a producer id for it).
+        """
 
     @abstractmethod
     def reader(

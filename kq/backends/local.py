@@ -98,8 +98,10 @@ class LocalBackend(Backend):
     def offset_for_timestamp(self, topic: str, partition: int, timestamp: int) -> int:
         return self.topic(topic).partition(partition).offset_for_timestamp(timestamp)
 
-    def producer(self, topic: str, partition: int | None = None, sync: bool = False) -> Producer:
-        t = self.topic(topic)
+    def producer(
+        self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False
+    ) -> Producer:
+        t = self.topic(topic)  # appends never repeat or reorder a record: ``idempotent`` holds as is
         if sync:
             t.sync_every_batch()
         # In the background: the next batch is read and packed while one is written.

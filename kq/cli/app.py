@@ -108,6 +108,30 @@ def root(
         help="Data directory \\[default: $KQ_DATA_DIR, else $XDG_DATA_HOME/kq, else ~/.local/share/kq].",
         show_default=False,
     ),
+    brokers: Optional[str] = typer.Option(
+        None,
+        "-b",
+        "--brokers",
+        metavar="HOST:PORT[,...]",
+        envvar="KQ_BROKERS",
+        help="Work on this Kafka cluster instead of the data directory. Needs pip install 'kq-log\\[kafka]'.",
+        show_default=False,
+    ),
+    kafka_settings: list[str] = typer.Option(
+        [],
+        "-X",
+        metavar="KEY=VALUE",
+        help="A librdkafka client setting for the cluster (repeatable), e.g. -X security.protocol=SASL_SSL.",
+        show_default=False,
+    ),
+    kafka_config: Optional[str] = typer.Option(
+        None,
+        "--kafka-config",
+        metavar="FILE",
+        envvar="KQ_KAFKA_CONFIG",
+        help="Read librdkafka client settings from FILE, one KEY=VALUE a line; -X wins.",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No informational messages on stderr."),
     no_color: bool = typer.Option(
         False,
@@ -120,7 +144,7 @@ def root(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    settings = ctx.obj = Settings(data_dir, quiet)
+    settings = ctx.obj = Settings(data_dir, quiet, brokers, kafka_settings, kafka_config)
     ctx.call_on_close(settings.close)
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())

@@ -1,7 +1,8 @@
 """What every command shares: the run's settings, option definitions, completion callbacks.
 
 Imported by every command module, so it imports nothing heavy: typer and the
-standard library only (completion reads directory entries through kq.location).
+standard library only (completion reads directory entries through kq.location,
+or asks the Kafka cluster that -b names, within COMPLETION_TIMEOUT_MS).
 """
 
 import os
@@ -32,17 +33,36 @@ class KqCommand(TyperCommand):
 class Settings:
     """The global options of this run, and the backend they choose (opened on first use)."""
 
-    def __init__(self, data_dir: Optional[str], quiet: bool):
+    def __init__(
+        self,
+        data_dir: Optional[str],
+        quiet: bool,
+        brokers: Optional[str] = None,
+        kafka_settings: Optional[list[str]] = None,
+        kafka_config: Optional[str] = None,
+    ):
         self.data_dir_path = data_dir
         self.quiet = quiet
+        self.brokers = brokers or None
+        self.kafka_settings = list(kafka_settings or [])
+        self.kafka_config = kafka_config or None
         self._backend = None
+
+    def client_settings(self) -> dict:
+        """The librdkafka settings of this run (--kafka-config FILE, then each -X)."""
+        from ..backends.kafka_settings import client_settings
+
+        return client_settings(self.kafka_settings, self.kafka_config, label="-X")
 
     @property
     def backend(self):
         if self._backend is None:
             from ..backends import open_backend
 
-            self._backend = open_backend(self.data_dir_path)
+            if self.brokers:
+                self._backend = open_backend(None, self.brokers, self.client_settings())
+            else:
+                self._backend = open_backend(self.data_dir_path)
         return self._backend
 
     def data_dir(self, command: str):
@@ -79,7 +99,8 @@ def _completer(candidates):
     """A completion callback that filters by prefix and never fails into the shell.
 
     Completion runs on every Tab press: it only reads directory entries (see
-    kq.location) and must never print an error or write to the data directory.
+    kq.location), or asks a cluster with a short timeout, and must never
+    print an error or write to the data directory.
     """
 
     def complete(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -91,16 +112,35 @@ def _completer(candidates):
     return complete
 
 
+# A Tab press waits at most this long for a Kafka cluster (a dead one offers nothing).
+COMPLETION_TIMEOUT_MS = 1000
+
+
+def _cluster(ctx: typer.Context):
+    """The Kafka cluster the command line names (-b or KQ_BROKERS), or None for a data directory."""
+    params = ctx.find_root().params
+    if not params.get("brokers"):
+        return None
+    from ..backends.kafka import KafkaBackend
+    from ..backends.kafka_settings import client_settings
+
+    settings = client_settings(params.get("kafka_settings"), params.get("kafka_config"), label="-X")
+    settings["socket.timeout.ms"] = str(COMPLETION_TIMEOUT_MS)
+    return KafkaBackend(params["brokers"], settings)
+
+
 def _topic_candidates(ctx):
     from ..location import topic_names
 
-    return topic_names(_data_path(ctx))
+    cluster = _cluster(ctx)
+    return cluster.topic_names() if cluster is not None else topic_names(_data_path(ctx))
 
 
 def _group_candidates(ctx):
     from ..location import group_names
 
-    return group_names(_data_path(ctx))
+    cluster = _cluster(ctx)
+    return cluster.group_names() if cluster is not None else group_names(_data_path(ctx))
 
 
 def _partition_candidates(ctx):
@@ -109,7 +149,9 @@ def _partition_candidates(ctx):
     # While an option's value is being completed, click leaves the positional
     # arguments unparsed in ctx.args.
     topic = ctx.params.get("topic") or ctx.params.get("name") or (ctx.args[0] if ctx.args else "")
-    return [str(p) for p in range(partition_count(_data_path(ctx), topic))]
+    cluster = _cluster(ctx)
+    count = cluster.partition_count(topic) if cluster is not None else partition_count(_data_path(ctx), topic)
+    return [str(p) for p in range(count)]
 
 
 complete_topic = _completer(_topic_candidates)

@@ -1,25 +1,27 @@
-"""Topic administration: CreateTopics, DeleteTopics, DescribeConfigs.
+"""Topic administration: CreateTopics, DeleteTopics, DescribeConfigs, IncrementalAlterConfigs,
+CreatePartitions, DeleteRecords.
 
-kq's topic settings under their Kafka names (the only configs a kq topic has):
-
-    segment.bytes        segment_bytes
-    retention.ms         retention_ms (-1: keep forever)
-    retention.bytes      retention_bytes (-1: no limit)
-    cleanup.policy       cleanup (delete | compact)
-    delete.retention.ms  tombstone_retention_ms
-    flush.messages       sync (1: fdatasync every batch; otherwise the maximum, as Kafka's default)
+kq's topic settings go by their Kafka names (kq.backends.kafka_settings
+holds the table, which the Kafka-cluster backend shares).
 """
 
 from __future__ import annotations
 
-from kafka.protocol.admin import CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse
+from kafka.protocol.admin import (
+    CreatePartitionsResponse,
+    CreateTopicsResponse,
+    DeleteRecordsResponse,
+    DeleteTopicsResponse,
+    DescribeConfigsResponse,
+    IncrementalAlterConfigsResponse,
+)
 
+from ..backends.kafka_settings import KQ_NAMES, kafka_configs, kq_config
 from . import codes
 from .storage import KqError, Storage, TopicExists, TopicNotFound, check_name
 
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
-NO_LIMIT = 9223372036854775807  # Kafka's Long.MAX_VALUE, its "never" for flush.messages
 CONFIG_SOURCE_TOPIC = 1  # DYNAMIC_TOPIC_CONFIG: set on this topic
 CONFIG_TYPES = {
     "segment.bytes": 3,
@@ -29,49 +31,7 @@ CONFIG_TYPES = {
     "delete.retention.ms": 5,
     "flush.messages": 5,
 }  # INT=3, LONG=5, LIST=7
-
-
-def kafka_configs(config: dict) -> dict[str, str]:
-    """A kq topic config as Kafka topic configs."""
-
-    def limit(value):
-        return "-1" if value is None else str(value)
-
-    return {
-        "segment.bytes": str(config["segment_bytes"]),
-        "retention.ms": limit(config["retention_ms"]),
-        "retention.bytes": limit(config["retention_bytes"]),
-        "cleanup.policy": config["cleanup"],
-        "delete.retention.ms": str(config["tombstone_retention_ms"]),
-        "flush.messages": "1" if config["sync"] else str(NO_LIMIT),
-    }
-
-
-def kq_config(configs: list[tuple[str, str | None]]) -> dict:
-    """Kafka topic configs (from CreateTopics) as kq settings; ValueError names a bad one."""
-    out: dict = {}
-    for name, value in configs:
-        if value is None:
-            continue
-        try:
-            if name == "segment.bytes":
-                out["segment_bytes"] = int(value)
-            elif name in ("retention.ms", "retention.bytes"):
-                number = int(value)
-                out[name.replace(".", "_")] = None if number < 0 else number
-            elif name == "cleanup.policy":
-                if value not in ("delete", "compact"):
-                    raise ValueError
-                out["cleanup"] = value
-            elif name == "delete.retention.ms":
-                out["tombstone_retention_ms"] = int(value)
-            elif name == "flush.messages":
-                out["sync"] = int(value) == 1
-            else:
-                raise ValueError(f"kq topics have no setting {name!r}")
-        except ValueError as exc:
-            raise ValueError(str(exc) or f"invalid value {value!r} for {name}") from None
-    return out
+SET, DELETE = 0, 1  # IncrementalAlterConfigs operations (APPEND and SUBTRACT apply to lists kq does not have)
 
 
 class Admin:
@@ -239,3 +199,98 @@ class Admin:
                 )
             )
         return R(version=version, throttle_time_ms=0, results=out)
+
+    async def incremental_alter_configs(self, body, version: int):
+        from ..topic import DEFAULT_CONFIG
+
+        R = IncrementalAlterConfigsResponse
+        out = []
+        for res in body.resources:
+            code, message = codes.NONE, None
+            try:
+                if res.resource_type != TOPIC_RESOURCE:
+                    raise ValueError("kq alters topic configs only")
+                check_name(res.resource_name)
+                pairs, reverted = [], {}
+                for c in res.configs or ():
+                    if c.config_operation == SET:
+                        pairs.append((c.name, c.value))
+                    elif c.config_operation == DELETE and c.name in KQ_NAMES:
+                        reverted[KQ_NAMES[c.name]] = DEFAULT_CONFIG[KQ_NAMES[c.name]]
+                    else:
+                        raise ValueError(f"kq cannot apply operation {c.config_operation} to {c.name!r}")
+                changes = {**reverted, **kq_config(pairs)}
+                if body.validate_only:
+                    self.storage.topic(res.resource_name)
+                else:
+                    self.storage.alter_topic(res.resource_name, changes)
+            except ValueError as exc:
+                code, message = codes.INVALID_CONFIG, str(exc)
+            except TopicNotFound as exc:
+                code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+            except KqError as exc:
+                code, message = codes.INVALID_CONFIG, str(exc)
+            out.append(
+                R.AlterConfigsResourceResponse(
+                    error_code=code,
+                    error_message=message,
+                    resource_type=res.resource_type,
+                    resource_name=res.resource_name,
+                )
+            )
+        return R(version=version, throttle_time_ms=0, responses=out)
+
+    async def create_partitions(self, body, version: int):
+        R = CreatePartitionsResponse
+        out = []
+        for t in body.topics:
+            code, message = codes.NONE, None
+            try:
+                check_name(t.name)
+                if t.assignments:
+                    raise ValueError("kq does not take replica assignments")
+                now = self.storage.topic(t.name).partition_count
+                if t.count <= now:
+                    code = codes.INVALID_PARTITIONS
+                    message = f"topic '{t.name}' has {now} partitions; a topic grows, never shrinks"
+                elif not body.validate_only:
+                    self.storage.add_partitions(t.name, t.count)
+            except ValueError as exc:
+                code, message = codes.INVALID_REQUEST, str(exc)
+            except TopicNotFound as exc:
+                code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+            except KqError as exc:
+                code, message = codes.INVALID_PARTITIONS, str(exc)
+            out.append(R.CreatePartitionsTopicResult(name=t.name, error_code=code, error_message=message))
+        return R(version=version, throttle_time_ms=0, results=out)
+
+    async def delete_records(self, body, version: int):
+        R = DeleteRecordsResponse
+        Topic = R.DeleteRecordsTopicResult
+        out = []
+        for t in body.topics:
+            partitions = []
+            for p in t.partitions:
+                code, low = codes.NONE, -1
+                try:
+                    check_name(t.name)
+                    topic = self.storage.topic(t.name)
+                    if not 0 <= p.partition_index < topic.partition_count:
+                        raise TopicNotFound(t.name)
+                    end = topic.partition(p.partition_index).end_offset()
+                    before = end if p.offset == -1 else p.offset
+                    if not 0 <= before <= end:
+                        code = codes.OFFSET_OUT_OF_RANGE
+                    else:
+                        low = self.storage.trim(t.name, p.partition_index, before)
+                except TopicNotFound:
+                    code = codes.UNKNOWN_TOPIC_OR_PARTITION
+                except KqError:
+                    code = codes.KAFKA_STORAGE_ERROR
+                partitions.append(
+                    Topic.DeleteRecordsPartitionResult(
+                        partition_index=p.partition_index, low_watermark=low, error_code=code
+                    )
+                )
+            out.append(Topic(name=t.name, partitions=partitions))
+        return R(version=version, throttle_time_ms=0, topics=out)

@@ -140,6 +140,9 @@ class Broker:
             19: self.admin.create_topics,
             20: self.admin.delete_topics,
             32: self.admin.describe_configs,
+            44: self.admin.incremental_alter_configs,
+            37: self.admin.create_partitions,
+            21: self.admin.delete_records,
         }
 
     def start(self) -> None:

@@ -91,6 +91,21 @@ class Storage:
     def topic_config(self, name: str) -> dict:
         return dict(self.topic(name).config)
 
+    def alter_topic(self, name: str, changes: dict) -> dict:
+        self._forget(name)
+        return dict(self.data.alter_topic(name, changes).config)
+
+    def add_partitions(self, name: str, count: int) -> None:
+        topic = self.topic(name)
+        self.data.add_partitions(topic, count)
+        self._forget(name)
+
+    def trim(self, name: str, partition: int, before: int) -> int:
+        """Delete the records before ``before`` (at most the end); the new start offset."""
+        from ..maintain import trim
+
+        return trim(self.topic(name).partition(partition), before).start_offset
+
     # ------------------------------------------------------------------ partitions
 
     def append(self, topic: str, partition: int, values, keys, headers, timestamps) -> tuple[int, int]:

@@ -12,16 +12,22 @@ import struct
 from typing import NamedTuple
 
 from kafka.protocol.admin import (
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
     DeleteGroupsRequest,
     DeleteGroupsResponse,
+    DeleteRecordsRequest,
+    DeleteRecordsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
     DescribeConfigsRequest,
     DescribeConfigsResponse,
     DescribeGroupsRequest,
     DescribeGroupsResponse,
+    IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
     ListGroupsRequest,
     ListGroupsResponse,
 )
@@ -93,6 +99,9 @@ APIS: dict[int, Api] = {
     22: Api(InitProducerIdRequest, InitProducerIdResponse, 0, 4),
     32: Api(DescribeConfigsRequest, DescribeConfigsResponse, 1, 4),
     42: Api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 2),
+    44: Api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1),
+    37: Api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 3),
+    21: Api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 2),
 }
 
 
