@@ -138,6 +138,11 @@ class Backend(ABC):
         """Delete records before ``before`` (kafka-delete-records); a row per partition:
         partition, start_offset, and where the backend can tell segments_deleted and bytes_reclaimed."""
 
+    @abstractmethod
+    def topic_id(self, topic: str) -> str | None:
+        """An id that changes when a topic of this name is deleted and created again (None where
+        the place has none): a copier that recorded it knows a re-created topic from its own."""
+
     def check_partitions(self, topic: str, partitions: list[int]) -> list[int]:
         """``partitions`` sorted, once each; raises PartitionNotFound for one the topic lacks."""
         from ..errors import PartitionNotFound
@@ -183,6 +188,11 @@ class Backend(ABC):
     ) -> Reader:
         """Read ``partitions`` (all by default) from ``offsets.start`` to ``offsets.stop`` or, without
         ``follow``, the end as it is now."""
+
+    @abstractmethod
+    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Reader:
+        """Read each partition of ``starts`` from its own offset (a start below the partition's
+        start offset reads from there) to the end as it is now, or, with ``follow``, on."""
 
     # ------------------------------------------------------------------ groups
 

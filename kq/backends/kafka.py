@@ -350,6 +350,16 @@ class KafkaBackend(Backend):
         numbers = self.check_partitions(topic, partitions) if partitions else list(range(count))
         return KafkaReader.from_spec(self, topic, numbers, offsets, follow)
 
+    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False):
+        from .kafka_records import SNAPSHOT, KafkaReader
+
+        count = self.partition_count(topic)
+        for p in starts:
+            self.check_partition(topic, p, count)
+        reader = KafkaReader(self, topic, follow)
+        reader.assign({p: (start, None if follow else SNAPSHOT) for p, start in sorted(starts.items())})
+        return reader
+
     # ------------------------------------------------------------------ groups
 
     def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest"):

@@ -51,6 +51,9 @@ class LocalBackend(Backend):
     def partition_count(self, topic: str) -> int:
         return self.topic(topic).partition_count
 
+    def topic_id(self, topic: str) -> str | None:
+        return self.topic(topic).id
+
     def describe_topic(self, topic: str) -> TopicInfo:
         t = self.topic(topic)
         return TopicInfo(
@@ -117,6 +120,13 @@ class LocalBackend(Backend):
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
         return Consumer.from_spec(t, numbers, offsets, follow=follow)
+
+    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Consumer:
+        t = self.topic(topic)
+        reader = Consumer(t, follow=follow)
+        for p, start in sorted(starts.items()):
+            reader.add(t.partition(p).number, start)
+        return reader
 
     # ------------------------------------------------------------------ groups
 

@@ -164,8 +164,9 @@ class ProgressBars:
     def __enter__(self) -> "ProgressBars":
         return self
 
-    def update(self, key, completed: int, total: int, records: int) -> None:
-        if not self.enabled or total < self.THRESHOLD:
+    def update(self, key, completed: int, total: int | None, records: int) -> None:
+        """``total`` None: the end is not known (a copy from a cluster); shown once past THRESHOLD."""
+        if not self.enabled or (completed if total is None else total) < self.THRESHOLD:
             return
         if self.bar is None:
             from rich.console import Console

@@ -1,4 +1,5 @@
-"""``kq replicate``: keep another data directory a batch-exact copy of chosen topics (kq.replicate)."""
+"""``kq replicate``: keep another data directory a batch-exact copy of chosen topics (kq.replicate),
+or copy topics between a data directory and a Kafka cluster (kq.bridge)."""
 
 import sys
 from typing import Optional
@@ -19,26 +20,42 @@ def replicate(
         None, autocompletion=complete_topic, metavar="[TOPICS]...", help="Topics to copy (or --all)."
     ),
     to: str = typer.Option(
-        ..., "--to", metavar="DIR", help="The replica's data directory (another disk, another mount)."
+        ...,
+        "--to",
+        metavar="DIR|kafka://HOST:PORT",
+        help="The replica's data directory (another disk, another mount), or a Kafka cluster to copy to.",
+    ),
+    source: Optional[str] = typer.Option(
+        None,
+        "--from",
+        metavar="kafka://HOST:PORT",
+        help="Copy from this Kafka cluster into the data directory --to DIR \\[default: the data directory, or -b's cluster].",
     ),
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep the replica caught up until SIGINT/SIGTERM."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep the copy caught up until SIGINT/SIGTERM."),
     truncate: bool = typer.Option(
         False,
         "--truncate",
         help="If the replica has records the source lacks, cut it back to the common prefix and continue.",
     ),
+    groups: bool = typer.Option(
+        False,
+        "--groups",
+        help="Between a directory and a cluster: carry the groups' committed offsets over, translated to the copy's offsets (a replica directory always gets them).",
+    ),
     verify: bool = typer.Option(
         False,
         "--verify",
-        help="Compare source and replica instead of copying; exit 0 only when the replica holds exactly the source's batches (it may lag). Group offsets that differ are listed as warnings and do not fail the check.",
+        help="Compare source and copy instead of copying; exit 0 only when the copy holds exactly the source's records (it may lag). Group offsets that differ are listed as warnings and do not fail the check.",
     ),
     json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
 ) -> None:
-    """Copy topics to a replica data directory: same batches, same offsets, same group offsets.
+    """Copy topics to a replica data directory (same batches, offsets and group offsets), or between
+    a data directory and a Kafka cluster (same partitions, keys, values, headers and timestamps).
 
-    Incremental and safe to interrupt: a rerun copies only what is new.
-    Consumers fail over by pointing --data-dir (or KQ_DATA_DIR) at the replica.
+    Incremental and safe to interrupt, even with kill -9: a rerun copies only what is new, and a
+    copy to or from a cluster holds every record exactly once. Consumers fail over by pointing
+    --data-dir (or KQ_DATA_DIR) at the replica, or move to the cluster with KQ_BROKERS.
 
     [bold]Examples[/bold]
 
@@ -49,12 +66,14 @@ def replicate(
       kq replicate --all --to /mnt/backup/kq --follow
 
       kq replicate --verify orders --to /mnt/backup/kq
+
+      kq replicate orders --to kafka://broker:9092 --groups   [dim]# move to a Kafka cluster[/dim]
+
+      kq replicate orders --from kafka://broker:9092 --to ./kq-data
     """
-    from ..datadir import DataDir
-    from ..replicate import Replicator, report_dict
+    from ..bridge import kafka_url
 
     s = settings(ctx)
-    source = s.data_dir("kq replicate")
     if all_topics and topics:
         raise bad_parameter("name topics or give --all, not both", "TOPIC")
     if not all_topics and not topics:
@@ -62,6 +81,33 @@ def replicate(
     if verify and (follow or truncate):
         raise bad_parameter("--verify only compares; it takes no --follow or --truncate", "--verify")
     names = None if all_topics else list(dict.fromkeys(topics))
+    try:
+        to_cluster = kafka_url(to)
+        from_cluster = kafka_url(source) if source is not None else None
+    except KqError as exc:
+        raise bad_parameter(str(exc), "--from/--to") from None
+    if source is not None and from_cluster is None:
+        raise bad_parameter(f"{source!r} is not kafka://HOST:PORT: --from names a Kafka cluster", "--from")
+    from_cluster = from_cluster or s.brokers
+    if from_cluster and to_cluster:
+        raise bad_parameter(
+            "kq copies between a data directory and a cluster; from cluster to cluster, use MirrorMaker", "--to"
+        )
+    if from_cluster or to_cluster:
+        if truncate:
+            raise bad_parameter(
+                "--truncate is for replica directories; a copy to or from a cluster never diverges", "--truncate"
+            )
+        _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json_output)
+        return
+    _replicate_directory(s, names, to, follow, truncate, verify, json_output)
+
+
+def _replicate_directory(s, names, to, follow, truncate, verify, json_output) -> None:
+    from ..datadir import DataDir
+    from ..replicate import Replicator, report_dict
+
+    source = s.data_dir("kq replicate")
     replicator = Replicator(source, DataDir(to), truncate=truncate)
     if verify:
         reports = replicator.verify(names)
@@ -135,3 +181,109 @@ def replicate(
             announce(r)
     if failed:
         raise typer.Exit(1)
+
+
+def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json_output) -> None:
+    """A copy between the data directory and a cluster (kq.bridge)."""
+    import os
+
+    from ..backends.kafka import KafkaBackend
+    from ..backends.local import LocalBackend
+    from ..bridge import BRIDGES_DIR, Bridge, peer_name, report_dict
+    from ..datadir import DataDir
+
+    if to_cluster:
+        data = s.data_dir("kq replicate --to kafka://")
+        source, target = LocalBackend(data), KafkaBackend(to_cluster, s.client_settings())
+        records = os.path.join(data.path, BRIDGES_DIR, peer_name("to", to_cluster))
+        where = f"kafka://{to_cluster}"
+    else:
+        data = DataDir(to)
+        data.ensure()
+        source = s.backend if s.brokers == from_cluster else KafkaBackend(from_cluster, s.client_settings())
+        target = LocalBackend(data)
+        records = os.path.join(data.path, BRIDGES_DIR, peer_name("from", from_cluster))
+        where = to
+    bridge = Bridge(source, target, records, groups=groups)
+    if verify:
+        _verify_bridge(bridge, names, where, json_output)
+        return
+
+    def announce(r) -> None:
+        if r.skipped_to is not None:
+            warn(
+                f"{r.topic}/{r.partition}: the source's retention deleted records before they were copied; "
+                f"the copy goes on from offset {r.skipped_to}"
+            )
+        if r.recovered:
+            s.info(
+                f"{r.topic}/{r.partition}: {count(r.recovered, 'record')} an interrupted copy had sent were found and kept"
+            )
+        if r.records:
+            s.info(
+                f"{r.topic}/{r.partition}: copied {count(r.records, 'record')} ({human(r.bytes)}), "
+                f"offsets {r.from_offset}..{r.to_offset - 1} to {r.target_from}..{r.target_to - 1}"
+            )
+
+    failed: list[str] = []
+
+    def report_error(topic: str, exc) -> None:
+        if exc is None:
+            s.info(f"{topic}: copying again")
+            return
+        failed.append(topic)
+        print(f"kq: error: {topic}: {explain(exc)}", file=sys.stderr, flush=True)
+
+    try:
+        with bridge:
+            if follow:
+                try:
+                    bridge.follow(names, on_copy=announce, on_error=report_error)
+                except KeyboardInterrupt:
+                    return
+            with ProgressBars(s.quiet, json_output) as bars:
+                bridge.progress = lambda r: bars.update(f"{r.topic}/{r.partition}", r.bytes, None, r.records)
+                reports = bridge.copy(names, on_error=report_error)
+    finally:
+        source.close()
+        target.close()
+    if json_output:
+        print_json({"to": where, "partitions": [report_dict(r) for r in reports], "failed": failed})
+    else:
+        for r in reports:
+            announce(r)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _verify_bridge(bridge, names, where: str, json_output: bool) -> None:
+    from ..bridge import report_dict
+
+    reports = bridge.verify(names)
+    rows = [report_dict(r) for r in reports]
+    if json_output:
+        print_json(rows)
+    else:
+        for r in rows:
+            r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
+        emit_rows(
+            rows,
+            ["topic", "partition", "source_records", "target_records", "status", "detail", "groups"],
+            False,
+            f"copy {where}",
+        )
+    for r in reports:
+        for g in r.groups:
+            if g["status"] != "same":
+                warn(
+                    f"{r.topic}/{r.partition}: group '{g['group']}' committed {g['source']} in the source, "
+                    f"which is {g['translated']} in the copy, where it committed "
+                    f"{'nothing' if g['target'] is None else g['target']} ({g['status']})"
+                )
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        what = "; ".join(
+            f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3]
+        )
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise KqError(f"the copy {where} does not verify: {what}{more}")
