@@ -1,9 +1,12 @@
 """``kq maintain``: retention and compaction now (kq.maintain)."""
 
+import sys
+
 import typer
 
+from ..errors import KqError
 from .common import KqCommand, TopicsArgument, json_option, settings
-from .output import ProgressBars, count, emit_rows, human, is_terminal, print_json, setting_text
+from .output import ProgressBars, count, emit_rows, error_text, human, is_terminal, print_json, setting_text
 
 app = typer.Typer()
 
@@ -43,12 +46,22 @@ def maintain(
             bars.update(f"compacting {part.topic}/{part.number}", done * bars.THRESHOLD, total * bars.THRESHOLD, done)
 
         uncompacted = {}  # compacted topic -> records its active segments hold
+        failed = []  # a topic that cannot be maintained never stops the others
         for name in names:
-            t = data.topic(name)
-            rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
-            if t.config["cleanup"] == "compact":
-                uncompacted[name] = (sum(active_segment_records(p) for p in t.partitions()), t.config["segment_bytes"])
-            t.close()
+            try:
+                t = data.topic(name)
+                try:
+                    rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
+                    if t.config["cleanup"] == "compact":
+                        uncompacted[name] = (
+                            sum(active_segment_records(p) for p in t.partitions()),
+                            t.config["segment_bytes"],
+                        )
+                finally:
+                    t.close()
+            except (KqError, OSError) as exc:
+                failed.append(name)
+                print(f"kq: error: {name}: {error_text(exc)}", file=sys.stderr, flush=True)
     if json_output:
         print_json(rows)
     else:
@@ -67,9 +80,7 @@ def maintain(
                 f"leaves each partition's last segment alone until it rolls at {setting_text('segment_bytes', segment_bytes, True)} "
                 f"(a smaller --segment-bytes rolls sooner: kq topic alter {name} --segment-bytes 1M)"
             )
-    if json_output:
-        return
-    if is_terminal() and rows:
+    if not json_output and is_terminal() and rows:
         emit_rows(
             rows,
             [
@@ -84,6 +95,8 @@ def maintain(
             False,
             "maintenance",
         )
+    if failed:
+        raise typer.Exit(1)
 
 
 def active_segment_records(part) -> int:

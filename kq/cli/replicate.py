@@ -80,7 +80,7 @@ def replicate(
         raise bad_parameter("name the topics to copy, or give --all for every topic", "TOPIC")
     if verify and (follow or truncate):
         raise bad_parameter("--verify only compares; it takes no --follow or --truncate", "--verify")
-    names = None if all_topics else list(dict.fromkeys(topics))
+    names = None if all_topics else list(dict.fromkeys(topics or []))
     try:
         to_cluster = kafka_url(to)
         from_cluster = kafka_url(source) if source is not None else None
@@ -115,8 +115,8 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
         if json_output:
             print_json(rows)
         else:
-            for r in rows:
-                r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
+            for row in rows:
+                row["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in row["groups"]) or None
             emit_rows(
                 rows,
                 ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"],
@@ -171,14 +171,14 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
                 return
         with ProgressBars(s.quiet, json_output) as bars:
             replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
-            reports = replicator.replicate(names, on_error=report_error)
+            copies = replicator.replicate(names, on_error=report_error)
     if json_output:
         print_json(
-            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports], "failed": failed}
+            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in copies], "failed": failed}
         )
     else:
-        for r in reports:
-            announce(r)
+        for copy in copies:
+            announce(copy)
     if failed:
         raise typer.Exit(1)
 
