@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgpack
 
@@ -192,6 +192,26 @@ def header_at(buf, pos: int) -> BatchHeader:
 
 def _reject_ext(code, data):
     raise ValueError(f"unknown msgpack extension type {code}")
+
+
+class Batch(Protocol):
+    """Records as readers hand them out and writers (kq.formats, kq.runner) take them: a
+    RecordBatch, or another place's records in its shape (kq.backends.kafka_records)."""
+
+    count: int
+    base_offset: int
+
+    @property
+    def next_offset(self) -> int: ...
+
+    @property
+    def values(self) -> Sequence[bytes | None]: ...
+
+    def offsets(self) -> Sequence[int]: ...
+
+    def offset_at(self, index: int) -> int: ...
+
+    def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]: ...
 
 
 class RecordBatch:

@@ -36,9 +36,10 @@ import os
 import re
 import struct
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from .backends.base import Backend
+from .backends.base import Backend, Producer, Reader
 from .errors import ClusterError, CorruptFile, GroupBusy, KqError, ReplicaBusy, TopicNotFound
 from .errors import warn as kq_warn
 from .fileio import FileLock, atomic_write, integer_field, make_dirs, read_metadata, shown
@@ -283,7 +284,7 @@ class Bridge:
         self.target = target
         self.records_path = records
         self.groups = groups
-        self.progress = None  # callable(report, total records or None)
+        self.progress: Callable[[CopyReport], None] | None = None  # told of each partition's progress
         self._lock: FileLock | None = None
 
     def __enter__(self) -> Bridge:
@@ -398,17 +399,19 @@ class Bridge:
         for name in self.topic_names(topics):
             state = BridgeState.load(self.state_path(name), name)
             source_info = self.source.describe_topic(name)
+            target_info = None
             count = len(source_info.partitions)
             try:
                 target_count = self.target.partition_count(name)
             except TopicNotFound:
                 target_count = 0
-            target_info = self.target.describe_topic(name) if target_count else None
             for p in range(count):
                 ps = state.partitions.get(p)
                 if p >= target_count or ps is None:
                     reports.append(VerifyReport(name, p, None, None, "missing", "not copied"))
                     continue
+                if target_info is None:
+                    target_info = self.target.describe_topic(name)
                 reports.append(
                     self._verify_partition(
                         name, p, ps, source_info.partitions[p].start_offset, target_info.partitions[p]
@@ -494,14 +497,14 @@ class TopicCopier:
         self._pending: dict[int, list] = {}  # partition -> runs [source first, count] sent since the checkpoint
         self._pending_records = 0
         self.last_checkpoint = time.monotonic()
-        self._reader = None
-        self._producer = None
+        self._reader: Reader | None = None
+        self._producer: Producer | None = None
+        self._rounds: Iterator | None = None
         info = self.source.describe_topic(topic)
         self._ensure_target(info)
         self._recover(info)
         starts = {p: ps.source_next for p, ps in sorted(self.state.partitions.items())}
         self._reader = self.source.reader_from(topic, starts, follow=follow)
-        self._rounds = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -613,6 +616,7 @@ class TopicCopier:
     def pump(self, follow: bool) -> None:
         """Send what the source has: all of it (to the end as it was), or, following, what comes
         before a short quiet spell or a checkpoint."""
+        assert self._reader is not None, "pump() after close()"
         if self._producer is None:
             self._producer = self.target.producer(self.topic, idempotent=True)
         if self._rounds is None:
@@ -643,12 +647,13 @@ class TopicCopier:
             report.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in rows)
             if self.bridge.progress is not None:
                 self.bridge.progress(report)
+        assert self._producer is not None
         self._producer.send_records(records)
         self._pending_records += len(records)
 
     def checkpoint_due(self) -> bool:
         return self._pending_records >= CHECKPOINT_RECORDS or (
-            self._pending_records and time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS
+            self._pending_records > 0 and time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS
         )
 
     def checkpoint(self, force: bool = False) -> None:

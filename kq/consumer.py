@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .batch import RecordBatch
+from .batch import Batch
 from .cursor import Cursor
 from .errors import warn
 from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
@@ -25,7 +25,7 @@ class Slice(NamedTuple):
     """Records ``start:stop`` (indexes into the batch) of one batch of one partition."""
 
     partition: int
-    batch: RecordBatch
+    batch: Batch
     start: int
     stop: int
 

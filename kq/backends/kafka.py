@@ -424,7 +424,7 @@ class KafkaBackend(Backend):
             raise GroupNotFound(group)
         out = []
         for m in self._members(group):
-            by_topic: dict[str, list[int]] = {}
+            by_topic: dict[str | None, list[int]] = {}
             for tp in m.assignment.topic_partitions or ():
                 by_topic.setdefault(tp.topic, []).append(tp.partition)
             for topic, partitions in sorted(by_topic.items()) or [(None, [])]:

@@ -74,7 +74,7 @@ class MessageBatch:
         last = messages[-1].offset()
         self.next_offset = last + 1
         self.last_offset_delta = last - self.base_offset
-        self._values = None
+        self._values: list | None = None
         # Offsets are dense unless the topic is compacted or transactional.
         self._offsets = None if last - self.base_offset + 1 == self.count else [m.offset() for m in messages]
 
@@ -132,7 +132,7 @@ class KafkaReader:
         self.reset = "earliest"
         self.incremental = False  # assign() adds to the assignment rather than replacing it
         self._closed = False
-        self._last_error = None
+        self._last_error: tuple | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -140,10 +140,11 @@ class KafkaReader:
     def from_spec(cls, backend, topic: str, partitions: list[int], offsets: OffsetRange, follow: bool) -> KafkaReader:
         reader = cls(backend, topic, follow)
         starts = reader.resolve(offsets.start, partitions)
+        stops: dict[int, int | str | None]
         if offsets.stop is None:
             stops = dict.fromkeys(partitions, None if follow else SNAPSHOT)
         else:
-            stops = reader.resolve(offsets.stop, partitions, stop=True)
+            stops = dict(reader.resolve(offsets.stop, partitions, stop=True))
         reader.assign({p: (starts[p], stops[p]) for p in partitions})
         return reader
 
@@ -557,7 +558,7 @@ class KafkaProducer:
         self.ck = backend.ck
         self.sent = 0
         self.failed = 0
-        self._refusal = None  # the first record the cluster refused: (error, partition)
+        self._refusal: tuple | None = None  # the first record the cluster refused: (error, partition)
         # Idempotence (no duplicate or gap from a retry, order kept) costs a
         # short-lived producer about half a second to get its producer id.
         defaults = {**PRODUCER_DEFAULTS, "enable.idempotence": idempotent}
@@ -614,7 +615,7 @@ class KafkaProducer:
         return partial(self._producer.produce, self.topic, **fixed)
 
     def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
-        fixed = {}
+        fixed: dict = {}
         if key is not None:
             fixed["key"] = key
         if headers:

@@ -50,8 +50,11 @@ def replicate(
     ),
     json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
 ) -> None:
-    """Copy topics to a replica data directory (same batches, offsets and group offsets), or between
-    a data directory and a Kafka cluster (same partitions, keys, values, headers and timestamps).
+    """Copy topics to a replica data directory, or between a data directory and a Kafka cluster.
+
+    A replica holds the same batches, offsets and group offsets; a copy to or
+    from a cluster the same partitions, keys, values, headers and timestamps,
+    at the offsets its place gives them (--groups translates group offsets).
 
     Incremental and safe to interrupt, even with kill -9: a rerun copies only what is new, and a
     copy to or from a cluster holds every record exactly once. Consumers fail over by pointing
@@ -187,11 +190,14 @@ def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json
     """A copy between the data directory and a cluster (kq.bridge)."""
     import os
 
+    from ..backends.base import Backend
     from ..backends.kafka import KafkaBackend
     from ..backends.local import LocalBackend
     from ..bridge import BRIDGES_DIR, Bridge, peer_name, report_dict
     from ..datadir import DataDir
 
+    source: Backend
+    target: Backend
     if to_cluster:
         data = s.data_dir("kq replicate --to kafka://")
         source, target = LocalBackend(data), KafkaBackend(to_cluster, s.client_settings())
