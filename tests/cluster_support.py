@@ -50,6 +50,15 @@ class Place:
     def __repr__(self) -> str:
         return f"Place({self.kind})"
 
+    def plus(self, args: list[str]) -> Place:
+        """The same place, with more global options (a cluster's -X settings, say)."""
+        return Place(self.kind, self.args + list(args), self.bootstrap, self.data_dir)
+
+    @property
+    def client_args(self) -> list[str]:
+        """The -X settings this place's cluster wants (for a command that talks to it from elsewhere)."""
+        return self.args[2:] if self.is_cluster else []
+
     @property
     def is_cluster(self) -> bool:
         return self.kind != "dir"
