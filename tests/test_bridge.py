@@ -43,6 +43,11 @@ def fill(place: Place, topic: str, n: int, partitions: int = 3, start: int = 0) 
     place.ok("produce", topic, "--json", input="\n".join(lines) + "\n")
 
 
+def lines(output: bytes) -> list[bytes]:
+    """A consume's output lines, in an order that does not depend on which partition came first."""
+    return sorted(output.splitlines())
+
+
 def committed(place: Place, topic: str, group: str) -> dict[int, int]:
     rows = json.loads(place.ok("offsets", "show", topic, "-g", group, "--json"))
     return {r["partition"]: r["committed"] for r in rows if r["committed"] is not None}
@@ -97,7 +102,7 @@ def test_a_cluster_topic_comes_into_a_directory(place, tmp_path):
     assert r.returncode == 0, r.stderr
     assert shape(home.records(t)) == shape(place.records(t))
     assert committed(home, t, g) == committed(place, t, g)
-    assert home.ok("consume", t, "-g", g) == place.ok("consume", t, "-g", g, "--no-commit")
+    assert lines(home.ok("consume", t, "-g", g)) == lines(place.ok("consume", t, "-g", g, "--no-commit"))
 
 
 def test_group_offsets_translate_across_a_compacted_topics_gaps(kq_serve_cluster, tmp_path):
@@ -120,21 +125,24 @@ def test_group_offsets_translate_across_a_compacted_topics_gaps(kq_serve_cluster
     assert home.kq("replicate", t, "--to", url, "--groups").returncode == 0
     cluster = Place("serve", ["-b", kq_serve_cluster.bootstrap], kq_serve_cluster.bootstrap)
     assert [r["offset"] for r in cluster.records(t)] == list(range(len(offsets)))
-    assert cluster.ok("consume", t, "-g", g) == home.ok("consume", t, "-g", g)
+    assert lines(cluster.ok("consume", t, "-g", g)) == lines(home.ok("consume", t, "-g", g))
     assert home.kq("replicate", t, "--to", url, "--verify").returncode == 0
 
 
-def _kill_loop(command: list[str], more, kills: int, seed: int) -> int:
-    """``kills`` times: add records (``more()``), start ``command`` and kill -9 it at a random
-    moment (start-up, reading, sending, recording); how many runs were killed before they ended."""
+def _kill_loop(command: list[str], more, kills: int, seed: int, most: int = 12) -> int:
+    """Add records (``more()``), start ``command`` and kill -9 it at a random moment (start-up,
+    reading, sending, recording), until ``kills`` runs were killed before they ended (or ``most``
+    runs were made); returns how many were killed. A run that ends first makes the next wait less."""
     rng = random.Random(seed)
-    killed = 0
-    for _ in range(kills):
+    killed, runs, longest = 0, 0, 0.6
+    while killed < kills and runs < most:
+        runs += 1
         more()
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=rng.uniform(0.15, 0.6))
+            proc.wait(timeout=rng.uniform(0.1, longest))
             assert proc.returncode == 0, proc.stderr.read().decode()
+            longest = max(0.2, longest * 0.7)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -172,8 +180,8 @@ def test_kill_9_in_a_loop_leaves_every_record_exactly_once_on_the_cluster(kq_ser
         home.ok("consume", t, "-g", g, "-n", str(ROUND // 3))
 
     url = f"kafka://{kq_serve_cluster.bootstrap}"
-    killed = _kill_loop(home.command("replicate", t, "--to", url, "--groups"), more, kills=6, seed=15)
-    assert killed >= 3, f"only {killed} of 6 runs were killed: the loop tests little"
+    killed = _kill_loop(home.command("replicate", t, "--to", url, "--groups"), more, kills=5, seed=15)
+    assert killed >= 3, f"only {killed} runs were killed: the loop tests little"
     r = home.kq("replicate", t, "--to", url, "--groups")
     assert r.returncode == 0, r.stderr
     cluster = Place("serve", ["-b", kq_serve_cluster.bootstrap], kq_serve_cluster.bootstrap)
@@ -195,8 +203,8 @@ def test_kill_9_in_a_loop_leaves_every_record_exactly_once_in_the_directory(kq_s
 
     url = f"kafka://{kq_serve_cluster.bootstrap}"
     command = home.command("replicate", t, "--from", url, "--to", home.data_dir)
-    killed = _kill_loop(command, more, kills=6, seed=16)
-    assert killed >= 3, f"only {killed} of 6 runs were killed: the loop tests little"
+    killed = _kill_loop(command, more, kills=5, seed=16)
+    assert killed >= 3, f"only {killed} runs were killed: the loop tests little"
     assert subprocess.run(command, capture_output=True).returncode == 0
     same_records(home, cluster, t, 3)
     assert home.kq("replicate", t, "--from", url, "--to", home.data_dir, "--verify").returncode == 0
@@ -255,7 +263,7 @@ def test_follow_keeps_the_cluster_and_the_group_caught_up(kq_serve_cluster, tmp_
         follower.send_signal(signal.SIGTERM)
         out, err = follower.communicate(timeout=30)
     assert follower.returncode == 0, err
-    assert b": copied " in err and b"offsets 0..1 to 0..1" in err
+    assert err.startswith(f"kq: {t}/0: copied ".encode()), err
 
 
 def test_bridge_usage_errors(tmp_path):
