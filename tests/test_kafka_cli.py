@@ -341,6 +341,11 @@ def test_group_list_describe_delete_and_live_members(place):
         assert refused.returncode == 1 and b"live member" in refused.stderr
         members = json.loads(place.ok("group", "describe", busy, "--json"))["members"]
         assert [(m["topic"], m["partitions"]) for m in members] == [(t, [0])]
+        member = next(
+            line for line in place.ok("group", "describe", busy).decode().splitlines() if line.startswith("member\t")
+        )
+        pid = member.split("\t")[3]
+        assert pid == "-" if place.is_cluster else pid == str(follower.pid)  # a cluster's members have no pid
     finally:
         follower.send_signal(signal.SIGTERM)
         follower.communicate(timeout=30)

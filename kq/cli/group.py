@@ -144,7 +144,8 @@ def group_describe(
     else:
         for m in members:
             print(
-                f"member\t{m['member']}\t{m['host']}\t{m['pid']}\t{m['topic']}\t{','.join(map(str, m['partitions']))}"
+                f"member\t{m['member']}\t{m['host']}\t{'-' if m['pid'] is None else m['pid']}\t{m['topic']}"
+                f"\t{','.join(map(str, m['partitions']))}"
                 f"\t{'-' if m['idle_seconds'] is None else m['idle_seconds']}\t{status(m)}"
             )
 
