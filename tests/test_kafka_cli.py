@@ -96,6 +96,7 @@ def test_topic_trim_moves_the_start_offset(place):
     rows = json.loads(place.ok("topic", "trim", t, "--before", "3", "--json"))
     assert [(r["partition"], r["start_offset"]) for r in rows] == [(0, 3)]
     assert values(place.records(t)) == ["3", "4"]
+    assert values(place.records(t, "-o", "1")) == ["3", "4"]  # below the start: from the start
 
 
 # ---------------------------------------------------------------- produce
@@ -261,6 +262,23 @@ def test_group_commits_what_was_written_and_resumes_there(place):
     described = json.loads(place.ok("group", "describe", g, "--json"))
     assert [(r["partition"], r["committed"], r["lag"]) for r in described["partitions"]] == [(0, 3, 0), (1, 3, 0)]
     assert g in place.ok("group", "list").decode().split()
+
+
+@backends(tansu=TANSU_NO_DELETE_RECORDS)
+def test_a_group_behind_a_trim_resumes_at_the_start_with_a_warning(place):
+    if place.kind == "tansu":
+        pytest.skip(TANSU_NO_DELETE_RECORDS)  # it would take the shared broker down with it
+    t, g = place.name("trimmed-group"), place.name("slow")
+    place.ok("produce", t, input="0\n1\n2\n3\n4\n")
+    place.ok("consume", t, "-g", g, "-n", "1")
+    place.ok("topic", "trim", t, "--before", "3")
+    r = place.kq("consume", t, "-g", g)
+    assert r.returncode == 0 and r.stdout == b"3\n4\n"
+    assert r.stderr.decode() == (
+        f"kq: warning: group '{g}' resumes {t}/0 at offset 3 (reset: earliest): "
+        "2 message(s) after its committed offset 1 were deleted by retention or trim\n"
+    )
+    assert place.ok("consume", t, "-g", g) == b""
 
 
 @backends()

@@ -352,9 +352,18 @@ class KafkaReader:
         try:
             self.consumer.seek(self.ck.TopicPartition(self.topic, p, offset))
         except self.ck.KafkaException:
-            # Not yet fetching (an error state): assigning anew starts it there.
-            self.consumer.incremental_unassign([self.ck.TopicPartition(self.topic, p)])
-            self.consumer.incremental_assign([self.ck.TopicPartition(self.topic, p, offset)])
+            # Not fetching (the error state an offset out of range leaves): assigning anew starts it there.
+            if self.incremental:
+                self.consumer.incremental_unassign([self.ck.TopicPartition(self.topic, p)])
+                self.consumer.incremental_assign([self.ck.TopicPartition(self.topic, p, offset)])
+                return
+            self.consumer.assign(
+                [
+                    self.ck.TopicPartition(self.topic, q, position)
+                    for q, position in sorted(self.positions.items())
+                    if q not in self.finished and position is not None
+                ]
+            )
 
     def _finish(self, p: int) -> None:
         if p in self.stops and p not in self.finished:
