@@ -196,7 +196,7 @@ def _reject_ext(code, data):
 
 class Batch(Protocol):
     """Records as readers hand them out and writers (kq.formats, kq.runner) take them: a
-    RecordBatch, or another place's records in its shape (kq.backends.kafka_records)."""
+    RecordBatch, or another place's records in its shape (kq.backends.kafka_reader)."""
 
     count: int
     base_offset: int

@@ -1,7 +1,8 @@
 """The backend over a Kafka cluster, through confluent-kafka (librdkafka).
 
 Topics, configs, offsets and groups go through librdkafka's admin client;
-records through its consumer and producer (kq.backends.kafka_records). The
+records through its consumer (kq.backends.kafka_reader) and producer
+(kq.backends.kafka_producer). The
 optional extra ``kafka`` installs confluent-kafka; nothing else in kq
 imports it, and this module imports it only when a backend is made.
 
@@ -329,7 +330,7 @@ class KafkaBackend(Backend):
         return found if found >= 0 else self.end_offsets(topic, [partition])[partition]
 
     def producer(self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False):
-        from .kafka_records import KafkaProducer
+        from .kafka_producer import KafkaProducer
 
         count = self.partition_count(topic)
         if partition is not None:
@@ -344,14 +345,14 @@ class KafkaBackend(Backend):
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
     ):
-        from .kafka_records import KafkaReader
+        from .kafka_reader import KafkaReader
 
         count = self.partition_count(topic)
         numbers = self.check_partitions(topic, partitions) if partitions else list(range(count))
         return KafkaReader.from_spec(self, topic, numbers, offsets, follow)
 
     def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False):
-        from .kafka_records import SNAPSHOT, KafkaReader
+        from .kafka_reader import SNAPSHOT, KafkaReader
 
         count = self.partition_count(topic)
         for p in starts:
@@ -363,14 +364,14 @@ class KafkaBackend(Backend):
     # ------------------------------------------------------------------ groups
 
     def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest"):
-        from .kafka_records import KafkaGroupReader
+        from .kafka_reader import KafkaGroupReader
 
         check_name(group, "group")
         self.partition_count(topic)
         return KafkaGroupReader(self, topic, group, follow, reset)
 
     def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest"):
-        from .kafka_records import KafkaReader
+        from .kafka_reader import KafkaReader
 
         check_name(group, "group")
         count = self.partition_count(topic)

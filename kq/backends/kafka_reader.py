@@ -1,6 +1,6 @@
-"""Records to and from a Kafka cluster: readers, group members and the producer.
+"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.group's counterparts).
 
-They behave as the data directory's (kq.consumer, kq.group, kq.producer):
+They behave as the data directory's:
 
 - A reader without ``follow`` stops at each partition's end as it was when
   reading began: the high watermark of the partition's first fetch (the
@@ -10,10 +10,6 @@ They behave as the data directory's (kq.consumer, kq.group, kq.producer):
   outside its partition moves where ``reset`` says, with the same warning as
   on a data directory. Where ``reset`` put a member without a committed
   offset is committed, so that "latest" means "from when the group started".
-- The producer sends each record with librdkafka's ``murmur2_random``
-  partitioner (idempotent where asked), and ``flush`` returns once every
-  record is acknowledged (acks=all), raising the first refusal with the
-  cluster's reason.
 
 confluent-kafka's ``consume(n, timeout)`` waits the whole timeout unless n
 messages come, so rounds take what is queued without waiting and block in
@@ -23,11 +19,10 @@ messages come, so rounds take what is queued without waiting and block in
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from ..batch import Record
 from ..consumer import Slice
-from ..errors import ClusterError, KqError
+from ..errors import ClusterError
 from ..errors import warn as kq_warn
 from ..group import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, resume_offset
 from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, OffsetSpec
@@ -53,12 +48,6 @@ CONSUMER_FIXED = {
     # An offset outside a partition comes back as an event, decided here
     # (clamped, or reset with a warning) rather than silently by librdkafka.
     "auto.offset.reset": "error",
-}
-PRODUCER_DEFAULTS = {
-    "partitioner": "murmur2_random",  # Kafka's (and kq's) placement of keys; librdkafka's default is CRC32
-    "acks": "all",
-    "allow.auto.create.topics": False,
-    "queue.buffering.max.messages": 500_000,
 }
 
 
@@ -555,102 +544,3 @@ class _PartitionView:
 
     def end_offset(self) -> int:
         return self.backend.end_offsets(self.topic, [self.number])[self.number]
-
-
-class KafkaProducer:
-    """Sends records to ``topic`` (kq.backends.base.Producer); ``partition`` pins every record there."""
-
-    def __init__(self, backend, topic: str, partition: int | None = None, idempotent: bool = False):
-        self.backend = backend
-        self.topic = topic
-        self.partition = partition
-        self.ck = backend.ck
-        self.sent = 0
-        self.failed = 0
-        self._refusal: tuple | None = None  # the first record the cluster refused: (error, partition)
-        # Idempotence (no duplicate or gap from a retry, order kept) costs a
-        # short-lived producer about half a second to get its producer id.
-        defaults = {**PRODUCER_DEFAULTS, "enable.idempotence": idempotent}
-        config = backend.client_config(defaults, **{"delivery.report.only.error": True, "on_delivery": self._delivered})
-        self._producer = backend.make("Producer", config)
-
-    def _delivered(self, err, msg) -> None:
-        # Only failures are reported (delivery.report.only.error): a callback per record would cost more than sending it.
-        self.failed += 1
-        if self._refusal is None:
-            self._refusal = (err, msg.partition())
-
-    @property
-    def written(self) -> int:
-        """Records acknowledged so far: sent, less those waiting or refused."""
-        return self.sent - self.failed - len(self._producer)
-
-    def _raise(self) -> None:
-        if self._refusal is not None:
-            err, partition = self._refusal
-            raise ClusterError(
-                self.backend.brokers,
-                f"a record for {self.topic}/{partition} was not written: {self.backend.error_reason(err)}",
-            )
-
-    def _send(self, produce, items, star: bool) -> None:
-        """``produce(*item)`` (or ``produce(item)``) for each item, waiting for room when librdkafka's queue is full."""
-        i, n = 0, len(items)
-        while i < n:
-            try:
-                if star:
-                    for item in items[i:] if i else items:
-                        produce(*item)
-                        i += 1
-                else:
-                    for item in items[i:] if i else items:
-                        produce(item)
-                        i += 1
-            except BufferError:
-                self._producer.poll(0.005)  # deliveries free the queue
-            except self.ck.KafkaException as exc:
-                self.sent += i
-                raise self.backend.error(exc, f"sending to '{self.topic}'", self.topic) from None
-            except TypeError as exc:
-                self.sent += i
-                raise KqError(f"cannot send to '{self.topic}': {exc}") from None
-        self.sent += n
-        self._producer.poll(0)
-        self._raise()
-
-    def _produce(self, **fixed):
-        if self.partition is not None:
-            fixed["partition"] = self.partition
-        return partial(self._producer.produce, self.topic, **fixed)
-
-    def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None:
-        fixed: dict = {}
-        if key is not None:
-            fixed["key"] = key
-        if headers:
-            fixed["headers"] = list(headers)
-        self._send(self._produce(**fixed), values, star=False)
-
-    def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None:
-        fixed = {"headers": list(headers)} if headers else {}
-        self._send(self._produce(**fixed), list(zip(values, keys)), star=True)
-
-    def send_records(self, records) -> None:
-        """(key, value, headers, partition, timestamp) tuples; a pinned partition wins over theirs."""
-        produce = self._producer.produce
-        topic, pinned = self.topic, self.partition
-
-        def one(key, value, headers, partition, timestamp):
-            p = pinned if pinned is not None else (-1 if partition is None else partition)
-            produce(topic, value, key, p, timestamp=timestamp or 0, headers=headers or None)
-
-        self._send(one, records, star=True)
-
-    def flush(self) -> None:
-        """Wait until every record sent is acknowledged or refused; raise the first refusal."""
-        while len(self._producer):
-            self._producer.flush(0.5)
-        self._raise()
-
-    def close(self) -> None:
-        self.flush()
