@@ -29,6 +29,7 @@ from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, Offse
 
 POLL_SECONDS = 0.1  # how long a reader blocks for the next message when none is queued
 ROUND_MESSAGES = 10_000  # messages taken from librdkafka's queue per round
+_NO_ERROR = {type(None)}
 SNAPSHOT = "snapshot"  # a stop: the partition's end when reading began (its first fetch's high watermark)
 
 CONSUMER_DEFAULTS = {
@@ -70,7 +71,9 @@ class MessageBatch:
     @property
     def values(self) -> list:
         if self._values is None:
-            self._values = [m.value() for m in self.messages]
+            from confluent_kafka import Message
+
+            self._values = list(map(Message.value, self.messages))
         return self._values
 
     def offsets(self):
@@ -256,20 +259,31 @@ class KafkaReader:
                 self._check_all_finished()
                 return []
             messages = [first, *self.consumer.consume(ROUND_MESSAGES - 1, 0)]
+        # Per message, only C calls (map over Message's methods): a round is up to 10,000 records.
+        errors = list(map(self.ck.Message.error, messages))
+        events = []
+        # (By type: a KafkaError compared with None raises inside confluent-kafka.)
+        if set(map(type, errors)) != _NO_ERROR:  # end-of-partition events, errors: handled after the records
+            events = [m for m, e in zip(messages, errors) if e is not None]
+            messages = [m for m, e in zip(messages, errors) if e is None]
         by_partition: dict[int, list] = {}
-        for m in messages:
-            if m.error() is not None:
-                self._event(m)
-                continue
-            p = m.partition()
-            if p not in self.finished and p in self.stops:
-                by_partition.setdefault(p, []).append(m)
+        if messages:
+            partitions = list(map(self.ck.Message.partition, messages))
+            if partitions.count(partitions[0]) == len(partitions):
+                by_partition[partitions[0]] = messages
+            else:
+                for m, p in zip(messages, partitions):
+                    by_partition.setdefault(p, []).append(m)
+        for p in [p for p in by_partition if p in self.finished or p not in self.stops]:
+            del by_partition[p]
         out = []
         for p, found in by_partition.items():
             found = self._within(p, found)
             if found:
                 out.append(Slice(p, MessageBatch(found), 0, len(found)))
                 self.positions[p] = found[-1].offset() + 1
+        for m in events:
+            self._event(m)
         self._check_all_finished()
         return out
 
