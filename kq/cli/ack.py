@@ -30,14 +30,17 @@ def lease_ids(leases: Optional[list[str]]) -> list[str]:
 
 def settle(ctx, topic: str, share: str, leases, how: str, json_output: bool, failure=None) -> None:
     from ..names import check_name
+    from ..share import parse_lease
 
     s = settings(ctx)
     check_name(share, "share group")
     ids = lease_ids(leases)
     try:
-        outcome = s.backend.share_settle(topic, share, ids, how, failure)
+        for lease in ids:
+            parse_lease(lease)
     except UsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="LEASE") from None
+    outcome = s.backend.share_settle(topic, share, ids, how, failure)
     if json_output:
         print_json(
             {
