@@ -251,6 +251,28 @@ class PartitionState:
         self.advance()
         return warning
 
+    def essence(self) -> tuple:
+        """What two copies of a state must share to be the same state (not when each was written)."""
+        return (
+            self.start,
+            self.next,
+            self.acked,
+            self.dead,
+            self.skipped,
+            self.boot,
+            self.topic_id,
+            [r.as_json() for r in self.ranges],
+        )
+
+    def cut_back(self, end: int) -> None:
+        """Forget acquisitions at or past ``end`` (a replica that holds the log only up to there)."""
+        if self.next <= end:
+            return
+        self.ranges = [r if r.last < end else r.copy(r.first, end - 1) for r in self.ranges if r.first < end]
+        self.next = max(end, 0)
+        self.start = min(self.start, self.next)
+        self.advance()
+
     def advance(self) -> None:
         """Move ``start`` up to the first offset that is not settled."""
         self.start = self.ranges[0].first if self.ranges else self.next
@@ -1127,6 +1149,34 @@ def _runs(offsets: list[int]) -> list[tuple[int, int]]:
         else:
             out.append([o, o])
     return [(a, b) for a, b in out]
+
+
+# --------------------------------------------------------------------------- replicating
+
+
+def copy_share_state(source: DataDir, replica: DataDir, src: Topic, rep: Topic) -> None:
+    """Copy each share group's settings and partition states for ``src`` into ``replica``
+    (``kq replicate``), never claiming offsets the replica does not hold yet: a state is cut
+    back to the replica's end offset (what lies past it was never acquired, as far as the
+    replica knows). Written under the replica partition's share lock, only when it changed."""
+    theirs, ours = Shares(source), Shares(replica)
+    for share in theirs.shares_of_topic(src.name):
+        settings = theirs.read_settings(share, src.name)
+        states = theirs.states(share, src)
+        if settings is None and not states:
+            continue
+        directory = ours._dir(share, rep.name)
+        make_dirs(directory)
+        if settings is not None and ours.read_settings(share, rep.name) != settings:
+            atomic_write(os.path.join(directory, SETTINGS_FILE), settings_bytes(settings))
+        for number, state in states.items():
+            if number >= rep.partition_count:
+                continue
+            state.cut_back(rep.partition(number).end_offset())
+            with FileLock(os.path.join(directory, f"{number}{LOCK_SUFFIX}")):
+                have = ours.read_state(share, rep.name, number)
+                if have is None or have.essence() != state.essence():
+                    atomic_write(os.path.join(directory, f"{number}{STATE_SUFFIX}"), state.to_bytes())
 
 
 # --------------------------------------------------------------------------- describing

@@ -436,3 +436,51 @@ def test_a_fifo_where_the_share_state_belongs_is_an_error_not_a_hang(run_kq, dat
     os.mkfifo(path)
     r = run_kq("consume", "jobs", "--share", "s", "-n", "1", timeout=20)
     assert r.returncode == 1 and b"named pipe (FIFO), not a regular file" in r.stderr
+
+
+def test_verify_checks_share_state_and_repair_moves_a_damaged_one_aside(run_kq, data_dir):
+    produce(run_kq, ["a", "b"])
+    assert run_kq("consume", "jobs", "--share", "s", "--exec", "true", "-n", "1").returncode == 0
+    r = run_kq("verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = os.path.join(data_dir, "shares", "s", "jobs", "0.share")
+    with open(path, "w") as f:
+        f.write('{"format": 1, "start": "zero"}')
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert f"{path}: error: state of share group 's' unreadable: start is 'zero'".encode() in r.stdout
+    r = run_kq("verify", "--repair")
+    assert r.returncode == 0, r.stdout
+    assert b"share group 's' will start partition 0 afresh" in r.stdout
+    assert not os.path.exists(path) and os.path.exists(path + ".quarantine")
+    # It starts afresh: from the earliest record, delivered again.
+    assert run_kq("consume", "jobs", "--share", "s", "-n", "2").stdout.decode().split()[1::2] == ["a", "b"]
+    lock = os.path.join(data_dir, "shares", "s", "jobs", "0.share.lock")
+    os.unlink(lock)
+    os.mkfifo(lock)
+    r = run_kq("verify", timeout=20)
+    assert r.returncode == 1 and b"lock file of share group 's' is a named pipe (FIFO)" in r.stdout
+
+
+def test_replicate_carries_share_groups_so_a_failover_delivers_nothing_twice(run_kq, data_dir, tmp_path):
+    produce(run_kq, [str(i) for i in range(6)])
+    replica = str(tmp_path / "replica")
+    run_kq("consume", "jobs", "--share", "s", "--exec", "true", "-n", "3", "--max-attempts", "2")
+    leased = run_kq("consume", "jobs", "--share", "s", "-n", "1", "--lease", "1h").stdout.decode().split("\t")[0]
+    assert run_kq("replicate", "jobs", "--to", replica).returncode == 0
+    src = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+    rep = json.loads(run_kq("group", "describe", "s", "--json", data=replica).stdout)["partitions"]
+    assert src == rep and rep[0]["acknowledged"] == 3 and rep[0]["acquired"] == 1
+    settings = os.path.join("shares", "s", "jobs", "share.json")
+    assert open(os.path.join(replica, settings)).read() == open(os.path.join(data_dir, settings)).read()
+    # On the replica the lease still holds, and what was acknowledged is not delivered again.
+    r = run_kq("consume", "jobs", "--share", "s", "-n", "10", data=replica)
+    assert [line.split("\t")[1] for line in r.stdout.decode().splitlines()] == ["4", "5"]
+    assert run_kq("ack", "jobs", "--share", "s", leased, data=replica).returncode == 0
+    # A second replicate changes nothing that is the same, and carries what changed.
+    assert run_kq("ack", "jobs", "--share", "s", leased).returncode == 0
+    assert run_kq("replicate", "jobs", "--to", replica).returncode == 0
+    assert (
+        json.loads(run_kq("group", "describe", "s", "--json", data=replica).stdout)["partitions"][0]["acknowledged"]
+        == 4
+    )
