@@ -21,6 +21,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections import deque
 
 from .consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
 from .runner import stop_command
@@ -29,6 +30,9 @@ from .share import Delivery, Failure, ShareConsumer
 STDERR_TAIL_BYTES = 4096  # kept of each command's stderr, for the dead-letter headers
 STDERR_TAIL_LINES = 10
 READ_CHUNK = 65536
+# Records whose command succeeded are acknowledged with the next acquisition
+# (one state change for both), or after this long if no acquisition comes.
+ACK_SECONDS = 0.05
 
 
 def _text(data: bytes | None) -> tuple[str, bool]:
@@ -141,8 +145,12 @@ class ShareRunner:
         self.lost = 0  # records whose lease was lost while their command ran
         self.timed_out = False
         self._jobs: dict[int, _Job] = {}
+        self._queue: deque[list[Delivery]] = deque()  # runs acquired, waiting for a free slot
+        self._to_ack: list[Delivery] = []  # succeeded, acknowledged with the next acquisition
+        self._ack_since = 0.0
         self._selector = selectors.DefaultSelector()
-        self._base_env = dict(os.environ)
+        # Encoded once: Popen would encode every variable again for every record.
+        self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self._next_poll = 0.0
         self._extend_every = max(consumer.lease_ms / 3000, 0.05)
         self._next_extend = time.monotonic() + self._extend_every
@@ -152,8 +160,10 @@ class ShareRunner:
     def run(self) -> None:
         try:
             while True:
-                got = self._start_jobs()
+                got = self._refill()
+                self._start_queued()
                 if not self._jobs:
+                    self._flush_acks()
                     if got:
                         continue
                     if self._done_acquiring() or not self.follow:
@@ -164,25 +174,33 @@ class ShareRunner:
                     time.sleep(max(self._next_poll - time.monotonic(), 0))
                     continue
                 self._wait()
+                if self._to_ack and time.monotonic() - self._ack_since >= ACK_SECONDS:
+                    self._flush_acks()
                 self._extend()
         except BaseException:
             self._stop_all()
             raise
         finally:
             self._selector.close()
+        # (the acknowledgements left are flushed above before every return)
 
     def _done_acquiring(self) -> bool:
         return self.count is not None and self.acquired >= self.count
 
-    def _start_jobs(self) -> int:
-        free = self.parallel - len(self._jobs)
+    def _refill(self) -> int:
+        """Acquire records for the commands to come (acknowledging those that succeeded, in the
+        same change), when fewer runs wait than commands may run; returns how many."""
+        waiting = sum(len(run) for run in self._queue)
         now = time.monotonic()
-        if free <= 0 or self._done_acquiring() or now < self._next_poll:
+        if len(self._queue) >= self.parallel or self._done_acquiring() or now < self._next_poll:
             return 0
-        want = free * self.batch
+        # Up to twice what runs at once: the next commands start without waiting for a state change.
+        want = 2 * self.parallel * self.batch - waiting
         if self.count is not None:
             want = min(want, self.count - self.acquired)
-        deliveries = self.consumer.acquire(want)
+        acks, self._to_ack = self._to_ack, []
+        deliveries = self.consumer.acquire(want, ack=acks)
+        self._count_acks(self.consumer.last_ack)
         if not deliveries:
             quiet = now - self.idle.since
             self._next_poll = now + (POLL_SECONDS if quiet < BUSY_SECONDS else IDLE_POLL_SECONDS)
@@ -190,12 +208,26 @@ class ShareRunner:
         self.idle.reset()
         self._next_poll = 0.0
         self.acquired += len(deliveries)
-        for run in in_runs(deliveries, self.batch):
-            self._spawn(run)
+        self._queue.extend(in_runs(deliveries, self.batch))
         return len(deliveries)
 
+    def _start_queued(self) -> None:
+        while self._queue and len(self._jobs) < self.parallel:
+            self._spawn(self._queue.popleft())
+
+    def _flush_acks(self) -> None:
+        if self._to_ack:
+            acks, self._to_ack = self._to_ack, []
+            self._count_acks(self.consumer.ack(acks))
+
+    def _count_acks(self, out) -> None:
+        self.acked += out.acked
+        self.lost += len(out.not_held)
+
     def _spawn(self, deliveries: list[Delivery]) -> None:
-        env = {**self._base_env, **record_environment(self.consumer.topic.name, self.consumer.share, deliveries)}
+        env = dict(self._base_env)
+        for k, v in record_environment(self.consumer.topic.name, self.consumer.share, deliveries).items():
+            env[k.encode()] = v.encode("utf-8", "surrogateescape")
         stdin = b"".join(self.write(d.partition, d.batch, d.index, d.index + 1) for d in deliveries)
         # Its own process group, so that stopping kq stops the whole command.
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
@@ -312,9 +344,9 @@ class ShareRunner:
                 self.dead += out.dead
                 self.lost += len(out.not_held)
         if ok:
-            out = self.consumer.ack(ok)
-            self.acked += out.acked
-            self.lost += len(out.not_held)
+            if not self._to_ack:
+                self._ack_since = time.monotonic()
+            self._to_ack += ok
 
     def _extend(self) -> None:
         now = time.monotonic()
@@ -322,6 +354,7 @@ class ShareRunner:
             return
         self._next_extend = now + self._extend_every
         running = [d for job in self._jobs.values() if not job.lost for d in job.deliveries]
+        running += [d for run in self._queue for d in run]
         if not running:
             return
         out = self.consumer.extend(running)
@@ -336,7 +369,12 @@ class ShareRunner:
                     stop_command(job.proc)
 
     def _stop_all(self) -> None:
-        """Interrupted: stop every command, and give its records back for another worker at once."""
+        """Interrupted: stop every command, and give its records (and those not started) back for
+        another worker at once; acknowledge what succeeded."""
+        try:
+            self._flush_acks()
+        except BaseException:  # redelivered once their leases run out
+            pass
         jobs = list(self._jobs.values())
         for job in jobs:
             stop_command(job.proc)
@@ -346,7 +384,8 @@ class ShareRunner:
             except OSError:
                 pass
         self._jobs.clear()
-        mine = [d for job in jobs if not job.lost for d in job.deliveries]
+        mine = [d for job in jobs if not job.lost for d in job.deliveries] + [d for run in self._queue for d in run]
+        self._queue.clear()
         if mine:
             try:
                 self.consumer.release(mine)
