@@ -101,8 +101,7 @@ LATENCY = textwrap.dedent("""
 
 
 def _run(script: str, *args) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return [float(x) for x in out.stdout.split()]
@@ -121,8 +120,12 @@ def measure(bootstrap: str, topic: str, messages: int, latency_messages: int) ->
     consume_s, got = _run(CONSUME, bootstrap, topic, messages)
     _create_topic(bootstrap, topic + "-lat")
     p50, p99 = _run(LATENCY, bootstrap, topic + "-lat", latency_messages)
-    return {"produce_msg_s": messages / produce_s, "consume_msg_s": got / consume_s,
-            "latency_p50_ms": p50, "latency_p99_ms": p99}
+    return {
+        "produce_msg_s": messages / produce_s,
+        "consume_msg_s": got / consume_s,
+        "latency_p50_ms": p50,
+        "latency_p99_ms": p99,
+    }
 
 
 def main() -> None:
@@ -143,8 +146,9 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         tansu = Tansu()
         try:
-            results["Tansu 0.6 (memory)"].append(measure(tansu.bootstrap, f"bench{run}", args.messages,
-                                                         args.latency_messages))
+            results["Tansu 0.6 (memory)"].append(
+                measure(tansu.bootstrap, f"bench{run}", args.messages, args.latency_messages)
+            )
         finally:
             tansu.kill()
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
@@ -153,13 +157,18 @@ def main() -> None:
         print(json.dumps({"medians": medians, "runs": results}, indent=2))
         return
     import confluent_kafka
-    print(f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]}), {args.messages:,} messages of 100 B, "
-          f"one partition, median of {args.runs} runs ({time.strftime('%Y-%m-%d')})\n")
+
+    print(
+        f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]}), {args.messages:,} messages of 100 B, "
+        f"one partition, median of {args.runs} runs ({time.strftime('%Y-%m-%d')})\n"
+    )
     print("| broker | produce msg/s | consume msg/s | latency p50 ms | latency p99 ms |")
     print("|---|---:|---:|---:|---:|")
     for name, m in medians.items():
-        print(f"| {name} | {m['produce_msg_s']:,.0f} | {m['consume_msg_s']:,.0f} | "
-              f"{m['latency_p50_ms']:.2f} | {m['latency_p99_ms']:.2f} |")
+        print(
+            f"| {name} | {m['produce_msg_s']:,.0f} | {m['consume_msg_s']:,.0f} | "
+            f"{m['latency_p50_ms']:.2f} | {m['latency_p99_ms']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class Payload(NamedTuple):
     """A batch's records packed, before the batch is given its offset."""
 
     data: bytes  # the msgpack payload
-    count: int
+    count: int  # type: ignore[assignment]  # (a field, where tuple has a method of that name)
     last_offset_delta: int
     base_timestamp: int
     max_timestamp: int
@@ -211,6 +211,18 @@ class RecordBatch:
         "timestamp_deltas",
         "offset_deltas",
     )
+    position: int
+    size: int
+    base_offset: int
+    last_offset_delta: int
+    count: int
+    base_timestamp: int
+    max_timestamp: int
+    values: list
+    keys: list | None
+    headers: list | None
+    timestamp_deltas: list | None
+    offset_deltas: list | None
 
     @property
     def last_offset(self) -> int:

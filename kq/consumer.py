@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from .batch import RecordBatch
+from .cursor import Cursor
 from .errors import warn
 from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from .topic import Topic
@@ -48,7 +49,7 @@ class Consumer:
         self.poll_seconds = poll_seconds
         self.positions: dict[int, int] = {}
         self.stops: dict[int, int | None] = {}
-        self._cursors = {}
+        self._cursors: dict[int, Cursor] = {}
         self._finished: set[int] = set()
         self.timed_out = False
         self.who: str | None = None  # who reads, for warnings (a group consumer names its group)

@@ -114,7 +114,7 @@ class Cursor:
         if not self._open(base):
             return
         entry = Index.load(self.partition.index_path(self._base)).floor_offset(offset)
-        if entry is not None and entry_is_valid(self._fd, entry):
+        if entry is not None and self._fd is not None and entry_is_valid(self._fd, entry):
             self._position, self._floor = entry[1], entry[0]
 
     def _note_skip(self) -> None:
@@ -165,7 +165,7 @@ class Cursor:
                     b.position = pos
                     out.append(b)
                     self.offset = next_offset
-            self._buffers[0] = reader.buffer
+            self._buffers[0] = reader.buffer or self._buffers[0]
             self._position = reader.stop_position
             self._floor = reader.floor
             if out:

@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 from contextlib import contextmanager
+from typing import IO
 
 import portalocker
 
@@ -254,7 +255,7 @@ class FileLock:
         self.path = path
         self.read_only_ok = read_only_ok
         self.create = create  # without it, a missing lock file raises FileNotFoundError
-        self.file = None  # the open lock file (group claims write their owner into it)
+        self.file: IO[str] | None = None  # the open lock file (group claims write their owner into it)
         self.held = False
         self._depth = 0  # taken again by its holder: released when the outermost ``with`` ends
 
@@ -285,11 +286,25 @@ class FileLock:
         if not blocking:
             flags |= portalocker.LockFlags.NON_BLOCKING
         try:
-            portalocker.lock(self.file, flags)
+            portalocker.lock(self.file, flags)  # type: ignore[arg-type]  # opened just above
         except portalocker.exceptions.LockException:
             return False
         self.held, self._depth = True, 1
         return True
+
+    def write(self, text: str) -> None:
+        """Replace the lock file's content (a claim names its owner), holding the lock."""
+        if self.file is None:
+            raise ValueError(f"{self.path} is not open")
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(text)
+        self.file.flush()
+
+    def fileno(self) -> int:
+        if self.file is None:
+            raise ValueError(f"{self.path} is not open")
+        return self.file.fileno()
 
     def release(self) -> None:
         if not self.held:

@@ -27,7 +27,17 @@ from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
 from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 from .errors import warn as kq_warn
-from .fileio import atomic_write, integer_field, is_locked, make_dirs, read_metadata, read_small, shown, try_lock
+from .fileio import (
+    FileLock,
+    atomic_write,
+    integer_field,
+    is_locked,
+    make_dirs,
+    read_metadata,
+    read_small,
+    shown,
+    try_lock,
+)
 from .location import MAX_PARTITIONS, group_names, named_directories
 from .names import check_name
 from .segment import MAX_OFFSET
@@ -102,7 +112,7 @@ class Groups:
         """
         name, topic_id = _name_and_id(topic)
         directory = self._dir(group, name)
-        out = {}
+        out: dict[int, int] = {}
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -142,7 +152,11 @@ class Groups:
         name, topic_id = _name_and_id(topic)
         directory = self._dir(group, name)
         make_dirs(directory)
-        body = {"format": OFFSETS_FORMAT, "offset": offset, "committed_at": time.time_ns() // 1_000_000}
+        body: dict[str, int | str] = {
+            "format": OFFSETS_FORMAT,
+            "offset": offset,
+            "committed_at": time.time_ns() // 1_000_000,
+        }
         if topic_id is not None:
             body["topic_id"] = topic_id
         atomic_write(os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n")
@@ -181,7 +195,7 @@ class Groups:
     def owners(self, group: str, topic: str) -> dict[int, str]:
         """Partition -> member id, for partitions a live member holds."""
         directory = self._dir(group, topic)
-        out = {}
+        out: dict[int, str] = {}
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -249,9 +263,9 @@ class Member:
         self.dir = groups._dir(group, topic)
         # Ids sort by joining time, so the longest-lived member keeps rank 0.
         self.id = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._member_file = None
+        self._member_file: FileLock | None = None
         self._touched = 0.0
-        self._claims: dict[int, object] = {}
+        self._claims: dict[int, FileLock] = {}
 
     def join(self) -> None:
         members = os.path.join(self.dir, MEMBERS_DIR)
@@ -261,6 +275,8 @@ class Member:
         # ever see it unlocked and take it for a dead member's.
         tmp = os.path.join(members, f".{self.id}.joining")
         lock = try_lock(tmp, create=True)
+        if lock is None:  # a name of this process's own: nobody else takes it
+            raise KqError(f"cannot join group '{self.group}': {tmp} is locked")
         info = {
             "member": self.id,
             "pid": os.getpid(),
@@ -268,8 +284,7 @@ class Member:
             "topic": self.topic,
             "joined_at": time.time_ns() // 1_000_000,
         }
-        lock.file.write(json.dumps(info))
-        lock.file.flush()
+        lock.write(json.dumps(info))
         os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
         self._member_file = lock
         self._touched = time.monotonic()
@@ -285,7 +300,7 @@ class Member:
         if self._member_file is not None and now - self._touched >= PROGRESS_SECONDS:
             self._touched = now
             try:
-                os.utime(self._member_file.file.fileno())
+                os.utime(self._member_file.fileno())
             except OSError:
                 pass  # a missing member file is tidied up by the next prober; nothing to show
 
@@ -303,10 +318,7 @@ class Member:
         lock = try_lock(os.path.join(self.dir, f"{partition}{CLAIM_SUFFIX}"), create=True)
         if lock is None:
             return False
-        lock.file.seek(0)
-        lock.file.truncate()
-        lock.file.write(self.id)
-        lock.file.flush()
+        lock.write(self.id)
         self._claims[partition] = lock
         return True
 
@@ -400,7 +412,7 @@ class GroupConsumer:
                 start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
                 if warning:
                     self.warn(warning)
-                self._committed[p] = committed
+                self._committed[p] = committed  # type: ignore[assignment]
                 self.consumer.add(p, start)
                 if start != committed:
                     # Remember where --reset put the group, as Kafka does,

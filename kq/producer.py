@@ -105,7 +105,7 @@ class Producer:
             take = min(n - start, self._run_records, max(1, int(self._run_bytes / average)))
             runs.append((self._sticky, start, start + take))
             self._run_records -= take
-            self._run_bytes -= take * average
+            self._run_bytes -= int(take * average)
             start += take
         return runs
 
@@ -124,7 +124,7 @@ class Producer:
         if len(cache) > KEY_CACHE_SIZE or self._keyed_count != self.topic.partition_count:
             cache.clear()  # full, or the topic grew: keys map anew
             self._keyed_count = self.topic.partition_count
-        out = list(map(cache.get, keys))
+        out: list = list(map(cache.get, keys))
         if None in out:  # new keys, or records without a key
             count = self.topic.partition_count
             for i, number in enumerate(out):
@@ -214,12 +214,11 @@ class Producer:
         """Send (key, value, headers, partition, timestamp) tuples, grouped per partition."""
         if not records:
             return
-        keys, values, headers, partitions, stamps = (list(column) for column in zip(*records))
-        if all(t is None for t in stamps):
-            stamps = None
-        else:
+        keys, values, headers, partitions, given = (list(column) for column in zip(*records))
+        stamps: list | None = None
+        if any(t is not None for t in given):
             now = now_ms()
-            stamps = [now if t is None else t for t in stamps]
+            stamps = [now if t is None else t for t in given]
         if self.partition is not None or self.topic.partition_count == 1:
             numbers = [self.partition or 0] * len(records)
         else:

@@ -100,6 +100,7 @@ class CommandRunner:
         proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)
         try:
             try:
+                assert proc.stdin is not None  # stdin=PIPE
                 proc.stdin.write(self.write(sl.partition, sl.batch, sl.start, sl.stop))
                 proc.stdin.close()
             except BrokenPipeError:

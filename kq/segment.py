@@ -267,7 +267,7 @@ def scan(fd: int, path: str, base: int, index: Index | None = None) -> SegmentSc
     and the index entries it makes are exactly those ``IndexBuilder`` makes.
     """
     start = -1 if index is None else last_valid_entry(fd, index)
-    if start >= 0:
+    if index is not None and start >= 0:
         offset, position, max_ts = index.entry(start)
     else:
         offset, position, max_ts = base, 0, NO_TIMESTAMP
@@ -276,7 +276,7 @@ def scan(fd: int, path: str, base: int, index: Index | None = None) -> SegmentSc
     return result
 
 
-def resume(result: SegmentScan, fd: int, path: str, position: int, floor: int) -> None:
+def resume(result: SegmentScan, fd: int, path: str, position: int, floor: int | None) -> None:
     """Walk on from ``position`` (a batch start) where a scan stopped, updating ``result``."""
     reader = BatchReader(fd, path, position, floor=floor)
     builder = result.index

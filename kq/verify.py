@@ -293,7 +293,8 @@ class _PartitionCheck:
         it and never serve it, and repair moves it aside.
         """
         index = IndexBuilder()
-        position, floor = 0, seg.base
+        position: int = 0
+        floor: int | None = seg.base
         while True:
             reader = BatchReader(fd, seg.path, position, floor=floor)
             for pos, header, buf, rel in reader.headers():
@@ -317,7 +318,16 @@ class _PartitionCheck:
             end = seg.size if found is None else found
             if found is None and last and reader.whole_batch:
                 scan = SegmentScan(
-                    seg.base, start, reader.floor, index, 0, DAMAGED, reader.reason, True, None, reader.floor
+                    seg.base,
+                    start,
+                    reader.floor or seg.base,
+                    index,
+                    0,
+                    DAMAGED,
+                    reader.reason,
+                    True,
+                    None,
+                    reader.floor,
                 )
                 damaged = damaged_last_batch(fd, scan, seg.size, self.compacted)
                 if damaged is not None:
@@ -537,7 +547,7 @@ class Verifier:
     def run(self, topics: list[str] | None = None):
         self.data.exists()  # a broken data directory is an error, not a problem to list
         names = self.data.topic_names() if topics is None else topics
-        opened = {}
+        opened: dict[str, Topic | Problem] = {}
         for name in names:
             try:
                 opened[name] = self.data.topic(name)  # unknown names fail before any work
@@ -651,7 +661,7 @@ class Verifier:
                 old.index_problem.action, old.index_problem.repaired = seg.index_problem.action, True
             elif old.damaged or old.torn_tail:  # the index of a segment whose bytes were cut
                 cut = old.torn_tail or old.damaged[-1]
-                cut.problem.action += f"; {seg.index_problem.action}"
+                cut.problem.action = f"{cut.problem.action or ''}; {seg.index_problem.action}"
             else:
                 found.problems.append(seg.index_problem)
         for p in found.errors:

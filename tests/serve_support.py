@@ -90,10 +90,12 @@ class KqServer:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
             (wrapper or []) + KQ + ["--data-dir", data_dir, "serve", "--listen", "127.0.0.1:0", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
         )
         self.stderr = _Lines(self.proc.stderr)
-        line = self.stderr.wait_for(lambda l: l.startswith("kq: serving"), timeout=30)
+        line = self.stderr.wait_for(lambda text: text.startswith("kq: serving"), timeout=30)
         self.port = int(line.rsplit(":", 1)[1])
         self.bootstrap = f"127.0.0.1:{self.port}"
 
@@ -123,9 +125,18 @@ class Tansu:
         self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.bootstrap = f"127.0.0.1:{self.port}"
         deadline = time.monotonic() + 20
@@ -135,7 +146,7 @@ class Tansu:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise AssertionError("Tansu did not start")
+                    raise AssertionError("Tansu did not start") from None
                 time.sleep(0.05)
 
     def kill(self) -> None:
@@ -148,23 +159,41 @@ class Tansu:
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 
 
-def produce(client: str, bootstrap: str, topic: str, records: list[dict], acks="all",
-            compression: str = "none", idempotent: bool = False, extra: dict | None = None) -> list[tuple[int, int]]:
+def produce(
+    client: str,
+    bootstrap: str,
+    topic: str,
+    records: list[dict],
+    acks="all",
+    compression: str = "none",
+    idempotent: bool = False,
+    extra: dict | None = None,
+) -> list[tuple[int, int]]:
     """Send ``records`` (value, and optionally key, headers, timestamp, partition) in order.
 
     Returns (partition, offset) per record as the client reported it ([] for
     kcat and for acks=0, which report none).
     """
-    return {"confluent": _produce_confluent, "kafka-python": _produce_kafka_python,
-            "aiokafka": _produce_aiokafka, "kcat": _produce_kcat}[client](
-        bootstrap, topic, records, acks, compression, idempotent, extra or {})
+    return {
+        "confluent": _produce_confluent,
+        "kafka-python": _produce_kafka_python,
+        "aiokafka": _produce_aiokafka,
+        "kcat": _produce_kcat,
+    }[client](bootstrap, topic, records, acks, compression, idempotent, extra or {})
 
 
 def _produce_confluent(bootstrap, topic, records, acks, compression, idempotent, extra):
     from confluent_kafka import Producer
 
-    conf = {"bootstrap.servers": bootstrap, "acks": str(acks), "compression.type": compression,
-            "enable.idempotence": idempotent, "linger.ms": 5, "partitioner": "murmur2_random", **extra}
+    conf = {
+        "bootstrap.servers": bootstrap,
+        "acks": str(acks),
+        "compression.type": compression,
+        "enable.idempotence": idempotent,
+        "linger.ms": 5,
+        "partitioner": "murmur2_random",
+        **extra,
+    }
     p = Producer(conf)
     results: list = [None] * len(records)
     errors = []
@@ -175,6 +204,7 @@ def _produce_confluent(bootstrap, topic, records, acks, compression, idempotent,
                 errors.append(err)
             else:
                 results[i] = (msg.partition(), msg.offset())
+
         return cb
 
     for i, r in enumerate(records):
@@ -195,13 +225,26 @@ def _produce_confluent(bootstrap, topic, records, acks, compression, idempotent,
 def _produce_kafka_python(bootstrap, topic, records, acks, compression, idempotent, extra):
     from kafka import KafkaProducer
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks=acks if acks != "all" else "all",
-                      compression_type=None if compression == "none" else compression,
-                      enable_idempotence=idempotent, linger_ms=5, **extra)
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=acks if acks != "all" else "all",
+        compression_type=None if compression == "none" else compression,
+        enable_idempotence=idempotent,
+        linger_ms=5,
+        **extra,
+    )
     try:
-        futures = [p.send(topic, value=r["value"], key=r.get("key"), partition=r.get("partition"),
-                          timestamp_ms=r.get("timestamp"), headers=list(r.get("headers") or []))
-                   for r in records]
+        futures = [
+            p.send(
+                topic,
+                value=r["value"],
+                key=r.get("key"),
+                partition=r.get("partition"),
+                timestamp_ms=r.get("timestamp"),
+                headers=list(r.get("headers") or []),
+            )
+            for r in records
+        ]
         p.flush(30)
         metas = [f.get(30) for f in futures]
     finally:
@@ -213,14 +256,27 @@ def _produce_aiokafka(bootstrap, topic, records, acks, compression, idempotent, 
     from aiokafka import AIOKafkaProducer
 
     async def run():
-        p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks,
-                             compression_type=None if compression == "none" else compression,
-                             enable_idempotence=idempotent, linger_ms=5, **extra)
+        p = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks=acks,
+            compression_type=None if compression == "none" else compression,
+            enable_idempotence=idempotent,
+            linger_ms=5,
+            **extra,
+        )
         await p.start()
         try:
-            futures = [await p.send(topic, value=r["value"], key=r.get("key"), partition=r.get("partition"),
-                                    timestamp_ms=r.get("timestamp"), headers=list(r.get("headers") or []))
-                       for r in records]
+            futures = [
+                await p.send(
+                    topic,
+                    value=r["value"],
+                    key=r.get("key"),
+                    partition=r.get("partition"),
+                    timestamp_ms=r.get("timestamp"),
+                    headers=list(r.get("headers") or []),
+                )
+                for r in records
+            ]
             metas = [await f for f in futures]
         finally:
             await p.stop()
@@ -238,9 +294,24 @@ def _produce_kcat(bootstrap, topic, records, acks, compression, idempotent, extr
             groups.append((spec, []))
         groups[-1][1].append(r)
     for (partition, headers, keyed), rs in groups:
-        cmd = [KCAT, "-b", bootstrap, "-t", topic, "-P", "-X", f"acks={acks}", "-z", compression,
-               "-X", f"enable.idempotence={'true' if idempotent else 'false'}", "-X", "partitioner=murmur2_random",
-               "-D", "\x1e"]
+        cmd = [
+            KCAT,
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-P",
+            "-X",
+            f"acks={acks}",
+            "-z",
+            compression,
+            "-X",
+            f"enable.idempotence={'true' if idempotent else 'false'}",
+            "-X",
+            "partitioner=murmur2_random",
+            "-D",
+            "\x1e",
+        ]
         for k, v in extra.items():
             cmd += ["-X", f"{k}={v}"]
         if partition is not None:
@@ -255,17 +326,27 @@ def _produce_kcat(bootstrap, topic, records, acks, compression, idempotent, extr
     return []
 
 
-def consume(client: str, bootstrap: str, topic: str, partitions: list[int], count: int,
-            start="earliest", timeout: float = 30) -> list[dict]:
+def consume(
+    client: str, bootstrap: str, topic: str, partitions: list[int], count: int, start="earliest", timeout: float = 30
+) -> list[dict]:
     """Read ``count`` records from ``partitions`` starting at ``start`` (earliest, latest or an offset)."""
-    return {"confluent": _consume_confluent, "kafka-python": _consume_kafka_python,
-            "aiokafka": _consume_aiokafka, "kcat": _consume_kcat}[client](
-        bootstrap, topic, partitions, count, start, timeout)
+    return {
+        "confluent": _consume_confluent,
+        "kafka-python": _consume_kafka_python,
+        "aiokafka": _consume_aiokafka,
+        "kcat": _consume_kcat,
+    }[client](bootstrap, topic, partitions, count, start, timeout)
 
 
 def _record(partition, offset, key, value, headers, timestamp) -> dict:
-    return {"partition": partition, "offset": offset, "key": key, "value": value,
-            "headers": [(k, v) for k, v in (headers or [])], "timestamp": timestamp}
+    return {
+        "partition": partition,
+        "offset": offset,
+        "key": key,
+        "value": value,
+        "headers": [(k, v) for k, v in (headers or [])],
+        "timestamp": timestamp,
+    }
 
 
 def _consume_confluent(bootstrap, topic, partitions, count, start, timeout):
@@ -351,8 +432,16 @@ def _consume_kcat(bootstrap, topic, partitions, count, start, timeout):
             m = json.loads(line)
             h = m.get("headers") or []
             headers = [(h[i], h[i + 1].encode()) for i in range(0, len(h), 2)]
-            out.append(_record(m["partition"], m["offset"], None if m["key"] is None else m["key"].encode(),
-                               None if m["payload"] is None else m["payload"].encode(), headers, m["ts"]))
+            out.append(
+                _record(
+                    m["partition"],
+                    m["offset"],
+                    None if m["key"] is None else m["key"].encode(),
+                    None if m["payload"] is None else m["payload"].encode(),
+                    headers,
+                    m["ts"],
+                )
+            )
     return out
 
 
@@ -364,14 +453,21 @@ def kq_records(run_kq, topic: str) -> list[dict]:
     for line in out.stdout.decode().splitlines():
         obj = json.loads(line)
         assert "key_encoding" not in obj and "value_encoding" not in obj and "headers_encoding" not in obj
-        rows.append(_record(obj["partition"], obj["offset"],
-                            None if obj["key"] is None else obj["key"].encode(),
-                            None if obj["value"] is None else obj["value"].encode(),
-                            [(k, v.encode()) for k, v in obj["headers"]], obj["timestamp"]))
+        rows.append(
+            _record(
+                obj["partition"],
+                obj["offset"],
+                None if obj["key"] is None else obj["key"].encode(),
+                None if obj["value"] is None else obj["value"].encode(),
+                [(k, v.encode()) for k, v in obj["headers"]],
+                obj["timestamp"],
+            )
+        )
     return sorted(rows, key=lambda r: (r["partition"], r["offset"]))
 
 
 # ---------------------------------------------------------------- raw protocol
+
 
 def connect(port: int, timeout: float = 10) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -426,5 +522,5 @@ def closed_by_server(sock: socket.socket, timeout: float = 10) -> bool:
                 return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from serve_support import CODECS, KqServer, client_params, consume, kq_records, produce
 
 NOW = int(time.time() * 1000)
@@ -71,8 +70,17 @@ def test_every_record_kq_produces_reads_back_identically_with_a_client(client, s
     import json
 
     for i in range(30):
-        lines.append(json.dumps({"partition": i % 3, "key": f"k{i}" if i % 5 else None, "value": f"value {i}",
-                                 "headers": {"h": f"v{i}"} if i % 2 else {}, "timestamp": NOW + i}))
+        lines.append(
+            json.dumps(
+                {
+                    "partition": i % 3,
+                    "key": f"k{i}" if i % 5 else None,
+                    "value": f"value {i}",
+                    "headers": {"h": f"v{i}"} if i % 2 else {},
+                    "timestamp": NOW + i,
+                }
+            )
+        )
     run_kq("topic", "create", "k", "--partitions", "3")
     out = run_kq("produce", "k", "--json", input="\n".join(lines) + "\n")
     assert out.returncode == 0, out.stderr
@@ -109,8 +117,12 @@ def test_idempotent_producer_stores_each_record_once(client, server, run_kq):
 @pytest.mark.parametrize("client", client_params())
 def test_consume_from_an_offset_from_latest_and_by_timestamp(client, server, run_kq):
     run_kq("topic", "create", "o")
-    produce("confluent", server.bootstrap, "o",
-            [{"value": f"m{i}".encode(), "timestamp": NOW + 1000 * i, "partition": 0} for i in range(10)])
+    produce(
+        "confluent",
+        server.bootstrap,
+        "o",
+        [{"value": f"m{i}".encode(), "timestamp": NOW + 1000 * i, "partition": 0} for i in range(10)],
+    )
     from_offset = consume(client, server.bootstrap, "o", [0], 4, start=6)
     assert [r["offset"] for r in from_offset] == [6, 7, 8, 9]
     assert consume(client, server.bootstrap, "o", [0], 1, start="latest", timeout=1.5) == []
@@ -119,8 +131,12 @@ def test_consume_from_an_offset_from_latest_and_by_timestamp(client, server, run
 @pytest.mark.parametrize("client", client_params(["confluent", "kafka-python", "aiokafka"]))
 def test_offsets_for_times_earliest_and_latest(client, server, run_kq):
     run_kq("topic", "create", "ts")
-    produce("confluent", server.bootstrap, "ts",
-            [{"value": f"m{i}".encode(), "timestamp": NOW + 1000 * i, "partition": 0} for i in range(10)])
+    produce(
+        "confluent",
+        server.bootstrap,
+        "ts",
+        [{"value": f"m{i}".encode(), "timestamp": NOW + 1000 * i, "partition": 0} for i in range(10)],
+    )
     found = _offsets_for_times(client, server.bootstrap, "ts", NOW + 3500)
     assert found[0] == 4 and found[1] in (None, NOW + 4000)
     assert _offsets_for_times(client, server.bootstrap, "ts", NOW + 60_000) is None

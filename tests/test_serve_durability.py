@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-
 from serve_support import KqServer, connect, produce, read_frame
 
 pytest.importorskip("confluent_kafka")
@@ -40,8 +39,9 @@ def test_a_waiting_consumer_gets_a_new_record_within_milliseconds_and_idling_cos
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     run_kq("topic", "create", "lp")
-    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "x", "fetch.wait.max.ms": 500,
-                  "fetch.min.bytes": 1})
+    c = Consumer(
+        {"bootstrap.servers": server.bootstrap, "group.id": "x", "fetch.wait.max.ms": 500, "fetch.min.bytes": 1}
+    )
     c.assign([TopicPartition("lp", 0, 0)])
     p = Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 0})
     try:
@@ -83,8 +83,9 @@ def test_topics_are_created_listed_described_and_deleted_through_the_admin_api(s
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
     admin = AdminClient({"bootstrap.servers": server.bootstrap})
-    futures = admin.create_topics([NewTopic("made", 3, 1, config={"retention.ms": "3600000",
-                                                                 "cleanup.policy": "compact"})])
+    futures = admin.create_topics(
+        [NewTopic("made", 3, 1, config={"retention.ms": "3600000", "cleanup.policy": "compact"})]
+    )
     futures["made"].result(30)
     topic = json.loads(run_kq("topic", "describe", "made", "--json").stdout)
     assert len(topic["partitions"]) == 3
@@ -144,8 +145,12 @@ def test_kill_9_during_acks_all_produce_loses_nothing_acknowledged(data_dir, run
     start = 0
     for _ in range(3):
         server = KqServer(data_dir)
-        producer = subprocess.Popen([sys.executable, "-c", PRODUCER, server.bootstrap, "dur", str(start)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        producer = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, server.bootstrap, "dur", str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             seen = []
             while len(seen) < 2000:  # acknowledged records are flowing
@@ -172,8 +177,12 @@ def test_kill_9_during_acks_all_produce_loses_nothing_acknowledged(data_dir, run
 def test_sigterm_during_produce_exits_0_with_every_acknowledged_record_stored(data_dir, run_kq):
     run_kq("topic", "create", "term")
     server = KqServer(data_dir)
-    producer = subprocess.Popen([sys.executable, "-c", PRODUCER, server.bootstrap, "term", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, server.bootstrap, "term", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         seen = [int(producer.stdout.readline()) for _ in range(1000)]
         assert server.stop(signal.SIGTERM) == 0
@@ -190,6 +199,7 @@ def test_sigterm_during_produce_exits_0_with_every_acknowledged_record_stored(da
 
 # ---------------------------------------------------------------- fuzzing the request decoder
 
+
 def _valid_frames() -> list[bytes]:
     from kafka.protocol.consumer import FetchRequest
     from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
@@ -198,12 +208,34 @@ def _valid_frames() -> list[bytes]:
     frames = []
     for req in (
         ApiVersionsRequest(version=3, client_software_name="f", client_software_version="1"),
-        MetadataRequest(version=9, topics=[MetadataRequest.MetadataRequestTopic(name="t")], allow_auto_topic_creation=False),
-        ProduceRequest(version=9, transactional_id=None, acks=1, timeout_ms=100, topic_data=[
-            ProduceRequest.TopicProduceData(name="t", partition_data=[
-                ProduceRequest.TopicProduceData.PartitionProduceData(index=0, records=b"\0" * 70)])]),
-        FetchRequest(version=12, replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=1000, isolation_level=0,
-                     session_id=0, session_epoch=-1, topics=[], forgotten_topics_data=[], rack_id=""),
+        MetadataRequest(
+            version=9, topics=[MetadataRequest.MetadataRequestTopic(name="t")], allow_auto_topic_creation=False
+        ),
+        ProduceRequest(
+            version=9,
+            transactional_id=None,
+            acks=1,
+            timeout_ms=100,
+            topic_data=[
+                ProduceRequest.TopicProduceData(
+                    name="t",
+                    partition_data=[ProduceRequest.TopicProduceData.PartitionProduceData(index=0, records=b"\0" * 70)],
+                )
+            ],
+        ),
+        FetchRequest(
+            version=12,
+            replica_id=-1,
+            max_wait_ms=0,
+            min_bytes=1,
+            max_bytes=1000,
+            isolation_level=0,
+            session_id=0,
+            session_epoch=-1,
+            topics=[],
+            forgotten_topics_data=[],
+            rack_id="",
+        ),
     ):
         req.with_header(correlation_id=1, client_id="fuzz")
         frames.append(bytes(req.encode(header=True)))
@@ -214,8 +246,11 @@ VALID = _valid_frames()
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
-       st.integers(0, 400))
+@given(
+    st.sampled_from(VALID),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    st.integers(0, 400),
+)
 def test_the_request_decoder_rejects_or_decodes_mutated_frames(frame, flips, cut):
     data = bytearray(frame)
     for pos, value in flips:
@@ -263,8 +298,11 @@ def test_a_running_server_survives_a_stream_of_mutated_requests(server):
 def test_sync_fdatasyncs_every_produced_batch_before_acknowledging_it(data_dir, run_kq, tmp_path, sync):
     run_kq("topic", "create", "synced", *(["--sync"] if sync == "kq topic create --sync" else []))
     trace = tmp_path / "trace"
-    server = KqServer(data_dir, *(["--sync"] if sync == "kq serve --sync" else []),
-                      wrapper=["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(trace)])
+    server = KqServer(
+        data_dir,
+        *(["--sync"] if sync == "kq serve --sync" else []),
+        wrapper=["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(trace)],
+    )
     # kq serve itself is strace's child: it is the one to stop (strace ends with it).
     child = int(open(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read().split()[0])
     try:

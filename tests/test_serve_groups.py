@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import wait_for
 from serve_support import KCAT, KqServer, client_params, needs_kcat, produce
 
@@ -31,16 +30,22 @@ def _offsets(run_kq, topic: str, group: str) -> dict[int, int]:
     return {r["partition"]: r["committed"] for r in json.loads(out.stdout) if r.get("committed") is not None}
 
 
-def _group_read(client: str, bootstrap: str, topic: str, group: str, count: int, timeout: float = 30,
-                assignor: str | None = None) -> list[tuple[int, int, bytes]]:
+def _group_read(
+    client: str, bootstrap: str, topic: str, group: str, count: int, timeout: float = 30, assignor: str | None = None
+) -> list[tuple[int, int, bytes]]:
     """Join ``group``, read ``count`` records, commit, leave: (partition, offset, value)."""
     out = []
     deadline = time.monotonic() + timeout
     if client == "confluent":
         from confluent_kafka import Consumer
 
-        conf = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                "enable.auto.commit": False, "session.timeout.ms": 6000}
+        conf = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
         if assignor:
             conf["partition.assignment.strategy"] = assignor
         c = Consumer(conf)
@@ -61,8 +66,16 @@ def _group_read(client: str, bootstrap: str, topic: str, group: str, count: int,
             from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
             kwargs["partition_assignment_strategy"] = [RoundRobinPartitionAssignor]
-        c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                          enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=500, **kwargs)
+        c = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            **kwargs,
+        )
         try:
             while len(out) < count and time.monotonic() < deadline:
                 for _, msgs in c.poll(timeout_ms=200).items():
@@ -79,9 +92,16 @@ def _group_read(client: str, bootstrap: str, topic: str, group: str, count: int,
                 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
                 kwargs["partition_assignment_strategy"] = [RoundRobinPartitionAssignor]
-            c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                 enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=500,
-                                 **kwargs)
+            c = AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=500,
+                **kwargs,
+            )
             await c.start()
             try:
                 while len(out) < count and time.monotonic() < deadline:
@@ -93,9 +113,24 @@ def _group_read(client: str, bootstrap: str, topic: str, group: str, count: int,
 
         asyncio.run(run())
     else:  # kcat's balanced consumer: -G commits as it goes (auto commit), -e ends at the end
-        res = subprocess.run([KCAT, "-b", bootstrap, "-G", group, topic, "-e", "-J",
-                              "-X", "auto.offset.reset=earliest", "-X", "enable.auto.commit=false"],
-                             capture_output=True, timeout=timeout)
+        res = subprocess.run(
+            [
+                KCAT,
+                "-b",
+                bootstrap,
+                "-G",
+                group,
+                topic,
+                "-e",
+                "-J",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-X",
+                "enable.auto.commit=false",
+            ],
+            capture_output=True,
+            timeout=timeout,
+        )
         for line in res.stdout.decode().splitlines():
             m = json.loads(line)
             out.append((m["partition"], m["offset"], m["payload"].encode()))
@@ -124,9 +159,24 @@ def test_a_group_commits_into_kq_offsets_and_resumes_where_it_left_off(client, s
 def test_kcat_balanced_consumer_group_reads_and_commits(server, run_kq):
     run_kq("topic", "create", "kc", "--partitions", "2")
     produce("confluent", server.bootstrap, "kc", [{"value": f"m{i}".encode(), "partition": i % 2} for i in range(10)])
-    res = subprocess.run([KCAT, "-b", server.bootstrap, "-G", "kgroup", "kc", "-e", "-J",
-                          "-X", "auto.offset.reset=earliest", "-X", "auto.commit.interval.ms=100"],
-                         capture_output=True, timeout=60)
+    res = subprocess.run(
+        [
+            KCAT,
+            "-b",
+            server.bootstrap,
+            "-G",
+            "kgroup",
+            "kc",
+            "-e",
+            "-J",
+            "-X",
+            "auto.offset.reset=earliest",
+            "-X",
+            "auto.commit.interval.ms=100",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     got = sorted(json.loads(line)["payload"] for line in res.stdout.decode().splitlines())
     assert got == sorted(f"m{i}" for i in range(10)), res.stderr.decode()
     assert _offsets(run_kq, "kc", "kgroup") == {0: 5, 1: 5}
@@ -167,8 +217,12 @@ class _Member:
     """A confluent-kafka group member in its own process, printing its assignment."""
 
     def __init__(self, bootstrap, topic, group, assignor="range"):
-        self.proc = subprocess.Popen([sys.executable, "-c", MEMBER, bootstrap, topic, group, assignor],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", MEMBER, bootstrap, topic, group, assignor],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.assigned: list[int] = []
         self.records: list[tuple[int, int]] = []
         import threading
@@ -196,8 +250,11 @@ def test_members_rebalance_when_one_joins_and_when_one_dies(server, run_kq, assi
     try:
         wait_for(lambda: a.assigned == [0, 1, 2, 3], timeout=30, message="the first member to get every partition")
         b = _Member(server.bootstrap, "rb", "team", assignor)
-        wait_for(lambda: len(a.assigned) == 2 and len(b.assigned) == 2 and not set(a.assigned) & set(b.assigned),
-                 timeout=30, message="two members to split four partitions")
+        wait_for(
+            lambda: len(a.assigned) == 2 and len(b.assigned) == 2 and not set(a.assigned) & set(b.assigned),
+            timeout=30,
+            message="two members to split four partitions",
+        )
         b.kill()  # no LeaveGroup: the session timeout must notice
         wait_for(lambda: a.assigned == [0, 1, 2, 3], timeout=30, message="the survivor to take every partition")
     finally:
@@ -211,9 +268,14 @@ def test_a_partition_is_never_read_by_a_kafka_member_and_a_kq_member_at_once(ser
     kq_member = spawn_kq("consume", "ex", "-g", "mixed", "-f", "-F", "%p %o\n")
     kafka_member = None
     try:
-        wait_for(lambda: run_kq("group", "describe", "mixed", "--json").returncode == 0
-                 and "ex" in run_kq("group", "describe", "mixed", "--json").stdout.decode(),
-                 timeout=20, message="the kq member to join")
+        wait_for(
+            lambda: (
+                run_kq("group", "describe", "mixed", "--json").returncode == 0
+                and "ex" in run_kq("group", "describe", "mixed", "--json").stdout.decode()
+            ),
+            timeout=20,
+            message="the kq member to join",
+        )
         kafka_member = _Member(server.bootstrap, "ex", "mixed")
         # Two live kq members (the kq process and the server): one partition each.
         wait_for(lambda: len(kafka_member.assigned) == 1, timeout=30, message="the Kafka member to get one partition")
@@ -227,7 +289,9 @@ def test_a_partition_is_never_read_by_a_kafka_member_and_a_kq_member_at_once(ser
         kq_out, _ = kq_member.communicate(timeout=20)
         kq_parts = {int(line.split()[0]) for line in kq_out.decode().splitlines()}
         assert kq_parts == {1 - kafka_part}, "the kq member read the Kafka member's partition"
-        wait_for(lambda: kafka_member.assigned == [0, 1], timeout=30, message="the Kafka member to take both partitions")
+        wait_for(
+            lambda: kafka_member.assigned == [0, 1], timeout=30, message="the Kafka member to take both partitions"
+        )
     finally:
         if kafka_member is not None:
             kafka_member.kill()
@@ -240,8 +304,11 @@ def test_a_kq_member_waits_for_partitions_a_kafka_member_holds(server, run_kq, s
         wait_for(lambda: kafka_member.assigned == [0, 1], timeout=30, message="the Kafka member to get both partitions")
         owners = json.loads(run_kq("group", "describe", "mixed2", "--json").stdout)
         kq_member = spawn_kq("consume", "ex2", "-g", "mixed2", "-f", "-F", "%p %o\n")
-        wait_for(lambda: len(kafka_member.assigned) == 1, timeout=30,
-                 message="the Kafka member to give a partition up to the kq member")
+        wait_for(
+            lambda: len(kafka_member.assigned) == 1,
+            timeout=30,
+            message="the Kafka member to give a partition up to the kq member",
+        )
         run_kq("produce", "ex2", "-p", "0", input="a\n")
         run_kq("produce", "ex2", "-p", "1", input="b\n")
         wait_for(lambda: len(kafka_member.records) >= 1, timeout=30, message="the Kafka member to read")
@@ -267,8 +334,9 @@ def test_admin_lists_describes_and_deletes_groups(server, run_kq):
     assert {g.group_id for g in listed.valid} >= {"g1", "g2"}
     desc = admin.describe_consumer_groups(["g1"])["g1"].result(30)
     assert desc.group_id == "g1" and not desc.members
-    offsets = admin.list_consumer_group_offsets(
-        [__import__("confluent_kafka").ConsumerGroupTopicPartitions("g1")])["g1"].result(30)
+    offsets = admin.list_consumer_group_offsets([__import__("confluent_kafka").ConsumerGroupTopicPartitions("g1")])[
+        "g1"
+    ].result(30)
     assert [(tp.topic, tp.partition, tp.offset) for tp in offsets.topic_partitions] == [("adm", 0, 1)]
     for fut in admin.delete_consumer_groups(["g1"]).values():
         fut.result(30)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import pytest
-
 from serve_support import KqServer, connect, read_frame, roundtrip, send_request
 
 pytest.importorskip("kafka.protocol.consumer")
 from kafka.protocol.consumer import (  # noqa: E402
-    FetchRequest, FetchResponse, JoinGroupRequest, JoinGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
-    SyncGroupRequest, SyncGroupResponse,
+    FetchRequest,
+    FetchResponse,
+    JoinGroupRequest,
+    JoinGroupResponse,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    SyncGroupRequest,
+    SyncGroupResponse,
 )
 from kafka.protocol.producer import (  # noqa: E402
-    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    ProduceRequest,
+    ProduceResponse,
 )
 from kafka.record.default_records import DefaultRecordBatchBuilder  # noqa: E402
 
@@ -33,9 +41,18 @@ def _batch(values, producer_id=-1, epoch=-1, sequence=-1, timestamps=None) -> by
 
 
 def _produce(port, records: bytes, topic="p", partition=0, acks=-1, version=9):
-    req = ProduceRequest(version=version, transactional_id=None, acks=acks, timeout_ms=5000, topic_data=[
-        ProduceRequest.TopicProduceData(name=topic, partition_data=[
-            ProduceRequest.TopicProduceData.PartitionProduceData(index=partition, records=records)])])
+    req = ProduceRequest(
+        version=version,
+        transactional_id=None,
+        acks=acks,
+        timeout_ms=5000,
+        topic_data=[
+            ProduceRequest.TopicProduceData(
+                name=topic,
+                partition_data=[ProduceRequest.TopicProduceData.PartitionProduceData(index=partition, records=records)],
+            )
+        ],
+    )
     r = roundtrip(port, req, ProduceResponse)
     [t] = r.responses
     [p] = t.partition_responses
@@ -43,8 +60,11 @@ def _produce(port, records: bytes, topic="p", partition=0, acks=-1, version=9):
 
 
 def test_a_retried_idempotent_batch_is_stored_once_and_answered_with_its_first_offset(server, run_kq):
-    init = roundtrip(server.port, InitProducerIdRequest(version=1, transactional_id=None, transaction_timeout_ms=1000),
-                     InitProducerIdResponse)
+    init = roundtrip(
+        server.port,
+        InitProducerIdRequest(version=1, transactional_id=None, transaction_timeout_ms=1000),
+        InitProducerIdResponse,
+    )
     assert init.error_code == 0 and init.producer_id >= 0
     pid, epoch = init.producer_id, init.producer_epoch
     assert _produce(server.port, _batch([b"a", b"b"], pid, epoch, 0)) == (0, 0)
@@ -70,9 +90,20 @@ def test_acks_0_gets_no_response_and_the_next_request_is_answered(server, run_kq
     from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse
 
     with connect(server.port) as sock:
-        req = ProduceRequest(version=9, transactional_id=None, acks=0, timeout_ms=5000, topic_data=[
-            ProduceRequest.TopicProduceData(name="p", partition_data=[
-                ProduceRequest.TopicProduceData.PartitionProduceData(index=1, records=_batch([b"fire"]))])])
+        req = ProduceRequest(
+            version=9,
+            transactional_id=None,
+            acks=0,
+            timeout_ms=5000,
+            topic_data=[
+                ProduceRequest.TopicProduceData(
+                    name="p",
+                    partition_data=[
+                        ProduceRequest.TopicProduceData.PartitionProduceData(index=1, records=_batch([b"fire"]))
+                    ],
+                )
+            ],
+        )
         send_request(sock, req, correlation_id=1)
         send_request(sock, ApiVersionsRequest(version=0), correlation_id=2)
         frame = read_frame(sock)
@@ -83,38 +114,93 @@ def test_acks_0_gets_no_response_and_the_next_request_is_answered(server, run_kq
 
 def test_join_group_v4_and_later_first_answers_member_id_required(server):
     def join(member_id):
-        return roundtrip(server.port, JoinGroupRequest(
-            version=5, group_id="raw", session_timeout_ms=10000, rebalance_timeout_ms=10000, member_id=member_id,
-            group_instance_id=None, protocol_type="consumer",
-            protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"\0\0\0\0\0\0\0\0\0\0")]),
-            JoinGroupResponse)
+        return roundtrip(
+            server.port,
+            JoinGroupRequest(
+                version=5,
+                group_id="raw",
+                session_timeout_ms=10000,
+                rebalance_timeout_ms=10000,
+                member_id=member_id,
+                group_instance_id=None,
+                protocol_type="consumer",
+                protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"\0\0\0\0\0\0\0\0\0\0")],
+            ),
+            JoinGroupResponse,
+        )
 
     first = join("")
     assert first.error_code == 79 and first.member_id  # MEMBER_ID_REQUIRED, with the id to use
     second = join(first.member_id)
     assert (second.error_code, second.generation_id, second.leader, second.member_id) == (
-        0, 1, first.member_id, first.member_id)
+        0,
+        1,
+        first.member_id,
+        first.member_id,
+    )
     assert [m.member_id for m in second.members] == [first.member_id]
-    sync = roundtrip(server.port, SyncGroupRequest(version=3, group_id="raw", generation_id=1,
-                                                   member_id=first.member_id, group_instance_id=None,
-                                                   assignments=[]), SyncGroupResponse)
+    sync = roundtrip(
+        server.port,
+        SyncGroupRequest(
+            version=3,
+            group_id="raw",
+            generation_id=1,
+            member_id=first.member_id,
+            group_instance_id=None,
+            assignments=[],
+        ),
+        SyncGroupResponse,
+    )
     assert sync.error_code == 0
     assert join("someone-else").error_code == 25  # UNKNOWN_MEMBER_ID
-    bad = roundtrip(server.port, JoinGroupRequest(
-        version=5, group_id="no/slash", session_timeout_ms=10000, rebalance_timeout_ms=10000, member_id="",
-        group_instance_id=None, protocol_type="consumer",
-        protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"")]), JoinGroupResponse)
+    bad = roundtrip(
+        server.port,
+        JoinGroupRequest(
+            version=5,
+            group_id="no/slash",
+            session_timeout_ms=10000,
+            rebalance_timeout_ms=10000,
+            member_id="",
+            group_instance_id=None,
+            protocol_type="consumer",
+            protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"")],
+        ),
+        JoinGroupResponse,
+    )
     assert bad.error_code == 24  # INVALID_GROUP_ID
 
 
 def test_list_offsets_finds_the_largest_timestamp_and_fetch_refuses_unknown_sessions(server):
     assert _produce(server.port, _batch([b"a", b"b", b"c"], timestamps=[1000, 5000, 3000]))[0] == 0
-    req = ListOffsetsRequest(version=7, replica_id=-1, isolation_level=0, topics=[
-        ListOffsetsRequest.ListOffsetsTopic(name="p", partitions=[
-            ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(partition_index=0, current_leader_epoch=-1,
-                                                                     timestamp=t) for t in (-3, -2, -1, 2000)])])
+    req = ListOffsetsRequest(
+        version=7,
+        replica_id=-1,
+        isolation_level=0,
+        topics=[
+            ListOffsetsRequest.ListOffsetsTopic(
+                name="p",
+                partitions=[
+                    ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition(
+                        partition_index=0, current_leader_epoch=-1, timestamp=t
+                    )
+                    for t in (-3, -2, -1, 2000)
+                ],
+            )
+        ],
+    )
     r = roundtrip(server.port, req, ListOffsetsResponse)
     assert [(p.offset, p.timestamp) for p in r.topics[0].partitions] == [(1, 5000), (0, -1), (3, -1), (1, 5000)]
-    fetch = FetchRequest(version=11, replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=1000, isolation_level=0,
-                         session_id=1234, session_epoch=1, topics=[], forgotten_topics_data=[], rack_id="")
+    fetch = FetchRequest(
+        version=11,
+        replica_id=-1,
+        max_wait_ms=0,
+        min_bytes=1,
+        max_bytes=1000,
+        isolation_level=0,
+        session_id=1234,
+        session_epoch=1,
+        topics=[],
+        forgotten_topics_data=[],
+        rack_id="",
+    )
     assert roundtrip(server.port, fetch, FetchResponse).error_code == 70  # FETCH_SESSION_ID_NOT_FOUND

@@ -14,12 +14,14 @@ from kq.serve import records  # noqa: E402
 
 CODECS = [records.NONE, records.GZIP, records.SNAPPY, records.LZ4, records.ZSTD]
 
-record_st = st.fixed_dictionaries({
-    "key": st.none() | st.binary(max_size=300),
-    "value": st.none() | st.binary(max_size=20_000),
-    "headers": st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200)), max_size=4),
-    "ts_delta": st.integers(min_value=-(2**40), max_value=2**40),
-})
+record_st = st.fixed_dictionaries(
+    {
+        "key": st.none() | st.binary(max_size=300),
+        "value": st.none() | st.binary(max_size=20_000),
+        "headers": st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200)), max_size=4),
+        "ts_delta": st.integers(min_value=-(2**40), max_value=2**40),
+    }
+)
 
 
 def _library_batch(recs, codec=records.NONE, base_ts=1_700_000_000_000, producer=(-1, -1, -1)) -> bytes:
@@ -48,8 +50,13 @@ def test_decoding_a_produced_batch_gives_what_kafka_record_reads(recs, codec):
 def test_a_kq_batch_sent_to_a_consumer_reads_back_identically_with_kafka_record(recs, base_offset):
     base_ts = 1_700_000_000_000
     stamps = [base_ts + r["ts_delta"] for r in recs]
-    kq_bytes = kqbatch.encode(base_offset, [r["value"] for r in recs], keys=[r["key"] for r in recs],
-                              headers=[r["headers"] for r in recs], timestamps=stamps)
+    kq_bytes = kqbatch.encode(
+        base_offset,
+        [r["value"] for r in recs],
+        keys=[r["key"] for r in recs],
+        headers=[r["headers"] for r in recs],
+        timestamps=stamps,
+    )
     status, header = kqbatch.check(kq_bytes, 0, len(kq_bytes))
     kq = kqbatch.decode(kq_bytes, 0, header)
     out: list = []
@@ -58,8 +65,8 @@ def test_a_kq_batch_sent_to_a_consumer_reads_back_identically_with_kafka_record(
     got = []
     pos = 0
     while pos < len(data):
-        size = 12 + int.from_bytes(data[pos + 8:pos + 12], "big")
-        batch = DefaultRecordBatch(data[pos:pos + size])
+        size = 12 + int.from_bytes(data[pos + 8 : pos + 12], "big")
+        batch = DefaultRecordBatch(data[pos : pos + size])
         assert batch.validate_crc()
         got += list(batch)
         pos += size

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import wait_for
 from serve_support import KQ, KqServer, closed_by_server, connect, read_frame, roundtrip, send_request
 
@@ -34,6 +33,7 @@ def _alive(server) -> bool:
 
 
 # ---------------------------------------------------------------- the command
+
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ready_line_then_a_clean_exit_on_a_signal(data_dir, sig):
@@ -66,8 +66,11 @@ def test_a_malformed_listen_address_is_a_usage_error(run_kq, bad):
 
 
 def test_listening_beyond_loopback_warns_that_there_is_no_authentication(data_dir):
-    proc = subprocess.Popen(KQ + ["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        KQ + ["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         first = proc.stderr.readline().decode()
         second = proc.stderr.readline().decode()
@@ -101,13 +104,15 @@ def test_kq_and_its_other_commands_never_import_the_protocol_libraries():
 
 # ---------------------------------------------------------------- ApiVersions and Metadata
 
+
 @pytest.mark.parametrize("version", range(0, 5))
 def test_api_versions_advertises_exactly_the_ranges_served(server, version):
     kwargs = {"client_software_name": "kq-test", "client_software_version": "1"} if version >= 3 else {}
     r = roundtrip(server.port, ApiVersionsRequest(version=version, **kwargs), ApiVersionsResponse)
     assert r.error_code == 0
     assert {(k.api_key, k.min_version, k.max_version) for k in r.api_keys} == {
-        (key, api.min_version, api.max_version) for key, api in wire.APIS.items()}
+        (key, api.min_version, api.max_version) for key, api in wire.APIS.items()
+    }
     # Nothing a client did not ask for: no features, no tagged fields.
     assert not r.supported_features and not r.finalized_features and r.unknown_tags is None
 
@@ -126,8 +131,13 @@ def test_an_unknown_api_versions_version_gets_a_v0_body_with_error_35_and_the_ra
 def test_metadata_creates_a_topic_a_client_asks_for_unless_told_not_to(data_dir, run_kq):
     s = KqServer(data_dir)
     try:
-        r = roundtrip(s.port, MetadataRequest(version=9, topics=[MetadataRequest.MetadataRequestTopic(name="auto")],
-                                              allow_auto_topic_creation=True), MetadataResponse)
+        r = roundtrip(
+            s.port,
+            MetadataRequest(
+                version=9, topics=[MetadataRequest.MetadataRequestTopic(name="auto")], allow_auto_topic_creation=True
+            ),
+            MetadataResponse,
+        )
         assert [(t.name, t.error_code, len(t.partitions)) for t in r.topics] == [("auto", 0, 1)]
         assert [(b.host, b.port) for b in r.brokers] == [("127.0.0.1", s.port)]
     finally:
@@ -135,11 +145,21 @@ def test_metadata_creates_a_topic_a_client_asks_for_unless_told_not_to(data_dir,
     assert "auto" in run_kq("topic", "list", "--json").stdout.decode()
     s = KqServer(data_dir, "--no-auto-create")
     try:
-        r = roundtrip(s.port, MetadataRequest(version=9, topics=[MetadataRequest.MetadataRequestTopic(name="nope")],
-                                              allow_auto_topic_creation=True), MetadataResponse)
+        r = roundtrip(
+            s.port,
+            MetadataRequest(
+                version=9, topics=[MetadataRequest.MetadataRequestTopic(name="nope")], allow_auto_topic_creation=True
+            ),
+            MetadataResponse,
+        )
         assert [(t.name, t.error_code) for t in r.topics] == [("nope", 3)]
-        r = roundtrip(s.port, MetadataRequest(version=9, topics=[MetadataRequest.MetadataRequestTopic(name="../x")],
-                                              allow_auto_topic_creation=True), MetadataResponse)
+        r = roundtrip(
+            s.port,
+            MetadataRequest(
+                version=9, topics=[MetadataRequest.MetadataRequestTopic(name="../x")], allow_auto_topic_creation=True
+            ),
+            MetadataResponse,
+        )
         assert [(t.name, t.error_code) for t in r.topics] == [("../x", 17)]  # INVALID_TOPIC_EXCEPTION
     finally:
         s.kill()
@@ -155,6 +175,7 @@ def test_advertise_is_what_metadata_tells_clients(data_dir):
 
 
 # ---------------------------------------------------------------- hostile clients
+
 
 def test_a_request_over_max_request_bytes_closes_only_that_connection(data_dir):
     s = KqServer(data_dir, "--max-request-bytes", "4096")
@@ -195,10 +216,24 @@ def test_clients_that_vanish_mid_request_or_mid_response_do_not_disturb_others(s
         with connect(server.port) as sock:  # half a frame, then gone
             sock.sendall(struct.pack(">i", 100) + b"\0" * 10)
         with connect(server.port) as sock:  # a fetch of megabytes, never read
-            fetch = FetchRequest(version=4, replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=50_000_000,
-                                 isolation_level=0, topics=[FetchRequest.FetchTopic(
-                                     topic="big", partitions=[FetchRequest.FetchTopic.FetchPartition(
-                                         partition=0, fetch_offset=0, partition_max_bytes=10_000_000)])])
+            fetch = FetchRequest(
+                version=4,
+                replica_id=-1,
+                max_wait_ms=0,
+                min_bytes=1,
+                max_bytes=50_000_000,
+                isolation_level=0,
+                topics=[
+                    FetchRequest.FetchTopic(
+                        topic="big",
+                        partitions=[
+                            FetchRequest.FetchTopic.FetchPartition(
+                                partition=0, fetch_offset=0, partition_max_bytes=10_000_000
+                            )
+                        ],
+                    )
+                ],
+            )
             send_request(sock, fetch)
     assert _alive(server)
 
@@ -219,10 +254,24 @@ def test_200_idle_connections_and_a_slow_reader_cost_bounded_memory(server, run_
     slow = connect(server.port)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
-        fetch = FetchRequest(version=4, replica_id=-1, max_wait_ms=0, min_bytes=1, max_bytes=50_000_000,
-                             isolation_level=0, topics=[FetchRequest.FetchTopic(
-                                 topic="big", partitions=[FetchRequest.FetchTopic.FetchPartition(
-                                     partition=0, fetch_offset=0, partition_max_bytes=20_000_000)])])
+        fetch = FetchRequest(
+            version=4,
+            replica_id=-1,
+            max_wait_ms=0,
+            min_bytes=1,
+            max_bytes=50_000_000,
+            isolation_level=0,
+            topics=[
+                FetchRequest.FetchTopic(
+                    topic="big",
+                    partitions=[
+                        FetchRequest.FetchTopic.FetchPartition(
+                            partition=0, fetch_offset=0, partition_max_bytes=20_000_000
+                        )
+                    ],
+                )
+            ],
+        )
         for i in range(100):  # 100 fetches of ~20 MB each, never read
             send_request(slow, fetch, correlation_id=i)
         assert _alive(server)

@@ -68,8 +68,13 @@ class Reader(Protocol):
 
 
 class Producer(Protocol):
-    sent: int  # records handed to the producer
-    written: int  # records acknowledged (appended, or acknowledged by the broker)
+    @property
+    def sent(self) -> int:
+        """Records handed to the producer."""
+
+    @property
+    def written(self) -> int:
+        """Records acknowledged (appended, or acknowledged by the broker)."""
 
     def send_values(self, values: list, key: bytes | None = None, headers=None, size: int | None = None) -> None: ...
     def send_keyed(self, keys: list, values: list, headers=None, size: int | None = None) -> None: ...

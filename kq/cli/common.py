@@ -24,7 +24,7 @@ class KqCommand(TyperCommand):
             if param.param_type_name != "argument":
                 pieces += param.get_usage_pieces(ctx)
                 continue
-            name = param.metavar or param.name.upper()
+            name = param.metavar or (param.name or "").upper()
             pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
         return pieces
 

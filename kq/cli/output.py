@@ -5,6 +5,7 @@
 
 import os
 import sys
+from typing import Any
 
 from ..errors import KqError
 
@@ -87,11 +88,14 @@ def emit_rows(rows: list[dict], columns: list[str], json_output: bool, title: st
 
 
 def human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
+    if size < 1024:
+        return f"{size} B"
+    scaled = size / 1024
+    for unit in ("KiB", "MiB"):
+        if scaled < 1024:
+            return f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled:.1f} GiB"
 
 
 def count(n: int, noun: str) -> str:
@@ -134,7 +138,8 @@ def noting_written(exc: BaseException, written: int, bad_line: int | None) -> Kq
     if isinstance(exc, KqError):
         exc.args = (f"{exc}; {note}",)
         return exc
-    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    filename = getattr(exc, "filename", None)
+    where = f": {filename}" if filename else ""
     return KqError(f"{getattr(exc, 'strerror', None) or exc}{where}; {note}")
 
 
@@ -158,8 +163,8 @@ class ProgressBars:
 
     def __init__(self, quiet: bool, json_output: bool = False):
         self.enabled = not (quiet or json_output) and is_terminal(sys.stderr)
-        self.bar = None
-        self.tasks = {}
+        self.bar: Any = None  # a rich Progress, made at the first update that shows
+        self.tasks: dict = {}
 
     def __enter__(self) -> "ProgressBars":
         return self

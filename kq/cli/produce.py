@@ -245,9 +245,9 @@ def produce(
                     raise line_error
             elif key_delim is not None:
                 keys, values = split_keys(messages, key_delim)
-                if null_empty:
-                    values = [v or None for v in values]
-                target.producer().send_keyed(keys, values, headers=headers, size=size)
+                target.producer().send_keyed(
+                    keys, [v or None for v in values] if null_empty else values, headers=headers, size=size
+                )
             else:
                 if null_empty:
                     messages = [m or None for m in messages]

@@ -61,7 +61,7 @@ def replicate(
         raise bad_parameter("name the topics to copy, or give --all for every topic", "TOPIC")
     if verify and (follow or truncate):
         raise bad_parameter("--verify only compares; it takes no --follow or --truncate", "--verify")
-    names = None if all_topics else list(dict.fromkeys(topics))
+    names = None if all_topics else list(dict.fromkeys(topics or []))
     replicator = Replicator(source, DataDir(to), truncate=truncate)
     if verify:
         reports = replicator.verify(names)
@@ -69,8 +69,8 @@ def replicate(
         if json_output:
             print_json(rows)
         else:
-            for r in rows:
-                r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
+            for row in rows:
+                row["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in row["groups"]) or None
             emit_rows(
                 rows,
                 ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"],
@@ -125,13 +125,13 @@ def replicate(
                 return
         with ProgressBars(s.quiet, json_output) as bars:
             replicator.progress = lambda r, total: bars.update(f"{r.topic}/{r.partition}", r.bytes, total, r.records)
-            reports = replicator.replicate(names, on_error=report_error)
+            copies = replicator.replicate(names, on_error=report_error)
     if json_output:
         print_json(
-            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in reports], "failed": failed}
+            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in copies], "failed": failed}
         )
     else:
-        for r in reports:
-            announce(r)
+        for copy in copies:
+            announce(copy)
     if failed:
         raise typer.Exit(1)

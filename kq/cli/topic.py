@@ -77,7 +77,7 @@ TombstoneOption = Annotated[
 def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
     from ..units import parse_duration, parse_limit, parse_size
 
-    changes = {}
+    changes: dict[str, object] = {}
     if segment_bytes is not None:
         changes["segment_bytes"] = parse_size(segment_bytes)
     if sync is not None:

@@ -333,7 +333,7 @@ class Broker:
             return None
         return R(version=version, responses=out, throttle_time_ms=0)
 
-    def _produce_partition(self, topic: str, partition: int, data) -> tuple[int, int, str | None]:
+    def _produce_partition(self, topic: str, partition: int, data) -> tuple[int, int | None, str | None]:
         """Append a partition's batches: (error code, base offset, message)."""
         try:
             check_name(topic)

@@ -38,6 +38,7 @@ from kafka.protocol.consumer import (
 )
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
+from ..group import Member as KqMember
 from . import codes
 from .storage import GroupNotFound, InvalidName, KqError, Storage, TopicNotFound, check_name
 
@@ -126,7 +127,7 @@ class Group:
         self.pending: dict[str, float] = {}  # member ids handed out by MEMBER_ID_REQUIRED, until when
         self.rebalance_deadline = 0.0
         # kq's side: the server's kq membership per topic, and what it holds.
-        self.kq_members: dict[str, object] = {}
+        self.kq_members: dict[str, KqMember] = {}
         self.given: dict[str, set[int]] = {}  # partitions handed to this generation's members
         self.next_kq_check = 0.0
 
@@ -157,11 +158,15 @@ class Coordinator:
             return codes.INVALID_GROUP_ID, str(exc)
         return codes.NONE, None
 
-    def _group(self, group_id: str, create: bool = True) -> Group | None:
+    def _group(self, group_id: str) -> Group:
+        """The group, made empty if the server has not seen it yet."""
         group = self.groups.get(group_id)
-        if group is None and create:
+        if group is None:
             group = self.groups[group_id] = Group(group_id)
         return group
+
+    def _existing(self, group_id: str) -> Group | None:
+        return self.groups.get(group_id)
 
     # ------------------------------------------------------------------ join / sync
 
@@ -242,7 +247,9 @@ class Coordinator:
         try:
             return R(version=version, **(await member.join))
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
+            task = asyncio.current_task()
+            # Task.cancelling() is Python 3.11's: on 3.10 every cancellation is the server's own.
+            if task is None or getattr(task, "cancelling", lambda: 1)():
                 raise
             return reply(codes.UNKNOWN_MEMBER_ID, member_id, group)
 
@@ -282,6 +289,7 @@ class Coordinator:
         ]
         for m in group.members.values():
             m.last_seen = time.monotonic()
+            assert m.join is not None  # every member of a join round waits on its future
             m.join.set_result(
                 dict(
                     throttle_time_ms=0,
@@ -300,7 +308,7 @@ class Coordinator:
     def _choose_protocol(group: Group) -> str:
         members = list(group.members.values())
         common = set.intersection(*({n for n, _ in m.protocols} for m in members))
-        votes = Counter()
+        votes: Counter[str] = Counter()
         for m in members:  # each member votes for its first choice among the common ones
             for name, _ in m.protocols:
                 if name in common:
@@ -321,7 +329,7 @@ class Coordinator:
                 assignment=assignment,
             )
 
-        group = self._group(body.group_id, create=False)
+        group = self._existing(body.group_id)
         if group is None or body.member_id not in group.members:
             return reply(codes.UNKNOWN_MEMBER_ID)
         member = group.members[body.member_id]
@@ -367,7 +375,7 @@ class Coordinator:
         topics: set[str] = set()
         for m in group.members.values():
             try:
-                topics.update(subscription_topics(m.metadata(group.protocol)))
+                topics.update(subscription_topics(m.metadata(group.protocol or "")))
             except Exception:
                 pass
         return topics
@@ -448,7 +456,7 @@ class Coordinator:
     # ------------------------------------------------------------------ heartbeat / leave / expiry
 
     async def heartbeat(self, body, version: int):
-        group = self._group(body.group_id, create=False)
+        group = self._existing(body.group_id)
         code = self._heartbeat_code(group, body)
         return HeartbeatResponse(version=version, throttle_time_ms=0, error_code=code)
 
@@ -466,7 +474,7 @@ class Coordinator:
 
     async def leave_group(self, body, version: int):
         R = LeaveGroupResponse
-        group = self._group(body.group_id, create=False)
+        group = self._existing(body.group_id)
         if version < 3:
             ids = [(body.member_id, None)]
         else:
@@ -559,7 +567,7 @@ class Coordinator:
         PR = TR.OffsetCommitResponsePartition
         try:
             check_name(body.group_id, "group")
-            group = self._group(body.group_id, create=False)
+            group = self._existing(body.group_id)
             generation = body.generation_id_or_member_epoch if version >= 1 else -1
             code = self._commit_code(group, generation, body.member_id if version >= 1 else "")
         except KqError:

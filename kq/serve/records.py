@@ -66,7 +66,7 @@ class ProducedBatch(NamedTuple):
     producer_id: int
     producer_epoch: int
     base_sequence: int
-    count: int
+    count: int  # type: ignore[assignment]  # (a field, where tuple has a method of that name)
     null_header_values: int  # header values that were null (kq stores them as b"")
 
 
@@ -308,7 +308,7 @@ def encode_records(values, keys, headers, timestamps, base_ts: int, offset_delta
     table = VARINT
     size = _TABLE_SIZE
     zigzag = _zigzag
-    parts = []
+    parts: list = []
     append = parts.append
     zero = table[0]
     for i, value in enumerate(values):
@@ -461,7 +461,7 @@ def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
     keys = batch.keys
     values = batch.values
     whole = lo == 0 and batch.size <= min(max_bytes, PIECE_BYTES)
-    sizes = None if whole else _value_sizes(values, keys)
+    sizes: list[int] = [] if whole else _value_sizes(values, keys)
     sent = 0
     while lo < count and sent < max_bytes:
         if whole:

@@ -70,6 +70,7 @@ class Server:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a coroutine run by the event loop
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
         sock = writer.get_extra_info("socket")

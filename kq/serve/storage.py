@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..cursor import Cursor
 from ..datadir import DataDir
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
 from ..group import Groups, Member
@@ -43,7 +44,7 @@ class Storage:
         self.sync = sync  # --sync: every partition fdatasyncs each batch
         self.groups = Groups(self.data)
         self._topics: dict[str, tuple] = {}  # name -> (Topic, directory inode, checked at)
-        self._readers: dict[tuple, object] = {}  # (topic, partition, next offset) -> Cursor
+        self._readers: dict[tuple, Cursor] = {}  # (topic, partition, next offset) -> Cursor
 
     # ------------------------------------------------------------------ topics
 

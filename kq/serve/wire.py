@@ -125,11 +125,11 @@ def decode_request(frame: bytes) -> Request:
     lowest = api.min_version if api.lowest_served is None else api.lowest_served
     if not lowest <= version <= api.max_version:
         raise BadRequest(f"{api.request.__name__} v{version} is not offered ({api.min_version}-{api.max_version})")
-    flexible = api.request.flexible_version_q(version)
+    flexible = api.request.flexible_version_q(version)  # type: ignore[attr-defined]  # (the library's classes)
     stream = io.BytesIO(frame)  # shares the bytes, no copy
     try:
         header = RequestHeader.decode(stream, flexible=flexible)
-        body = api.request.decode(memoryview(frame)[stream.tell() :], version=version)
+        body = api.request.decode(memoryview(frame)[stream.tell() :], version=version)  # type: ignore[attr-defined]
     except Exception as exc:  # the library raises many kinds on malformed bytes
         raise BadRequest(f"{api.request.__name__} v{version} does not decode ({type(exc).__name__}: {exc})") from None
     return Request(api_key, version, header.correlation_id, header.client_id, body, api)
