@@ -40,7 +40,9 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from .batch import RecordBatch
 from .consumer import POLL_SECONDS, IdleClock
 from .datadir import DataDir
 from .errors import CorruptFile, KqError, ShareNotFound, UnsupportedFormat, UsageError
@@ -462,10 +464,11 @@ def parse_settings(raw: bytes, path: str) -> ShareSettings:
         raise CorruptFile(path, f"format is {shown(version)}, not a version number")
     if version > SETTINGS_FORMAT:
         raise UnsupportedFormat(f"{path} has format {version}, newer than this kq understands; upgrade kq")
+    fields: dict[str, Any] = {k: body.get(k) for k in ("dead_letter", "max_attempts", "backoff_ms", "backoff_max_ms")}
+    if not isinstance(fields["dead_letter"], str):
+        raise CorruptFile(path, f"dead_letter is {shown(fields['dead_letter'])}, not a topic name")
     try:
-        return ShareSettings(
-            body.get("dead_letter"), body.get("max_attempts"), body.get("backoff_ms"), body.get("backoff_max_ms")
-        ).check()
+        return ShareSettings(**fields).check()
     except UsageError as exc:
         raise CorruptFile(path, str(exc)) from None
 
@@ -518,7 +521,7 @@ class Shares(Groups):
 
     def states(self, share: str, topic: str | Topic) -> dict[int, PartitionState]:
         name = topic if isinstance(topic, str) else topic.name
-        out = {}
+        out: dict[int, PartitionState] = {}
         try:
             entries = os.listdir(self._dir(share, name))
         except FileNotFoundError:
@@ -657,7 +660,7 @@ class _Records:
     def _position(self) -> int:
         return self.pending[0].base_offset if self.pending else self.cursor.offset
 
-    def read(self, first: int, last: int) -> list[tuple[object, int, int]]:
+    def read(self, first: int, last: int) -> list[tuple[RecordBatch, int, int]]:
         """(batch, lo, hi) slices holding the records with offsets first..last, in order."""
         if (
             self.cursor is None
@@ -776,7 +779,9 @@ class SharePartition:
                 if r.attempt >= c.settings.max_attempts:
                     doomed.append(r)  # its last delivery's lease ran out: nobody acknowledged it
                     continue
-                part = state.carve(r.first, min(r.last, r.first + want - got - 1))[0]
+                pieces = state.carve(r.first, min(r.last, r.first + want - got - 1))
+                assert pieces is not None  # r is one whole range of the state
+                part = pieces[0]
                 part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
                 part.until = now + lease_ms
                 taken.append(part)
@@ -903,6 +908,7 @@ class SharePartition:
         copied = 0
         by_target: dict[tuple, list[Range]] = {}
         for r in marked:
+            assert r.dlq is not None  # parse_state and _dead_letter give every dead-lettering range one
             by_target.setdefault(tuple(r.dlq), []).append(r)
         for (topic, number, since), ranges in by_target.items():
             dlq = c.dead_letter_partition(self.number, topic, number)

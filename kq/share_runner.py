@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from typing import IO
 
 from .consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
 from .runner import stop_command
@@ -92,9 +93,12 @@ class _Job:
     """One running command and the records it was given."""
 
     def __init__(self, proc: subprocess.Popen, deliveries: list[Delivery], stdin: bytes):
+        assert proc.stdin is not None and proc.stderr is not None  # opened as pipes
         self.proc = proc
+        self.stdin_pipe: IO[bytes] = proc.stdin
+        self.stderr_pipe: IO[bytes] = proc.stderr
         self.deliveries = deliveries
-        self.stdin = memoryview(stdin)
+        self.stdin: memoryview | None = memoryview(stdin)  # what is left to write; None once closed
         self.tail = bytearray()
         self.pidfd: int | None = None
         self.status: int | None = None
@@ -236,8 +240,8 @@ class ShareRunner:
         )
         job = _Job(proc, deliveries, stdin)
         self._jobs[proc.pid] = job
-        os.set_blocking(proc.stderr.fileno(), False)
-        self._selector.register(proc.stderr, selectors.EVENT_READ, ("stderr", job))
+        os.set_blocking(job.stderr_pipe.fileno(), False)
+        self._selector.register(job.stderr_pipe, selectors.EVENT_READ, ("stderr", job))
         try:
             job.pidfd = os.pidfd_open(proc.pid)
             self._selector.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
@@ -245,22 +249,22 @@ class ShareRunner:
             job.pidfd = None  # no pidfd (old kernel): exits are polled
         self._feed(job)
         if job.stdin is not None:
-            os.set_blocking(proc.stdin.fileno(), False)
-            self._selector.register(proc.stdin, selectors.EVENT_WRITE, ("stdin", job))
+            os.set_blocking(job.stdin_pipe.fileno(), False)
+            self._selector.register(job.stdin_pipe, selectors.EVENT_WRITE, ("stdin", job))
 
     def _feed(self, job: _Job) -> None:
         """Write what the command's stdin takes now; close it when all is written (or it stopped reading)."""
         try:
             while job.stdin:
-                written = os.write(job.proc.stdin.fileno(), job.stdin)
+                written = os.write(job.stdin_pipe.fileno(), job.stdin)
                 job.stdin = job.stdin[written:]
         except BlockingIOError:
             return
         except BrokenPipeError:
             pass  # it stopped reading: its exit status says whether it succeeded
-        if self._registered(job.proc.stdin):
-            self._selector.unregister(job.proc.stdin)
-        job.proc.stdin.close()
+        if self._registered(job.stdin_pipe):
+            self._selector.unregister(job.stdin_pipe)
+        job.stdin_pipe.close()
         job.stdin = None
 
     def _registered(self, fileobj) -> bool:
@@ -296,11 +300,11 @@ class ShareRunner:
         """Pass on what the command wrote to stderr, keeping its tail: True if it read some,
         None if there is none now, False at its end."""
         try:
-            chunk = os.read(job.proc.stderr.fileno(), READ_CHUNK)
+            chunk = os.read(job.stderr_pipe.fileno(), READ_CHUNK)
         except BlockingIOError:
             return None
         if not chunk:
-            self._selector.unregister(job.proc.stderr)
+            self._selector.unregister(job.stderr_pipe)
             return False
         job.tail += chunk
         del job.tail[:-STDERR_TAIL_BYTES]
@@ -313,16 +317,16 @@ class ShareRunner:
 
     def _close(self, job: _Job) -> None:
         if job.stdin is not None:
-            if self._registered(job.proc.stdin):
-                self._selector.unregister(job.proc.stdin)
-            job.proc.stdin.close()
+            if self._registered(job.stdin_pipe):
+                self._selector.unregister(job.stdin_pipe)
+            job.stdin_pipe.close()
             job.stdin = None
         # What it wrote before it exited (a child that outlives it is not waited for).
-        while self._registered(job.proc.stderr) and self._read_stderr(job):
+        while self._registered(job.stderr_pipe) and self._read_stderr(job):
             pass
-        if self._registered(job.proc.stderr):
-            self._selector.unregister(job.proc.stderr)
-        job.proc.stderr.close()
+        if self._registered(job.stderr_pipe):
+            self._selector.unregister(job.stderr_pipe)
+        job.stderr_pipe.close()
         if job.pidfd is not None:
             self._selector.unregister(job.pidfd)
             os.close(job.pidfd)
