@@ -286,17 +286,6 @@ class PartitionState:
     def has_work(self, end: int, now: int) -> bool:
         return self.next < end or any(r.until <= now or r.state == DEAD_LETTERING for r in self.ranges)
 
-    def next_due(self) -> int | None:
-        """The boot-clock time the first waiting range becomes deliverable, if any waits."""
-        times = [r.until for r in self.ranges if r.state != DEAD_LETTERING]
-        return min(times) if times else None
-
-    def _insert(self, new: Range) -> None:
-        import bisect
-
-        at = bisect.bisect_left([r.first for r in self.ranges], new.first)
-        self.ranges.insert(at, new)
-
     def carve(self, first: int, last: int, token: str | None = None) -> list[Range] | None:
         """The ranges that make up exactly ``first``..``last``, split out of larger ones; None unless
         every offset there is acquired by lease ``token`` (or, without a token, in any range)."""
@@ -757,13 +746,21 @@ class SharePartition:
     def acquire(self, want: int, lease_ms: int, acks=(), outcome: Outcome | None = None) -> list[Delivery]:
         """Up to ``want`` records under a new lease, after acknowledging ``acks`` ((token, spans)
         pairs, as ``settle`` takes them) in the same change of the state (``outcome`` counts them)."""
+        deliveries, only_gaps = self._acquire(want, lease_ms, acks, outcome)
+        while only_gaps:  # offsets without records (a compacted topic): look further on
+            deliveries, only_gaps = self._acquire(want, lease_ms)
+        return deliveries
+
+    def _acquire(
+        self, want: int, lease_ms: int, acks=(), outcome: Outcome | None = None
+    ) -> tuple[list[Delivery], bool]:
         c = self.consumer
         now = clock_ms()
         end = self.partition.end_offset()
         if not acks:
             quick = self.peek()
             if want <= 0 or (quick is not None and not quick.has_work(end, now) and quick.boot == boot_id()):
-                return []
+                return [], False
         token = uuid.uuid4().hex[:12]
         taken: list[Range] = []
         with self.lock:
@@ -803,18 +800,24 @@ class SharePartition:
             expect = r.first
             for b, lo, hi in self.records.read(r.first, r.last):
                 offsets = b.offsets()
+                if b.offset_deltas is None:  # dense: a gap can only come before it
+                    if offsets[lo] > expect:
+                        phantoms.append((expect, offsets[lo] - 1))
+                    deliveries += [Delivery(self.number, offsets[i], r.attempt, token, b, i) for i in range(lo, hi)]
+                    expect = offsets[hi - 1] + 1
+                    continue
                 for i in range(lo, hi):
+                    if offsets[i] > expect:
+                        phantoms.append((expect, offsets[i] - 1))
                     deliveries.append(Delivery(self.number, offsets[i], r.attempt, token, b, i))
-                if offsets[lo] > expect:
-                    phantoms.append((expect, offsets[lo] - 1))
-                expect = offsets[hi - 1] + 1
+                    expect = offsets[i] + 1
             if expect <= r.last:
                 phantoms.append((expect, r.last))
         if phantoms:
             # Offsets without a record (a compacted topic's gaps, or records
             # retention deleted since): nothing to deliver, settled at once.
             self.settle(token, phantoms, "skip")
-        return deliveries
+        return deliveries, bool(taken) and not deliveries
 
     def settle(
         self, token: str, spans: list[tuple[int, int]], how: str, failure: Failure | None = None, lease_ms: int = 0
@@ -1117,18 +1120,6 @@ class ShareConsumer:
 
     timed_out = False
     last_ack = Outcome()
-
-    def next_due(self) -> float | None:
-        """Seconds until a record waiting for a retry (or an expiring lease) may be delivered, if any."""
-        now = clock_ms()
-        times = []
-        for n in range(self.topic.partition_count):
-            state = self.partition(n).peek()
-            if state is not None and state.boot == boot_id():
-                due = state.next_due()
-                if due is not None:
-                    times.append(due)
-        return None if not times else max(min(times) - now, 0) / 1000
 
     # ------------------------------------------------------------ settling
 

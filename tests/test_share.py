@@ -486,3 +486,19 @@ def test_replicate_carries_share_groups_so_a_failover_delivers_nothing_twice(run
         json.loads(run_kq("group", "describe", "s", "--json", data=replica).stdout)["partitions"][0]["acknowledged"]
         == 4
     )
+
+
+def test_a_compacted_topics_gaps_are_settled_and_every_survivor_delivered_once(run_kq, data_dir, tmp_path):
+    run_kq("topic", "create", "users", "--cleanup", "compact", "--segment-bytes", "4K")
+    for i in range(20):
+        lines = "".join(f"user{(i * 10 + j) % 7}:v{i * 10 + j}{'.' * 200}\n" for j in range(10))
+        assert run_kq("produce", "users", "-K", ":", input=lines).returncode == 0
+    assert run_kq("maintain", "users").returncode == 0
+    survivors = run_kq("consume", "users", "-F", "%o\\n").stdout.split()
+    assert len(survivors) < 200
+    log = tmp_path / "ran"
+    r = run_kq("consume", "users", "--share", "s", "--exec", f'echo "$KQ_OFFSET" >> {log}', "--parallel", "4")
+    assert r.returncode == 0, r.stderr
+    assert sorted(log.read_text().split(), key=int) == [o.decode() for o in survivors]
+    [state] = states(data_dir, "s", "users").values()
+    assert (state.start, state.next, state.ranges, state.acked) == (200, 200, [], len(survivors))

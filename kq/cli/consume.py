@@ -178,6 +178,8 @@ def consume(
         write = record_writer(topic, fmt, json_output, delim)
     except UsageError as exc:
         raise bad_parameter(str(exc), "-F/--format") from None
+    if group is not None and group in s.backend.share_names():
+        raise bad_parameter(f"'{group}' is a share group (--share); a consumer group needs a name of its own", "-g")
     if share is not None:
         consume_share(
             s,
