@@ -40,6 +40,8 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from .batch import RecordBatch
@@ -1172,14 +1174,24 @@ class ShareConsumer:
 
 
 def _by_lease(deliveries: Iterable[Delivery]) -> dict[tuple[int, str], list[int]]:
+    """Offsets by (partition, lease token). Deliveries of one acquisition come together, so they
+    are grouped in runs (itertools in C, not a dict operation per record)."""
     spans: dict[tuple[int, str], list[int]] = {}
-    for d in deliveries:
-        spans.setdefault((d.partition, d.token), []).append(d.offset)
+    for key, group in groupby(deliveries, key=_LEASE_OF):
+        spans.setdefault(key, []).extend(map(_OFFSET_OF, group))
     return spans
+
+
+_LEASE_OF = attrgetter("partition", "token")
+_OFFSET_OF = attrgetter("offset")
 
 
 def _runs(offsets: list[int]) -> list[tuple[int, int]]:
     """Sorted offsets as (first, last) runs of consecutive ones."""
+    if offsets:
+        low, high = min(offsets), max(offsets)
+        if high - low + 1 == len(offsets) == len(set(offsets)):
+            return [(low, high)]  # the common case, a whole acquisition: found without a Python loop
     out: list[list[int]] = []
     for o in sorted(set(offsets)):
         if out and out[-1][1] + 1 == o:
