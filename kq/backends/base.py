@@ -300,12 +300,12 @@ class Backend(ABC):
     ):
         """A worker of share group ``share`` on ``topic`` (kq.share.ShareConsumer's methods: acquire,
         ack, nack, release, extend, rounds, close); ``changes`` set the group's stored settings."""
-        raise UnsupportedByBackend("a share group (--share)", self.description)
+        raise UnsupportedByBackend("a share group", self.description)
 
     def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):
         """Settle records by lease id: ``ack``, ``nack`` (retry or dead-letter at the last attempt) or
         ``dead`` (dead-letter now); returns a kq.share.Outcome listing the leases not held."""
-        raise UnsupportedByBackend("a share group (ack, nack)", self.description)
+        raise UnsupportedByBackend("a share group", self.description)
 
     def share_names(self) -> list[str]:
         """Share group names, sorted."""
