@@ -502,3 +502,18 @@ def test_a_compacted_topics_gaps_are_settled_and_every_survivor_delivered_once(r
     assert sorted(log.read_text().split(), key=int) == [o.decode() for o in survivors]
     [state] = states(data_dir, "s", "users").values()
     assert (state.start, state.next, state.ranges, state.acked) == (200, 200, [], len(survivors))
+
+
+def test_sigterm_stops_the_commands_and_gives_their_records_back_uncounted(run_kq, spawn_kq, tmp_path):
+    produce(run_kq, ["slow", "quick"])
+    started = tmp_path / "started"
+    cmd = f'v=$(cat); [ "$v" = quick ] && exit 0; touch {started}; sleep 30'
+    worker = spawn_kq("consume", "jobs", "--share", "s", "--exec", cmd, "--parallel", "2", "-f")
+    wait_for(started.exists, message="the slow command to start")
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert b"1 record(s) acknowledged" in err
+    # The slow record is available at once, and the interrupted delivery did not count as an attempt.
+    again = json.loads(run_kq("consume", "jobs", "--share", "s", "-n", "2", "--json").stdout)
+    assert (again["value"], again["attempt"]) == ("slow", 1)
