@@ -371,6 +371,9 @@ class ShareRunner:
                     job.lost = True
                     self.lost += len(job.deliveries)
                     stop_command(job.proc)
+            kept = [run for run in self._queue if not any(d.lease in lost for d in run)]
+            self.lost += sum(len(run) for run in self._queue) - sum(len(run) for run in kept)
+            self._queue = deque(kept)  # not started: never started now
 
     def _stop_all(self) -> None:
         """Interrupted: stop every command, and give its records (and those not started) back for

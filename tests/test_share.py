@@ -517,3 +517,23 @@ def test_sigterm_stops_the_commands_and_gives_their_records_back_uncounted(run_k
     # The slow record is available at once, and the interrupted delivery did not count as an attempt.
     again = json.loads(run_kq("consume", "jobs", "--share", "s", "-n", "2", "--json").stdout)
     assert (again["value"], again["attempt"]) == ("slow", 1)
+
+
+def test_a_worker_that_lost_its_lease_stops_its_command_rather_than_run_it_beside_another(run_kq, spawn_kq, tmp_path):
+    produce(run_kq, ["job"])
+    started = tmp_path / "started"
+    worker = spawn_kq("consume", "jobs", "--share", "s", "--exec", f"touch {started}; sleep 20", "--lease", "300ms")
+    wait_for(started.exists, message="the command to start")
+    worker.send_signal(signal.SIGSTOP)  # stalled past its lease: another worker takes the record
+    try:
+        taken = wait_for(
+            lambda: run_kq("consume", "jobs", "--share", "s", "-n", "1", "--lease", "1h", "--json").stdout,
+            message="the stalled worker's lease to run out",
+        )
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    assert json.loads(taken)["attempt"] == 2
+    began = time.monotonic()
+    _, err = worker.communicate(timeout=30)
+    assert time.monotonic() - began < 10, "the command was left to run beside the other worker's"
+    assert b"1 record(s) lost their lease while their command ran" in err
