@@ -1,12 +1,20 @@
 """kq: Kafka's model as a library and a command over a local data directory.
 
-    >>> import kq
-    >>> data = kq.DataDir("/tmp/kq-demo")
+    >>> import kq, tempfile
+    >>> data = kq.DataDir(tempfile.mkdtemp())
     >>> topic, _ = data.get_or_create_topic("demo")
     >>> topic.partition(0).append([b"hello", b"world"])
     (0, 1)
     >>> [r.value for r in topic.partition(0).read()]
     [b'hello', b'world']
+
+The ``kq`` command talks to a backend (kq.backends): the same calls serve a
+data directory and, with brokers, a Kafka cluster.
+
+    >>> from kq.backends import open_backend
+    >>> with open_backend(data.path) as backend:
+    ...     [(p.partition, p.start_offset, p.end_offset) for p in backend.describe_topic("demo").partitions]
+    [(0, 0, 2)]
 
 The library imports neither typer nor rich; the ``kq`` command (kq.cli) is a
 thin layer over it. Names are imported on first use, so that ``import kq``

@@ -187,6 +187,8 @@ class DataDir:
             except FileExistsError:
                 pass  # made by a growth that crashed before topic.json named it
         meta = {"format": TOPIC_FORMAT, "name": topic.name, "partitions": count, "config": topic.config}
+        if topic.id is not None:
+            meta["id"] = topic.id
         atomic_write(os.path.join(topic.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         topic.partition_count = count
 

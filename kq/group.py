@@ -111,19 +111,25 @@ class Groups:
         topic's offsets.
         """
         name, topic_id = _name_and_id(topic)
-        directory = self._dir(group, name)
         out: dict[int, int] = {}
+        for number, path in self._partition_files(group, name, OFFSET_SUFFIX):
+            found = self.read_offset_file(path)
+            if found is not None and (topic_id is None or found[1] in (None, topic_id)):
+                out[number] = found[0]
+        return out
+
+    def _partition_files(self, group: str, topic: str, suffix: str) -> list[tuple[int, str]]:
+        """(partition, path) of the group's files for ``topic`` named "P<suffix>" (offsets, claims)."""
+        directory = self._dir(group, topic)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
-            return out
-        for entry in names:
-            number = partition_of(entry, OFFSET_SUFFIX)
-            if number is not None:
-                found = self.read_offset_file(os.path.join(directory, entry))
-                if found is not None and (topic_id is None or found[1] in (None, topic_id)):
-                    out[number] = found[0]
-        return out
+            return []
+        return [
+            (number, os.path.join(directory, name))
+            for name in names
+            if (number := partition_of(name, suffix)) is not None
+        ]
 
     @staticmethod
     def read_offset_file(path: str) -> tuple[int, str | None] | None:
@@ -194,21 +200,13 @@ class Groups:
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
         """Partition -> member id, for partitions a live member holds."""
-        directory = self._dir(group, topic)
         out: dict[int, str] = {}
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return out
-        for name in names:
-            number = partition_of(name, CLAIM_SUFFIX)
-            if number is not None:
-                path = os.path.join(directory, name)
-                if is_locked(path):
-                    try:
-                        out[number] = read_small(path, MAX_MEMBER_ID).decode("ascii", "replace").strip()
-                    except FileNotFoundError:
-                        pass
+        for number, path in self._partition_files(group, topic, CLAIM_SUFFIX):
+            if is_locked(path):
+                try:
+                    out[number] = read_small(path, MAX_MEMBER_ID).decode("ascii", "replace").strip()
+                except FileNotFoundError:
+                    pass
         return out
 
     def live_member_count(self, group: str) -> int:

@@ -209,10 +209,12 @@ class Replicator:
     # ------------------------------------------------------------------ copying
 
     def topic_names(self, topics: list[str] | None) -> list[str]:
-        names = self.source.topic_names() if topics is None else topics
-        for name in names:
-            self.source.topic(name)  # raises TopicNotFound early
-        return names
+        """The topics to copy: all of the source's, or those named (a name the source lacks fails at once)."""
+        if topics is None:
+            return self.source.topic_names()  # one that cannot be read fails on its own (see replicate)
+        for name in topics:
+            self.source.topic(name).close()
+        return topics
 
     def replicate(self, topics: list[str] | None = None, on_error=None) -> list[CopyReport]:
         """Copy what is new in each topic. With ``on_error(topic, error)``, a topic that
@@ -275,8 +277,11 @@ class Replicator:
             # The source no longer has what the replica lacks (retention, trim):
             # like a Kafka follower behind its leader's log start, the replica
             # starts over at the batch holding the source's start offset.
+            had_records = start > rep.start_offset()
             rep.restart_at(boundary)
-            report.from_offset = report.to_offset = report.restarted_at = start = boundary
+            report.from_offset = report.to_offset = start = boundary
+            if had_records:  # (a new replica simply starts where the source does)
+                report.restarted_at = boundary
         end = src.end_offset()
         total = max(src.size() - rep.size(), 0)
         cursor = Cursor(src, start, buffers=2)

@@ -349,7 +349,9 @@ class _PartitionCheck:
                 )
                 seg.torn_tail = _Region(start, end, problem)
                 return
-            if found is None:
+            if found is None and last:  # a whole batch no writer can go on after (its offsets are unknown)
+                what = f"{reader.reason} at the end of the log: its last {end - start} byte(s) are a damaged batch"
+            elif found is None:
                 what = f"{reader.reason} in a closed segment: its last {end - start} byte(s) are damaged"
             else:
                 what = f"{reader.reason}: {end - start} damaged byte(s) before the valid batch at byte {found}"

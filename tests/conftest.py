@@ -83,3 +83,9 @@ def shared_tmp():
     os.chmod(base, 0o755)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    """The fast in-process tests (tests/unit) run first, so that a failure there shows in seconds."""
+    unit = os.sep + os.path.join("tests", "unit") + os.sep
+    items.sort(key=lambda item: 0 if unit in str(item.path) else 1)  # stable: the rest keep their order

@@ -290,3 +290,16 @@ def test_verify_explains_a_failure_and_group_differences_are_warnings(run_kq, da
     assert run_kq("produce", "t", input="diverged\n", data=replica).returncode == 0
     r = run_kq("replicate", "t", "--to", replica, "--verify")
     assert r.returncode == 1 and b"kq: error: replica" in r.stderr and b"t/0: mismatch" in r.stderr, r.stderr
+
+
+def test_a_topic_that_cannot_be_read_never_stops_maintain_or_replicate_all(run_kq, data_dir, replica):
+    for name in ("a", "bad", "c"):
+        assert run_kq("produce", name, input="1\n2\n").returncode == 0
+    with open(os.path.join(data_dir, "topics", "bad", "topic.json"), "w") as f:
+        f.write("[1, 2]")  # damaged metadata
+    r = run_kq("maintain")
+    assert r.returncode == 1 and b"kq: error: bad:" in r.stderr, r.stderr
+    r = run_kq("replicate", "--all", "--to", replica)
+    assert r.returncode == 1 and b"kq: error: bad:" in r.stderr, r.stderr
+    assert run_kq("consume", "a", data=replica).stdout == b"1\n2\n"
+    assert run_kq("consume", "c", data=replica).stdout == b"1\n2\n"

@@ -1,9 +1,13 @@
 """``kq maintain``: retention and compaction now (kq.maintain)."""
 
+import sys
+
 import typer
 
+from ..errors import KqError
+from ..names import check_name
 from .common import KqCommand, TopicsArgument, json_option, settings
-from .output import ProgressBars, count, emit_rows, human, is_terminal, print_json, setting_text
+from .output import ProgressBars, count, emit_rows, error_text, human, is_terminal, print_json, setting_text
 
 app = typer.Typer()
 
@@ -35,7 +39,7 @@ def maintain(
 
     s = settings(ctx)
     data = s.data_dir("kq maintain")
-    names = list(dict.fromkeys(topics)) if topics else data.topic_names()
+    names = [check_name(name) for name in dict.fromkeys(topics)] if topics else data.topic_names()
     rows = []
     with ProgressBars(s.quiet, json_output) as bars:
 
@@ -43,21 +47,31 @@ def maintain(
             bars.update(f"compacting {part.topic}/{part.number}", done * bars.THRESHOLD, total * bars.THRESHOLD, done)
 
         uncompacted = {}  # compacted topic -> records its active segments hold
+        failed = []  # a topic that cannot be maintained never stops the others
         for name in names:
-            t = data.topic(name)
-            rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
-            if t.config["cleanup"] == "compact":
-                uncompacted[name] = (sum(active_segment_records(p) for p in t.partitions()), t.config["segment_bytes"])
-            t.close()
+            try:
+                t = data.topic(name)
+                try:
+                    rows += [asdict(r) for r in maintain_topic(t, progress=progress)]
+                    if t.config["cleanup"] == "compact":
+                        uncompacted[name] = (
+                            sum(active_segment_records(p) for p in t.partitions()),
+                            t.config["segment_bytes"],
+                        )
+                finally:
+                    t.close()
+            except (KqError, OSError) as exc:
+                failed.append(name)
+                print(f"kq: error: {name}: {error_text(exc)}", file=sys.stderr, flush=True)
     if json_output:
         print_json(rows)
-    else:
+    elif len(failed) < len(names):
         totals = {
             k: sum(r[k] for r in rows)
             for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")
         }
         s.info(
-            f"{len(names)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {human(totals['bytes_reclaimed'])} reclaimed, "
+            f"{len(names) - len(failed)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {human(totals['bytes_reclaimed'])} reclaimed, "
             f"{totals['records_removed']:,} superseded record(s) and {totals['tombstones_removed']:,} tombstone(s) compacted away"
         )
     for name, (records, segment_bytes) in uncompacted.items():
@@ -67,9 +81,7 @@ def maintain(
                 f"leaves each partition's last segment alone until it rolls at {setting_text('segment_bytes', segment_bytes, True)} "
                 f"(a smaller --segment-bytes rolls sooner: kq topic alter {name} --segment-bytes 1M)"
             )
-    if json_output:
-        return
-    if is_terminal() and rows:
+    if not json_output and is_terminal() and rows:
         emit_rows(
             rows,
             [
@@ -84,6 +96,8 @@ def maintain(
             False,
             "maintenance",
         )
+    if failed:
+        raise typer.Exit(1)
 
 
 def active_segment_records(part) -> int:

@@ -1,0 +1,106 @@
+"""kq.batch and kq.index in-process: the bytes FORMAT.md describes, exactly."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from kq import batch as batchfmt
+from kq.index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, IndexBuilder, pack_entries
+
+
+def test_header_fields_sit_where_format_md_says():
+    data = batchfmt.encode(7, [b"a", b"bc"], timestamps=[100, 90])
+    assert data[:4] == b"KQB\x01"
+    crc, length = struct.unpack_from(">II", data, 4)
+    assert length == len(data) - 12 and crc == zlib.crc32(data[8:])
+    base, delta, count, base_ts, max_ts, attributes = struct.unpack_from(">qIIqqH", data, 12)
+    assert (base, delta, count, base_ts, max_ts, attributes) == (7, 1, 2, 90, 100, 0)
+    status, header = batchfmt.check(data, 0, len(data))
+    assert status == batchfmt.OK
+    assert (header.base_offset, header.last_offset, header.next_offset, header.size) == (7, 8, 9, len(data))
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        dict(values=[b"x"]),
+        dict(values=[b"", None, b"\xff"], keys=[b"k", None, b""]),
+        dict(values=[b"v"] * 3, headers=[[("a", b"1"), ("a", b"2")], None, []]),
+        dict(values=[b"1", b"2"], timestamps=[5, -5]),
+        dict(values=[b"1", b"2"], timestamps=[1, 2], offset_deltas=[0, 9]),
+    ],
+    ids=["one", "keys-and-tombstones", "repeated-headers", "timestamps", "compacted-gaps"],
+)
+def test_encode_then_decode_gives_the_same_records(columns):
+    values = columns.pop("values")
+    data = batchfmt.encode(100, values, **columns)
+    status, header = batchfmt.check(data, 0, len(data))
+    assert status == batchfmt.OK
+    b = batchfmt.decode(data, 0, header)
+    records = list(b.records())
+    assert [r.value for r in records] == values
+    assert [r.key for r in records] == (columns.get("keys") or [None] * len(values))
+    deltas = columns.get("offset_deltas") or list(range(len(values)))
+    assert [r.offset for r in records] == [100 + d for d in deltas]
+    if "timestamps" in columns:
+        assert [r.timestamp for r in records] == columns["timestamps"]
+    headers = columns.get("headers") or [[]] * len(values)
+    assert [r.headers for r in records] == [list(h or []) for h in headers]
+
+
+@pytest.mark.parametrize(
+    "mutate, status",
+    [
+        (lambda d: d[:20], batchfmt.INCOMPLETE),  # a torn write
+        (lambda d: b"XXXX" + d[4:], batchfmt.INVALID),  # not a batch
+        (lambda d: d[:-1] + bytes([d[-1] ^ 1]), batchfmt.DAMAGED),  # whole, bad checksum
+        (lambda d: d[:8] + struct.pack(">I", 3) + d[12:], batchfmt.DAMAGED),  # a length no batch has
+    ],
+    ids=["torn", "garbage", "bit-rot", "impossible-length"],
+)
+def test_check_tells_torn_from_damaged(mutate, status):
+    data = mutate(batchfmt.encode(0, [b"hello", b"world"]))
+    assert batchfmt.check(data, 0, len(data))[0] == status
+
+
+def test_impossible_offsets_are_damage_even_with_a_valid_checksum():
+    data = batchfmt.encode(-5, [b"x"])
+    assert batchfmt.check(data, 0, len(data)) == (batchfmt.DAMAGED, "impossible offsets -5..-5")
+
+
+def test_the_index_rule_of_format_md_to_the_byte():
+    """FORMAT.md, "Index files": an entry for the first batch at least 4096 bytes after the
+    previous entry (position 0 counts as one), carrying the largest max_timestamp before it.
+    kq verify shares this builder, so this test is what pins the rule."""
+    builder = IndexBuilder()
+    # (base offset, position, that batch's max timestamp)
+    batches = [
+        (0, 0, 50),
+        (10, 1000, 70),
+        (20, 4095, 60),
+        (30, 4096, 40),
+        (40, 5000, 90),
+        (50, 8191, 10),
+        (60, 8192, 95),
+    ]
+    for offset, position, max_ts in batches:
+        builder.add(offset, position, max_ts)
+    assert builder.take() == pack_entries([(30, 4096, 70), (60, 8192, 90)])
+    assert builder.max_timestamp == 95
+    assert builder.take() == b""  # taken once
+    assert ENTRY.size == 24 and INTERVAL_BYTES == 4096 and NO_TIMESTAMP == -(2**63)
+    # 24-byte big-endian entries: base_offset, position, running max.
+    assert pack_entries([(30, 4096, 70)]) == struct.pack(">qqq", 30, 4096, 70)
+
+
+def test_an_index_builder_resumed_from_an_entry_goes_on_as_one_from_the_start():
+    whole = IndexBuilder()
+    for offset, position in [(0, 0), (1, 4096), (2, 8000), (3, 8192)]:
+        whole.add(offset, position, offset)
+    resumed = IndexBuilder(last_indexed=4096, max_timestamp=0)  # as a scan from the entry (1, 4096, 0)
+    for offset, position in [(1, 4096), (2, 8000), (3, 8192)]:
+        resumed.add(offset, position, offset)
+    assert whole.take()[24:] == resumed.take()

@@ -1,0 +1,124 @@
+"""Input framing, the JSON envelope and the output formats, in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kq import batch as batchfmt
+from kq.envelope import decode_record, encode_record
+from kq.errors import MessageTooLarge, UsageError
+from kq.formats import format_writer, json_writer, record_writer, values_writer
+from kq.framing import arg_bytes, read_messages, split_keys, unescape
+
+
+def one_batch(values, **columns):
+    data = batchfmt.encode(5, values, **columns)
+    return batchfmt.decode(data, 0, batchfmt.check(data, 0, len(data))[1])
+
+
+# ---------------------------------------------------------------- framing (kcat's input.c)
+
+
+def messages_from(data: bytes, delimiter: bytes = b"\n") -> list[bytes]:
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.seek(0)
+        return [m for messages, _ in read_messages(f.fileno(), delimiter) for m in messages]
+
+
+@pytest.mark.parametrize(
+    "data, delimiter, messages",
+    [
+        (b"a\nb\nc\n", b"\n", [b"a", b"b", b"c"]),
+        (b"a\nb", b"\n", [b"a", b"b"]),  # the last message needs no delimiter
+        (b"a\n\nb\n", b"\n", [b"a", b"", b"b"]),  # empty lines are messages
+        (b"a\0b\0", b"\0", [b"a", b"b"]),
+        (b"a--b--c", b"--", [b"a", b"b", b"c"]),
+        (b"", b"\n", []),
+    ],
+)
+def test_read_messages(data, delimiter, messages):
+    assert messages_from(data, delimiter) == messages
+
+
+def test_a_message_longer_than_a_batch_is_refused():
+    with pytest.raises(MessageTooLarge):
+        messages_from(b"x" * (batchfmt.MAX_BATCH_BYTES + 10))
+
+
+def test_split_keys_at_the_first_delimiter():
+    keys, values = split_keys([b"k:v", b"nokey", b"k2:v:2", b":empty"], b":")
+    assert keys == [b"k", None, b"k2", b""]
+    assert values == [b"v", b"nokey", b"v:2", b"empty"]
+
+
+@pytest.mark.parametrize(
+    "text, data", [(r"\n", b"\n"), (r"\t|\0", b"\t|\0"), (r"\x41\\", b"A\\"), ("plain", b"plain"), ("\udcff", b"\xff")]
+)
+def test_unescape(text, data):
+    assert unescape(text) == data
+
+
+def test_arguments_are_the_shells_bytes():
+    assert arg_bytes("caf\udcc3\udca9") == b"caf\xc3\xa9"
+
+
+# ---------------------------------------------------------------- envelope
+
+
+def test_envelope_round_trip_with_binary_and_repeated_headers():
+    line = encode_record("t", 2, 9, 1234, b"\xff key", None, [("a", b"1"), ("a", b"\xfe")])
+    obj = json.loads(line)
+    assert obj["key_encoding"] == "base64" and obj["value"] is None and obj["headers_encoding"] == "base64"
+    key, value, headers, partition, timestamp = decode_record(line.encode(), 1)
+    assert (key, value, headers, partition, timestamp) == (b"\xff key", None, [("a", b"1"), ("a", b"\xfe")], 2, 1234)
+
+
+def test_the_older_headers_object_is_still_read():
+    assert decode_record(b'{"value": "v", "headers": {"a": "1"}}', 1)[2] == [("a", b"1")]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b'{"vaule": "x"}', "line 3"),
+        (b"[1, 2]", "line 3"),
+        (b"{not json", "line 3"),
+        (b'{"value": "x", "partition": "0"}', "line 3"),
+        (b'{"value": "x", "timestamp": true}', "line 3"),
+    ],
+)
+def test_bad_envelopes_name_their_line(line, message):
+    with pytest.raises(UsageError, match=message):
+        decode_record(line, 3)
+
+
+# ---------------------------------------------------------------- output formats (kcat's format.c)
+
+
+def test_values_with_a_delimiter_and_tombstones_as_empty():
+    b = one_batch([b"a", None, b"c"])
+    assert values_writer(b"\n")(0, b, 0, 3) == b"a\n\nc\n"
+    assert values_writer(b"\0")(0, b, 1, 3) == b"\0c\0"
+
+
+def test_format_tokens():
+    b = one_batch([b"v"], keys=[b"k"], headers=[[("h", b"1"), ("h", b"2")]], timestamps=[77])
+    assert format_writer("t", r"%t %p %o %k %s %T %h %%\n")(3, b, 0, 1) == b"t 3 5 k v 77 h=1,h=2 %\n"
+
+
+@pytest.mark.parametrize("fmt", ["%x", "50%", "%"])
+def test_unknown_format_tokens_are_usage_errors(fmt):
+    with pytest.raises(UsageError, match="not a format token"):
+        format_writer("t", fmt)
+
+
+def test_json_lines_read_back_as_the_same_records():
+    b = one_batch([b"v", None], keys=[None, b"\x00"])
+    lines = json_writer("t")(1, b, 0, 2).decode().splitlines()
+    assert [decode_record(line.encode(), i)[:2] for i, line in enumerate(lines)] == [(None, b"v"), (b"\x00", None)]
+    assert record_writer("t", as_json=True)(1, b, 0, 2) == json_writer("t")(1, b, 0, 2)
