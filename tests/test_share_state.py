@@ -114,19 +114,6 @@ def test_any_bytes_in_a_state_file_give_a_state_or_a_corrupt_file_error(raw):
         pass
 
 
-def test_the_share_modules_load_neither_typer_nor_rich_nor_click():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, kq.share, kq.share_runner, kq.backends.local;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('typer', 'rich', 'click')];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 def test_a_backend_without_share_groups_lists_none_and_refuses_the_rest():
     from kq.backends.base import Backend
     from kq.errors import UnsupportedByBackend
