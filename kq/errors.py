@@ -74,6 +74,25 @@ class GroupNotFound(KqError):
         self.group = group
 
 
+class ShareNotFound(KqError):
+    def __init__(self, share: str):
+        super().__init__(f"share group '{share}' does not exist")
+        self.share = share
+
+
+class LeaseNotHeld(KqError):
+    """Leases that cannot be settled: they expired and another worker took the records, or were settled."""
+
+    def __init__(self, share: str, leases: list[str]):
+        shown = ", ".join(leases[:5]) + (f" and {len(leases) - 5} more" if len(leases) > 5 else "")
+        super().__init__(
+            f"share group '{share}' does not hold {len(leases)} lease(s) ({shown}): "
+            "they were settled already, or they expired and the records went to another worker"
+        )
+        self.share = share
+        self.leases = leases
+
+
 class GroupBusy(KqError):
     """A change that needs a group's members stopped (reset, delete) while some are live."""
 

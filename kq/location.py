@@ -15,6 +15,7 @@ from .names import check_name
 
 TOPICS_DIR = "topics"
 GROUPS_DIR = "groups"
+SHARES_DIR = "shares"
 TMP_DIR = "tmp"
 TOPIC_FILE = "topic.json"
 # Partition directories are 0 .. partitions-1. The cap keeps a damaged or
@@ -64,6 +65,10 @@ def topic_names(data_path: str) -> list[str]:
 
 def group_names(data_path: str) -> list[str]:
     return named_directories(os.path.join(data_path, GROUPS_DIR), "group")
+
+
+def share_names(data_path: str) -> list[str]:
+    return named_directories(os.path.join(data_path, SHARES_DIR), "share group")
 
 
 def partition_count(data_path: str, topic: str) -> int:

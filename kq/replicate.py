@@ -241,6 +241,7 @@ class Replicator:
             for p in range(src.partition_count):
                 reports.append(self._copy_partition(src.partition(p), rep.partition(p)))
             self._copy_groups(src, rep)
+            self._copy_shares(src, rep)
         finally:
             src.close()
             rep.close()
@@ -316,6 +317,12 @@ class Replicator:
             for p, offset in source_groups.committed(group, src).items():
                 if p < len(ends) and have.get(p) != min(offset, ends[p]):
                     replica_groups.commit(group, rep, p, min(offset, ends[p]))
+
+    def _copy_shares(self, src: Topic, rep: Topic) -> None:
+        """Carry share groups' settings and states over, cut back to what the replica holds."""
+        from .share import copy_share_state
+
+        copy_share_state(self.source, self.replica, src, rep)
 
     def follow(self, topics: list[str] | None, interval: float = FOLLOW_SECONDS, on_copy=None, on_error=None) -> None:
         """Replicate until interrupted; new batches reach the replica within ``interval``.

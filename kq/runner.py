@@ -107,11 +107,11 @@ class CommandRunner:
                 pass  # it stopped reading: its exit status says whether it succeeded
             return proc.wait()
         except BaseException:
-            _stop(proc)
+            stop_command(proc)
             raise
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_command(proc: subprocess.Popen) -> None:
     """Stop the command's process group: SIGTERM, then SIGKILL if it lingers."""
     for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, None)):
         try:

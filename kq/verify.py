@@ -574,6 +574,8 @@ class Verifier:
                         yield self._count(p)
                 for p in self._group_offsets(topic, ranges):
                     yield self._count(p)
+                for p in self._share_states(topic, ranges):
+                    yield self._count(p)
             finally:
                 topic.close()
 
@@ -784,6 +786,78 @@ class Verifier:
                     )
                 )
 
+    def _share_states(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
+        """Each share group's files for this topic (kq.share): settings and partition states that
+        parse and fit the partition, lock files that are regular files, live workers' member files."""
+        from .share import LOCK_SUFFIX, SETTINGS_FILE, STATE_SUFFIX, Shares
+
+        shares = Shares(self.data)
+        for share in shares.shares_of_topic(topic.name):
+            directory = os.path.join(shares.path, share, topic.name)
+            try:
+                names = sorted(os.listdir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                yield self._not_repaired(
+                    Problem(
+                        topic.name,
+                        None,
+                        directory,
+                        None,
+                        f"directory of share group '{share}' unreadable: {exc.strerror}",
+                    )
+                )
+                continue
+            yield from self._group_members(topic, share, directory)
+            if SETTINGS_FILE in names:
+                path = os.path.join(directory, SETTINGS_FILE)
+                try:
+                    shares.read_settings(share, topic.name)
+                except (CorruptFile, OSError) as exc:
+                    yield self._not_repaired(
+                        Problem(
+                            topic.name,
+                            None,
+                            path,
+                            None,
+                            f"settings of share group '{share}' unreadable: {_unreadable(exc, path)[1]}",
+                            why_not="restore it, or remove it (the group takes the default settings again)",
+                        )
+                    )
+            for name in names:
+                path = os.path.join(directory, name)
+                number = partition_of(name, LOCK_SUFFIX)
+                if number is not None:
+                    kind = _not_regular(path)
+                    if kind:
+                        yield self._not_repaired(
+                            Problem(
+                                topic.name,
+                                number,
+                                path,
+                                None,
+                                f"lock file of share group '{share}' is a {kind}, not a regular file",
+                                why_not=_FOREIGN,
+                            )
+                        )
+                    continue
+                number = partition_of(name, STATE_SUFFIX)
+                if number is None:
+                    continue
+                try:
+                    state = shares.read_state(share, topic.name, number)
+                except (CorruptFile, OSError, KqError) as exc:
+                    _, why = _unreadable(exc, path)
+                    p = Problem(topic.name, number, path, None, f"state of share group '{share}' unreadable: {why}")
+                    if self.repair and isinstance(exc, CorruptFile):
+                        _quarantine_share_state(p, share, directory)
+                    yield self._not_repaired(p)
+                    continue
+                if state is None:
+                    continue
+                yield from _share_state_in_range(topic, number, path, share, state, ranges.get(number))
+
     def _not_repaired(self, p: Problem) -> Problem:
         if self.repair and p.action is None:
             p.action = f"not repaired: {p.why_not}" if p.why_not else "not repaired"
@@ -820,6 +894,88 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
         "from its reset policy (earliest by default)"
     )
     p.repaired = True
+
+
+def _quarantine_share_state(p: Problem, share: str, directory: str) -> None:
+    # Under the partition's share lock: no worker reads or replaces the file meanwhile.
+    from .share import LOCK_SUFFIX, parse_state
+
+    try:
+        lock = try_lock(os.path.join(directory, f"{p.partition}{LOCK_SUFFIX}"), create=True)
+    except (KqError, OSError) as exc:
+        p.action = f"not repaired: {_unreadable(exc, p.file)[1]}"
+        return
+    if lock is None:
+        p.action = f"not repaired: a worker of share group '{share}' is using it; run again"
+        return
+    try:
+        try:
+            from .fileio import read_small
+            from .share import MAX_STATE_BYTES
+
+            parse_state(read_small(p.file, MAX_STATE_BYTES), p.file)
+            p.action, p.repaired = "nothing to do: it was replaced or removed meanwhile", True
+            return
+        except CorruptFile:
+            pass
+        target = quarantine_name(p.file + QUARANTINE)
+        os.rename(p.file, target)
+        fsync_dir(directory)
+    finally:
+        lock.close()
+    p.action = (
+        f"moved it to {target}; share group '{share}' will start partition {p.partition} afresh from its reset "
+        "policy (earliest by default), delivering again what it had settled"
+    )
+    p.repaired = True
+
+
+def _share_state_in_range(topic: Topic, number: int, path: str, share: str, state, ends):
+    if topic.id is not None and state.topic_id not in (None, topic.id):
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"share group '{share}' kept this state for an earlier topic named '{topic.name}' "
+            "(deleted and re-created): it is ignored",
+            WARNING,
+        )
+        return
+    if number >= topic.partition_count:
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"share group '{share}' has a state for partition {number}, which does not exist",
+            WARNING,
+        )
+        return
+    if ends is None:
+        return
+    start, end = ends
+    if state.next > end:
+        end = topic.partition(number).end_offset()  # a producer may have appended since
+    if state.next > end:
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"share group '{share}' has acquired up to offset {state.next}, past the end offset {end}",
+            WARNING,
+        )
+    if state.start < start and state.lag(end) > 0:
+        yield Problem(
+            topic.name,
+            number,
+            path,
+            None,
+            f"share group '{share}' has records below the start offset {start} that it never settled: "
+            "retention or trim deleted them, and they will be skipped",
+            WARNING,
+        )
 
 
 def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: int, ends):

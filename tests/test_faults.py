@@ -773,7 +773,7 @@ def _other_user_site() -> tuple[str, dict] | str:
     atexit.register(shutil.rmtree, base, True)
     os.chmod(base, 0o755)
     site = os.path.join(base, "site")
-    wanted, todo = {}, ["kq"]
+    wanted, todo = {}, ["kq-log"]  # the distribution's name (the package is kq)
     while todo:
         name = todo.pop()
         key = re.sub(r"[-_.]+", "-", name).lower()
@@ -786,7 +786,7 @@ def _other_user_site() -> tuple[str, dict] | str:
         wanted[key] = dist
         todo += [re.match(r"[A-Za-z0-9._-]+", req).group(0) for req in dist.requires or [] if "extra ==" not in req]
     for key, dist in wanted.items():
-        if key == "kq":
+        if key == "kq-log":
             continue
         for f in dist.files or []:
             src = str(f.locate())

@@ -258,8 +258,8 @@ def test_group_list_describe_delete(run_kq):
     assert run_kq("group", "list").stdout == b"g1\ng2\n"
     listed = json.loads(run_kq("group", "list", "--json").stdout)
     assert listed == [
-        {"group": "g1", "topics": ["a", "b"], "members": 0},
-        {"group": "g2", "topics": ["a"], "members": 0},
+        {"group": "g1", "type": "consumer", "topics": ["a", "b"], "members": 0},
+        {"group": "g2", "type": "consumer", "topics": ["a"], "members": 0},
     ]
     d = json.loads(run_kq("group", "describe", "g2", "--json").stdout)
     assert d["members"] == []

@@ -58,3 +58,27 @@ def test_recipe_outputs(tmp_path):
     ]
     fanout = next(b for b in BLOCKS if "events" in b)
     assert run(fanout).split("partition")[0].split() == ["1", "2", "3", "1", "2", "3", "4", "5"]
+
+
+def test_job_queue_recipe_outputs(tmp_path):
+    """The share group recipes do what their comments say."""
+    env = {**os.environ, "KQ_DATA_DIR": str(tmp_path / "data")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+
+    def run(block: str) -> str:
+        r = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.decode()
+
+    poison = next(b for b in BLOCKS if "not-an-address" in b and "send.sh" in b)
+    out = run(poison)
+    assert "sent to alice@example.com" in out and "sent to bob@example.com" in out
+    [dead] = [line for line in out.splitlines() if line.startswith("not-an-address: ")]
+    assert (
+        "kq.dlq.attempts=3" in dead and "kq.dlq.exit=65" in dead and "kq.dlq.stderr=bad address: not-an-address" in dead
+    )
+    replay = next(b for b in BLOCKS if "back into the queue" in b)
+    env["KQ_DATA_DIR"] = str(tmp_path / "data2")
+    assert run(replay).splitlines()[-1] == "not-an-address"

@@ -307,6 +307,45 @@ class Backend(ABC):
     def _resolve(self, spec: OffsetSpec, topic: str, p: PartitionInfo, committed: int | None) -> int:
         return spec.resolve(_PartitionView(self, topic, p), p.end_offset, committed)
 
+    # ------------------------------------------------------------------ share groups
+    # Job queues (kq.share): records of the same partitions shared among any
+    # number of workers, each acquired under a lease and settled on its own.
+    # A data directory has them; a backend without them has none to list and
+    # refuses the rest.
+
+    def share_reader(
+        self, topic: str, share: str, changes: dict | None = None, lease_ms: int = 30_000, reset: str = "earliest"
+    ):
+        """A worker of share group ``share`` on ``topic`` (kq.share.ShareConsumer's methods: acquire,
+        ack, nack, release, extend, rounds, close); ``changes`` set the group's stored settings."""
+        raise UnsupportedByBackend("a share group", self.description)
+
+    def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):
+        """Settle records by lease id: ``ack``, ``nack`` (retry or dead-letter at the last attempt) or
+        ``dead`` (dead-letter now); returns a kq.share.Outcome listing the leases not held."""
+        raise UnsupportedByBackend("a share group", self.description)
+
+    def share_names(self) -> list[str]:
+        """Share group names, sorted."""
+        return []
+
+    def shares_of_topic(self, topic: str) -> list[str]:
+        """The share groups that have state or workers on ``topic``."""
+        return []
+
+    def describe_share(self, share: str) -> dict:
+        """share_group; partitions (per topic and partition: acquired, available, retrying,
+        dead_lettered, acknowledged, lag); workers (their leases)."""
+        raise UnsupportedByBackend("a share group", self.description)
+
+    def delete_share(self, share: str) -> None:
+        """Raises ShareNotFound, or GroupBusy while workers are live."""
+        raise UnsupportedByBackend("a share group", self.description)
+
+    def share_offset_rows(self, topic: str, shares: list[str]) -> list[dict]:
+        """Like offset_rows, for share groups: committed is the offset before which every record is settled."""
+        raise UnsupportedByBackend("a share group", self.description)
+
     # ------------------------------------------------------------------ local only
 
     def data_dir(self, command: str):

@@ -182,3 +182,43 @@ class LocalBackend(Backend):
         t = self.topic(topic)
         for partition, offset in sorted(offsets.items()):
             self.groups.commit(group, t, t.partition(partition).number, offset)
+
+    # ------------------------------------------------------------------ share groups
+
+    def share_reader(
+        self, topic: str, share: str, changes: dict | None = None, lease_ms: int = 30_000, reset: str = "earliest"
+    ):
+        from ..share import ShareConsumer
+
+        return ShareConsumer(self.data, self.topic(topic), share, changes, lease_ms=lease_ms, reset=reset)
+
+    def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):
+        from ..share import ShareConsumer
+
+        with ShareConsumer(self.data, self.topic(topic), share, join=False, create=False) as consumer:
+            return consumer.settle_leases(leases, how, failure)
+
+    def share_names(self) -> list[str]:
+        from ..share import Shares
+
+        return Shares(self.data).names()
+
+    def shares_of_topic(self, topic: str) -> list[str]:
+        from ..share import Shares
+
+        return Shares(self.data).shares_of_topic(topic)
+
+    def describe_share(self, share: str) -> dict:
+        from ..share import describe_share
+
+        return describe_share(self.data, share)
+
+    def delete_share(self, share: str) -> None:
+        from ..share import Shares
+
+        Shares(self.data).delete(share)
+
+    def share_offset_rows(self, topic: str, shares: list[str]) -> list[dict]:
+        from ..share import share_offset_rows
+
+        return share_offset_rows(self.data, self.topic(topic), shares)

@@ -20,6 +20,8 @@ from .common import Settings
 COMMANDS = {
     "produce": "produce",
     "consume": "consume",
+    "ack": "ack",
+    "nack": "nack",
     "topic": "topic",
     "offsets": "offsets",
     "group": "group",
@@ -41,7 +43,10 @@ class LazyGroup(TyperGroup):
         module = COMMANDS.get(name)
         if module is None:
             return None
-        command = typer.main.get_command(importlib.import_module(f"{__package__}.{module}").app)
+        module, _, attribute = module.partition(":")
+        command = typer.main.get_command(
+            getattr(importlib.import_module(f"{__package__}.{module}"), attribute or "app")
+        )
         command.name = name
         return command
 
@@ -93,6 +98,8 @@ app = typer.Typer(
   kq consume logs -f --json | jq .value
 
   kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: commit only on success[/dim]
+
+  kq consume jobs --share mailer --exec ./send.sh --parallel 4   [dim]# a job queue: retries, dead letters[/dim]
 """,
 )
 

@@ -154,8 +154,20 @@ def _partition_candidates(ctx):
     return [str(p) for p in range(count)]
 
 
+def _share_candidates(ctx):
+    from ..location import share_names
+
+    return share_names(_data_path(ctx))
+
+
+def _group_or_share_candidates(ctx):
+    return sorted(set(_group_candidates(ctx)) | set(_share_candidates(ctx)))
+
+
 complete_topic = _completer(_topic_candidates)
 complete_group = _completer(_group_candidates)
+complete_share = _completer(_share_candidates)
+complete_group_or_share = _completer(_group_or_share_candidates)
 complete_partition = _completer(_partition_candidates)
 complete_offset = _completer(lambda ctx: ["beginning", "end"])
 complete_reset_spec = _completer(lambda ctx: ["earliest", "latest"])
@@ -204,6 +216,21 @@ def group_option(help: str, required: bool = False):
         help=help,
         show_default=False,
     )
+
+
+def share_option(help: str, required: bool = False):
+    return typer.Option(
+        ... if required else None,
+        "--share",
+        metavar="NAME",
+        autocompletion=complete_share,
+        help=help,
+        show_default=False,
+    )
+
+
+def leases_argument(help: str):
+    return typer.Argument(None, metavar="[LEASE]...", help=help, show_default=False)
 
 
 PartitionsOption = Annotated[

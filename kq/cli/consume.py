@@ -14,6 +14,7 @@ from .common import (
     option_value,
     partitions_option,
     settings,
+    share_option,
     topic_argument,
 )
 from .output import quiet_stdout
@@ -62,14 +63,61 @@ def consume(
     no_commit: bool = typer.Option(
         False, "--no-commit", help="With -g: read from the group's offsets without joining it or committing."
     ),
+    share: Optional[str] = share_option(
+        "Consume as a worker of share group NAME (a job queue): any number of workers take different records of the same partitions, each under a lease, and settle each on its own (no per-partition order). Without --exec, prints each record after its lease id, for `kq ack` / `kq nack`."
+    ),
+    lease: str = typer.Option(
+        "30s",
+        "--lease",
+        metavar="DURATION",
+        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs); then another worker gets it.",
+    ),
+    max_attempts: Optional[int] = typer.Option(
+        None,
+        "--max-attempts",
+        min=1,
+        max=1000,
+        metavar="N",
+        help="With --share: deliveries of a record before it goes to the dead-letter topic \\[default: the group's setting, else 5].",
+        show_default=False,
+    ),
+    retry_backoff: Optional[str] = typer.Option(
+        None,
+        "--retry-backoff",
+        metavar="DURATION",
+        help="With --share: the wait before a failed record's second attempt, doubled for each further one \\[default: the group's setting, else 1s].",
+        show_default=False,
+    ),
+    retry_backoff_max: Optional[str] = typer.Option(
+        None,
+        "--retry-backoff-max",
+        metavar="DURATION",
+        help="With --share: the longest wait between attempts \\[default: the group's setting, else 60s].",
+        show_default=False,
+    ),
+    dead_letter: Optional[str] = typer.Option(
+        None,
+        "--dead-letter",
+        metavar="TOPIC",
+        help="With --share: where records go after --max-attempts, with kq.dlq.* headers saying why \\[default: the group's setting, else TOPIC.dlq].",
+        show_default=False,
+    ),
     exec_cmd: Optional[str] = typer.Option(
         None,
         "--exec",
         metavar="CMD",
-        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only.",
+        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only. With --share: CMD runs per record (KQ_KEY, KQ_ATTEMPT, KQ_HEADERS, ... set too), which is acknowledged when CMD exits 0 and retried otherwise.",
     ),
-    batch: int = typer.Option(
-        1000, "--batch", min=1, metavar="N", help="With --exec: at most N messages per run of CMD."
+    batch: Optional[int] = typer.Option(
+        None,
+        "--batch",
+        min=1,
+        metavar="N",
+        help="With --exec: at most N messages per run of CMD \\[default: 1000; with --share, 1: a batch is acknowledged or retried as a whole].",
+        show_default=False,
+    ),
+    parallel: int = typer.Option(
+        1, "--parallel", min=1, max=1024, metavar="N", help="With --share --exec: run up to N commands at once."
     ),
     fmt: Optional[str] = typer.Option(
         None,
@@ -99,6 +147,8 @@ def consume(
       kq consume logs -o @-1h -F '%T %s\\n'    [dim]# the last hour, with timestamps[/dim]
 
       kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: at least once, commit on success[/dim]
+
+      kq consume jobs --share mailer --exec ./send.sh --parallel 4 --timeout 60   [dim]# a job queue[/dim]
     """
     from ..formats import record_writer
     from ..offsetspec import parse_range
@@ -114,6 +164,11 @@ def consume(
         raise bad_parameter("a group chooses its own offsets and partitions; use `kq offsets reset` to move them", "-g")
     if no_commit and group is None:
         raise bad_parameter("--no-commit needs -g/--group", "--no-commit")
+    share_changes = share_options(
+        share, group, offset, partition, no_commit, lease, max_attempts, retry_backoff, retry_backoff_max, dead_letter
+    )
+    if parallel != 1 and (share is None or exec_cmd is None):
+        raise bad_parameter("--parallel needs --share and --exec", "--parallel")
     if reset not in ("earliest", "latest"):
         raise bad_parameter(f"{reset!r} is not earliest or latest", "--reset")
     delim = delimiter_bytes(delimiter, null)
@@ -123,6 +178,26 @@ def consume(
         write = record_writer(topic, fmt, json_output, delim)
     except UsageError as exc:
         raise bad_parameter(str(exc), "-F/--format") from None
+    if group is not None and group in s.backend.share_names():
+        raise bad_parameter(f"'{group}' is a share group (--share); a consumer group needs a name of its own", "-g")
+    if share is not None:
+        consume_share(
+            s,
+            topic,
+            share,
+            share_changes,
+            reset,
+            write,
+            json_output,
+            exec_cmd,
+            batch or 1,
+            parallel,
+            count,
+            follow,
+            timeout,
+        )
+        return
+    batch = batch or 1000
     if group is not None and not no_commit:
         source = s.backend.group_reader(topic, group, follow=follow, reset=reset)
     elif group is not None:
@@ -220,3 +295,129 @@ def run_command(rounds, write, command: str, size: int, topic: str, source, grou
         failed.args = (f"{failed}: {fate}",)
         raise failed
     return done
+
+
+def share_options(
+    share, group, offset, partition, no_commit, lease, max_attempts, retry_backoff, retry_backoff_max, dead_letter
+) -> dict:
+    """The share group's settings a command line changes (lease_ms aside), after checking the options go together."""
+    from ..units import parse_duration
+
+    if share is None:
+        given = [
+            name
+            for name, value in (
+                ("--max-attempts", max_attempts),
+                ("--retry-backoff", retry_backoff),
+                ("--retry-backoff-max", retry_backoff_max),
+                ("--dead-letter", dead_letter),
+            )
+            if value is not None
+        ]
+        if lease != "30s":
+            given.append("--lease")
+        if given:
+            raise bad_parameter(f"{', '.join(given)} need(s) --share", given[0])
+        return {}
+    if group is not None:
+        raise bad_parameter("use either -g/--group (ordered, per partition) or --share (a job queue)", "--share")
+    if offset is not None or partition:
+        raise bad_parameter("a share group chooses its own records; it has no -o or -p", "--share")
+    if no_commit:
+        raise bad_parameter("--no-commit needs -g/--group", "--no-commit")
+    changes: dict = {}
+    try:
+        changes["lease_ms"] = parse_duration(lease)
+        if changes["lease_ms"] < 1:
+            raise UsageError("a lease lasts at least 1 ms")
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "--lease") from None
+    for option, key, value in (
+        ("--retry-backoff", "backoff_ms", retry_backoff),
+        ("--retry-backoff-max", "backoff_max_ms", retry_backoff_max),
+    ):
+        if value is not None:
+            try:
+                changes[key] = parse_duration(value)
+            except UsageError as exc:
+                raise bad_parameter(str(exc), option) from None
+    if max_attempts is not None:
+        changes["max_attempts"] = max_attempts
+    if dead_letter is not None:
+        from ..names import check_name
+
+        try:
+            changes["dead_letter"] = check_name(dead_letter)
+        except UsageError as exc:
+            raise bad_parameter(str(exc), "--dead-letter") from None
+    return changes
+
+
+def consume_share(
+    s, topic, share, changes, reset, write, json_output, command, batch, parallel, count, follow, timeout
+) -> None:
+    """--share: run CMD per record (kq.share_runner), or print records with their lease ids."""
+    lease_ms = changes.pop("lease_ms")
+    source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset)
+    try:
+        if count == 0:
+            return
+        if command is not None:
+            from ..share_runner import ShareRunner
+
+            runner = ShareRunner(source, command, write, batch, parallel, count, follow, timeout)
+            try:
+                runner.run()
+            except KeyboardInterrupt:
+                if not follow:
+                    raise
+            finally:
+                report_share_run(s, runner, source)
+            delivered, timed_out = runner.acquired, runner.timed_out
+        else:
+            delivered = 0
+            rounds = source.rounds(count, follow, timeout)
+            try:
+                for deliveries in rounds:
+                    print_leased(deliveries, write, json_output)
+                    delivered += len(deliveries)
+            except KeyboardInterrupt:
+                if not follow:
+                    raise
+            except BrokenPipeError:
+                quiet_stdout()
+            timed_out = source.timed_out
+    finally:
+        source.close()
+    if timed_out and delivered == 0:
+        s.info(f"no message arrived within {timeout:g} s")
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+def print_leased(deliveries, write, json_output: bool) -> None:
+    """Records after their lease ids (a tab between), or as JSON lines with ``lease`` and ``attempt``."""
+    import json
+
+    out = []
+    for d in deliveries:
+        rendered = write(d.partition, d.batch, d.index, d.index + 1)
+        if json_output:
+            obj = json.loads(rendered)
+            obj["lease"], obj["attempt"] = d.lease, d.attempt
+            out.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+        else:
+            out.append(d.lease.encode("ascii") + b"\t" + rendered)
+    sys.stdout.buffer.write(b"".join(out))
+    sys.stdout.buffer.flush()
+
+
+def report_share_run(s, runner, source) -> None:
+    """What a --share --exec run did, on stderr (not with -q)."""
+    parts = [f"{runner.acked} record(s) acknowledged"]
+    if runner.failed:
+        parts.append(f"{runner.failed} command run(s) failed")
+    if runner.dead:
+        parts.append(f"{runner.dead} record(s) dead-lettered to '{source.settings.dead_letter}'")
+    if runner.lost:
+        parts.append(f"{runner.lost} record(s) lost their lease while their command ran (another worker gets them)")
+    s.info(", ".join(parts))

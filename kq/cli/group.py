@@ -5,12 +5,12 @@ import time
 import typer
 
 from ..errors import GroupNotFound
-from .common import KqCommand, complete_group, json_option, settings
+from .common import KqCommand, complete_group_or_share, json_option, settings
 from .output import emit_rows, is_terminal, print_json, rich_table, warn
 
 app = typer.Typer(
     name="group",
-    help="""List, describe and delete consumer groups.
+    help="""List, describe and delete consumer groups and share groups.
 
 [bold]Examples[/bold]
 
@@ -21,15 +21,17 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-GroupArgument = typer.Argument(..., autocompletion=complete_group, metavar="GROUP", help="Group name.")
+GroupArgument = typer.Argument(
+    ..., autocompletion=complete_group_or_share, metavar="GROUP", help="Group name (a consumer group or a share group)."
+)
 
 
 @app.command("list", cls=KqCommand)
 def group_list(
     ctx: typer.Context,
-    json_output: bool = json_option("A JSON list of {group, topics, members}."),
+    json_output: bool = json_option("A JSON list of {group, type (consumer or share), topics, members}."),
 ) -> None:
-    """List consumer groups: one name per line (a table on a terminal).
+    """List consumer groups and share groups: one name per line (a table on a terminal).
 
     [bold]Examples[/bold]
 
@@ -39,18 +41,29 @@ def group_list(
     """
     s = settings(ctx)
     names = s.backend.group_names()
+    shares = s.backend.share_names()
     if not json_output and not is_terminal():
-        for n in names:
+        for n in sorted(set(names) | set(shares)):
             print(n)
         return
-    rows = [{"group": g, "topics": s.backend.group_topics(g), "members": len(s.backend.members(g))} for g in names]
+    rows = [
+        {"group": g, "type": "consumer", "topics": s.backend.group_topics(g), "members": len(s.backend.members(g))}
+        for g in names
+    ]
+    for g in shares:
+        described = s.backend.describe_share(g)
+        topics = sorted({p["topic"] for p in described["partitions"]})
+        rows.append(
+            {"group": g, "type": "share", "topics": topics, "members": sum(w["live"] for w in described["workers"])}
+        )
+    rows.sort(key=lambda r: (r["group"], r["type"]))
     if json_output:
         print_json(rows)
     else:
         rich_table(
-            "consumer groups",
-            ["group", "topics", "members"],
-            [[r["group"], ", ".join(r["topics"]), r["members"]] for r in rows],
+            "groups",
+            ["group", "type", "topics", "members"],
+            [[r["group"], r["type"], ", ".join(r["topics"]), r["members"]] for r in rows],
         )
 
 
@@ -71,6 +84,10 @@ def group_describe(
 ) -> None:
     """Show a group's committed offsets, lag and live members, per topic and partition.
 
+    For a share group: per partition, how many records are acquired (leased
+    to a worker), available, waiting for a retry, dead-lettered and
+    acknowledged, and each worker's leases.
+
     A member that holds partitions but has stopped making progress (stopped
     with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
     PID: if it is stuck, kill it and the other members take over its
@@ -88,6 +105,9 @@ def group_describe(
         from ..names import check_name
 
         check_name(group, "group")
+        if group in backend.share_names():
+            describe_share(backend.describe_share(group), json_output)
+            return
         raise GroupNotFound(group)
     partitions = []
     for topic in backend.group_topics(group):
@@ -155,7 +175,7 @@ def group_delete(
     ctx: typer.Context,
     group: str = GroupArgument,
 ) -> None:
-    """Delete a group and its committed offsets (it must have no live members).
+    """Delete a group and its committed offsets, or a share group and its state (it must have no live members).
 
     [bold]Examples[/bold]
 
@@ -164,5 +184,39 @@ def group_delete(
       kq group list | grep '^test-' | xargs -n1 kq group delete
     """
     s = settings(ctx)
+    if group not in s.backend.group_names() and group in s.backend.share_names():
+        s.backend.delete_share(group)
+        s.info(f"deleted share group '{group}'")
+        return
     s.backend.delete_group(group)
     s.info(f"deleted group '{group}'")
+
+
+SHARE_COLUMNS = ["topic", "partition", "acquired", "available", "retrying", "dead_lettered", "acknowledged", "lag"]
+
+
+def describe_share(described: dict, json_output: bool) -> None:
+    """A share group's counts per partition, then its workers and their leases."""
+    if json_output:
+        print_json(described)
+        return
+    emit_rows(described["partitions"], SHARE_COLUMNS, False, f"share group {described['share_group']}")
+    workers = described["workers"]
+
+    def leases(w) -> str:
+        return " ".join(
+            f"{x['partition']}:{x['first']}" + (f"..{x['last']}" if x["last"] != x["first"] else "")
+            for x in w["leases"]
+        )
+
+    if is_terminal():
+        rich_table(
+            "workers",
+            ["member", "host", "pid", "live", "leases"],
+            [[w["member"], w["host"], w["pid"], "yes" if w["live"] else "no", leases(w)] for w in workers],
+        )
+    else:
+        for w in workers:
+            print(
+                f"worker\t{w['member']}\t{w['host'] or '-'}\t{w['pid'] or '-'}\t{'live' if w['live'] else 'gone'}\t{leases(w) or '-'}"
+            )

@@ -5,6 +5,7 @@ import sys
 import typer
 
 from ..errors import KqError
+from ..names import check_name
 from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import ProgressBars, count, emit_rows, error_text, human, is_terminal, print_json, setting_text
 
@@ -38,7 +39,7 @@ def maintain(
 
     s = settings(ctx)
     data = s.data_dir("kq maintain")
-    names = list(dict.fromkeys(topics)) if topics else data.topic_names()
+    names = [check_name(name) for name in dict.fromkeys(topics)] if topics else data.topic_names()
     rows = []
     with ProgressBars(s.quiet, json_output) as bars:
 
@@ -64,13 +65,13 @@ def maintain(
                 print(f"kq: error: {name}: {error_text(exc)}", file=sys.stderr, flush=True)
     if json_output:
         print_json(rows)
-    else:
+    elif len(failed) < len(names):
         totals = {
             k: sum(r[k] for r in rows)
             for k in ("segments_deleted", "bytes_reclaimed", "records_removed", "tombstones_removed")
         }
         s.info(
-            f"{len(names)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {human(totals['bytes_reclaimed'])} reclaimed, "
+            f"{len(names) - len(failed)} topic(s): {totals['segments_deleted']:,} segment(s) deleted, {human(totals['bytes_reclaimed'])} reclaimed, "
             f"{totals['records_removed']:,} superseded record(s) and {totals['tombstones_removed']:,} tombstone(s) compacted away"
         )
     for name, (records, segment_bytes) in uncompacted.items():

@@ -41,6 +41,10 @@ def offsets_show(
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.
 
+    A share group's "committed" offset is the one before which every record
+    is settled (acknowledged or dead-lettered); its lag counts the records
+    after it that are not.
+
     [bold]Examples[/bold]
 
       kq offsets show orders
@@ -51,9 +55,16 @@ def offsets_show(
 
     s = settings(ctx)
     s.backend.partition_count(topic)  # an unknown topic fails before any group is listed
-    groups = [check_name(group, "group")] if group else s.backend.groups_of_topic(topic)
-    rows = s.backend.offset_rows(topic, groups)
-    columns = ["partition", "start_offset", "end_offset"] + (["group", "committed", "lag"] if groups else [])
+    if group:
+        check_name(group, "group")
+        shares = [group] if group in s.backend.shares_of_topic(topic) else []
+        groups = [] if shares else [group]
+    else:
+        groups, shares = s.backend.groups_of_topic(topic), s.backend.shares_of_topic(topic)
+    rows = s.backend.offset_rows(topic, groups) if groups or not shares else []
+    if shares:
+        rows += s.backend.share_offset_rows(topic, shares)
+    columns = ["partition", "start_offset", "end_offset"] + (["group", "committed", "lag"] if groups or shares else [])
     emit_rows(rows, columns, json_output, f"offsets of {topic}")
 
 
