@@ -17,6 +17,7 @@ import pytest
 from cluster_support import (
     KQ,
     TANSU_LATEST,
+    TANSU_NO_CREATE_PARTITIONS,
     TANSU_NO_DELETE_RECORDS,
     TANSU_TIMES,
     backends,
@@ -140,6 +141,16 @@ def test_every_produce_input_mode(place, tmp_path):
     # Offsets are dense per partition, from 0.
     for p in range(3):
         assert [r["offset"] for r in rows if r["partition"] == p] == list(range(len(values(rows, p))))
+
+
+@backends(tansu=TANSU_NO_CREATE_PARTITIONS)
+def test_produce_json_grows_the_topic_it_created_to_the_partitions_its_input_names(place):
+    t = place.name("grown")
+    early = "".join(json.dumps({"partition": 0, "value": f"{i:0100d}"}) + "\n" for i in range(15_000))  # > 1 MB
+    r = place.kq("produce", t, "--json", input=early + json.dumps({"partition": 3, "value": "late"}) + "\n")
+    assert r.returncode == 0, r.stderr
+    assert b"created topic" in r.stderr and b"grew topic" in r.stderr and b"to 4 partitions" in r.stderr
+    assert place.ok("consume", t, "-p", "3") == b"late\n"
 
 
 @backends()

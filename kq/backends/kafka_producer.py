@@ -9,6 +9,7 @@ a produce loads nothing of kq's storage engine.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from functools import partial
 from itertools import starmap
@@ -16,6 +17,7 @@ from itertools import starmap
 from ..errors import ClusterError, KqError
 
 POLL_EVERY = 100_000  # a producer serves delivery reports (refusals) at least this often
+MAX_REFRESHES = 20  # times a producer asks again for a topic's partitions before a new one counts as unknown
 PRODUCER_DEFAULTS = {
     "partitioner": "murmur2_random",  # Kafka's (and kq's) placement of keys; librdkafka's default is CRC32
     "acks": "all",
@@ -36,6 +38,7 @@ class KafkaProducer:
         self.failed = 0
         self._refusal: tuple | None = None  # the first record the cluster refused: (error, partition)
         self._unpolled = 0  # records sent since delivery reports were last served
+        self._refreshes = 0  # times the topic's partitions were asked for again
         # Idempotence (no duplicate or gap from a retry, order kept) costs a
         # short-lived producer about half a second to get its producer id.
         defaults = {**PRODUCER_DEFAULTS, "enable.idempotence": idempotent}
@@ -90,6 +93,9 @@ class KafkaProducer:
                 i = _sent_before_error(i, todo, rest)
                 self._producer.poll(0.005)  # deliveries free the queue
             except self.ck.KafkaException as exc:
+                if exc.args[0].code() == self.ck.KafkaError._UNKNOWN_PARTITION and self._learn_partitions():
+                    i = _sent_before_error(i, todo, rest)  # a partition added since: send from the record that failed
+                    continue
                 self.sent += _sent_before_error(i, todo, rest)
                 raise self.backend.error(exc, f"sending to '{self.topic}'", self.topic) from None
             except TypeError as exc:
@@ -101,6 +107,18 @@ class KafkaProducer:
             self._unpolled = 0
             self._producer.poll(0)  # serves refusals (delivery reports of errors)
         self._raise()
+
+    def _learn_partitions(self) -> bool:
+        """Ask the cluster for the topic's partitions again (they grew); False once that was tried enough."""
+        self._refreshes += 1
+        if self._refreshes > MAX_REFRESHES:
+            return False
+        try:
+            self._producer.list_topics(self.topic, timeout=self.backend.timeout)
+        except self.ck.KafkaException:
+            pass
+        time.sleep(0.05 * self._refreshes)  # a cluster's brokers learn of new partitions in a moment
+        return True
 
     def _produce(self, **fixed):
         if self.partition is not None:
