@@ -444,10 +444,8 @@ class Bridge:
                 _record_digest(source_hash, r)
                 n_source += 1
             for r in _records(self.target, topic, p, first_target):
-                if n_target == n_source:
-                    n_target += 1  # one more than the source has: enough to tell
-                    break
-                _record_digest(target_hash, r)
+                if n_target < n_source:  # more than the source has: counted, not compared
+                    _record_digest(target_hash, r)
                 n_target += 1
         except KqError as exc:
             report.status, report.detail = "mismatch", str(exc)

@@ -101,9 +101,9 @@ class MessageBatch:
 class KafkaReader:
     """Rounds of records from partitions of one topic (kq.backends.base.Reader).
 
-    ``positions`` holds each partition's next offset (None until known: a
-    start at the beginning or end is found by the first fetch), ``stops``
-    where it ends: an offset, SNAPSHOT, or None (following).
+    ``positions`` holds each partition's next offset, ``stops`` where it
+    ends: an offset, SNAPSHOT (until the first fetch tells the end), or None
+    (following).
     """
 
     def __init__(self, backend, topic: str, follow: bool, group: str | None = None):
