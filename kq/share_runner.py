@@ -378,6 +378,13 @@ class ShareRunner:
     def _stop_all(self) -> None:
         """Interrupted: stop every command, and give its records (and those not started) back for
         another worker at once; acknowledge what succeeded."""
+        # A command that had already exited 0 when the signal came succeeded,
+        # even if the loop had not yet seen its exit: it counts as done.
+        finished = [job for job in self._jobs.values() if job.proc.poll() == 0]
+        try:
+            self._finish(finished)
+        except BaseException:
+            pass
         try:
             self._flush_acks()
         except BaseException:  # redelivered once their leases run out

@@ -701,18 +701,7 @@ class Verifier:
                 path = os.path.join(directory, name)
                 number = partition_of(name, CLAIM_SUFFIX)
                 if number is not None:
-                    kind = _not_regular(path)
-                    if kind:
-                        yield self._not_repaired(
-                            Problem(
-                                topic.name,
-                                number,
-                                path,
-                                None,
-                                f"claim file of group '{group}' is a {kind}, not a regular file",
-                                why_not=_FOREIGN,
-                            )
-                        )
+                    yield from self._lock_file(topic, number, path, f"claim file of group '{group}'")
                 number = partition_of(name, OFFSET_SUFFIX)
                 if number is None:
                     continue
@@ -750,6 +739,14 @@ class Verifier:
                     )
                     continue
                 yield from _offset_in_range(topic, number, path, group, offset, ranges.get(number))
+
+    def _lock_file(self, topic: Topic, number: int, path: str, what: str):
+        """A lock file (a group's claim, a share group's lock) must be a regular file: kq cannot lock anything else."""
+        kind = _not_regular(path)
+        if kind:
+            yield self._not_repaired(
+                Problem(topic.name, number, path, None, f"{what} is a {kind}, not a regular file", why_not=_FOREIGN)
+            )
 
     def _group_members(self, topic: Topic, group: str, directory: str):
         """Member files a live member holds must be what a member writes (others are tidied by members)."""
@@ -829,18 +826,7 @@ class Verifier:
                 path = os.path.join(directory, name)
                 number = partition_of(name, LOCK_SUFFIX)
                 if number is not None:
-                    kind = _not_regular(path)
-                    if kind:
-                        yield self._not_repaired(
-                            Problem(
-                                topic.name,
-                                number,
-                                path,
-                                None,
-                                f"lock file of share group '{share}' is a {kind}, not a regular file",
-                                why_not=_FOREIGN,
-                            )
-                        )
+                    yield from self._lock_file(topic, number, path, f"lock file of share group '{share}'")
                     continue
                 number = partition_of(name, STATE_SUFFIX)
                 if number is None:

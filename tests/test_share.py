@@ -506,8 +506,12 @@ def test_a_compacted_topics_gaps_are_settled_and_every_survivor_delivered_once(r
 
 def test_sigterm_stops_the_commands_and_gives_their_records_back_uncounted(run_kq, spawn_kq, tmp_path):
     produce(run_kq, ["slow", "quick"])
-    started = tmp_path / "started"
-    cmd = f'v=$(cat); [ "$v" = quick ] && exit 0; touch {started}; sleep 30'
+    started, quick = tmp_path / "started", tmp_path / "quick"
+    # The slow command starts its long sleep only once the quick one is done (and has had time to exit).
+    cmd = (
+        f'v=$(cat); [ "$v" = quick ] && {{ touch {quick}; exit 0; }}; '
+        f"while [ ! -e {quick} ]; do sleep 0.01; done; sleep 0.1; touch {started}; sleep 30"
+    )
     worker = spawn_kq("consume", "jobs", "--share", "s", "--exec", cmd, "--parallel", "2", "-f")
     wait_for(started.exists, message="the slow command to start")
     worker.send_signal(signal.SIGTERM)
