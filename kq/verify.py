@@ -853,66 +853,55 @@ class Verifier:
 def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
     # Holding the partition's claim, no member can own it and commit a good
     # offset that would then be moved aside in its place.
-    try:
-        claim = try_lock(os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"), create=True)
-    except (KqError, OSError) as exc:
-        p.action = f"not repaired: {_unreadable(exc, p.file)[1]}"
-        return
-    if claim is None:
-        p.action = (
-            f"not repaired: a live member of group '{group}' owns partition {p.partition}; run again when it stops"
-        )
-        return
-    try:
-        try:
-            Groups.read_offset_file(p.file)
-            p.action, p.repaired = "nothing to do: it was replaced or removed meanwhile", True
-            return
-        except CorruptFile:
-            pass
-        target = quarantine_name(p.file + QUARANTINE)
-        os.rename(p.file, target)
-        fsync_dir(directory)
-    finally:
-        claim.close()
-    p.action = (
-        f"moved it to {target}; group '{group}' will restart partition {p.partition} "
-        "from its reset policy (earliest by default)"
+    _move_aside(
+        p,
+        os.path.join(directory, f"{p.partition}{CLAIM_SUFFIX}"),
+        lambda: Groups.read_offset_file(p.file),
+        f"a live member of group '{group}' owns partition {p.partition}; run again when it stops",
+        f"group '{group}' will restart partition {p.partition} from its reset policy (earliest by default)",
     )
-    p.repaired = True
 
 
 def _quarantine_share_state(p: Problem, share: str, directory: str) -> None:
     # Under the partition's share lock: no worker reads or replaces the file meanwhile.
-    from .share import LOCK_SUFFIX, parse_state
+    from .fileio import read_small
+    from .share import LOCK_SUFFIX, MAX_STATE_BYTES, parse_state
 
+    _move_aside(
+        p,
+        os.path.join(directory, f"{p.partition}{LOCK_SUFFIX}"),
+        lambda: parse_state(read_small(p.file, MAX_STATE_BYTES), p.file),
+        f"a worker of share group '{share}' is using it; run again",
+        f"share group '{share}' will start partition {p.partition} afresh from its reset policy "
+        "(earliest by default), delivering again what it had settled",
+    )
+
+
+def _move_aside(p: Problem, lock_path: str, read, busy: str, after: str) -> None:
+    """Move an unreadable small file to a quarantine file beside it, holding the lock of whoever
+    writes it; ``read`` raises CorruptFile while the file is still unreadable (a writer may have
+    replaced it meanwhile)."""
     try:
-        lock = try_lock(os.path.join(directory, f"{p.partition}{LOCK_SUFFIX}"), create=True)
+        lock = try_lock(lock_path, create=True)
     except (KqError, OSError) as exc:
         p.action = f"not repaired: {_unreadable(exc, p.file)[1]}"
         return
     if lock is None:
-        p.action = f"not repaired: a worker of share group '{share}' is using it; run again"
+        p.action = f"not repaired: {busy}"
         return
     try:
         try:
-            from .fileio import read_small
-            from .share import MAX_STATE_BYTES
-
-            parse_state(read_small(p.file, MAX_STATE_BYTES), p.file)
+            read()
             p.action, p.repaired = "nothing to do: it was replaced or removed meanwhile", True
             return
         except CorruptFile:
             pass
         target = quarantine_name(p.file + QUARANTINE)
         os.rename(p.file, target)
-        fsync_dir(directory)
+        fsync_dir(os.path.dirname(p.file))
     finally:
         lock.close()
-    p.action = (
-        f"moved it to {target}; share group '{share}' will start partition {p.partition} afresh from its reset "
-        "policy (earliest by default), delivering again what it had settled"
-    )
+    p.action = f"moved it to {target}; {after}"
     p.repaired = True
 
 

@@ -113,35 +113,20 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
     source = s.data_dir("kq replicate")
     replicator = Replicator(source, DataDir(to), truncate=truncate)
     if verify:
-        reports = replicator.verify(names)
-        rows = [report_dict(r) for r in reports]
-        if json_output:
-            print_json(rows)
-        else:
-            for row in rows:
-                row["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in row["groups"]) or None
-            emit_rows(
-                rows,
-                ["topic", "partition", "source_end", "replica_end", "status", "detail", "groups"],
-                False,
-                f"replica {to}",
-            )
-        for r in reports:
-            for g in r.groups:
-                if g["status"] != "same":
-                    replica_side = "nothing" if g["replica"] is None else g["replica"]
-                    source_side = "nothing" if g["source"] is None else g["source"]
-                    warn(
-                        f"{r.topic}/{r.partition}: group '{g['group']}' committed {replica_side} in the replica, "
-                        f"{source_side} in the source ({g['status']})"
-                    )
-        bad = [r for r in reports if not r.ok]
-        if bad:
-            what = "; ".join(
-                f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3]
-            )
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise KqError(f"replica {to} does not verify: {what}{more}")
+
+        def group_note(g) -> str:
+            replica_side = "nothing" if g["replica"] is None else g["replica"]
+            source_side = "nothing" if g["source"] is None else g["source"]
+            return f"committed {replica_side} in the replica, {source_side} in the source ({g['status']})"
+
+        show_verification(
+            replicator.verify(names),
+            report_dict,
+            ["source_end", "replica_end"],
+            f"replica {to}",
+            json_output,
+            group_note,
+        )
         return
 
     def announce(r) -> None:
@@ -265,31 +250,39 @@ def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json
 def _verify_bridge(bridge, names, where: str, json_output: bool) -> None:
     from ..bridge import report_dict
 
-    reports = bridge.verify(names)
-    rows = [report_dict(r) for r in reports]
+    def group_note(g) -> str:
+        return (
+            f"committed {g['source']} in the source, which is {g['translated']} in the copy, where it "
+            f"committed {'nothing' if g['target'] is None else g['target']} ({g['status']})"
+        )
+
+    show_verification(
+        bridge.verify(names),
+        report_dict,
+        ["source_records", "target_records"],
+        f"the copy {where}",
+        json_output,
+        group_note,
+    )
+
+
+def show_verification(reports, as_dict, counts: list[str], what: str, json_output: bool, group_note) -> None:
+    """A --verify table (or JSON), a warning per group that differs, and an error if any partition fails."""
+    rows = [as_dict(r) for r in reports]
     if json_output:
         print_json(rows)
     else:
-        for r in rows:
-            r["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in r["groups"]) or None
-        emit_rows(
-            rows,
-            ["topic", "partition", "source_records", "target_records", "status", "detail", "groups"],
-            False,
-            f"copy {where}",
-        )
+        for row in rows:
+            row["groups"] = ", ".join(f"{g['group']}:{g['status']}" for g in row["groups"]) or None
+        emit_rows(rows, ["topic", "partition", *counts, "status", "detail", "groups"], False, what.removeprefix("the "))
     for r in reports:
         for g in r.groups:
             if g["status"] != "same":
-                warn(
-                    f"{r.topic}/{r.partition}: group '{g['group']}' committed {g['source']} in the source, "
-                    f"which is {g['translated']} in the copy, where it committed "
-                    f"{'nothing' if g['target'] is None else g['target']} ({g['status']})"
-                )
+                warn(f"{r.topic}/{r.partition}: group '{g['group']}' {group_note(g)}")
     bad = [r for r in reports if not r.ok]
     if bad:
-        what = "; ".join(
+        failing = "; ".join(
             f"{r.topic}/{r.partition}: {r.status}" + (f" ({r.detail})" if r.detail else "") for r in bad[:3]
         )
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise KqError(f"the copy {where} does not verify: {what}{more}")
+        raise KqError(f"{what} does not verify: {failing}{more}")
