@@ -331,7 +331,12 @@ class PartitionState:
         self.advance()
 
     def merge(self) -> None:
-        """Join neighbouring ranges that differ in nothing but their offsets."""
+        """Join neighbouring ranges that differ in nothing but their offsets.
+
+        A joined range is a new object: a caller may still hold the ranges it
+        carved (an acquire reads their records after saving), and stretching
+        one of them would hand its neighbour's records out twice.
+        """
         out: list[Range] = []
         for r in self.ranges:
             p = out[-1] if out else None
@@ -341,7 +346,7 @@ class PartitionState:
                 and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq)
                 == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq)
             ):
-                p.last = r.last
+                out[-1] = p.copy(p.first, r.last)
             else:
                 out.append(r)
         self.ranges = out
@@ -796,25 +801,26 @@ class SharePartition:
                     if r.state == ACQUIRED or r.error is None:
                         r.error = LEASE_EXPIRED.as_json()
                 self._dead_letter(state, doomed)
+            spans = sorted((r.first, r.last, r.attempt) for r in taken)  # as taken, before save() joins ranges
             self.save(state)
         deliveries, phantoms = [], []
-        for r in sorted(taken, key=lambda x: x.first):
-            expect = r.first
-            for b, lo, hi in self.records.read(r.first, r.last):
+        for first, last, attempt in spans:
+            expect = first
+            for b, lo, hi in self.records.read(first, last):
                 offsets = b.offsets()
                 if b.offset_deltas is None:  # dense: a gap can only come before it
                     if offsets[lo] > expect:
                         phantoms.append((expect, offsets[lo] - 1))
-                    deliveries += [Delivery(self.number, offsets[i], r.attempt, token, b, i) for i in range(lo, hi)]
+                    deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
                     expect = offsets[hi - 1] + 1
                     continue
                 for i in range(lo, hi):
                     if offsets[i] > expect:
                         phantoms.append((expect, offsets[i] - 1))
-                    deliveries.append(Delivery(self.number, offsets[i], r.attempt, token, b, i))
+                    deliveries.append(Delivery(self.number, offsets[i], attempt, token, b, i))
                     expect = offsets[i] + 1
-            if expect <= r.last:
-                phantoms.append((expect, r.last))
+            if expect <= last:
+                phantoms.append((expect, last))
         if phantoms:
             # Offsets without a record (a compacted topic's gaps, or records
             # retention deleted since): nothing to deliver, settled at once.

@@ -143,6 +143,28 @@ def test_without_exec_records_print_with_lease_ids_that_ack_and_nack_settle(run_
     assert (state.start, state.acked, state.dead) == (4, 3, 1)
 
 
+def test_records_given_back_in_neighbouring_batches_are_delivered_once_each(run_kq):
+    # Three batches of two, each given back: their ranges lie side by side, and one acquire takes them all.
+    produce(run_kq, [str(n) for n in range(6)])
+    for _ in range(3):
+        leases = [
+            json.loads(line)["lease"]
+            for line in run_kq("consume", "jobs", "--share", "s", "-n", "2", "--json").stdout.splitlines()
+        ]
+        assert len(leases) == 2
+        assert run_kq("nack", "jobs", "--share", "s", *leases).returncode == 0
+
+    def all_due():
+        [p] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+        return p["retrying"] == 0 and p["available"] == 6
+
+    wait_for(all_due, message="the backoffs to pass")
+    r = run_kq("consume", "jobs", "--share", "s", "-n", "10", "--json")
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(g["offset"], g["attempt"]) for g in got] == [(n, 2) for n in range(6)]
+    assert len({g["lease"] for g in got}) == 6
+
+
 def test_bad_lease_ids_and_unknown_share_groups_are_clear_errors(run_kq):
     produce(run_kq, ["a"])
     r = run_kq("ack", "jobs", "--share", "s", "nonsense")

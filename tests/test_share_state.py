@@ -38,8 +38,11 @@ def test_carve_splits_out_exactly_the_offsets_a_lease_holds():
 
 def test_merge_joins_neighbours_that_differ_only_in_offsets():
     s = state_with((0, 4, ACQUIRED, "a"), (5, 9, ACQUIRED, "a"), (10, 12, ACQUIRED, "b"))
+    held = list(s.ranges)
     s.merge()
     assert shape(s) == [(0, 9, ACQUIRED, "a"), (10, 12, ACQUIRED, "b")]
+    # The ranges a caller still holds (an acquire reads their records after saving) keep their offsets.
+    assert [(r.first, r.last) for r in held] == [(0, 4), (5, 9), (10, 12)]
 
 
 def test_retention_past_unsettled_records_counts_them_skipped_and_warns():
