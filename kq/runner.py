@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import KqError
@@ -97,8 +99,10 @@ class CommandRunner:
         # Its own process group, so that when kq is interrupted the whole
         # command (a shell and what it started) is stopped with it.
         group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-        proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)
+        proc = None
         try:
+            with signals_held():
+                proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)
             try:
                 assert proc.stdin is not None  # stdin=PIPE
                 proc.stdin.write(self.write(sl.partition, sl.batch, sl.start, sl.stop))
@@ -107,8 +111,47 @@ class CommandRunner:
                 pass  # it stopped reading: its exit status says whether it succeeded
             return proc.wait()
         except BaseException:
-            stop_command(proc)
+            if proc is not None:
+                stop_command(proc)
             raise
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_held():
+    """Hold SIGINT and SIGTERM until the block ends, then hand them to the handlers in place.
+
+    For starting a command: an interrupt raised inside ``subprocess.Popen``,
+    after its fork, leaves the command running with its stdin closed, and
+    nobody holds it to stop it. Held, the interrupt comes once the caller
+    holds the process. (Blocking the signals instead would block them in the
+    command too: a child inherits the signal mask.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    held: list[int] = []
+    previous = {}
+    for sig in INTERRUPTS:
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: a handler Python did not install, which it could not put back
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            _deliver(held[0], previous[held[0]])
+
+
+def _deliver(signum: int, handler) -> None:
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # what the signal would have done
 
 
 def stop_command(proc: subprocess.Popen) -> None:

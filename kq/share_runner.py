@@ -25,7 +25,7 @@ from collections import deque
 from typing import IO
 
 from .consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
-from .runner import stop_command
+from .runner import signals_held, stop_command
 from .share import Delivery, Failure, ShareConsumer
 
 STDERR_TAIL_BYTES = 4096  # kept of each command's stderr, for the dead-letter headers
@@ -202,8 +202,11 @@ class ShareRunner:
         want = 2 * self.parallel * self.batch - waiting
         if self.count is not None:
             want = min(want, self.count - self.acquired)
-        acks, self._to_ack = self._to_ack, []
-        deliveries = self.consumer.acquire(want, ack=acks)
+        # Held: an interrupt comes once what was acquired is queued, so that it is given back at once.
+        with signals_held():
+            acks, self._to_ack = self._to_ack, []
+            deliveries = self.consumer.acquire(want, ack=acks)
+            self._queue.extend(in_runs(deliveries, self.batch))
         self._count_acks(self.consumer.last_ack)
         if not deliveries:
             quiet = now - self.idle.since
@@ -212,17 +215,22 @@ class ShareRunner:
         self.idle.reset()
         self._next_poll = 0.0
         self.acquired += len(deliveries)
-        self._queue.extend(in_runs(deliveries, self.batch))
         return len(deliveries)
 
     def _start_queued(self) -> None:
         while self._queue and len(self._jobs) < self.parallel:
-            self._spawn(self._queue.popleft())
+            # Held: an interrupt comes once the run is among the jobs, so that its command is
+            # stopped and its records given back (inside Popen it would leave the command
+            # running, its stdin closed, held by nobody).
+            with signals_held():
+                self._spawn(self._queue.popleft())
 
     def _flush_acks(self) -> None:
         if self._to_ack:
-            acks, self._to_ack = self._to_ack, []
-            self._count_acks(self.consumer.ack(acks))
+            with signals_held():  # acknowledged, or still to acknowledge: never dropped between
+                acks, self._to_ack = self._to_ack, []
+                out = self.consumer.ack(acks)
+            self._count_acks(out)
 
     def _count_acks(self, out) -> None:
         self.acked += out.acked
@@ -333,6 +341,10 @@ class ShareRunner:
             job.pidfd = None
 
     def _finish(self, jobs: list[_Job]) -> None:
+        with signals_held():  # each job's records are settled or still to acknowledge when an interrupt comes
+            self._settle_finished(jobs)
+
+    def _settle_finished(self, jobs: list[_Job]) -> None:
         ok: list[Delivery] = []
         for job in jobs:
             job.status = job.proc.wait()

@@ -563,3 +563,27 @@ def test_a_worker_that_lost_its_lease_stops_its_command_rather_than_run_it_besid
     _, err = worker.communicate(timeout=30)
     assert time.monotonic() - began < 10, "the command was left to run beside the other worker's"
     assert b"1 record(s) lost their lease while their command ran" in err
+
+
+@pytest.mark.parametrize("mode", [["--share", "s", "--parallel", "8"], ["-g", "g", "--batch", "1"]])
+def test_sigterm_while_commands_start_runs_none_on_empty_input_and_leaves_no_lease_behind(
+    run_kq, spawn_kq, tmp_path, mode
+):
+    # A signal landing inside Popen once left a command started with its stdin closed, untracked.
+    produce(run_kq, [str(n) for n in range(100_000)])
+    log = tmp_path / "runs"
+    rng = random.Random(7)
+    log.write_text("")
+    for _ in range(10):
+        before = log.stat().st_size
+        worker = spawn_kq("consume", "jobs", *mode, "--exec", f'v=$(cat); echo "[$v]" >> {log}')
+        wait_for(lambda: log.stat().st_size > before, message="a command to run")
+        time.sleep(rng.uniform(0, 0.05))  # a moment into the stream of commands starting, not a synchronisation
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+        assert worker.returncode == 128 + signal.SIGTERM
+    runs = log.read_text().splitlines()
+    assert "[]" not in runs, f"{runs.count('[]')} of {len(runs)} commands ran on empty input"
+    if mode[0] == "--share":
+        [p] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+        assert p["acquired"] == 0, "records stayed leased to a worker that was gone"
