@@ -379,6 +379,30 @@ def test_broken_pipe_is_quiet(run_kq, data_dir):
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["topic", "list"],
+        ["topic", "describe", "t"],
+        ["topic", "describe", "t", "--json"],
+        ["offsets", "show", "t"],
+        ["group", "list"],
+        ["group", "describe", "g"],
+        ["group", "describe", "g", "--json"],
+        ["consume", "t"],
+    ],
+)
+def test_every_command_whose_reader_went_away_exits_0_quietly(run_kq, data_dir, args):
+    # `set -o pipefail` scripts: a reader that stops early (head) is not kq's failure.
+    run_kq("topic", "create", "t", "--partitions", "3")
+    assert run_kq("produce", "t", input="a\nb\n").returncode == 0
+    assert run_kq("consume", "t", "-g", "g").returncode == 0
+    p = subprocess.Popen(KQ + ["--data-dir", data_dir, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # gone before kq writes a byte: its first write fails
+    err = p.stderr.read()
+    assert (p.wait(timeout=30), err) == (0, b"")
+
+
+@pytest.mark.parametrize(
     "args,code,message",
     [
         (["consume", "nope"], 1, b"topic 'nope' does not exist"),

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..errors import EXIT_USAGE, KqError
     from .app import app
+    from .common import OutputClosed
     from .output import error_text, explain, quiet_stdout
 
     # SIGTERM ends kq the way SIGINT does: a follow exits 0, anything else
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _error(exc.format_message(), exc.exit_code)
     except KqError as exc:
         code = _error(explain(exc), exc.exit_code)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         quiet_stdout()
         code = 0
     except KeyboardInterrupt:

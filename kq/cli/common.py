@@ -13,11 +13,22 @@ import typer
 from typer.core import TyperCommand
 
 
+class OutputClosed(Exception):
+    """The reader of kq's output went away (``kq … | head``): not an error, kq stops quietly."""
+
+
 class KqCommand(TyperCommand):
     """A command whose usage line names arguments as click does (``TOPIC``, ``[TOPICS]...``).
 
     typer 0.28 writes a required argument as ``{topic}``.
     """
+
+    def invoke(self, ctx):
+        # click answers a broken pipe with exit 1 and no message; kq exits 0, as `consume | head` does.
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed from None
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
