@@ -88,6 +88,17 @@ def test_describe_shows_each_partitions_offsets(place):
     ]
 
 
+@backends()
+def test_a_group_timeout_counts_from_the_assignment_not_the_join(place):
+    # Tansu takes about 3 s to answer a JoinGroup (Kafka waits group.initial.rebalance.delay.ms, 3 s):
+    # `consume -g --timeout 1` (cron) must still read what is there.
+    t, g = place.name("joined"), place.name("g")
+    place.ok("produce", t, input="".join(f"{n}\n" for n in range(20)))
+    r = place.kq("consume", t, "-g", g, "--timeout", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(n).encode() for n in range(20)]
+
+
 @backends(tansu=TANSU_NO_DELETE_RECORDS)
 def test_topic_trim_moves_the_start_offset(place):
     if place.kind == "tansu":
@@ -516,11 +527,16 @@ def test_settings_come_from_x_and_a_file_and_secrets_never_show(kq_serve_cluster
         assert r.returncode == 0 and secret.encode() not in r.stdout and str(settings).encode() not in r.stdout
 
 
-def test_an_unreachable_cluster_is_one_error_line(tmp_path):
+@pytest.mark.parametrize(
+    "command",
+    [["topic", "list"], ["group", "list"], ["group", "list", "--json"], ["group", "describe", "g"], ["group", "delete", "g"]],
+)
+def test_an_unreachable_cluster_is_one_error_line(tmp_path, command):
+    # Never an empty answer: a cron job must tell a cluster that is down from one without groups.
     pytest.importorskip("confluent_kafka")
     started = time.monotonic()
-    r = subprocess.run(KQ + ["-b", "127.0.0.1:9", "-X", "socket.timeout.ms=1500", "topic", "list"], capture_output=True)
-    assert r.returncode == 1
+    r = subprocess.run(KQ + ["-b", "127.0.0.1:9", "-X", "socket.timeout.ms=1500", *command], capture_output=True)
+    assert (r.returncode, r.stdout) == (1, b"")
     assert r.stderr.decode().startswith("kq: error: Kafka cluster 127.0.0.1:9: cannot be reached")
     assert r.stderr.count(b"\n") == 1
     assert time.monotonic() - started < 10

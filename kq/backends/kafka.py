@@ -379,6 +379,10 @@ class KafkaBackend(Backend):
 
     def group_names(self) -> list[str]:
         result = self.wait(self.admin.list_consumer_groups(request_timeout=self.timeout), "listing groups")
+        if result.errors:
+            # A broker that did not answer may coordinate groups: a partial list would pass for the whole.
+            exc = result.errors[0]
+            raise self.error(exc if isinstance(exc, BaseException) else self.ck.KafkaException(exc), "listing groups")
         return sorted(g.group_id for g in result.valid)
 
     def group_exists(self, group: str) -> bool:

@@ -500,6 +500,7 @@ class KafkaGroupReader(KafkaReader):
         idle = IdleClock(idle_timeout)
         started = time.monotonic()
         join_deadline = started + self.backend.timeout + _session_seconds(self.backend.settings)
+        joined = False
         patience = None
         while True:
             now = time.monotonic()
@@ -511,9 +512,6 @@ class KafkaGroupReader(KafkaReader):
                 yield slices
                 continue
             self.commit()  # caught up: what was written is committed before any wait
-            if idle.expired():
-                self.timed_out = True
-                return
             if self.assigned is None:
                 if time.monotonic() > join_deadline:
                     raise ClusterError(
@@ -523,6 +521,14 @@ class KafkaGroupReader(KafkaReader):
                     )
                 self._check_stalled(idle)
                 continue
+            if not joined:
+                # --timeout counts from the assignment: joining a group takes a cluster seconds
+                # (Kafka's group.initial.rebalance.delay.ms is 3 s), which a directory never makes anyone wait.
+                joined = True
+                idle.reset()
+            if idle.expired():
+                self.timed_out = True
+                return
             if not self.follow and self.assigned <= self.finished:
                 if self.assigned:
                     return
