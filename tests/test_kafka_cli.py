@@ -154,15 +154,6 @@ def test_every_produce_input_mode(place, tmp_path):
         assert [r["offset"] for r in rows if r["partition"] == p] == list(range(len(values(rows, p))))
 
 
-@backends()
-def test_an_empty_input_still_creates_the_topic(place):
-    # `grep ERROR log | kq produce errors` with no match: the consumer's cron job must find a topic.
-    t = place.name("empty")
-    place.ok("produce", t, input="")
-    assert t in place.ok("topic", "list").decode().split()
-    assert place.ok("consume", t) == b""
-
-
 @backends(tansu=TANSU_NO_CREATE_PARTITIONS)
 def test_produce_json_grows_the_topic_it_created_to_the_partitions_its_input_names(place):
     t = place.name("grown")

@@ -256,8 +256,6 @@ def produce(
                 # About to wait for input (tail -F): finish writing first, so a
                 # failed append ends the produce now, not at the next line.
                 target.flush()
-        if target.count is None:
-            target.producer()  # empty input: the topic exists afterwards all the same, as --help says
     except (KqError, OSError) as exc:
         failure = exc
     finally:
