@@ -145,7 +145,7 @@ class ProduceTarget:
 def produce(
     ctx: typer.Context,
     topic: str = topic_argument(
-        "Topic to append to; created if missing, with --partitions (or, for --json input, the partitions the input names)."
+        "Topic to append to; created with the first record if missing, with --partitions (or, for --json input, the partitions the input names)."
     ),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
     delimiter: Optional[str] = typer.Option(
