@@ -409,6 +409,12 @@ def test_commands_without_a_cluster_meaning_say_so(place):
             f"kq: error: kq {command[0]} works on a kq data directory; it has no meaning on "
             f"Kafka cluster {place.bootstrap}\n"
         )
+    for command in (["consume", "t", "--share", "s"], ["ack", "t", "--share", "s", "0:1:abcdefabcdef"]):
+        r = place.kq(*command)
+        assert r.returncode == 2
+        assert r.stderr.decode() == (
+            f"kq: error: a share group works on a kq data directory; it has no meaning on Kafka cluster {place.bootstrap}\n"
+        )
 
 
 @clusters
