@@ -10,6 +10,7 @@ Kill delays come from ``random.Random(seed)``, so a failure replays.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.metadata
 import json
@@ -560,6 +561,8 @@ failures = []
 
 def write_all(fd, *chunks):
     global budget
+    if fd == sys.stdout.fileno():
+        return real_write_all(fd, *chunks)  # the data directory's disk fills, not the output's
     size = sum(memoryview(c).nbytes for c in chunks)
     if budget >= 0 and size > budget:
         data = b"".join(bytes(c) for c in chunks)
@@ -1331,3 +1334,47 @@ def test_a_fifo_as_the_replicas_lock_file_is_a_clear_error(run_kq, data_dir, tmp
     os.mkfifo(replica / "replicate.lock")
     r = run_kq("replicate", "t", "--to", replica, timeout=30)
     assert_refused(r, str(replica / "replicate.lock").encode())
+
+
+@pytest.mark.parametrize("limit", [1_500_000, 2_600_000])
+def test_a_consumer_whose_output_fills_commits_only_what_reached_it(run_kq, data_dir, tmp_path, limit):
+    """`kq consume t -g g >> archive` on a disk that fills: the group's position never passes the
+    records the file holds (a short write used to pass for a whole one)."""
+    lines = [f"{n:06d}".encode() + b"x" * 1000 for n in range(5000)]
+    assert run_kq("produce", "t", input=b"\n".join(lines) + b"\n").returncode == 0
+    archive = tmp_path / "archive"
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with open(archive, "wb") as out:
+        r = subprocess.run(
+            kq_command(data_dir, "consume", "t", "-g", "g"), stdout=out, stderr=subprocess.PIPE, preexec_fn=small_disk
+        )
+    assert r.returncode == 1 and r.stderr.startswith(b"kq: error: ") and b"File too large" in r.stderr
+    whole = archive.read_bytes().count(b"\n")
+    [row] = json.loads(run_kq("offsets", "show", "t", "-g", "g", "--json").stdout)
+    assert (row["committed"] or 0) <= whole
+    # The rerun (with room) resumes there: every record reaches the archive, none is skipped.
+    with open(archive, "ab") as out:
+        out.truncate(archive.stat().st_size - len(archive.read_bytes().rpartition(b"\n")[2]))
+        assert subprocess.run(kq_command(data_dir, "consume", "t", "-g", "g"), stdout=out).returncode == 0
+    got = archive.read_bytes().splitlines()
+    assert sorted(set(got)) == lines
+
+
+def test_a_group_reader_that_leaves_mid_round_commits_nothing_that_never_entered_the_pipe(run_kq, data_dir):
+    """A reader that stops (`kq consume t -g g | head -c 8K`) in the middle of a large write: the
+    write was short without an error, and the whole round used to be committed."""
+    size = 300_000  # each record's write is larger than the pipe
+    lines = [f"{n:06d}".encode() + b"x" * (size - 7) for n in range(20)]
+    assert run_kq("produce", "t", input=b"\n".join(lines) + b"\n").returncode == 0
+    p = subprocess.Popen(
+        kq_command(data_dir, "consume", "t", "-g", "g", "-n", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    pipe_room = fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ)  # what the pipe held beyond what was read
+    p.stdout.read(8192)
+    p.stdout.close()
+    assert (p.wait(timeout=30), p.stderr.read()) == (0, b"")
+    [row] = json.loads(run_kq("offsets", "show", "t", "-g", "g", "--json").stdout)
+    assert (row["committed"] or 0) * size <= 8192 + pipe_room

@@ -535,7 +535,13 @@ def test_settings_come_from_x_and_a_file_and_secrets_never_show(kq_serve_cluster
 
 @pytest.mark.parametrize(
     "command",
-    [["topic", "list"], ["group", "list"], ["group", "list", "--json"], ["group", "describe", "g"], ["group", "delete", "g"]],
+    [
+        ["topic", "list"],
+        ["group", "list"],
+        ["group", "list", "--json"],
+        ["group", "describe", "g"],
+        ["group", "delete", "g"],
+    ],
 )
 def test_an_unreachable_cluster_is_one_error_line(tmp_path, command):
     # Never an empty answer: a cron job must tell a cluster that is down from one without groups.

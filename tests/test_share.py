@@ -165,6 +165,23 @@ def test_records_given_back_in_neighbouring_batches_are_delivered_once_each(run_
     assert len({g["lease"] for g in got}) == 6
 
 
+def test_records_a_reader_left_unread_are_given_back_at_once(run_kq, data_dir):
+    # `kq consume jobs --share s | head -n 3`: the round being written when head left goes back at once.
+    produce(run_kq, ["x" * 1000 + str(n) for n in range(2000)])  # a round (1,000 records) overfills a pipe
+    p = subprocess.Popen(
+        KQ + ["--data-dir", data_dir, "consume", "jobs", "--share", "s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    first = [p.stdout.readline() for _ in range(3)]
+    p.stdout.close()
+    assert (p.wait(timeout=30), p.stderr.read()) == (0, b"")
+    assert [line.split(b"\t")[1].rstrip(b"\n")[-1:] for line in first] == [b"0", b"1", b"2"]
+    [part] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+    assert (part["acquired"], part["available"]) == (0, 2000)
+    # Given back uncounted: the next worker gets them at their first attempt (never dead-lettered for it).
+    again = json.loads(run_kq("consume", "jobs", "--share", "s", "-n", "1", "--json").stdout)
+    assert (again["offset"], again["attempt"]) == (0, 1)
+
+
 def test_bad_lease_ids_and_unknown_share_groups_are_clear_errors(run_kq):
     produce(run_kq, ["a"])
     r = run_kq("ack", "jobs", "--share", "s", "nonsense")

@@ -255,12 +255,17 @@ def write_rounds(rounds, write, source) -> int:
 
     Returns how many records were written.
     """
-    out = sys.stdout.buffer
+    from ..fileio import write_all
+
+    # Straight to the file descriptor, every byte or an error: sys.stdout.buffer's write returns a
+    # short count without raising (a disk that filled, a file size limit, a reader that left), and
+    # the group would then commit records that never reached the output.
+    sys.stdout.buffer.flush()
+    fd = sys.stdout.fileno()
     written = 0
     for slices in rounds:
         for sl in slices:
-            out.write(write(sl.partition, sl.batch, sl.start, sl.stop))
-        out.flush()
+            write_all(fd, write(sl.partition, sl.batch, sl.start, sl.stop))  # each while its bytes are in cache
         written += sum(sl.stop - sl.start for sl in slices)
         for sl in slices:
             source.mark(sl.partition, sl.offset_after())
@@ -377,6 +382,7 @@ def consume_share(
         else:
             delivered = 0
             rounds = source.rounds(count, follow, timeout)
+            deliveries = []
             try:
                 for deliveries in rounds:
                     print_leased(deliveries, write, json_output)
@@ -385,7 +391,12 @@ def consume_share(
                 if not follow:
                     raise
             except BrokenPipeError:
+                # The reader left (`| head -n 3`) while this round was being written: give its records
+                # back now, uncounted, rather than leave them leased to nobody until the lease runs out
+                # (which counts an attempt, and enough of those dead-letter records nobody processed).
+                # The few it did read come again: at least once.
                 quiet_stdout()
+                source.release(deliveries)
             timed_out = source.timed_out
     finally:
         source.close()
@@ -407,8 +418,10 @@ def print_leased(deliveries, write, json_output: bool) -> None:
             out.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
         else:
             out.append(d.lease.encode("ascii") + b"\t" + rendered)
-    sys.stdout.buffer.write(b"".join(out))
+    from ..fileio import write_all
+
     sys.stdout.buffer.flush()
+    write_all(sys.stdout.fileno(), *out)  # every byte or an error (see write_rounds)
 
 
 def report_share_run(s, runner, source) -> None:
