@@ -182,6 +182,18 @@ def test_records_a_reader_left_unread_are_given_back_at_once(run_kq, data_dir):
     assert (again["offset"], again["attempt"]) == (0, 1)
 
 
+def test_ack_takes_consumes_lines_as_they_are_and_an_empty_stdin_settles_nothing(run_kq):
+    produce(run_kq, ["a", "b", "c"])
+    printed = run_kq("consume", "jobs", "--share", "s", "-n", "2").stdout  # lease<TAB>value lines
+    r = run_kq("ack", "jobs", "--share", "s", input=printed)
+    assert (r.returncode, r.stderr) == (0, b"kq: acknowledged 2 record(s)\n")
+    # `jq -r .lease batch.json | kq ack …` when the batch was empty: nothing to do, not a usage error.
+    r = run_kq("ack", "jobs", "--share", "s", "--json", input="")
+    assert r.returncode == 0 and json.loads(r.stdout)["acknowledged"] == 0
+    left = run_kq("consume", "jobs", "--share", "s", "--json").stdout.splitlines()
+    assert [json.loads(line)["value"] for line in left] == ["c"]
+
+
 def test_bad_lease_ids_and_unknown_share_groups_are_clear_errors(run_kq):
     produce(run_kq, ["a"])
     r = run_kq("ack", "jobs", "--share", "s", "nonsense")

@@ -12,19 +12,20 @@ from .output import print_json
 app = typer.Typer()
 
 LEASES_HELP = (
-    "Lease ids as `kq consume --share` printed them (PARTITION:OFFSET:TOKEN); none or - : one a line from stdin."
+    "Lease ids as `kq consume --share` printed them (PARTITION:OFFSET:TOKEN). Without any (or with -), "
+    "they are read from stdin, one a line; what follows a tab is ignored, so that lines of "
+    "`consume --share` can be piped in as they are. An empty stdin settles nothing."
 )
 
 
 def lease_ids(leases: Optional[list[str]]) -> list[str]:
-    """The lease ids given, or read from stdin (one a line) when there are none or one is '-'."""
+    """The lease ids given, or read from stdin (one a line, up to a tab) when there are none or one is '-'."""
     given = list(leases or [])
     if not given or "-" in given:
         if sys.stdin is None or sys.stdin.isatty():
             raise typer.BadParameter("give lease ids, or pipe them in one a line", param_hint="LEASE")
-        given = [g for g in given if g != "-"] + [line.strip() for line in sys.stdin if line.strip()]
-    if not given:
-        raise typer.BadParameter("no lease ids on stdin", param_hint="LEASE")
+        read = (line.partition("\t")[0].strip() for line in sys.stdin)
+        given = [g for g in given if g != "-"] + [lease for lease in read if lease]
     return given
 
 
@@ -40,7 +41,12 @@ def settle(ctx, topic: str, share: str, leases, how: str, json_output: bool, fai
             parse_lease(lease)
     except UsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="LEASE") from None
-    outcome = s.backend.share_settle(topic, share, ids, how, failure)
+    if ids:
+        outcome = s.backend.share_settle(topic, share, ids, how, failure)
+    else:  # `jq -r .lease batch.json | kq ack …` of an empty batch: nothing to settle
+        from ..share import Outcome
+
+        outcome = Outcome()
     if json_output:
         print_json(
             {
@@ -69,7 +75,9 @@ def ack(
     topic: str = topic_argument("The topic the records are in."),
     share: str = share_option("The share group that leased them.", required=True),
     leases: Optional[list[str]] = leases_argument(LEASES_HELP),
-    json_output: bool = json_option("A JSON object: acknowledged, not_held (the lease ids that were not held)."),
+    json_output: bool = json_option(
+        "A JSON object: acknowledged, released, dead_lettered (counts), not_held (the lease ids that were not held)."
+    ),
 ) -> None:
     """Acknowledge leased records of a share group: done, never delivered again.
 

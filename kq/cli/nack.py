@@ -25,7 +25,9 @@ def nack(
         metavar="TEXT",
         help="Why (kept in the kq.dlq.reason header if they are dead-lettered).",
     ),
-    json_output: bool = json_option("A JSON object: released, dead_lettered, not_held."),
+    json_output: bool = json_option(
+        "A JSON object: acknowledged, released, dead_lettered (counts), not_held (the lease ids that were not held)."
+    ),
 ) -> None:
     """Reject leased records of a share group: deliver them again after the group's
     backoff, or dead-letter them (with --dead-letter, or at their last attempt).
