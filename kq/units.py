@@ -26,10 +26,15 @@ def parse_duration(text: str) -> int:
     """Milliseconds from ``500ms``, ``30s``, ``15m``, ``12h``, ``7d``, ``2w``."""
     m = _DURATION.fullmatch(text.strip())
     if not m:
-        raise UsageError(f"bad duration {text!r}: use a number with ms, s, m, h, d or w (e.g. 7d), or none")
+        raise UsageError(f"bad duration {text!r}: use a number with ms, s, m, h, d or w (e.g. 7d)")
     return int(float(m.group(1)) * _DURATION_MS[m.group(2).lower()])
 
 
 def parse_limit(text: str, parse) -> int | None:
     """``none`` (no limit) or what ``parse`` makes of the text."""
-    return None if text.strip().lower() in ("none", "unlimited", "forever") else parse(text)
+    if text.strip().lower() in ("none", "unlimited", "forever"):
+        return None
+    try:
+        return parse(text)
+    except UsageError as exc:
+        raise UsageError(f"{exc}, or none") from None

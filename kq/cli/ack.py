@@ -9,7 +9,7 @@ from ..errors import LeaseNotHeld, UsageError
 from .common import KqCommand, json_option, leases_argument, settings, share_option, topic_argument
 from .output import print_json
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 LEASES_HELP = (
     "Lease ids as `kq consume --share` printed them (PARTITION:OFFSET:TOKEN). Without any (or with -), "

@@ -5,7 +5,7 @@ import typer
 from .common import KqCommand, json_option, settings
 from .output import emit_rows
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("bench", cls=KqCommand)

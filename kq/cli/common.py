@@ -36,7 +36,10 @@ class KqCommand(TyperCommand):
             if param.param_type_name != "argument":
                 pieces += param.get_usage_pieces(ctx)
                 continue
-            name = param.metavar or (param.name or "").upper()
+            if param.metavar:  # written out whole already, brackets and dots included
+                pieces.append(param.metavar)
+                continue
+            name = (param.name or "").upper()
             pieces.append((name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else ""))
         return pieces
 

@@ -19,7 +19,7 @@ from .common import (
 )
 from .output import quiet_stdout
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("consume", cls=KqCommand)
@@ -129,7 +129,7 @@ def consume(
     json_output: bool = typer.Option(
         False,
         "--json",
-        help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of [name, value] pairs); see docs/FORMAT.md.",
+        help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of \\[name, value] pairs); see docs/FORMAT.md.",
     ),
     delimiter: Optional[str] = typer.Option(
         None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."
@@ -211,7 +211,9 @@ def consume(
             return
         rounds = limited(source.rounds(timeout), count)
         if exec_cmd is not None:
-            delivered = run_command(rounds, write, exec_cmd, batch, topic, source, group if committing else None)
+            delivered = run_command(
+                rounds, write, exec_cmd, batch, topic, source, group if committing else None, s.backend
+            )
         else:
             delivered = write_rounds(rounds, write, source)
     except KeyboardInterrupt:
@@ -272,7 +274,7 @@ def write_rounds(rounds, write, source) -> int:
     return written
 
 
-def run_command(rounds, write, command: str, size: int, topic: str, source, group: Optional[str]) -> int:
+def run_command(rounds, write, command: str, size: int, topic: str, source, group: Optional[str], backend) -> int:
     """--exec: run ``command`` per batch; a group commits a batch once the command accepted it."""
     from ..runner import CommandFailed, CommandRunner
 
@@ -288,15 +290,14 @@ def run_command(rounds, write, command: str, size: int, topic: str, source, grou
     if runner.failures:
         failed = CommandFailed(command, runner.failures)
         if group is not None:
-            fate = (
-                f"those batches were not committed and the next run of group '{group}' delivers them again; "
-                "the other partitions went on"
-            )
+            fate = f"those batches were not committed and the next run of group '{group}' delivers them again"
         else:
             fate = (
                 "without a group nothing is committed: rerun with -p and -o from the offsets above to process "
-                "them again; the other partitions went on"
+                "them again"
             )
+        if backend.partition_count(topic) > len({f.partition for f in runner.failures}):
+            fate += "; the other partitions went on"
         failed.args = (f"{failed}: {fate}",)
         raise failed
     return done

@@ -9,6 +9,7 @@ from .common import KqCommand, complete_group_or_share, json_option, settings
 from .output import emit_rows, is_terminal, print_json, rich_table, warn
 
 app = typer.Typer(
+    add_completion=False,
     name="group",
     help="""List, describe and delete consumer groups and share groups.
 

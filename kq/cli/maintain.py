@@ -9,7 +9,7 @@ from ..names import check_name
 from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import ProgressBars, count, emit_rows, error_text, human, is_terminal, print_json, setting_text
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("maintain", cls=KqCommand)
@@ -79,7 +79,7 @@ def maintain(
             s.info(
                 f"{name}: {count(records, 'record')} in active segments not compacted: like Kafka, compaction "
                 f"leaves each partition's last segment alone until it rolls at {setting_text('segment_bytes', segment_bytes, True)} "
-                f"(a smaller --segment-bytes rolls sooner: kq topic alter {name} --segment-bytes 1M)"
+                f"(a smaller --segment-bytes rolls sooner: kq topic alter {name} --segment-bytes {smaller_size(segment_bytes)})"
             )
     if not json_output and is_terminal() and rows:
         emit_rows(
@@ -104,3 +104,9 @@ def active_segment_records(part) -> int:
     """About how many records the partition's last segment, which compaction skips, holds."""
     segments = part.segments()
     return max(0, part.end_offset() - max(segments[-1], part.start_offset())) if segments else 0
+
+
+def smaller_size(segment_bytes: int) -> str:
+    """A segment size an eighth of ``segment_bytes`` (at least 4K), written as --segment-bytes takes it."""
+    smaller = max(segment_bytes // 8, 4096)
+    return f"{smaller >> 20}M" if smaller >= 1 << 20 else f"{smaller >> 10}K"

@@ -7,7 +7,7 @@ import typer
 from .ack import LEASES_HELP, settle
 from .common import KqCommand, json_option, leases_argument, share_option, topic_argument
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("nack", cls=KqCommand)

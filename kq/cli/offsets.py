@@ -17,6 +17,7 @@ from .common import (
 from .output import emit_rows
 
 app = typer.Typer(
+    add_completion=False,
     name="offsets",
     help="""Show and move consumer groups' committed offsets.
 

@@ -10,7 +10,7 @@ from ..errors import KqError, TopicExists, TopicNotFound, UsageError
 from .common import KqCommand, PartitionsOption, bad_parameter, complete_partition, settings, topic_argument
 from .output import ProgressBars, count, noting_written
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 def parse_headers(headers: list[str]) -> list[tuple[str, bytes]]:

@@ -10,7 +10,7 @@ from ..errors import KqError
 from .common import KqCommand, bad_parameter, complete_topic, settings
 from .output import ProgressBars, count, emit_rows, explain, human, print_json, warn
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("replicate", cls=KqCommand)

@@ -8,7 +8,7 @@ import typer
 from ..errors import KqError
 from .common import KqCommand, bad_parameter, settings
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:

@@ -9,6 +9,7 @@ from .common import KqCommand, bad_parameter, json_option, partitions_option, se
 from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
 
 app = typer.Typer(
+    add_completion=False,
     name="topic",
     help="""Create, alter, trim, list, describe and delete topics.
 

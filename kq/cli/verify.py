@@ -5,7 +5,7 @@ import typer
 from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import human, print_json
 
-app = typer.Typer()
+app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
 @app.command("verify", cls=KqCommand)
