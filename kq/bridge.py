@@ -65,12 +65,9 @@ def kafka_url(text: str) -> str | None:
     """The brokers of ``kafka://HOST:PORT[,HOST:PORT...]``, or None if ``text`` is not such a URL."""
     if not text.startswith("kafka://"):
         return None
-    brokers = text[len("kafka://") :].rstrip("/")
-    for hostport in brokers.split(","):
-        host, sep, port = hostport.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise KqError(f"{text!r} is not kafka://HOST:PORT[,HOST:PORT...]")
-    return brokers
+    from .backends.kafka_settings import parse_brokers
+
+    return parse_brokers(text)
 
 
 def peer_name(direction: str, brokers: str) -> str:

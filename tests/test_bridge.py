@@ -273,7 +273,8 @@ def test_bridge_usage_errors(tmp_path):
         (["--to", "kafka://h:1", "--truncate"], b"--truncate is for replica directories"),
         (["--from", "/tmp/x", "--to", "d"], b"--from names a Kafka cluster"),
         (["--from", "kafka://h:1", "--to", "kafka://h:2"], b"use MirrorMaker"),
-        (["--to", "kafka://h"], b"is not kafka://HOST:PORT"),
+        (["--to", "kafka://h:0"], b"is not a broker list: HOST:PORT"),
+        (["--to", "kafka://h:x"], b"is not a broker list: HOST:PORT"),
     ):
         r = home.kq("replicate", "t", *args)
         assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -552,3 +552,33 @@ def test_an_unreachable_cluster_is_one_error_line(tmp_path, command):
     assert r.stderr.decode().startswith("kq: error: Kafka cluster 127.0.0.1:9: cannot be reached")
     assert r.stderr.count(b"\n") == 1
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-b", "127.0.0.1:notaport"], "'127.0.0.1:notaport' is not a broker list: HOST:PORT[,HOST:PORT...]"),
+        (["-b", "127.0.0.1:99999"], "'127.0.0.1:99999' is not a broker list: HOST:PORT[,HOST:PORT...]"),
+        (["-b", "a:1,,b:2"], "'a:1,,b:2' is not a broker list: HOST:PORT[,HOST:PORT...]"),
+        (
+            ["-b", "127.0.0.1:9", "-X", "socket.timeout.ms=abc"],
+            "Kafka cluster 127.0.0.1:9: bad client setting: socket.timeout.ms must be a number of milliseconds",
+        ),
+        (
+            ["-b", "127.0.0.1:9", "-X", "socket.timeout.ms=5"],
+            'Kafka cluster 127.0.0.1:9: bad client setting: Configuration property "socket.timeout.ms" value 5 is '
+            "outside allowed range 10..300000",
+        ),
+    ],
+)
+def test_a_malformed_broker_list_or_setting_is_a_usage_error_at_once(args, message):
+    pytest.importorskip("confluent_kafka")
+    started = time.monotonic()
+    r = subprocess.run(KQ + [*args, "topic", "list"], capture_output=True)
+    assert (r.returncode, r.stderr.decode()) == (2, f"kq: error: {message}\n")
+    assert time.monotonic() - started < 5, "it waited for a cluster instead of checking the setting"
+
+
+def test_the_bridges_kafka_url_works_as_a_broker_list(kq_serve_cluster):
+    r = subprocess.run(KQ + ["-b", f"kafka://{kq_serve_cluster.bootstrap}", "topic", "list"], capture_output=True)
+    assert r.returncode == 0, r.stderr

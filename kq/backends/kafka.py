@@ -40,7 +40,7 @@ from ..errors import (
 from ..names import check_name
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from .base import Backend, PartitionInfo, TopicInfo
-from .kafka_settings import kafka_configs, kq_config, redact
+from .kafka_settings import kafka_configs, kq_config, parse_brokers, redact
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for an answer, unless socket.timeout.ms says otherwise
 # Kafka's own bookkeeping topics: not user topics, never listed.
@@ -82,6 +82,7 @@ class KafkaBackend(Backend):
     """
 
     def __init__(self, brokers: str, settings: dict | None = None):
+        brokers = parse_brokers(brokers)
         self.ck = confluent()
         self.brokers = brokers
         self.settings = dict(settings or {})
@@ -90,7 +91,9 @@ class KafkaBackend(Backend):
         try:
             self.timeout = float(timeout_ms) / 1000 if timeout_ms is not None else DEFAULT_TIMEOUT
         except ValueError:
-            raise ClusterError(brokers, "socket.timeout.ms must be a number of milliseconds") from None
+            error = ClusterError(brokers, "bad client setting: socket.timeout.ms must be a number of milliseconds")
+            error.exit_code = EXIT_USAGE
+            raise error from None
         self.log = logging.getLogger(f"kq.kafka.{id(self)}")
         self.log.propagate = False
         self.log.setLevel(logging.DEBUG)
@@ -124,7 +127,7 @@ class KafkaBackend(Backend):
 
     def bad_settings(self, exc: BaseException) -> ClusterError:
         err = exc.args[0] if exc.args and isinstance(exc.args[0], self.ck.KafkaError) else None
-        reason = err.str() if err is not None else str(exc)
+        reason = (err.str() if err is not None else str(exc)).strip()  # librdkafka ends some with a newline
         error = ClusterError(self.brokers, f"bad client setting: {redact(reason, self.settings)}")
         error.exit_code = EXIT_USAGE
         return error

@@ -19,6 +19,23 @@ REDACTED = "[redacted]"
 MAX_SETTINGS_BYTES = 1024 * 1024
 
 
+# One broker of a list, as librdkafka's bootstrap.servers takes it: [PROTOCOL://]HOST[:PORT].
+_BROKER = re.compile(r"(?:[A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\],]+)(?::(\d{1,5}))?")
+
+
+def parse_brokers(text: str) -> str:
+    """The broker list ``HOST:PORT[,HOST:PORT...]`` (a leading ``kafka://`` dropped, as the bridge
+    writes it), checked, so that a typo is an error at once rather than a wait for a cluster that is not there."""
+    brokers = text.strip()
+    if brokers.startswith("kafka://"):
+        brokers = brokers[len("kafka://") :].rstrip("/")
+    for broker in brokers.split(","):
+        m = _BROKER.fullmatch(broker.strip())
+        if not m or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
+            raise UsageError(f"{text!r} is not a broker list: HOST:PORT[,HOST:PORT...]")
+    return ",".join(b.strip() for b in brokers.split(","))
+
+
 def is_secret(key: str) -> bool:
     return bool(_SECRET.search(key))
 
