@@ -107,6 +107,7 @@ def test_topic_trim_moves_the_start_offset(place):
     place.ok("produce", t, input="".join(f"{i}\n" for i in range(5)))
     rows = json.loads(place.ok("topic", "trim", t, "--before", "3", "--json"))
     assert [(r["partition"], r["start_offset"]) for r in rows] == [(0, 3)]
+    assert set(rows[0]) == {"partition", "start_offset", "segments_deleted", "bytes_reclaimed"}
     assert values(place.records(t)) == ["3", "4"]
     assert values(place.records(t, "-o", "1")) == ["3", "4"]  # below the start: from the start
 
@@ -381,6 +382,8 @@ def test_group_list_describe_delete_and_live_members(place):
         assert refused.returncode == 1 and b"live member" in refused.stderr
         members = json.loads(place.ok("group", "describe", busy, "--json"))["members"]
         assert [(m["topic"], m["partitions"]) for m in members] == [(t, [0])]
+        # The same keys everywhere (null where a place does not know), so a script parses either.
+        assert set(members[0]) >= {"member", "host", "pid", "client_id", "joined_at", "topic", "partitions"}
         member = next(
             line for line in place.ok("group", "describe", busy).decode().splitlines() if line.startswith("member\t")
         )

@@ -228,8 +228,8 @@ class Backend(ABC):
 
     @abstractmethod
     def members(self, group: str) -> list[dict]:
-        """Live members: member, host, pid (where known), topic, partitions (owned),
-        progress_at (ms, where known)."""
+        """Live members: member, host, pid, client_id, joined_at (ms), topic, partitions (owned),
+        progress_at (ms); every key in every backend, None where it does not know."""
 
     @abstractmethod
     def owners(self, group: str, topic: str) -> dict[int, str]:

@@ -269,7 +269,7 @@ class KafkaBackend(Backend):
 
         check_name(topic)
         if not 1 <= partitions <= MAX_PARTITIONS:
-            raise UsageError(f"a topic has 1 to {MAX_PARTITIONS} partitions, not {partitions}")
+            raise UsageError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
         config = dict(config or {})
         check_config(config)  # the same checks, and messages, as on a data directory
         from confluent_kafka.admin import NewTopic
@@ -321,7 +321,15 @@ class KafkaBackend(Backend):
         rows = []
         for tp, future in sorted(futures.items(), key=lambda item: item[0].partition):
             deleted = self.wait(future, f"deleting records of '{topic}'", topic)
-            rows.append({"partition": tp.partition, "start_offset": deleted.low_watermark})
+            # A cluster does not say what it freed: the directory's keys, unknown (null).
+            rows.append(
+                {
+                    "partition": tp.partition,
+                    "start_offset": deleted.low_watermark,
+                    "segments_deleted": None,
+                    "bytes_reclaimed": None,
+                }
+            )
         return rows
 
     # ------------------------------------------------------------------ records
@@ -442,6 +450,7 @@ class KafkaBackend(Backend):
                         "host": m.host,
                         "pid": None,
                         "client_id": m.client_id,
+                        "joined_at": None,  # the cluster does not say
                         "topic": topic,
                         "partitions": sorted(partitions),
                         "progress_at": None,

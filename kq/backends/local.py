@@ -165,7 +165,8 @@ class LocalBackend(Backend):
                 continue
             owners = self.groups.owners(group, topic)
             for m in self.groups.members(group, topic):
-                out.append({**m, "partitions": sorted(p for p, o in owners.items() if o == m["member"])})
+                owned = sorted(p for p, o in owners.items() if o == m["member"])
+                out.append({"client_id": None, **m, "partitions": owned})  # a kq member has no client id
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
