@@ -84,11 +84,22 @@ def client_settings(pairs: list[str] | None = None, path: str | None = None, lab
     return out
 
 
+SHORT_SECRET = 8  # a secret this short is blanked out only where it stands alone (it may be a common letter)
+
+
 def redact(text: str, settings: dict) -> str:
-    """``text`` with the value of every secret setting blanked out."""
+    """``text`` with the value of every secret setting blanked out.
+
+    A long value is blanked out wherever it occurs; a short one only where it
+    is not part of a longer word, or a one-letter password would blank every
+    "e" of the message (and hide nothing: any text holds such a letter).
+    """
     for key, value in settings.items():
         if is_secret(key) and isinstance(value, str) and value:
-            text = text.replace(value, REDACTED)
+            if len(value) >= SHORT_SECRET:
+                text = text.replace(value, REDACTED)
+            else:
+                text = re.sub(rf"(?<![\w]){re.escape(value)}(?![\w])", REDACTED, text)
     return text
 
 

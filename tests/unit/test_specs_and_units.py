@@ -137,3 +137,18 @@ def test_bad_units_are_usage_errors(bad):
         parse_size(bad)
     with pytest.raises(UsageError):
         parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    "text,secret,expected",
+    [
+        ("SASL auth failed for 'hunter2-long-secret'", "hunter2-long-secret", "SASL auth failed for '[redacted]'"),
+        ("glued:xhunter2-long-secretx", "hunter2-long-secret", "glued:x[redacted]x"),  # a long one, anywhere
+        ("password=pw1 rejected", "pw1", "password=[redacted] rejected"),
+        ("Broker transport failure", "e", "Broker transport failure"),  # a letter is not a secret in a word
+    ],
+)
+def test_secrets_are_blanked_out_of_error_text_without_wrecking_it(text, secret, expected):
+    from kq.backends.kafka_settings import redact
+
+    assert redact(text, {"sasl.password": secret, "client.id": "e"}) == expected
