@@ -19,8 +19,9 @@ REDACTED = "[redacted]"
 MAX_SETTINGS_BYTES = 1024 * 1024
 
 
-# One broker of a list, as librdkafka's bootstrap.servers takes it: [PROTOCOL://]HOST[:PORT].
-_BROKER = re.compile(r"(?:[A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\],]+)(?::(\d{1,5}))?")
+# One broker of a list: [PROTOCOL://]HOST:PORT. The port is required, as Kafka's own tools require it
+# (librdkafka would take 9092), so that one cluster has one spelling: the bridge keys its positions on it.
+_BROKER = re.compile(r"(?:[A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\],]+):(\d{1,5})")
 
 
 def parse_brokers(text: str) -> str:
@@ -31,7 +32,7 @@ def parse_brokers(text: str) -> str:
         brokers = brokers[len("kafka://") :].rstrip("/")
     for broker in brokers.split(","):
         m = _BROKER.fullmatch(broker.strip())
-        if not m or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
+        if not m or not 0 < int(m.group(2)) < 65536:
             raise UsageError(f"{text!r} is not a broker list: HOST:PORT[,HOST:PORT...]")
     return ",".join(b.strip() for b in brokers.split(","))
 
