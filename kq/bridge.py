@@ -38,6 +38,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 
 from .backends.base import Backend, Producer, Reader
 from .errors import ClusterError, CorruptFile, GroupBusy, KqError, ReplicaBusy, TopicNotFound
@@ -57,6 +58,7 @@ CHECKPOINT_RECORDS = 50_000
 # the oldest are forgotten and a group offset before the first kept run
 # translates to that run's start (the group reads some records again).
 MAX_RUNS = 1000
+MAX_SENDING_RUNS = CHECKPOINT_RECORDS  # a run per record at worst, between two checkpoints
 FOLLOW_IDLE_SECONDS = 0.1
 MAX_OFFSET = 2**63 - 1
 
@@ -86,6 +88,13 @@ class PartitionState:
     source_next: int
     target_next: int
     runs: list = field(default_factory=list)
+    # Runs [source offset, count] sent after the recorded position, on record *before* they are
+    # sent: what a killed run landed is their beginning, even once the source has deleted or
+    # compacted those records away.
+    sending: list = field(default_factory=list)
+    # [source offset, digest] of the last record copied: a source that holds another record
+    # there now was deleted and created again (a cluster may have no topic ids to say so).
+    last: list | None = None
 
     def add(self, source_first: int, count: int) -> None:
         """``count`` records with consecutive source offsets from ``source_first`` were copied
@@ -161,10 +170,29 @@ class BridgeState:
             runs = entry.get("runs")
             if not isinstance(runs, list) or len(runs) > MAX_RUNS or not all(_is_run(r) for r in runs):
                 raise CorruptFile(path, f"partition {name}: runs are not [source, target, count] offsets")
+            sending = entry.get("sending", [])
+            if (
+                not isinstance(sending, list)
+                or len(sending) > MAX_SENDING_RUNS
+                or not all(isinstance(r, list) and len(r) == 2 and _is_run([0, *r]) for r in sending)
+            ):
+                raise CorruptFile(path, f"partition {name}: sending is not [source, count] runs")
+            last = entry.get("last")
+            if last is not None and not (
+                isinstance(last, list)
+                and len(last) == 2
+                and type(last[0]) is int
+                and 0 <= last[0] <= MAX_OFFSET
+                and isinstance(last[1], str)
+                and len(last[1]) == 64
+            ):
+                raise CorruptFile(path, f"partition {name}: last is not [source offset, digest]")
             state.partitions[int(name)] = PartitionState(
                 integer_field(entry, "source_next", path, 0, MAX_OFFSET),
                 integer_field(entry, "target_next", path, 0, MAX_OFFSET),
                 [list(r) for r in runs],
+                [list(r) for r in sending],
+                None if last is None else list(last),
             )
         return state
 
@@ -209,6 +237,20 @@ def _record_digest(h, r) -> None:
     for name, value in r.headers:
         chunk(name.encode("utf-8"))
         chunk(value)
+
+
+def record_digest(r) -> str:
+    h = hashlib.sha256()
+    _record_digest(h, r)
+    return h.hexdigest()
+
+
+def same_record(source, target) -> bool:
+    """Whether ``target`` is the copy of ``source``. librdkafka cannot send a timestamp of 0 (it
+    reads 0 as "now"), so a source record stamped 0 matches its copy whatever the copy's stamp."""
+    if source.timestamp == 0 and target.timestamp != 0:
+        return (source.key, source.value, list(source.headers)) == (target.key, target.value, list(target.headers))
+    return record_digest(source) == record_digest(target)
 
 
 def _records(backend: Backend, topic: str, partition: int, start: int, count: int | None = None, stop=None):
@@ -402,6 +444,8 @@ class Bridge:
                 target_count = self.target.partition_count(name)
             except TopicNotFound:
                 target_count = 0
+            for p in range(count, target_count):
+                reports.append(VerifyReport(name, p, None, None, "mismatch", "the target has it, the source does not"))
             for p in range(count):
                 ps = state.partitions.get(p)
                 if p >= target_count or ps is None:
@@ -434,32 +478,27 @@ class Bridge:
             first_source = ps.source_of(first_target)
             if first_source is None:  # the target's retention deleted every copied record
                 first_source, first_target = ps.source_next, ps.target_next
-        source_hash, target_hash = hashlib.sha256(), hashlib.sha256()
+        # Side by side, record by record: lagging is fine if what the target holds is the source's beginning.
         n_source = n_target = 0
+        differ = None  # the first (source, target) offsets whose records differ
         try:
-            for r in _records(self.source, topic, p, first_source):
-                _record_digest(source_hash, r)
-                n_source += 1
-            for r in _records(self.target, topic, p, first_target):
-                if n_target < n_source:  # more than the source has: counted, not compared
-                    _record_digest(target_hash, r)
-                n_target += 1
+            pairs = zip_longest(
+                _records(self.source, topic, p, first_source), _records(self.target, topic, p, first_target)
+            )
+            for source, target in pairs:
+                n_source += source is not None
+                n_target += target is not None
+                if differ is None and source is not None and target is not None and not same_record(source, target):
+                    differ = (source.offset, target.offset)
         except KqError as exc:
             report.status, report.detail = "mismatch", str(exc)
             return report
         report.source_records, report.target_records = n_source, n_target
         if n_target > n_source:
             report.status, report.detail = "mismatch", "the target holds more records than the source"
-            return report
-        if n_target < n_source:
-            # Lagging is fine if what the target holds is the source's beginning.
-            prefix = hashlib.sha256()
-            for r in _records(self.source, topic, p, first_source, count=n_target):
-                _record_digest(prefix, r)
-            source_hash = prefix
-        if source_hash.digest() != target_hash.digest():
+        elif differ is not None:
             report.status = "mismatch"
-            report.detail = f"records differ between source offset {first_source} and target offset {first_target} on"
+            report.detail = f"records differ from source offset {differ[0]} and target offset {differ[1]} on"
         elif n_target < n_source:
             report.status, report.detail = "lagging", f"{n_source - n_target} record(s) behind"
         return report
@@ -491,6 +530,7 @@ class TopicCopier:
         self._reports: dict[int, CopyReport] = {}
         self._pending: dict[int, list] = {}  # partition -> runs [source first, count] sent since the checkpoint
         self._pending_records = 0
+        self._last: dict = {}  # partition -> the last record sent since the checkpoint
         self.last_checkpoint = time.monotonic()
         self._reader: Reader | None = None
         self._producer: Producer | None = None
@@ -553,6 +593,7 @@ class TopicCopier:
                 self.state.partitions[p] = PartitionState(sp.start_offset, end)
                 fresh = True
                 continue
+            self._check_source(p, ps, sp)
             if end < ps.target_next:
                 raise KqError(
                     f"{self.topic}/{p} ends at offset {end} in {self.target.description}, but the copy put records "
@@ -561,6 +602,9 @@ class TopicCopier:
                 )
             if end > ps.target_next:
                 self._adopt(p, ps, end)
+            if ps.sending:
+                ps.sending = []  # what landed of it is on record now; the rest is sent again
+                fresh = True
             if sp.start_offset > ps.source_next:
                 # The source's retention deleted what was not yet copied: go on from its start.
                 self.report(p).skipped_to = sp.start_offset
@@ -569,17 +613,46 @@ class TopicCopier:
         if fresh or any(r.recovered for r in self._reports.values()):
             self.state.save()  # on record before anything is sent
 
+    def _check_source(self, p: int, ps: PartitionState, sp) -> None:
+        """Refuse a source partition that is not the one copied: it ends before what was copied
+        from it, or holds another record where the last copied one was."""
+        if sp.end_offset < ps.source_next:
+            raise KqError(
+                f"{self.topic}/{p} ends at offset {sp.end_offset} in {self.source.description}, but records up to "
+                f"offset {ps.source_next - 1} were copied from it (was the topic deleted and created again?); "
+                f"to copy it from scratch, delete {self.state.path} (and the copy)"
+            )
+        if ps.last is None or ps.last[0] < sp.start_offset:
+            return
+        offset, digest = ps.last
+        for r in _records(self.source, self.topic, p, offset, count=1):
+            if r.offset == offset and record_digest(r) != digest:
+                raise KqError(
+                    f"{self.topic}/{p} in {self.source.description} holds another record at offset {offset} than "
+                    f"the one copied from there (was the topic deleted and created again?); to copy it from "
+                    f"scratch, delete {self.state.path} (and the copy)"
+                )
+
     def _adopt(self, p: int, ps: PartitionState, end: int) -> None:
-        """Records a killed run landed after the recorded position: check they are the source's next, then record them."""
+        """Records a killed run landed after the recorded position: check they are the beginning of
+        what it was sending, then record them.
+
+        Each is compared with its source record where the source still holds it (retention,
+        trim or compaction may have removed it since; ``sending`` still says which it was).
+        """
         landed = end - ps.target_next
-        source_hash, target_hash = hashlib.sha256(), hashlib.sha256()
-        offsets = []
-        for r in _records(self.source, self.topic, p, ps.source_next, count=landed):
-            _record_digest(source_hash, r)
-            offsets.append(r.offset)
-        for r in _records(self.target, self.topic, p, ps.target_next, stop=end):
-            _record_digest(target_hash, r)
-        if len(offsets) != landed or source_hash.digest() != target_hash.digest():
+        offsets = [o for first, count in ps.sending for o in range(first, first + count)][:landed]
+        if len(offsets) == landed:
+            sources = {r.offset: r for r in _records(self.source, self.topic, p, offsets[0], stop=offsets[-1] + 1)}
+        else:  # a record written by a kq that kept no sending runs: the source's next records
+            found = list(_records(self.source, self.topic, p, ps.source_next, count=landed))
+            offsets, sources = [r.offset for r in found], {r.offset: r for r in found}
+        targets = list(_records(self.target, self.topic, p, ps.target_next, stop=end))
+        if (
+            len(offsets) != landed
+            or len(targets) != landed
+            or any(o in sources and not same_record(sources[o], t) for o, t in zip(offsets, targets))
+        ):
             raise KqError(
                 f"{self.topic}/{p} in {self.target.description} holds records from offset {ps.target_next} on that "
                 f"are not the next ones of the source (did something else write there?); to copy it from scratch, "
@@ -587,6 +660,8 @@ class TopicCopier:
             )
         for first, count in _runs_of(offsets):
             ps.add(first, count)
+        if offsets and offsets[-1] in sources:
+            ps.last = [offsets[-1], record_digest(sources[offsets[-1]])]
         self.report(p).recovered = landed
 
     def report(self, p: int) -> CopyReport:
@@ -637,11 +712,16 @@ class TopicCopier:
             else:
                 for s, n in _runs_of([r.offset for r in rows]):
                     _extend(runs, s, n)
+            self._last[sl.partition] = rows[-1]
             report = self.report(sl.partition)
             report.records += hi - lo
             report.bytes += sum(len(r.value or b"") + len(r.key or b"") for r in rows)
             if self.bridge.progress is not None:
                 self.bridge.progress(report)
+        # On record before they go: a run killed once some have landed knows which they were.
+        for p, runs in self._pending.items():
+            self.state.partitions[p].sending = [list(r) for r in runs]
+        self.state.save()
         assert self._producer is not None
         self._producer.send_records(records)
         self._pending_records += len(records)
@@ -660,10 +740,13 @@ class TopicCopier:
             ps = self.state.partitions[p]
             for first, count in runs:
                 ps.add(first, count)
+            ps.sending = []
+            if p in self._last:
+                ps.last = [self._last[p].offset, record_digest(self._last[p])]
             report = self.report(p)
             report.to_offset, report.target_to = ps.source_next, ps.target_next
         changed = bool(self._pending)
-        self._pending, self._pending_records = {}, 0
+        self._pending, self._pending_records, self._last = {}, 0, {}
         self.last_checkpoint = time.monotonic()
         if changed:
             self.state.save()

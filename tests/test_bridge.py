@@ -13,7 +13,9 @@ import signal
 import subprocess
 import time
 
+import pytest
 from cluster_support import TANSU_LATEST, Place, backends
+from conftest import KQ as KQ_BRIDGE
 from conftest import wait_for
 
 T0 = 1_700_000_000_000
@@ -278,3 +280,75 @@ def test_bridge_usage_errors(tmp_path):
     ):
         r = home.kq("replicate", "t", *args)
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def _bridge_record(home: Place, topic: str) -> tuple[str, dict]:
+    import glob
+    import os
+
+    [path] = glob.glob(os.path.join(home.data_dir, "bridges", "*", f"{topic}.json"))
+    with open(path) as f:
+        return path, json.load(f)
+
+
+def test_records_a_killed_run_landed_are_found_though_the_source_trimmed_them_since(kq_serve_cluster, tmp_path):
+    # A kill between the cluster's acknowledgement and the record, then a trim (or retention, or
+    # compaction) of the source before the rerun: the rerun used to refuse for good.
+    home = local(tmp_path)
+    cluster = Place("serve", ["-b", kq_serve_cluster.bootstrap], kq_serve_cluster.bootstrap)
+    url, t = f"kafka://{kq_serve_cluster.bootstrap}", f"trimmed-{time.monotonic_ns()}"
+    home.ok("produce", t, input="".join(f"{n}\n" for n in range(100)))
+    home.ok("replicate", t, "--to", url)
+    # What the record says after a run killed just after offsets 50..99 were acknowledged.
+    path, record = _bridge_record(home, t)
+    record["partitions"]["0"].update(source_next=50, target_next=50, runs=[[0, 0, 50]], sending=[[50, 50]], last=None)
+    with open(path, "w") as f:
+        json.dump(record, f)
+    home.ok("topic", "trim", t, "--before", "80")
+    home.ok("produce", t, input="100\n101\n")
+    r = home.kq("replicate", t, "--to", url)
+    assert r.returncode == 0, r.stderr
+    assert values(cluster.records(t)) == [str(n) for n in range(102)]  # each once
+    assert home.kq("replicate", t, "--to", url, "--verify").returncode == 0
+
+
+def test_a_record_stamped_0_keeps_its_copy_verifiable(kq_serve_cluster, tmp_path):
+    # librdkafka reads a timestamp of 0 as "now": the copy gets the cluster's time, and --verify
+    # (and a rerun after a kill) must still take it for the copy it is.
+    home = local(tmp_path)
+    url, t = f"kafka://{kq_serve_cluster.bootstrap}", f"epoch-{time.monotonic_ns()}"
+    home.ok("produce", t, "--json", input='{"value": "a", "timestamp": 0}\n{"value": "b", "timestamp": 5}\n')
+    home.ok("replicate", t, "--to", url)
+    r = home.kq("replicate", t, "--to", url, "--verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_source_deleted_and_created_again_is_refused_not_copied_with_a_gap(kq_serve_cluster, tmp_path):
+    # kq serve (like a cluster without topic ids) cannot say the topic is another one now.
+    cluster = Place("serve", ["-b", kq_serve_cluster.bootstrap], kq_serve_cluster.bootstrap)
+    url, t = f"kafka://{kq_serve_cluster.bootstrap}", f"again-{time.monotonic_ns()}"
+    target = str(tmp_path / "copy")
+    for first, count in ((1, 100), (1001, 250)):
+        if first > 1:
+            cluster.ok("topic", "delete", t)
+        cluster.ok("produce", t, input="".join(f"{n}\n" for n in range(first, first + count)))
+        r = subprocess.run(KQ_BRIDGE + ["replicate", t, "--from", url, "--to", target], capture_output=True)
+        if first == 1:
+            assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and b"holds another record at offset 99" in r.stderr, r.stderr
+    cluster.ok("topic", "delete", t)
+    cluster.ok("produce", t, input="".join(f"{n}\n" for n in range(10)))
+    r = subprocess.run(KQ_BRIDGE + ["replicate", t, "--from", url, "--to", target], capture_output=True)
+    assert r.returncode == 1 and b"ends at offset 10" in r.stderr, r.stderr
+
+
+def test_verify_counts_a_partition_only_the_target_has(kq_serve_cluster, tmp_path):
+    home = local(tmp_path)
+    url, t = f"kafka://{kq_serve_cluster.bootstrap}", f"wider-{time.monotonic_ns()}"
+    home.ok("produce", t, input="a\n")
+    home.ok("replicate", t, "--to", url)
+    admin = pytest.importorskip("confluent_kafka.admin")
+    client = admin.AdminClient({"bootstrap.servers": kq_serve_cluster.bootstrap})
+    client.create_partitions([admin.NewPartitions(t, 2)])[t].result(10)  # as another tool would
+    r = home.kq("replicate", t, "--to", url, "--verify")
+    assert r.returncode == 1 and b"the target has it, the source does not" in r.stdout, r.stdout
