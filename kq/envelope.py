@@ -141,7 +141,10 @@ def decode_record(line: bytes, line_no: int) -> tuple:
         raise UsageError(f"line {line_no}: 'partition' must be an integer")
     timestamp = obj.get("timestamp")
     if timestamp is not None and (
-        not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TIMESTAMP
+        not isinstance(timestamp, int) or isinstance(timestamp, bool) or not -1 <= timestamp <= MAX_TIMESTAMP
     ):
-        raise UsageError(f"line {line_no}: 'timestamp' must be an integer from 0 to {MAX_TIMESTAMP} (epoch ms)")
+        # -1 is Kafka's "no timestamp", which a Kafka client may send through kq serve: a copy keeps it.
+        raise UsageError(
+            f"line {line_no}: 'timestamp' must be an integer from 0 to {MAX_TIMESTAMP} (epoch ms), or -1 (none)"
+        )
     return key, value, headers, partition, timestamp

@@ -594,3 +594,14 @@ def test_deleting_a_topic_in_use_tells_its_follower_and_producer(run_kq, spawn_k
     _, err = producer.communicate(b"c\n", timeout=30)
     assert producer.returncode == 1 and err.startswith(b"kq: error: topic 't' was deleted"), err
     assert b"1 record was written before the error" in err and err.count(b"\n") == 1
+
+
+def test_a_record_without_a_timestamp_copies_faithfully(run_kq):
+    # Kafka's "no timestamp" (-1), which a client may send through kq serve, survives consume --json | produce --json.
+    r = run_kq("produce", "a", "--json", input='{"value": "x", "timestamp": -1}\n')
+    assert r.returncode == 0, r.stderr
+    copied = run_kq("produce", "b", "--json", input=run_kq("consume", "a", "--json").stdout)
+    assert copied.returncode == 0, copied.stderr
+    assert json.loads(run_kq("consume", "b", "--json").stdout)["timestamp"] == -1
+    r = run_kq("produce", "c", "--json", input='{"value": "x", "timestamp": -2}\n')
+    assert r.returncode == 2 and b"or -1 (none)" in r.stderr
