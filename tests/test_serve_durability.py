@@ -95,6 +95,10 @@ def test_topics_are_created_listed_described_and_deleted_through_the_admin_api(s
         admin.create_topics([NewTopic("made", 1, 1)])["made"].result(30)
     with pytest.raises(Exception, match="REPLICATION|replication"):
         admin.create_topics([NewTopic("copies", 1, 3)])["copies"].result(30)
+    # One topic named twice: an answer the client reads (Kafka's INVALID_REQUEST), and nothing created.
+    with pytest.raises(Exception, match="INVALID_REQUEST|more than once"):
+        admin.create_topics([NewTopic("twice", 1, 1), NewTopic("twice", 1, 1)])["twice"].result(30)
+    assert run_kq("topic", "describe", "twice").returncode == 1
     res = ConfigResource("topic", "made")
     configs = admin.describe_configs([res])[res].result(30)
     assert configs["retention.ms"].value == "3600000"

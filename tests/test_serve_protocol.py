@@ -86,6 +86,14 @@ def test_produce_errors_name_what_is_wrong(server):
     assert _produce(server.port, bytes(damaged))[0] == 2  # CORRUPT_MESSAGE
 
 
+def test_a_request_with_a_bad_batch_stores_none_of_its_batches(server, run_kq):
+    # As Kafka: an error answer means nothing was kept, so the client's retry stores nothing twice.
+    damaged = bytearray(_batch([b"bad" * 20]))
+    damaged[-2] ^= 1
+    assert _produce(server.port, _batch([b"good"]) + bytes(damaged))[0] == 2  # CORRUPT_MESSAGE
+    assert run_kq("consume", "p", "-p", "0").stdout == b""
+
+
 def test_acks_0_gets_no_response_and_the_next_request_is_answered(server, run_kq):
     from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse
 

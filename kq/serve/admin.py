@@ -7,6 +7,8 @@ holds the table, which the Kafka-cluster backend shares).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from kafka.protocol.admin import (
     CreatePartitionsResponse,
     CreateTopicsResponse,
@@ -42,8 +44,21 @@ class Admin:
     async def create_topics(self, body, version: int):
         R = CreateTopicsResponse
         out = []
+        repeated = {name for name, n in Counter(t.name for t in body.topics).items() if n > 1}
+        answered = set()
         for t in body.topics:
-            code, message, partitions, configs = self._create(t, body.validate_only if version >= 1 else False)
+            if t.name in answered:
+                continue  # one answer per name, as Kafka gives (a client cannot read two)
+            answered.add(t.name)
+            if t.name in repeated:
+                code, message, partitions, configs = (
+                    codes.INVALID_REQUEST,
+                    "the request names this topic more than once",
+                    -1,
+                    {},
+                )
+            else:
+                code, message, partitions, configs = self._create(t, body.validate_only if version >= 1 else False)
             out.append(
                 R.CreatableTopicResult(
                     name=t.name,

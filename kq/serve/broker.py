@@ -351,8 +351,10 @@ class Broker:
             return codes.CORRUPT_MESSAGE, -1, "no records"
         first_base = None
         try:
-            for raw in records.split_batches(data):
-                batch = records.decode_produced(raw)
+            # Every batch is checked before any is kept, as Kafka does: an error answer means nothing
+            # was stored, so a client that retries stores nothing twice.
+            batches = [records.decode_produced(raw) for raw in records.split_batches(data)]
+            for batch in batches:
                 try:
                     self.producers.check(topic, partition, batch)
                 except Duplicate as dup:
