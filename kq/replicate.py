@@ -255,6 +255,12 @@ class Replicator:
                 rep = self.replica.create_topic(src.name, src.partition_count, dict(src.config), topic_id=src.id)
             except KqError:
                 rep = self.replica.topic(src.name)
+        if src.id is not None and rep.id is not None and src.id != rep.id:
+            # Checked before any partition is copied: the replica never mixes two topics' records.
+            raise KqError(
+                f"topic '{src.name}' was deleted and created again in the source since it was replicated; "
+                f"to replicate it anew, delete it in the replica ({self.replica.path}) first"
+            )
         if rep.partition_count != src.partition_count:
             raise KqError(
                 f"topic '{src.name}' has {src.partition_count} partitions in the source "

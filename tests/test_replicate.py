@@ -144,6 +144,22 @@ def test_divergence_is_refused_then_repaired_with_truncate(run_kq, data_dir, rep
     assert dump(run_kq, "t", replica) == dump(run_kq, "t", data_dir)
 
 
+def test_a_source_topic_created_again_is_refused_whole_before_any_partition_is_copied(run_kq, data_dir, replica):
+    run_kq("topic", "create", "t", "--partitions", "2")
+    run_kq("produce", "t", input="".join(f"old {i}\n" for i in range(100)))
+    assert run_kq("replicate", "t", "--to", replica).returncode == 0
+    before = dump(run_kq, "t", replica)
+    run_kq("topic", "delete", "t")
+    run_kq("topic", "create", "t", "--partitions", "2")
+    run_kq("produce", "t", input="".join(f"new {i}\n" for i in range(200)))
+    r = run_kq("replicate", "t", "--to", replica)
+    assert r.returncode == 1 and b"was deleted and created again in the source" in r.stderr, r.stderr
+    assert dump(run_kq, "t", replica) == before  # no partition got the new topic's records
+    assert run_kq("topic", "delete", "t", data=replica).returncode == 0
+    assert run_kq("replicate", "t", "--to", replica).returncode == 0
+    assert dump(run_kq, "t", replica) == dump(run_kq, "t", data_dir)
+
+
 def test_replica_ahead_of_the_source_is_divergence(run_kq, data_dir, replica):
     run_kq("produce", "t", input="a\n")
     run_kq("replicate", "t", "--to", replica)
