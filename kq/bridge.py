@@ -607,7 +607,8 @@ class TopicCopier:
                 fresh = True
             if sp.start_offset > ps.source_next:
                 # The source's retention deleted what was not yet copied: go on from its start.
-                self.report(p).skipped_to = sp.start_offset
+                report = self.report(p)
+                report.skipped_to = report.from_offset = report.to_offset = sp.start_offset
                 ps.source_next = sp.start_offset
                 fresh = True
         if fresh or any(r.recovered for r in self._reports.values()):

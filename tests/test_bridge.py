@@ -275,6 +275,7 @@ def test_bridge_usage_errors(tmp_path):
         (["--to", "kafka://h:1", "--truncate"], b"--truncate is for replica directories"),
         (["--from", "/tmp/x", "--to", "d"], b"--from names a Kafka cluster"),
         (["--from", "kafka://h:1", "--to", "kafka://h:2"], b"use MirrorMaker"),
+        (["--to", ""], b"it is empty: give a replica directory or kafka://HOST:PORT"),
         (["--to", "kafka://h:0"], b"is not a broker list: HOST:PORT"),
         (["--to", "kafka://h:x"], b"is not a broker list: HOST:PORT"),
     ):
@@ -352,3 +353,16 @@ def test_verify_counts_a_partition_only_the_target_has(kq_serve_cluster, tmp_pat
     client.create_partitions([admin.NewPartitions(t, 2)])[t].result(10)  # as another tool would
     r = home.kq("replicate", t, "--to", url, "--verify")
     assert r.returncode == 1 and b"the target has it, the source does not" in r.stdout, r.stdout
+
+
+def test_a_copy_behind_the_sources_retention_reports_where_it_went_on(kq_serve_cluster, tmp_path):
+    home = local(tmp_path)
+    url, t = f"kafka://{kq_serve_cluster.bootstrap}", f"behind-{time.monotonic_ns()}"
+    home.ok("produce", t, input="".join(f"{n}\n" for n in range(600)))
+    home.ok("replicate", t, "--to", url)
+    home.ok("produce", t, input="".join(f"{n}\n" for n in range(600, 1500)))
+    home.ok("topic", "trim", t, "--before", "1000")
+    r = home.kq("replicate", t, "--to", url, "--json")
+    assert r.returncode == 0, r.stderr
+    [row] = json.loads(r.stdout)["partitions"]
+    assert (row["from_offset"], row["to_offset"], row["records"], row["skipped_to"]) == (1000, 1500, 500, 1000)

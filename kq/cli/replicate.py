@@ -84,6 +84,8 @@ def replicate(
     if verify and (follow or truncate):
         raise bad_parameter("--verify only compares; it takes no --follow or --truncate", "--verify")
     names = None if all_topics else list(dict.fromkeys(topics or []))
+    if not to.strip():
+        raise bad_parameter("it is empty: give a replica directory or kafka://HOST:PORT", "--to")
     try:
         to_cluster = kafka_url(to)
         from_cluster = kafka_url(source) if source is not None else None
