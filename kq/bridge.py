@@ -220,8 +220,10 @@ def _is_run(run) -> bool:
 # ---------------------------------------------------------------------- digests
 
 
-def _record_digest(h, r) -> None:
-    """Feed one record's key, value, headers and timestamp to the hash ``h``, unambiguously."""
+def record_digest(r) -> str:
+    """The hex SHA-256 of a record's timestamp, key, value and headers, fed unambiguously
+    (docs/FORMAT.md, "Bridge records": ``last``)."""
+    h = hashlib.sha256()
 
     def chunk(data: bytes | None) -> None:
         if data is None:
@@ -237,20 +239,17 @@ def _record_digest(h, r) -> None:
     for name, value in r.headers:
         chunk(name.encode("utf-8"))
         chunk(value)
-
-
-def record_digest(r) -> str:
-    h = hashlib.sha256()
-    _record_digest(h, r)
     return h.hexdigest()
 
 
 def same_record(source, target) -> bool:
     """Whether ``target`` is the copy of ``source``. librdkafka cannot send a timestamp of 0 (it
     reads 0 as "now"), so a source record stamped 0 matches its copy whatever the copy's stamp."""
-    if source.timestamp == 0 and target.timestamp != 0:
-        return (source.key, source.value, list(source.headers)) == (target.key, target.value, list(target.headers))
-    return record_digest(source) == record_digest(target)
+
+    def content(r) -> tuple:
+        return r.key, r.value, [(name, value) for name, value in r.headers]
+
+    return (source.timestamp == target.timestamp or source.timestamp == 0) and content(source) == content(target)
 
 
 def _records(backend: Backend, topic: str, partition: int, start: int, count: int | None = None, stop=None):
