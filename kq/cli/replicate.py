@@ -108,6 +108,22 @@ def replicate(
     _replicate_directory(s, names, to, follow, truncate, verify, json_output)
 
 
+class TopicErrors:
+    """The ``on_error`` of a copy of several topics: a topic that fails is named on stderr and
+    the others go on (``--follow`` tries it again: ``exc`` None); kq exits 1 at the end."""
+
+    def __init__(self, s):
+        self.settings = s
+        self.failed: list[str] = []
+
+    def __call__(self, topic: str, exc) -> None:
+        if exc is None:
+            self.settings.info(f"{topic}: copying again")
+            return
+        self.failed.append(topic)
+        print(f"kq: error: {topic}: {explain(exc)}", file=sys.stderr, flush=True)
+
+
 def _replicate_directory(s, names, to, follow, truncate, verify, json_output) -> None:
     from ..datadir import DataDir
     from ..replicate import Replicator, report_dict
@@ -144,14 +160,7 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
                 f"{r.topic}/{r.partition}: copied {count(r.records, 'record')} ({human(r.bytes)}), offsets {r.from_offset}..{r.to_offset - 1}"
             )
 
-    failed: list[str] = []
-
-    def report_error(topic: str, exc) -> None:
-        if exc is None:
-            s.info(f"{topic}: copying again")
-            return
-        failed.append(topic)
-        print(f"kq: error: {topic}: {explain(exc)}", file=sys.stderr, flush=True)
+    report_error = TopicErrors(s)
 
     with replicator:
         if follow:
@@ -164,12 +173,16 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
             copies = replicator.replicate(names, on_error=report_error)
     if json_output:
         print_json(
-            {"replica": replicator.replica.path, "partitions": [report_dict(r) for r in copies], "failed": failed}
+            {
+                "replica": replicator.replica.path,
+                "partitions": [report_dict(r) for r in copies],
+                "failed": report_error.failed,
+            }
         )
     else:
         for copy in copies:
             announce(copy)
-    if failed:
+    if report_error.failed:
         raise typer.Exit(1)
 
 
@@ -218,14 +231,7 @@ def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json
                 f"offsets {r.from_offset}..{r.to_offset - 1} to {r.target_from}..{r.target_to - 1}"
             )
 
-    failed: list[str] = []
-
-    def report_error(topic: str, exc) -> None:
-        if exc is None:
-            s.info(f"{topic}: copying again")
-            return
-        failed.append(topic)
-        print(f"kq: error: {topic}: {explain(exc)}", file=sys.stderr, flush=True)
+    report_error = TopicErrors(s)
 
     try:
         with bridge:
@@ -241,11 +247,11 @@ def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json
         source.close()
         target.close()
     if json_output:
-        print_json({"to": where, "partitions": [report_dict(r) for r in reports], "failed": failed})
+        print_json({"to": where, "partitions": [report_dict(r) for r in reports], "failed": report_error.failed})
     else:
         for r in reports:
             announce(r)
-    if failed:
+    if report_error.failed:
         raise typer.Exit(1)
 
 
