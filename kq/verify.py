@@ -685,16 +685,10 @@ class Verifier:
         groups = Groups(self.data)
         for group in groups.groups_of_topic(topic.name):
             directory = os.path.join(groups.path, group, topic.name)
-            try:
-                names = sorted(os.listdir(directory))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                yield self._not_repaired(
-                    Problem(
-                        topic.name, None, directory, None, f"directory of group '{group}' unreadable: {exc.strerror}"
-                    )
-                )
+            names, problem = self._group_directory(topic, directory, f"group '{group}'")
+            if problem is not None:
+                yield problem
+            if names is None:
                 continue
             yield from self._group_members(topic, group, directory)
             for name in names:
@@ -791,20 +785,10 @@ class Verifier:
         shares = Shares(self.data)
         for share in shares.shares_of_topic(topic.name):
             directory = os.path.join(shares.path, share, topic.name)
-            try:
-                names = sorted(os.listdir(directory))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                yield self._not_repaired(
-                    Problem(
-                        topic.name,
-                        None,
-                        directory,
-                        None,
-                        f"directory of share group '{share}' unreadable: {exc.strerror}",
-                    )
-                )
+            names, problem = self._group_directory(topic, directory, f"share group '{share}'")
+            if problem is not None:
+                yield problem
+            if names is None:
                 continue
             yield from self._group_members(topic, share, directory)
             if SETTINGS_FILE in names:
@@ -843,6 +827,17 @@ class Verifier:
                 if state is None:
                     continue
                 yield from _share_state_in_range(topic, number, path, share, state, ranges.get(number))
+
+    def _group_directory(self, topic: Topic, directory: str, group: str) -> tuple[list[str] | None, Problem | None]:
+        """The names in a (share) group's directory for ``topic``: None if there is none, or a
+        problem if it cannot be listed."""
+        try:
+            return sorted(os.listdir(directory)), None
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            why = f"directory of {group} unreadable: {exc.strerror}"
+            return None, self._not_repaired(Problem(topic.name, None, directory, None, why))
 
     def _not_repaired(self, p: Problem) -> Problem:
         if self.repair and p.action is None:
