@@ -7,7 +7,9 @@ killed; a rerun copies only what is new; --verify compares both sides.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import random
 import signal
 import subprocess
@@ -284,9 +286,6 @@ def test_bridge_usage_errors(tmp_path):
 
 
 def _bridge_record(home: Place, topic: str) -> tuple[str, dict]:
-    import glob
-    import os
-
     [path] = glob.glob(os.path.join(home.data_dir, "bridges", "*", f"{topic}.json"))
     with open(path) as f:
         return path, json.load(f)
