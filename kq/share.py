@@ -935,7 +935,7 @@ class SharePartition:
                             continue
                         values.append(d.value)
                         keys.append(d.key)
-                        headers.append(d.headers + _dlq_headers(c, d, r))
+                        headers.append(_dlq_headers(c, d, r))
                         stamps.append(d.timestamp)
             if values:
                 dlq.append(values, keys, headers, timestamps=stamps)
@@ -946,18 +946,39 @@ class SharePartition:
 
 
 def _dlq_headers(c: ShareConsumer, d: Delivery, r: Range) -> list[tuple[str, bytes]]:
+    """The record's own headers, then the ``kq.dlq.*`` headers saying where it was and why it failed.
+
+    A record dead-lettered before (a replayed dead letter that failed again) loses its earlier
+    ``kq.dlq.*`` headers, which would name a stale source twice; where it was first is kept in
+    ``kq.dlq.original-topic``, ``-partition`` and ``-offset``. A header with no value (no
+    command ran, so no exit status; no stderr) is left out.
+    """
+    own = [(n, v) for n, v in d.headers if not n.startswith(DLQ_HEADER)]
+    earlier: dict[str, bytes] = {}
+    for n, v in d.headers:
+        if n.startswith(DLQ_HEADER):
+            earlier.setdefault(n, v)  # the first of each: an older kq appended a set per dead-lettering
+    original = []
+    for part in ("topic", "partition", "offset"):
+        first = earlier.get(DLQ_HEADER + "original-" + part, earlier.get(DLQ_HEADER + part))
+        if first is not None:
+            original.append((DLQ_HEADER + "original-" + part, first))
     error = r.error or {}
     code = error.get("exit")
-    return [
+    reason, stderr = str(error.get("reason") or ""), str(error.get("stderr") or "")
+    out = [
         (DLQ_HEADER + "topic", c.topic.name.encode()),
         (DLQ_HEADER + "partition", str(d.partition).encode()),
         (DLQ_HEADER + "offset", str(d.offset).encode()),
         (DLQ_HEADER + "share", c.share.encode()),
         (DLQ_HEADER + "attempts", str(r.attempt).encode()),
-        (DLQ_HEADER + "exit", b"" if code is None else str(code).encode()),
-        (DLQ_HEADER + "reason", str(error.get("reason", "")).encode()),
-        (DLQ_HEADER + "stderr", str(error.get("stderr", "")).encode()),
     ]
+    if code is not None:
+        out.append((DLQ_HEADER + "exit", str(code).encode()))
+    out.append((DLQ_HEADER + "reason", (reason or "rejected").encode()))
+    if stderr:
+        out.append((DLQ_HEADER + "stderr", stderr.encode()))
+    return own + out + original
 
 
 def _dead_lettered_offsets(dlq, since: int, topic: str, partition: int, share: str) -> set[int]:
