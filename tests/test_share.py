@@ -87,7 +87,7 @@ def test_a_failing_record_is_retried_after_backoff_then_dead_lettered_with_heade
         "--timeout",
         "1",
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # a record failed for good: cron hears of it
     assert b"cannot send poison" in r.stderr  # the command's stderr is passed through
     assert b"2 record(s) acknowledged, 3 command run(s) failed, 1 record(s) dead-lettered to 'jobs.dlq'" in r.stderr
     tried = attempts.read_text().split("\n")
@@ -616,3 +616,32 @@ def test_sigterm_while_commands_start_runs_none_on_empty_input_and_leaves_no_lea
     if mode[0] == "--share":
         [p] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
         assert p["acquired"] == 0, "records stayed leased to a worker that was gone"
+
+
+def test_a_replayed_dead_letter_that_fails_again_carries_one_set_of_dlq_headers(run_kq):
+    produce(run_kq, ["ok", "poison"])
+    cmd = 'v=$(cat); [ "$v" != poison ] || { echo "still poison" >&2; exit 4; }'
+    fail = ("consume", "jobs", "--share", "s", "--exec", cmd, "--max-attempts", "1")
+    assert run_kq(*fail).returncode == 1
+    [first] = dead_letters(run_kq)
+    assert first["h"]["kq.dlq.offset"] == "1"
+    # Replayed (the README's recipe), it fails again: its headers say where it was last, once,
+    # and where it was first.
+    replay = run_kq("consume", "jobs.dlq", "--json").stdout
+    assert run_kq("produce", "jobs", "--json", input=replay).returncode == 0
+    assert run_kq(*fail).returncode == 1
+    second = dead_letters(run_kq)[1]
+    names = [name for name, _ in second["headers"]]
+    assert len(names) == len(set(names)), names
+    h = second["h"]
+    assert (h["kq.dlq.topic"], h["kq.dlq.offset"], h["kq.dlq.exit"], h["kq.dlq.stderr"]) == ("jobs", "2", "4", "still poison")
+    assert (h["kq.dlq.original-topic"], h["kq.dlq.original-partition"], h["kq.dlq.original-offset"]) == ("jobs", "0", "1")
+
+
+def test_nack_dead_letter_writes_no_empty_dlq_headers(run_kq):
+    produce(run_kq, ["a"])
+    [lease] = [json.loads(line)["lease"] for line in run_kq("consume", "jobs", "--share", "s", "--json").stdout.splitlines()]
+    assert run_kq("nack", "jobs", "--share", "s", "--dead-letter", lease).returncode == 0
+    [dead] = dead_letters(run_kq)
+    assert all(value != "" for _, value in dead["headers"]), dead["headers"]
+    assert "kq.dlq.exit" not in dead["h"] and dead["h"]["kq.dlq.reason"] == "rejected by kq nack"
