@@ -15,6 +15,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import KqError
 
@@ -80,9 +81,7 @@ class CommandRunner:
     SIGKILL) and its batch counts as rejected.
     """
 
-    def __init__(
-        self, command: str, size: int, write, topic: str, accepted=None, stop_partition=None, timeout=None
-    ):
+    def __init__(self, command: str, size: int, write, topic: str, accepted=None, stop_partition=None, timeout=None):
         self.command = command
         self.size = size
         self.write = write
@@ -125,8 +124,8 @@ class CommandRunner:
         }
         # Its own process group, so that when kq is interrupted the whole
         # command (a shell and what it started) is stopped with it.
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-        proc = None
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        proc: subprocess.Popen[bytes] | None = None
         try:
             with signals_held():
                 proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)

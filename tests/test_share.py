@@ -634,13 +634,24 @@ def test_a_replayed_dead_letter_that_fails_again_carries_one_set_of_dlq_headers(
     names = [name for name, _ in second["headers"]]
     assert len(names) == len(set(names)), names
     h = second["h"]
-    assert (h["kq.dlq.topic"], h["kq.dlq.offset"], h["kq.dlq.exit"], h["kq.dlq.stderr"]) == ("jobs", "2", "4", "still poison")
-    assert (h["kq.dlq.original-topic"], h["kq.dlq.original-partition"], h["kq.dlq.original-offset"]) == ("jobs", "0", "1")
+    assert (h["kq.dlq.topic"], h["kq.dlq.offset"], h["kq.dlq.exit"], h["kq.dlq.stderr"]) == (
+        "jobs",
+        "2",
+        "4",
+        "still poison",
+    )
+    assert (h["kq.dlq.original-topic"], h["kq.dlq.original-partition"], h["kq.dlq.original-offset"]) == (
+        "jobs",
+        "0",
+        "1",
+    )
 
 
 def test_nack_dead_letter_writes_no_empty_dlq_headers(run_kq):
     produce(run_kq, ["a"])
-    [lease] = [json.loads(line)["lease"] for line in run_kq("consume", "jobs", "--share", "s", "--json").stdout.splitlines()]
+    [lease] = [
+        json.loads(line)["lease"] for line in run_kq("consume", "jobs", "--share", "s", "--json").stdout.splitlines()
+    ]
     assert run_kq("nack", "jobs", "--share", "s", "--dead-letter", lease).returncode == 0
     [dead] = dead_letters(run_kq)
     assert all(value != "" for _, value in dead["headers"]), dead["headers"]

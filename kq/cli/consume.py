@@ -399,7 +399,8 @@ def consume_share(
 ) -> None:
     """--share: run CMD per record (kq.share_runner), or print records with their lease ids."""
     lease_ms = changes.pop("lease_ms")
-    source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset)
+    # Without a command, the leases printed are a script's to settle after this worker exits.
+    source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset, detach=command is None)
     try:
         if count == 0:
             return
