@@ -318,12 +318,12 @@ class PartitionState:
 
     def bound_leases(self, now: int, holder_live) -> bool:
         """End the leases that cannot hold (``unsound_lease``): one longer than any lease kq grants
-        is cut to the longest, one whose worker is gone ends now. True if any changed."""
+        is cut to the longest, one whose worker is gone has ended. True if any changed."""
         changed = False
         for r in self.ranges:
             why = unsound_lease(r, now, holder_live)
             if why is not None:
-                r.until = now + MAX_LEASE_MS if why == TOO_LONG else now
+                r.until = now + MAX_LEASE_MS if why == TOO_LONG else 0
                 changed = True
         return changed
 
@@ -400,10 +400,10 @@ def unsound_lease(r: Range, now: int, holder_live=None) -> str | None:
     is not detached and ``holder_live(owner)`` says its worker is gone (HOLDER_GONE)."""
     if r.state != ACQUIRED or r.until <= now:
         return None
-    if r.until > now + MAX_LEASE_MS:
-        return TOO_LONG
     if holder_live is not None and not r.detached and not holder_live(r.owner):
         return HOLDER_GONE
+    if r.until > now + MAX_LEASE_MS:
+        return TOO_LONG
     return None
 
 

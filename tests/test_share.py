@@ -656,3 +656,93 @@ def test_nack_dead_letter_writes_no_empty_dlq_headers(run_kq):
     [dead] = dead_letters(run_kq)
     assert all(value != "" for _, value in dead["headers"]), dead["headers"]
     assert "kq.dlq.exit" not in dead["h"] and dead["h"]["kq.dlq.reason"] == "rejected by kq nack"
+
+
+def craft_state(data_dir: str, change) -> None:
+    """Rewrite partition 0's share state of group 's' on 'jobs' as ``change(body)`` leaves it."""
+    path = os.path.join(data_dir, "shares", "s", "jobs", "0.share")
+    with open(path) as f:
+        body = json.load(f)
+    change(body)
+    with open(path, "w") as f:
+        json.dump(body, f)
+
+
+def test_a_crafted_dead_letter_target_is_not_followed_and_verify_names_it(run_kq, data_dir):
+    produce(run_kq, [f"job{i}" for i in range(10)])
+    assert len(run_kq("consume", "jobs", "--share", "s", "-n", "10").stdout.splitlines()) == 10
+
+    def into_the_source_topic(body):
+        [r] = body["ranges"]
+        r.update(state="dead-lettering", dlq=["jobs", 0, 10], until=0)
+        del r["lease"], r["owner"]
+        r.pop("detached", None)
+
+    craft_state(data_dir, into_the_source_topic)
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert (
+        "share group 's' dead-letters offsets 0..9 to the topic itself, not to its dead-letter topic 'jobs.dlq'"
+        in (r.stdout + r.stderr).decode()
+    )
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", "true")
+    assert r.returncode == 0, r.stderr
+    assert b"dead-letters offsets 0..9 to 'jobs', not to the group's dead-letter topic 'jobs.dlq'" in r.stderr
+    # The source topic got nothing; the group's dead-letter topic got the ten, once each.
+    assert run_kq("consume", "jobs").stdout.decode().split() == [f"job{i}" for i in range(10)]
+    assert [d["value"] for d in dead_letters(run_kq)] == [f"job{i}" for i in range(10)]
+    assert run_kq("verify").returncode == 0
+
+
+def test_a_crafted_everlasting_lease_of_nobody_is_void_and_verify_names_it(run_kq, data_dir, tmp_path):
+    produce(run_kq, [f"job{i}" for i in range(10)])
+    assert run_kq("consume", "jobs", "--share", "s", "--exec", "true", "-n", "1").returncode == 0
+
+    def everlasting(body):
+        body["ranges"] = [
+            {
+                "first": 1,
+                "last": 9,
+                "state": "acquired",
+                "attempt": 1,
+                "lease": "abc123",
+                "until": 2**63 - 1,
+                "owner": "00000000000000000001-1-abcdef",
+            }  # fmt: skip
+        ]
+        body["next"] = 10
+
+    craft_state(data_dir, everlasting)
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert "holds offsets 1..9 under a lease that ends in" in (r.stdout + r.stderr).decode()
+    [row] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+    assert (row["acquired"], row["available"]) == (0, 9)
+    log = tmp_path / "ran"
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", f'echo "$(cat) $KQ_ATTEMPT" >> {log}', "--timeout", "1")
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == [f"job{i} 2" for i in range(1, 10)]
+    assert run_kq("verify").returncode == 0
+
+
+def test_a_lease_ends_with_its_worker_not_with_its_deadline(run_kq, spawn_kq, tmp_path):
+    # A worker killed with SIGKILL holds an hour's lease: the next worker takes its record at once.
+    produce(run_kq, ["only"])
+    pid_file = tmp_path / "pid"
+    worker = spawn_kq("consume", "jobs", "--share", "s", "--lease", "1h", "--exec", f"echo $$ > {pid_file}; sleep 60")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), message="the command to start")
+    worker.kill()
+    worker.wait()
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)  # kq cannot stop the command of a worker killed so
+    log = tmp_path / "ran"
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", f'echo "$(cat) $KQ_ATTEMPT" >> {log}')
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == "only 2\n"
+    # A lease printed for a script is the script's: it outlives the worker that printed it.
+    produce(run_kq, ["printed"], topic="more")
+    assert run_kq("consume", "more", "--share", "s", "--lease", "1h").stdout.decode().endswith("\tprinted\n")
+    assert run_kq("consume", "more", "--share", "s", "--exec", "true").returncode == 0
+    [row] = [
+        p for p in json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"] if p["topic"] == "more"
+    ]
+    assert (row["acquired"], row["acknowledged"]) == (1, 0)
