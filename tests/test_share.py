@@ -692,6 +692,8 @@ def test_a_crafted_dead_letter_target_is_not_followed_and_verify_names_it(run_kq
     assert run_kq("consume", "jobs").stdout.decode().split() == [f"job{i}" for i in range(10)]
     assert [d["value"] for d in dead_letters(run_kq)] == [f"job{i}" for i in range(10)]
     assert run_kq("verify").returncode == 0
+    r = run_kq("consume", "jobs", "--share", "other", "--dead-letter", "jobs", "--exec", "true")
+    assert r.returncode == 2 and b"the dead-letter topic must be another topic than 'jobs'" in r.stderr
 
 
 def test_a_crafted_everlasting_lease_of_nobody_is_void_and_verify_names_it(run_kq, data_dir, tmp_path):

@@ -70,7 +70,7 @@ def consume(
         "30s",
         "--lease",
         metavar="DURATION",
-        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs); then another worker gets it.",
+        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs; at most 24h); then another worker gets it.",
     ),
     max_attempts: Optional[int] = typer.Option(
         None,
@@ -106,7 +106,7 @@ def consume(
         None,
         "--exec",
         metavar="CMD",
-        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only. With --share: CMD runs per record (KQ_KEY, KQ_ATTEMPT, KQ_HEADERS, ... set too), which is acknowledged when CMD exits 0 and retried otherwise.",
+        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only. With --share: CMD runs per record (KQ_KEY, KQ_ATTEMPT, KQ_HEADERS, ... set too), which is acknowledged when CMD exits 0 and retried otherwise (exit 1 if one ends the run dead-lettered or waiting for a retry).",
     ),
     exec_timeout: Optional[str] = typer.Option(
         None,
