@@ -725,6 +725,8 @@ def test_a_crafted_everlasting_lease_of_nobody_is_void_and_verify_names_it(run_k
     assert r.returncode == 0, r.stderr
     assert log.read_text().splitlines() == [f"job{i} 2" for i in range(1, 10)]
     assert run_kq("verify").returncode == 0
+    r = run_kq("consume", "jobs", "--share", "s", "--lease", "25h")  # no lease kq grants is that long
+    assert r.returncode == 2 and b"a lease lasts at most 24h" in r.stderr
 
 
 def test_a_lease_ends_with_its_worker_not_with_its_deadline(run_kq, spawn_kq, tmp_path):

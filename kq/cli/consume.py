@@ -371,6 +371,8 @@ def share_options(
         changes["lease_ms"] = parse_duration(lease)
         if changes["lease_ms"] < 1:
             raise UsageError("a lease lasts at least 1 ms")
+        if changes["lease_ms"] > 24 * 3600 * 1000:  # kq.share.MAX_LEASE_MS
+            raise UsageError("a lease lasts at most 24h")
     except UsageError as exc:
         raise bad_parameter(str(exc), "--lease") from None
     for option, key, value in (
