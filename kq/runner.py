@@ -15,6 +15,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import KqError
 
@@ -26,9 +27,12 @@ class Failure:
     first: int  # offsets of the batch the command rejected
     last: int
     status: int  # the command's exit status; negative: killed by that signal
+    timed_out: float | None = None  # seconds: the command ran longer than --exec-timeout and was killed
 
     def describe(self) -> str:
         how = f"was killed by signal {-self.status}" if self.status < 0 else f"exited with status {self.status}"
+        if self.timed_out is not None:
+            how = f"ran longer than --exec-timeout ({self.timed_out:g} s) and {how}"
         return f"{how} on {self.topic}/{self.partition} offsets {self.first}..{self.last}"
 
 
@@ -42,13 +46,29 @@ class CommandFailed(KqError):
 
 
 def batches_of(slices, size: int):
-    """Cut a round of slices into runs of at most ``size`` records, each of one partition."""
+    """Cut a round of slices into runs of at most ``size`` records, each of one partition.
+
+    A run is a list of slices: the records of one partition in a round go together whatever
+    batches they were stored in (a producer run per record stores a batch per record).
+    """
+    by_partition: dict[int, list] = {}
     for sl in slices:
-        start = sl.start
-        while start < sl.stop:
-            stop = min(sl.stop, start + size)
-            yield sl._replace(start=start, stop=stop)
-            start = stop
+        by_partition.setdefault(sl.partition, []).append(sl)
+    for parts in by_partition.values():
+        run: list = []
+        room = size
+        for sl in parts:
+            start = sl.start
+            while start < sl.stop:
+                stop = min(sl.stop, start + room)
+                run.append(sl._replace(start=start, stop=stop))
+                room -= stop - start
+                start = stop
+                if room == 0:
+                    yield run
+                    run, room = [], size
+        if run:
+            yield run
 
 
 class CommandRunner:
@@ -57,63 +77,85 @@ class CommandRunner:
     ``write(partition, batch, start, stop)`` renders records as bytes;
     ``accepted(partition, offset_after)`` is called after each batch the
     command accepted; ``stop_partition(partition)`` after one it rejected.
+    ``timeout``: seconds a command may run before it is stopped (SIGTERM, then
+    SIGKILL) and its batch counts as rejected.
     """
 
-    def __init__(self, command: str, size: int, write, topic: str, accepted=None, stop_partition=None):
+    def __init__(self, command: str, size: int, write, topic: str, accepted=None, stop_partition=None, timeout=None):
         self.command = command
         self.size = size
         self.write = write
         self.topic = topic
         self.accepted = accepted
         self.stop_partition = stop_partition
+        self.timeout = timeout
         self.done = 0  # records the command accepted
         self.failures: list[Failure] = []
 
     def run(self, rounds) -> None:
         failed: set[int] = set()
         for slices in rounds:
-            for sl in batches_of(slices, self.size):
-                if sl.partition in failed:
+            for run in batches_of(slices, self.size):
+                partition = run[0].partition
+                if partition in failed:
                     continue
-                status = self._run(sl)
-                if status == 0:
-                    self.done += sl.stop - sl.start
+                status, timed_out = self._run(run)
+                if status == 0 and not timed_out:
+                    self.done += sum(sl.stop - sl.start for sl in run)
                     if self.accepted is not None:
-                        self.accepted(sl.partition, sl.offset_after())
+                        self.accepted(partition, run[-1].offset_after())
                     continue
-                failed.add(sl.partition)
-                offsets = sl.batch.offsets()
-                self.failures.append(Failure(self.topic, sl.partition, offsets[sl.start], offsets[sl.stop - 1], status))
+                failed.add(partition)
+                first, last = _first_offset(run[0]), _last_offset(run[-1])
+                self.failures.append(
+                    Failure(self.topic, partition, first, last, status, self.timeout if timed_out else None)
+                )
                 if self.stop_partition is not None:
-                    self.stop_partition(sl.partition)
+                    self.stop_partition(partition)
 
-    def _run(self, sl) -> int:
-        offsets = sl.batch.offsets()
+    def _run(self, run) -> tuple[int, bool]:
+        """Run the command on ``run``: its exit status, and whether it was stopped for running too long."""
         env = {
             **os.environ,
             "KQ_TOPIC": self.topic,
-            "KQ_PARTITION": str(sl.partition),
-            "KQ_OFFSET": str(offsets[sl.start]),
-            "KQ_LAST_OFFSET": str(offsets[sl.stop - 1]),
+            "KQ_PARTITION": str(run[0].partition),
+            "KQ_OFFSET": str(_first_offset(run[0])),
+            "KQ_LAST_OFFSET": str(_last_offset(run[-1])),
         }
         # Its own process group, so that when kq is interrupted the whole
         # command (a shell and what it started) is stopped with it.
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-        proc = None
+        group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+        proc: subprocess.Popen[bytes] | None = None
         try:
             with signals_held():
                 proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.PIPE, env=env, **group)
+            data = b"".join(self.write(sl.partition, sl.batch, sl.start, sl.stop) for sl in run)
             try:
-                assert proc.stdin is not None  # stdin=PIPE
-                proc.stdin.write(self.write(sl.partition, sl.batch, sl.start, sl.stop))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it stopped reading: its exit status says whether it succeeded
-            return proc.wait()
+                # With a timeout, communicate writes stdin and waits by polling, so that a
+                # command that neither reads nor exits is stopped all the same.
+                proc.communicate(data, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                stop_command(proc)
+                return proc.wait(), True
+            finally:
+                if proc.stdin is not None and not proc.stdin.closed:
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
+            return proc.wait(), False
         except BaseException:
             if proc is not None:
                 stop_command(proc)
             raise
+
+
+def _first_offset(sl) -> int:
+    return sl.batch.offsets()[sl.start]
+
+
+def _last_offset(sl) -> int:
+    return sl.batch.offsets()[sl.stop - 1]
 
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 import uuid
 from collections import deque
@@ -49,8 +50,8 @@ from .consumer import POLL_SECONDS, IdleClock
 from .datadir import DataDir
 from .errors import CorruptFile, KqError, ShareNotFound, UnsupportedFormat, UsageError
 from .errors import warn as kq_warn
-from .fileio import FileLock, atomic_write, make_dirs, read_small, shown
-from .group import Groups, Member, partition_of
+from .fileio import FileLock, atomic_write, is_locked, make_dirs, read_small, shown
+from .group import MEMBER_SUFFIX, MEMBERS_DIR, Groups, Member, partition_of
 from .location import SHARES_DIR, share_names
 from .names import check_name
 from .segment import MAX_OFFSET
@@ -70,6 +71,12 @@ MAX_RANGES = 4096
 MAX_ERROR_CHARS = 2000
 MAX_ATTEMPTS = 1000
 MAX_DURATION_MS = 2**53  # JSON numbers every reader parses exactly
+# The longest lease kq grants (``--lease``): a lease that would end later than
+# this from now was not written by kq, and is cut to it.
+MAX_LEASE_MS = 24 * 3600 * 1000
+# A worker's id, as kq.group.Member makes it; its member file is flock'ed while it lives.
+WORKER_ID = re.compile(r"[0-9]{20}-[0-9]{1,10}-[0-9a-f]{6}")
+HOLDER_CHECK_SECONDS = 1.0  # how long a worker found alive is taken to be alive without looking again
 MAX_TOKEN = 64
 MAX_OWNER = 256
 ACQUIRED, AVAILABLE, DEAD_LETTERING = "acquired", "available", "dead-lettering"
@@ -146,7 +153,7 @@ class ShareSettings:
 class Range:
     """Offsets ``first``..``last`` of a partition, not settled, all in one state."""
 
-    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq")
+    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq", "detached")
 
     def __init__(
         self,
@@ -159,6 +166,7 @@ class Range:
         owner: str | None = None,
         error: dict | None = None,
         dlq: list | None = None,
+        detached: bool = False,
     ):
         self.first = first
         self.last = last
@@ -169,9 +177,23 @@ class Range:
         self.owner = owner  # acquired: the worker that holds the lease
         self.error = error  # the last failure: {"exit": int | None, "reason": str, "stderr": str}
         self.dlq = dlq  # dead-lettering: [topic, partition, its end offset before the copies]
+        # acquired: the lease was handed to a script (``consume --share`` without --exec) and holds
+        # until ``until`` after its worker exits; any other lease ends with its owner's member lock.
+        self.detached = detached
 
     def copy(self, first: int, last: int) -> Range:
-        return Range(first, last, self.state, self.attempt, self.lease, self.until, self.owner, self.error, self.dlq)
+        return Range(
+            first,
+            last,
+            self.state,
+            self.attempt,
+            self.lease,
+            self.until,
+            self.owner,
+            self.error,
+            self.dlq,
+            self.detached,
+        )
 
     @property
     def count(self) -> int:
@@ -181,6 +203,8 @@ class Range:
         out = {"first": self.first, "last": self.last, "state": self.state, "attempt": self.attempt}
         if self.state == ACQUIRED:
             out["lease"], out["owner"] = self.lease, self.owner
+            if self.detached:
+                out["detached"] = True
         out["until"] = self.until
         if self.error is not None:
             out["error"] = self.error
@@ -285,8 +309,23 @@ class PartitionState:
         """Ranges that may be delivered now: available ones whose time came, and expired leases."""
         return [r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now]
 
-    def has_work(self, end: int, now: int) -> bool:
-        return self.next < end or any(r.until <= now or r.state == DEAD_LETTERING for r in self.ranges)
+    def has_work(self, end: int, now: int, holder_live=None) -> bool:
+        """Whether a worker holding the lock would find something to do: records to deliver or to
+        dead-letter, or a lease that cannot hold (``unsound_lease``)."""
+        return self.next < end or any(
+            r.until <= now or r.state == DEAD_LETTERING or unsound_lease(r, now, holder_live) for r in self.ranges
+        )
+
+    def bound_leases(self, now: int, holder_live) -> bool:
+        """End the leases that cannot hold (``unsound_lease``): one longer than any lease kq grants
+        is cut to the longest, one whose worker is gone has ended. True if any changed."""
+        changed = False
+        for r in self.ranges:
+            why = unsound_lease(r, now, holder_live)
+            if why is not None:
+                r.until = now + MAX_LEASE_MS if why == TOO_LONG else 0
+                changed = True
+        return changed
 
     def carve(self, first: int, last: int, token: str | None = None) -> list[Range] | None:
         """The ranges that make up exactly ``first``..``last``, split out of larger ones; None unless
@@ -343,13 +382,29 @@ class PartitionState:
             if (
                 p is not None
                 and p.last + 1 == r.first
-                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq)
-                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq)
+                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq, p.detached)
+                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq, r.detached)
             ):
                 out[-1] = p.copy(p.first, r.last)
             else:
                 out.append(r)
         self.ranges = out
+
+
+TOO_LONG, HOLDER_GONE = "too long", "holder gone"
+
+
+def unsound_lease(r: Range, now: int, holder_live=None) -> str | None:
+    """Why the lease of ``r`` cannot hold (every file is untrusted input), or None if it can or
+    ``r`` holds none: it ends later than the longest lease kq grants from ``now`` (TOO_LONG), or it
+    is not detached and ``holder_live(owner)`` says its worker is gone (HOLDER_GONE)."""
+    if r.state != ACQUIRED or r.until <= now:
+        return None
+    if holder_live is not None and not r.detached and not holder_live(r.owner):
+        return HOLDER_GONE
+    if r.until > now + MAX_LEASE_MS:
+        return TOO_LONG
+    return None
 
 
 def parse_state(raw: bytes, path: str) -> PartitionState:
@@ -416,6 +471,10 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
         if kind == ACQUIRED:
             r.lease = text(item, "lease", MAX_TOKEN, where)
             r.owner = text(item, "owner", MAX_OWNER, where)
+            detached = item.get("detached", False)
+            if type(detached) is not bool:
+                raise CorruptFile(path, f"{where}detached is {shown(detached)}, not true or false")
+            r.detached = detached
         error = item.get("error")
         if error is not None:
             if not isinstance(error, dict):
@@ -533,9 +592,12 @@ class Shares(Groups):
     def read_settings(self, share: str, topic: str) -> ShareSettings | None:
         path = os.path.join(self._dir(share, topic), SETTINGS_FILE)
         try:
-            return parse_settings(read_small(path), path)
+            settings = parse_settings(read_small(path), path)
         except FileNotFoundError:
             return None
+        if settings.dead_letter == topic:
+            raise CorruptFile(path, f"dead_letter names the topic '{topic}' itself")
+        return settings
 
     def settings(self, share: str, topic: str, changes: dict | None = None) -> ShareSettings:
         """The group's settings on ``topic``, after ``changes`` (stored, if they change anything)."""
@@ -544,6 +606,8 @@ class Shares(Groups):
         if not wanted.dead_letter:
             wanted.dead_letter = dead_letter_topic(topic)
         wanted.check()
+        if wanted.dead_letter == topic:
+            raise UsageError(f"the dead-letter topic must be another topic than '{topic}'")
         if wanted != current:
             directory = self._dir(share, topic)
             self.data.ensure()
@@ -732,6 +796,7 @@ class SharePartition:
             first = log_start if c.reset == "earliest" else self.partition.end_offset()
             state = PartitionState(start=first, next=first, boot=boot_id(), topic_id=topic_id)
         warning = state.normalize(log_start, boot_id())
+        state.bound_leases(clock_ms(), c.holder_live)
         if warning:
             c.warn(f"share group '{c.share}' on {c.topic.name}/{self.number}: {warning}")
         if state.topic_id is None:
@@ -766,7 +831,9 @@ class SharePartition:
         end = self.partition.end_offset()
         if not acks:
             quick = self.peek()
-            if want <= 0 or (quick is not None and not quick.has_work(end, now) and quick.boot == boot_id()):
+            if want <= 0 or (
+                quick is not None and not quick.has_work(end, now, c.holder_live) and quick.boot == boot_id()
+            ):
                 return [], False
         token = uuid.uuid4().hex[:12]
         taken: list[Range] = []
@@ -787,12 +854,13 @@ class SharePartition:
                 assert pieces is not None  # r is one whole range of the state
                 part = pieces[0]
                 part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
+                part.detached = c.detach
                 part.until = now + lease_ms
                 taken.append(part)
                 got += part.count
             if 0 < want and got < want and state.next < end and len(state.ranges) < MAX_RANGES:
                 last = min(end, state.next + want - got) - 1
-                new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner)
+                new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner, detached=c.detach)
                 state.ranges.append(new)
                 state.next = last + 1
                 taken.append(new)
@@ -876,6 +944,7 @@ class SharePartition:
         elif how == "release":
             for r in held:
                 r.state, r.attempt, r.lease, r.owner, r.until = AVAILABLE, r.attempt - 1, None, None, now
+                r.detached = False
             out.released += sum(r.count for r in held)
         else:
             doomed = []
@@ -884,7 +953,7 @@ class SharePartition:
                 if how == "dead" or r.attempt >= c.settings.max_attempts:
                     doomed.append(r)
                 else:
-                    r.state, r.lease, r.owner = AVAILABLE, None, None
+                    r.state, r.lease, r.owner, r.detached = AVAILABLE, None, None, False
                     r.until = now + c.settings.backoff(r.attempt)
                     out.released += r.count
             if doomed:
@@ -906,7 +975,7 @@ class SharePartition:
         dlq = c.dead_letter_partition(self.number)
         dlq_from = dlq.end_offset()
         for r in doomed:
-            r.state, r.lease, r.owner, r.until = DEAD_LETTERING, None, None, 0
+            r.state, r.lease, r.owner, r.until, r.detached = DEAD_LETTERING, None, None, 0, False
             r.dlq = [dlq.topic, dlq.number, dlq_from]
         self.save(state)
         return self._finish_dead_lettering(state)
@@ -916,6 +985,7 @@ class SharePartition:
         if not marked:
             return 0
         c = self.consumer
+        self._own_dead_letter_topic(state, marked)
         copied = 0
         by_target: dict[tuple, list[Range]] = {}
         for r in marked:
@@ -935,7 +1005,7 @@ class SharePartition:
                             continue
                         values.append(d.value)
                         keys.append(d.key)
-                        headers.append(d.headers + _dlq_headers(c, d, r))
+                        headers.append(_dlq_headers(c, d, r))
                         stamps.append(d.timestamp)
             if values:
                 dlq.append(values, keys, headers, timestamps=stamps)
@@ -944,20 +1014,61 @@ class SharePartition:
         self.save(state)
         return copied
 
+    def _own_dead_letter_topic(self, state: PartitionState, marked: list[Range]) -> None:
+        """Point ranges being dead-lettered to another topic than the group's dead-letter topic (a
+        crafted state, or one saved before ``--dead-letter`` changed) at the group's own."""
+        c = self.consumer
+        own = c.settings.dead_letter
+        astray = [r for r in marked if r.dlq is not None and r.dlq[0] != own]
+        if not astray:
+            return
+        dlq = c.dead_letter_partition(self.number)
+        end = dlq.end_offset()
+        for r in astray:
+            assert r.dlq is not None
+            c.warn(
+                f"share group '{c.share}' on {c.topic.name}/{self.number}: {self.path} dead-letters offsets "
+                f"{r.first}..{r.last} to '{r.dlq[0]}', not to the group's dead-letter topic '{own}': "
+                f"they go to '{own}'"
+            )
+            r.dlq = [dlq.topic, dlq.number, end]
+        self.save(state)
+
 
 def _dlq_headers(c: ShareConsumer, d: Delivery, r: Range) -> list[tuple[str, bytes]]:
+    """The record's own headers, then the ``kq.dlq.*`` headers saying where it was and why it failed.
+
+    A record dead-lettered before (a replayed dead letter that failed again) loses its earlier
+    ``kq.dlq.*`` headers, which would name a stale source twice; where it was first is kept in
+    ``kq.dlq.original-topic``, ``-partition`` and ``-offset``. A header with no value (no
+    command ran, so no exit status; no stderr) is left out.
+    """
+    own = [(n, v) for n, v in d.headers if not n.startswith(DLQ_HEADER)]
+    earlier: dict[str, bytes] = {}
+    for n, v in d.headers:
+        if n.startswith(DLQ_HEADER):
+            earlier.setdefault(n, v)  # the first of each: an older kq appended a set per dead-lettering
+    original = []
+    for part in ("topic", "partition", "offset"):
+        first = earlier.get(DLQ_HEADER + "original-" + part, earlier.get(DLQ_HEADER + part))
+        if first is not None:
+            original.append((DLQ_HEADER + "original-" + part, first))
     error = r.error or {}
     code = error.get("exit")
-    return [
+    reason, stderr = str(error.get("reason") or ""), str(error.get("stderr") or "")
+    out = [
         (DLQ_HEADER + "topic", c.topic.name.encode()),
         (DLQ_HEADER + "partition", str(d.partition).encode()),
         (DLQ_HEADER + "offset", str(d.offset).encode()),
         (DLQ_HEADER + "share", c.share.encode()),
         (DLQ_HEADER + "attempts", str(r.attempt).encode()),
-        (DLQ_HEADER + "exit", b"" if code is None else str(code).encode()),
-        (DLQ_HEADER + "reason", str(error.get("reason", "")).encode()),
-        (DLQ_HEADER + "stderr", str(error.get("stderr", "")).encode()),
     ]
+    if code is not None:
+        out.append((DLQ_HEADER + "exit", str(code).encode()))
+    out.append((DLQ_HEADER + "reason", (reason or "rejected").encode()))
+    if stderr:
+        out.append((DLQ_HEADER + "stderr", stderr.encode()))
+    return own + out + original
 
 
 def _dead_lettered_offsets(dlq, since: int, topic: str, partition: int, share: str) -> set[int]:
@@ -1005,11 +1116,12 @@ class ShareConsumer:
         join: bool = True,
         create: bool = True,
         warn=None,
+        detach: bool = False,
     ):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
-        if type(lease_ms) is not int or not 1 <= lease_ms <= MAX_DURATION_MS:
-            raise UsageError(f"a lease lasts from 1 ms to {MAX_DURATION_MS} ms, not {shown(lease_ms)}")
+        if type(lease_ms) is not int or not 1 <= lease_ms <= MAX_LEASE_MS:
+            raise UsageError(f"a lease lasts from 1 ms to 24 h ({MAX_LEASE_MS} ms), not {shown(lease_ms)} ms")
         self.data = data
         self.topic = topic
         self.share = check_name(share, "share group")
@@ -1027,6 +1139,10 @@ class ShareConsumer:
         self.warn = warn or kq_warn
         self.member = Member(self.shares, share, topic.name)
         self.owner = self.member.id
+        # Leases handed to a script (``consume --share`` printing lease ids for `kq ack`) outlive
+        # this worker; a worker's own leases end with it (``holder_live``).
+        self.detach = detach
+        self._holders: dict[str, tuple[bool, float]] = {}
         self._joined = False
         self._join = join
         self._parts: dict[int, SharePartition] = {}
@@ -1038,6 +1154,24 @@ class ShareConsumer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def holder_live(self, owner: str | None) -> bool:
+        """Whether the worker ``owner`` lives: its member file is flock'ed (the kernel drops the lock
+        when it dies). A worker found alive is not looked at again for HOLDER_CHECK_SECONDS; one
+        found gone never comes back (ids are never reused)."""
+        if owner == self.owner:
+            return True
+        if owner is None or not WORKER_ID.fullmatch(owner):
+            return False  # not an id kq makes: nobody holds its lock
+        now = time.monotonic()
+        known = self._holders.get(owner)
+        if known is not None and (not known[0] or now - known[1] < HOLDER_CHECK_SECONDS):
+            return known[0]
+        if len(self._holders) > MAX_RANGES:
+            self._holders.clear()
+        live = is_locked(os.path.join(self.dir, MEMBERS_DIR, owner + MEMBER_SUFFIX))
+        self._holders[owner] = (live, now)
+        return live
 
     def partition(self, number: int) -> SharePartition:
         p = self._parts.get(number)
@@ -1276,7 +1410,14 @@ def describe_share(data: DataDir, share: str) -> dict:
                 }
                 if state is not None:
                     current = state.boot == boot
-                    acquired = [r for r in state.ranges if r.state == ACQUIRED and current and r.until > now]
+                    acquired = [
+                        r
+                        for r in state.ranges
+                        if r.state == ACQUIRED
+                        and current
+                        and r.until > now
+                        and unsound_lease(r, now, live.__contains__) != HOLDER_GONE
+                    ]
                     retrying = [r for r in state.ranges if r.state == AVAILABLE and current and r.until > now]
                     row.update(
                         share_start=state.start,
@@ -1299,7 +1440,7 @@ def describe_share(data: DataDir, share: str) -> dict:
                                 "first": r.first,
                                 "last": r.last,
                                 "attempt": r.attempt,
-                                "expires_in": round((r.until - now) / 1000, 1),
+                                "expires_in": round(min(r.until - now, MAX_LEASE_MS) / 1000, 1),
                             }
                         )
                 partitions.append(row)

@@ -7,6 +7,8 @@ runs, its leases are extended; when it exits 0 its records are
 acknowledged, otherwise released for another attempt after the group's
 backoff (or dead-lettered at the last attempt), with the exit status and
 the last lines of the command's stderr (which is also passed through).
+A command that runs longer than ``exec_timeout`` is stopped (SIGTERM, then
+SIGKILL after ``KILL_GRACE_SECONDS``) and counts as failed.
 
 One thread waits for everything (a selector over the commands' pipes and
 process descriptors), so no lock is ever held while a command is forked.
@@ -18,6 +20,7 @@ import base64
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +37,8 @@ READ_CHUNK = 65536
 # Records whose command succeeded are acknowledged with the next acquisition
 # (one state change for both), or after this long if no acquisition comes.
 ACK_SECONDS = 0.05
+# A command stopped for running too long gets this long after SIGTERM to exit before SIGKILL.
+KILL_GRACE_SECONDS = 5.0
 
 
 def _text(data: bytes | None) -> tuple[str, bool]:
@@ -103,11 +108,22 @@ class _Job:
         self.pidfd: int | None = None
         self.status: int | None = None
         self.lost = False  # its lease could not be extended: the records may be another worker's now
+        self.deadline: float | None = None  # monotonic time: stopped if still running then
+        self.timed_out: float | None = None  # the exec timeout it ran past (seconds), once stopped for it
+
+    def failed(self) -> bool:
+        return self.status != 0 or self.timed_out is not None
 
     def failure(self) -> Failure:
         lines = self.tail.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:]
         status = self.status if self.status is not None else -1
         how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        if self.timed_out is not None:
+            return Failure(
+                f"command ran longer than --exec-timeout ({self.timed_out:g} s) and was {how}",
+                status,
+                "\n".join(lines),
+            )
         return Failure(f"command {how}", status, "\n".join(lines))
 
 
@@ -132,8 +148,10 @@ class ShareRunner:
         follow: bool = False,
         idle_timeout: float | None = None,
         stderr=None,
+        exec_timeout: float | None = None,
     ):
         self.consumer = consumer
+        self.exec_timeout = exec_timeout
         self.command = command
         self.write = write
         self.batch = batch
@@ -148,6 +166,9 @@ class ShareRunner:
         self.dead = 0  # records dead-lettered
         self.lost = 0  # records whose lease was lost while their command ran
         self.timed_out = False
+        # Records whose command failed in this run and that this worker has not acknowledged
+        # since (dead-lettered, or waiting for a retry): a run that leaves any has failed.
+        self._failed_records: set[tuple[int, int]] = set()
         self._jobs: dict[int, _Job] = {}
         self._queue: deque[list[Delivery]] = deque()  # runs acquired, waiting for a free slot
         self._to_ack: list[Delivery] = []  # succeeded, acknowledged with the next acquisition
@@ -158,6 +179,11 @@ class ShareRunner:
         self._next_poll = 0.0
         self._extend_every = max(consumer.lease_ms / 3000, 0.05)
         self._next_extend = time.monotonic() + self._extend_every
+
+    @property
+    def failed_records(self) -> int:
+        """Records whose command failed in this run and were not acknowledged after a retry in it."""
+        return len(self._failed_records)
 
     # ------------------------------------------------------------ the loop
 
@@ -247,6 +273,8 @@ class ShareRunner:
             self.command, shell=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **group
         )
         job = _Job(proc, deliveries, stdin)
+        if self.exec_timeout is not None:
+            job.deadline = time.monotonic() + self.exec_timeout
         self._jobs[proc.pid] = job
         os.set_blocking(job.stderr_pipe.fileno(), False)
         self._selector.register(job.stderr_pipe, selectors.EVENT_READ, ("stderr", job))
@@ -289,6 +317,9 @@ class ShareRunner:
             timeout = min(timeout, max(self._next_poll - now, POLL_SECONDS))
         if any(job.pidfd is None for job in self._jobs.values()):
             timeout = min(timeout, 0.01)
+        deadlines = [job.deadline for job in self._jobs.values() if job.deadline is not None]
+        if deadlines:
+            timeout = min(timeout, min(deadlines) - now)
         finished = []
         for key, _ in self._selector.select(max(timeout, 0)):
             what, job = key.data
@@ -303,6 +334,26 @@ class ShareRunner:
                 finished.append(job)
         if finished:
             self._finish(finished)
+        self._stop_overdue()
+
+    def _stop_overdue(self) -> None:
+        """SIGTERM to the process group of each command past --exec-timeout; SIGKILL to one that
+        is still there ``KILL_GRACE_SECONDS`` later. Its exit comes through the selector."""
+        now = time.monotonic()
+        for job in self._jobs.values():
+            if job.deadline is None or now < job.deadline:
+                continue
+            if job.timed_out is None:
+                job.timed_out = self.exec_timeout
+                job.deadline = now + KILL_GRACE_SECONDS
+                sig = signal.SIGTERM
+            else:
+                job.deadline = None
+                sig = signal.SIGKILL
+            try:
+                os.killpg(job.proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _read_stderr(self, job: _Job) -> bool | None:
         """Pass on what the command wrote to stderr, keeping its tail: True if it read some,
@@ -352,10 +403,12 @@ class ShareRunner:
             del self._jobs[job.proc.pid]
             if job.lost:
                 continue
-            if job.status == 0:
+            if not job.failed():
                 ok += job.deliveries
+                self._failed_records.difference_update((d.partition, d.offset) for d in job.deliveries)
             else:
                 self.failed += 1
+                self._failed_records.update((d.partition, d.offset) for d in job.deliveries)
                 out = self.consumer.nack(job.deliveries, job.failure())
                 self.dead += out.dead
                 self.lost += len(out.not_held)

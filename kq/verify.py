@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from . import batch as batchfmt
 from .datadir import DataDir
 from .errors import CorruptFile, CorruptLog, DataDirError, KqError, NotRegularFile, TopicNotFound, UsageError
-from .fileio import atomic_write, file_kind, fsync_dir, open_regular, try_lock, write_all
+from .fileio import atomic_write, file_kind, fsync_dir, open_regular, shown, try_lock, write_all
 from .group import CLAIM_SUFFIX, MEMBER_SUFFIX, MEMBERS_DIR, OFFSET_SUFFIX, Groups, _read_member, partition_of
 from .index import ENTRY_SIZE, INTERVAL_BYTES, Index, IndexBuilder, pack_entries
 from .location import TOPIC_FILE
@@ -780,7 +780,7 @@ class Verifier:
     def _share_states(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
         """Each share group's files for this topic (kq.share): settings and partition states that
         parse and fit the partition, lock files that are regular files, live workers' member files."""
-        from .share import LOCK_SUFFIX, SETTINGS_FILE, STATE_SUFFIX, Shares
+        from .share import LOCK_SUFFIX, SETTINGS_FILE, STATE_SUFFIX, Shares, dead_letter_topic
 
         shares = Shares(self.data)
         for share in shares.shares_of_topic(topic.name):
@@ -791,11 +791,15 @@ class Verifier:
             if names is None:
                 continue
             yield from self._group_members(topic, share, directory)
+            dead_letter: str | None = dead_letter_topic(topic.name)
             if SETTINGS_FILE in names:
                 path = os.path.join(directory, SETTINGS_FILE)
                 try:
-                    shares.read_settings(share, topic.name)
+                    settings = shares.read_settings(share, topic.name)
+                    if settings is not None:
+                        dead_letter = settings.dead_letter
                 except (CorruptFile, OSError) as exc:
+                    dead_letter = None
                     yield self._not_repaired(
                         Problem(
                             topic.name,
@@ -827,6 +831,8 @@ class Verifier:
                 if state is None:
                     continue
                 yield from _share_state_in_range(topic, number, path, share, state, ranges.get(number))
+                for p in _share_state_unsound(topic, number, path, share, state, dead_letter):
+                    yield self._not_repaired(p)
 
     def _group_directory(self, topic: Topic, directory: str, group: str) -> tuple[list[str] | None, Problem | None]:
         """The names in a (share) group's directory for ``topic``: None if there is none, or a
@@ -946,6 +952,52 @@ def _share_state_in_range(topic: Topic, number: int, path: str, share: str, stat
             "retention or trim deleted them, and they will be skipped",
             WARNING,
         )
+
+
+def _share_state_unsound(topic: Topic, number: int, path: str, share: str, state, dead_letter: str | None):
+    """What a worker would not follow in a share state (every file is untrusted input): records
+    dead-lettered to another topic than the group's dead-letter topic, a lease longer than any kq
+    grants, a lease held by something that is not a worker."""
+    from .share import ACQUIRED, DEAD_LETTERING, MAX_LEASE_MS, WORKER_ID, boot_id, clock_ms
+
+    if (topic.id is not None and state.topic_id not in (None, topic.id)) or number >= topic.partition_count:
+        return  # a state nobody reads (_share_state_in_range warns of it)
+    why_not = "a worker of the group sets it right when it next takes records of the partition"
+    now = clock_ms()
+    for r in state.ranges:
+        where = f"share group '{share}' "
+        if r.state == DEAD_LETTERING and dead_letter is not None and r.dlq is not None and r.dlq[0] != dead_letter:
+            what = "the topic itself" if r.dlq[0] == topic.name else f"'{r.dlq[0]}'"
+            yield Problem(
+                topic.name,
+                number,
+                path,
+                None,
+                f"{where}dead-letters offsets {r.first}..{r.last} to {what}, not to its dead-letter topic "
+                f"'{dead_letter}'",
+                why_not=why_not,
+            )
+        if r.state != ACQUIRED or state.boot != boot_id() or r.until <= now:
+            continue  # no lease holds (a lease of another boot is void)
+        if r.until > now + MAX_LEASE_MS:
+            yield Problem(
+                topic.name,
+                number,
+                path,
+                None,
+                f"{where}holds offsets {r.first}..{r.last} under a lease that ends in {(r.until - now) / 3_600_000:.0f} h, "
+                f"longer than any lease kq grants (24 h)",
+                why_not=why_not,
+            )
+        if not r.detached and (r.owner is None or not WORKER_ID.fullmatch(r.owner)):
+            yield Problem(
+                topic.name,
+                number,
+                path,
+                None,
+                f"{where}holds offsets {r.first}..{r.last} under a lease of {shown(r.owner)}, which is not a worker",
+                why_not=why_not,
+            )
 
 
 def _offset_in_range(topic: Topic, number: int, path: str, group: str, offset: int, ends):

@@ -585,3 +585,24 @@ def test_a_malformed_broker_list_or_setting_is_a_usage_error_at_once(args, messa
 def test_the_bridges_kafka_url_works_as_a_broker_list(kq_serve_cluster):
     r = subprocess.run(KQ + ["-b", f"kafka://{kq_serve_cluster.bootstrap}", "topic", "list"], capture_output=True)
     assert r.returncode == 0, r.stderr
+
+
+@backends()
+def test_exec_batches_hold_up_to_batch_records_whatever_the_producer_batches(place, tmp_path):
+    t, g = place.name("events"), place.name("runner")
+    place.ok("topic", "create", t)
+    for i in range(8):  # eight producer runs: eight stored batches of one record each
+        place.ok("produce", t, input=f"m{i}\n")
+    log = tmp_path / "runs"
+    cmd = f'echo "$KQ_OFFSET $KQ_LAST_OFFSET $(tr "\\n" " ")" >> {log}'
+    place.ok("consume", t, "-g", g, "--batch", "3", "--exec", cmd)
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert [v for run in runs for v in run[2:]] == [f"m{i}" for i in range(8)]
+    for first, last, *values in runs:
+        assert 1 <= len(values) <= 3 and int(last) - int(first) + 1 == len(values)
+    if not place.is_cluster:  # a data directory reads all eight in one round
+        assert [len(run) - 2 for run in runs] == [3, 3, 2]
+    log.unlink()
+    place.ok("consume", t, "-g", place.name("all"), "--batch", "100", "--exec", cmd)
+    if not place.is_cluster:
+        assert log.read_text() == "0 7 m0 m1 m2 m3 m4 m5 m6 m7 \n"

@@ -87,7 +87,7 @@ def test_a_failing_record_is_retried_after_backoff_then_dead_lettered_with_heade
         "--timeout",
         "1",
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # a record failed for good: cron hears of it
     assert b"cannot send poison" in r.stderr  # the command's stderr is passed through
     assert b"2 record(s) acknowledged, 3 command run(s) failed, 1 record(s) dead-lettered to 'jobs.dlq'" in r.stderr
     tried = attempts.read_text().split("\n")
@@ -616,3 +616,137 @@ def test_sigterm_while_commands_start_runs_none_on_empty_input_and_leaves_no_lea
     if mode[0] == "--share":
         [p] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
         assert p["acquired"] == 0, "records stayed leased to a worker that was gone"
+
+
+def test_a_replayed_dead_letter_that_fails_again_carries_one_set_of_dlq_headers(run_kq):
+    produce(run_kq, ["ok", "poison"])
+    cmd = 'v=$(cat); [ "$v" != poison ] || { echo "still poison" >&2; exit 4; }'
+    fail = ("consume", "jobs", "--share", "s", "--exec", cmd, "--max-attempts", "1")
+    assert run_kq(*fail).returncode == 1
+    [first] = dead_letters(run_kq)
+    assert first["h"]["kq.dlq.offset"] == "1"
+    # Replayed (the README's recipe), it fails again: its headers say where it was last, once,
+    # and where it was first.
+    replay = run_kq("consume", "jobs.dlq", "--json").stdout
+    assert run_kq("produce", "jobs", "--json", input=replay).returncode == 0
+    assert run_kq(*fail).returncode == 1
+    second = dead_letters(run_kq)[1]
+    names = [name for name, _ in second["headers"]]
+    assert len(names) == len(set(names)), names
+    h = second["h"]
+    assert (h["kq.dlq.topic"], h["kq.dlq.offset"], h["kq.dlq.exit"], h["kq.dlq.stderr"]) == (
+        "jobs",
+        "2",
+        "4",
+        "still poison",
+    )
+    assert (h["kq.dlq.original-topic"], h["kq.dlq.original-partition"], h["kq.dlq.original-offset"]) == (
+        "jobs",
+        "0",
+        "1",
+    )
+
+
+def test_nack_dead_letter_writes_no_empty_dlq_headers(run_kq):
+    produce(run_kq, ["a"])
+    [lease] = [
+        json.loads(line)["lease"] for line in run_kq("consume", "jobs", "--share", "s", "--json").stdout.splitlines()
+    ]
+    assert run_kq("nack", "jobs", "--share", "s", "--dead-letter", lease).returncode == 0
+    [dead] = dead_letters(run_kq)
+    assert all(value != "" for _, value in dead["headers"]), dead["headers"]
+    assert "kq.dlq.exit" not in dead["h"] and dead["h"]["kq.dlq.reason"] == "rejected by kq nack"
+
+
+def craft_state(data_dir: str, change) -> None:
+    """Rewrite partition 0's share state of group 's' on 'jobs' as ``change(body)`` leaves it."""
+    path = os.path.join(data_dir, "shares", "s", "jobs", "0.share")
+    with open(path) as f:
+        body = json.load(f)
+    change(body)
+    with open(path, "w") as f:
+        json.dump(body, f)
+
+
+def test_a_crafted_dead_letter_target_is_not_followed_and_verify_names_it(run_kq, data_dir):
+    produce(run_kq, [f"job{i}" for i in range(10)])
+    assert len(run_kq("consume", "jobs", "--share", "s", "-n", "10").stdout.splitlines()) == 10
+
+    def into_the_source_topic(body):
+        [r] = body["ranges"]
+        r.update(state="dead-lettering", dlq=["jobs", 0, 10], until=0)
+        del r["lease"], r["owner"]
+        r.pop("detached", None)
+
+    craft_state(data_dir, into_the_source_topic)
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert (
+        "share group 's' dead-letters offsets 0..9 to the topic itself, not to its dead-letter topic 'jobs.dlq'"
+        in (r.stdout + r.stderr).decode()
+    )
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", "true")
+    assert r.returncode == 0, r.stderr
+    assert b"dead-letters offsets 0..9 to 'jobs', not to the group's dead-letter topic 'jobs.dlq'" in r.stderr
+    # The source topic got nothing; the group's dead-letter topic got the ten, once each.
+    assert run_kq("consume", "jobs").stdout.decode().split() == [f"job{i}" for i in range(10)]
+    assert [d["value"] for d in dead_letters(run_kq)] == [f"job{i}" for i in range(10)]
+    assert run_kq("verify").returncode == 0
+    r = run_kq("consume", "jobs", "--share", "other", "--dead-letter", "jobs", "--exec", "true")
+    assert r.returncode == 2 and b"the dead-letter topic must be another topic than 'jobs'" in r.stderr
+
+
+def test_a_crafted_everlasting_lease_of_nobody_is_void_and_verify_names_it(run_kq, data_dir, tmp_path):
+    produce(run_kq, [f"job{i}" for i in range(10)])
+    assert run_kq("consume", "jobs", "--share", "s", "--exec", "true", "-n", "1").returncode == 0
+
+    def everlasting(body):
+        body["ranges"] = [
+            {
+                "first": 1,
+                "last": 9,
+                "state": "acquired",
+                "attempt": 1,
+                "lease": "abc123",
+                "until": 2**63 - 1,
+                "owner": "00000000000000000001-1-abcdef",
+            }  # fmt: skip
+        ]
+        body["next"] = 10
+
+    craft_state(data_dir, everlasting)
+    r = run_kq("verify")
+    assert r.returncode == 1
+    assert "holds offsets 1..9 under a lease that ends in" in (r.stdout + r.stderr).decode()
+    [row] = json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"]
+    assert (row["acquired"], row["available"]) == (0, 9)
+    log = tmp_path / "ran"
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", f'echo "$(cat) $KQ_ATTEMPT" >> {log}', "--timeout", "1")
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == [f"job{i} 2" for i in range(1, 10)]
+    assert run_kq("verify").returncode == 0
+    r = run_kq("consume", "jobs", "--share", "s", "--lease", "25h")  # no lease kq grants is that long
+    assert r.returncode == 2 and b"a lease lasts at most 24h" in r.stderr
+
+
+def test_a_lease_ends_with_its_worker_not_with_its_deadline(run_kq, spawn_kq, tmp_path):
+    # A worker killed with SIGKILL holds an hour's lease: the next worker takes its record at once.
+    produce(run_kq, ["only"])
+    pid_file = tmp_path / "pid"
+    worker = spawn_kq("consume", "jobs", "--share", "s", "--lease", "1h", "--exec", f"echo $$ > {pid_file}; sleep 60")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), message="the command to start")
+    worker.kill()
+    worker.wait()
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)  # kq cannot stop the command of a worker killed so
+    log = tmp_path / "ran"
+    r = run_kq("consume", "jobs", "--share", "s", "--exec", f'echo "$(cat) $KQ_ATTEMPT" >> {log}')
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == "only 2\n"
+    # A lease printed for a script is the script's: it outlives the worker that printed it.
+    produce(run_kq, ["printed"], topic="more")
+    assert run_kq("consume", "more", "--share", "s", "--lease", "1h").stdout.decode().endswith("\tprinted\n")
+    assert run_kq("consume", "more", "--share", "s", "--exec", "true").returncode == 0
+    [row] = [
+        p for p in json.loads(run_kq("group", "describe", "s", "--json").stdout)["partitions"] if p["topic"] == "more"
+    ]
+    assert (row["acquired"], row["acknowledged"]) == (1, 0)

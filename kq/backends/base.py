@@ -314,10 +314,17 @@ class Backend(ABC):
     # refuses the rest.
 
     def share_reader(
-        self, topic: str, share: str, changes: dict | None = None, lease_ms: int = 30_000, reset: str = "earliest"
+        self,
+        topic: str,
+        share: str,
+        changes: dict | None = None,
+        lease_ms: int = 30_000,
+        reset: str = "earliest",
+        detach: bool = False,
     ):
         """A worker of share group ``share`` on ``topic`` (kq.share.ShareConsumer's methods: acquire,
-        ack, nack, release, extend, rounds, close); ``changes`` set the group's stored settings."""
+        ack, nack, release, extend, rounds, close); ``changes`` set the group's stored settings.
+        ``detach``: its leases are for a script to settle, and outlive the worker."""
         raise UnsupportedByBackend("a share group", self.description)
 
     def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):

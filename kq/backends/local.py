@@ -187,11 +187,19 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------ share groups
 
     def share_reader(
-        self, topic: str, share: str, changes: dict | None = None, lease_ms: int = 30_000, reset: str = "earliest"
+        self,
+        topic: str,
+        share: str,
+        changes: dict | None = None,
+        lease_ms: int = 30_000,
+        reset: str = "earliest",
+        detach: bool = False,
     ):
         from ..share import ShareConsumer
 
-        return ShareConsumer(self.data, self.topic(topic), share, changes, lease_ms=lease_ms, reset=reset)
+        return ShareConsumer(
+            self.data, self.topic(topic), share, changes, lease_ms=lease_ms, reset=reset, detach=detach
+        )
 
     def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):
         from ..share import ShareConsumer

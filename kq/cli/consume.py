@@ -70,7 +70,7 @@ def consume(
         "30s",
         "--lease",
         metavar="DURATION",
-        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs); then another worker gets it.",
+        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs; at most 24h); then another worker gets it.",
     ),
     max_attempts: Optional[int] = typer.Option(
         None,
@@ -106,7 +106,13 @@ def consume(
         None,
         "--exec",
         metavar="CMD",
-        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only. With --share: CMD runs per record (KQ_KEY, KQ_ATTEMPT, KQ_HEADERS, ... set too), which is acknowledged when CMD exits 0 and retried otherwise.",
+        help="Run CMD (through the shell) for each batch of one partition's messages, on its stdin, with KQ_TOPIC, KQ_PARTITION, KQ_OFFSET and KQ_LAST_OFFSET set; with -g, commit a batch only when CMD exits 0. A failing batch stops its partition only. With --share: CMD runs per record (KQ_KEY, KQ_ATTEMPT, KQ_HEADERS, ... set too), which is acknowledged when CMD exits 0 and retried otherwise (exit 1 if one ends the run dead-lettered or waiting for a retry).",
+    ),
+    exec_timeout: Optional[str] = typer.Option(
+        None,
+        "--exec-timeout",
+        metavar="DURATION",
+        help="With --exec: stop a run of CMD that takes longer (SIGTERM, then SIGKILL 5 s later) and count it as failed: with -g its batch is not committed, with --share its records are retried or dead-lettered.",
     ),
     batch: Optional[int] = typer.Option(
         None,
@@ -171,6 +177,7 @@ def consume(
         raise bad_parameter("--parallel needs --share and --exec", "--parallel")
     if reset not in ("earliest", "latest"):
         raise bad_parameter(f"{reset!r} is not earliest or latest", "--reset")
+    exec_seconds = exec_timeout_seconds(exec_timeout, exec_cmd)
     delim = delimiter_bytes(delimiter, null)
     spec = parse_range(offset or "beginning")
     follow = follow or timeout is not None
@@ -195,6 +202,7 @@ def consume(
             count,
             follow,
             timeout,
+            exec_seconds,
         )
         return
     batch = batch or 1000
@@ -212,7 +220,7 @@ def consume(
         rounds = limited(source.rounds(timeout), count)
         if exec_cmd is not None:
             delivered = run_command(
-                rounds, write, exec_cmd, batch, topic, source, group if committing else None, s.backend
+                rounds, write, exec_cmd, batch, topic, source, group if committing else None, s.backend, exec_seconds
             )
         else:
             delivered = write_rounds(rounds, write, source)
@@ -274,7 +282,34 @@ def write_rounds(rounds, write, source) -> int:
     return written
 
 
-def run_command(rounds, write, command: str, size: int, topic: str, source, group: Optional[str], backend) -> int:
+def exec_timeout_seconds(exec_timeout: Optional[str], exec_cmd: Optional[str]) -> Optional[float]:
+    """--exec-timeout in seconds (None: commands run as long as they take)."""
+    from ..units import parse_duration
+
+    if exec_timeout is None:
+        return None
+    if exec_cmd is None:
+        raise bad_parameter("--exec-timeout needs --exec", "--exec-timeout")
+    try:
+        ms = parse_duration(exec_timeout)
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "--exec-timeout") from None
+    if ms < 1:
+        raise bad_parameter("a command gets at least 1 ms", "--exec-timeout")
+    return ms / 1000
+
+
+def run_command(
+    rounds,
+    write,
+    command: str,
+    size: int,
+    topic: str,
+    source,
+    group: Optional[str],
+    backend,
+    exec_timeout: Optional[float] = None,
+) -> int:
     """--exec: run ``command`` per batch; a group commits a batch once the command accepted it."""
     from ..runner import CommandFailed, CommandRunner
 
@@ -282,7 +317,7 @@ def run_command(rounds, write, command: str, size: int, topic: str, source, grou
         source.mark(p, offset)
         source.commit()
 
-    runner = CommandRunner(command, size, write, topic, accepted, source.stop_partition)
+    runner = CommandRunner(command, size, write, topic, accepted, source.stop_partition, exec_timeout)
     try:
         runner.run(rounds)
     finally:
@@ -336,6 +371,8 @@ def share_options(
         changes["lease_ms"] = parse_duration(lease)
         if changes["lease_ms"] < 1:
             raise UsageError("a lease lasts at least 1 ms")
+        if changes["lease_ms"] > 24 * 3600 * 1000:  # kq.share.MAX_LEASE_MS
+            raise UsageError("a lease lasts at most 24h")
     except UsageError as exc:
         raise bad_parameter(str(exc), "--lease") from None
     for option, key, value in (
@@ -360,18 +397,21 @@ def share_options(
 
 
 def consume_share(
-    s, topic, share, changes, reset, write, json_output, command, batch, parallel, count, follow, timeout
+    s, topic, share, changes, reset, write, json_output, command, batch, parallel, count, follow, timeout, exec_timeout
 ) -> None:
     """--share: run CMD per record (kq.share_runner), or print records with their lease ids."""
     lease_ms = changes.pop("lease_ms")
-    source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset)
+    # Without a command, the leases printed are a script's to settle after this worker exits.
+    source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset, detach=command is None)
     try:
         if count == 0:
             return
         if command is not None:
             from ..share_runner import ShareRunner
 
-            runner = ShareRunner(source, command, write, batch, parallel, count, follow, timeout)
+            runner = ShareRunner(
+                source, command, write, batch, parallel, count, follow, timeout, exec_timeout=exec_timeout
+            )
             try:
                 runner.run()
             except KeyboardInterrupt:
@@ -380,6 +420,8 @@ def consume_share(
             finally:
                 report_share_run(s, runner, source)
             delivered, timed_out = runner.acquired, runner.timed_out
+            if runner.failed_records:
+                raise share_command_failed(command, runner, source)
         else:
             delivered = 0
             rounds = source.rounds(count, follow, timeout)
@@ -404,6 +446,17 @@ def consume_share(
     if timed_out and delivered == 0:
         s.info(f"no message arrived within {timeout:g} s")
         raise typer.Exit(EXIT_TIMEOUT)
+
+
+def share_command_failed(command: str, runner, source):
+    """Exit 1 for a --share --exec run that leaves records its command failed on unacknowledged."""
+    from ..errors import KqError
+
+    left = runner.failed_records
+    fate = f"{min(runner.dead, left)} dead-lettered to '{source.settings.dead_letter}'"
+    if left > runner.dead:
+        fate += f", {left - runner.dead} waiting for a retry"
+    return KqError(f"command {command!r} failed on {left} record(s) that this run left unacknowledged ({fate})")
 
 
 def print_leased(deliveries, write, json_output: bool) -> None:
