@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kq import batch as batchfmt
-from kq.envelope import decode_record, encode_record
+from kq.envelope import _record_object, decode_lines, decode_record, encode_batch, encode_record
 from kq.errors import MessageTooLarge, UsageError
 from kq.formats import format_writer, json_writer, record_writer, values_writer
 from kq.framing import arg_bytes, read_messages, split_keys, unescape
@@ -95,6 +97,61 @@ def test_the_older_headers_object_is_still_read():
 def test_bad_envelopes_name_their_line(line, message):
     with pytest.raises(UsageError, match=message):
         decode_record(line, 3)
+
+
+_maybe_bytes = st.none() | st.binary(max_size=8) | st.text(max_size=8).map(str.encode)
+_headers = st.lists(st.tuples(st.text(max_size=4), _maybe_bytes), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_maybe_bytes, _maybe_bytes, _headers), min_size=1, max_size=6))
+def test_a_batch_encodes_to_the_bytes_the_stdlib_writes_per_record(records):
+    """The orjson fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
+    keys, values, headers = (list(column) for column in zip(*records))
+    expected = b"".join(
+        json.dumps(_record_object("t", 1, 10 + i, 99, k, v, h), ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8"
+        )
+        + b"\n"
+        for i, (k, v, h) in enumerate(records)
+    )
+    assert encode_batch("t", 1, range(10, 10 + len(records)), [99] * len(records), keys, values, headers) == expected
+    assert b"".join(encode_record("t", 1, 10 + i, 99, *r).encode() + b"\n" for i, r in enumerate(records)) == expected
+
+
+_json_scalar = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.text(max_size=4) | st.floats()
+_field_value = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_field_names = st.sampled_from(
+    ["topic", "partition", "offset", "timestamp", "key", "value", "headers", "key_encoding", "vaule"]
+)
+_envelope_line = (
+    st.dictionaries(_field_names, _field_value, max_size=5).map(lambda o: json.dumps(o).encode())
+    | st.sampled_from([b"", b"  ", b"{", b"[1]", b'{"value": "\\udcff"}', b'{"value": "x", "headers": {"a": "1"}}'])
+    | st.builds(
+        lambda v, k: json.dumps({"value": v, "key": k, "headers": [["h", v]]}).encode(),
+        st.text(max_size=4),
+        st.none() | st.text(max_size=4),
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_envelope_line, min_size=1, max_size=5))
+def test_lines_decode_as_the_reference_reader_decodes_each(lines):
+    """decode_lines (orjson, whole columns) gives decode_record's records, and its error at the same line."""
+    expected, error = [], None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            expected.append(decode_record(line, number))
+        except UsageError as exc:
+            error = (number, str(exc))
+            break
+    records: list = []
+    last, got_error = decode_lines(lines, 0, records)
+    assert records == expected
+    assert (None if got_error is None else (last, str(got_error))) == error
 
 
 # ---------------------------------------------------------------- output formats (kcat's format.c)
