@@ -71,7 +71,7 @@ def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, 
 
     dumps = orjson.dumps
     n = len(values)
-    lines = []
+    lines: list[bytes] = []
     append = lines.append
     for offset, timestamp, key, value, pairs in zip(
         offsets, timestamps, keys if keys is not None else [None] * n, values, headers or [None] * n
@@ -181,7 +181,7 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     key = _field_bytes(obj, "key", line_no)
     value = _field_bytes(obj, "value", line_no)
     b64 = _is_base64(obj, "headers", line_no)
-    headers = []
+    headers: list[tuple[str, bytes | None]] = []
     for name, v in _header_pairs(obj.get("headers"), line_no):
         _utf8(name, "a header name", line_no)
         if v is None:
@@ -241,7 +241,8 @@ def _plain_columns(lines: list, loads) -> tuple | None:
             return None
         if any(given):
             headers = [[] if pairs is None else _text_pairs(pairs) for pairs in given]
-    partitions = timestamps = [None] * n
+    partitions: list = [None] * n
+    timestamps: list = [None] * n
     if "partition" in names:
         partitions = [obj.get("partition") for obj in objs]
         if not set(map(type, partitions)) <= _INT_OR_NONE:

@@ -120,6 +120,22 @@ def bad_parameter(message: str, hint: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=hint)
 
 
+def duration_seconds(text) -> float:
+    """A duration option's seconds, from what every duration takes: 1.5s, 500ms, 2m, 1h, or bare seconds.
+
+    A typer ``parser``: its error becomes click's usage error naming the option.
+    """
+    from ..errors import UsageError
+    from ..units import parse_duration
+
+    if isinstance(text, (int, float)):  # a default
+        return float(text)
+    try:
+        return parse_duration(text) / 1000
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 # --------------------------------------------------------------------- completion
 
 
