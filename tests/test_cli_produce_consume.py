@@ -615,7 +615,9 @@ def test_every_duration_option_takes_units_and_bare_seconds(run_kq):
         assert (r.returncode, r.stderr) == (3, b""), (timeout, r.stderr)
     r = run_kq("consume", "quiet", "--timeout", "1.5x")
     assert r.returncode == 2 and b"'--timeout': bad duration '1.5x'" in r.stderr, r.stderr
-    r = run_kq("-q", "consume", "quiet", "--share", "s", "--lease", "30", "--retry-backoff", "0.1", "--timeout", "100ms")
+    r = run_kq(
+        "-q", "consume", "quiet", "--share", "s", "--lease", "30", "--retry-backoff", "0.1", "--timeout", "100ms"
+    )
     assert r.returncode == 3, r.stderr
     run_kq("topic", "create", "kept", "--retention", "3600", "--tombstone-retention", "1.5m")
     config = json.loads(run_kq("topic", "describe", "kept", "--json").stdout)["config"]
