@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from itertools import repeat
+from operator import itemgetter
 
 from .errors import UsageError
 
@@ -70,6 +73,10 @@ def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, 
     import orjson
 
     dumps = orjson.dumps
+    if not headers or not any(headers):
+        plain = _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps)
+        if plain is not None:
+            return plain
     n = len(values)
     lines: list[bytes] = []
     append = lines.append
@@ -95,6 +102,45 @@ def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, 
         append(dumps(obj))
     append(b"")
     return b"\n".join(lines)
+
+
+# What JSON escapes in a string: text without any of these, in ASCII, goes into a line as it is.
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
+
+
+def _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps) -> bytes | None:
+    """The lines of records without headers whose keys and values are ASCII text JSON writes as it
+    is (the common case), filled into one template; None for any other batch.
+
+    Byte for byte what orjson writes for them, at a third of the cost: one check
+    over all the values at once instead of a dict and a dumps per record.
+    """
+    try:
+        joined = b"".join(values)
+    except TypeError:  # a tombstone
+        return None
+    if not joined.isascii() or _NEEDS_ESCAPE.search(joined):
+        return None
+    head = b'{"topic":' + dumps(topic) + b',"partition":%d,"offset":' % partition
+    if keys is None or keys.count(None) == len(keys):
+        return b"".join(
+            [
+                b'%s%d,"timestamp":%d,"key":null,"value":"%s","headers":[]}\n' % (head, o, t, v)
+                for o, t, v in zip(offsets, timestamps, values)
+            ]
+        )
+    try:
+        joined_keys = b"".join(keys)
+    except TypeError:  # some records have a key, some not
+        return None
+    if not joined_keys.isascii() or _NEEDS_ESCAPE.search(joined_keys):
+        return None
+    return b"".join(
+        [
+            b'%s%d,"timestamp":%d,"key":"%s","value":"%s","headers":[]}\n' % (head, o, t, k, v)
+            for o, t, k, v in zip(offsets, timestamps, keys, values)
+        ]
+    )
 
 
 MAX_TIMESTAMP = 2**63 - 1  # a batch header's signed 64-bit field
@@ -226,17 +272,23 @@ def _plain_columns(lines: list, loads) -> tuple | None:
     names = set().union(*objs)
     if not names <= _PLAIN_FIELDS:
         return None
-    values = [obj["value"] for obj in objs]
+
+    def column(name: str) -> list:
+        return list(map(dict.get, objs, repeat(name)))
+
+    values = list(map(_VALUE, objs))
     if None in values:
         values = [None if v is None else v.encode("utf-8") for v in values]
     else:
-        values = [v.encode("utf-8") for v in values]
+        values = list(map(str.encode, values))  # UTF-8; a lone surrogate or a non-string raises
     keys = [None] * n
     if "key" in names:
-        keys = [None if k is None else k.encode("utf-8") for k in [obj.get("key") for obj in objs]]
+        keys = column("key")
+        if keys.count(None) != n:
+            keys = [None if k is None else k.encode("utf-8") for k in keys]
     headers: list = [[] for _ in range(n)]
     if "headers" in names:
-        given = [obj.get("headers") for obj in objs]
+        given = column("headers")
         if not set(map(type, given)) <= _LIST_OR_NONE:
             return None
         if any(given):
@@ -244,14 +296,14 @@ def _plain_columns(lines: list, loads) -> tuple | None:
     partitions: list = [None] * n
     timestamps: list = [None] * n
     if "partition" in names:
-        partitions = [obj.get("partition") for obj in objs]
+        partitions = column("partition")
         if not set(map(type, partitions)) <= _INT_OR_NONE:
             return None
     if "timestamp" in names:
-        timestamps = [obj.get("timestamp") for obj in objs]
+        timestamps = column("timestamp")
         if not set(map(type, timestamps)) <= _INT_OR_NONE:
             return None
-        given_stamps = [t for t in timestamps if t is not None]
+        given_stamps = [t for t in timestamps if t is not None] if None in timestamps else timestamps
         if given_stamps and not (-1 <= min(given_stamps) and max(given_stamps) <= MAX_TIMESTAMP):
             return None
     return keys, values, headers, partitions, timestamps
@@ -269,6 +321,7 @@ def _text_pairs(pairs: list) -> list:
     return out
 
 
+_VALUE = itemgetter("value")  # a KeyError for a line without one: the reference reader's to report
 _LIST_OR_NONE = frozenset((list, type(None)))
 _INT_OR_NONE = frozenset((int, type(None)))
 
@@ -291,19 +344,24 @@ def decode_lines(lines: list, line_no: int, records: list, check_partition=None)
         columns = None
     if columns is None:
         return _decode_each(lines, line_no, records, check_partition)
-    found = list(zip(*columns))
+    return _checked(list(zip(*columns)), line_no, records, check_partition)
+
+
+def _checked(found: list, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:
+    """``decode_lines``' end for the records of all its lines (none blank): their partitions checked."""
     if check_partition is not None:
-        named = dict.fromkeys(columns[3])
+        partitions = [record[3] for record in found]
+        named = dict.fromkeys(partitions)
         named.pop(None, None)
         for partition in named:
-            index = columns[3].index(partition)
+            index = partitions.index(partition)
             try:
                 check_partition(partition, line_no + index + 1)
             except UsageError as exc:
                 records.extend(found[:index])
                 return line_no + index + 1, exc
     records.extend(found)
-    return line_no + len(lines), None
+    return line_no + len(found), None
 
 
 def _decode_each(lines, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:

@@ -124,8 +124,16 @@ _field_value = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size
 _field_names = st.sampled_from(
     ["topic", "partition", "offset", "timestamp", "key", "value", "headers", "key_encoding", "vaule"]
 )
+_kq_line = st.builds(  # as consume --json writes them: the shape decode_lines reads by one regex
+    lambda p, t, k, v: encode_record("t", p, 7, t, k, v, []).encode(),
+    st.integers(-2, 3),
+    st.integers(-3, 3) | st.integers(2**63 - 2, 2**64 - 1),
+    _maybe_bytes,
+    _maybe_bytes,
+)
 _envelope_line = (
-    st.dictionaries(_field_names, _field_value, max_size=5).map(lambda o: json.dumps(o).encode())
+    _kq_line
+    | st.dictionaries(_field_names, _field_value, max_size=5).map(lambda o: json.dumps(o).encode())
     | st.sampled_from([b"", b"  ", b"{", b"[1]", b'{"value": "\\udcff"}', b'{"value": "x", "headers": {"a": "1"}}'])
     | st.builds(
         lambda v, k: json.dumps({"value": v, "key": k, "headers": [["h", v]]}).encode(),
@@ -135,23 +143,42 @@ _envelope_line = (
 )
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.lists(_envelope_line, min_size=1, max_size=5))
-def test_lines_decode_as_the_reference_reader_decodes_each(lines):
-    """decode_lines (orjson, whole columns) gives decode_record's records, and its error at the same line."""
+def _partition_0_or_1(partition: int, line_no: int) -> None:
+    if partition not in (0, 1):
+        raise UsageError(f"line {line_no}: partition {partition} does not exist")
+
+
+def _decodes_as_the_reference_reader(lines: list[bytes]) -> None:
+    """decode_lines (a regex, or orjson by columns) gives decode_record's records line by line, and its
+    error (or the partition check's) at the same line."""
     expected, error = [], None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            expected.append(decode_record(line, number))
+            record = decode_record(line, number)
+            if record[3] is not None:
+                _partition_0_or_1(record[3], number)
         except UsageError as exc:
             error = (number, str(exc))
             break
+        expected.append(record)
     records: list = []
-    last, got_error = decode_lines(lines, 0, records)
+    last, got_error = decode_lines(lines, 0, records, _partition_0_or_1)
     assert records == expected
     assert (None if got_error is None else (last, str(got_error))) == error
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_envelope_line, min_size=1, max_size=5))
+def test_lines_decode_as_the_reference_reader_decodes_each(lines):
+    _decodes_as_the_reference_reader(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_kq_line, min_size=1, max_size=8))
+def test_lines_as_consume_writes_them_decode_as_the_reference_reader_decodes_each(lines):
+    _decodes_as_the_reference_reader(lines)
 
 
 # ---------------------------------------------------------------- output formats (kcat's format.c)
