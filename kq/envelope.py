@@ -326,7 +326,9 @@ _LIST_OR_NONE = frozenset((list, type(None)))
 _INT_OR_NONE = frozenset((int, type(None)))
 
 
-def decode_lines(lines: list, line_no: int, records: list, check_partition=None) -> tuple[int, UsageError | None]:
+def decode_lines(
+    lines: list, line_no: int, records: list, check_partition=None, piece: int = 64
+) -> tuple[int, UsageError | None]:
     """Parse envelope lines, appending each record as ``decode_record`` gives it to ``records``.
 
     ``line_no`` is the number of the line before the first; blank lines are
@@ -335,16 +337,27 @@ def decode_lines(lines: list, line_no: int, records: list, check_partition=None)
     UsageError. Returns the number of the last line read and the error that
     stopped there (None: every line was read), the records of the lines
     before it being in ``records``.
+
+    Lines of the common shape are read a whole list at a time; a list with
+    another line in it is tried again in pieces of ``piece`` lines, so that
+    one base64 value or blank line sends only its piece to the reference
+    reader, line by line.
     """
     import orjson
 
     try:
         columns = _plain_columns(lines, orjson.loads)
-    except Exception:  # not the common shape: the reference reader decides, line by line
+    except Exception:  # not the common shape
         columns = None
-    if columns is None:
+    if columns is not None:
+        return _checked(list(zip(*columns)), line_no, records, check_partition)
+    if len(lines) <= piece:
         return _decode_each(lines, line_no, records, check_partition)
-    return _checked(list(zip(*columns)), line_no, records, check_partition)
+    for start in range(0, len(lines), piece):
+        last, error = decode_lines(lines[start : start + piece], line_no + start, records, check_partition, piece)
+        if error is not None:
+            return last, error
+    return line_no + len(lines), None
 
 
 def _checked(found: list, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:

@@ -148,7 +148,7 @@ def _partition_0_or_1(partition: int, line_no: int) -> None:
         raise UsageError(f"line {line_no}: partition {partition} does not exist")
 
 
-def _decodes_as_the_reference_reader(lines: list[bytes]) -> None:
+def _decodes_as_the_reference_reader(lines: list[bytes], piece: int = 256) -> None:
     """decode_lines (a regex, or orjson by columns) gives decode_record's records line by line, and its
     error (or the partition check's) at the same line."""
     expected, error = [], None
@@ -164,7 +164,7 @@ def _decodes_as_the_reference_reader(lines: list[bytes]) -> None:
             break
         expected.append(record)
     records: list = []
-    last, got_error = decode_lines(lines, 0, records, _partition_0_or_1)
+    last, got_error = decode_lines(lines, 0, records, _partition_0_or_1, piece)
     assert records == expected
     assert (None if got_error is None else (last, str(got_error))) == error
 
@@ -173,6 +173,13 @@ def _decodes_as_the_reference_reader(lines: list[bytes]) -> None:
 @given(st.lists(_envelope_line, min_size=1, max_size=5))
 def test_lines_decode_as_the_reference_reader_decodes_each(lines):
     _decodes_as_the_reference_reader(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_kq_line | _envelope_line, min_size=1, max_size=12), st.integers(1, 4))
+def test_lines_decode_in_pieces_as_the_reference_reader_decodes_each(lines, piece):
+    """A list with an odd line in it is read again in pieces: the same records, errors and line numbers."""
+    _decodes_as_the_reference_reader(lines, piece)
 
 
 @settings(max_examples=300, deadline=None)
