@@ -6,13 +6,24 @@ Kafka headers may repeat a name). Keys, values and header values are strings
 when they are valid UTF-8; otherwise base64, marked by ``key_encoding`` /
 ``value_encoding`` / ``headers_encoding`` = ``"base64"``. ``null`` (a missing
 key, a tombstone) is distinct from ``""``. The reader also takes the older
-form of ``headers``, an object of name -> value.
+form of ``headers``, an object of name -> value. A header value may be
+``null`` (Kafka allows a header without a value).
+
+Whole batches go through ``encode_batch`` and ``decode_lines``, built on
+orjson (imported when first needed): the stdlib's json made a copy through
+JSON lines ten times slower than one through plain lines. ``decode_lines``
+takes the common shapes itself and hands any other line to ``decode_record``,
+the reference reader, so that every line it does not take gets exactly the
+reference's result or error.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+from itertools import repeat
+from operator import itemgetter
 
 from .errors import UsageError
 
@@ -26,13 +37,14 @@ def _text_or_base64(data: bytes | None) -> tuple[str | None, bool]:
         return base64.b64encode(data).decode("ascii"), True
 
 
-def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, value, headers) -> str:
+def _record_object(topic: str, partition: int, offset: int, timestamp: int, key, value, headers) -> dict:
+    """The envelope of any record: base64 where a field is not UTF-8 text."""
     obj = {"topic": topic, "partition": partition, "offset": offset, "timestamp": timestamp}
     obj["key"], key_b64 = _text_or_base64(key)
     obj["value"], value_b64 = _text_or_base64(value)
     decoded = [(name, _text_or_base64(v)) for name, v in headers or ()]
     if any(b64 for _, (_, b64) in decoded):
-        obj["headers"] = [[name, base64.b64encode(v).decode("ascii")] for name, v in headers]
+        obj["headers"] = [[name, None if v is None else base64.b64encode(v).decode("ascii")] for name, v in headers]
         obj["headers_encoding"] = "base64"
     else:
         obj["headers"] = [[name, text] for name, (text, _) in decoded]
@@ -40,7 +52,95 @@ def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, 
         obj["key_encoding"] = "base64"
     if value_b64:
         obj["value_encoding"] = "base64"
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return obj
+
+
+def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, value, headers) -> str:
+    """One record's envelope line (without its newline)."""
+    import orjson
+
+    return orjson.dumps(_record_object(topic, partition, offset, timestamp, key, value, headers)).decode("utf-8")
+
+
+def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, headers) -> bytes:
+    """Envelope lines, each ending in a newline, for records given as columns.
+
+    ``keys`` and ``headers`` may be None (no record has one); a record's
+    headers are (name, value) pairs. The same bytes as ``encode_record`` per
+    record (orjson writes what ``json.dumps(ensure_ascii=False)`` does), with
+    the work per record cut to one dict and one call for text records.
+    """
+    import orjson
+
+    dumps = orjson.dumps
+    if not headers or not any(headers):
+        plain = _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps)
+        if plain is not None:
+            return plain
+    n = len(values)
+    lines: list[bytes] = []
+    append = lines.append
+    for offset, timestamp, key, value, pairs in zip(
+        offsets, timestamps, keys if keys is not None else [None] * n, values, headers or [None] * n
+    ):
+        try:
+            if pairs:
+                text_pairs = [[name, None if v is None else v.decode("utf-8")] for name, v in pairs]
+            else:
+                text_pairs = []
+            obj = {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "timestamp": timestamp,
+                "key": None if key is None else key.decode("utf-8"),
+                "value": None if value is None else value.decode("utf-8"),
+                "headers": text_pairs,
+            }
+        except UnicodeDecodeError:  # binary somewhere: base64, field by field
+            obj = _record_object(topic, partition, offset, timestamp, key, value, pairs)
+        append(dumps(obj))
+    append(b"")
+    return b"\n".join(lines)
+
+
+# What JSON escapes in a string: text without any of these, in ASCII, goes into a line as it is.
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x1f"\\]')
+
+
+def _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps) -> bytes | None:
+    """The lines of records without headers whose keys and values are ASCII text JSON writes as it
+    is (the common case), filled into one template; None for any other batch.
+
+    Byte for byte what orjson writes for them, at a third of the cost: one check
+    over all the values at once instead of a dict and a dumps per record.
+    """
+    try:
+        joined = b"".join(values)
+    except TypeError:  # a tombstone
+        return None
+    if not joined.isascii() or _NEEDS_ESCAPE.search(joined):
+        return None
+    head = b'{"topic":' + dumps(topic) + b',"partition":%d,"offset":' % partition
+    if keys is None or keys.count(None) == len(keys):
+        return b"".join(
+            [
+                b'%s%d,"timestamp":%d,"key":null,"value":"%s","headers":[]}\n' % (head, o, t, v)
+                for o, t, v in zip(offsets, timestamps, values)
+            ]
+        )
+    try:
+        joined_keys = b"".join(keys)
+    except TypeError:  # some records have a key, some not
+        return None
+    if not joined_keys.isascii() or _NEEDS_ESCAPE.search(joined_keys):
+        return None
+    return b"".join(
+        [
+            b'%s%d,"timestamp":%d,"key":"%s","value":"%s","headers":[]}\n' % (head, o, t, k, v)
+            for o, t, k, v in zip(offsets, timestamps, keys, values)
+        ]
+    )
 
 
 MAX_TIMESTAMP = 2**63 - 1  # a batch header's signed 64-bit field
@@ -127,11 +227,14 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     key = _field_bytes(obj, "key", line_no)
     value = _field_bytes(obj, "value", line_no)
     b64 = _is_base64(obj, "headers", line_no)
-    headers = []
+    headers: list[tuple[str, bytes | None]] = []
     for name, v in _header_pairs(obj.get("headers"), line_no):
         _utf8(name, "a header name", line_no)
+        if v is None:
+            headers.append((name, None))
+            continue
         if not isinstance(v, str):
-            raise UsageError(f"line {line_no}: header '{name}' must have a string value")
+            raise UsageError(f"line {line_no}: header '{name}' must have a string value or null")
         try:
             headers.append((name, base64.b64decode(v, validate=True) if b64 else _utf8(v, f"header '{name}'", line_no)))
         except ValueError:
@@ -148,3 +251,144 @@ def decode_record(line: bytes, line_no: int) -> tuple:
             f"line {line_no}: 'timestamp' must be an integer from 0 to {MAX_TIMESTAMP} (epoch ms), or -1 (none)"
         )
     return key, value, headers, partition, timestamp
+
+
+_PLAIN_FIELDS = frozenset(("topic", "partition", "offset", "timestamp", "key", "value", "headers"))
+
+
+def _plain_columns(lines: list, loads) -> tuple | None:
+    """The records of lines that all have the common shape, column by column; None if any has not.
+
+    The common shape: a JSON object of text or null fields (no ``*_encoding``),
+    headers as [name, value] pairs, integer partition and timestamp. Work
+    done over whole columns by C loops (map, set, list comprehensions) rather
+    than a Python loop of checks per line: this is what makes a JSON copy as
+    quick as a text one. Any error raised here means "not the common shape".
+    """
+    objs = list(map(loads, lines))
+    n = len(objs)
+    if set(map(type, objs)) != {dict}:
+        return None
+    names = set().union(*objs)
+    if not names <= _PLAIN_FIELDS:
+        return None
+
+    def column(name: str) -> list:
+        return list(map(dict.get, objs, repeat(name)))
+
+    values = list(map(_VALUE, objs))
+    if None in values:
+        values = [None if v is None else v.encode("utf-8") for v in values]
+    else:
+        values = list(map(str.encode, values))  # UTF-8; a lone surrogate or a non-string raises
+    keys = [None] * n
+    if "key" in names:
+        keys = column("key")
+        if keys.count(None) != n:
+            keys = [None if k is None else k.encode("utf-8") for k in keys]
+    headers: list = [[] for _ in range(n)]
+    if "headers" in names:
+        given = column("headers")
+        if not set(map(type, given)) <= _LIST_OR_NONE:
+            return None
+        if any(given):
+            headers = [[] if pairs is None else _text_pairs(pairs) for pairs in given]
+    partitions: list = [None] * n
+    timestamps: list = [None] * n
+    if "partition" in names:
+        partitions = column("partition")
+        if not set(map(type, partitions)) <= _INT_OR_NONE:
+            return None
+    if "timestamp" in names:
+        timestamps = column("timestamp")
+        if not set(map(type, timestamps)) <= _INT_OR_NONE:
+            return None
+        given_stamps = [t for t in timestamps if t is not None] if None in timestamps else timestamps
+        if given_stamps and not (-1 <= min(given_stamps) and max(given_stamps) <= MAX_TIMESTAMP):
+            return None
+    return keys, values, headers, partitions, timestamps
+
+
+def _text_pairs(pairs: list) -> list:
+    """(name, bytes or None) from [name, text or null] pairs; raises on any other shape."""
+    out = []
+    for pair in pairs:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
+            raise ValueError("not a [name, value] pair")
+        name, value = pair
+        name.encode("utf-8")  # raises for a lone surrogate
+        out.append((name, None if value is None else value.encode("utf-8")))
+    return out
+
+
+_VALUE = itemgetter("value")  # a KeyError for a line without one: the reference reader's to report
+_LIST_OR_NONE = frozenset((list, type(None)))
+_INT_OR_NONE = frozenset((int, type(None)))
+
+
+def decode_lines(
+    lines: list, line_no: int, records: list, check_partition=None, piece: int = 64
+) -> tuple[int, UsageError | None]:
+    """Parse envelope lines, appending each record as ``decode_record`` gives it to ``records``.
+
+    ``line_no`` is the number of the line before the first; blank lines are
+    skipped (and counted). ``check_partition(partition, line_no)``, if given,
+    is called for the first record that names each partition, and may raise a
+    UsageError. Returns the number of the last line read and the error that
+    stopped there (None: every line was read), the records of the lines
+    before it being in ``records``.
+
+    Lines of the common shape are read a whole list at a time; a list with
+    another line in it is tried again in pieces of ``piece`` lines, so that
+    one base64 value or blank line sends only its piece to the reference
+    reader, line by line.
+    """
+    import orjson
+
+    try:
+        columns = _plain_columns(lines, orjson.loads)
+    except Exception:  # not the common shape
+        columns = None
+    if columns is not None:
+        return _checked(list(zip(*columns)), line_no, records, check_partition)
+    if len(lines) <= piece:
+        return _decode_each(lines, line_no, records, check_partition)
+    for start in range(0, len(lines), piece):
+        last, error = decode_lines(lines[start : start + piece], line_no + start, records, check_partition, piece)
+        if error is not None:
+            return last, error
+    return line_no + len(lines), None
+
+
+def _checked(found: list, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:
+    """``decode_lines``' end for the records of all its lines (none blank): their partitions checked."""
+    if check_partition is not None:
+        partitions = [record[3] for record in found]
+        named = dict.fromkeys(partitions)
+        named.pop(None, None)
+        for partition in named:
+            index = partitions.index(partition)
+            try:
+                check_partition(partition, line_no + index + 1)
+            except UsageError as exc:
+                records.extend(found[:index])
+                return line_no + index + 1, exc
+    records.extend(found)
+    return line_no + len(found), None
+
+
+def _decode_each(lines, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:
+    checked: set = set()  # partitions check_partition passed
+    for line in lines:
+        line_no += 1
+        if not line.strip():
+            continue
+        try:
+            record = decode_record(line, line_no)
+            if check_partition is not None and record[3] is not None and record[3] not in checked:
+                check_partition(record[3], line_no)
+                checked.add(record[3])
+        except UsageError as exc:
+            return line_no, exc
+        records.append(record)
+    return line_no, None

@@ -39,12 +39,33 @@ def values_writer(delimiter: bytes):
 
 
 def json_writer(topic: str):
-    from .envelope import encode_record
+    from .batch import RecordBatch
+    from .envelope import encode_batch
 
     def write_json(p, b, lo, hi):
-        lines = [encode_record(topic, p, r.offset, r.timestamp, r.key, r.value, r.headers) for r in b.records(lo, hi)]
-        lines.append("")
-        return "\n".join(lines).encode("utf-8")
+        if isinstance(b, RecordBatch):  # its columns as they are, not a Record per record
+            if (lo, hi) == (0, b.count):
+                return encode_batch(topic, p, b.offsets(), b.timestamps(), b.keys, b.values, b.headers)
+            keys, headers = b.keys, b.headers
+            return encode_batch(
+                topic,
+                p,
+                b.offsets()[lo:hi],
+                b.timestamps()[lo:hi],
+                None if keys is None else keys[lo:hi],
+                b.values[lo:hi],
+                None if headers is None else headers[lo:hi],
+            )
+        records = list(b.records(lo, hi))
+        return encode_batch(
+            topic,
+            p,
+            [r.offset for r in records],
+            [r.timestamp for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [r.headers for r in records],
+        )
 
     return write_json
 

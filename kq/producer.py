@@ -223,9 +223,12 @@ class Producer:
             numbers = [self.partition or 0] * len(records)
         else:
             numbers = self._partitions_of(keys, values)
-        for i, partition in enumerate(partitions):
-            if partition is not None and self.partition is None:
-                numbers[i] = self.topic.partition(partition).number
+        named = dict.fromkeys(partitions)  # the partitions records name, in order, each once
+        named.pop(None, None)
+        if named and self.partition is None:
+            for number in named:
+                self.topic.partition(number)  # raises PartitionNotFound for one the topic lacks
+            numbers = [n if p is None else p for n, p in zip(numbers, partitions)]
         self._append_shares(numbers, values, keys, headers, stamps, None)
 
 

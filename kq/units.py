@@ -18,15 +18,17 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|)", re.IGNORECASE)
+_DURATION_MS = {"ms": 1, "s": 1000, "": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
 def parse_duration(text: str) -> int:
-    """Milliseconds from ``500ms``, ``30s``, ``15m``, ``12h``, ``7d``, ``2w``."""
+    """Milliseconds from ``500ms``, ``1.5s``, ``15m``, ``12h``, ``7d``, ``2w``, or a bare number of seconds."""
     m = _DURATION.fullmatch(text.strip())
     if not m:
-        raise UsageError(f"bad duration {text!r}: use a number with ms, s, m, h, d or w (e.g. 7d)")
+        raise UsageError(
+            f"bad duration {text!r}: use a number of seconds, or one with ms, s, m, h, d or w (e.g. 1.5s, 7d)"
+        )
     return int(float(m.group(1)) * _DURATION_MS[m.group(2).lower()])
 
 

@@ -50,7 +50,7 @@ from .segment import (
 from .topic import Topic
 
 ERROR = "error"  # the partition cannot be read as written: exit 1 until repaired
-WARNING = "warning"  # surprising but readable (a group behind the start offset)
+WARNING = "warning"  # surprising but readable (a group behind the start offset, a crash's torn tail)
 INFO = "info"  # files worth knowing about (leftovers, quarantined bytes)
 
 # Quarantined bytes ("<segment>.log.quarantine-<byte position>", kq.segment)
@@ -156,6 +156,11 @@ class _PartitionCheck:
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def to_repair(self) -> bool:
+        """Errors, or a torn tail (a warning, but bytes that --repair cuts)."""
+        return bool(self.errors) or any(seg.torn_tail is not None for seg in self.segments)
 
     def run(self) -> _PartitionCheck:
         path = self.part.path
@@ -344,8 +349,14 @@ class _PartitionCheck:
                     )
                     return
             if found is None and last and not reader.whole_batch:
+                # The state a crash mid-append leaves (that append was never acknowledged); readers stop
+                # before it and the next writer cuts it (GUARANTEES.md): debris to name, not damage.
                 problem = self.report(
-                    seg.path, start, f"torn tail: {end - start} byte(s) after the last valid batch ({reader.reason})"
+                    seg.path,
+                    start,
+                    f"torn tail: {end - start} byte(s) after the last valid batch ({reader.reason}): "
+                    "crash debris of an append never acknowledged, which the next writer cuts",
+                    WARNING,
                 )
                 seg.torn_tail = _Region(start, end, problem)
                 return
@@ -636,11 +647,11 @@ class Verifier:
         read_only_ok = not self.repair
         with part.maintenance_lock(read_only_ok=read_only_ok):
             check = _PartitionCheck(topic, part).run()
-            if check.errors:
+            if check.to_repair:
                 # No append in progress from here on: look again.
                 with part.writer_lock():
                     check = _PartitionCheck(topic, part).run()
-                    if self.repair and check.errors:
+                    if self.repair and check.to_repair:
                         check = self._repair(topic, part, check)
                     ends = _offset_range(part)
             else:

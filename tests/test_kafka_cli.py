@@ -582,6 +582,33 @@ def test_a_malformed_broker_list_or_setting_is_a_usage_error_at_once(args, messa
     assert time.monotonic() - started < 5, "it waited for a cluster instead of checking the setting"
 
 
+@pytest.mark.parametrize("args", [["-X", "novalue"], ["-X", "client.id=x"], ["--kafka-config", "/dev/null"]])
+@pytest.mark.parametrize("command", [["topic", "list"], ["replicate", "t", "--to", "replica"]])
+def test_client_settings_without_a_cluster_are_a_usage_error(run_kq, args, command):
+    # Ignoring them would run a command meant for a cluster against the local directory.
+    run_kq("produce", "t", input="a\n")
+    r = run_kq(*args, *command)
+    assert (r.returncode, r.stdout) == (2, b""), r.stderr
+    assert r.stderr.startswith(f"kq: error: {args[0]} sets Kafka client settings, but no cluster is named".encode())
+    # A settings file from the environment is a default for when a cluster is named: not an error.
+    assert run_kq("topic", "list", env={"KQ_KAFKA_CONFIG": "/dev/null"}).returncode == 0
+
+
+def test_an_unknown_client_setting_is_a_usage_error_for_the_bridge_too(run_kq):
+    pytest.importorskip("confluent_kafka")
+    run_kq("produce", "t", input="a\n")
+    for args in (
+        ["-X", "bogus.setting=1", "replicate", "t", "--to", "kafka://127.0.0.1:9"],
+        ["-b", "127.0.0.1:9", "-X", "bogus.setting=1", "replicate", "t", "--to", "replica"],
+        ["-b", "127.0.0.1:9", "-X", "bogus.setting=1", "topic", "list"],
+    ):
+        r = run_kq(*args, timeout=20)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.decode() == (
+            'kq: error: Kafka cluster 127.0.0.1:9: bad client setting: No such configuration property: "bogus.setting"\n'
+        )
+
+
 def test_the_bridges_kafka_url_works_as_a_broker_list(kq_serve_cluster):
     r = subprocess.run(KQ + ["-b", f"kafka://{kq_serve_cluster.bootstrap}", "topic", "list"], capture_output=True)
     assert r.returncode == 0, r.stderr

@@ -257,11 +257,21 @@ def test_completion_scripts_are_up_to_date():
 
 
 def test_show_and_install_completion(tmp_path):
-    env = {**os.environ, "HOME": str(tmp_path), "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"]}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PATH": os.path.dirname(KQ_BIN) + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": ROOT,  # the installed `kq` command, running the kq of this checkout
+    }
     shown = subprocess.run(["bash", "-c", "kq --show-completion"], env=env, capture_output=True)
     assert shown.returncode == 0
-    static = open(os.path.join(COMPLETIONS, "kq.bash")).read()
-    assert shown.stdout.decode().strip() == static.split("\n", 1)[1].strip()
+    assert shown.stdout.decode() == open(os.path.join(COMPLETIONS, "kq.bash")).read()
+    # A shell named gets its own script, whatever shell runs kq: the file the wheel ships, byte for byte.
+    for shell, name in (("bash", "kq.bash"), ("zsh", "_kq"), ("fish", "kq.fish")):
+        shown = subprocess.run(["bash", "-c", f"kq --show-completion {shell}"], env=env, capture_output=True)
+        assert (shown.returncode, shown.stdout.decode()) == (0, open(os.path.join(COMPLETIONS, name)).read()), shell
+    shown = subprocess.run(["bash", "-c", "kq --show-completion tcsh"], env=env, capture_output=True)
+    assert shown.returncode == 2 and b"'tcsh' is not one of bash, zsh, fish" in shown.stderr
     installed = subprocess.run(["bash", "-c", "kq --install-completion"], env=env, capture_output=True)
     assert installed.returncode == 0, installed.stderr
     assert "_KQ_COMPLETE" in (tmp_path / ".bash_completions" / "kq.sh").read_text()

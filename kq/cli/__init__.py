@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _interrupted)
     _print_warnings()
     command = typer.main.get_command(app)
+    from .completion import use_kq_show_completion
+
+    use_kq_show_completion(command, sys.argv[1:] if argv is None else argv)
     if "_KQ_COMPLETE" in os.environ:
         from .completion import use_kq_completion
 

@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 import typer
+from typer._click import core as click_core
 from typer.core import TyperGroup
 
 from .. import __version__
@@ -152,6 +153,10 @@ def root(
     ),
 ) -> None:
     settings = ctx.obj = Settings(data_dir, quiet, brokers, kafka_settings, kafka_config)
+    settings.kafka_config_given = (
+        settings.kafka_config is not None
+        and ctx.get_parameter_source("kafka_config") != click_core.ParameterSource.ENVIRONMENT
+    )
     ctx.call_on_close(settings.close)
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())

@@ -60,6 +60,10 @@ class Settings:
         self.brokers = brokers or None
         self.kafka_settings = list(kafka_settings or [])
         self.kafka_config = kafka_config or None
+        # A file from KQ_KAFKA_CONFIG is a default for whenever a cluster is named; --kafka-config
+        # and -X on the command line are meant for one, and without one they would be ignored.
+        self.kafka_config_given = self.kafka_config is not None
+        self.cluster_named = False  # set by a command that names a cluster of its own (replicate's kafka://)
         self._backend = None
 
     def client_settings(self) -> dict:
@@ -76,8 +80,24 @@ class Settings:
             if self.brokers:
                 self._backend = open_backend(None, self.brokers, self.client_settings())
             else:
+                self.check_cluster_named()
                 self._backend = open_backend(self.data_dir_path)
         return self._backend
+
+    def check_cluster_named(self) -> None:
+        """Client settings with no cluster to use them are a mistake (a -b forgotten), not something to ignore."""
+        if self.brokers or self.cluster_named:
+            return
+        given = [
+            name for name, value in (("-X", self.kafka_settings), ("--kafka-config", self.kafka_config_given)) if value
+        ]
+        if given:
+            from ..errors import UsageError
+
+            raise UsageError(
+                f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} Kafka client settings, but no cluster "
+                "is named: add -b HOST:PORT (or set KQ_BROKERS), or leave them out to use the data directory"
+            )
 
     def data_dir(self, command: str):
         """The data directory, for commands only a data directory has (else a usage error)."""
@@ -98,6 +118,22 @@ def settings(ctx: typer.Context) -> Settings:
 
 def bad_parameter(message: str, hint: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=hint)
+
+
+def duration_seconds(text) -> float:
+    """A duration option's seconds, from what every duration takes: 1.5s, 500ms, 2m, 1h, or bare seconds.
+
+    A typer ``parser``: its error becomes click's usage error naming the option.
+    """
+    from ..errors import UsageError
+    from ..units import parse_duration
+
+    if isinstance(text, (int, float)):  # a default
+        return float(text)
+    try:
+        return parse_duration(text) / 1000
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 # --------------------------------------------------------------------- completion

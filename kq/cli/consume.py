@@ -10,6 +10,7 @@ from .common import (
     KqCommand,
     bad_parameter,
     complete_offset,
+    duration_seconds,
     group_option,
     option_value,
     partitions_option,
@@ -33,7 +34,7 @@ def consume(
         metavar="SPEC",
         autocompletion=complete_offset,
         callback=option_value,
-        help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601, or -1h / -30m ago), or a range A:B.",
+        help="beginning (default), end, N, -N (N before the end), @T (timestamp: epoch ms, ISO-8601 (no zone: local time, TZ), or -1h / -30m ago), or a range A:B.",
     ),
     partition: list[int] = partitions_option("Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
@@ -44,9 +45,9 @@ def consume(
         None,
         "-t",
         "--timeout",
-        metavar="S",
-        min=0,
-        help="Wait for new messages (like -f) but exit after S seconds without one: exit 0 if any message was written, 3 if none.",
+        metavar="DURATION",
+        parser=duration_seconds,
+        help="Wait for new messages (like -f) but exit after DURATION (10, 1.5s, 500ms, 2m) without one: exit 0 if any message was written, 3 if none.",
     ),
     exit_at_end: bool = typer.Option(
         True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."
@@ -70,7 +71,7 @@ def consume(
         "30s",
         "--lease",
         metavar="DURATION",
-        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs; at most 24h); then another worker gets it.",
+        help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs; at most 24h); then another worker gets it (30s, 2m, or seconds).",
     ),
     max_attempts: Optional[int] = typer.Option(
         None,

@@ -5,7 +5,7 @@ import time
 import typer
 
 from ..errors import GroupNotFound
-from .common import KqCommand, complete_group_or_share, json_option, settings
+from .common import KqCommand, complete_group_or_share, duration_seconds, json_option, settings
 from .output import emit_rows, is_terminal, print_json, rich_table, warn
 
 app = typer.Typer(
@@ -76,10 +76,10 @@ def group_describe(
         "A JSON object: group, partitions (committed, lag, owner), members (what each owns, when it last made progress, whether it is stalled)."
     ),
     stalled_after: float = typer.Option(
-        30.0,
+        "30s",
         "--stalled-after",
-        metavar="SECONDS",
-        min=0,
+        metavar="DURATION",
+        parser=duration_seconds,
         help="Flag a member that has made no progress for this long while its partitions have lag.",
     ),
 ) -> None:

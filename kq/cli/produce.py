@@ -221,27 +221,22 @@ def produce(
             if tombstone:
                 target.producer().send_records([(m, None, headers, None, None) for m in messages])
             elif json_input:
-                from ..envelope import decode_record
+                from ..envelope import decode_lines
 
-                records, line_error = [], None
-                for m in messages:
-                    line_no += 1
-                    if not m.strip():
-                        continue
-                    try:
-                        k, v, h, p, ts = decode_record(m, line_no)
-                        if partition is not None:
-                            p = None  # -p puts every record in one partition
-                        elif p is not None:
-                            target.need_partition(p, line_no)
-                    except KqError as exc:
-                        line_error, bad_line = exc, line_no
-                        break
-                    records.append((k, v, headers + h if headers else h, p, ts))
+                records: list = []
+                # -p puts every record in one partition, whatever the lines say.
+                line_no, line_error = decode_lines(
+                    messages, line_no, records, target.need_partition if partition is None else None
+                )
+                if partition is not None or headers:
+                    records = [
+                        (k, v, headers + h, None if partition is not None else p, ts) for k, v, h, p, ts in records
+                    ]
                 # The lines before a bad one are written, so that a rerun can skip them.
                 if records:
                     target.producer().send_records(records)
                 if line_error is not None:
+                    bad_line = line_no
                     raise line_error
             elif key_delim is not None:
                 keys, values = split_keys(messages, key_delim)

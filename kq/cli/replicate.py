@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import KqError
+from ..errors import EXIT_USAGE, KqError
 from .common import KqCommand, bad_parameter, complete_topic, settings
 from .output import ProgressBars, count, emit_rows, explain, human, print_json, warn
 
@@ -99,6 +99,7 @@ def replicate(
             "kq copies between a data directory and a cluster; from cluster to cluster, use MirrorMaker", "--to"
         )
     if from_cluster or to_cluster:
+        s.cluster_named = True  # -X and --kafka-config are for this cluster
         if truncate:
             raise bad_parameter(
                 "--truncate is for replica directories; a copy to or from a cluster never diverges", "--truncate"
@@ -120,6 +121,8 @@ class TopicErrors:
         if exc is None:
             self.settings.info(f"{topic}: copying again")
             return
+        if getattr(exc, "exit_code", None) == EXIT_USAGE:
+            raise exc  # a bad client setting (-X) is no one topic's failure: it stops the copy, exit 2
         self.failed.append(topic)
         print(f"kq: error: {topic}: {explain(exc)}", file=sys.stderr, flush=True)
 

@@ -24,7 +24,8 @@ def verify_command(
     """Check every segment, index and offsets file; exit 0 only when no error is left.
 
     One line per problem on stdout: FILE: position N: SEVERITY: WHAT. Warnings
-    (a group behind the start offset) and info lines never fail the check.
+    (a group behind the start offset, the torn tail a crash leaves, which the
+    next writer cuts) and info lines never fail the check.
     Nothing is skipped: a topic, partition or file verify cannot read (another
     user's directory, a FIFO where a file belongs) is an error line naming it.
     --repair holds each partition's writer and maintenance locks while it

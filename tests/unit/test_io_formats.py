@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kq import batch as batchfmt
-from kq.envelope import decode_record, encode_record
+from kq.envelope import _record_object, decode_lines, decode_record, encode_batch, encode_record
 from kq.errors import MessageTooLarge, UsageError
 from kq.formats import format_writer, json_writer, record_writer, values_writer
 from kq.framing import arg_bytes, read_messages, split_keys, unescape
@@ -95,6 +97,95 @@ def test_the_older_headers_object_is_still_read():
 def test_bad_envelopes_name_their_line(line, message):
     with pytest.raises(UsageError, match=message):
         decode_record(line, 3)
+
+
+_maybe_bytes = st.none() | st.binary(max_size=8) | st.text(max_size=8).map(str.encode)
+_headers = st.lists(st.tuples(st.text(max_size=4), _maybe_bytes), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_maybe_bytes, _maybe_bytes, _headers), min_size=1, max_size=6))
+def test_a_batch_encodes_to_the_bytes_the_stdlib_writes_per_record(records):
+    """The orjson fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
+    keys, values, headers = (list(column) for column in zip(*records))
+    expected = b"".join(
+        json.dumps(_record_object("t", 1, 10 + i, 99, k, v, h), ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8"
+        )
+        + b"\n"
+        for i, (k, v, h) in enumerate(records)
+    )
+    assert encode_batch("t", 1, range(10, 10 + len(records)), [99] * len(records), keys, values, headers) == expected
+    assert b"".join(encode_record("t", 1, 10 + i, 99, *r).encode() + b"\n" for i, r in enumerate(records)) == expected
+
+
+_json_scalar = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.text(max_size=4) | st.floats()
+_field_value = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+_field_names = st.sampled_from(
+    ["topic", "partition", "offset", "timestamp", "key", "value", "headers", "key_encoding", "vaule"]
+)
+_kq_line = st.builds(  # as consume --json writes them: the shape decode_lines reads by one regex
+    lambda p, t, k, v: encode_record("t", p, 7, t, k, v, []).encode(),
+    st.integers(-2, 3),
+    st.integers(-3, 3) | st.integers(2**63 - 2, 2**64 - 1),
+    _maybe_bytes,
+    _maybe_bytes,
+)
+_envelope_line = (
+    _kq_line
+    | st.dictionaries(_field_names, _field_value, max_size=5).map(lambda o: json.dumps(o).encode())
+    | st.sampled_from([b"", b"  ", b"{", b"[1]", b'{"value": "\\udcff"}', b'{"value": "x", "headers": {"a": "1"}}'])
+    | st.builds(
+        lambda v, k: json.dumps({"value": v, "key": k, "headers": [["h", v]]}).encode(),
+        st.text(max_size=4),
+        st.none() | st.text(max_size=4),
+    )
+)
+
+
+def _partition_0_or_1(partition: int, line_no: int) -> None:
+    if partition not in (0, 1):
+        raise UsageError(f"line {line_no}: partition {partition} does not exist")
+
+
+def _decodes_as_the_reference_reader(lines: list[bytes], piece: int = 256) -> None:
+    """decode_lines (a regex, or orjson by columns) gives decode_record's records line by line, and its
+    error (or the partition check's) at the same line."""
+    expected, error = [], None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = decode_record(line, number)
+            if record[3] is not None:
+                _partition_0_or_1(record[3], number)
+        except UsageError as exc:
+            error = (number, str(exc))
+            break
+        expected.append(record)
+    records: list = []
+    last, got_error = decode_lines(lines, 0, records, _partition_0_or_1, piece)
+    assert records == expected
+    assert (None if got_error is None else (last, str(got_error))) == error
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_envelope_line, min_size=1, max_size=5))
+def test_lines_decode_as_the_reference_reader_decodes_each(lines):
+    _decodes_as_the_reference_reader(lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_kq_line | _envelope_line, min_size=1, max_size=12), st.integers(1, 4))
+def test_lines_decode_in_pieces_as_the_reference_reader_decodes_each(lines, piece):
+    """A list with an odd line in it is read again in pieces: the same records, errors and line numbers."""
+    _decodes_as_the_reference_reader(lines, piece)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_kq_line, min_size=1, max_size=8))
+def test_lines_as_consume_writes_them_decode_as_the_reference_reader_decodes_each(lines):
+    _decodes_as_the_reference_reader(lines)
 
 
 # ---------------------------------------------------------------- output formats (kcat's format.c)

@@ -1,0 +1,106 @@
+"""`kq produce --json` and `kq consume --json` (the JSON-lines envelope) beside the text path and `cat`.
+
+    python benchmarks/json_lines.py [--messages 200000] [--size 100] [--runs 5] [--kq-root DIR]
+
+Whole processes, medians of --runs runs, all in one run of this script: the
+text path (plain lines) and `cat` of the same bytes are measured beside each
+JSON figure, because the machine is shared and noisy: compare the ratios.
+Each produce writes into a fresh data directory. `--kq-root` runs the kq of
+another checkout (for a before/after against an older commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from produce_consume import make_input  # noqa: E402
+
+
+def timed(cmd: str, env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, shell=True, check=True, env=env)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--size", type=int, default=100, help="bytes per message, newline included")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--kq-root", default=REPO, help="the checkout whose kq runs \\[default: this one]")
+    args = ap.parse_args()
+
+    root = os.path.abspath(args.kq_root)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(root, "kq")], check=True)
+    env = {**os.environ, "PYTHONPATH": root}
+    env.pop("KQ_DATA_DIR", None)
+    kq = f"{sys.executable} -m kq"
+    work = tempfile.mkdtemp(prefix="kq-bench-json-")
+    try:
+        text = os.path.join(work, "input.txt")
+        make_input(text, args.messages, args.size)
+        source = os.path.join(work, "source")
+        subprocess.run(f"{kq} --data-dir {source} -q produce bench < {text}", shell=True, check=True, env=env)
+        lines = os.path.join(work, "input.json")
+        subprocess.run(f"{kq} --data-dir {source} consume bench --json > {lines}", shell=True, check=True, env=env)
+        names = [
+            "cat text",
+            "kq produce",
+            "cat json",
+            "kq produce --json",
+            "kq consume",
+            "kq consume --json",
+        ]
+        results: dict[str, list[float]] = {name: [] for name in names}
+        for run in range(args.runs):
+            text_dir, json_dir = os.path.join(work, f"text{run}"), os.path.join(work, f"json{run}")
+            results["cat text"].append(timed(f"cat {text} | cat > /dev/null", env))
+            results["kq produce"].append(timed(f"cat {text} | {kq} --data-dir {text_dir} -q produce bench", env))
+            results["cat json"].append(timed(f"cat {lines} | cat > /dev/null", env))
+            results["kq produce --json"].append(
+                timed(f"cat {lines} | {kq} --data-dir {json_dir} -q produce bench --json", env)
+            )
+            results["kq consume"].append(timed(f"{kq} --data-dir {text_dir} consume bench > /dev/null", env))
+            results["kq consume --json"].append(
+                timed(f"{kq} --data-dir {json_dir} consume bench --json > /dev/null", env)
+            )
+            # The copy is exact: the JSON produced reads back as the same lines, offsets and timestamps included.
+            check = subprocess.run(
+                f"{kq} --data-dir {json_dir} consume bench --json | cmp -s - {lines}", shell=True, env=env
+            )
+            if check.returncode != 0:
+                sys.exit("consume --json of the --json copy differs from its input")
+            shutil.rmtree(text_dir)
+            shutil.rmtree(json_dir)
+        med = {k: statistics.median(v) for k, v in results.items()}
+        n = args.messages
+        json_bytes = os.path.getsize(lines)
+        print(
+            f"{n:,} messages of {args.size} bytes ({json_bytes / n:.0f} bytes a JSON line), median of {args.runs} runs, "
+            f"{os.cpu_count()} CPUs, kq from {root}"
+        )
+        print(f"{'what':<20}{'seconds':>10}{'msg/s':>14}")
+        for k, v in med.items():
+            print(f"{k:<20}{v:>10.3f}{n / v:>14,.0f}")
+        for direction, cat in (("produce", "cat json"), ("consume", "cat json")):
+            plain, as_json = med[f"kq {direction}"], med[f"kq {direction} --json"]
+            print(
+                f"{direction} --json: {n / as_json:,.0f} msg/s, {as_json / plain:.1f}x the time of the text path, "
+                f"{as_json / med[cat]:.1f}x the time of cat of the JSON lines"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
