@@ -583,9 +583,10 @@ def test_a_malformed_broker_list_or_setting_is_a_usage_error_at_once(args, messa
 
 
 @pytest.mark.parametrize("args", [["-X", "novalue"], ["-X", "client.id=x"], ["--kafka-config", "/dev/null"]])
-@pytest.mark.parametrize("command", [["topic", "list"], ["replicate", "t", "--to", "replica"]])
-def test_client_settings_without_a_cluster_are_a_usage_error(run_kq, args, command):
+@pytest.mark.parametrize("command", [["topic", "list"], ["replicate", "t", "--to", "REPLICA"]])
+def test_client_settings_without_a_cluster_are_a_usage_error(run_kq, tmp_path, args, command):
     # Ignoring them would run a command meant for a cluster against the local directory.
+    command = [str(tmp_path / "replica") if a == "REPLICA" else a for a in command]
     run_kq("produce", "t", input="a\n")
     r = run_kq(*args, *command)
     assert (r.returncode, r.stdout) == (2, b""), r.stderr
@@ -594,12 +595,12 @@ def test_client_settings_without_a_cluster_are_a_usage_error(run_kq, args, comma
     assert run_kq("topic", "list", env={"KQ_KAFKA_CONFIG": "/dev/null"}).returncode == 0
 
 
-def test_an_unknown_client_setting_is_a_usage_error_for_the_bridge_too(run_kq):
+def test_an_unknown_client_setting_is_a_usage_error_for_the_bridge_too(run_kq, tmp_path):
     pytest.importorskip("confluent_kafka")
     run_kq("produce", "t", input="a\n")
     for args in (
         ["-X", "bogus.setting=1", "replicate", "t", "--to", "kafka://127.0.0.1:9"],
-        ["-b", "127.0.0.1:9", "-X", "bogus.setting=1", "replicate", "t", "--to", "replica"],
+        ["-b", "127.0.0.1:9", "-X", "bogus.setting=1", "replicate", "t", "--to", str(tmp_path / "replica")],
         ["-b", "127.0.0.1:9", "-X", "bogus.setting=1", "topic", "list"],
     ):
         r = run_kq(*args, timeout=20)
