@@ -5,7 +5,7 @@ One object per record: ``topic``, ``partition``, ``offset``, ``timestamp``,
 Kafka headers may repeat a name). Keys, values and header values are strings
 when they are valid UTF-8; otherwise base64, marked by ``key_encoding`` /
 ``value_encoding`` / ``headers_encoding`` = ``"base64"``. ``null`` (a missing
-key, a tombstone) is distinct from ``""``. The reader also takes the older
+key, a tombstone, a null header value) is distinct from ``""``. The reader also takes the older
 form of ``headers``, an object of name -> value.
 """
 
@@ -32,7 +32,7 @@ def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, 
     obj["value"], value_b64 = _text_or_base64(value)
     decoded = [(name, _text_or_base64(v)) for name, v in headers or ()]
     if any(b64 for _, (_, b64) in decoded):
-        obj["headers"] = [[name, base64.b64encode(v).decode("ascii")] for name, v in headers]
+        obj["headers"] = [[name, None if v is None else base64.b64encode(v).decode("ascii")] for name, v in headers]
         obj["headers_encoding"] = "base64"
     else:
         obj["headers"] = [[name, text] for name, (text, _) in decoded]
@@ -130,8 +130,11 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     headers = []
     for name, v in _header_pairs(obj.get("headers"), line_no):
         _utf8(name, "a header name", line_no)
+        if v is None:  # a null value, as Kafka allows: not ""
+            headers.append((name, None))
+            continue
         if not isinstance(v, str):
-            raise UsageError(f"line {line_no}: header '{name}' must have a string value")
+            raise UsageError(f"line {line_no}: header '{name}' must have a string value or null")
         try:
             headers.append((name, base64.b64decode(v, validate=True) if b64 else _utf8(v, f"header '{name}'", line_no)))
         except ValueError:

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .cursor import Cursor
-from .datadir import DataDir
+from .datadir import DataDir, read_format, require_format
 from .errors import Diverged, KqError, ReplicaBusy, TopicNotFound
 from .fileio import FileLock
 from .group import Groups
@@ -232,6 +232,11 @@ class Replicator:
     def _replicate_topic(self, name: str) -> list[CopyReport]:
         reports = []
         src = self.source.topic(name)
+        # Batches are copied as they are: the replica needs the source's format
+        # (null header values) before it holds them. Read anew: the source may have moved on.
+        source_format = read_format(self.source.path)
+        if source_format is not None:
+            require_format(self.replica.path, source_format)
         try:
             rep = self._create_like(src)
         except BaseException:
