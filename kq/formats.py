@@ -72,8 +72,8 @@ def format_writer(topic: str, fmt: str):
         if token == "%t":
             return topic_b
         if token == "%h":
-            # A null value prints as an empty one, as kcat's %h does.
-            return b",".join(name.encode("utf-8") + b"=" + (v or b"") for name, v in r.headers)
+            # A null value prints as NULL, as kcat's %h does (--json tells it from the text "NULL").
+            return b",".join(name.encode("utf-8") + b"=" + (b"NULL" if v is None else v) for name, v in r.headers)
         return b"%"
 
     def write_format(p, b, lo, hi):
