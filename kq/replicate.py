@@ -324,10 +324,14 @@ class Replicator:
         source_groups, replica_groups = Groups(self.source), Groups(self.replica)
         ends = [rep.partition(p).end_offset() for p in range(rep.partition_count)]
         for group in source_groups.groups_of_topic(src.name):
-            have = replica_groups.committed(group, rep)
-            for p, offset in source_groups.committed(group, src).items():
-                if p < len(ends) and have.get(p) != min(offset, ends[p]):
-                    replica_groups.commit(group, rep, p, min(offset, ends[p]))
+            have = replica_groups.committed_offsets(group, rep)
+            for p, theirs in source_groups.committed_offsets(group, src).items():
+                if p >= len(ends):
+                    continue
+                wanted = (min(theirs.offset, ends[p]), theirs.metadata)
+                ours = have.get(p)
+                if ours is None or (ours.offset, ours.metadata) != wanted:
+                    replica_groups.commit(group, rep, p, *wanted)
 
     def _copy_shares(self, src: Topic, rep: Topic) -> None:
         """Carry share groups' settings and states over, cut back to what the replica holds."""
