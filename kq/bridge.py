@@ -583,6 +583,8 @@ class TopicCopier:
         for p, sp in enumerate(info.partitions):
             end = target.partitions[p].end_offset
             ps = self.state.partitions.get(p)
+            if ps is not None:
+                end = self._target_end(p, ps, target.partitions[p])
             if ps is None:
                 if end > target.partitions[p].start_offset:
                     raise KqError(
@@ -612,6 +614,21 @@ class TopicCopier:
                 fresh = True
         if fresh or any(r.recovered for r in self._reports.values()):
             self.state.save()  # on record before anything is sent
+
+    def _target_end(self, p: int, ps: PartitionState, listed) -> int:
+        """The end offset of the target partition, read from its records rather than taken from
+        the end it lists: a broker may list one short (Tansu 0.6 answers ListOffsets "latest"
+        with its last batch's base offset + 1), and a short end would make the bridge send
+        again records a killed run landed, or refuse the copy it made.
+
+        Reads from the recorded position (or the listed end, if that is lower: to tell a short
+        list from a topic that lost records) to the end a fetch reports.
+        """
+        start = max(min(ps.target_next, listed.end_offset), listed.start_offset)
+        last = None
+        for r in _records(self.target, self.topic, p, start):
+            last = r.offset
+        return listed.end_offset if last is None else max(listed.end_offset, last + 1)
 
     def _check_source(self, p: int, ps: PartitionState, sp) -> None:
         """Refuse a source partition that is not the one copied: it ends before what was copied
