@@ -114,9 +114,7 @@ def pack(
         keys = None
     if headers is not None and not any(headers):
         headers = None
-    null_header_values = headers is not None and any(
-        value is None for pairs in headers if pairs for _, value in pairs
-    )
+    null_header_values = headers is not None and any(value is None for pairs in headers if pairs for _, value in pairs)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     data = msgpack.packb([values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True)
     length = HEADER_SIZE - PREFIX_SIZE + len(data)

@@ -127,7 +127,7 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     key = _field_bytes(obj, "key", line_no)
     value = _field_bytes(obj, "value", line_no)
     b64 = _is_base64(obj, "headers", line_no)
-    headers = []
+    headers: list[tuple[str, bytes | None]] = []
     for name, v in _header_pairs(obj.get("headers"), line_no):
         _utf8(name, "a header name", line_no)
         if v is None:  # a null value, as Kafka allows: not ""

@@ -76,9 +76,7 @@ class CommittedOffset(NamedTuple):
 
 def check_commit_metadata(metadata: str) -> None:
     if len(metadata) > MAX_COMMIT_METADATA:
-        raise UsageError(
-            f"a commit's metadata is at most {MAX_COMMIT_METADATA} characters, not {len(metadata)}"
-        )
+        raise UsageError(f"a commit's metadata is at most {MAX_COMMIT_METADATA} characters, not {len(metadata)}")
 
 
 def partition_of(name: str, suffix: str) -> int | None:

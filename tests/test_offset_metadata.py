@@ -26,7 +26,8 @@ def commit(bootstrap: str, group: str, topic: str, offsets: dict[int, tuple[int,
     c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         tps = [
-            confluent_kafka.TopicPartition(topic, p, o, metadata=m) if m is not None
+            confluent_kafka.TopicPartition(topic, p, o, metadata=m)
+            if m is not None
             else confluent_kafka.TopicPartition(topic, p, o)
             for p, (o, m) in sorted(offsets.items())
         ]

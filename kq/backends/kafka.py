@@ -439,7 +439,9 @@ class KafkaBackend(Backend):
         # client reads a commit's metadata as a C string from a copy without the terminating
         # NUL (past its end: garbage, or a UnicodeDecodeError); its consumer's copy has one.
         partitions = range(self.partition_count(topic))
-        consumer = self.make("Consumer", self.client_config(**{"group.id": group, "enable.auto.commit": False}))
+        config = self.client_config()
+        config.update({"group.id": group, "enable.auto.commit": False})
+        consumer = self.make("Consumer", config)
         try:
             found = consumer.committed([self.ck.TopicPartition(topic, p) for p in partitions], timeout=self.timeout)
         except self.ck.KafkaException as exc:

@@ -637,18 +637,18 @@ class Coordinator:
             out = []
             for name, partitions in requests:
                 try:
-                    committed = self.storage.committed_offsets(group_id, check_name(name))
+                    found = self.storage.committed_offsets(group_id, check_name(name))
                 except KqError:
-                    committed = {}
+                    found = {}
                 out.append(
                     TopicCls(
                         name=name,
                         partitions=[
                             PartCls(
                                 partition_index=p,
-                                committed_offset=committed[p].offset if p in committed else -1,
+                                committed_offset=found[p].offset if p in found else -1,
                                 committed_leader_epoch=-1,
-                                metadata=committed[p].metadata if p in committed else "",
+                                metadata=found[p].metadata if p in found else "",
                                 error_code=0,
                             )
                             for p in partitions
