@@ -414,8 +414,8 @@ class Bridge:
         """Translate the source groups' committed offsets and commit them on the target: only
         forward, and only for a group with no live members there (as MirrorMaker 2 does)."""
         for group in self.source.groups_of_topic(topic):
-            committed = self.source.committed_with_metadata(group, topic)
-            wanted = {p: state.partitions[p].translate(o) for p, (o, _) in committed.items() if p in state.partitions}
+            committed = self.source.committed(group, topic)
+            wanted = {p: state.partitions[p].translate(o) for p, o in committed.items() if p in state.partitions}
             have = self.target.committed(group, topic) if group in self.target.group_names() else {}
             moves = {p: o for p, o in wanted.items() if have.get(p) is None or have[p] < o}
             if not moves:
@@ -428,7 +428,14 @@ class Bridge:
                     f"its offsets on '{topic}' were not carried over this time"
                 )
                 continue
-            self.target.commit_offsets(group, topic, moves, {p: committed[p][1] for p in moves})
+            # The metadata of the commits that move (read only then: in cluster mode it takes a
+            # consumer), where the offset is still the one translated.
+            metadata = {
+                p: m
+                for p, (o, m) in self.source.committed_with_metadata(group, topic).items()
+                if p in moves and o == committed[p]
+            }
+            self.target.commit_offsets(group, topic, moves, metadata)
 
     # ------------------------------------------------------------------ verifying
 

@@ -110,7 +110,6 @@ def test_replicate_and_the_bridge_carry_a_commits_metadata(server, run_kq, data_
     home = Place("dir", ["--data-dir", replica], data_dir=replica)
     home.ok("topic", "create", topic, "--partitions", "2")
     home.ok("produce", topic, "-p", "0", input="a\nb\nc\n")
-    commit_dir = Place("dir", ["--data-dir", replica], data_dir=replica)
     # Commit with metadata in the directory, through a server on it, then bridge it to the cluster.
     server.kill()
     on_replica = KqServer(replica)
@@ -118,9 +117,14 @@ def test_replicate_and_the_bridge_carry_a_commits_metadata(server, run_kq, data_
         commit(on_replica.bootstrap, "g2", topic, {0: (3, "from the directory")})
     finally:
         on_replica.kill()
-    assert shown(commit_dir.kq, topic, "g2")[0] == (3, "from the directory\0")
+    assert shown(home.kq, topic, "g2")[0] == (3, "from the directory\0")
     r = home.kq("replicate", topic, "--to", f"kafka://{kq_serve_cluster.bootstrap}", "--groups")
     assert r.returncode == 0, r.stderr
     assert shown(target.kq, topic, "g2")[0] == (3, "from the directory")
     with open(os.path.join(kq_serve_cluster.data_dir, "groups", "g2", topic, "0.offset")) as f:
         assert json.load(f)["metadata"] == "from the directory\0"  # as the client sent it
+
+    back = Place("dir", ["--data-dir", str(tmp_path / "back")], data_dir=str(tmp_path / "back"))
+    url = f"kafka://{kq_serve_cluster.bootstrap}"
+    back.ok("replicate", topic, "--from", url, "--to", back.data_dir, "--groups")
+    assert shown(back.kq, topic, "g2")[0] == (3, "from the directory")
