@@ -114,7 +114,7 @@ def pack(
         keys = None
     if headers is not None and not any(headers):
         headers = None
-    null_header_values = headers is not None and any(value is None for pairs in headers if pairs for _, value in pairs)
+    null_header_values = headers is not None and _has_null_value(headers)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
     data = msgpack.packb([values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True)
     length = HEADER_SIZE - PREFIX_SIZE + len(data)
@@ -123,6 +123,16 @@ def pack(
             f"a batch of {count} record(s) encodes to {length} bytes, more than the maximum of {MAX_BATCH_BYTES}"
         )
     return Payload(data, count, last_delta, base_ts, max_ts, null_header_values)
+
+
+def _has_null_value(headers) -> bool:
+    # (a plain loop: about twice as fast as any() over a generator here)
+    for pairs in headers:
+        if pairs:
+            for pair in pairs:
+                if pair[1] is None:
+                    return True
+    return False
 
 
 def frame(base_offset: int, payload: Payload) -> bytes:
