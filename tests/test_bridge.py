@@ -336,6 +336,28 @@ def test_records_a_killed_run_landed_are_found_though_the_source_trimmed_them_si
     assert home.kq("replicate", t, "--to", url, "--verify").returncode == 0
 
 
+def test_records_a_killed_run_landed_are_found_though_the_broker_lists_a_short_end(tansu_cluster, tmp_path):
+    # Tansu lists the end of a partition whose last batch holds 100 records as that batch's base
+    # offset + 1: taken as given, the rerun recorded one of the 100 and sent the other 99 again.
+    home = local(tmp_path)
+    tansu = Place("tansu", ["-b", tansu_cluster.bootstrap, *TANSU_SETTINGS], tansu_cluster.bootstrap)
+    url, t = f"kafka://{tansu_cluster.bootstrap}", f"short-{time.monotonic_ns()}"
+    home.ok("produce", t, input="".join(f"{n}\n" for n in range(100)))
+    home.ok("replicate", t, "--to", url)
+    # What the record says after a run killed just after offsets 50..99 were acknowledged.
+    path, record = _bridge_record(home, t)
+    record["partitions"]["0"].update(source_next=50, target_next=50, runs=[[0, 0, 50]], sending=[[50, 50]], last=None)
+    with open(path, "w") as f:
+        json.dump(record, f)
+    home.ok("produce", t, input="100\n101\n")
+    r = home.kq("replicate", t, "--to", url)
+    assert r.returncode == 0, r.stderr
+    assert f"{t}/0: 50 records an interrupted copy had sent were found and kept".encode() in r.stderr, r.stderr
+    assert values(tansu.records(t)) == [str(n) for n in range(102)]  # each once
+    again = home.kq("replicate", t, "--to", url)
+    assert again.returncode == 0 and b"copied" not in again.stderr, again.stderr
+
+
 def test_a_record_stamped_0_keeps_its_copy_verifiable(kq_serve_cluster, tmp_path):
     # librdkafka reads a timestamp of 0 as "now": the copy gets the cluster's time, and --verify
     # (and a rerun after a kill) must still take it for the copy it is.
