@@ -428,7 +428,14 @@ class Bridge:
                     f"its offsets on '{topic}' were not carried over this time"
                 )
                 continue
-            self.target.commit_offsets(group, topic, moves)
+            # The metadata of the commits that move (read only then: in cluster mode it takes a
+            # consumer), where the offset is still the one translated.
+            metadata = {
+                p: m
+                for p, (o, m) in self.source.committed_with_metadata(group, topic).items()
+                if p in moves and o == committed[p]
+            }
+            self.target.commit_offsets(group, topic, moves, metadata)
 
     # ------------------------------------------------------------------ verifying
 
@@ -579,9 +586,10 @@ class TopicCopier:
     def _recover(self, info) -> None:
         """Put on record what a killed run landed, and start new partitions where the target ends."""
         target = self.target.describe_topic(self.topic)
+        ends = self._target_ends(target)
         fresh = False
         for p, sp in enumerate(info.partitions):
-            end = target.partitions[p].end_offset
+            end = ends[p]
             ps = self.state.partitions.get(p)
             if ps is None:
                 if end > target.partitions[p].start_offset:
@@ -612,6 +620,33 @@ class TopicCopier:
                 fresh = True
         if fresh or any(r.recovered for r in self._reports.values()):
             self.state.save()  # on record before anything is sent
+
+    def _target_ends(self, target) -> dict[int, int]:
+        """Each target partition's end offset, read from its records where the copy has a record
+        of it, rather than taken from the end it lists: a broker may list one short (Tansu 0.6
+        answers ListOffsets "latest" with its last batch's base offset + 1), and a short end
+        would make the bridge send again records a killed run landed, or refuse the copy it made.
+
+        One reader, from the recorded position (or the listed end, if that is lower: to tell a
+        short list from a topic that lost records) to the end a fetch reports.
+        """
+        ends = {p: tp.end_offset for p, tp in enumerate(target.partitions)}
+        starts = {
+            p: max(min(ps.target_next, ends[p]), target.partitions[p].start_offset)
+            for p, ps in self.state.partitions.items()
+            if p in ends
+        }
+        if not starts:
+            return ends
+        reader = self.target.reader_from(self.topic, starts)
+        try:
+            for slices in reader.rounds():
+                for sl in slices:
+                    if sl.stop > sl.start:
+                        ends[sl.partition] = max(ends[sl.partition], sl.batch.offset_at(sl.stop - 1) + 1)
+        finally:
+            reader.close()
+        return ends
 
     def _check_source(self, p: int, ps: PartitionState, sp) -> None:
         """Refuse a source partition that is not the one copied: it ends before what was copied

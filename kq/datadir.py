@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 
 from .errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
@@ -32,7 +33,45 @@ from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
 
 FORMAT_FILE = "kq.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this kq reads and writes (docs/FORMAT.md)
+CREATED_FORMAT = 1  # a new directory's: every kq opens it until it holds what needs more
+NULL_HEADER_FORMAT = 2  # some record has a header whose value is null
+
+
+def read_format(root: str) -> int | None:
+    """The format version of the data directory at ``root`` (None: not a data directory yet)."""
+    path = os.path.join(root, FORMAT_FILE)
+    try:
+        meta = read_metadata(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise DataDirError(f"data directory {root} is not a directory") from None
+    version = meta.get("format")
+    if type(version) is not int or version < 1:
+        raise CorruptFile(path, f"format is {shown(version)}, not a version number: not a kq format file")
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(
+            f"data directory {root} has format {shown(version)} ({path}), newer than this kq "
+            f"understands ({FORMAT_VERSION}); upgrade kq"
+        )
+    return version
+
+
+_raising_format = threading.Lock()  # (atomic_write's temporary file is per process, not per thread)
+
+
+def require_format(root: str, version: int) -> None:
+    """Raise the format of the data directory at ``root`` to ``version`` unless it is there already.
+
+    Called before writing what an older kq would misread, so that such a kq
+    refuses the whole directory ("newer than this kq understands") instead.
+    A format is never lowered; two processes raising it at once write the same file.
+    """
+    with _raising_format:
+        current = read_format(root)
+        if current is not None and current < version:
+            atomic_write(os.path.join(root, FORMAT_FILE), json.dumps({"format": version}).encode() + b"\n")
 
 
 class DataDir:
@@ -44,6 +83,7 @@ class DataDir:
         self.groups_path = os.path.join(self.path, GROUPS_DIR)
         self.tmp_path = os.path.join(self.path, TMP_DIR)
         self._format_checked = False
+        self.format = 0  # the directory's format version, once exists() has read it
 
     def __repr__(self) -> str:
         return f"DataDir({self.path!r})"
@@ -54,21 +94,10 @@ class DataDir:
         """True if the directory holds kq data (checking its format version)."""
         if self._format_checked:
             return True
-        path = os.path.join(self.path, FORMAT_FILE)
-        try:
-            meta = read_metadata(path)
-        except FileNotFoundError:
+        version = read_format(self.path)
+        if version is None:
             return False
-        except NotADirectoryError:
-            raise DataDirError(f"data directory {self.path} is not a directory") from None
-        version = meta.get("format")
-        if type(version) is not int or version < 1:
-            raise CorruptFile(path, f"format is {shown(version)}, not a version number: not a kq format file")
-        if version > FORMAT_VERSION:
-            raise UnsupportedFormat(
-                f"data directory {self.path} has format {shown(version)} ({path}), newer than this kq "
-                f"understands ({FORMAT_VERSION}); upgrade kq"
-            )
+        self.format = version
         self._format_checked = True
         return True
 
@@ -83,7 +112,7 @@ class DataDir:
             if not os.path.exists(os.path.join(self.path, FORMAT_FILE)):
                 atomic_write(
                     os.path.join(self.path, FORMAT_FILE),
-                    json.dumps({"format": FORMAT_VERSION}).encode() + b"\n",
+                    json.dumps({"format": CREATED_FORMAT}).encode() + b"\n",
                 )
         except PermissionError as exc:
             raise DataDirError(f"cannot create data directory {self.path}: {exc.strerror}") from None

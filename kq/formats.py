@@ -93,7 +93,8 @@ def format_writer(topic: str, fmt: str):
         if token == "%t":
             return topic_b
         if token == "%h":
-            return b",".join(name.encode("utf-8") + b"=" + v for name, v in r.headers)
+            # A null value prints as NULL, as kcat's %h does (--json tells it from the text "NULL").
+            return b",".join(name.encode("utf-8") + b"=" + (b"NULL" if v is None else v) for name, v in r.headers)
         return b"%"
 
     def write_format(p, b, lo, hi):

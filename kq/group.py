@@ -3,6 +3,7 @@
 The coordinator is the lock table. Files under ``DATA/groups/GROUP/TOPIC/``:
 
     P.offset             committed offset of partition P: {"format": 1, "offset": N, "committed_at": ms}
+                         (and "topic_id", and "metadata": the commit's string, when not empty)
     P.lock               flock'ed by the member that owns partition P; holds its member id
     members/ID.member    one per live member, flock'ed by it for as long as it lives
 
@@ -22,6 +23,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from .datadir import DataDir
@@ -49,6 +51,9 @@ MEMBER_SUFFIX = ".member"
 MEMBERS_DIR = "members"
 MAX_MEMBER_ID = 256  # bytes of a P.lock: a member id is 20 digits, a pid and 6 hex digits
 OFFSETS_FORMAT = 1
+# A commit's metadata string (Kafka's, kept for its clients), at most this many characters:
+# Kafka's default offset.metadata.max.bytes. Escaped, it stays well inside a JSON file's 64 KiB.
+MAX_COMMIT_METADATA = 4096
 REBALANCE_SECONDS = 0.5
 # While rounds come back to back, commit at most this often: each commit is
 # two fsyncs, and a backlog read in 2 MiB rounds would otherwise spend more
@@ -59,6 +64,19 @@ COMMIT_SECONDS = 0.1
 CLAIM_PATIENCE_SECONDS = 2.0
 # A member shows it is alive and reading at most this often (Member.touch).
 PROGRESS_SECONDS = 1.0
+
+
+class CommittedOffset(NamedTuple):
+    """What an offsets file holds."""
+
+    offset: int
+    topic_id: str | None  # the topic it was committed for, if recorded
+    metadata: str  # the commit's metadata string; "" if none (and in files written before it was kept)
+
+
+def check_commit_metadata(metadata: str) -> None:
+    if len(metadata) > MAX_COMMIT_METADATA:
+        raise UsageError(f"a commit's metadata is at most {MAX_COMMIT_METADATA} characters, not {len(metadata)}")
 
 
 def partition_of(name: str, suffix: str) -> int | None:
@@ -110,12 +128,16 @@ class Groups:
         (one since deleted and re-created) are left out: they are not this
         topic's offsets.
         """
+        return {p: found.offset for p, found in self.committed_offsets(group, topic).items()}
+
+    def committed_offsets(self, group: str, topic: str | Topic) -> dict[int, CommittedOffset]:
+        """``committed``, with each commit's metadata (and the topic id it recorded)."""
         name, topic_id = _name_and_id(topic)
-        out: dict[int, int] = {}
+        out: dict[int, CommittedOffset] = {}
         for number, path in self._partition_files(group, name, OFFSET_SUFFIX):
             found = self.read_offset_file(path)
-            if found is not None and (topic_id is None or found[1] in (None, topic_id)):
-                out[number] = found[0]
+            if found is not None and (topic_id is None or found.topic_id in (None, topic_id)):
+                out[number] = found
         return out
 
     def _partition_files(self, group: str, topic: str, suffix: str) -> list[tuple[int, str]]:
@@ -132,8 +154,8 @@ class Groups:
         ]
 
     @staticmethod
-    def read_offset_file(path: str) -> tuple[int, str | None] | None:
-        """(offset, the topic id it was committed for, if recorded) from an offsets file; None if missing."""
+    def read_offset_file(path: str) -> CommittedOffset | None:
+        """What an offsets file holds; None if it is missing."""
         try:
             body = read_metadata(path)
         except FileNotFoundError:
@@ -141,20 +163,25 @@ class Groups:
         offset, topic_id = integer_field(body, "offset", path, 0, MAX_OFFSET), body.get("topic_id")
         if topic_id is not None and not (isinstance(topic_id, str) and len(topic_id) <= MAX_TOPIC_ID):
             raise CorruptFile(path, f"topic_id is {shown(topic_id)}, not a topic id")
-        return offset, topic_id
+        metadata = body.get("metadata", "")
+        if not (isinstance(metadata, str) and len(metadata) <= MAX_COMMIT_METADATA):
+            raise CorruptFile(path, f"metadata is {shown(metadata)}, not a string of at most {MAX_COMMIT_METADATA}")
+        return CommittedOffset(offset, topic_id, metadata)
 
     @classmethod
     def _read_offset(cls, path: str) -> int | None:
         found = cls.read_offset_file(path)
         return None if found is None else found[0]
 
-    def commit(self, group: str, topic: str | Topic, partition: int, offset: int) -> None:
+    def commit(self, group: str, topic: str | Topic, partition: int, offset: int, metadata: str = "") -> None:
         """Store a committed offset atomically (temp file, fsync, rename, fsync dir).
 
         Given a Topic, the offset records the topic's id (see ``committed``).
+        ``metadata`` is the commit's string, as a Kafka client gives it (kept when not empty).
         """
         if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:  # kq never writes what it would refuse to read
             raise KqError(f"a committed offset is a whole number from 0 to {MAX_OFFSET}, not {shown(offset)}")
+        check_commit_metadata(metadata)
         name, topic_id = _name_and_id(topic)
         directory = self._dir(group, name)
         make_dirs(directory)
@@ -165,6 +192,8 @@ class Groups:
         }
         if topic_id is not None:
             body["topic_id"] = topic_id
+        if metadata:
+            body["metadata"] = metadata
         atomic_write(os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n")
 
     # ------------------------------------------------------------------ members

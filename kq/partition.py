@@ -86,6 +86,7 @@ class Partition:
         self._writer = FileLock(os.path.join(path, WRITER_LOCK), read_only_ok=True)
         self._recovered: str | None = None  # what the last recovery did that a user must hear
         self._tail: _Tail | None = None
+        self._null_headers_allowed = False  # the data directory's format takes null header values
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.number})"
@@ -333,6 +334,8 @@ class Partition:
 
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
         """Append records packed by ``batch.pack``; return (first offset, last offset)."""
+        if payload.null_header_values and not self._null_headers_allowed:
+            self._allow_null_headers()
         rolled = False
         with self._writing():
             tail = self._recover_tail()
@@ -350,6 +353,14 @@ class Partition:
         if rolled and self.on_roll is not None:
             self.on_roll(self)
         return first, first + payload.last_offset_delta
+
+    def _allow_null_headers(self) -> None:
+        # (imported here: kq.datadir imports this module)
+        from .datadir import NULL_HEADER_FORMAT, require_format
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(self.path)))  # DATA/topics/NAME/P
+        require_format(root, NULL_HEADER_FORMAT)
+        self._null_headers_allowed = True
 
     def append_raw(self, batches: list[RawBatch]) -> int:
         """Append batches exactly as another log stored them (replication).

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .cursor import Cursor
-from .datadir import DataDir
+from .datadir import DataDir, read_format, require_format
 from .errors import Diverged, KqError, ReplicaBusy, TopicNotFound
 from .fileio import FileLock
 from .group import Groups
@@ -232,6 +232,11 @@ class Replicator:
     def _replicate_topic(self, name: str) -> list[CopyReport]:
         reports = []
         src = self.source.topic(name)
+        # Batches are copied as they are: the replica needs the source's format
+        # (null header values) before it holds them. Read anew: the source may have moved on.
+        source_format = read_format(self.source.path)
+        if source_format is not None:
+            require_format(self.replica.path, source_format)
         try:
             rep = self._create_like(src)
         except BaseException:
@@ -319,10 +324,14 @@ class Replicator:
         source_groups, replica_groups = Groups(self.source), Groups(self.replica)
         ends = [rep.partition(p).end_offset() for p in range(rep.partition_count)]
         for group in source_groups.groups_of_topic(src.name):
-            have = replica_groups.committed(group, rep)
-            for p, offset in source_groups.committed(group, src).items():
-                if p < len(ends) and have.get(p) != min(offset, ends[p]):
-                    replica_groups.commit(group, rep, p, min(offset, ends[p]))
+            have = replica_groups.committed_offsets(group, rep)
+            for p, theirs in source_groups.committed_offsets(group, src).items():
+                if p >= len(ends):
+                    continue
+                wanted = (min(theirs.offset, ends[p]), theirs.metadata)
+                ours = have.get(p)
+                if ours is None or (ours.offset, ours.metadata) != wanted:
+                    replica_groups.commit(group, rep, p, *wanted)
 
     def _copy_shares(self, src: Topic, rep: Topic) -> None:
         """Carry share groups' settings and states over, cut back to what the replica holds."""

@@ -76,10 +76,14 @@ def record_environment(topic: str, share: str, deliveries: list[Delivery]) -> di
         headers = first.headers
         texts = [_text(v) for _, v in headers]
         if any(encoded for _, encoded in texts):
-            env["KQ_HEADERS"] = json.dumps([[n, base64.b64encode(v).decode("ascii")] for n, v in headers])
+            env["KQ_HEADERS"] = json.dumps(
+                [[n, None if v is None else base64.b64encode(v).decode("ascii")] for n, v in headers]
+            )
             env["KQ_HEADERS_ENCODING"] = "base64"
         else:
-            env["KQ_HEADERS"] = json.dumps([[n, t] for (n, _), (t, _) in zip(headers, texts)], ensure_ascii=False)
+            env["KQ_HEADERS"] = json.dumps(
+                [[n, None if v is None else t] for (n, v), (t, _) in zip(headers, texts)], ensure_ascii=False
+            )
     return env
 
 

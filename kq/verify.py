@@ -721,7 +721,7 @@ class Verifier:
                     continue
                 if found is None:
                     continue
-                offset, committed_for = found
+                offset, committed_for = found.offset, found.topic_id
                 if topic.id is not None and committed_for not in (None, topic.id):
                     yield Problem(
                         topic.name,

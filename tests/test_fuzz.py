@@ -81,7 +81,7 @@ def assert_well_formed(b: batchfmt.RecordBatch) -> None:
         assert r.value is None or type(r.value) is bytes
         assert type(r.headers) is list
         for pair in r.headers:
-            assert len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is bytes
+            assert len(pair) == 2 and type(pair[0]) is str and (pair[1] is None or type(pair[1]) is bytes)
     # The columns used directly by consume's fast path hold the same.
     assert all(v is None or type(v) is bytes for v in b.values)
     assert [b.offset_at(i) for i in range(b.count)] == offsets
@@ -125,7 +125,7 @@ def craft(payload: bytes, base=0, last_delta=0, count=1, base_ts=0, max_ts=0, at
 record_st = st.tuples(
     st.one_of(st.none(), st.binary(max_size=40)),  # value (None: a tombstone)
     st.one_of(st.none(), st.binary(max_size=12)),  # key
-    st.lists(st.tuples(st.text(max_size=6), st.binary(max_size=6)), max_size=2),  # headers
+    st.lists(st.tuples(st.text(max_size=6), st.one_of(st.none(), st.binary(max_size=6))), max_size=2),  # headers
     st.integers(-(2**40), 2**40),  # timestamp: any order, the clock may go backwards
 )
 

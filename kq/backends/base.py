@@ -227,6 +227,10 @@ class Backend(ABC):
         """The group's committed offsets on the topic, by partition (absent: none)."""
 
     @abstractmethod
+    def committed_with_metadata(self, group: str, topic: str) -> dict[int, tuple[int, str]]:
+        """``committed``, each with its commit's metadata string ("" if none)."""
+
+    @abstractmethod
     def members(self, group: str) -> list[dict]:
         """Live members: member, host, pid, client_id, joined_at (ms), topic, partitions (owned),
         progress_at (ms); every key in every backend, None where it does not know."""
@@ -244,8 +248,11 @@ class Backend(ABC):
         """Raise GroupBusy if a live member of ``group`` reads ``topic``."""
 
     @abstractmethod
-    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
-        """Set the group's committed offsets (by partition); the caller checked it has no live members."""
+    def commit_offsets(
+        self, group: str, topic: str, offsets: dict[int, int], metadata: dict[int, str] | None = None
+    ) -> None:
+        """Set the group's committed offsets (by partition), with each one's metadata string if
+        given (else none); the caller checked the group has no live members."""
 
     def offset_rows(self, topic: str, groups: list[str] | None) -> list[dict]:
         """Per partition: start and end offset, and for each group its committed offset and lag."""
@@ -257,9 +264,9 @@ class Backend(ABC):
             ]
         rows = []
         for group in groups:
-            committed = self.committed(group, topic)
+            committed = self.committed_with_metadata(group, topic)
             for p in info.partitions:
-                c = committed.get(p.partition)
+                c, metadata = committed.get(p.partition, (None, None))
                 rows.append(
                     {
                         "topic": topic,
@@ -269,6 +276,7 @@ class Backend(ABC):
                         "group": group,
                         "committed": c,
                         "lag": lag(c, p.start_offset, p.end_offset),
+                        "metadata": metadata,
                     }
                 )
         return rows

@@ -434,6 +434,22 @@ class KafkaBackend(Backend):
         count = self.partition_count(topic)
         return {p: offset for (_, p), offset in self._committed(group, topic, range(count)).items()}
 
+    def committed_with_metadata(self, group: str, topic: str) -> dict[int, tuple[int, str]]:
+        # Through a consumer of the group, which joins nothing: confluent-kafka 2.16's admin
+        # client reads a commit's metadata as a C string from a copy without the terminating
+        # NUL (past its end: garbage, or a UnicodeDecodeError); its consumer's copy has one.
+        partitions = range(self.partition_count(topic))
+        config = self.client_config()
+        config.update({"group.id": group, "enable.auto.commit": False})
+        consumer = self.make("Consumer", config)
+        try:
+            found = consumer.committed([self.ck.TopicPartition(topic, p) for p in partitions], timeout=self.timeout)
+        except self.ck.KafkaException as exc:
+            raise self.error(exc, f"fetching the offsets of group '{group}'", topic, group) from None
+        finally:
+            consumer.close()
+        return {tp.partition: (tp.offset, tp.metadata or "") for tp in found if tp.offset >= 0}
+
     def members(self, group: str) -> list[dict]:
         if not self.group_exists(group):
             check_name(group, "group")
@@ -490,9 +506,20 @@ class KafkaBackend(Backend):
             on_topic = any(tp.topic == topic for m in members for tp in m.assignment.topic_partitions or ())
             raise GroupBusy(group, topic if on_topic else None, len(members) or 1)
 
-    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+    def commit_offsets(
+        self, group: str, topic: str, offsets: dict[int, int], metadata: dict[int, str] | None = None
+    ) -> None:
+        # confluent-kafka takes metadata as a C string, which it sends with its terminating NUL:
+        # a string that ends in NUL (what it committed before) goes out as it came.
+        strings = {p: m.split("\0", 1)[0] for p, m in (metadata or {}).items()}
         request = self.ck.ConsumerGroupTopicPartitions(
-            group, [self.ck.TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+            group,
+            [
+                self.ck.TopicPartition(topic, p, o, metadata=strings[p])
+                if strings.get(p)
+                else self.ck.TopicPartition(topic, p, o)
+                for p, o in sorted(offsets.items())
+            ],
         )
         futures = self.admin.alter_consumer_group_offsets([request], request_timeout=self.timeout)
         result = self.wait(futures[group], f"committing offsets of group '{group}'", topic, group)

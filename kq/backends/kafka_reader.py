@@ -94,7 +94,7 @@ class MessageBatch:
                 m.timestamp()[1],
                 m.key(),
                 m.value(),
-                [(k, b"" if v is None else v) for k, v in headers] if headers else [],
+                list(headers) if headers else [],
             )
 
 

@@ -152,6 +152,10 @@ class LocalBackend(Backend):
     def committed(self, group: str, topic: str) -> dict[int, int]:
         return self.groups.committed(group, self.topic(topic))
 
+    def committed_with_metadata(self, group: str, topic: str) -> dict[int, tuple[int, str]]:
+        found = self.groups.committed_offsets(group, self.topic(topic))
+        return {p: (c.offset, c.metadata) for p, c in found.items()}
+
     def members(self, group: str) -> list[dict]:
         if not self.groups.exists(group):
             from ..errors import GroupNotFound
@@ -179,10 +183,12 @@ class LocalBackend(Backend):
     def check_no_live_members(self, group: str, topic: str) -> None:
         self.groups.check_no_live_members(group, topic)
 
-    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+    def commit_offsets(
+        self, group: str, topic: str, offsets: dict[int, int], metadata: dict[int, str] | None = None
+    ) -> None:
         t = self.topic(topic)
         for partition, offset in sorted(offsets.items()):
-            self.groups.commit(group, t, t.partition(partition).number, offset)
+            self.groups.commit(group, t, t.partition(partition).number, offset, (metadata or {}).get(partition, ""))
 
     # ------------------------------------------------------------------ share groups
 

@@ -131,7 +131,7 @@ def consume(
         "-F",
         "--format",
         metavar="FMT",
-        help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% and \n, \t. Nothing else is added.",
+        help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers (name=value,...; a null value as NULL, as kcat), %% and \n, \t. Nothing else is added.",
     ),
     json_output: bool = typer.Option(
         False,

@@ -37,7 +37,8 @@ def offsets_show(
     topic: str = topic_argument(),
     group: Optional[str] = group_option("Only this group \\[default: every group of the topic]."),
     json_output: bool = json_option(
-        "A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag]}."
+        "A JSON list of {topic, partition, start_offset, end_offset[, group, committed, lag, metadata]};"
+        " metadata: the string a Kafka client committed with the offset (null: no offset committed)."
     ),
 ) -> None:
     """Per partition: start and end offset, and each group's committed offset and lag.

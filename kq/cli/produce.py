@@ -13,20 +13,21 @@ from .output import ProgressBars, count, noting_written
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
 
-def parse_headers(headers: list[str]) -> list[tuple[str, bytes]]:
+def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
+    """NAME=VALUE pairs; NAME alone (no '=') gives a null value, as kcat's -H does."""
     from ..framing import arg_bytes
 
-    out = []
+    out: list[tuple[str, bytes | None]] = []
     for h in headers:
         name, sep, value = h.partition("=")
-        if not sep or not name:
-            raise bad_parameter(f"{h!r} is not NAME=VALUE", "-H/--header")
+        if not name:
+            raise bad_parameter(f"{h!r} is not NAME=VALUE (or NAME, for a null value)", "-H/--header")
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
             # Kafka's header names are text; their values are bytes.
             raise bad_parameter(f"header name {name!r} is not UTF-8 text", "-H/--header") from None
-        out.append((name, arg_bytes(value)))
+        out.append((name, arg_bytes(value) if sep else None))
     return out
 
 
@@ -157,7 +158,11 @@ def produce(
         None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."
     ),
     header: list[str] = typer.Option(
-        [], "-H", "--header", metavar="NAME=VALUE", help="Add a header to every message (repeatable)."
+        [],
+        "-H",
+        "--header",
+        metavar="NAME=VALUE",
+        help="Add a header to every message (repeatable); NAME alone gives it a null value, as kcat's -H.",
     ),
     partition: Annotated[
         Optional[int],

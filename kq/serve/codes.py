@@ -6,6 +6,7 @@ NONE = 0
 UNKNOWN_SERVER_ERROR = -1
 OFFSET_OUT_OF_RANGE = E.OffsetOutOfRangeError.errno
 CORRUPT_MESSAGE = E.CorruptRecordError.errno
+OFFSET_METADATA_TOO_LARGE = E.OffsetMetadataTooLargeError.errno
 UNKNOWN_TOPIC_OR_PARTITION = E.UnknownTopicOrPartitionError.errno
 MESSAGE_TOO_LARGE = E.MessageSizeTooLargeError.errno
 COORDINATOR_LOAD_IN_PROGRESS = E.CoordinatorLoadInProgressError.errno

@@ -38,6 +38,7 @@ from kafka.protocol.consumer import (
 )
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
+from ..group import MAX_COMMIT_METADATA
 from ..group import Member as KqMember
 from . import codes
 from .storage import GroupNotFound, InvalidName, KqError, Storage, TopicNotFound, check_name
@@ -578,19 +579,23 @@ class Coordinator:
             for p in t.partitions:
                 pcode = code
                 if pcode == codes.NONE:
-                    pcode = self._commit_one(body.group_id, t.name, p.partition_index, p.committed_offset)
+                    pcode = self._commit_one(
+                        body.group_id, t.name, p.partition_index, p.committed_offset, p.committed_metadata or ""
+                    )
                 parts.append(PR(partition_index=p.partition_index, error_code=pcode))
             out.append(TR(name=t.name, partitions=parts))
         return R(version=version, throttle_time_ms=0, topics=out)
 
-    def _commit_one(self, group_id: str, topic: str, partition: int, offset: int) -> int:
+    def _commit_one(self, group_id: str, topic: str, partition: int, offset: int, metadata: str = "") -> int:
         try:
             check_name(topic)
             if not 0 <= partition < self.storage.topic(topic).partition_count:
                 return codes.UNKNOWN_TOPIC_OR_PARTITION
             if offset < 0:
                 return codes.NONE  # Kafka stores -1 as "no offset"; kq simply keeps none
-            self.storage.commit(group_id, topic, partition, offset)
+            if len(metadata) > MAX_COMMIT_METADATA:
+                return codes.OFFSET_METADATA_TOO_LARGE
+            self.storage.commit(group_id, topic, partition, offset, metadata)
         except TopicNotFound:
             return codes.UNKNOWN_TOPIC_OR_PARTITION
         except KqError:
@@ -632,18 +637,18 @@ class Coordinator:
             out = []
             for name, partitions in requests:
                 try:
-                    committed = self.storage.committed(group_id, check_name(name))
+                    found = self.storage.committed_offsets(group_id, check_name(name))
                 except KqError:
-                    committed = {}
+                    found = {}
                 out.append(
                     TopicCls(
                         name=name,
                         partitions=[
                             PartCls(
                                 partition_index=p,
-                                committed_offset=committed.get(p, -1),
+                                committed_offset=found[p].offset if p in found else -1,
                                 committed_leader_epoch=-1,
-                                metadata="",
+                                metadata=found[p].metadata if p in found else "",
                                 error_code=0,
                             )
                             for p in partitions

@@ -61,13 +61,13 @@ class ProducedBatch(NamedTuple):
 
     values: list
     keys: list | None  # None: no record has a key
-    headers: list | None  # per record a list of (str, bytes), or None: no record has one
+    headers: list | None  # per record a list of (str, bytes or None), or None: no record has one
     timestamps: list
     producer_id: int
     producer_epoch: int
     base_sequence: int
     count: int  # type: ignore[assignment]  # (a field, where tuple has a method of that name)
-    null_header_values: int  # header values that were null (kq stores them as b"")
+    null_header_values: int  # header values that were null (kept as None)
 
 
 def _decompress(kind: int, data: memoryview) -> bytes:
@@ -263,8 +263,7 @@ def _decode_headers(buf, pos: int, i: int):
             pairs.append((name, buf[pos : pos + vlen]))
             pos += vlen
         else:
-            # kq's headers are (str, bytes): a null header value is kept as b"".
-            pairs.append((name, b""))
+            pairs.append((name, None))
             nulls += 1
     return pairs, pos, nulls
 

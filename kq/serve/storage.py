@@ -14,7 +14,7 @@ import time
 from ..cursor import Cursor
 from ..datadir import DataDir
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
-from ..group import Groups, Member
+from ..group import CommittedOffset, Groups, Member
 from ..names import check_name
 
 # The engine's errors and name check, for the rest of kq/serve.
@@ -197,8 +197,12 @@ class Storage:
     def committed(self, group: str, topic: str) -> dict[int, int]:
         return self.groups.committed(group, topic)
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        self.groups.commit(group, topic, partition, offset)
+    def committed_offsets(self, group: str, topic: str) -> dict[int, CommittedOffset]:
+        """By partition: (offset, topic_id, metadata), as ``Groups.committed_offsets``."""
+        return self.groups.committed_offsets(group, topic)
+
+    def commit(self, group: str, topic: str, partition: int, offset: int, metadata: str = "") -> None:
+        self.groups.commit(group, topic, partition, offset, metadata)
 
     def delete_group(self, group: str) -> None:
         self.groups.delete(group)

@@ -29,10 +29,11 @@ def test_header_fields_sit_where_format_md_says():
         dict(values=[b"x"]),
         dict(values=[b"", None, b"\xff"], keys=[b"k", None, b""]),
         dict(values=[b"v"] * 3, headers=[[("a", b"1"), ("a", b"2")], None, []]),
+        dict(values=[b"v"] * 2, headers=[[("n", None), ("e", b"")], None]),
         dict(values=[b"1", b"2"], timestamps=[5, -5]),
         dict(values=[b"1", b"2"], timestamps=[1, 2], offset_deltas=[0, 9]),
     ],
-    ids=["one", "keys-and-tombstones", "repeated-headers", "timestamps", "compacted-gaps"],
+    ids=["one", "keys-and-tombstones", "repeated-headers", "null-header-value", "timestamps", "compacted-gaps"],
 )
 def test_encode_then_decode_gives_the_same_records(columns):
     values = columns.pop("values")
@@ -104,3 +105,13 @@ def test_an_index_builder_resumed_from_an_entry_goes_on_as_one_from_the_start():
     for offset, position in [(1, 4096), (2, 8000), (3, 8192)]:
         resumed.add(offset, position, offset)
     assert whole.take()[24:] == resumed.take()
+
+
+def test_a_null_header_value_is_nil_in_the_headers_column_and_flags_the_payload():
+    """FORMAT.md, "Payload": a null header value is msgpack nil (format 2); the payload says it holds one."""
+    import msgpack
+
+    payload = batchfmt.pack([b"v"], headers=[[("n", None), ("e", b"")]], timestamp=1)
+    assert payload.null_header_values
+    assert msgpack.unpackb(payload.data)[2] == [[["n", None], ["e", b""]]]
+    assert not batchfmt.pack([b"v"], headers=[[("e", b"")]], timestamp=1).null_header_values
