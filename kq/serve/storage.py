@@ -80,9 +80,11 @@ class Storage:
         for key in [k for k in self._readers if k[0] == name]:
             self._readers.pop(key).close()
 
-    def create_topic(self, name: str, partitions: int, config: dict | None = None):
+    def create_topic(
+        self, name: str, partitions: int, config: dict | None = None, kafka_config: dict[str, str] | None = None
+    ):
         self._forget(name)
-        self.data.create_topic(name, partitions, config)
+        self.data.create_topic(name, partitions, config, kafka_config=kafka_config)
         return self.topic(name)
 
     def delete_topic(self, name: str) -> None:
@@ -92,9 +94,9 @@ class Storage:
     def topic_config(self, name: str) -> dict:
         return dict(self.topic(name).config)
 
-    def alter_topic(self, name: str, changes: dict) -> dict:
+    def alter_topic(self, name: str, changes: dict, kafka_config: dict[str, str] | None = None) -> dict:
         self._forget(name)
-        return dict(self.data.alter_topic(name, changes).config)
+        return dict(self.data.alter_topic(name, changes, kafka_config).config)
 
     def add_partitions(self, name: str, count: int) -> None:
         topic = self.topic(name)
