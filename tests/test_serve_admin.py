@@ -27,11 +27,12 @@ from kafka.admin import (  # noqa: E402
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
+    ConfigResourceType,
     KafkaAdminClient,
     ResourcePatternFilter,
+    ResourceType,
 )
 from kafka.admin import ConfigResource as KPConfigResource  # noqa: E402
-from kafka.admin import ConfigResourceType, ResourceType  # noqa: E402
 from kafka.admin import NewTopic as KPNewTopic  # noqa: E402
 
 TIMEOUT = 30
@@ -93,7 +94,11 @@ def test_a_topic_takes_every_kafka_config_and_describes_it(admin, data_dir, run_
     assert (topic["config"]["retention_ms"], topic["config"]["cleanup"]) == (3_600_000, "compact")
     with open(os.path.join(data_dir, "topics", "kept", "topic.json")) as f:
         stored = json.load(f)
-    assert stored["kafka_config"] == {"compression.type": "lz4", "min.insync.replicas": "1", "max.message.bytes": "2000000"}
+    assert stored["kafka_config"] == {
+        "compression.type": "lz4",
+        "min.insync.replicas": "1",
+        "max.message.bytes": "2000000",
+    }
 
 
 @pytest.mark.parametrize(

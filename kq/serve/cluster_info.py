@@ -200,6 +200,7 @@ class ClusterInfo:
         Result = R.DescribeLogDirsResult
         Topic = Result.DescribeLogDirsTopic
         Partition = Topic.DescribeLogDirsPartition
+        wanted: list[tuple[str, set | None]]
         if body.topics is None:
             wanted = [(n, None) for n in sorted(self.storage.topic_names())]
         else:
