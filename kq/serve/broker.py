@@ -381,7 +381,7 @@ class Broker:
                     base = dup.base_offset
                 else:
                     base, last = self.storage.append(
-                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps
+                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec
                     )
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)

@@ -111,11 +111,14 @@ class Storage:
 
     # ------------------------------------------------------------------ partitions
 
-    def append(self, topic: str, partition: int, values, keys, headers, timestamps) -> tuple[int, int]:
-        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
+    def append(self, topic: str, partition: int, values, keys, headers, timestamps, codec: int = 0) -> tuple[int, int]:
+        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so.
+
+        ``codec``: the Kafka compression codec the records came in, kept to serve them so again.
+        """
         part = self.topic(topic).partition(partition)
         try:
-            return part.append(values, keys=keys, headers=headers, timestamps=timestamps)
+            return part.append(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
         except FileNotFoundError:
             # The topic was deleted (and maybe created again) under us.
             self._forget(topic)
