@@ -301,3 +301,135 @@ def test_kafka_python_infers_a_current_kafka(server):
         assert consumer.config["api_version"] == (4, 2)
     finally:
         consumer.close()
+
+
+def _admin_requests(data_dir: str) -> list:
+    from kafka.protocol import admin as A
+
+    Cursor = A.DescribeTopicPartitionsRequest.Cursor
+    LogDir = A.AlterReplicaLogDirsRequest.AlterReplicaLogDir
+    Reassign = A.AlterPartitionReassignmentsRequest.ReassignableTopic
+    Alter = A.AlterConfigsRequest.AlterConfigsResource
+    Incremental = A.IncrementalAlterConfigsRequest.AlterConfigsResource
+    Quorum = A.DescribeQuorumRequest.TopicData
+    Create = A.CreateTopicsRequest.CreatableTopic
+    return [
+        A.DescribeTopicPartitionsRequest(
+            version=0,
+            topics=[A.DescribeTopicPartitionsRequest.TopicRequest(name="base")],
+            response_partition_limit=1,
+            cursor=Cursor(topic_name="base", partition_index=1),
+        ),
+        A.ListConfigResourcesRequest(version=1, resource_types=[2, 4]),
+        A.DescribeLogDirsRequest(
+            version=4, topics=[A.DescribeLogDirsRequest.DescribableLogDirTopic(topic="base", partitions=[0, 1])]
+        ),
+        A.AlterReplicaLogDirsRequest(
+            version=2,
+            dirs=[LogDir(path=data_dir, topics=[LogDir.AlterReplicaLogDirTopic(name="base", partitions=[0])])],
+        ),
+        A.DescribeQuorumRequest(
+            version=2,
+            topics=[Quorum(topic_name="__cluster_metadata", partitions=[Quorum.PartitionData(partition_index=0)])],
+        ),
+        A.ElectLeadersRequest(
+            version=2,
+            election_type=0,
+            topic_partitions=[A.ElectLeadersRequest.TopicPartitions(topic="base", partitions=[0, 1])],
+            timeout_ms=100,
+        ),
+        A.AlterPartitionReassignmentsRequest(
+            version=1,
+            timeout_ms=10,
+            allow_replication_factor_change=True,
+            topics=[
+                Reassign(name="base", partitions=[Reassign.ReassignablePartition(partition_index=0, replicas=[0])])
+            ],
+        ),
+        A.ListPartitionReassignmentsRequest(version=0, timeout_ms=10, topics=None),
+        A.AlterConfigsRequest(
+            version=2,
+            resources=[
+                Alter(
+                    resource_type=2,
+                    resource_name="base",
+                    configs=[Alter.AlterableConfig(name="compression.type", value="lz4")],
+                )
+            ],
+            validate_only=True,
+        ),
+        A.IncrementalAlterConfigsRequest(
+            version=1,
+            resources=[
+                Incremental(
+                    resource_type=2,
+                    resource_name="base",
+                    configs=[Incremental.AlterableConfig(name="cleanup.policy", config_operation=2, value="compact")],
+                )
+            ],
+            validate_only=True,
+        ),
+        A.DescribeConfigsRequest(
+            version=4,
+            resources=[
+                A.DescribeConfigsRequest.DescribeConfigsResource(
+                    resource_type=4, resource_name="0", configuration_keys=None
+                )
+            ],
+            include_synonyms=True,
+            include_documentation=True,
+        ),
+        A.CreateTopicsRequest(
+            version=7,
+            topics=[
+                Create(
+                    name="made",
+                    num_partitions=-1,
+                    replication_factor=-1,
+                    assignments=[Create.CreatableReplicaAssignment(partition_index=0, broker_ids=[0])],
+                    configs=[Create.CreatableTopicConfig(name="compression.type", value="zstd")],
+                )
+            ],
+            timeout_ms=1000,
+            validate_only=True,
+        ),
+        A.DescribeAclsRequest(
+            version=3,
+            resource_type_filter=1,
+            resource_name_filter=None,
+            pattern_type_filter=1,
+            principal_filter=None,
+            host_filter=None,
+            operation=1,
+            permission_type=1,
+        ),
+    ]
+
+
+def test_mutated_admin_requests_get_an_answer_or_a_clean_close(server, data_dir):
+    """Damaged bytes in any administration request: an answer, or the connection closed with one log line."""
+    import random
+    import socket
+    import struct
+
+    from serve_support import read_frame
+
+    rng = random.Random(20)
+    requests = []
+    for request in _admin_requests(os.path.realpath(data_dir)):
+        request.with_header(correlation_id=1, client_id="fuzz")
+        requests.append(bytes(request.encode(header=True, framed=False)))
+    answered = 0
+    for _ in range(1500):
+        body = bytearray(rng.choice(requests))
+        for _ in range(rng.randint(1, 4)):
+            body[rng.randrange(8, len(body))] = rng.choice([0, 0xFF, rng.randrange(256)])
+        if rng.random() < 0.2:
+            body = body[: rng.randrange(8, len(body))]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + bytes(body))
+            answered += read_frame(sock) is not None
+    server.stop()
+    log = server.stderr.rest()
+    assert "internal error" not in log and "Traceback" not in log, log[-3000:]
+    assert answered > 100  # most damage still decodes, and is answered

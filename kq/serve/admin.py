@@ -57,9 +57,9 @@ class Admin:
     async def create_topics(self, body, version: int):
         R = CreateTopicsResponse
         out = []
-        repeated = {name for name, n in Counter(t.name for t in body.topics).items() if n > 1}
+        repeated = {name for name, n in Counter(t.name for t in body.topics or ()).items() if n > 1}
         answered = set()
-        for t in body.topics:
+        for t in body.topics or ():
             if t.name in answered:
                 continue  # one answer per name, as Kafka gives (a client cannot read two)
             answered.add(t.name)
@@ -170,7 +170,7 @@ class Admin:
         Result = R.DescribeConfigsResult
         Config = Result.DescribeConfigsResourceResult
         out = []
-        for res in body.resources:
+        for res in body.resources or ():
             code, message, configs = codes.NONE, None, []
             wanted = res.configuration_keys
             try:
@@ -264,7 +264,7 @@ class Admin:
         """AlterConfigs: a resource's configs become exactly those given (the others revert to defaults)."""
         R = AlterConfigsResponse
         out = []
-        for res in body.resources:
+        for res in body.resources or ():
 
             def replaced(config, kept, res=res):
                 given, kept = topic_configs.split((c.name, c.value) for c in res.configs or ())
@@ -284,7 +284,7 @@ class Admin:
     async def incremental_alter_configs(self, body, version: int):
         R = IncrementalAlterConfigsResponse
         out = []
-        for res in body.resources:
+        for res in body.resources or ():
 
             def changed(config, kept, res=res):
                 for c in res.configs or ():
@@ -329,7 +329,7 @@ class Admin:
     async def create_partitions(self, body, version: int):
         R = CreatePartitionsResponse
         out = []
-        for t in body.topics:
+        for t in body.topics or ():
             code, message = codes.NONE, None
             try:
                 check_name(t.name)
@@ -360,9 +360,9 @@ class Admin:
         R = DeleteRecordsResponse
         Topic = R.DeleteRecordsTopicResult
         out = []
-        for t in body.topics:
+        for t in body.topics or ():
             partitions = []
-            for p in t.partitions:
+            for p in t.partitions or ():
                 code, low = codes.NONE, -1
                 try:
                     check_name(t.name)

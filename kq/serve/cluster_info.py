@@ -133,11 +133,12 @@ class ClusterInfo:
         R = DescribeTopicPartitionsResponse
         T = R.DescribeTopicPartitionsResponseTopic
         P = T.DescribeTopicPartitionsResponsePartition
-        names = sorted({t.name for t in body.topics}) if body.topics else sorted(self.storage.topic_names())
-        cursor = body.cursor
+        asked = {t.name for t in body.topics or () if isinstance(t.name, str)}
+        names = sorted(asked) if body.topics else sorted(self.storage.topic_names())
+        cursor = body.cursor if body.cursor is not None and isinstance(body.cursor.topic_name, str) else None
         if cursor is not None:
             names = [n for n in names if n >= cursor.topic_name]
-        left = max(1, body.response_partition_limit)
+        left = max(1, body.response_partition_limit or 0)
         topics, next_cursor = [], None
         for name in names:
             count = self._partition_count(name)
@@ -204,7 +205,7 @@ class ClusterInfo:
         if body.topics is None:
             wanted = [(n, None) for n in sorted(self.storage.topic_names())]
         else:
-            wanted = [(t.topic, set(t.partitions)) for t in body.topics]
+            wanted = [(t.topic, set(t.partitions or ())) for t in body.topics]
         topics = []
         for name, numbers in wanted:
             count = self._partition_count(name)
@@ -243,12 +244,12 @@ class ClusterInfo:
         R = AlterReplicaLogDirsResponse
         here = os.path.realpath(self.storage.path)
         results = []
-        for d in body.dirs:
-            known = os.path.realpath(d.path) == here
-            for t in d.topics:
+        for d in body.dirs or ():
+            known = isinstance(d.path, str) and "\0" not in d.path and os.path.realpath(d.path) == here
+            for t in d.topics or ():
                 count = self._partition_count(t.name)
                 partitions = []
-                for n in t.partitions:
+                for n in t.partitions or ():
                     if not known:
                         code = codes.LOG_DIR_NOT_FOUND
                     elif count is None or not 0 <= n < count:
@@ -269,7 +270,7 @@ class ClusterInfo:
         R = DescribeQuorumResponse
         T = R.TopicData
         P = T.PartitionData
-        asked = [(t.topic_name, p.partition_index) for t in body.topics for p in t.partitions]
+        asked = [(t.topic_name, p.partition_index) for t in body.topics or () for p in t.partitions or ()]
         if asked != [(METADATA_TOPIC, 0)]:
             return R(
                 version=version,
@@ -333,7 +334,7 @@ class ClusterInfo:
         for t in body.topic_partitions or ():
             count = self._partition_count(t.topic)
             partitions = []
-            for n in t.partitions:
+            for n in t.partitions or ():
                 if count is None or not 0 <= n < count:
                     code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, "no such topic or partition"
                 else:
@@ -346,10 +347,10 @@ class ClusterInfo:
         R = AlterPartitionReassignmentsResponse
         T = R.ReassignableTopicResponse
         topics = []
-        for t in body.topics:
+        for t in body.topics or ():
             count = self._partition_count(t.name)
             partitions = []
-            for p in t.partitions:
+            for p in t.partitions or ():
                 code, message = codes.NONE, None
                 if count is None or not 0 <= p.partition_index < count:
                     code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, "no such topic or partition"
@@ -395,7 +396,7 @@ class ClusterInfo:
             throttle_time_ms=0,
             results=[
                 R.AclCreationResult(error_code=codes.SECURITY_DISABLED, error_message=NO_AUTHORIZER)
-                for _ in body.creations
+                for _ in body.creations or ()
             ],
         )
 
@@ -408,6 +409,6 @@ class ClusterInfo:
                 R.DeleteAclsFilterResult(
                     error_code=codes.SECURITY_DISABLED, error_message=NO_AUTHORIZER, matching_acls=[]
                 )
-                for _ in body.filters
+                for _ in body.filters or ()
             ],
         )
