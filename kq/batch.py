@@ -30,6 +30,11 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 # offset, the offset after a full partition's last record (it is packed as the
 # next batch's base offset and committed), so a record's is at most MAX_OFFSET - 1.
 MAX_OFFSET = 2**63 - 1
+# The header's attributes: the low three bits name the Kafka compression codec
+# the records arrived in through kq serve (0 none, 1 gzip, 2 snappy, 3 lz4,
+# 4 zstd), so that it serves them so compressed again, as Kafka keeps a
+# producer's codec; the payload itself is never compressed. Other bits are 0.
+CODEC_MASK = 0x07
 
 # What ``check`` makes of the bytes at a position:
 OK = 0  # a whole, valid batch
@@ -84,6 +89,7 @@ class Payload(NamedTuple):
     # Some header value is null: the data directory must be format 2 (kq.datadir.NULL_HEADER_FORMAT)
     # before the batch is written, so that an older kq refuses the directory instead of the batch.
     null_header_values: bool = False
+    attributes: int = 0
 
 
 def pack(
@@ -93,6 +99,7 @@ def pack(
     timestamp: int = 0,
     timestamps: Sequence[int] | None = None,
     offset_deltas: Sequence[int] | None = None,
+    attributes: int = 0,
 ) -> Payload:
     """Pack records into a payload. ``timestamps`` (per record) overrides ``timestamp``.
 
@@ -122,7 +129,7 @@ def pack(
         raise MessageTooLarge(
             f"a batch of {count} record(s) encodes to {length} bytes, more than the maximum of {MAX_BATCH_BYTES}"
         )
-    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values)
+    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes)
 
 
 def _has_null_value(headers) -> bool:
@@ -149,7 +156,7 @@ def frame(base_offset: int, payload: Payload) -> bytes:
         payload.count,
         payload.base_timestamp,
         payload.max_timestamp,
-        0,
+        payload.attributes,
     )
     return MAGIC + struct.pack(">I", zlib.crc32(payload.data, zlib.crc32(fields))) + fields
 
@@ -244,6 +251,7 @@ class RecordBatch:
         "headers",
         "timestamp_deltas",
         "offset_deltas",
+        "attributes",
     )
     position: int
     size: int
@@ -257,6 +265,7 @@ class RecordBatch:
     headers: list | None
     timestamp_deltas: list | None
     offset_deltas: list | None
+    attributes: int
 
     @property
     def last_offset(self) -> int:
@@ -361,7 +370,7 @@ def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, m
 
 def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> RecordBatch:
     """Decode a batch that ``check`` accepted at ``pos``."""
-    _, _, length, base, last_delta, count, base_ts, max_ts, _attrs = header
+    _, _, length, base, last_delta, count, base_ts, max_ts, attributes = header
     start = pos + HEADER_SIZE
     stop = pos + PREFIX_SIZE + length
     try:
@@ -400,4 +409,5 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.headers = headers
     batch.timestamp_deltas = ts_deltas
     batch.offset_deltas = offset_deltas
+    batch.attributes = attributes
     return batch

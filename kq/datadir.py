@@ -141,7 +141,12 @@ class DataDir:
         return Topic(name, path, meta, root=self.path)
 
     def create_topic(
-        self, name: str, partitions: int = 1, config: dict | None = None, topic_id: str | None = None
+        self,
+        name: str,
+        partitions: int = 1,
+        config: dict | None = None,
+        topic_id: str | None = None,
+        kafka_config: dict[str, str] | None = None,
     ) -> Topic:
         """Create a topic atomically: it appears whole (all partitions) or not at all.
 
@@ -167,6 +172,8 @@ class DataDir:
                 "partitions": partitions,
                 "config": config,
             }
+            if kafka_config:
+                meta["kafka_config"] = dict(kafka_config)
             atomic_write(
                 os.path.join(staging, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n", sync=config["sync"]
             )
@@ -186,13 +193,17 @@ class DataDir:
         fsync_dir(self.topics_path)
         return self.topic(name)
 
-    def alter_topic(self, name: str, changes: dict) -> Topic:
-        """Change a topic's config (atomically replacing topic.json)."""
+    def alter_topic(self, name: str, changes: dict, kafka_config: dict[str, str] | None = None) -> Topic:
+        """Change a topic's config (atomically replacing topic.json); ``kafka_config``, if given,
+        replaces the Kafka configs kept with the topic."""
         t = self.topic(name)
         config = check_config({**t.config, **changes})
         meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": config}
         if t.id is not None:
             meta["id"] = t.id
+        kept = t.kafka_config if kafka_config is None else kafka_config
+        if kept:
+            meta["kafka_config"] = dict(kept)
         atomic_write(os.path.join(t.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         return self.topic(name)
 
@@ -218,6 +229,8 @@ class DataDir:
         meta = {"format": TOPIC_FORMAT, "name": topic.name, "partitions": count, "config": topic.config}
         if topic.id is not None:
             meta["id"] = topic.id
+        if topic.kafka_config:
+            meta["kafka_config"] = dict(topic.kafka_config)
         atomic_write(os.path.join(topic.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         topic.partition_count = count
 

@@ -320,7 +320,9 @@ class Partition:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, values, keys=None, headers=None, timestamp: int | None = None, timestamps=None) -> tuple[int, int]:
+    def append(
+        self, values, keys=None, headers=None, timestamp: int | None = None, timestamps=None, attributes: int = 0
+    ) -> tuple[int, int]:
         """Append one batch of records; return (first offset, last offset).
 
         The batch is in the page cache (visible to readers, safe from a crash of
@@ -329,7 +331,7 @@ class Partition:
         if timestamp is None and timestamps is None:
             timestamp = now_ms()
         return self.append_payload(
-            batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps)
+            batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps, attributes=attributes)
         )
 
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:

@@ -90,6 +90,9 @@ class Topic:
         self.id: str | None = meta.get("id")  # None: a topic made by a kq that gave no ids
         self.partition_count: int = meta["partitions"]
         self.config: dict = meta["config"]
+        # Kafka topic configs kq keeps for Kafka clients without acting on them (kq serve's
+        # CreateTopics and AlterConfigs: compression.type, min.insync.replicas, ...)
+        self.kafka_config: dict[str, str] = meta.get("kafka_config", {})
         self._partitions: dict[int, Partition] = {}
         # Start at a random partition so that many short-lived producers spread out.
         self._next_partition = random.randrange(self.partition_count)
@@ -123,7 +126,13 @@ class Topic:
             config = check_config(config)
         except UsageError as exc:
             raise CorruptFile(file, str(exc)) from None
-        return {**meta, "format": version, "partitions": count, "config": config}
+        kafka_config = meta.get("kafka_config", {})
+        if not (
+            isinstance(kafka_config, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in kafka_config.items())
+        ):
+            raise CorruptFile(file, f"kafka_config is {shown(kafka_config)}, not an object of strings")
+        return {**meta, "format": version, "partitions": count, "config": config, "kafka_config": kafka_config}
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, partitions={self.partition_count})"

@@ -56,6 +56,15 @@ def serve(
         "--no-auto-create",
         help="Do not create topics that clients ask metadata for (Kafka's auto.create.topics.enable=false).",
     ),
+    default_partitions: Optional[int] = typer.Option(
+        None,
+        "--default-partitions",
+        min=1,
+        max=10_000,
+        metavar="N",
+        help="Partitions of a topic created without a count: on first use, or by a client that gives none "
+        "(Kafka's num.partitions) \\[default: 1].",
+    ),
     max_request_bytes: int = typer.Option(
         100 * 1024 * 1024,
         "--max-request-bytes",
@@ -122,6 +131,7 @@ def serve(
             adv_host,
             adv_port if advertise else None,
             auto_create=not no_auto_create,
+            default_partitions=default_partitions,
             max_request_bytes=max_request_bytes,
             sync=sync,
             ready=ready,

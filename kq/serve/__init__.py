@@ -9,7 +9,9 @@ Layout, top down:
     server.py       asyncio: connections, frames, one request at a time per connection
     broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
     coordinator.py  consumer groups, stored and fenced as kq groups
-    admin.py        CreateTopics, DeleteTopics, DescribeConfigs
+    admin.py        CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs, CreatePartitions, ...
+    topic_configs.py Kafka's topic configs: names, types, defaults, valid values
+    cluster_info.py a one-broker cluster's answers: log dirs, quorum, leaders, reassignments, ACLs
     producers.py    the idempotent producer's ids and sequence numbers
     records.py      Kafka record batches to and from kq's columns (the hot paths)
     wire.py         which APIs at which versions; request and response framing (kafka.protocol)
@@ -49,6 +51,7 @@ def serve(
     advertised_host: str,
     advertised_port: int | None,
     auto_create: bool = True,
+    default_partitions: int | None = None,
     max_request_bytes: int | None = None,
     sync: bool = False,
     ready=None,
@@ -62,10 +65,19 @@ def serve(
 
     storage = Storage(data_dir, sync=sync)
     storage.ensure()
-    broker = Broker(storage, advertised_host, advertised_port or port, auto_create=auto_create)
+    broker = Broker(
+        storage,
+        advertised_host,
+        advertised_port or port,
+        auto_create=auto_create,
+        default_partitions=default_partitions,
+        listen=(host, port),
+        max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+    )
     server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
 
     def on_ready(s: Server) -> None:
+        broker.listen = (host, s.port)
         if advertised_port is None:  # port 0: advertise the one the system chose
             broker.port = s.port
         if ready is not None:

@@ -1,8 +1,9 @@
-"""Topic administration: CreateTopics, DeleteTopics, DescribeConfigs, IncrementalAlterConfigs,
-CreatePartitions, DeleteRecords.
+"""Topic administration: CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs,
+IncrementalAlterConfigs, CreatePartitions, DeleteRecords.
 
 kq's topic settings go by their Kafka names (kq.backends.kafka_settings
-holds the table, which the Kafka-cluster backend shares).
+holds the table, which the Kafka-cluster backend shares); the other Kafka
+topic configs are kept with the topic as given (topic_configs).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from kafka.protocol.admin import (
+    AlterConfigsResponse,
     CreatePartitionsResponse,
     CreateTopicsResponse,
     DeleteRecordsResponse,
@@ -18,22 +20,33 @@ from kafka.protocol.admin import (
     IncrementalAlterConfigsResponse,
 )
 
-from ..backends.kafka_settings import KQ_NAMES, kafka_configs, kq_config
-from . import codes
+from ..backends.kafka_settings import KQ_NAMES
+from ..topic import DEFAULT_CONFIG, check_config
+from . import codes, topic_configs
+from .cluster_info import broker_configs
 from .storage import KqError, Storage, TopicExists, TopicNotFound, check_name
 
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
 CONFIG_SOURCE_TOPIC = 1  # DYNAMIC_TOPIC_CONFIG: set on this topic
-CONFIG_TYPES = {
-    "segment.bytes": 3,
-    "retention.ms": 5,
-    "retention.bytes": 5,
-    "cleanup.policy": 7,
-    "delete.retention.ms": 5,
-    "flush.messages": 5,
-}  # INT=3, LONG=5, LIST=7
-SET, DELETE = 0, 1  # IncrementalAlterConfigs operations (APPEND and SUBTRACT apply to lists kq does not have)
+CONFIG_SOURCE_DEFAULT = 5  # DEFAULT_CONFIG: nobody set it
+SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3  # IncrementalAlterConfigs operations
+NODE_ID = 0
+
+
+class ReplicaAssignmentError(ValueError):
+    """Replicas on a broker other than this one (kq serve is broker 0 of a one-broker cluster)."""
+
+
+def check_assignment(brokers, what: str) -> None:
+    if list(brokers or ()) != [NODE_ID]:
+        raise ReplicaAssignmentError(
+            f"{what} names brokers {list(brokers or ())}; kq serve is the one broker, {NODE_ID}, with one replica"
+        )
+
+
+def _source(described) -> int:
+    return CONFIG_SOURCE_DEFAULT if described.is_default else CONFIG_SOURCE_TOPIC
 
 
 class Admin:
@@ -44,9 +57,9 @@ class Admin:
     async def create_topics(self, body, version: int):
         R = CreateTopicsResponse
         out = []
-        repeated = {name for name, n in Counter(t.name for t in body.topics).items() if n > 1}
+        repeated = {name for name, n in Counter(t.name for t in body.topics or ()).items() if n > 1}
         answered = set()
-        for t in body.topics:
+        for t in body.topics or ():
             if t.name in answered:
                 continue  # one answer per name, as Kafka gives (a client cannot read two)
             answered.add(t.name)
@@ -55,7 +68,7 @@ class Admin:
                     codes.INVALID_REQUEST,
                     "the request names this topic more than once",
                     -1,
-                    {},
+                    [],
                 )
             else:
                 code, message, partitions, configs = self._create(t, body.validate_only if version >= 1 else False)
@@ -69,9 +82,9 @@ class Admin:
                     replication_factor=1 if code == 0 else -1,
                     configs=[
                         R.CreatableTopicResult.CreatableTopicConfigs(
-                            name=k, value=v, read_only=False, config_source=CONFIG_SOURCE_TOPIC, is_sensitive=False
+                            name=c.name, value=c.value, read_only=False, config_source=_source(c), is_sensitive=False
                         )
-                        for k, v in configs.items()
+                        for c in configs
                     ]
                     if code == 0
                     else None,
@@ -83,35 +96,51 @@ class Admin:
         try:
             check_name(t.name)
         except KqError as exc:
-            return codes.INVALID_TOPIC_EXCEPTION, str(exc), -1, {}
+            return codes.INVALID_TOPIC_EXCEPTION, str(exc), -1, []
         partitions = self.broker.default_partitions if t.num_partitions == -1 else t.num_partitions
+        if t.assignments:
+            if t.num_partitions != -1 or t.replication_factor != -1:
+                return (
+                    codes.INVALID_REQUEST,
+                    "give either a partition count and replication factor or replica assignments, not both",
+                    -1,
+                    [],
+                )
+            indexes = sorted(a.partition_index for a in t.assignments)
+            if indexes != list(range(len(indexes))):
+                return codes.INVALID_REPLICA_ASSIGNMENT, "partitions must be numbered 0, 1, 2, ...", -1, []
+            try:
+                for a in t.assignments:
+                    check_assignment(a.broker_ids, f"partition {a.partition_index}")
+            except ReplicaAssignmentError as exc:
+                return codes.INVALID_REPLICA_ASSIGNMENT, str(exc), -1, []
+            partitions = len(indexes)
         if partitions < 1:
-            return codes.INVALID_PARTITIONS, "a topic needs at least one partition", -1, {}
+            return codes.INVALID_PARTITIONS, "a topic needs at least one partition", -1, []
         if t.replication_factor not in (-1, 1):
             return (
                 codes.INVALID_REPLICATION_FACTOR,
                 "kq keeps one copy of each partition (replication factor 1)",
                 -1,
-                {},
+                [],
             )
-        if t.assignments:
-            return codes.INVALID_REQUEST, "kq does not take replica assignments", -1, {}
         try:
-            config = kq_config([(c.name, c.value) for c in t.configs or ()])
-        except ValueError as exc:
-            return codes.INVALID_CONFIG, str(exc), -1, {}
+            config, kept = topic_configs.split((c.name, c.value) for c in t.configs or ())
+            config = check_config(config)
+        except (ValueError, KqError) as exc:
+            return codes.INVALID_CONFIG, str(exc), -1, []
         if validate_only:
             if t.name in self.storage.topic_names():
-                return codes.TOPIC_ALREADY_EXISTS, f"topic '{t.name}' already exists", -1, {}
-            return codes.NONE, None, partitions, {}
+                return codes.TOPIC_ALREADY_EXISTS, f"topic '{t.name}' already exists", -1, []
+            return codes.NONE, None, partitions, topic_configs.describe(config, kept)
         try:
             self.storage.ensure()
-            topic = self.storage.create_topic(t.name, partitions, config)
+            topic = self.storage.create_topic(t.name, partitions, config, kept)
         except TopicExists as exc:
-            return codes.TOPIC_ALREADY_EXISTS, str(exc), -1, {}
+            return codes.TOPIC_ALREADY_EXISTS, str(exc), -1, []
         except KqError as exc:
-            return codes.INVALID_CONFIG, str(exc), -1, {}
-        return codes.NONE, None, topic.partition_count, kafka_configs(topic.config)
+            return codes.INVALID_CONFIG, str(exc), -1, []
+        return codes.NONE, None, topic.partition_count, topic_configs.describe(topic.config, topic.kafka_config)
 
     async def delete_topics(self, body, version: int):
         R = DeleteTopicsResponse
@@ -141,110 +170,152 @@ class Admin:
         Result = R.DescribeConfigsResult
         Config = Result.DescribeConfigsResourceResult
         out = []
-        for res in body.resources:
-            if res.resource_type == BROKER_RESOURCE:
-                out.append(
-                    Result(
-                        error_code=0,
-                        error_message=None,
-                        resource_type=res.resource_type,
-                        resource_name=res.resource_name,
-                        configs=[],
-                    )
-                )
-                continue
-            if res.resource_type != TOPIC_RESOURCE:
-                out.append(
-                    Result(
-                        error_code=codes.INVALID_REQUEST,
-                        error_message="kq describes topics only",
-                        resource_type=res.resource_type,
-                        resource_name=res.resource_name,
-                        configs=[],
-                    )
-                )
-                continue
-            try:
-                check_name(res.resource_name)
-                configs = kafka_configs(self.storage.topic_config(res.resource_name))
-            except TopicNotFound as exc:
-                out.append(
-                    Result(
-                        error_code=codes.UNKNOWN_TOPIC_OR_PARTITION,
-                        error_message=str(exc),
-                        resource_type=res.resource_type,
-                        resource_name=res.resource_name,
-                        configs=[],
-                    )
-                )
-                continue
-            except KqError as exc:
-                out.append(
-                    Result(
-                        error_code=codes.INVALID_TOPIC_EXCEPTION,
-                        error_message=str(exc),
-                        resource_type=res.resource_type,
-                        resource_name=res.resource_name,
-                        configs=[],
-                    )
-                )
-                continue
+        for res in body.resources or ():
+            code, message, configs = codes.NONE, None, []
             wanted = res.configuration_keys
-            out.append(
-                Result(
-                    error_code=0,
-                    error_message=None,
-                    resource_type=res.resource_type,
-                    resource_name=res.resource_name,
-                    configs=[
+            try:
+                if res.resource_type == BROKER_RESOURCE:
+                    if res.resource_name not in ("", str(NODE_ID)):
+                        raise ValueError(f"this is broker {NODE_ID}, not {res.resource_name!r}")
+                    # "": the cluster-wide dynamic defaults, of which kq serve has none
+                    entries = broker_configs(self.broker) if res.resource_name else []
+                    configs = [
                         Config(
-                            name=k,
-                            value=v,
-                            read_only=False,
-                            config_source=CONFIG_SOURCE_TOPIC,
-                            is_default=False,
+                            name=c.name,
+                            value=c.value,
+                            read_only=True,
+                            config_source=c.source,
+                            is_default=c.source == CONFIG_SOURCE_DEFAULT,
                             is_sensitive=False,
                             synonyms=[],
-                            config_type=CONFIG_TYPES[k],
+                            config_type=c.type,
                             documentation=None,
                         )
-                        for k, v in configs.items()
-                        if wanted is None or k in wanted
-                    ],
+                        for c in entries
+                        if wanted is None or c.name in wanted
+                    ]
+                elif res.resource_type == TOPIC_RESOURCE:
+                    check_name(res.resource_name)
+                    topic = self.storage.topic(res.resource_name)
+                    configs = [
+                        Config(
+                            name=c.name,
+                            value=c.value,
+                            read_only=False,
+                            config_source=_source(c),
+                            is_default=c.is_default,
+                            is_sensitive=False,
+                            synonyms=[],
+                            config_type=c.type,
+                            documentation=None,
+                        )
+                        for c in topic_configs.describe(topic.config, topic.kafka_config)
+                        if wanted is None or c.name in wanted
+                    ]
+                else:
+                    raise ValueError("kq describes topics and its broker only")
+            except ValueError as exc:
+                code, message = codes.INVALID_REQUEST, str(exc)
+            except TopicNotFound as exc:
+                code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+            except KqError as exc:
+                code, message = codes.INVALID_TOPIC_EXCEPTION, str(exc)
+            out.append(
+                Result(
+                    error_code=code,
+                    error_message=message,
+                    resource_type=res.resource_type,
+                    resource_name=res.resource_name,
+                    configs=configs,
                 )
             )
         return R(version=version, throttle_time_ms=0, results=out)
 
-    async def incremental_alter_configs(self, body, version: int):
-        from ..topic import DEFAULT_CONFIG
+    def _alter(self, res, validate_only: bool, changed) -> tuple[int, str | None]:
+        """Apply ``changed(config, kept)`` -> (kq settings, kept configs) to one resource: (error code, message)."""
+        try:
+            if res.resource_type == BROKER_RESOURCE:
+                if res.resource_name not in ("", str(NODE_ID)):
+                    return codes.INVALID_REQUEST, f"this is broker {NODE_ID}, not {res.resource_name!r}"
+                if res.configs:
+                    names = ", ".join(sorted({c.name for c in res.configs}))
+                    return (
+                        codes.INVALID_REQUEST,
+                        f"cannot update these configs dynamically: {names} (kq serve takes them when it starts)",
+                    )
+                return codes.NONE, None
+            if res.resource_type != TOPIC_RESOURCE:
+                return codes.INVALID_REQUEST, "kq alters topic and broker configs only"
+            check_name(res.resource_name)
+            topic = self.storage.topic(res.resource_name)
+            config, kept = changed(dict(topic.config), dict(topic.kafka_config))
+            config = check_config(config)
+            if not validate_only:
+                self.storage.alter_topic(res.resource_name, config, kept)
+        except ValueError as exc:
+            return codes.INVALID_CONFIG, str(exc)
+        except TopicNotFound as exc:
+            return codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
+        except KqError as exc:
+            return codes.INVALID_CONFIG, str(exc)
+        return codes.NONE, None
 
+    async def alter_configs(self, body, version: int):
+        """AlterConfigs: a resource's configs become exactly those given (the others revert to defaults)."""
+        R = AlterConfigsResponse
+        out = []
+        for res in body.resources or ():
+
+            def replaced(config, kept, res=res):
+                given, kept = topic_configs.split((c.name, c.value) for c in res.configs or ())
+                return {**DEFAULT_CONFIG, **given}, kept
+
+            code, message = self._alter(res, body.validate_only, replaced)
+            out.append(
+                R.AlterConfigsResourceResponse(
+                    error_code=code,
+                    error_message=message,
+                    resource_type=res.resource_type,
+                    resource_name=res.resource_name,
+                )
+            )
+        return R(version=version, throttle_time_ms=0, responses=out)
+
+    async def incremental_alter_configs(self, body, version: int):
         R = IncrementalAlterConfigsResponse
         out = []
-        for res in body.resources:
-            code, message = codes.NONE, None
-            try:
-                if res.resource_type != TOPIC_RESOURCE:
-                    raise ValueError("kq alters topic configs only")
-                check_name(res.resource_name)
-                pairs, reverted = [], {}
+        for res in body.resources or ():
+
+            def changed(config, kept, res=res):
                 for c in res.configs or ():
-                    if c.config_operation == SET:
-                        pairs.append((c.name, c.value))
-                    elif c.config_operation == DELETE and c.name in KQ_NAMES:
-                        reverted[KQ_NAMES[c.name]] = DEFAULT_CONFIG[KQ_NAMES[c.name]]
+                    if c.config_operation == DELETE:
+                        topic_configs.check_name(c.name)
+                        if c.name in KQ_NAMES:
+                            config[KQ_NAMES[c.name]] = DEFAULT_CONFIG[KQ_NAMES[c.name]]
+                        kept.pop(c.name, None)
+                        continue
+                    if c.config_operation in (APPEND, SUBTRACT):
+                        if c.name not in topic_configs.LIST_CONFIGS:
+                            topic_configs.check_name(c.name)
+                            raise ValueError(f"{c.name} is not a list: it takes SET and DELETE only")
+                        now = topic_configs.current_value(config, kept, c.name)
+                        items = [i.strip() for i in now.split(",") if i.strip()]
+                        given = [i.strip() for i in (c.value or "").split(",") if i.strip()]
+                        if c.config_operation == APPEND:
+                            items += [i for i in given if i not in items]
+                        else:
+                            items = [i for i in items if i not in given]
+                        value: str | None = ",".join(items)
+                    elif c.config_operation == SET:
+                        value = c.value
                     else:
-                        raise ValueError(f"kq cannot apply operation {c.config_operation} to {c.name!r}")
-                changes = {**reverted, **kq_config(pairs)}
-                if body.validate_only:
-                    self.storage.topic(res.resource_name)
-                else:
-                    self.storage.alter_topic(res.resource_name, changes)
-            except ValueError as exc:
-                code, message = codes.INVALID_CONFIG, str(exc)
-            except TopicNotFound as exc:
-                code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
-            except KqError as exc:
-                code, message = codes.INVALID_CONFIG, str(exc)
+                        raise ValueError(f"unknown operation {c.config_operation} on {c.name}")
+                    settings, extra = topic_configs.split([(c.name, value)])
+                    config.update(settings)
+                    kept.update(extra)
+                return config, kept
+
+            code, message = self._alter(res, body.validate_only, changed)
             out.append(
                 R.AlterConfigsResourceResponse(
                     error_code=code,
@@ -258,20 +329,26 @@ class Admin:
     async def create_partitions(self, body, version: int):
         R = CreatePartitionsResponse
         out = []
-        for t in body.topics:
+        for t in body.topics or ():
             code, message = codes.NONE, None
             try:
                 check_name(t.name)
-                if t.assignments:
-                    raise ValueError("kq does not take replica assignments")
                 now = self.storage.topic(t.name).partition_count
                 if t.count <= now:
                     code = codes.INVALID_PARTITIONS
                     message = f"topic '{t.name}' has {now} partitions; a topic grows, never shrinks"
-                elif not body.validate_only:
-                    self.storage.add_partitions(t.name, t.count)
-            except ValueError as exc:
-                code, message = codes.INVALID_REQUEST, str(exc)
+                else:
+                    if t.assignments is not None:
+                        if len(t.assignments) != t.count - now:
+                            raise ReplicaAssignmentError(
+                                f"{len(t.assignments)} assignment(s) given for {t.count - now} new partition(s)"
+                            )
+                        for number, a in enumerate(t.assignments, now):
+                            check_assignment(a.broker_ids, f"partition {number}")
+                    if not body.validate_only:
+                        self.storage.add_partitions(t.name, t.count)
+            except ReplicaAssignmentError as exc:
+                code, message = codes.INVALID_REPLICA_ASSIGNMENT, str(exc)
             except TopicNotFound as exc:
                 code, message = codes.UNKNOWN_TOPIC_OR_PARTITION, str(exc)
             except KqError as exc:
@@ -283,9 +360,9 @@ class Admin:
         R = DeleteRecordsResponse
         Topic = R.DeleteRecordsTopicResult
         out = []
-        for t in body.topics:
+        for t in body.topics or ():
             partitions = []
-            for p in t.partitions:
+            for p in t.partitions or ():
                 code, low = codes.NONE, -1
                 try:
                     check_name(t.name)

@@ -17,6 +17,7 @@ from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
 
 from . import codes, records, wire
 from .admin import Admin
+from .cluster_info import ClusterInfo
 from .coordinator import Coordinator
 from .producers import Duplicate, ProducerState, SequenceError
 from .storage import KqError, MessageTooLarge, Storage, TopicNotFound, check_name
@@ -35,7 +36,7 @@ EXTERNAL_IDLE_POLL_SECONDS = 0.04
 QUIET_SECONDS = 1.0
 ZERO_UUID = uuid.UUID(int=0)
 
-EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
+EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED, EARLIEST_PENDING_UPLOAD = -2, -1, -3, -4, -5, -6
 
 
 class Connection:
@@ -109,17 +110,24 @@ class Broker:
         advertised_host: str,
         advertised_port: int,
         auto_create: bool = True,
-        default_partitions: int = 1,
+        default_partitions: int | None = None,
+        listen: tuple[str, int] | None = None,
+        max_request_bytes: int = 100 * 1024 * 1024,
     ):
         self.storage = storage
         self.host = advertised_host
         self.port = advertised_port
         self.auto_create = auto_create
-        self.default_partitions = default_partitions
+        # Kafka's num.partitions: for topics created without a partition count
+        self.default_partitions = default_partitions or 1
+        self.default_partitions_given = default_partitions is not None
+        self.listen = listen or (advertised_host, advertised_port)  # the address listened on (DescribeConfigs)
+        self.max_request_bytes = max_request_bytes
         self.waiters = Waiters(storage)
         self.producers = ProducerState()
         self.coordinator = Coordinator(storage, self.storage_error)
         self.admin = Admin(storage, self)
+        self.cluster_info = ClusterInfo(storage, self)
         self._handlers = {
             0: self.produce,
             1: self.fetch,
@@ -143,6 +151,18 @@ class Broker:
             44: self.admin.incremental_alter_configs,
             37: self.admin.create_partitions,
             21: self.admin.delete_records,
+            33: self.admin.alter_configs,
+            29: self.cluster_info.describe_acls,
+            30: self.cluster_info.create_acls,
+            31: self.cluster_info.delete_acls,
+            34: self.cluster_info.alter_replica_log_dirs,
+            35: self.cluster_info.describe_log_dirs,
+            43: self.cluster_info.elect_leaders,
+            45: self.cluster_info.alter_partition_reassignments,
+            46: self.cluster_info.list_partition_reassignments,
+            55: self.cluster_info.describe_quorum,
+            74: self.cluster_info.list_config_resources,
+            75: self.cluster_info.describe_topic_partitions,
         }
 
     def start(self) -> None:
@@ -361,7 +381,7 @@ class Broker:
                     base = dup.base_offset
                 else:
                     base, last = self.storage.append(
-                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps
+                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec
                     )
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
@@ -514,6 +534,8 @@ class Broker:
                 return codes.NONE, self.storage.end_offset(topic, partition), -1
             if timestamp in (EARLIEST, EARLIEST_LOCAL):
                 return codes.NONE, self.storage.offsets(topic, partition)[0], -1
+            if timestamp == EARLIEST_PENDING_UPLOAD:
+                return codes.NONE, -1, -1  # no tiered storage: nothing waits to be uploaded
             if timestamp == MAX_TIMESTAMP:
                 found = self.storage.max_timestamp_offset(topic, partition)
             elif timestamp < 0:

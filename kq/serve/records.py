@@ -68,6 +68,7 @@ class ProducedBatch(NamedTuple):
     base_sequence: int
     count: int  # type: ignore[assignment]  # (a field, where tuple has a method of that name)
     null_header_values: int  # header values that were null (kept as None)
+    codec: int = NONE  # the compression codec the records came in (Kafka keeps a producer's codec)
 
 
 def _decompress(kind: int, data: memoryview) -> bytes:
@@ -84,6 +85,19 @@ def _decompress(kind: int, data: memoryview) -> bytes:
     if len(out) > MAX_DECOMPRESSED_BYTES:
         raise InvalidBatch(f"a batch decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")
     return out
+
+
+def _compress(kind: int, data: bytes) -> bytes:
+    """Records compressed as a producer compressed them (the library's encoders, as its own batches use)."""
+    if kind == GZIP:
+        return codec.gzip_encode(data)
+    if kind == SNAPPY:
+        return codec.snappy_encode(data)
+    if kind == LZ4:
+        return codec.lz4_encode(data)
+    if kind == ZSTD:
+        return codec.zstd_encode(data)
+    return data  # a codec no producer sent (the bits are kq serve's own): as stored
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -141,7 +155,9 @@ def decode_produced(batch: memoryview) -> ProducedBatch:
     except UnicodeDecodeError:
         raise InvalidBatch("a header key is not UTF-8") from None
     values, keys, headers, timestamps, nulls = columns
-    return ProducedBatch(values, keys, headers, timestamps, producer_id, producer_epoch, base_sequence, count, nulls)
+    return ProducedBatch(
+        values, keys, headers, timestamps, producer_id, producer_epoch, base_sequence, count, nulls, kind
+    )
 
 
 def _decode_records(buf, count: int, base_ts: int):
@@ -488,7 +504,10 @@ def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
             base_ts,
             [offsets[i] - base for i in span] if gaps else None,
         )
-        data = build_batch(base, records, hi - lo, offsets[hi - 1] - base, base_ts, max_ts)
+        kind = batch.attributes & CODEC_MASK
+        if kind != NONE:
+            records = _compress(kind, records)
+        data = build_batch(base, records, hi - lo, offsets[hi - 1] - base, base_ts, max_ts, attributes=kind)
         out.append(data)
         sent += len(data)
         lo = hi

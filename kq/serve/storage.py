@@ -80,9 +80,11 @@ class Storage:
         for key in [k for k in self._readers if k[0] == name]:
             self._readers.pop(key).close()
 
-    def create_topic(self, name: str, partitions: int, config: dict | None = None):
+    def create_topic(
+        self, name: str, partitions: int, config: dict | None = None, kafka_config: dict[str, str] | None = None
+    ):
         self._forget(name)
-        self.data.create_topic(name, partitions, config)
+        self.data.create_topic(name, partitions, config, kafka_config=kafka_config)
         return self.topic(name)
 
     def delete_topic(self, name: str) -> None:
@@ -92,9 +94,9 @@ class Storage:
     def topic_config(self, name: str) -> dict:
         return dict(self.topic(name).config)
 
-    def alter_topic(self, name: str, changes: dict) -> dict:
+    def alter_topic(self, name: str, changes: dict, kafka_config: dict[str, str] | None = None) -> dict:
         self._forget(name)
-        return dict(self.data.alter_topic(name, changes).config)
+        return dict(self.data.alter_topic(name, changes, kafka_config).config)
 
     def add_partitions(self, name: str, count: int) -> None:
         topic = self.topic(name)
@@ -109,11 +111,14 @@ class Storage:
 
     # ------------------------------------------------------------------ partitions
 
-    def append(self, topic: str, partition: int, values, keys, headers, timestamps) -> tuple[int, int]:
-        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
+    def append(self, topic: str, partition: int, values, keys, headers, timestamps, codec: int = 0) -> tuple[int, int]:
+        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so.
+
+        ``codec``: the Kafka compression codec the records came in, kept to serve them so again.
+        """
         part = self.topic(topic).partition(partition)
         try:
-            return part.append(values, keys=keys, headers=headers, timestamps=timestamps)
+            return part.append(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
         except FileNotFoundError:
             # The topic was deleted (and maybe created again) under us.
             self._forget(topic)

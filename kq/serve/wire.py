@@ -12,24 +12,48 @@ import struct
 from typing import NamedTuple
 
 from kafka.protocol.admin import (
+    AlterConfigsRequest,
+    AlterConfigsResponse,
+    AlterPartitionReassignmentsRequest,
+    AlterPartitionReassignmentsResponse,
+    AlterReplicaLogDirsRequest,
+    AlterReplicaLogDirsResponse,
+    CreateAclsRequest,
+    CreateAclsResponse,
     CreatePartitionsRequest,
     CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
+    DeleteAclsRequest,
+    DeleteAclsResponse,
     DeleteGroupsRequest,
     DeleteGroupsResponse,
     DeleteRecordsRequest,
     DeleteRecordsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
+    DescribeAclsRequest,
+    DescribeAclsResponse,
     DescribeConfigsRequest,
     DescribeConfigsResponse,
     DescribeGroupsRequest,
     DescribeGroupsResponse,
+    DescribeLogDirsRequest,
+    DescribeLogDirsResponse,
+    DescribeQuorumRequest,
+    DescribeQuorumResponse,
+    DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse,
+    ElectLeadersRequest,
+    ElectLeadersResponse,
     IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse,
+    ListConfigResourcesRequest,
+    ListConfigResourcesResponse,
     ListGroupsRequest,
     ListGroupsResponse,
+    ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse,
 )
 from kafka.protocol.api_header import RequestHeader
 from kafka.protocol.consumer import (
@@ -82,7 +106,8 @@ class Api(NamedTuple):
 APIS: dict[int, Api] = {
     0: Api(ProduceRequest, ProduceResponse, 0, 11, lowest_served=3),
     1: Api(FetchRequest, FetchResponse, 4, 12),
-    2: Api(ListOffsetsRequest, ListOffsetsResponse, 1, 9),
+    # v11 (Kafka 4.2) only adds the timestamp -6, "earliest pending upload" of tiered storage
+    2: Api(ListOffsetsRequest, ListOffsetsResponse, 1, 11),
     3: Api(MetadataRequest, MetadataResponse, 0, 12),
     8: Api(OffsetCommitRequest, OffsetCommitResponse, 2, 9),
     9: Api(OffsetFetchRequest, OffsetFetchResponse, 1, 9),
@@ -102,6 +127,19 @@ APIS: dict[int, Api] = {
     44: Api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1),
     37: Api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 3),
     21: Api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 2),
+    # Cluster administration (cluster_info): a one-broker cluster's answers, at Kafka 4.2's ranges.
+    29: Api(DescribeAclsRequest, DescribeAclsResponse, 1, 3),
+    30: Api(CreateAclsRequest, CreateAclsResponse, 1, 3),
+    31: Api(DeleteAclsRequest, DeleteAclsResponse, 1, 3),
+    33: Api(AlterConfigsRequest, AlterConfigsResponse, 0, 2),
+    34: Api(AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse, 1, 2),
+    35: Api(DescribeLogDirsRequest, DescribeLogDirsResponse, 1, 4),
+    43: Api(ElectLeadersRequest, ElectLeadersResponse, 0, 2),
+    45: Api(AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, 0, 1),
+    46: Api(ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, 0, 0),
+    55: Api(DescribeQuorumRequest, DescribeQuorumResponse, 0, 2),
+    74: Api(ListConfigResourcesRequest, ListConfigResourcesResponse, 0, 1),
+    75: Api(DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, 0, 0),
 }
 
 
