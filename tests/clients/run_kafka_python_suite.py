@@ -31,7 +31,7 @@ SUITE = [
     "test/integration/test_consumer_integration.py",
     "test/integration/test_producer_integration.py",
 ]
-# Out of scope: kq serve has no authorizer (ACLs) and no transactions (issue 22).
+# Out of scope: kq serve has no authorizer (ACLs) and no transactions yet (issue 25).
 OUT_OF_SCOPE = [
     "test/integration/test_admin_integration.py::test_create_describe_delete_acls",
     "test/integration/test_producer_integration.py::test_transactional_producer_messages",
