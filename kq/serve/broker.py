@@ -18,7 +18,7 @@ from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
 from . import codes, records, wire
 from .admin import Admin
 from .coordinator import Coordinator
-from .producers import Duplicate, ProducerState, SequenceError
+from .producers import ProducerState, SequenceError
 from .storage import KqError, MessageTooLarge, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
@@ -36,6 +36,21 @@ QUIET_SECONDS = 1.0
 ZERO_UUID = uuid.UUID(int=0)
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -2, -1, -3, -4, -5
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a record timestamp is a signed 64-bit field
+
+
+class InvalidTimestamp(ValueError):
+    """A record timestamp that does not fit Kafka's (and kq's) signed 64-bit field."""
+
+
+def _check_timestamps(timestamps: list) -> None:
+    # A batch's base timestamp plus a record's 64-bit delta can leave the range.
+    low, high = min(timestamps), max(timestamps)
+    if low < INT64_MIN or high > INT64_MAX:
+        bad = low if low < INT64_MIN else high
+        raise InvalidTimestamp(f"record timestamp {bad} does not fit a signed 64-bit field")
 
 
 class Connection:
@@ -351,18 +366,23 @@ class Broker:
             return codes.CORRUPT_MESSAGE, -1, "no records"
         first_base = None
         try:
-            # Every batch is checked before any is kept, as Kafka does: an error answer means nothing
-            # was stored, so a client that retries stores nothing twice.
+            # Every batch is checked (decoded, its sequence, its timestamps, packed) before any is
+            # kept, as Kafka does: an error answer means nothing was stored, so a client that
+            # retries stores nothing twice.
             batches = [records.decode_produced(raw) for raw in records.split_batches(data)]
-            for batch in batches:
-                try:
-                    self.producers.check(topic, partition, batch)
-                except Duplicate as dup:
-                    base = dup.base_offset
+            duplicates = self.producers.check_all(topic, partition, batches)
+            packed = []
+            for batch, duplicate in zip(batches, duplicates):
+                if duplicate is None:
+                    _check_timestamps(batch.timestamps)
+                    packed.append(self.storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps))
                 else:
-                    base, last = self.storage.append(
-                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps
-                    )
+                    packed.append(None)
+            for batch, duplicate, payload in zip(batches, duplicates, packed):
+                if payload is None:
+                    base = duplicate
+                else:
+                    base, last = self.storage.append_packed(topic, partition, payload)
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
                 if first_base is None:
@@ -371,6 +391,8 @@ class Broker:
             return codes.UNSUPPORTED_FOR_MESSAGE_FORMAT, -1, str(exc)
         except records.InvalidBatch as exc:
             return codes.CORRUPT_MESSAGE, -1, str(exc)
+        except InvalidTimestamp as exc:
+            return codes.INVALID_TIMESTAMP, -1, str(exc)
         except SequenceError as exc:
             return exc.code, -1, str(exc)
         except MessageTooLarge as exc:

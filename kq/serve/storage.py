@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..batch import Payload
+from ..batch import pack as pack_batch
 from ..cursor import Cursor
 from ..datadir import DataDir
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
@@ -109,11 +111,16 @@ class Storage:
 
     # ------------------------------------------------------------------ partitions
 
-    def append(self, topic: str, partition: int, values, keys, headers, timestamps) -> tuple[int, int]:
-        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
+    @staticmethod
+    def pack(values, keys, headers, timestamps) -> Payload:
+        """One batch's records packed for ``append_packed`` (MessageTooLarge), before anything is written."""
+        return pack_batch(values, keys=keys, headers=headers, timestamps=timestamps)
+
+    def append_packed(self, topic: str, partition: int, payload: Payload) -> tuple[int, int]:
+        """Append one packed batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
         part = self.topic(topic).partition(partition)
         try:
-            return part.append(values, keys=keys, headers=headers, timestamps=timestamps)
+            return part.append_payload(payload)
         except FileNotFoundError:
             # The topic was deleted (and maybe created again) under us.
             self._forget(topic)
@@ -198,7 +205,8 @@ class Storage:
         return self.groups.committed(group, topic)
 
     def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        self.groups.commit(group, topic, partition, offset)
+        """Commit an offset of the topic called ``topic``, recording its id as the CLI's commits do."""
+        self.groups.commit(group, self.topic(topic), partition, offset)
 
     def delete_group(self, group: str) -> None:
         self.groups.delete(group)
