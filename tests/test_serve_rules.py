@@ -25,7 +25,8 @@ from kafka.record.default_records import DefaultRecordBatchBuilder  # noqa: E402
 UNKNOWN_MEMBER_ID = 25
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_TIMESTAMP = 32
-CRC_POSITION, BASE_TIMESTAMP_POSITION = 17, 27  # in a v2 record batch header
+CORRUPT_MESSAGE = 2
+CRC_POSITION, BASE_TIMESTAMP_POSITION, HEADER_SIZE = 17, 27, 61  # in a v2 record batch header
 
 
 @pytest.fixture
@@ -230,3 +231,18 @@ def test_a_timestamp_past_64_bits_is_refused_and_stores_nothing(server, run_kq):
     assert _produce(server.port, ok + overflow)[0] == INVALID_TIMESTAMP
     assert run_kq("consume", "p", "-p", "0").stdout == b""
     assert _produce(server.port, ok) == (0, 0)
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_a_damaged_compressed_batch_is_answered_as_corrupt_with_a_valid_checksum(server, run_kq, codec):
+    # Bytes that do not decompress, under a checksum that matches them (a client's bug, not
+    # a transfer error): CORRUPT_MESSAGE, as for any batch that does not decode.
+    b = DefaultRecordBatchBuilder(2, codec, False, -1, -1, -1, 2**20)
+    for i in range(5):
+        b.append(i, None, None, b"value%d" % i * 10, [])
+    damaged = bytearray(b.build())
+    assert damaged[22] & 0x07 == codec  # sent compressed
+    damaged[HEADER_SIZE] ^= 0xFF
+    struct.pack_into(">I", damaged, CRC_POSITION, crc32c(damaged[CRC_POSITION + 4 :]))
+    assert _produce(server.port, bytes(damaged))[0] == CORRUPT_MESSAGE
+    assert run_kq("consume", "p").stdout == b""

@@ -53,6 +53,21 @@ def _check_timestamps(timestamps: list) -> None:
         raise InvalidTimestamp(f"record timestamp {bad} does not fit a signed 64-bit field")
 
 
+def _decode_batch(raw):
+    """records.decode_produced, with the compression libraries' own errors as InvalidBatch.
+
+    Each codec raises its own kinds (gzip an OSError, which is no storage
+    error; lz4 a RuntimeError; zstd and snappy theirs) on damaged bytes
+    that carry a valid checksum.
+    """
+    try:
+        return records.decode_produced(raw)
+    except (records.InvalidBatch, records.UnsupportedBatch):
+        raise
+    except Exception as exc:
+        raise records.InvalidBatch(f"a batch does not decode ({type(exc).__name__}: {exc})") from None
+
+
 class Connection:
     """What the server knows of a connection: the client's address."""
 
@@ -369,7 +384,7 @@ class Broker:
             # Every batch is checked (decoded, its sequence, its timestamps, packed) before any is
             # kept, as Kafka does: an error answer means nothing was stored, so a client that
             # retries stores nothing twice.
-            batches = [records.decode_produced(raw) for raw in records.split_batches(data)]
+            batches = [_decode_batch(raw) for raw in records.split_batches(data)]
             duplicates = self.producers.check_all(topic, partition, batches)
             packed = []
             for batch, duplicate in zip(batches, duplicates):
