@@ -27,6 +27,7 @@ from serve_support import KqServer, read_frame
 
 pytest.importorskip("kafka.protocol.consumer")
 from crc32c import crc32c  # noqa: E402
+from kafka.protocol.consumer import JoinGroupResponse  # noqa: E402
 from kafka.protocol.consumer.metadata import (  # noqa: E402
     ConsumerProtocolAssignment,
     ConsumerProtocolSubscription,
@@ -45,6 +46,7 @@ TOPICS = ["fz", "fz", "fz", "fz2", "fz-gone"]  # fz has 3 partitions; fz2 is cre
 GROUPS = ["fzg", "fzg2"]
 # Names kq refuses or that look like paths, and others of unusual size or script.
 ODD_STRINGS = ["", ".", "..", "../fz", "fz/0", "a" * 300, "é\u0000", "__consumer_offsets", "fz\n"]
+JOIN_GROUP, MEMBER_ID_REQUIRED = 11, 79
 INT_RANGES = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
 CRC_POSITION, BASE_TIMESTAMP_POSITION, RECORD_COUNT_POSITION = 17, 27, 57  # in a v2 batch header
 HEADER_SIZE = 61
@@ -53,10 +55,38 @@ HEADER_SIZE = 61
 # ---------------------------------------------------------------- valid requests
 
 
-def _record_batch(rng: random.Random) -> bytes:
+class Draws(random.Random):
+    """The run's random choices, and the group members the server has handed out so far.
+
+    Requests that name a real member and generation reach what a made-up id
+    never does: a leader's assignments, a member's commits and heartbeats.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.members: list[tuple[str, int]] = []  # (member id, generation), newest last
+
+    def learn(self, key: int, version: int, answer: bytes | None) -> None:
+        if key != JOIN_GROUP or answer is None:
+            return
+        try:
+            joined = JoinGroupResponse.decode(answer, version=version, header=True)
+        except Exception:
+            return
+        if joined.member_id and joined.error_code in (0, MEMBER_ID_REQUIRED):
+            self.members = (self.members + [(joined.member_id, joined.generation_id)])[-8:]
+
+
+def _record_batch(rng: Draws) -> bytes:
     producer_id = rng.choice([-1, -1, rng.randrange(0, 1 << 20)])
     b = DefaultRecordBatchBuilder(
-        2, rng.choice([0, 0, 1, 2, 3, 4]), False, producer_id, 0 if producer_id >= 0 else -1, rng.choice([-1, 0, 5]), 2**20
+        2,
+        rng.choice([0, 0, 1, 2, 3, 4]),
+        False,
+        producer_id,
+        0 if producer_id >= 0 else -1,
+        rng.choice([-1, 0, 5]),
+        2**20,
     )
     repeat = rng.choice([1, 40])  # long enough values to be sent compressed
     for i in range(rng.randint(1, 4)):
@@ -78,8 +108,10 @@ def _consumer_protocol(field_name: str) -> bytes:
     return bytes(s.encode(version=0))
 
 
-def _int_value(field, rng: random.Random) -> int:
+def _int_value(field, rng: Draws) -> int:
     name = field.name
+    if name.startswith("generation_id") and rng.members and rng.random() < 0.7:
+        return rng.choice(rng.members)[1]
     if name in ("partition_index", "partition", "index"):
         return rng.choice([0, 0, 1, 2])
     if "timeout" in name or "wait" in name:
@@ -97,7 +129,7 @@ def _int_value(field, rng: random.Random) -> int:
     return rng.choice([-1, 0, 1, 3])
 
 
-def _simple_value(field, rng: random.Random):
+def _simple_value(field, rng: Draws):
     kind = field.type_str
     if kind in INT_RANGES or kind == "uint16":
         return _int_value(field, rng)
@@ -119,6 +151,8 @@ def _simple_value(field, rng: random.Random):
             return "consumer"
         if field.name in ("name", "protocol_name") and field._entity_type is None:
             return rng.choice(["range", "retention.ms", "cleanup.policy", "x"])
+        if field.name == "member_id" and rng.members and rng.random() < 0.7:
+            return rng.choice(rng.members)[0]
         if field.name == "value":
             return rng.choice(["1000", "compact", "x"])
         return rng.choice(["", "x", "member-1"])
@@ -131,7 +165,7 @@ def _simple_value(field, rng: random.Random):
     return field.default
 
 
-def _struct_value(data_class, fields, version: int, rng: random.Random, depth: int):
+def _struct_value(data_class, fields, version: int, rng: Draws, depth: int):
     values = {}
     for field in fields:
         if not field.for_version_q(version) or field.tagged_field_q(version):
@@ -140,7 +174,7 @@ def _struct_value(data_class, fields, version: int, rng: random.Random, depth: i
     return data_class(**values)
 
 
-def _value(field, version: int, rng: random.Random, depth: int):
+def _value(field, version: int, rng: Draws, depth: int):
     if field.is_struct_array():
         count = rng.choice([1, 1, 2]) if depth < 4 else 1
         return [_struct_value(field.data_class, field.array_of._fields, version, rng, depth) for _ in range(count)]
@@ -151,7 +185,7 @@ def _value(field, version: int, rng: random.Random, depth: int):
     return _simple_value(field, rng)
 
 
-def valid_request(api: wire.Api, version: int, rng: random.Random):
+def valid_request(api: wire.Api, version: int, rng: Draws):
     cls = api.request
     values = {}
     for field in cls._struct._fields:
@@ -177,14 +211,14 @@ def _slots(obj, version: int, path=()):
             yield from _slots(value, version)
 
 
-def _extreme_int(kind: str, rng: random.Random) -> int:
+def _extreme_int(kind: str, rng: Draws) -> int:
     bits = INT_RANGES.get(kind, 16)
     top = (1 << (bits - 1)) - 1 if kind != "uint16" else 0xFFFF
     low = -(1 << (bits - 1)) if kind != "uint16" else 0
     return rng.choice([top, low, -1, -2, top - 1, low + 1])
 
 
-def _bad_batch(rng: random.Random) -> bytes:
+def _bad_batch(rng: Draws) -> bytes:
     """A batch with a valid CRC whose contents are wrong: timestamps past 64 bits, odd counts."""
     batch = bytearray(_record_batch(rng))
     how = rng.choice(["timestamp", "timestamp", "count", "count_negative", "body", "body"])
@@ -208,7 +242,7 @@ def _bad_batch(rng: random.Random) -> bytes:
     return bytes(batch)
 
 
-def mutate_fields(request, version: int, rng: random.Random) -> str:
+def mutate_fields(request, version: int, rng: Draws) -> str:
     """Change one to three fields of ``request`` to what the schema forbids or what overflows; what was done."""
     slots = list(_slots(request, version))
     done = []
@@ -241,7 +275,7 @@ def mutate_fields(request, version: int, rng: random.Random) -> str:
     return ", ".join(done)
 
 
-def mutate_bytes(frame: bytes, rng: random.Random) -> tuple[bytes, str]:
+def mutate_bytes(frame: bytes, rng: Draws) -> tuple[bytes, str]:
     """Byte-level damage after the request header's fixed part (api key, version, correlation id)."""
     data = bytearray(frame)
     how = rng.choice(["flip", "flip", "truncate", "count", "varint"])
@@ -268,17 +302,18 @@ def _frame(request, correlation_id: int) -> bytes:
     return bytes(request.encode(header=True, framed=False))
 
 
-def _send(port: int, frame: bytes) -> int:
-    """Send one framed request on a new connection, wait briefly for its answer; the local port."""
+def _send(port: int, frame: bytes) -> tuple[int, bytes | None]:
+    """Send one framed request on a new connection, wait briefly for its answer: (local port, answer)."""
+    answer = None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         local = sock.getsockname()[1]
         sock.sendall(struct.pack(">i", len(frame)) + frame)
         sock.settimeout(ANSWER_SECONDS)
         try:
-            read_frame(sock)
+            answer = read_frame(sock)
         except (TimeoutError, OSError):
             pass
-    return local
+    return local, answer
 
 
 def _metadata_answers(port: int) -> bool:
@@ -293,7 +328,7 @@ def _metadata_answers(port: int) -> bool:
     return answer is not None and MetadataResponse.decode(answer, version=1, header=True).header.correlation_id == 7
 
 
-def _cases(rng: random.Random):
+def _cases(rng: Draws):
     """(api key, version) pairs cycled through: every API at its lowest, highest and a middle version."""
     pairs = []
     for key, api in sorted(wire.APIS.items()):
@@ -311,7 +346,7 @@ def _internal_errors(log: str) -> list[str]:
 def test_malformed_requests_get_an_error_or_a_close_never_an_internal_error(data_dir, run_kq):
     run_kq("topic", "create", "fz", "--partitions", "3")
     server = KqServer(data_dir, "-v")
-    rng = random.Random(SEED)
+    rng = Draws(SEED)
     sent: dict[int, str] = {}  # client port -> what was sent, to name the request behind an error
     started = time.monotonic()
     try:
@@ -326,7 +361,8 @@ def test_malformed_requests_get_an_error_or_a_close_never_an_internal_error(data
             if roll >= 0.45:
                 frame, how = mutate_bytes(frame, rng)
                 what += f"; bytes: {how}"
-            port = _send(server.port, frame)
+            port, answer = _send(server.port, frame)
+            rng.learn(key, version, answer)
             sent[port] = f"{what}: {frame.hex()}"
             if n % CHECK_EVERY == CHECK_EVERY - 1:
                 assert _metadata_answers(server.port), f"no answer to Metadata after request {n} ({what})"

@@ -89,6 +89,10 @@ def test_a_client_outside_the_group_cannot_rewind_a_live_kq_member(server, run_k
             assert refused.value.args[0].code() == KafkaError.UNKNOWN_MEMBER_ID
         finally:
             c.close()
+        # `kq -b` through serve says what the local CLI says, and moves nothing.
+        reset = run_kq("-b", server.bootstrap, "offsets", "reset", "p", "-g", "live", "--to", "5", data=None)
+        assert reset.returncode == 1
+        assert b"group 'live' has 1 live member(s) consuming 'p'; stop them first" in reset.stderr
         assert _offsets(run_kq, "p", "live")[0] == 100
     finally:
         member.send_signal(signal.SIGINT)
