@@ -19,7 +19,7 @@ from . import codes, records, wire
 from .admin import Admin
 from .coordinator import Coordinator
 from .producers import ProducerState, SequenceError
-from .storage import KqError, MessageTooLarge, Storage, TopicNotFound, check_name
+from .storage import KqError, MessageTooLarge, Payload, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
 
@@ -386,7 +386,7 @@ class Broker:
             # retries stores nothing twice.
             batches = [_decode_batch(raw) for raw in records.split_batches(data)]
             duplicates = self.producers.check_all(topic, partition, batches)
-            packed = []
+            packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
                 if duplicate is None:
                     _check_timestamps(batch.timestamps)

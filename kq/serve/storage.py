@@ -26,6 +26,7 @@ __all__ = [
     "InvalidName",
     "KqError",
     "MessageTooLarge",
+    "Payload",
     "TopicExists",
     "TopicNotFound",
     "check_name",
