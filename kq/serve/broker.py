@@ -45,12 +45,20 @@ class InvalidTimestamp(ValueError):
     """A record timestamp that does not fit Kafka's (and kq's) signed 64-bit field."""
 
 
-def _check_timestamps(timestamps: list) -> None:
-    # A batch's base timestamp plus a record's 64-bit delta can leave the range.
-    low, high = min(timestamps), max(timestamps)
-    if low < INT64_MIN or high > INT64_MAX:
-        bad = low if low < INT64_MIN else high
-        raise InvalidTimestamp(f"record timestamp {bad} does not fit a signed 64-bit field")
+def _pack(storage: Storage, batch) -> Payload:
+    """A produced batch packed for kq's log; InvalidTimestamp if a timestamp leaves 64 bits.
+
+    A batch's base timestamp plus a record's 64-bit delta can leave the
+    range; packing finds the smallest and largest timestamps anyway.
+    """
+    try:
+        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps)
+    except OverflowError:  # two timestamps further apart than 64 bits hold
+        raise InvalidTimestamp("record timestamps do not fit a signed 64-bit field") from None
+    for timestamp in (payload.base_timestamp, payload.max_timestamp):
+        if not INT64_MIN <= timestamp <= INT64_MAX:
+            raise InvalidTimestamp(f"record timestamp {timestamp} does not fit a signed 64-bit field")
+    return payload
 
 
 def _decode_batch(raw):
@@ -388,11 +396,7 @@ class Broker:
             duplicates = self.producers.check_all(topic, partition, batches)
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
-                if duplicate is None:
-                    _check_timestamps(batch.timestamps)
-                    packed.append(self.storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps))
-                else:
-                    packed.append(None)
+                packed.append(_pack(self.storage, batch) if duplicate is None else None)
             for batch, duplicate, payload in zip(batches, duplicates, packed):
                 if payload is None:
                     base = duplicate

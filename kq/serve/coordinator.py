@@ -585,7 +585,7 @@ class Coordinator:
             out.append(TR(name=t.name, partitions=parts))
         return R(version=version, throttle_time_ms=0, topics=out)
 
-    def _kq_members_live(self, group_id: str, topic) -> bool:
+    def _kq_members_live(self, group_id: str, topic: str) -> bool:
         """Whether `kq consume -g` processes (or another server's Kafka members) hold ``group_id`` on ``topic``.
 
         kq's membership is per topic, as `kq offsets reset` checks it: a commit

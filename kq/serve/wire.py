@@ -153,7 +153,7 @@ def decode_request(frame: bytes) -> Request:
 # null), "structs" (an array of structs) or "struct". The library decodes a null (length -1)
 # wherever the bytes have one; the handlers rely on the schema's promise instead.
 _NULL_PLANS: dict[tuple[type, int], tuple] = {}
-_NULLABLE_KINDS = ("string", "bytes", "records")
+_KINDS_WITH_NULL = ("string", "bytes", "records")
 
 
 def _null_plan(cls, version: int) -> tuple:
@@ -174,9 +174,9 @@ def _plan_fields(fields, version: int) -> tuple:
         elif field.is_struct():
             plan.append((field.name, nullable, "struct", _plan_fields(field._fields, version)))
         elif field.is_array():
-            items_may_be_null = field.array_of.type_str not in _NULLABLE_KINDS or nullable
+            items_may_be_null = field.array_of.type_str not in _KINDS_WITH_NULL or nullable
             plan.append((field.name, nullable, "array" if items_may_be_null else "items", ()))
-        elif field.type_str in _NULLABLE_KINDS and not nullable:
+        elif field.type_str in _KINDS_WITH_NULL and not nullable:
             plan.append((field.name, False, "value", ()))
     return tuple(plan)
 
