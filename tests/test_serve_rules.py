@@ -250,3 +250,19 @@ def test_a_damaged_compressed_batch_is_answered_as_corrupt_with_a_valid_checksum
     struct.pack_into(">I", damaged, CRC_POSITION, crc32c(damaged[CRC_POSITION + 4 :]))
     assert _produce(server.port, bytes(damaged))[0] == CORRUPT_MESSAGE
     assert run_kq("consume", "p").stdout == b""
+
+
+# ---------------------------------------------------------------- malformed requests
+
+
+def test_a_null_where_the_schema_allows_none_closes_the_connection_with_one_log_line(server):
+    from kafka.protocol.admin import DeleteGroupsRequest
+    from kafka.protocol.metadata import MetadataRequest, MetadataResponse
+    from serve_support import closed_by_server, connect, send_request
+
+    with connect(server.port) as sock:
+        send_request(sock, DeleteGroupsRequest(version=0, groups_names=None))  # encoded as length -1
+        assert closed_by_server(sock)
+    line = server.stderr.wait_for(lambda text: "closing connection" in text, timeout=10)
+    assert "DeleteGroupsRequest v0 has a null groups_names, which the schema does not allow" in line
+    assert roundtrip(server.port, MetadataRequest(version=1, topics=None), MetadataResponse).brokers
