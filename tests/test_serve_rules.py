@@ -89,6 +89,19 @@ def test_a_client_outside_the_group_cannot_rewind_a_live_kq_member(server, run_k
             assert refused.value.args[0].code() == KafkaError.UNKNOWN_MEMBER_ID
         finally:
             c.close()
+        # kafka-python's, too.
+        from kafka import KafkaConsumer
+        from kafka import TopicPartition as KafkaPythonPartition
+        from kafka.errors import CommitFailedError
+        from kafka.structs import OffsetAndMetadata
+
+        kc = KafkaConsumer(bootstrap_servers=server.bootstrap, group_id="live", enable_auto_commit=False)
+        try:
+            kc.assign([KafkaPythonPartition("p", 0)])
+            with pytest.raises(CommitFailedError, match="UnknownMemberId"):
+                kc.commit({KafkaPythonPartition("p", 0): OffsetAndMetadata(5, "", -1)})
+        finally:
+            kc.close()
         # `kq -b` through serve says what the local CLI says, and moves nothing.
         reset = run_kq("-b", server.bootstrap, "offsets", "reset", "p", "-g", "live", "--to", "5", data=None)
         assert reset.returncode == 1
