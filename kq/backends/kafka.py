@@ -163,7 +163,9 @@ class KafkaBackend(Backend):
             return TopicExists(topic)
         if code == KafkaError.GROUP_ID_NOT_FOUND and group is not None:
             return GroupNotFound(group)
-        if code == KafkaError.NON_EMPTY_GROUP and group is not None:
+        # A commit from outside a group with members is refused as UNKNOWN_MEMBER_ID, members
+        # that the cluster may not list included (`kq consume -g` processes behind kq serve).
+        if code in (KafkaError.NON_EMPTY_GROUP, KafkaError.UNKNOWN_MEMBER_ID) and group is not None:
             return GroupBusy(group, topic, len(self._members(group)) or 1)
         if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE):
             return ClusterError(self.brokers, f"cannot be reached ({what}: {reason}){self._last_log()}")

@@ -19,8 +19,8 @@ from . import codes, records, wire
 from .admin import Admin
 from .cluster_info import ClusterInfo
 from .coordinator import Coordinator
-from .producers import Duplicate, ProducerState, SequenceError
-from .storage import KqError, MessageTooLarge, Storage, TopicNotFound, check_name
+from .producers import ProducerState, SequenceError
+from .storage import KqError, MessageTooLarge, Payload, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
 
@@ -37,6 +37,44 @@ QUIET_SECONDS = 1.0
 ZERO_UUID = uuid.UUID(int=0)
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED, EARLIEST_PENDING_UPLOAD = -2, -1, -3, -4, -5, -6
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a record timestamp is a signed 64-bit field
+
+
+class InvalidTimestamp(ValueError):
+    """A record timestamp that does not fit Kafka's (and kq's) signed 64-bit field."""
+
+
+def _pack(storage: Storage, batch) -> Payload:
+    """A produced batch packed for kq's log; InvalidTimestamp if a timestamp leaves 64 bits.
+
+    A batch's base timestamp plus a record's 64-bit delta can leave the
+    range; packing finds the smallest and largest timestamps anyway.
+    """
+    try:
+        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec)
+    except OverflowError:  # two timestamps further apart than 64 bits hold
+        raise InvalidTimestamp("record timestamps do not fit a signed 64-bit field") from None
+    for timestamp in (payload.base_timestamp, payload.max_timestamp):
+        if not INT64_MIN <= timestamp <= INT64_MAX:
+            raise InvalidTimestamp(f"record timestamp {timestamp} does not fit a signed 64-bit field")
+    return payload
+
+
+def _decode_batch(raw):
+    """records.decode_produced, with the compression libraries' own errors as InvalidBatch.
+
+    Each codec raises its own kinds (gzip an OSError, which is no storage
+    error; lz4 a RuntimeError; zstd and snappy theirs) on damaged bytes
+    that carry a valid checksum.
+    """
+    try:
+        return records.decode_produced(raw)
+    except (records.InvalidBatch, records.UnsupportedBatch):
+        raise
+    except Exception as exc:
+        raise records.InvalidBatch(f"a batch does not decode ({type(exc).__name__}: {exc})") from None
 
 
 class Connection:
@@ -371,18 +409,19 @@ class Broker:
             return codes.CORRUPT_MESSAGE, -1, "no records"
         first_base = None
         try:
-            # Every batch is checked before any is kept, as Kafka does: an error answer means nothing
-            # was stored, so a client that retries stores nothing twice.
-            batches = [records.decode_produced(raw) for raw in records.split_batches(data)]
-            for batch in batches:
-                try:
-                    self.producers.check(topic, partition, batch)
-                except Duplicate as dup:
-                    base = dup.base_offset
+            # Every batch is checked (decoded, its sequence, its timestamps, packed) before any is
+            # kept, as Kafka does: an error answer means nothing was stored, so a client that
+            # retries stores nothing twice.
+            batches = [_decode_batch(raw) for raw in records.split_batches(data)]
+            duplicates = self.producers.check_all(topic, partition, batches)
+            packed: list[Payload | None] = []
+            for batch, duplicate in zip(batches, duplicates):
+                packed.append(_pack(self.storage, batch) if duplicate is None else None)
+            for batch, duplicate, payload in zip(batches, duplicates, packed):
+                if payload is None:
+                    base = duplicate
                 else:
-                    base, last = self.storage.append(
-                        topic, partition, batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec
-                    )
+                    base, last = self.storage.append_packed(topic, partition, payload)
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
                 if first_base is None:
@@ -391,6 +430,8 @@ class Broker:
             return codes.UNSUPPORTED_FOR_MESSAGE_FORMAT, -1, str(exc)
         except records.InvalidBatch as exc:
             return codes.CORRUPT_MESSAGE, -1, str(exc)
+        except InvalidTimestamp as exc:
+            return codes.INVALID_TIMESTAMP, -1, str(exc)
         except SequenceError as exc:
             return exc.code, -1, str(exc)
         except MessageTooLarge as exc:

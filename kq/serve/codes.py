@@ -34,6 +34,7 @@ GROUP_ID_NOT_FOUND = E.GroupIdNotFoundError.errno
 FETCH_SESSION_ID_NOT_FOUND = E.FetchSessionIdNotFoundError.errno
 MEMBER_ID_REQUIRED = E.MemberIdRequiredError.errno
 INVALID_RECORD = E.InvalidRecordError.errno
+INVALID_TIMESTAMP = E.InvalidTimestampError.errno
 UNSUPPORTED_VERSION = E.UnsupportedVersionError.errno
 INVALID_REPLICA_ASSIGNMENT = E.InvalidReplicationAssignmentError.errno
 SECURITY_DISABLED = E.SecurityDisabledError.errno

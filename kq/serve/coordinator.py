@@ -547,11 +547,10 @@ class Coordinator:
     # ------------------------------------------------------------------ offsets
 
     def _commit_code(self, group: Group | None, generation: int, member_id: str) -> int:
-        if generation < 0 and not member_id:
-            # A consumer without a group membership (assign()): allowed while
-            # no Kafka member is in the group, as in Kafka.
-            if group is not None and group.members:
-                return codes.UNKNOWN_MEMBER_ID
+        if generation < 0 and (group is None or not group.members):
+            # A consumer without a group membership (assign(), an admin
+            # tool): allowed while the group is empty, as in Kafka; kq's own
+            # members are looked at per topic (_kq_members_live).
             return codes.NONE
         if group is None or member_id not in group.members:
             return codes.UNKNOWN_MEMBER_ID
@@ -566,18 +565,21 @@ class Coordinator:
         R = OffsetCommitResponse
         TR = R.OffsetCommitResponseTopic
         PR = TR.OffsetCommitResponsePartition
+        generation = body.generation_id_or_member_epoch if version >= 1 else -1
         try:
             check_name(body.group_id, "group")
             group = self._existing(body.group_id)
-            generation = body.generation_id_or_member_epoch if version >= 1 else -1
             code = self._commit_code(group, generation, body.member_id if version >= 1 else "")
         except KqError:
             code = codes.INVALID_GROUP_ID
         out = []
         for t in body.topics:
+            tcode = code
+            if tcode == codes.NONE and generation < 0 and self._kq_members_live(body.group_id, t.name):
+                tcode = codes.UNKNOWN_MEMBER_ID
             parts = []
             for p in t.partitions:
-                pcode = code
+                pcode = tcode
                 if pcode == codes.NONE:
                     pcode = self._commit_one(
                         body.group_id, t.name, p.partition_index, p.committed_offset, p.committed_metadata or ""
@@ -585,6 +587,20 @@ class Coordinator:
                 parts.append(PR(partition_index=p.partition_index, error_code=pcode))
             out.append(TR(name=t.name, partitions=parts))
         return R(version=version, throttle_time_ms=0, topics=out)
+
+    def _kq_members_live(self, group_id: str, topic: str) -> bool:
+        """Whether `kq consume -g` processes (or another server's Kafka members) hold ``group_id`` on ``topic``.
+
+        kq's membership is per topic, as `kq offsets reset` checks it: a commit
+        from outside the group must not move offsets under a live member.
+        """
+        try:
+            return bool(self.storage.kq_members(group_id, check_name(topic)))
+        except KqError:
+            return False  # a bad topic name: _commit_one answers for it
+        except OSError as exc:
+            self.on_error(exc)
+            return True
 
     def _commit_one(self, group_id: str, topic: str, partition: int, offset: int, metadata: str = "") -> int:
         try:

@@ -74,11 +74,7 @@ class ProducerState:
         pid = batch.producer_id
         if pid < 0:
             return
-        known_epoch = self._epochs.get(pid)
-        if known_epoch is not None and batch.producer_epoch < known_epoch:
-            raise SequenceError(
-                codes.INVALID_PRODUCER_EPOCH, f"producer {pid} epoch {batch.producer_epoch} is older than {known_epoch}"
-            )
+        self._check_epoch(batch)
         state = self._state.get((pid, topic, partition))
         if state is None or state.epoch != batch.producer_epoch:
             return  # a new producer, or a new epoch: its sequence starts afresh
@@ -87,10 +83,47 @@ class ProducerState:
         for seq_first, seq_last, base in state.batches:
             if seq_first == first and seq_last == last:
                 raise Duplicate(base)
-        expected = state.batches[-1][1] + 1 if state.batches else 0
-        if first != expected and not (expected > 2**31 - 1 and first == 0):
+        _check_follows(pid, state.batches[-1][1] + 1 if state.batches else 0, first)
+
+    def check_all(self, topic: str, partition: int, batches) -> list[int | None]:
+        """Check a request's batches for one partition, each as if those before it were stored.
+
+        For each batch: None if it is to be appended, or the base offset a
+        duplicate was stored at. SequenceError if any batch is refused, so
+        that a caller appends none of them then.
+        """
+        out: list[int | None] = []
+        after: dict[int, tuple[int, int]] = {}  # producer id -> (epoch, last sequence) of this request's batches
+        for batch in batches:
+            pid = batch.producer_id
+            seen = after.get(pid) if pid >= 0 else None
+            if seen is None:
+                try:
+                    self.check(topic, partition, batch)
+                except Duplicate as dup:
+                    out.append(dup.base_offset)
+                    continue
+            else:
+                self._check_epoch(batch)
+                epoch, last = seen
+                if batch.producer_epoch < epoch:
+                    raise SequenceError(
+                        codes.INVALID_PRODUCER_EPOCH,
+                        f"producer {pid} epoch {batch.producer_epoch} is older than {epoch}",
+                    )
+                if batch.producer_epoch == epoch:
+                    _check_follows(pid, last + 1, batch.base_sequence)
+            if pid >= 0:
+                after[pid] = (batch.producer_epoch, batch.base_sequence + batch.count - 1)
+            out.append(None)
+        return out
+
+    def _check_epoch(self, batch) -> None:
+        known_epoch = self._epochs.get(batch.producer_id)
+        if known_epoch is not None and batch.producer_epoch < known_epoch:
             raise SequenceError(
-                codes.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: sequence {first} where {expected} was expected"
+                codes.INVALID_PRODUCER_EPOCH,
+                f"producer {batch.producer_id} epoch {batch.producer_epoch} is older than {known_epoch}",
             )
 
     def appended(self, topic: str, partition: int, batch, base: int, last: int) -> None:
@@ -103,3 +136,11 @@ class ProducerState:
             state = self._state[key] = _Partition(batch.producer_epoch)
             self._epochs.setdefault(pid, batch.producer_epoch)
         state.batches.append((batch.base_sequence, batch.base_sequence + batch.count - 1, base))
+
+
+def _check_follows(pid: int, expected: int, first: int) -> None:
+    """A batch must start where the producer's last one ended (a sequence wraps to 0 past 2**31 - 1)."""
+    if first != expected and not (expected > 2**31 - 1 and first == 0):
+        raise SequenceError(
+            codes.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: sequence {first} where {expected} was expected"
+        )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..batch import Payload
+from ..batch import pack as pack_batch
 from ..cursor import Cursor
 from ..datadir import DataDir
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
@@ -24,6 +26,7 @@ __all__ = [
     "InvalidName",
     "KqError",
     "MessageTooLarge",
+    "Payload",
     "TopicExists",
     "TopicNotFound",
     "check_name",
@@ -111,14 +114,19 @@ class Storage:
 
     # ------------------------------------------------------------------ partitions
 
-    def append(self, topic: str, partition: int, values, keys, headers, timestamps, codec: int = 0) -> tuple[int, int]:
-        """Append one batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so.
+    @staticmethod
+    def pack(values, keys, headers, timestamps, codec: int = 0) -> Payload:
+        """One batch's records packed for ``append_packed`` (MessageTooLarge), before anything is written.
 
         ``codec``: the Kafka compression codec the records came in, kept to serve them so again.
         """
+        return pack_batch(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
+
+    def append_packed(self, topic: str, partition: int, payload: Payload) -> tuple[int, int]:
+        """Append one packed batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
         part = self.topic(topic).partition(partition)
         try:
-            return part.append(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
+            return part.append_payload(payload)
         except FileNotFoundError:
             # The topic was deleted (and maybe created again) under us.
             self._forget(topic)
@@ -207,7 +215,8 @@ class Storage:
         return self.groups.committed_offsets(group, topic)
 
     def commit(self, group: str, topic: str, partition: int, offset: int, metadata: str = "") -> None:
-        self.groups.commit(group, topic, partition, offset, metadata)
+        """Commit an offset of the topic called ``topic``, recording its id as the CLI's commits do."""
+        self.groups.commit(group, self.topic(topic), partition, offset, metadata)
 
     def delete_group(self, group: str) -> None:
         self.groups.delete(group)

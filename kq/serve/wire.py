@@ -179,7 +179,67 @@ def decode_request(frame: bytes) -> Request:
         body = api.request.decode(memoryview(frame)[stream.tell() :], version=version)  # type: ignore[attr-defined]
     except Exception as exc:  # the library raises many kinds on malformed bytes
         raise BadRequest(f"{api.request.__name__} v{version} does not decode ({type(exc).__name__}: {exc})") from None
+    null = _first_null(body, _null_plan(api.request, version))
+    if null is not None:
+        # As Kafka's own parsers: a request that does not follow the schema is not answered.
+        raise BadRequest(f"{api.request.__name__} v{version} has a null {null}, which the schema does not allow")
     return Request(api_key, version, header.correlation_id, header.client_id, body, api)
+
+
+# What may not be null, per (request class, version): (field, kind, nested plan), where kind
+# is "value" (a string or bytes), "array", "items" (an array of strings that may not hold a
+# null), "structs" (an array of structs) or "struct". The library decodes a null (length -1)
+# wherever the bytes have one; the handlers rely on the schema's promise instead.
+_NULL_PLANS: dict[tuple[type, int], tuple] = {}
+_KINDS_WITH_NULL = ("string", "bytes", "records")
+
+
+def _null_plan(cls, version: int) -> tuple:
+    plan = _NULL_PLANS.get((cls, version))
+    if plan is None:
+        plan = _NULL_PLANS[(cls, version)] = _plan_fields(cls._struct._fields, version)
+    return plan
+
+
+def _plan_fields(fields, version: int) -> tuple:
+    plan = []
+    for field in fields:
+        if not field.for_version_q(version) or field.tagged_field_q(version):
+            continue
+        nullable = field.nullable_for_version_q(version)
+        if field.is_struct_array():
+            plan.append((field.name, nullable, "structs", _plan_fields(field.array_of._fields, version)))
+        elif field.is_struct():
+            plan.append((field.name, nullable, "struct", _plan_fields(field._fields, version)))
+        elif field.is_array():
+            items_may_be_null = field.array_of.type_str not in _KINDS_WITH_NULL or nullable
+            plan.append((field.name, nullable, "array" if items_may_be_null else "items", ()))
+        elif field.type_str in _KINDS_WITH_NULL and not nullable:
+            plan.append((field.name, False, "value", ()))
+    return tuple(plan)
+
+
+def _first_null(obj, plan: tuple) -> str | None:
+    """The name of the first field in ``obj`` that is null where ``plan`` says it may not be."""
+    for name, nullable, kind, nested in plan:
+        value = getattr(obj, name)
+        if value is None:
+            if not nullable:
+                return name
+            continue
+        if kind == "items":
+            if any(item is None for item in value):
+                return f"item of {name}"
+        elif kind == "structs" and nested:
+            for item in value:
+                found = _first_null(item, nested)
+                if found is not None:
+                    return f"{name}.{found}"
+        elif kind == "struct" and nested:
+            found = _first_null(value, nested)
+            if found is not None:
+                return f"{name}.{found}"
+    return None
 
 
 def encode_response(request: Request, response) -> bytes:
