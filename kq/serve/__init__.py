@@ -9,6 +9,7 @@ Layout, top down:
     server.py       asyncio: connections, frames, one request at a time per connection
     broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
     coordinator.py  consumer groups, stored and fenced as kq groups
+    auth.py         who is let in: the local peer's uid, SASL/PLAIN and SCRAM users
     admin.py        CreateTopics, DeleteTopics, DescribeConfigs
     producers.py    the idempotent producer's ids and sequence numbers
     records.py      Kafka record batches to and from kq's columns (the hot paths)
@@ -52,8 +53,14 @@ def serve(
     max_request_bytes: int | None = None,
     sync: bool = False,
     ready=None,
+    access=None,
+    ssl=None,
 ) -> None:
-    """Serve ``data_dir`` until SIGINT/SIGTERM; ``ready(server)`` is called once listening."""
+    """Serve ``data_dir`` until SIGINT/SIGTERM; ``ready(server)`` is called once listening.
+
+    ``access`` (a ``kq.serve.auth.Access``) says who is let in (None: everyone);
+    ``ssl`` is an ``ssl.SSLContext`` for TLS.
+    """
     import asyncio
 
     from .broker import Broker
@@ -63,7 +70,7 @@ def serve(
     storage = Storage(data_dir, sync=sync)
     storage.ensure()
     broker = Broker(storage, advertised_host, advertised_port or port, auto_create=auto_create)
-    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
+    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, access=access, ssl=ssl)
 
     def on_ready(s: Server) -> None:
         if advertised_port is None:  # port 0: advertise the one the system chose

@@ -59,6 +59,12 @@ from kafka.protocol.metadata import (
     MetadataResponse,
 )
 from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse
+from kafka.protocol.sasl import (
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+)
 
 SIZE = struct.Struct(">i")
 API_VERSIONS_KEY = 18
@@ -102,6 +108,9 @@ APIS: dict[int, Api] = {
     44: Api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1),
     37: Api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 3),
     21: Api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 2),
+    # SaslHandshake v0 (raw SASL bytes without Kafka framing) is not offered.
+    17: Api(SaslHandshakeRequest, SaslHandshakeResponse, 1, 1),
+    36: Api(SaslAuthenticateRequest, SaslAuthenticateResponse, 0, 2),
 }
 
 
