@@ -307,7 +307,8 @@ class ScramExchange:
             raise AuthenticationFailed("the exchange is over")
         without_proof, sep, proof_attr = text.rpartition(",p=")
         attrs = _attributes(without_proof)
-        if not sep or attrs.get("r") != self._nonce:
+        # Kafka checks that the nonce ends with the server's: librdkafka sends its own nonce twice.
+        if not sep or not attrs.get("r", "").endswith(self._nonce):
             raise AuthenticationFailed("malformed client-final message or wrong nonce")
         if attrs.get("c") != _b64(self._gs2.encode()):
             raise AuthenticationFailed("channel binding does not match the client-first message")
@@ -540,6 +541,7 @@ def answer(request, session: Session | None):
     if key == API_VERSIONS_KEY:
         # The first request of every client: an error here is what librdkafka
         # (kcat, confluent-kafka, kq -b) and kafka-python print.
+        # Clients read an ApiVersions answer that carries an error as version 0 (as Kafka sends it).
         session.closing = str(refused)
-        return ApiVersionsResponse(version=version, error_code=refused.code, api_keys=[], throttle_time_ms=0)
+        return ApiVersionsResponse(version=0, error_code=refused.code, api_keys=[])
     raise refused

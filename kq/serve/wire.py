@@ -108,8 +108,9 @@ APIS: dict[int, Api] = {
     44: Api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1),
     37: Api(CreatePartitionsRequest, CreatePartitionsResponse, 0, 3),
     21: Api(DeleteRecordsRequest, DeleteRecordsResponse, 0, 2),
-    # SaslHandshake v0 (raw SASL bytes without Kafka framing) is not offered.
-    17: Api(SaslHandshakeRequest, SaslHandshakeResponse, 1, 1),
+    # SaslHandshake v0 (raw SASL bytes without Kafka framing follow) is advertised,
+    # as librdkafka looks for it, but only v1 is served.
+    17: Api(SaslHandshakeRequest, SaslHandshakeResponse, 0, 1, lowest_served=1),
     36: Api(SaslAuthenticateRequest, SaslAuthenticateResponse, 0, 2),
 }
 
