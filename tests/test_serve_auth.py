@@ -112,6 +112,12 @@ def test_another_local_user_is_refused_and_nothing_changes(served):
     """uid 65534 cannot list the 0700 directory; through kq serve it can neither list, read,
     write, create nor delete, and each client says it was refused."""
     data, server = served
+    # The owner (root here) needs no setting: kq -b and kcat just work.
+    assert kq_b(server.bootstrap, "produce", "secret", input=b"three\n").returncode == 0
+    r = kq_b(server.bootstrap, "consume", "secret")
+    assert r.returncode == 0 and r.stdout.splitlines() == [b"one", b"two", b"three"], r.stderr
+    assert b"secret" in kcat("-b", server.bootstrap, "-L", nobody=False).stdout
+
     before = records(data)
     listed = kcat("-b", server.bootstrap, "-L", "-m", "3", nobody=True)
     assert listed.returncode != 0 and b"secret" not in listed.stdout
@@ -138,22 +144,17 @@ def test_another_local_user_is_refused_and_nothing_changes(served):
     assert "who may connect" in "".join(server.stderr.seen)
 
 
-def test_the_owner_gets_in_with_no_setting(served):
-    data, server = served
-    assert kq_b(server.bootstrap, "produce", "secret", input=b"three\n").returncode == 0
-    r = kq_b(server.bootstrap, "consume", "secret")
-    assert r.returncode == 0 and r.stdout.splitlines() == [b"one", b"two", b"three"], r.stderr
-    listed = kcat("-b", server.bootstrap, "-L", nobody=False)
-    assert listed.returncode == 0 and b"secret" in listed.stdout
-    assert records(data) == [b"one", b"two", b"three"]
-
-
-def test_a_user_whom_the_mode_bits_let_write_the_directory_gets_in(tmp_path):
-    """The rule is the file system's: a directory made 0777 lets every local user in."""
+def test_the_directory_mode_bits_decide_who_may_write_through_serve(tmp_path):
+    """The rule is the file system's: a user whose group may only read the directory is refused,
+    one whose group may write it gets in (as it could run kq on the directory itself)."""
     data = secret_dir(tmp_path)
-    os.chmod(data, 0o777)
+    os.chown(data, 0, NOBODY)
+    os.chmod(data, 0o750)
     server = KqServer(data)
     try:
+        r = kcat("-b", server.bootstrap, "-C", "-t", "secret", "-e", "-m", "3", nobody=True)
+        assert r.returncode != 0 and b"one" not in r.stdout, r.stderr
+        os.chmod(data, 0o770)
         r = kcat("-b", server.bootstrap, "-C", "-t", "secret", "-e", nobody=True)
         assert r.returncode == 0 and r.stdout.splitlines() == [b"one", b"two"], r.stderr
     finally:
