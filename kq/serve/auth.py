@@ -329,7 +329,7 @@ class ScramExchange:
 
 
 def _attributes(text: str) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if sep:
