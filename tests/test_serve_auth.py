@@ -14,8 +14,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import wait_for
 from serve_support import KCAT, KQ, KqServer, _Lines, free_port, needs_kcat
 from test_faults import NOBODY, _other_user_site
 
@@ -119,19 +121,29 @@ def test_another_local_user_is_refused_and_nothing_changes(served):
     assert b"secret" in kcat("-b", server.bootstrap, "-L", nobody=False).stdout
 
     before = records(data)
-    listed = kcat("-b", server.bootstrap, "-L", "-m", "3", nobody=True)
-    assert listed.returncode != 0 and b"secret" not in listed.stdout
-    assert b"Cluster authorization failed" in listed.stderr, listed.stderr
-    read = kcat("-b", server.bootstrap, "-C", "-t", "secret", "-e", "-m", "3", nobody=True)
-    assert b"one" not in read.stdout and b"Cluster authorization failed" in read.stderr, read.stderr
-    written = kcat(
-        "-b", server.bootstrap, "-P", "-t", "secret", "-X", "message.timeout.ms=3000", nobody=True, input=b"evil\n"
-    )
-    assert b"Cluster authorization failed" in written.stderr, written.stderr
-
-    for args in (("topic", "list"), ("topic", "create", "intruder"), ("topic", "delete", "secret")):
-        r = kq_b_as_nobody(server.bootstrap, *args)
-        assert r.returncode == 1, (args, r.stderr)
+    b = server.bootstrap
+    refused_by_kcat = {
+        "list": (["-b", b, "-L", "-m", "3"], None),
+        "consume": (["-b", b, "-C", "-t", "secret", "-e", "-m", "3"], None),
+        "produce": (["-b", b, "-P", "-t", "secret", "-X", "message.timeout.ms=3000"], b"evil\n"),
+    }
+    refused_by_kq = [
+        (("topic", "list"), b""),
+        (("consume", "secret"), b""),
+        (("produce", "secret"), b"evil\n"),
+        (("topic", "create", "intruder"), b""),
+        (("topic", "delete", "secret"), b""),
+    ]
+    with ThreadPoolExecutor(8) as pool:  # each waits out its client's timeout: all at once
+        by_kcat = {k: pool.submit(kcat, *a, nobody=True, input=i) for k, (a, i) in refused_by_kcat.items()}
+        by_kq = {args: pool.submit(kq_b_as_nobody, b, *args, input=i) for args, i in refused_by_kq}
+    for what, future in by_kcat.items():
+        r = future.result()
+        assert b"one" not in r.stdout and b"secret" not in r.stdout, what
+        assert b"Cluster authorization failed" in r.stderr, (what, r.stderr)
+    for args, future in by_kq.items():
+        r = future.result()
+        assert r.returncode == 1 and r.stdout == b"", (args, r.stderr)
         assert r.stderr.startswith(b"kq: error: ") and b"Traceback" not in r.stderr, r.stderr
         assert b"refused this client" in r.stderr and b"authorization failed" in r.stderr, r.stderr
 
@@ -179,7 +191,8 @@ def test_users_are_kept_salted_in_a_0600_file_and_listed_and_removed(tmp_path):
     add_user(data, "bob", "battery staple")
     path = os.path.join(data, "serve", "users.json")
     assert os.stat(path).st_mode & 0o777 == 0o600
-    content = open(path, "rb").read()
+    with open(path, "rb") as f:
+        content = f.read()
     assert b"correct horse" not in content and b"battery staple" not in content
     listed = subprocess.run(KQ + ["--data-dir", data, "serve", "--list-users"], capture_output=True)
     assert listed.stdout.split() == [b"alice", b"bob"]
@@ -198,24 +211,49 @@ def test_sasl_users_get_in_with_the_right_password_only(tmp_path, mechanism):
     try:
         ok = kcat("-b", server.bootstrap, *sasl(mechanism, "alice", "s3cret"), "-C", "-t", "secret", "-e", nobody=True)
         assert ok.returncode == 0 and ok.stdout.splitlines() == [b"one", b"two"], ok.stderr
-        for user, password in (("alice", "wrong"), ("mallory", "s3cret")):
-            bad = kcat(
-                "-b", server.bootstrap, *sasl(mechanism, user, password), "-C", "-t", "secret", "-e", "-m", "3",
-                nobody=True,
-            )  # fmt: skip
+        with ThreadPoolExecutor(4) as pool:  # each waits out its client's timeout: all at once
+            read = ("-C", "-t", "secret", "-e", "-m", "3")
+            wrong = [  # the owner (root) too is judged by the login it attempts
+                pool.submit(kcat, "-b", server.bootstrap, *sasl(mechanism, user, password), *read, nobody=nobody)
+                for user, password, nobody in (
+                    ("alice", "wrong", True),
+                    ("mallory", "s3cret", True),
+                    ("alice", "x", False),
+                )
+            ]
+            plain = pool.submit(kcat, "-b", server.bootstrap, "-L", "-m", "3", nobody=True)
+            kq_wrong = pool.submit(kq_b_as_nobody, server.bootstrap, *sasl(mechanism, "alice", "nope"), "topic", "list")
+        for future in wrong:
+            bad = future.result()
             assert bad.returncode != 0 and b"one" not in bad.stdout
             assert b"Authentication failed" in bad.stderr, bad.stderr
-        # The owner too is judged by the login it attempts.
-        owner = kcat("-b", server.bootstrap, *sasl(mechanism, "alice", "wrong"), "-L", "-m", "3", nobody=False)
-        assert owner.returncode != 0 and b"Authentication failed" in owner.stderr
-        # Without SASL, another user is still refused.
-        plain = kcat("-b", server.bootstrap, "-L", "-m", "3", nobody=True)
-        assert plain.returncode != 0 and b"secret" not in plain.stdout
+        # Without SASL, another user is still refused, told that SASL may be needed.
+        r = plain.result()
+        assert r.returncode != 0 and b"secret" not in r.stdout and b"SASL" in r.stderr, r.stderr
+        r = kq_wrong.result()
+        assert r.returncode == 1 and b"refused this client" in r.stderr, r.stderr
+        # kafka-python logs in too (here as the owner, judged by its login).
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=server.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username="alice",
+            sasl_plain_password="s3cret",
+            auto_offset_reset="earliest",
+        )
+        consumer.assign([TopicPartition("secret", 0)])
+        values: list[bytes] = []
+        wait_for(
+            lambda: values.extend(m.value for batch in consumer.poll(500).values() for m in batch) or len(values) >= 2,
+            timeout=30,
+        )
+        assert values == [b"one", b"two"]
+        consumer.close()
         # kq -b reaches it through librdkafka's settings.
         r = kq_b_as_nobody(server.bootstrap, *sasl(mechanism, "alice", "s3cret"), "produce", "secret", input=b"x\n")
         assert r.returncode == 0, r.stderr
-        r = kq_b_as_nobody(server.bootstrap, *sasl(mechanism, "alice", "nope"), "topic", "list")
-        assert r.returncode == 1 and b"refused this client" in r.stderr, r.stderr
     finally:
         server.kill()
     assert records(data) == [b"one", b"two", b"x"]

@@ -196,7 +196,12 @@ class KafkaBackend(Backend):
         import re
 
         for line in reversed(self._log.recent):
-            found = re.search(r"(Broker: [^:(]*authorization failed|SASL authentication error: [^(]*)", line, re.I)
+            found = re.search(
+                r"(Broker: [^:(]*authorization failed|SASL authentication error: [^(]*"
+                r"|broker might require SASL authentication)",
+                line,
+                re.I,
+            )
             if found:
                 return found.group(1).strip()
         return None
