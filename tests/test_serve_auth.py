@@ -156,6 +156,19 @@ def test_another_local_user_is_refused_and_nothing_changes(served):
     assert "who may connect" in "".join(server.stderr.seen)
 
 
+def test_a_peer_on_ipv6_loopback_is_known_by_its_uid_too(tmp_path):
+    data = secret_dir(tmp_path)
+    server = KqServer(data, "--listen", "[::1]:0")
+    bootstrap = f"[::1]:{server.port}"
+    try:
+        owner = kcat("-b", bootstrap, "-C", "-t", "secret", "-e", nobody=False)
+        assert owner.returncode == 0 and owner.stdout.splitlines() == [b"one", b"two"], owner.stderr
+        other = kcat("-b", bootstrap, "-C", "-t", "secret", "-e", "-m", "3", nobody=True)
+        assert b"one" not in other.stdout and b"Cluster authorization failed" in other.stderr, other.stderr
+    finally:
+        server.kill()
+
+
 def test_the_directory_mode_bits_decide_who_may_write_through_serve(tmp_path):
     """The rule is the file system's: a user whose group may only read the directory is refused,
     one whose group may write it gets in (as it could run kq on the directory itself)."""

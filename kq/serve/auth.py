@@ -511,7 +511,9 @@ def answer(request, session: Session | None):
         session = Session(Access("", insecure=True), admitted=True, who="client")
     if key == SASL_HANDSHAKE_KEY:
         code, offered = session.handshake(body.mechanism)
-        if code:
+        if code == ILLEGAL_SASL_STATE:
+            session.closing = f"{session.who}: a second SaslHandshake"
+        elif code:
             session.closing = f"{session.who}: SASL mechanism {body.mechanism!r} is not offered"
         return SaslHandshakeResponse(version=version, error_code=code, mechanisms=offered)
     if key == SASL_AUTHENTICATE_KEY:
