@@ -41,6 +41,7 @@ SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MAX_PASSWORD_BYTES = 1024
 SOCKET_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+TIME_WAIT, LISTEN = "06", "0A"  # socket states in those tables
 
 # Kafka's error codes for the SASL exchange (kafka.errors)
 UNSUPPORTED_SASL_MECHANISM = 33
@@ -84,6 +85,7 @@ def peer_uid(peer, local) -> int | None:
     theirs, ours = _endpoint(peer), _endpoint(local)
     if theirs is None or ours is None:
         return None
+    uids = set()
     for table in SOCKET_TABLES:
         try:
             with open(table) as f:
@@ -92,14 +94,15 @@ def peer_uid(peer, local) -> int | None:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 8:
+            # A TIME_WAIT entry is no socket of anyone's and shows uid 0: never trust it.
+            if len(fields) < 8 or fields[3] in (TIME_WAIT, LISTEN):
                 continue
             try:
                 if _address(fields[1]) == theirs and _address(fields[2]) == ours:
-                    return int(fields[7])
+                    uids.add(int(fields[7]))
             except ValueError:
                 continue
-    return None
+    return uids.pop() if len(uids) == 1 else None
 
 
 def user_groups(uid: int) -> set[int]:
