@@ -4,10 +4,9 @@ Without SASL, a connection is let in only when it comes from a local process
 whose user could write the data directory itself (so serve lends nobody
 rights they lack): root, the user running kq serve, or a user whom the
 directory's mode bits give read, write and search (its owner for a 0700
-directory). The peer's uid is read from the kernel's socket tables
-(/proc/net/tcp and tcp6 list each socket's addresses, uid and inode): the
-client's socket is the one whose local address is the connection's remote
-end and whose remote address is the server's end.
+directory). The peer's uid is the kernel's answer for the client's socket,
+the one whose local address is the connection's remote end and whose remote
+address is the server's end (sock_diag, else /proc/net/tcp and tcp6).
 
 With users in ``DATA/serve/users.json`` (``kq serve --add-user``), any
 client may instead authenticate with SASL/PLAIN or SCRAM-SHA-256/512; the
@@ -81,10 +80,70 @@ def peer_uid(peer, local) -> int | None:
 
     ``peer`` and ``local`` are the connection's addresses as the server sees
     them (getpeername, getsockname). None: not a local process (or gone).
+    The kernel is asked for that one socket (sock_diag over netlink, what
+    ``ss`` uses); where that is not offered, /proc/net/tcp(6) is read, which
+    takes milliseconds on a machine with thousands of sockets.
     """
     theirs, ours = _endpoint(peer), _endpoint(local)
     if theirs is None or ours is None:
         return None
+    try:
+        return _sock_diag_uid(theirs, ours)
+    except OSError:
+        return _proc_net_uid(theirs, ours)
+
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+NO_COOKIE = 0xFFFFFFFF
+TCP_TIME_WAIT = 6
+NLMSG_HEADER = struct.Struct("=IHHII")
+
+
+def _sock_diag_uid(theirs, ours) -> int | None:
+    """The uid of the socket whose local end is ``theirs`` and remote end ``ours``, from the kernel."""
+    for family, (src, dst) in _diag_addresses(theirs[0], ours[0]):
+        # inet_diag_req_v2 (family, protocol, extensions, pad, states), then inet_diag_sockid:
+        # ports (big-endian), addresses (network order), interface, cookie (none).
+        request = (
+            struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+            + struct.pack(">HH", theirs[1], ours[1])
+            + src
+            + dst
+            + struct.pack("=III", 0, NO_COOKIE, NO_COOKIE)
+        )
+        message = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as diag:
+            diag.settimeout(1.0)
+            diag.send(message + request)
+            answer = diag.recv(8192)
+        if len(answer) < NLMSG_HEADER.size:
+            continue
+        kind = NLMSG_HEADER.unpack_from(answer)[1]
+        if kind != SOCK_DIAG_BY_FAMILY or len(answer) < NLMSG_HEADER.size + 72:
+            continue  # NLMSG_ERROR: no such socket in that family
+        body = answer[NLMSG_HEADER.size :]
+        # The kernel falls back to a listening socket on that port, and a TIME_WAIT entry
+        # is no socket of anyone's (it shows uid 0): only the exact connection counts.
+        if body[1] == TCP_TIME_WAIT or body[4:40] != request[8:44]:
+            return None
+        return struct.unpack_from("=I", body, 64)[0]
+    return None
+
+
+def _diag_addresses(theirs, ours):
+    """(family, (their address, our address) as 16 bytes) to ask for: IPv4, then IPv4-mapped IPv6."""
+    if isinstance(theirs, ipaddress.IPv4Address) and isinstance(ours, ipaddress.IPv4Address):
+        yield socket.AF_INET, (theirs.packed.ljust(16, b"\0"), ours.packed.ljust(16, b"\0"))
+        mapped = (ipaddress.IPv6Address(f"::ffff:{theirs}"), ipaddress.IPv6Address(f"::ffff:{ours}"))
+        yield socket.AF_INET6, (mapped[0].packed, mapped[1].packed)
+    elif isinstance(theirs, ipaddress.IPv6Address) and isinstance(ours, ipaddress.IPv6Address):
+        yield socket.AF_INET6, (theirs.packed, ours.packed)
+
+
+def _proc_net_uid(theirs, ours) -> int | None:
     uids = set()
     for table in SOCKET_TABLES:
         try:
