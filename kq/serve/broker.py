@@ -167,8 +167,9 @@ class Broker:
         if api_key == wire.API_VERSIONS_KEY and not 0 <= version <= wire.APIS[api_key].max_version:
             return wire.unsupported_api_versions(correlation_id)
         request = wire.decode_request(frame)
-        if connection.session is not None or request.api_key in auth.SASL_KEYS:
-            early = auth.answer(request, connection.session)  # auth.Refused: closed unanswered
+        session = connection.session
+        if request.api_key in auth.SASL_KEYS or (session is not None and not session.admitted):
+            early = auth.answer(request, session)  # auth.Refused: closed unanswered
             if early is not None:
                 return wire.encode_response(request, early)
         self.coordinator.client = (request.client_id or "", connection.host)
