@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import wait_for
-from serve_support import KCAT, KQ, KqServer, _Lines, free_port, needs_kcat
+from serve_support import (
+    KCAT,
+    KQ,
+    KqServer,
+    _Lines,
+    closed_by_server,
+    connect,
+    free_port,
+    needs_kcat,
+    read_frame,
+    send_request,
+)
 from test_faults import NOBODY, _other_user_site
 
 pytestmark = [
@@ -368,3 +380,25 @@ def test_both_ways_of_finding_the_peer_uid_name_the_connecting_user():
                 assert auth._sock_diag_uid(ours, (theirs[0], theirs[1] + 1 if theirs[1] < 65535 else 1)) is None
         finally:
             client.communicate(b"", timeout=10)
+
+
+def test_a_connection_that_has_not_logged_in_may_send_only_small_requests(tmp_path):
+    """Before a login succeeds a request may be at most 512 KiB (Kafka's sasl.server.max.receive.size),
+    so that nobody who has not logged in makes the server hold --max-request-bytes."""
+    from kafka.protocol.sasl import SaslHandshakeRequest, SaslHandshakeResponse
+
+    data = secret_dir(tmp_path)
+    add_user(data, "alice", "s3cret")
+    server = KqServer(data, "-v")  # (a closed connection is logged with -v)
+    try:
+        with connect(server.port) as sock:
+            send_request(sock, SaslHandshakeRequest(version=1, mechanism="PLAIN"))
+            frame = read_frame(sock)
+            assert frame is not None
+            answer = SaslHandshakeResponse.decode(frame[4:], version=1)
+            assert answer.error_code == 0 and "SCRAM-SHA-512" in answer.mechanisms
+            sock.sendall(struct.pack(">i", 1024 * 1024))  # a SaslAuthenticate of 1 MiB announced
+            assert closed_by_server(sock)
+    finally:
+        server.kill()
+    assert "request size 1048576 is outside 8..524288 bytes" in server.stderr.rest()
