@@ -353,7 +353,7 @@ def test_listening_beyond_loopback_needs_users_or_insecure(tmp_path):
 
 def test_both_ways_of_finding_the_peer_uid_name_the_connecting_user():
     """The kernel's sock_diag answer and /proc/net/tcp's (the fallback) agree on another user's socket."""
-    from kq.serve import auth
+    from kq.serve import peer
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -372,12 +372,12 @@ def test_both_ways_of_finding_the_peer_uid_name_the_connecting_user():
         try:
             conn, _ = listener.accept()
             with conn:
-                theirs, ours = auth._endpoint(conn.getpeername()), auth._endpoint(conn.getsockname())
-                assert auth._sock_diag_uid(theirs, ours) == NOBODY
-                assert auth._proc_net_uid(theirs, ours) == NOBODY
-                assert auth.peer_uid(conn.getpeername(), conn.getsockname()) == NOBODY
+                theirs, ours = peer._endpoint(conn.getpeername()), peer._endpoint(conn.getsockname())
+                assert peer._sock_diag_uid(theirs, ours) == NOBODY
+                assert peer._proc_net_uid(theirs, ours) == NOBODY
+                assert peer.peer_uid(conn.getpeername(), conn.getsockname()) == NOBODY
                 # The server's own end is not the peer's.
-                assert auth._sock_diag_uid(ours, (theirs[0], theirs[1] + 1 if theirs[1] < 65535 else 1)) is None
+                assert peer._sock_diag_uid(ours, (theirs[0], theirs[1] + 1 if theirs[1] < 65535 else 1)) is None
         finally:
             client.communicate(b"", timeout=10)
 

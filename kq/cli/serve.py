@@ -35,7 +35,7 @@ def _password(name: str) -> bytes:
 
 
 def _manage_users(data, add: Optional[str], remove: Optional[str], show: bool) -> None:
-    from ..serve.auth import Users
+    from ..serve.sasl import Users
 
     users = Users(data.path)
     if add is not None:

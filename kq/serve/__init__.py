@@ -9,7 +9,9 @@ Layout, top down:
     server.py       asyncio: connections, frames, one request at a time per connection
     broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
     coordinator.py  consumer groups, stored and fenced as kq groups
-    auth.py         who is let in: the local peer's uid, SASL/PLAIN and SCRAM users
+    auth.py         who is let in, and each connection's login (SaslHandshake, SaslAuthenticate)
+    peer.py         the uid owning a local connection's other end
+    sasl.py         SASL users (DATA/serve/users.json) and PLAIN and SCRAM-SHA-256/512
     admin.py        CreateTopics, DeleteTopics, DescribeConfigs
     producers.py    the idempotent producer's ids and sequence numbers
     records.py      Kafka record batches to and from kq's columns (the hot paths)
