@@ -65,17 +65,18 @@ def test_a_malformed_listen_address_is_a_usage_error(run_kq, bad):
     assert "Traceback" not in out.stderr.decode()
 
 
-def test_listening_beyond_loopback_warns_that_there_is_no_authentication(data_dir):
+def test_listening_beyond_loopback_with_insecure_warns_that_anyone_gets_in(data_dir):
+    """(Without --insecure or SASL users it is a usage error: tests/test_serve_auth.py.)"""
     proc = subprocess.Popen(
-        KQ + ["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0"],
+        KQ + ["--data-dir", data_dir, "serve", "--listen", "0.0.0.0:0", "--insecure"],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
     try:
         first = proc.stderr.readline().decode()
-        second = proc.stderr.readline().decode()
-        assert "no authentication" in first and first.startswith("kq: warning:")
-        assert second.startswith("kq: serving ")
+        rest = [proc.stderr.readline().decode() for _ in range(2)]
+        assert "--insecure: anyone who reaches the port" in first and first.startswith("kq: warning:")
+        assert rest[0].startswith("kq: who may connect: anyone") and rest[1].startswith("kq: serving ")
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0

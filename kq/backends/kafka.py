@@ -168,6 +168,9 @@ class KafkaBackend(Backend):
         if code in (KafkaError.NON_EMPTY_GROUP, KafkaError.UNKNOWN_MEMBER_ID) and group is not None:
             return GroupBusy(group, topic, len(self._members(group)) or 1)
         if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE):
+            refusal = self._refusal()
+            if refusal is not None:
+                return ClusterError(self.brokers, f"refused this client ({what}): {refusal}")
             return ClusterError(self.brokers, f"cannot be reached ({what}: {reason}){self._last_log()}")
         error = ClusterError(self.brokers, f"{what}: {reason}")
         if code in (
@@ -186,6 +189,24 @@ class KafkaBackend(Backend):
     def error_reason(self, err) -> str:
         """A librdkafka error's text, secrets blanked out."""
         return redact(err.str(), self.settings)
+
+    def _refusal(self) -> str | None:
+        """librdkafka's line saying the broker refused this client (an authorization or login
+        failure, e.g. another user's kq serve), which otherwise ends as a mere timeout."""
+        if self._admin is not None:
+            self._admin.poll(0)  # librdkafka hands its log lines over in poll()
+        import re
+
+        for line in reversed(self._log.recent):
+            found = re.search(
+                r"(Broker: [^:(]*authorization failed|SASL authentication error: [^(]*"
+                r"|broker might require SASL authentication)",
+                line,
+                re.I,
+            )
+            if found:
+                return found.group(1).strip()
+        return None
 
     def _last_log(self) -> str:
         return f"; librdkafka said: {self._log.recent[-1]}" if self._log.recent else ""

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import KqError
+from ..errors import KqError, UsageError
 from .common import KqCommand, bad_parameter, settings
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
@@ -21,19 +21,47 @@ def _host_port(text: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-    import socket
+def _password(name: str) -> bytes:
+    """The new password of ``name``: prompted twice on a terminal, else the first line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
 
-    if host == "localhost":
-        return True
+        first = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != first:
+            raise UsageError("the two passwords differ")
+        return first.encode()
+    line = sys.stdin.buffer.readline()
+    return line.rstrip(b"\r\n")
+
+
+def _manage_users(data, add: Optional[str], remove: Optional[str], show: bool) -> None:
+    from ..serve.sasl import Users
+
+    users = Users(data.path)
+    if add is not None:
+        data.ensure()
+        new = users.add(add, _password(add))
+        print(f"kq: {'added' if new else 'changed the password of'} {add} in {users.path}", file=sys.stderr)
+    if remove is not None and not users.remove(remove):
+        raise KqError(f"no user {remove!r} in {users.path}")
+    if show:
+        for name in users.names():
+            print(name)
+
+
+def _tls_context(cert: Optional[str], key: Optional[str]):
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise bad_parameter("give both --tls-cert and --tls-key", "--tls-cert" if cert is None else "--tls-key")
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-        except (OSError, ValueError):
-            return False
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise bad_parameter(f"cannot load {cert} and {key}: {exc}", "--tls-cert") from None
+    return context
 
 
 @app.command("serve", cls=KqCommand)
@@ -76,14 +104,40 @@ def serve(
         False, "--sync", help="fdatasync every produced batch before acknowledging it (survives power loss)."
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log one line per connection and per error on stderr."),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="Let in anyone who reaches the port, with no login (needed to listen beyond loopback without SASL users).",
+    ),
+    tls_cert: Optional[str] = typer.Option(
+        None, "--tls-cert", metavar="FILE", help="Speak TLS with this certificate chain (PEM; with --tls-key)."
+    ),
+    tls_key: Optional[str] = typer.Option(
+        None, "--tls-key", metavar="FILE", help="The private key of --tls-cert (PEM)."
+    ),
+    add_user: Optional[str] = typer.Option(
+        None,
+        "--add-user",
+        metavar="NAME",
+        help="Add a SASL user (or change its password: prompted, or the first line of stdin) and exit.",
+    ),
+    remove_user: Optional[str] = typer.Option(
+        None, "--remove-user", metavar="NAME", help="Remove a SASL user and exit."
+    ),
+    list_users: bool = typer.Option(False, "--list-users", help="Print the SASL users' names and exit."),
 ) -> None:
     """Serve the data directory to Kafka clients (kcat, librdkafka, kafka-python, aiokafka) until SIGINT/SIGTERM.
 
     Topics, offsets and consumer groups are kq's own: `kq produce`, `kq
     consume -g` and `kq offsets` work on the same directory at the same time.
-    There is no authentication: anyone who can reach the port can read and
-    write every topic, so it listens on loopback unless told otherwise.
-    Needs the Kafka extra: pip install 'kq-log\\[kafka]'.
+
+    Who gets in: local processes of root, of the user running kq serve, and
+    of any user who could write the data directory itself (its owner), found
+    by the connection's peer uid; every other connection is refused. SASL
+    users (--add-user; PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, kept salted in
+    DATA/serve/users.json, mode 0600) may log in from anywhere. Listening
+    beyond loopback needs SASL users (and should use --tls-cert/--tls-key),
+    or --insecure. Needs the Kafka extra: pip install 'kq-log\\[kafka]'.
 
     [bold]Examples[/bold]
 
@@ -91,14 +145,23 @@ def serve(
 
       kcat -b 127.0.0.1:9092 -t demo -C -e            [dim]# in another shell[/dim]
 
-      kq --data-dir /srv/kq serve --listen 0.0.0.0:9092 --advertise myhost:9092
+      kq serve --add-user alice                       [dim]# asks for a password[/dim]
+
+      kq --data-dir /srv/kq serve --listen 0.0.0.0:9093 --advertise myhost:9093 --tls-cert cert.pem --tls-key key.pem
+
+      kq -b myhost:9093 -X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-256 -X sasl.username=alice -X sasl.password=... -X ssl.ca.location=ca.pem topic list
     """
     import errno
     import socket
 
     from ..serve import INSTALL_HINT, missing_dependency
 
+    s = settings(ctx)
+    if add_user is not None or remove_user is not None or list_users:
+        _manage_users(s.data_dir("kq serve"), add_user, remove_user, list_users)
+        return
     host, port = _host_port(listen, "--listen")
+    ssl_context = _tls_context(tls_cert, tls_key)
     adv_host, adv_port = _host_port(advertise, "--advertise") if advertise else (host, None)
     if advertise is None and host in ("0.0.0.0", "::", ""):
         adv_host = socket.gethostname()
@@ -108,18 +171,35 @@ def serve(
     import logging
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="kq: %(message)s", stream=sys.stderr)
-    s = settings(ctx)
+    from ..serve.auth import Access, is_loopback
+
     data = s.data_dir("kq serve")
-    if not _is_loopback(host):
+    access = Access(data.path, insecure=insecure)
+    if not is_loopback(host) and not insecure:
+        if not access.sasl_enabled():
+            raise bad_parameter(
+                f"listening on {host}, beyond loopback, needs SASL users (kq serve --add-user NAME) "
+                "or --insecure (anyone who reaches the port reads and writes every topic)",
+                "--listen",
+            )
+        if ssl_context is None:
+            print(
+                f"kq: warning: listening on {host} without TLS: records (and PLAIN passwords) cross the "
+                "network in the clear; give --tls-cert and --tls-key",
+                file=sys.stderr,
+            )
+
+    if insecure:
         print(
-            f"kq: warning: listening on {host}, not loopback: kq serve has no authentication, "
-            "anyone who reaches this port can read and write every topic",
+            "kq: warning: --insecure: anyone who reaches the port can read and write every topic",
             file=sys.stderr,
         )
 
     def ready(server) -> None:
         shown = f"[{host}]" if ":" in host else host
-        print(f"kq: serving {data.path} on {shown}:{server.port}", file=sys.stderr, flush=True)
+        print(f"kq: who may connect: {access.describe()}", file=sys.stderr)
+        tls = " (TLS)" if ssl_context is not None else ""
+        print(f"kq: serving {data.path}{tls} on {shown}:{server.port}", file=sys.stderr, flush=True)
 
     from ..serve import serve as run
 
@@ -135,6 +215,8 @@ def serve(
             max_request_bytes=max_request_bytes,
             sync=sync,
             ready=ready,
+            access=access,
+            ssl=ssl_context,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

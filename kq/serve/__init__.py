@@ -9,6 +9,9 @@ Layout, top down:
     server.py       asyncio: connections, frames, one request at a time per connection
     broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
     coordinator.py  consumer groups, stored and fenced as kq groups
+    auth.py         who is let in, and each connection's login (SaslHandshake, SaslAuthenticate)
+    peer.py         the uid owning a local connection's other end
+    sasl.py         SASL users (DATA/serve/users.json) and PLAIN and SCRAM-SHA-256/512
     admin.py        CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs, CreatePartitions, ...
     topic_configs.py Kafka's topic configs: names, types, defaults, valid values
     cluster_info.py a one-broker cluster's answers: log dirs, quorum, leaders, reassignments, ACLs
@@ -55,8 +58,14 @@ def serve(
     max_request_bytes: int | None = None,
     sync: bool = False,
     ready=None,
+    access=None,
+    ssl=None,
 ) -> None:
-    """Serve ``data_dir`` until SIGINT/SIGTERM; ``ready(server)`` is called once listening."""
+    """Serve ``data_dir`` until SIGINT/SIGTERM; ``ready(server)`` is called once listening.
+
+    ``access`` (a ``kq.serve.auth.Access``) says who is let in (None: everyone);
+    ``ssl`` is an ``ssl.SSLContext`` for TLS.
+    """
     import asyncio
 
     from .broker import Broker
@@ -74,7 +83,7 @@ def serve(
         listen=(host, port),
         max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
     )
-    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
+    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, access=access, ssl=ssl)
 
     def on_ready(s: Server) -> None:
         broker.listen = (host, s.port)

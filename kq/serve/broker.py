@@ -15,7 +15,7 @@ from kafka.protocol.consumer import FetchResponse, ListOffsetsResponse
 from kafka.protocol.metadata import ApiVersionsResponse, FindCoordinatorResponse, MetadataResponse
 from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
 
-from . import codes, records, wire
+from . import auth, codes, records, wire
 from .admin import Admin
 from .cluster_info import ClusterInfo
 from .coordinator import Coordinator
@@ -78,12 +78,13 @@ def _decode_batch(raw):
 
 
 class Connection:
-    """What the server knows of a connection: the client's address."""
+    """What the server knows of a connection: the client's address and who it is (``auth``)."""
 
-    __slots__ = ("host",)
+    __slots__ = ("host", "session")
 
-    def __init__(self, host: str = ""):
+    def __init__(self, host: str = "", session: auth.Session | None = None):
         self.host = host
+        self.session = session
 
 
 class Waiters:
@@ -211,8 +212,8 @@ class Broker:
         self.coordinator.close()
         self.storage.close()
 
-    def connection(self, host: str = "") -> Connection:
-        return Connection(host)
+    def connection(self, host: str = "", session: auth.Session | None = None) -> Connection:
+        return Connection(host, session)
 
     @staticmethod
     def storage_error(exc: BaseException) -> None:
@@ -224,6 +225,11 @@ class Broker:
         if api_key == wire.API_VERSIONS_KEY and not 0 <= version <= wire.APIS[api_key].max_version:
             return wire.unsupported_api_versions(correlation_id)
         request = wire.decode_request(frame)
+        session = connection.session
+        if request.api_key in auth.SASL_KEYS or (session is not None and not session.admitted):
+            early = auth.answer(request, session)  # auth.Refused: closed unanswered
+            if early is not None:
+                return wire.encode_response(request, early)
         self.coordinator.client = (request.client_id or "", connection.host)
         response = await self._handlers[request.api_key](request.body, request.api_version)
         if response is None:

@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 
-from . import wire
+from . import auth, wire
 from .broker import Broker
 
 log = logging.getLogger("kq.serve")
@@ -22,11 +22,22 @@ log = logging.getLogger("kq.serve")
 DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
 WRITE_HIGH_WATER = 8 * 1024 * 1024  # wait for a slow reader beyond this much unsent
 IDLE_SECONDS = 600.0  # Kafka's connections.max.idle.ms
+UNAUTHENTICATED_MAX_REQUEST_BYTES = 512 * 1024  # Kafka's sasl.server.max.receive.size
 
 
 class Server:
-    def __init__(self, broker: Broker, host: str, port: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    def __init__(
+        self,
+        broker: Broker,
+        host: str,
+        port: int,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        access: auth.Access | None = None,
+        ssl=None,
+    ):
         self.broker = broker
+        self.access = access  # None: everyone is let in (a library caller's choice)
+        self.ssl = ssl
         self.host = host
         self.port = port
         self.max_request_bytes = max_request_bytes
@@ -35,7 +46,9 @@ class Server:
         self._busy: set[asyncio.Task] = set()  # connections inside a request
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._connection, self.host, self.port, reuse_address=True, ssl=self.ssl
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def serve_until_stopped(self, ready=None) -> None:
@@ -77,8 +90,11 @@ class Server:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.info("connection from %s", _addr(peer))
+        session = None if self.access is None else self.access.session(peer, writer.get_extra_info("sockname"))
         try:
-            await self._requests(reader, writer, task, peer[0] if isinstance(peer, tuple) else "")
+            await self._requests(reader, writer, task, peer[0] if isinstance(peer, tuple) else "", session)
+        except auth.Refused as exc:
+            log.warning("refused %s: %s", _addr(peer), exc)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except asyncio.CancelledError:
@@ -93,16 +109,17 @@ class Server:
             writer.close()
             log.info("connection from %s closed", _addr(peer))
 
-    async def _requests(self, reader, writer, task, host: str) -> None:
-        connection = self.broker.connection(host)
+    async def _requests(self, reader, writer, task, host: str, session: auth.Session | None = None) -> None:
+        connection = self.broker.connection(host, session)
         transport = writer.transport
         while True:
             head = await asyncio.wait_for(reader.readexactly(4), IDLE_SECONDS)
             (size,) = wire.SIZE.unpack(head)
-            if not 8 <= size <= self.max_request_bytes:
-                raise wire.BadRequest(
-                    f"request size {size} is outside 8..{self.max_request_bytes} bytes (--max-request-bytes)"
-                )
+            limit = self.max_request_bytes
+            if session is not None and not session.admitted:
+                limit = min(limit, UNAUTHENTICATED_MAX_REQUEST_BYTES)
+            if not 8 <= size <= limit:
+                raise wire.BadRequest(f"request size {size} is outside 8..{limit} bytes (--max-request-bytes)")
             frame = await reader.readexactly(size)
             self._busy.add(task)
             try:
@@ -113,6 +130,9 @@ class Server:
                 writer.write(response)
                 if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                     await writer.drain()
+            if session is not None and session.closing:
+                await writer.drain()
+                raise auth.Refused(0, session.closing)
 
 
 def _addr(peer) -> str:

@@ -83,6 +83,12 @@ from kafka.protocol.metadata import (
     MetadataResponse,
 )
 from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse
+from kafka.protocol.sasl import (
+    SaslAuthenticateRequest,
+    SaslAuthenticateResponse,
+    SaslHandshakeRequest,
+    SaslHandshakeResponse,
+)
 
 SIZE = struct.Struct(">i")
 API_VERSIONS_KEY = 18
@@ -140,6 +146,10 @@ APIS: dict[int, Api] = {
     55: Api(DescribeQuorumRequest, DescribeQuorumResponse, 0, 2),
     74: Api(ListConfigResourcesRequest, ListConfigResourcesResponse, 0, 1),
     75: Api(DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, 0, 0),
+    # SaslHandshake v0 (raw SASL bytes without Kafka framing follow) is advertised,
+    # as librdkafka looks for it, but only v1 is served.
+    17: Api(SaslHandshakeRequest, SaslHandshakeResponse, 0, 1, lowest_served=1),
+    36: Api(SaslAuthenticateRequest, SaslAuthenticateResponse, 0, 2),
 }
 
 
