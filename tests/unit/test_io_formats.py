@@ -47,6 +47,38 @@ def test_read_messages(data, delimiter, messages):
     assert messages_from(data, delimiter) == messages
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b"b", b"\n", b"-", b"--", b"xyz"]), max_size=30).map(b"".join),
+    st.sampled_from([b"\n", b"--"]),
+    st.integers(1, 5),
+)
+def test_messages_read_in_small_pieces_are_the_input_split(data, delimiter, read_size):
+    """However the reads cut the input (a message or a delimiter across reads), the messages are the
+    input split at the delimiter, and each yield's size counts what it covers."""
+    import os
+
+    import kq.framing
+
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    got, covered = [], 0
+    kept, kq.framing.READ_SIZE = kq.framing.READ_SIZE, read_size
+    try:
+        for messages, size in read_messages(read, delimiter, batch_bytes=read_size):
+            got += messages
+            covered += size
+    finally:
+        kq.framing.READ_SIZE = kept
+        os.close(read)
+    expected = data.split(delimiter)
+    if expected[-1] == b"":
+        expected.pop()
+    assert got == expected
+    assert covered >= sum(map(len, expected))
+
+
 def test_a_message_longer_than_a_batch_is_refused():
     with pytest.raises(MessageTooLarge):
         messages_from(b"x" * (batchfmt.MAX_BATCH_BYTES + 10))
