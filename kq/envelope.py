@@ -274,6 +274,10 @@ class RecordColumns:
     def add(self, keys, values: list, headers, partitions, timestamps) -> None:
         """Append records given as columns (each None if no record has one)."""
         n, before = len(values), self.count
+        if not before:  # the first (often the only) columns: taken as they are, not copied
+            self.count, self.keys, self.values, self.headers = n, keys, values, headers
+            self.partitions, self.timestamps = partitions, timestamps
+            return
         self.values += values
         self.count += n
         for name, column in (("keys", keys), ("headers", headers), ("partitions", partitions), ("timestamps", timestamps)):
