@@ -7,6 +7,12 @@ text path (plain lines) and `cat` of the same bytes are measured beside each
 JSON figure, because the machine is shared and noisy: compare the ratios.
 Each produce writes into a fresh data directory. `--kq-root` runs the kq of
 another checkout (for a before/after against an older commit).
+
+Beside them, to explain what is left: the start-up (`produce --json` of one
+line, the same for the text path), and the floors of the parse in this
+process, without start-up: splitting the JSON lines and decoding each with
+msgspec into kq's typed line (what `produce --json` does for the common
+shape), or with `orjson.loads` or the stdlib's `json.loads` into a dict.
 """
 
 from __future__ import annotations
@@ -26,10 +32,47 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from produce_consume import make_input  # noqa: E402
 
 
-def timed(cmd: str, env: dict) -> float:
+def timed(cmd: str, env: dict, cwd: str) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, shell=True, check=True, env=env)
+    subprocess.run(cmd, shell=True, check=True, env=env, cwd=cwd)
     return time.perf_counter() - start
+
+
+def parse_floors(path: str, root: str, runs: int) -> dict[str, float]:
+    """Seconds (the best of ``runs``) to split the lines of ``path`` and decode each, per decoder."""
+    import json
+
+    with open(path, "rb") as f:
+        data = f.read()
+    decoders = {"json.loads": json.loads}
+    try:
+        import orjson
+
+        decoders["orjson.loads"] = orjson.loads
+    except ImportError:
+        pass
+    sys.path.insert(0, root)
+    try:
+        from kq.envelope import _line_decoder
+
+        decoders["msgspec, kq's typed line"] = _line_decoder()
+    except ImportError:  # an older checkout
+        pass
+    finally:
+        sys.path.remove(root)
+    floors = {}
+    for name, decode in decoders.items():
+        best = float("inf")
+        for _ in range(runs if name != "json.loads" else 1):
+            start = time.perf_counter()
+            begin = 0
+            while begin < len(data):  # 1 MiB at a time, as kq reads
+                end = data.rfind(b"\n", begin, begin + (1 << 20)) + 1 or len(data)
+                list(map(decode, data[begin:end].split(b"\n")[:-1]))
+                begin = end
+            best = min(best, time.perf_counter() - start)
+        floors[name] = best
+    return floors
 
 
 def main() -> None:
@@ -50,9 +93,15 @@ def main() -> None:
         text = os.path.join(work, "input.txt")
         make_input(text, args.messages, args.size)
         source = os.path.join(work, "source")
-        subprocess.run(f"{kq} --data-dir {source} -q produce bench < {text}", shell=True, check=True, env=env)
+        # Run from the work directory: `python -m kq` in a checkout would import that checkout's kq.
+        subprocess.run(f"{kq} --data-dir {source} -q produce bench < {text}", shell=True, check=True, env=env, cwd=work)
         lines = os.path.join(work, "input.json")
-        subprocess.run(f"{kq} --data-dir {source} consume bench --json > {lines}", shell=True, check=True, env=env)
+        subprocess.run(
+            f"{kq} --data-dir {source} consume bench --json > {lines}", shell=True, check=True, env=env, cwd=work
+        )
+        one_line = os.path.join(work, "one.json")
+        with open(lines, "rb") as f, open(one_line, "wb") as out:
+            out.write(f.readline())
         names = [
             "cat text",
             "kq produce",
@@ -60,28 +109,34 @@ def main() -> None:
             "kq produce --json",
             "kq consume",
             "kq consume --json",
+            "start-up",
         ]
         results: dict[str, list[float]] = {name: [] for name in names}
         for run in range(args.runs):
             text_dir, json_dir = os.path.join(work, f"text{run}"), os.path.join(work, f"json{run}")
-            results["cat text"].append(timed(f"cat {text} | cat > /dev/null", env))
-            results["kq produce"].append(timed(f"cat {text} | {kq} --data-dir {text_dir} -q produce bench", env))
-            results["cat json"].append(timed(f"cat {lines} | cat > /dev/null", env))
+            one_dir = os.path.join(work, f"one{run}")
+            results["cat text"].append(timed(f"cat {text} | cat > /dev/null", env, work))
+            results["kq produce"].append(timed(f"cat {text} | {kq} --data-dir {text_dir} -q produce bench", env, work))
+            results["cat json"].append(timed(f"cat {lines} | cat > /dev/null", env, work))
             results["kq produce --json"].append(
-                timed(f"cat {lines} | {kq} --data-dir {json_dir} -q produce bench --json", env)
+                timed(f"cat {lines} | {kq} --data-dir {json_dir} -q produce bench --json", env, work)
             )
-            results["kq consume"].append(timed(f"{kq} --data-dir {text_dir} consume bench > /dev/null", env))
+            results["kq consume"].append(timed(f"{kq} --data-dir {text_dir} consume bench > /dev/null", env, work))
             results["kq consume --json"].append(
-                timed(f"{kq} --data-dir {json_dir} consume bench --json > /dev/null", env)
+                timed(f"{kq} --data-dir {json_dir} consume bench --json > /dev/null", env, work)
+            )
+            results["start-up"].append(
+                timed(f"cat {one_line} | {kq} --data-dir {one_dir} -q produce bench --json", env, work)
             )
             # The copy is exact: the JSON produced reads back as the same lines, offsets and timestamps included.
             check = subprocess.run(
-                f"{kq} --data-dir {json_dir} consume bench --json | cmp -s - {lines}", shell=True, env=env
+                f"{kq} --data-dir {json_dir} consume bench --json | cmp -s - {lines}", shell=True, env=env, cwd=work
             )
             if check.returncode != 0:
                 sys.exit("consume --json of the --json copy differs from its input")
             shutil.rmtree(text_dir)
             shutil.rmtree(json_dir)
+            shutil.rmtree(one_dir)
         med = {k: statistics.median(v) for k, v in results.items()}
         n = args.messages
         json_bytes = os.path.getsize(lines)
@@ -91,12 +146,21 @@ def main() -> None:
         )
         print(f"{'what':<20}{'seconds':>10}{'msg/s':>14}")
         for k, v in med.items():
-            print(f"{k:<20}{v:>10.3f}{n / v:>14,.0f}")
+            print(f"{k:<20}{v:>10.3f}{n / v if k != 'start-up' else 1 / v:>14,.0f}")
         for direction, cat in (("produce", "cat json"), ("consume", "cat json")):
             plain, as_json = med[f"kq {direction}"], med[f"kq {direction} --json"]
             print(
                 f"{direction} --json: {n / as_json:,.0f} msg/s, {as_json / plain:.1f}x the time of the text path, "
                 f"{as_json / med[cat]:.1f}x the time of cat of the JSON lines"
+            )
+        beyond = med["kq produce --json"] - med["start-up"]
+        print(
+            f"produce --json beyond start-up: {n / beyond:,.0f} msg/s ({beyond / n * 1e9:,.0f} ns a line; "
+            f"start-up {med['start-up'] * 1e3:.0f} ms, {med['start-up'] / med['kq produce --json']:.0%} of the run)"
+        )
+        for name, seconds in parse_floors(lines, root, args.runs).items():
+            print(
+                f"floor: split + {name} of each line, in process: {n / seconds:,.0f} lines/s ({seconds / n * 1e9:,.0f} ns a line)"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -99,7 +99,7 @@ def _widen_pipe(fd: int) -> None:
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
             import fcntl
 
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ"), READ_SIZE)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
     except (OSError, ImportError, AttributeError):  # over the user's pipe limit, not Linux
         pass
 

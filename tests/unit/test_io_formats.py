@@ -138,7 +138,7 @@ _headers = st.lists(st.tuples(st.text(max_size=4), _maybe_bytes), max_size=3)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(_maybe_bytes, _maybe_bytes, _headers), min_size=1, max_size=6))
 def test_a_batch_encodes_to_the_bytes_the_stdlib_writes_per_record(records):
-    """The orjson fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
+    """The msgspec fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
     keys, values, headers = (list(column) for column in zip(*records))
     expected = b"".join(
         json.dumps(_record_object("t", 1, 10 + i, 99, k, v, h), ensure_ascii=False, separators=(",", ":")).encode(
@@ -226,7 +226,7 @@ def _partition_0_or_1(partition: int, line_no: int) -> None:
 
 
 def _decodes_as_the_reference_reader(lines: list[bytes], piece: int = 256) -> None:
-    """decode_lines (a regex, or orjson by columns) gives decode_record's records line by line, and its
+    """decode_lines (msgspec, by columns) gives decode_record's records line by line, and its
     error (or the partition check's) at the same line."""
     expected, error = [], None
     for number, line in enumerate(lines, start=1):
@@ -281,7 +281,11 @@ def test_lines_as_consume_writes_them_never_go_to_the_reference_reader(monkeypat
     def refuse(line, line_no):
         raise AssertionError(f"line {line_no} went to the reference reader: {line!r}")
 
-    records = [(None, b"v", [], 0, 5), (b"k", "é\t\"x".encode(), [("h", b"1"), ("h", None)], 1, -1), (b"", None, [], 0, 7)]
+    records = [
+        (None, b"v", [], 0, 5),
+        (b"k", 'é\t"x'.encode(), [("h", b"1"), ("h", None)], 1, -1),
+        (b"", None, [], 0, 7),
+    ]
     lines = [encode_record("t", p, i, ts, k, v, h).encode() for i, (k, v, h, p, ts) in enumerate(records)]
     monkeypatch.setattr(kq.envelope, "decode_record", refuse)
     got: list = []
