@@ -373,40 +373,39 @@ def _plain_columns(lines: list) -> tuple:
     (keys, values, headers, partitions, timestamps; each of the others None if no record has one).
 
     Raises (msgspec's errors, ValueError) if any line is of another shape.
-    One decode call per line: a JSON array of many lines would read faster,
-    but a line such as ``{"value":"a"},{"value":"b"}`` would then pass as two.
+    One decode call a line: a JSON array of the lines would let a line such
+    as ``{"value":"a"},{"value":"b"}`` pass as two records (and reads no faster).
     """
     rows = list(map(_line_decoder(), lines))
     n = len(rows)
-    values = [row.value for row in rows]
+    return (
+        _utf8_column([row.key for row in rows], n),
+        _utf8_column([row.value for row in rows]),
+        _header_column([row.headers for row in rows], n),
+        _none_if_all_none([row.partition for row in rows], n),
+        _none_if_all_none([row.timestamp for row in rows], n),
+    )
+
+
+def _utf8_column(texts: list, n: int | None = None) -> list | None:
+    """The UTF-8 of each text (None stays None); with ``n``, None if all ``n`` are None."""
+    if n is not None and texts.count(None) == n:
+        return None
     try:
-        values = list(map(str.encode, values))  # UTF-8 (msgspec refuses lone surrogates)
-    except TypeError:  # tombstones
-        values = [None if v is None else v.encode("utf-8") for v in values]
-    keys: list | None = [row.key for row in rows]
-    assert keys is not None
-    if keys.count(None) == n:
-        keys = None
-    else:
-        try:
-            keys = list(map(str.encode, keys))
-        except TypeError:  # some records have no key
-            keys = [None if k is None else k.encode("utf-8") for k in keys]
-    headers: list | None = [row.headers for row in rows]
-    assert headers is not None
-    if headers.count(()) + headers.count(None) == n:
-        headers = None
-    else:
-        headers = [[] if pairs is None else _text_pairs(pairs) for pairs in headers]
-    partitions: list | None = [row.partition for row in rows]
-    assert partitions is not None
-    if partitions.count(None) == n:
-        partitions = None
-    timestamps: list | None = [row.timestamp for row in rows]
-    assert timestamps is not None
-    if timestamps.count(None) == n:
-        timestamps = None
-    return keys, values, headers, partitions, timestamps
+        return list(map(str.encode, texts))  # (msgspec refuses lone surrogates: no text fails to encode)
+    except TypeError:  # some are None
+        return [None if text is None else text.encode("utf-8") for text in texts]
+
+
+def _header_column(given: list, n: int) -> list | None:
+    """Each record's (name, bytes or None) pairs; None if no record has a header."""
+    if given.count(()) + given.count(None) == n:
+        return None
+    return [[] if pairs is None else _text_pairs(pairs) for pairs in given]
+
+
+def _none_if_all_none(column: list, n: int) -> list | None:
+    return None if column.count(None) == n else column
 
 
 def _text_pairs(pairs: tuple) -> list:
