@@ -9,12 +9,16 @@ key, a tombstone) is distinct from ``""``. The reader also takes the older
 form of ``headers``, an object of name -> value. A header value may be
 ``null`` (Kafka allows a header without a value).
 
-Whole batches go through ``encode_batch`` and ``decode_lines``, built on
-orjson (imported when first needed): the stdlib's json made a copy through
-JSON lines ten times slower than one through plain lines. ``decode_lines``
-takes the common shapes itself and hands any other line to ``decode_record``,
-the reference reader, so that every line it does not take gets exactly the
-reference's result or error.
+Whole batches go through ``encode_batch`` and ``decode_columns``, built on
+msgspec (imported when first needed): the stdlib's json made a copy through
+JSON lines ten times slower than one through plain lines. msgspec writes
+what ``json.dumps(ensure_ascii=False)`` writes, and reads the common line
+shape in C, checks included, into objects the garbage collector does not
+track (orjson, used before, left a dict a line to check in Python: a third
+of msgspec's speed for produce --json). ``decode_columns`` takes the common
+shape itself and hands any other line to ``decode_record``, the reference
+reader, so that every line it does not take gets exactly the reference's
+result or error.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from itertools import repeat
-from operator import itemgetter
 
 from .errors import UsageError
 
@@ -57,9 +59,9 @@ def _record_object(topic: str, partition: int, offset: int, timestamp: int, key,
 
 def encode_record(topic: str, partition: int, offset: int, timestamp: int, key, value, headers) -> str:
     """One record's envelope line (without its newline)."""
-    import orjson
+    import msgspec
 
-    return orjson.dumps(_record_object(topic, partition, offset, timestamp, key, value, headers)).decode("utf-8")
+    return msgspec.json.encode(_record_object(topic, partition, offset, timestamp, key, value, headers)).decode("utf-8")
 
 
 def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, headers) -> bytes:
@@ -67,12 +69,12 @@ def encode_batch(topic: str, partition: int, offsets, timestamps, keys, values, 
 
     ``keys`` and ``headers`` may be None (no record has one); a record's
     headers are (name, value) pairs. The same bytes as ``encode_record`` per
-    record (orjson writes what ``json.dumps(ensure_ascii=False)`` does), with
+    record (msgspec writes what ``json.dumps(ensure_ascii=False)`` does), with
     the work per record cut to one dict and one call for text records.
     """
-    import orjson
+    import msgspec
 
-    dumps = orjson.dumps
+    dumps = msgspec.json.Encoder().encode
     if not headers or not any(headers):
         plain = _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps)
         if plain is not None:
@@ -112,7 +114,7 @@ def _encode_plain(topic, partition, offsets, timestamps, keys, values, dumps) ->
     """The lines of records without headers whose keys and values are ASCII text JSON writes as it
     is (the common case), filled into one template; None for any other batch.
 
-    Byte for byte what orjson writes for them, at a third of the cost: one check
+    Byte for byte what msgspec writes for them, at a third of the cost: one check
     over all the values at once instead of a dict and a dumps per record.
     """
     try:
@@ -253,77 +255,166 @@ def decode_record(line: bytes, line_no: int) -> tuple:
     return key, value, headers, partition, timestamp
 
 
-_PLAIN_FIELDS = frozenset(("topic", "partition", "offset", "timestamp", "key", "value", "headers"))
+class RecordColumns:
+    """Records read from envelope lines, column by column, for ``Producer.send_columns``.
 
-
-def _plain_columns(lines: list, loads) -> tuple | None:
-    """The records of lines that all have the common shape, column by column; None if any has not.
-
-    The common shape: a JSON object of text or null fields (no ``*_encoding``),
-    headers as [name, value] pairs, integer partition and timestamp. Work
-    done over whole columns by C loops (map, set, list comprehensions) rather
-    than a Python loop of checks per line: this is what makes a JSON copy as
-    quick as a text one. Any error raised here means "not the common shape".
+    ``keys``, ``headers``, ``partitions`` and ``timestamps`` are None while no
+    record has one (the common case costs no list of Nones); a record's
+    headers are a list of (name, value) pairs.
     """
-    objs = list(map(loads, lines))
-    n = len(objs)
-    if set(map(type, objs)) != {dict}:
+
+    __slots__ = ("count", "keys", "values", "headers", "partitions", "timestamps")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.values: list = []
+        self.keys: list | None = None
+        self.headers: list | None = None
+        self.partitions: list | None = None
+        self.timestamps: list | None = None
+
+    def add(self, keys, values: list, headers, partitions, timestamps) -> None:
+        """Append records given as columns (each None if no record has one)."""
+        n, before = len(values), self.count
+        if not before:  # the first (often the only) columns: taken as they are, not copied
+            self.count, self.keys, self.values, self.headers = n, keys, values, headers
+            self.partitions, self.timestamps = partitions, timestamps
+            return
+        self.values += values
+        self.count += n
+        self.keys = _joined(self.keys, keys, before, n)
+        self.headers = _joined(self.headers, headers, before, n, lists=True)
+        self.partitions = _joined(self.partitions, partitions, before, n)
+        self.timestamps = _joined(self.timestamps, timestamps, before, n)
+
+    def add_records(self, records: list) -> None:
+        """Append (key, value, headers, partition, timestamp) tuples, as ``decode_record`` gives them."""
+        if records:
+            keys, values, headers, partitions, timestamps = (list(column) for column in zip(*records))
+            self.add(
+                None if keys.count(None) == len(keys) else keys,
+                values,
+                headers if any(headers) else None,
+                None if partitions.count(None) == len(partitions) else partitions,
+                None if timestamps.count(None) == len(timestamps) else timestamps,
+            )
+
+    def records(self) -> list:
+        """The records as (key, value, headers, partition, timestamp) tuples."""
+        n = self.count
+        return list(
+            zip(
+                self.keys or [None] * n,
+                self.values,
+                self.headers or [[] for _ in range(n)],
+                self.partitions or [None] * n,
+                self.timestamps or [None] * n,
+            )
+        )
+
+
+def _joined(mine: list | None, column: list | None, before: int, n: int, lists: bool = False) -> list | None:
+    """``mine`` (of ``before`` records) followed by ``column`` (of ``n``); None stands for all None,
+    or all empty lists if ``lists``."""
+    if mine is None and column is None:
         return None
-    names = set().union(*objs)
-    if not names <= _PLAIN_FIELDS:
+    if mine is None:
+        mine = [[] for _ in range(before)] if lists else [None] * before
+    mine += column if column is not None else [[] for _ in range(n)] if lists else [None] * n
+    return mine
+
+
+def _line_decoder():
+    """msgspec's decoder of one line of the common shape, made (and msgspec imported) on first use.
+
+    The common shape: a JSON object with only the fields consume --json
+    writes, text or null key and value (no ``*_encoding``), headers as
+    [name, text or null] pairs, integer partition and timestamp (the latter
+    in the range decode_record takes). msgspec checks all of it in C while
+    parsing, into objects the garbage collector does not track, so a line
+    costs a third of a dict from orjson and checks in Python. Any line of
+    another shape fails to decode and goes to the reference reader.
+    """
+    global _decode_line, _not_common
+    if _decode_line is None:
+        from typing import Annotated, Optional
+
+        import msgspec
+
+        text, number = Optional[str], Optional[int]
+        timestamp = Optional[Annotated[int, msgspec.Meta(ge=-1, le=MAX_TIMESTAMP)]]
+        headers = Optional[tuple[tuple[str, text], ...]]  # () for []: no list to make a line
+        line = msgspec.defstruct(
+            "CommonLine",
+            [
+                ("value", text),
+                ("key", text, None),
+                ("topic", text, None),
+                ("partition", number, None),
+                ("offset", number, None),
+                ("timestamp", timestamp, None),
+                ("headers", headers, None),
+            ],
+            forbid_unknown_fields=True,
+            gc=False,
+        )
+        _decode_line = msgspec.json.Decoder(line).decode
+        # A line of another shape; ValueError: text msgspec let through that is not UTF-8 after all.
+        _not_common = (msgspec.MsgspecError, ValueError)
+    return _decode_line
+
+
+_decode_line = None
+_not_common: tuple = ()
+
+
+def _plain_columns(lines: list) -> tuple:
+    """The records of lines that all have the common shape (see ``_line_decoder``), as columns
+    (keys, values, headers, partitions, timestamps; each of the others None if no record has one).
+
+    Raises (msgspec's errors, ValueError) if any line is of another shape.
+    One decode call a line: a JSON array of the lines would let a line such
+    as ``{"value":"a"},{"value":"b"}`` pass as two records (and reads no faster).
+    """
+    rows = list(map(_line_decoder(), lines))
+    n = len(rows)
+    return (
+        _utf8_column([row.key for row in rows], n),
+        _utf8_column([row.value for row in rows]),
+        _header_column([row.headers for row in rows], n),
+        _none_if_all_none([row.partition for row in rows], n),
+        _none_if_all_none([row.timestamp for row in rows], n),
+    )
+
+
+def _utf8_column(texts: list, n: int | None = None) -> list | None:
+    """The UTF-8 of each text (None stays None); with ``n``, None if all ``n`` are None."""
+    if n is not None and texts.count(None) == n:
         return None
-
-    def column(name: str) -> list:
-        return list(map(dict.get, objs, repeat(name)))
-
-    values = list(map(_VALUE, objs))
-    if None in values:
-        values = [None if v is None else v.encode("utf-8") for v in values]
-    else:
-        values = list(map(str.encode, values))  # UTF-8; a lone surrogate or a non-string raises
-    keys = [None] * n
-    if "key" in names:
-        keys = column("key")
-        if keys.count(None) != n:
-            keys = [None if k is None else k.encode("utf-8") for k in keys]
-    headers: list = [[] for _ in range(n)]
-    if "headers" in names:
-        given = column("headers")
-        if not set(map(type, given)) <= _LIST_OR_NONE:
-            return None
-        if any(given):
-            headers = [[] if pairs is None else _text_pairs(pairs) for pairs in given]
-    partitions: list = [None] * n
-    timestamps: list = [None] * n
-    if "partition" in names:
-        partitions = column("partition")
-        if not set(map(type, partitions)) <= _INT_OR_NONE:
-            return None
-    if "timestamp" in names:
-        timestamps = column("timestamp")
-        if not set(map(type, timestamps)) <= _INT_OR_NONE:
-            return None
-        given_stamps = [t for t in timestamps if t is not None] if None in timestamps else timestamps
-        if given_stamps and not (-1 <= min(given_stamps) and max(given_stamps) <= MAX_TIMESTAMP):
-            return None
-    return keys, values, headers, partitions, timestamps
+    try:
+        return list(map(str.encode, texts))  # (msgspec refuses lone surrogates: no text fails to encode)
+    except TypeError:  # some are None
+        return [None if text is None else text.encode("utf-8") for text in texts]
 
 
-def _text_pairs(pairs: list) -> list:
-    """(name, bytes or None) from [name, text or null] pairs; raises on any other shape."""
+def _header_column(given: list, n: int) -> list | None:
+    """Each record's (name, bytes or None) pairs; None if no record has a header."""
+    if given.count(()) + given.count(None) == n:
+        return None
+    return [[] if pairs is None else _text_pairs(pairs) for pairs in given]
+
+
+def _none_if_all_none(column: list, n: int) -> list | None:
+    return None if column.count(None) == n else column
+
+
+def _text_pairs(pairs: tuple) -> list:
+    """(name, bytes or None) from (name, text or None) pairs."""
     out = []
-    for pair in pairs:
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str:
-            raise ValueError("not a [name, value] pair")
-        name, value = pair
+    for name, value in pairs:
         name.encode("utf-8")  # raises for a lone surrogate
         out.append((name, None if value is None else value.encode("utf-8")))
     return out
-
-
-_VALUE = itemgetter("value")  # a KeyError for a line without one: the reference reader's to report
-_LIST_OR_NONE = frozenset((list, type(None)))
-_INT_OR_NONE = frozenset((int, type(None)))
 
 
 def decode_lines(
@@ -331,39 +422,51 @@ def decode_lines(
 ) -> tuple[int, UsageError | None]:
     """Parse envelope lines, appending each record as ``decode_record`` gives it to ``records``.
 
+    The same as ``decode_columns``, with the records as tuples.
+    """
+    columns = RecordColumns()
+    last, error = decode_columns(lines, line_no, columns, check_partition, piece)
+    records += columns.records()
+    return last, error
+
+
+def decode_columns(
+    lines: list, line_no: int, columns: RecordColumns, check_partition=None, piece: int = 64
+) -> tuple[int, UsageError | None]:
+    """Parse envelope lines into ``columns``, each record as ``decode_record`` gives it.
+
     ``line_no`` is the number of the line before the first; blank lines are
     skipped (and counted). ``check_partition(partition, line_no)``, if given,
     is called for the first record that names each partition, and may raise a
     UsageError. Returns the number of the last line read and the error that
     stopped there (None: every line was read), the records of the lines
-    before it being in ``records``.
+    before it being in ``columns``.
 
     Lines of the common shape are read a whole list at a time; a list with
     another line in it is tried again in pieces of ``piece`` lines, so that
     one base64 value or blank line sends only its piece to the reference
     reader, line by line.
     """
-    import orjson
-
+    _line_decoder()
     try:
-        columns = _plain_columns(lines, orjson.loads)
-    except Exception:  # not the common shape
-        columns = None
-    if columns is not None:
-        return _checked(list(zip(*columns)), line_no, records, check_partition)
+        found = _plain_columns(lines)
+    except _not_common:
+        found = None
+    if found is not None:
+        return _checked(found, line_no, columns, check_partition)
     if len(lines) <= piece:
-        return _decode_each(lines, line_no, records, check_partition)
+        return _decode_each(lines, line_no, columns, check_partition)
     for start in range(0, len(lines), piece):
-        last, error = decode_lines(lines[start : start + piece], line_no + start, records, check_partition, piece)
+        last, error = decode_columns(lines[start : start + piece], line_no + start, columns, check_partition, piece)
         if error is not None:
             return last, error
     return line_no + len(lines), None
 
 
-def _checked(found: list, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:
-    """``decode_lines``' end for the records of all its lines (none blank): their partitions checked."""
-    if check_partition is not None:
-        partitions = [record[3] for record in found]
+def _checked(found: tuple, line_no: int, columns: RecordColumns, check_partition) -> tuple[int, UsageError | None]:
+    """``decode_columns``' end for the records of all its lines (none blank): their partitions checked."""
+    keys, values, headers, partitions, timestamps = found
+    if check_partition is not None and partitions is not None:
         named = dict.fromkeys(partitions)
         named.pop(None, None)
         for partition in named:
@@ -371,14 +474,22 @@ def _checked(found: list, line_no: int, records: list, check_partition) -> tuple
             try:
                 check_partition(partition, line_no + index + 1)
             except UsageError as exc:
-                records.extend(found[:index])
+                if index:  # the records before it
+                    columns.add(
+                        None if keys is None else keys[:index],
+                        values[:index],
+                        None if headers is None else headers[:index],
+                        partitions[:index],
+                        None if timestamps is None else timestamps[:index],
+                    )
                 return line_no + index + 1, exc
-    records.extend(found)
-    return line_no + len(found), None
+    columns.add(keys, values, headers, partitions, timestamps)
+    return line_no + len(values), None
 
 
-def _decode_each(lines, line_no: int, records: list, check_partition) -> tuple[int, UsageError | None]:
+def _decode_each(lines, line_no: int, columns: RecordColumns, check_partition) -> tuple[int, UsageError | None]:
     checked: set = set()  # partitions check_partition passed
+    records: list = []
     for line in lines:
         line_no += 1
         if not line.strip():
@@ -389,6 +500,8 @@ def _decode_each(lines, line_no: int, records: list, check_partition) -> tuple[i
                 check_partition(record[3], line_no)
                 checked.add(record[3])
         except UsageError as exc:
+            columns.add_records(records)
             return line_no, exc
         records.append(record)
+    columns.add_records(records)
     return line_no, None

@@ -44,6 +44,7 @@ def read_messages(fd: int, delimiter: bytes, batch_bytes: int = BATCH_BYTES, nam
     overlap = len(delimiter) - 1  # a delimiter may straddle two reads
     tail = b""  # the last ``overlap`` bytes of the pending pieces
     eof = False
+    _widen_pipe(fd)
     while not eof:
         data = _read(fd, name)
         if not data:
@@ -59,24 +60,48 @@ def read_messages(fd: int, delimiter: bytes, batch_bytes: int = BATCH_BYTES, nam
                 break
             chunks.append(data)
             size += len(data)
-        new = b"".join(chunks) if len(chunks) > 1 else chunks[0]
-        if pending and delimiter not in new and not (overlap and delimiter in tail + new[:overlap]):
-            pending.append(new)
-            pending_size += size
-            _check_length(pending_size)
-            if overlap:
+        if not overlap:  # a one-byte delimiter: no need to join the reads to look for it
+            if pending and not any(delimiter in chunk for chunk in chunks):
+                pending += chunks
+                pending_size += size
+                _check_length(pending_size)
+                continue
+            new = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            messages = new.split(delimiter)
+            if pending:  # the message begun in earlier reads: joined alone, not copied with the whole read
+                messages[0] = b"".join([*pending, messages[0]])
+        else:
+            new = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            if pending and delimiter not in new and delimiter not in tail + new[:overlap]:
+                pending.append(new)
+                pending_size += size
+                _check_length(pending_size)
                 tail = (tail + new[-overlap:])[-overlap:]
-            continue
-        buf = b"".join([*pending, new]) if pending else new
-        messages = buf.split(delimiter)
+                continue
+            messages = (b"".join([*pending, new]) if pending else new).split(delimiter)
+        total = pending_size + size
         last = messages.pop()
         pending, pending_size = ([last], len(last)) if last else ([], 0)
         _check_length(pending_size)
         tail = last[-overlap:] if overlap else b""
         if messages:
-            yield messages, len(buf) - pending_size
+            yield messages, total - pending_size
     if pending:
         yield [b"".join(pending)], pending_size
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a pipe hold a whole read (Linux: 64 KiB by default, so a fast writer such as
+    ``cat`` waited on each 64 KiB and every batch was that small); left as it is where not allowed."""
+    import stat
+
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, READ_SIZE)
+    except (OSError, ImportError, AttributeError):  # over the user's pipe limit, not Linux
+        pass
 
 
 def _read(fd: int, name: str) -> bytes:

@@ -215,21 +215,43 @@ class Producer:
         if not records:
             return
         keys, values, headers, partitions, given = (list(column) for column in zip(*records))
-        stamps: list | None = None
-        if any(t is not None for t in given):
+        self.send_columns(keys, values, headers, partitions, given)
+
+    def send_columns(self, keys, values: list, headers, partitions, timestamps) -> None:
+        """Send records given as columns, grouped per partition.
+
+        ``keys``, ``headers`` (lists of (name, value) pairs), ``partitions``
+        and ``timestamps`` may each be None: no record has one. A None
+        partition is the partitioner's choice, a None timestamp now.
+        """
+        n = len(values)
+        if not n:
+            return
+        if timestamps is not None and None in timestamps:
             now = now_ms()
-            stamps = [now if t is None else t for t in given]
-        if self.partition is not None or self.topic.partition_count == 1:
-            numbers = [self.partition or 0] * len(records)
-        else:
-            numbers = self._partitions_of(keys, values)
-        named = dict.fromkeys(partitions)  # the partitions records name, in order, each once
-        named.pop(None, None)
-        if named and self.partition is None:
+            timestamps = [now if t is None else t for t in timestamps]
+        named: dict = {}  # the partitions records name, in order, each once
+        if partitions is not None and self.partition is None:
+            named = dict.fromkeys(partitions)
+            if None not in named and len(named) == 1:  # a copy of one partition: one share, nothing to choose
+                (number,) = named
+                self.topic.partition(number)  # raises PartitionNotFound if the topic lacks it
+                self._append(number, values, keys, headers, timestamps, None)
+                return
+            named.pop(None, None)
             for number in named:
-                self.topic.partition(number)  # raises PartitionNotFound for one the topic lacks
+                self.topic.partition(number)
+        if self.partition is not None or self.topic.partition_count == 1:
+            numbers = [self.partition or 0] * n
+        else:
+            numbers = self._partitions_of(keys if keys is not None else [None] * n, values)
+        if named:
+            assert partitions is not None
             numbers = [n if p is None else p for n, p in zip(numbers, partitions)]
-        self._append_shares(numbers, values, keys, headers, stamps, None)
+        if len(set(numbers)) == 1:
+            self._append(numbers[0], values, keys, headers, timestamps, None)
+        else:
+            self._append_shares(numbers, values, keys, headers, timestamps, None)
 
 
 class _BackgroundWriter:

@@ -81,6 +81,9 @@ class Producer(Protocol):
     def send_records(self, records) -> None:
         """(key, value, headers, partition, timestamp) tuples; None partition: the partitioner's choice."""
 
+    def send_columns(self, keys, values: list, headers, partitions, timestamps) -> None:
+        """The same as columns; each but ``values`` may be None (no record has one)."""
+
     def flush(self) -> None:
         """Return once every record sent is acknowledged; raise the error that stopped one."""
 

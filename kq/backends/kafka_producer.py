@@ -148,6 +148,11 @@ class KafkaProducer:
 
         self._send(one, records, star=True)
 
+    def send_columns(self, keys, values: list, headers, partitions, timestamps) -> None:
+        """Records as columns (each but ``values`` None if no record has one); see send_records."""
+        nones = [None] * len(values)
+        self.send_records(list(zip(keys or nones, values, headers or nones, partitions or nones, timestamps or nones)))
+
     def flush(self) -> None:
         """Wait until every record sent is acknowledged or refused; raise the first refusal."""
         while len(self._producer):

@@ -226,20 +226,22 @@ def produce(
             if tombstone:
                 target.producer().send_records([(m, None, headers, None, None) for m in messages])
             elif json_input:
-                from ..envelope import decode_lines
+                from ..envelope import RecordColumns, decode_columns
 
-                records: list = []
+                records = RecordColumns()
                 # -p puts every record in one partition, whatever the lines say.
-                line_no, line_error = decode_lines(
+                line_no, line_error = decode_columns(
                     messages, line_no, records, target.need_partition if partition is None else None
                 )
-                if partition is not None or headers:
-                    records = [
-                        (k, v, headers + h, None if partition is not None else p, ts) for k, v, h, p, ts in records
-                    ]
+                if partition is not None:
+                    records.partitions = None
+                if headers:
+                    records.headers = [headers + h for h in records.headers or [[]] * records.count]
                 # The lines before a bad one are written, so that a rerun can skip them.
-                if records:
-                    target.producer().send_records(records)
+                if records.count:
+                    target.producer().send_columns(
+                        records.keys, records.values, records.headers, records.partitions, records.timestamps
+                    )
                 if line_error is not None:
                     bad_line = line_no
                     raise line_error

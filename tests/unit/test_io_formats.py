@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kq import batch as batchfmt
@@ -45,6 +45,38 @@ def messages_from(data: bytes, delimiter: bytes = b"\n") -> list[bytes]:
 )
 def test_read_messages(data, delimiter, messages):
     assert messages_from(data, delimiter) == messages
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b"b", b"\n", b"-", b"--", b"xyz"]), max_size=30).map(b"".join),
+    st.sampled_from([b"\n", b"--"]),
+    st.integers(1, 5),
+)
+def test_messages_read_in_small_pieces_are_the_input_split(data, delimiter, read_size):
+    """However the reads cut the input (a message or a delimiter across reads), the messages are the
+    input split at the delimiter, and each yield's size counts what it covers."""
+    import os
+
+    import kq.framing
+
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    got, covered = [], 0
+    kept, kq.framing.READ_SIZE = kq.framing.READ_SIZE, read_size
+    try:
+        for messages, size in read_messages(read, delimiter, batch_bytes=read_size):
+            got += messages
+            covered += size
+    finally:
+        kq.framing.READ_SIZE = kept
+        os.close(read)
+    expected = data.split(delimiter)
+    if expected[-1] == b"":
+        expected.pop()
+    assert got == expected
+    assert covered >= sum(map(len, expected))
 
 
 def test_a_message_longer_than_a_batch_is_refused():
@@ -106,7 +138,7 @@ _headers = st.lists(st.tuples(st.text(max_size=4), _maybe_bytes), max_size=3)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(_maybe_bytes, _maybe_bytes, _headers), min_size=1, max_size=6))
 def test_a_batch_encodes_to_the_bytes_the_stdlib_writes_per_record(records):
-    """The orjson fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
+    """The msgspec fast path writes, byte for byte, what json.dumps(ensure_ascii=False) writes."""
     keys, values, headers = (list(column) for column in zip(*records))
     expected = b"".join(
         json.dumps(_record_object("t", 1, 10 + i, 99, k, v, h), ensure_ascii=False, separators=(",", ":")).encode(
@@ -142,6 +174,51 @@ _envelope_line = (
     )
 )
 
+# Lines a fast reader could get wrong where the reference reader (json.loads, then checks) does not:
+# two objects on a line, one object over two lines, bytes that are not UTF-8 (or encode a surrogate),
+# a BOM, repeated fields, numbers of the wrong kind or range, NaN, the older headers object.
+_odd_line = st.sampled_from(
+    [
+        b'{"value":"a"},{"value":"b"}',
+        b'{"value":"a"} {"value":"b"}',
+        b'{"value":"v","headers":[["a"',
+        b'"b"]]}',
+        b'{"topic":"}',
+        b'{","value":"v"}',
+        b'{"value":"\xff"}',
+        b'{"value":"a","topic":"\xff"}',
+        b'{"value":"\xed\xa0\x80"}',
+        b'\xef\xbb\xbf{"value":"a"}',
+        b'{"value":"a","value":null}',
+        b'{"value":null,"value":"a"}',
+        b'{"value":"a","partition":1.0}',
+        b'{"value":"a","partition":true}',
+        b'{"value":"a","partition":18446744073709551616}',
+        b'{"value":"a","timestamp":-2}',
+        b'{"value":"a","timestamp":9223372036854775808}',
+        b'{"value":"a","offset":1e400}',
+        b'{"value":"a","offset":-0,"topic":NaN}',
+        b'{"value":"a"}\r',
+        b' {"value":"a"} ',
+        b'{"value":"a","headers":{"x":"1","x":"2"}}',
+        b'{"value":"a","headers":[["x",null],["x","\\u00e9"]]}',
+        b'{"value":"a","headers":[["\\ud800","v"]]}',
+        b'{"value":"a","key_encoding":null}',
+        b'{"value":"\\u0000\x7f","key":""}',
+        b'{"value":"a\x1f"}',
+        b'[{"value":"a"}]',
+        b"null",
+    ]
+)
+
+
+def _mutated(line: bytes, at: int, cut: int, insert: bytes) -> bytes:
+    at %= len(line) + 1
+    return line[:at] + insert + line[at + cut :]
+
+
+_broken_kq_line = st.builds(_mutated, _kq_line, st.integers(0, 200), st.integers(0, 2), st.binary(max_size=2))
+
 
 def _partition_0_or_1(partition: int, line_no: int) -> None:
     if partition not in (0, 1):
@@ -149,7 +226,7 @@ def _partition_0_or_1(partition: int, line_no: int) -> None:
 
 
 def _decodes_as_the_reference_reader(lines: list[bytes], piece: int = 256) -> None:
-    """decode_lines (a regex, or orjson by columns) gives decode_record's records line by line, and its
+    """decode_lines (msgspec, by columns) gives decode_record's records line by line, and its
     error (or the partition check's) at the same line."""
     expected, error = [], None
     for number, line in enumerate(lines, start=1):
@@ -186,6 +263,34 @@ def test_lines_decode_in_pieces_as_the_reference_reader_decodes_each(lines, piec
 @given(st.lists(_kq_line, min_size=1, max_size=8))
 def test_lines_as_consume_writes_them_decode_as_the_reference_reader_decodes_each(lines):
     _decodes_as_the_reference_reader(lines)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_kq_line | _odd_line | _broken_kq_line, min_size=1, max_size=8), st.integers(1, 4))
+# As many objects as lines, but not one a line: read as a JSON array, these pass for good records.
+@example([b'{"value":"a"},{"value":"b"}', b'{"value":"v","headers":[["a"', b'"b"]]}'], 4)
+@example([b'{"value":"a"} {"value":"b"}', b'{"topic":"}', b'{","value":"v"}'], 4)
+def test_odd_and_damaged_lines_decode_as_the_reference_reader_decodes_each(lines, piece):
+    _decodes_as_the_reference_reader(lines, piece)
+
+
+def test_lines_as_consume_writes_them_never_go_to_the_reference_reader(monkeypatch):
+    """The common shape is read whole lists at a time (the speed of produce --json rests on it)."""
+    import kq.envelope
+
+    def refuse(line, line_no):
+        raise AssertionError(f"line {line_no} went to the reference reader: {line!r}")
+
+    records = [
+        (None, b"v", [], 0, 5),
+        (b"k", 'é\t"x'.encode(), [("h", b"1"), ("h", None)], 1, -1),
+        (b"", None, [], 0, 7),
+    ]
+    lines = [encode_record("t", p, i, ts, k, v, h).encode() for i, (k, v, h, p, ts) in enumerate(records)]
+    monkeypatch.setattr(kq.envelope, "decode_record", refuse)
+    got: list = []
+    assert decode_lines(lines, 0, got) == (3, None)
+    assert got == records
 
 
 # ---------------------------------------------------------------- output formats (kcat's format.c)
