@@ -50,6 +50,7 @@ def serve(
     advertised_port: int | None,
     auto_create: bool = True,
     max_request_bytes: int | None = None,
+    max_memory: int | None = None,
     sync: bool = False,
     ready=None,
 ) -> None:
@@ -57,13 +58,15 @@ def serve(
     import asyncio
 
     from .broker import Broker
-    from .server import DEFAULT_MAX_REQUEST_BYTES, Server
+    from .server import DEFAULT_MAX_MEMORY, DEFAULT_MAX_REQUEST_BYTES, Server
     from .storage import Storage
 
     storage = Storage(data_dir, sync=sync)
     storage.ensure()
     broker = Broker(storage, advertised_host, advertised_port or port, auto_create=auto_create)
-    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES)
+    server = Server(
+        broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, max_memory or DEFAULT_MAX_MEMORY
+    )
 
     def on_ready(s: Server) -> None:
         if advertised_port is None:  # port 0: advertise the one the system chose

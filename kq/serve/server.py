@@ -2,9 +2,16 @@
 
 Kafka brokers answer a connection's requests strictly in order and read the
 next one only after answering (the socket is muted meanwhile); clients rely
-on the order, and it bounds what one connection can make the server hold:
-one request of at most ``max_request_bytes`` plus the responses that the
-client has not read yet (``WRITE_HIGH_WATER``).
+on the order. What the server holds is bounded twice: per connection, one
+request of at most ``max_request_bytes`` plus the responses that the client
+has not read yet (``WRITE_HIGH_WATER``); across connections, by one
+``MemoryBudget`` (``--max-memory``) that requests being read and responses
+not yet sent are counted against. A request larger than ``SMALL_REQUEST``
+waits for room before its body is read, a connection with a response beyond
+``WRITE_HIGH_WATER`` unsent reads nothing more until the client takes it,
+and a Fetch answers with less the fuller the budget (``response_room``), so
+that clients that send big frames slowly or never read hold the budget, not
+more, and a small request from anyone else is still answered at once.
 """
 
 from __future__ import annotations
@@ -20,16 +27,72 @@ from .broker import Broker
 log = logging.getLogger("kq.serve")
 
 DEFAULT_MAX_REQUEST_BYTES = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes
-WRITE_HIGH_WATER = 8 * 1024 * 1024  # wait for a slow reader beyond this much unsent
+DEFAULT_MAX_MEMORY = 256 * 1024 * 1024  # --max-memory
+WRITE_HIGH_WATER = 1024 * 1024  # wait for a slow reader beyond this much unsent
+SMALL_REQUEST = 1024 * 1024  # read at once, whatever the budget: no client is kept waiting by others' bulk
+# A Fetch response is read from the log, decoded, built from pieces, joined
+# and encoded, each a copy: while it is made, it briefly takes about this many
+# times its size.
+RESPONSE_COPIES = 8
+RESPONSES_AT_ONCE = 32
 IDLE_SECONDS = 600.0  # Kafka's connections.max.idle.ms
 
 
+class MemoryBudget:
+    """Bytes held across connections for requests being read and responses not yet sent."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._waiting: list[asyncio.Future] = []
+
+    async def reserve(self, size: int) -> None:
+        """Count ``size`` bytes, first waiting for room unless nothing else is held."""
+        while self.used and self.used + size > self.limit:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiting:
+                    self._waiting.remove(fut)
+        self.used += size
+
+    def take(self, size: int) -> None:
+        """Count ``size`` bytes without waiting (small requests, responses already made)."""
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        waiting, self._waiting = self._waiting, []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
+
+    def response_room(self) -> int:
+        """How large a response may be built now, its copies included, and stay within the limit.
+
+        Never more than ``1 / RESPONSES_AT_ONCE`` of the limit: one client's
+        response leaves room for others'.
+        """
+        return min(max(self.limit - self.used, 0) // RESPONSE_COPIES, self.limit // RESPONSES_AT_ONCE)
+
+
 class Server:
-    def __init__(self, broker: Broker, host: str, port: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    def __init__(
+        self,
+        broker: Broker,
+        host: str,
+        port: int,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+    ):
         self.broker = broker
         self.host = host
         self.port = port
         self.max_request_bytes = max_request_bytes
+        self.budget = MemoryBudget(max_memory)
+        broker.response_room = self.budget.response_room
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections inside a request
@@ -96,23 +159,77 @@ class Server:
     async def _requests(self, reader, writer, task, host: str) -> None:
         connection = self.broker.connection(host)
         transport = writer.transport
-        while True:
-            head = await asyncio.wait_for(reader.readexactly(4), IDLE_SECONDS)
-            (size,) = wire.SIZE.unpack(head)
-            if not 8 <= size <= self.max_request_bytes:
-                raise wire.BadRequest(
-                    f"request size {size} is outside 8..{self.max_request_bytes} bytes (--max-request-bytes)"
-                )
-            frame = await reader.readexactly(size)
-            self._busy.add(task)
-            try:
-                response = await self.broker.handle(frame, connection)
-            finally:
-                self._busy.discard(task)
-            if response is not None:
-                writer.write(response)
+        budget = self.budget
+        unsent = 0  # of this connection's responses, as counted in the budget
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(4), IDLE_SECONDS)
+                (size,) = wire.SIZE.unpack(head)
+                if not 8 <= size <= self.max_request_bytes:
+                    raise wire.BadRequest(
+                        f"request size {size} is outside 8..{self.max_request_bytes} bytes (--max-request-bytes)"
+                    )
+                # StreamReader.readexactly buffers the whole frame: count it before reading it.
+                if size <= SMALL_REQUEST:
+                    budget.take(size)
+                else:
+                    await budget.reserve(size)
+                try:
+                    frame = await asyncio.wait_for(reader.readexactly(size), IDLE_SECONDS)
+                    self._busy.add(task)
+                    try:
+                        response = await self.broker.handle(frame, connection)
+                    finally:
+                        self._busy.discard(task)
+                    del frame
+                finally:
+                    budget.release(size)
+                if response is not None:
+                    big = len(response) > SMALL_REQUEST or size > SMALL_REQUEST
+                    writer.write(response)
+                    del response
+                    if big:
+                        _give_back_freed_memory()
                 if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                    unsent = _recount(budget, transport, unsent)
                     await writer.drain()
+                unsent = _recount(budget, transport, unsent)
+        finally:
+            budget.release(unsent)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the pages of freed large objects to the system (glibc keeps them otherwise).
+
+    Building a big response frees several copies of it; glibc keeps such
+    freed memory in its heap, so without this the server's resident size
+    would grow with each big request by what it no longer holds.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _load_malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _recount(budget: MemoryBudget, transport, counted: int) -> int:
+    """Count a connection's unsent bytes as they are now; returns the new count."""
+    now = transport.get_write_buffer_size()
+    if now > counted:
+        budget.take(now - counted)
+    elif now < counted:
+        budget.release(counted - now)
+    return now
 
 
 def _addr(peer) -> str:
