@@ -234,3 +234,47 @@ def test_ten_clients_that_pipeline_fetches_and_never_read_hold_the_budget_not_mo
         for sock in readers:
             sock.close()
     assert wait_for(lambda: _metadata_seconds(server.port) < 5, message="the server to answer after they left")
+
+
+# ---------------------------------------------------------------- pace
+
+
+def _produce_like_confluents_performance_check(bootstrap: str, topic: str, count: int) -> int:
+    """confluent-kafka's integration_test.py ``verify_producer_performance(with_dr_cb=False)``.
+
+    Messages of 100 bytes, ``poll(100)`` whenever the local queue is full
+    (that message is skipped, as there), then ``flush``. Returns how many
+    were accepted into the queue.
+    """
+    from confluent_kafka import Producer
+
+    errors = []
+    p = Producer({"bootstrap.servers": bootstrap, "error_cb": errors.append})
+    payload = "m" * 100
+    produced = 0
+    for _ in range(count):
+        try:
+            p.produce(topic, value=payload)
+        except BufferError:
+            p.poll(100)
+            continue
+        produced += 1
+    left = p.flush(120)
+    assert left == 0, f"{left} messages still queued after 120 s: the producer stalled"
+    assert not errors, errors[:3]
+    return produced
+
+
+@pytest.mark.timeout(900)
+def test_confluent_kafkas_producer_performance_check_twice_to_one_topic_completes(server):
+    pytest.importorskip("confluent_kafka")
+    from confluent_kafka import Consumer, TopicPartition
+
+    produced = [_produce_like_confluents_performance_check(server.bootstrap, "perf", 3_000_000) for _ in range(2)]
+    assert all(n > 2_900_000 for n in produced), produced
+    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "count"})
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition("perf", 0), timeout=10)
+    finally:
+        c.close()
+    assert (low, high) == (0, sum(produced))
