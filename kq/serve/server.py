@@ -35,8 +35,10 @@ SMALL_REQUEST = 1024 * 1024  # read at once, whatever the budget: no client is k
 # times its size.
 RESPONSE_COPIES = 8
 RESPONSES_AT_ONCE = 32
+TRIM_AFTER = 4 * 1024 * 1024  # a request or response this large: give freed memory back after it
 MAX_ANSWERS_AT_ONCE = 32  # responses to pipelined requests written together
 MAX_ANSWER_DELAY = 0.002  # seconds an answer may wait for the next ones (the producer waits for it)
+FETCH_KEY = 1
 IDLE_SECONDS = 600.0  # Kafka's connections.max.idle.ms
 
 
@@ -66,6 +68,8 @@ class MemoryBudget:
 
     def release(self, size: int) -> None:
         self.used -= size
+        if not self._waiting:
+            return
         waiting, self._waiting = self._waiting, []
         for fut in waiting:
             if not fut.done():
@@ -78,6 +82,36 @@ class MemoryBudget:
         response leaves room for others'.
         """
         return min(max(self.limit - self.used, 0) // RESPONSE_COPIES, self.limit // RESPONSES_AT_ONCE)
+
+
+class Turns:
+    """Bulk requests (fetches, frames over ``SMALL_REQUEST``) start one per pass of the event loop.
+
+    Requests that arrived together are handled one after another in the same
+    pass, before the loop looks at its sockets again; without turns, a small
+    request (another client's Metadata, a heartbeat) would wait for every
+    bulk request ready before it, not for one.
+    """
+
+    def __init__(self) -> None:
+        self._taken = False
+        self._waiting: list[asyncio.Future] = []
+
+    async def take(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._taken:
+            fut = loop.create_future()
+            self._waiting.append(fut)
+            await fut
+        self._taken = True
+        loop.call_soon(self._next)  # runs in the loop's next pass, after it has polled the sockets
+
+    def _next(self) -> None:
+        self._taken = False
+        waiting, self._waiting = self._waiting, []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Server:
@@ -94,6 +128,7 @@ class Server:
         self.port = port
         self.max_request_bytes = max_request_bytes
         self.budget = MemoryBudget(max_memory)
+        self.turns = Turns()
         broker.response_room = self.budget.response_room
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
@@ -181,6 +216,11 @@ class Server:
                     await budget.reserve(size)
                 try:
                     frame = await _read(reader, size)
+                    if size > SMALL_REQUEST or int.from_bytes(frame[:2], "big") == FETCH_KEY:
+                        if answers:
+                            writer.writelines(answers)
+                            answers.clear()
+                        await self.turns.take()
                     self._busy.add(task)
                     try:
                         response = await self.broker.handle(frame, connection)
@@ -189,9 +229,9 @@ class Server:
                     del frame
                 finally:
                     budget.release(size)
-                big = size > SMALL_REQUEST
+                big = size > TRIM_AFTER
                 if response is not None:
-                    big = big or len(response) > SMALL_REQUEST
+                    big = big or len(response) > TRIM_AFTER
                     if not answers:
                         first_answer_at = loop.time()
                     answers.append(response)
