@@ -7,9 +7,11 @@ compression codecs (``kafka.codec``) come from the library, its CRC32C from
 the C package ``crc32c`` (which ``kafka.record`` itself prefers); what is
 kq's own here is only the walk over the records, done over whole batches:
 
-- decoding reads the varints inline (one and two bytes cover every length
-  below 8 KiB) and slices keys and values straight into column lists, which
-  is what ``kq.Partition.append`` takes;
+- decoding goes through aiokafka's record reader when it is its C (Cython)
+  build (about 0.2 µs a record, checked record by record against its
+  length); without it, kq's own walk reads the varints inline (one and two
+  bytes cover every length below 8 KiB) and slices keys and values straight
+  into column lists, which is what ``kq.Partition.append`` takes;
 - encoding looks varints up in a precomputed table and joins each record's
   pieces once.
 
@@ -244,13 +246,76 @@ def decode_produced(batch: memoryview) -> ProducedBatch:
     if count > len(body) // MIN_RECORD_BYTES:
         raise InvalidBatch(f"a batch of {len(body)} bytes cannot hold the {count} records its header claims")
     try:
-        columns = _decode_plain(body, count, base_ts) or _decode_records(body, count, base_ts)
+        if _CBatch is not None:
+            columns = _decode_in_c(batch, body, attributes)
+        else:
+            columns = _decode_plain(body, count, base_ts) or _decode_records(body, count, base_ts)
     except IndexError:
         raise InvalidBatch("a record runs past the end of its batch") from None
     except UnicodeDecodeError:
         raise InvalidBatch("a header key is not UTF-8") from None
     values, keys, headers, timestamps, nulls = columns
     return ProducedBatch(values, keys, headers, timestamps, producer_id, producer_epoch, base_sequence, count, nulls)
+
+
+def _load_c_walker():
+    """aiokafka's record walker, when it is its C (Cython) build: about twice as fast as ``_decode_plain``."""
+    try:
+        from aiokafka.record.default_records import DefaultRecordBatch
+    except ImportError:
+        return None
+    return DefaultRecordBatch if "_crecords" in DefaultRecordBatch.__module__ else None
+
+
+_CBatch = _load_c_walker()
+
+
+def _decode_in_c(batch: memoryview, body, attributes: int):
+    """``_decode_records`` through aiokafka's C walker, which checks each record against its length.
+
+    It is given the records uncompressed (``body``), under a header that says
+    so and asks for the producer's timestamps (kq keeps them, whatever the
+    timestamp type).
+    """
+    plain = attributes & ~(CODEC_MASK | TIMESTAMP_TYPE_BIT)
+    if plain == attributes:
+        buf = bytes(batch)
+    else:
+        head = bytearray(batch[:HEADER_SIZE])
+        struct.pack_into(">i", head, 8, HEADER_SIZE - LENGTH_END + len(body))
+        struct.pack_into(">h", head, CRC_START, plain)
+        buf = bytes(head) + bytes(body)
+    values: list = []
+    keys: list | None = []
+    timestamps: list = []
+    headers: list | None = []
+    add_value, add_key, add_timestamp, add_headers = values.append, keys.append, timestamps.append, headers.append  # type: ignore[union-attr]
+    try:
+        # One pass, each record object freed as soon as it is read: a list of
+        # them would keep the garbage collector busy.
+        for r in _CBatch(buf):
+            add_value(r.value)
+            add_key(r.key)
+            add_timestamp(r.timestamp)
+            add_headers(r.headers)
+    except UnicodeDecodeError:
+        raise
+    except Exception as exc:  # aiokafka's CorruptRecordException, and whatever else bad bytes raise
+        raise InvalidBatch(f"the records do not decode: {exc}") from None
+    if keys.count(None) == len(keys):  # type: ignore[union-attr]
+        keys = None
+    nulls = 0
+    if any(headers):  # type: ignore[arg-type]
+        for i, pairs in enumerate(headers):  # type: ignore[arg-type]
+            if not pairs:
+                headers[i] = None  # type: ignore[index]
+            elif any(v is None for _, v in pairs):
+                nulls += sum(v is None for _, v in pairs)
+                # kq's headers are (str, bytes): a null header value is kept as b"".
+                headers[i] = [(k, b"" if v is None else v) for k, v in pairs]  # type: ignore[index]
+    else:
+        headers = None
+    return values, keys, headers, timestamps, nulls
 
 
 def _decode_plain(buf, count: int, base_ts: int):

@@ -1,8 +1,10 @@
 """The asyncio server: connections, frames, one request at a time per connection.
 
-Kafka brokers answer a connection's requests strictly in order and read the
-next one only after answering (the socket is muted meanwhile); clients rely
-on the order. What the server holds is bounded twice: per connection, one
+Kafka brokers answer a connection's requests strictly in order, one at a
+time; clients rely on the order. Requests a client pipelines (librdkafka
+keeps many produce requests in flight) are still handled one after another,
+and the answers to those that had already arrived are written together.
+What the server holds is bounded twice: per connection, one
 request of at most ``max_request_bytes`` plus the responses that the client
 has not read yet (``WRITE_HIGH_WATER``); across connections, by one
 ``MemoryBudget`` (``--max-memory``) that requests being read and responses
