@@ -286,10 +286,10 @@ def _decode_in_c(batch: memoryview, body, attributes: int):
         struct.pack_into(">h", head, CRC_START, plain)
         buf = bytes(head) + bytes(body)
     values: list = []
-    keys: list | None = []
+    keys: list = []
     timestamps: list = []
-    headers: list | None = []
-    add_value, add_key, add_timestamp, add_headers = values.append, keys.append, timestamps.append, headers.append  # type: ignore[union-attr]
+    headers: list = []
+    add_value, add_key, add_timestamp, add_headers = values.append, keys.append, timestamps.append, headers.append
     try:
         # One pass, each record object freed as soon as it is read: a list of
         # them would keep the garbage collector busy.
@@ -302,20 +302,18 @@ def _decode_in_c(batch: memoryview, body, attributes: int):
         raise
     except Exception as exc:  # aiokafka's CorruptRecordException, and whatever else bad bytes raise
         raise InvalidBatch(f"the records do not decode: {exc}") from None
-    if keys.count(None) == len(keys):  # type: ignore[union-attr]
-        keys = None
     nulls = 0
-    if any(headers):  # type: ignore[arg-type]
-        for i, pairs in enumerate(headers):  # type: ignore[arg-type]
+    any_headers = any(headers)
+    if any_headers:
+        for i, pairs in enumerate(headers):
             if not pairs:
-                headers[i] = None  # type: ignore[index]
+                headers[i] = None
             elif any(v is None for _, v in pairs):
                 nulls += sum(v is None for _, v in pairs)
                 # kq's headers are (str, bytes): a null header value is kept as b"".
-                headers[i] = [(k, b"" if v is None else v) for k, v in pairs]  # type: ignore[index]
-    else:
-        headers = None
-    return values, keys, headers, timestamps, nulls
+                headers[i] = [(k, b"" if v is None else v) for k, v in pairs]
+    any_key = keys.count(None) != len(keys)
+    return values, keys if any_key else None, headers if any_headers else None, timestamps, nulls
 
 
 def _decode_plain(buf, count: int, base_ts: int):
