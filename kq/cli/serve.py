@@ -100,6 +100,14 @@ def serve(
         metavar="N",
         help="Close connections that send a larger request (Kafka's socket.request.max.bytes).",
     ),
+    max_memory: int = typer.Option(
+        256,
+        "--max-memory",
+        min=16,
+        metavar="MIB",
+        help="MiB held at most, across all connections, for requests being read and responses not yet sent:"
+        " beyond it the server stops reading from the connections that hold most.",
+    ),
     sync: bool = typer.Option(
         False, "--sync", help="fdatasync every produced batch before acknowledging it (survives power loss)."
     ),
@@ -213,6 +221,7 @@ def serve(
             auto_create=not no_auto_create,
             default_partitions=default_partitions,
             max_request_bytes=max_request_bytes,
+            max_memory=max_memory * 1024 * 1024,
             sync=sync,
             ready=ready,
             access=access,

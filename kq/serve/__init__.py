@@ -56,6 +56,7 @@ def serve(
     auto_create: bool = True,
     default_partitions: int | None = None,
     max_request_bytes: int | None = None,
+    max_memory: int | None = None,
     sync: bool = False,
     ready=None,
     access=None,
@@ -69,7 +70,7 @@ def serve(
     import asyncio
 
     from .broker import Broker
-    from .server import DEFAULT_MAX_REQUEST_BYTES, Server
+    from .server import DEFAULT_MAX_MEMORY, DEFAULT_MAX_REQUEST_BYTES, Server
     from .storage import Storage
 
     storage = Storage(data_dir, sync=sync)
@@ -83,7 +84,15 @@ def serve(
         listen=(host, port),
         max_request_bytes=max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
     )
-    server = Server(broker, host, port, max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, access=access, ssl=ssl)
+    server = Server(
+        broker,
+        host,
+        port,
+        max_request_bytes or DEFAULT_MAX_REQUEST_BYTES,
+        max_memory or DEFAULT_MAX_MEMORY,
+        access=access,
+        ssl=ssl,
+    )
 
     def on_ready(s: Server) -> None:
         broker.listen = (host, s.port)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from kafka.protocol.consumer import FetchResponse, ListOffsetsResponse
 from kafka.protocol.metadata import ApiVersionsResponse, FindCoordinatorResponse, MetadataResponse
@@ -163,6 +164,8 @@ class Broker:
         self.listen = listen or (advertised_host, advertised_port)  # the address listened on (DescribeConfigs)
         self.max_request_bytes = max_request_bytes
         self.waiters = Waiters(storage)
+        # How many bytes a Fetch response may take now (the server's memory budget sets it).
+        self.response_room: Callable[[], int] = lambda: MAX_FETCH_RESPONSE_BYTES
         self.producers = ProducerState()
         self.coordinator = Coordinator(storage, self.storage_error)
         self.admin = Admin(storage, self)
@@ -465,7 +468,8 @@ class Broker:
         deadline = time.monotonic() + max(body.max_wait_ms, 0) / 1000
         max_bytes = min(body.max_bytes if version >= 3 else MAX_FETCH_RESPONSE_BYTES, MAX_FETCH_RESPONSE_BYTES)
         while True:
-            responses, total, ends, errors = self._read_fetch(body, max_bytes)
+            # A fuller server answers with less (at least a batch, as Kafka does past max_bytes).
+            responses, total, ends, errors = self._read_fetch(body, min(max_bytes, max(self.response_room(), 1)))
             remaining = deadline - time.monotonic()
             if total >= body.min_bytes or errors or remaining <= 0 or not ends:
                 break

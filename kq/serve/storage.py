@@ -36,6 +36,7 @@ __all__ = [
 # `kq topic create` in another process change what a name means.
 TOPIC_RECHECK_SECONDS = 1.0
 MAX_READERS = 1024  # open cursors kept for consumers that come back for more
+CACHED_READ_BYTES = 4 * 1024 * 1024  # a cursor that read more at once is not kept
 
 
 class Storage:
@@ -194,6 +195,11 @@ class Storage:
         except BaseException:
             cursor.close()
             raise
+        if sum(b.size for b in batches) > CACHED_READ_BYTES:
+            # Its read buffers are as large as what it read: keep no such cursor
+            # waiting for a consumer that may never come back.
+            cursor.close()
+            return batches
         self._readers[(topic, partition, cursor.offset)] = cursor
         while len(self._readers) > MAX_READERS:
             self._readers.pop(next(iter(self._readers))).close()
