@@ -65,20 +65,21 @@ def test_a_topic_and_its_group_move_to_a_cluster_and_back(place, tmp_path):
     fill(home, t, 40)
     home.ok("consume", t, "-g", g, "-n", "10")
 
-    home = home.plus(place.client_args)
-    r = home.kq("replicate", t, "--to", url, "--groups")
+    # The cluster's -X settings go with the commands that reach it, not with the directory's own.
+    bridge = home.plus(place.client_args)
+    r = bridge.kq("replicate", t, "--to", url, "--groups")
     assert r.returncode == 0, r.stderr
     assert f"{t}/0: copied 14 records".encode() in r.stderr
     assert shape(place.records(t)) == shape(home.records(t))
     assert committed(place, t, g) == committed(home, t, g)
     assert json.loads(place.ok("topic", "describe", t, "--json"))["config"]["retention_ms"] == 30 * 86_400_000
-    assert home.kq("replicate", t, "--to", url, "--verify", "--groups").returncode == 0
+    assert bridge.kq("replicate", t, "--to", url, "--verify", "--groups").returncode == 0
 
-    again = home.kq("replicate", t, "--to", url, "--groups")
+    again = bridge.kq("replicate", t, "--to", url, "--groups")
     assert again.returncode == 0 and b"copied" not in again.stderr  # nothing new
     fill(home, t, 5, start=40)
     home.ok("consume", t, "-g", g, "-n", "20")
-    again = home.kq("replicate", t, "--to", url, "--groups")
+    again = bridge.kq("replicate", t, "--to", url, "--groups")
     assert again.returncode == 0 and again.stderr.count(b"copied") == 3
     assert shape(place.records(t)) == shape(home.records(t))
     assert committed(place, t, g) == committed(home, t, g)
