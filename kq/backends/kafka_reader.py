@@ -1,4 +1,4 @@
-"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.group's counterparts).
+"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.groups.store's counterparts).
 
 They behave as the data directory's:
 
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import time
 
-from ..batch import Record
 from ..consumer import Slice
+from ..engine.batch import Record
 from ..errors import ClusterError
 from ..errors import warn as kq_warn
-from ..group import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, resume_offset
+from ..groups.store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, resume_offset
 from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, OffsetSpec
 
 POLL_SECONDS = 0.1  # how long a reader blocks for the next message when none is queued
@@ -53,7 +53,7 @@ CONSUMER_FIXED = {
 
 
 class MessageBatch:
-    """Records of one partition from one round, shaped like kq.batch.RecordBatch for the writers."""
+    """Records of one partition from one round, shaped like kq.engine.batch.RecordBatch for the writers."""
 
     __slots__ = ("messages", "count", "base_offset", "next_offset", "last_offset_delta", "_values", "_offsets")
 
@@ -404,7 +404,7 @@ class KafkaReader:
 
 
 class KafkaGroupReader(KafkaReader):
-    """A member of a consumer group on the cluster, reading ``topic`` (kq.group.GroupConsumer's counterpart)."""
+    """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.store.GroupConsumer's counterpart)."""
 
     def __init__(self, backend, topic: str, group: str, follow: bool, reset: str):
         super().__init__(backend, topic, follow, group)
@@ -554,7 +554,7 @@ def _session_seconds(settings: dict) -> float:
 
 
 class _PartitionView:
-    """A cluster partition as kq.group.resume_offset asks about it."""
+    """A cluster partition as kq.groups.store.resume_offset asks about it."""
 
     def __init__(self, backend, topic: str, number: int):
         self.backend, self.topic, self.number = backend, topic, number

@@ -5,7 +5,7 @@ holder dies). Under the lock a writer first recovers the tail of the last
 segment, then appends. Recovery truncates a torn tail (an append a crash cut
 short, never acknowledged); a whole batch at the end that fails its checksum
 is damage instead: its bytes are quarantined and its offsets never reused
-(docs/GUARANTEES.md). Readers take no lock (kq.cursor); they never see a
+(docs/GUARANTEES.md). Readers take no lock (kq.engine.cursor); they never see a
 half-written batch because every batch is length-prefixed and checksummed.
 """
 
@@ -17,11 +17,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..errors import CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
 from . import batch as batchfmt
 from . import segment
 from .batch import MAX_OFFSET, BatchHeader
 from .cursor import Cursor, RawBatch, runs
-from .errors import CorruptLog, KqError, NotAtBatchBoundary, TopicDeleted, warn
 from .fileio import (
     FileLock,
     atomic_write,
@@ -357,7 +357,7 @@ class Partition:
         return first, first + payload.last_offset_delta
 
     def _allow_null_headers(self) -> None:
-        # (imported here: kq.datadir imports this module)
+        # (imported here: kq.engine.datadir imports this module)
         from .datadir import NULL_HEADER_FORMAT, require_format
 
         root = os.path.dirname(os.path.dirname(os.path.dirname(self.path)))  # DATA/topics/NAME/P

@@ -25,11 +25,9 @@ import uuid
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
-from .datadir import DataDir
-from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
-from .errors import warn as kq_warn
-from .fileio import (
+from ..consumer import POLL_SECONDS, Consumer, IdleClock, Slice
+from ..engine.datadir import DataDir
+from ..engine.fileio import (
     FileLock,
     atomic_write,
     integer_field,
@@ -40,10 +38,12 @@ from .fileio import (
     shown,
     try_lock,
 )
-from .location import MAX_PARTITIONS, group_names, named_directories
-from .names import check_name
-from .segment import MAX_OFFSET
-from .topic import MAX_TOPIC_ID, Topic, check_inside
+from ..engine.location import MAX_PARTITIONS, group_names, named_directories
+from ..engine.names import check_name
+from ..engine.segment import MAX_OFFSET
+from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
+from ..errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
+from ..errors import warn as kq_warn
 
 OFFSET_SUFFIX = ".offset"
 CLAIM_SUFFIX = ".lock"

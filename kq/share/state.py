@@ -45,17 +45,17 @@ from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
-from .batch import RecordBatch
-from .consumer import POLL_SECONDS, IdleClock
-from .datadir import DataDir
-from .errors import CorruptFile, KqError, ShareNotFound, UnsupportedFormat, UsageError
-from .errors import warn as kq_warn
-from .fileio import FileLock, atomic_write, is_locked, make_dirs, read_small, shown
-from .group import MEMBER_SUFFIX, MEMBERS_DIR, Groups, Member, partition_of
-from .location import SHARES_DIR, share_names
-from .names import check_name
-from .segment import MAX_OFFSET
-from .topic import MAX_TOPIC_ID, Topic, check_inside
+from ..consumer import POLL_SECONDS, IdleClock
+from ..engine.batch import RecordBatch
+from ..engine.datadir import DataDir
+from ..engine.fileio import FileLock, atomic_write, is_locked, make_dirs, read_small, shown
+from ..engine.location import SHARES_DIR, share_names
+from ..engine.names import check_name
+from ..engine.segment import MAX_OFFSET
+from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
+from ..errors import CorruptFile, KqError, ShareNotFound, UnsupportedFormat, UsageError
+from ..errors import warn as kq_warn
+from ..groups.store import MEMBER_SUFFIX, MEMBERS_DIR, Groups, Member, partition_of
 
 STATE_SUFFIX = ".share"
 LOCK_SUFFIX = ".share.lock"
@@ -74,7 +74,7 @@ MAX_DURATION_MS = 2**53  # JSON numbers every reader parses exactly
 # The longest lease kq grants (``--lease``): a lease that would end later than
 # this from now was not written by kq, and is cut to it.
 MAX_LEASE_MS = 24 * 3600 * 1000
-# A worker's id, as kq.group.Member makes it; its member file is flock'ed while it lives.
+# A worker's id, as kq.groups.store.Member makes it; its member file is flock'ed while it lives.
 WORKER_ID = re.compile(r"[0-9]{20}-[0-9]{1,10}-[0-9a-f]{6}")
 HOLDER_CHECK_SECONDS = 1.0  # how long a worker found alive is taken to be alive without looking again
 MAX_TOKEN = 64
@@ -636,7 +636,7 @@ class Delivery:
         self.offset = offset
         self.attempt = attempt
         self.token = token
-        self.batch = batch  # the kq.batch.RecordBatch holding it, at ``index``
+        self.batch = batch  # the kq.engine.batch.RecordBatch holding it, at ``index``
         self.index = index
 
     @property
