@@ -45,7 +45,7 @@ _EXPORTS = {
     "Consumer": "consumer",
     "GroupConsumer": "groups.store",
     "Groups": "groups.store",
-    "ShareConsumer": "share.state",
+    "ShareConsumer": "share.consumer",
     "ShareNotFound": "errors",
     "LeaseNotHeld": "errors",
     "murmur2": "engine.partitioner",

@@ -335,7 +335,7 @@ class Replicator:
 
     def _copy_shares(self, src: Topic, rep: Topic) -> None:
         """Carry share groups' settings and states over, cut back to what the replica holds."""
-        from ..share.state import copy_share_state
+        from ..share.shares import copy_share_state
 
         copy_share_state(self.source, self.replica, src, rep)
 

@@ -789,9 +789,11 @@ class Verifier:
                 )
 
     def _share_states(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
-        """Each share group's files for this topic (kq.share.state): settings and partition states that
+        """Each share group's files for this topic (kq.share): settings and partition states that
         parse and fit the partition, lock files that are regular files, live workers' member files."""
-        from ..share.state import LOCK_SUFFIX, SETTINGS_FILE, STATE_SUFFIX, Shares, dead_letter_topic
+        from ..share.settings import SETTINGS_FILE, dead_letter_topic
+        from ..share.shares import Shares
+        from ..share.state import LOCK_SUFFIX, STATE_SUFFIX
 
         shares = Shares(self.data)
         for share in shares.shares_of_topic(topic.name):
@@ -969,7 +971,8 @@ def _share_state_unsound(topic: Topic, number: int, path: str, share: str, state
     """What a worker would not follow in a share state (every file is untrusted input): records
     dead-lettered to another topic than the group's dead-letter topic, a lease longer than any kq
     grants, a lease held by something that is not a worker."""
-    from ..share.state import ACQUIRED, DEAD_LETTERING, MAX_LEASE_MS, WORKER_ID, boot_id, clock_ms
+    from ..share.consumer import WORKER_ID
+    from ..share.state import ACQUIRED, DEAD_LETTERING, MAX_LEASE_MS, boot_id, clock_ms
 
     if (topic.id is not None and state.topic_id not in (None, topic.id)) or number >= topic.partition_count:
         return  # a state nobody reads (_share_state_in_range warns of it)

@@ -29,7 +29,8 @@ from typing import IO
 
 from ..consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
 from ..runner import signals_held, stop_command
-from .state import Delivery, Failure, ShareConsumer
+from .consumer import ShareConsumer
+from .deliveries import Delivery, Failure
 
 STDERR_TAIL_BYTES = 4096  # kept of each command's stderr, for the dead-letter headers
 STDERR_TAIL_LINES = 10
