@@ -30,8 +30,9 @@ from ..engine.datadir import DataDir
 from ..engine.fileio import atomic_write, file_kind, fsync_dir, open_regular, shown, try_lock, write_all
 from ..engine.index import ENTRY_SIZE, INTERVAL_BYTES, Index, IndexBuilder, pack_entries
 from ..engine.location import TOPIC_FILE
+from ..engine.log_writer import WRITER_LOCK
 from ..engine.maintain import COMPACT_SUFFIX
-from ..engine.partition import MAINTENANCE_LOCK, START_NAME, WRITER_LOCK, Partition
+from ..engine.partition import MAINTENANCE_LOCK, START_NAME, Partition
 from ..engine.segment import (
     DAMAGED,
     INDEX_SUFFIX,
