@@ -43,7 +43,7 @@ _EXPORTS = {
     "UnsupportedFormat": "errors",
     "UsageError": "errors",
     "Consumer": "consumer",
-    "GroupConsumer": "groups.store",
+    "GroupConsumer": "groups.consumer",
     "Groups": "groups.store",
     "ShareConsumer": "share.consumer",
     "ShareNotFound": "errors",

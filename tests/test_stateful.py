@@ -30,7 +30,8 @@ from hypothesis.stateful import (
 import kq
 from kq.backends.local import LocalBackend
 from kq.engine import batch as batchfmt
-from kq.groups.store import GroupConsumer, Groups
+from kq.groups.consumer import GroupConsumer
+from kq.groups.store import Groups
 from kq.offsetspec import ABSOLUTE, BEGINNING, END, FROM_END, RELATIVE, TIMESTAMP, OffsetSpec
 
 PARTITIONS = 2

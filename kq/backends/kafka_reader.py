@@ -24,7 +24,8 @@ from ..consumer import Slice
 from ..engine.batch import Record
 from ..errors import ClusterError
 from ..errors import warn as kq_warn
-from ..groups.store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, resume_offset
+from ..groups.consumer import resume_offset
+from ..groups.store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS
 from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, OffsetSpec
 
 POLL_SECONDS = 0.1  # how long a reader blocks for the next message when none is queued
@@ -404,7 +405,7 @@ class KafkaReader:
 
 
 class KafkaGroupReader(KafkaReader):
-    """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.store.GroupConsumer's counterpart)."""
+    """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.consumer.GroupConsumer's counterpart)."""
 
     def __init__(self, backend, topic: str, group: str, follow: bool, reset: str):
         super().__init__(backend, topic, follow, group)
@@ -554,7 +555,7 @@ def _session_seconds(settings: dict) -> float:
 
 
 class _PartitionView:
-    """A cluster partition as kq.groups.store.resume_offset asks about it."""
+    """A cluster partition as kq.groups.consumer.resume_offset asks about it."""
 
     def __init__(self, backend, topic: str, number: int):
         self.backend, self.topic, self.number = backend, topic, number

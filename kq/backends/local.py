@@ -6,7 +6,8 @@ from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
 from ..errors import TopicNotFound
-from ..groups.store import GroupConsumer, Groups, group_start_offsets
+from ..groups.consumer import GroupConsumer, group_start_offsets
+from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from ..producer import Producer
 from .base import Backend, PartitionInfo, TopicInfo

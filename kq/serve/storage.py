@@ -17,7 +17,8 @@ from ..engine.cursor import Cursor
 from ..engine.datadir import DataDir
 from ..engine.names import check_name
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
-from ..groups.store import CommittedOffset, Groups, Member
+from ..groups.member import Member
+from ..groups.store import CommittedOffset, Groups
 
 # The engine's errors and name check, for the rest of kq/serve.
 __all__ = [

@@ -17,13 +17,14 @@ from ..engine.names import check_name
 from ..engine.topic import Topic, check_inside
 from ..errors import KqError, ShareNotFound, UsageError
 from ..errors import warn as kq_warn
-from ..groups.store import MEMBER_SUFFIX, MEMBERS_DIR, Groups, Member
+from ..groups.member import Member
+from ..groups.store import MEMBER_SUFFIX, MEMBERS_DIR, Groups
 from .deliveries import Delivery, Failure, Outcome, parse_lease
 from .lease import SharePartition
 from .shares import Shares
 from .state import MAX_LEASE_MS, MAX_RANGES
 
-# A worker's id, as kq.groups.store.Member makes it; its member file is flock'ed while it lives.
+# A worker's id, as kq.groups.member.Member makes it; its member file is flock'ed while it lives.
 WORKER_ID = re.compile(r"[0-9]{20}-[0-9]{1,10}-[0-9a-f]{6}")
 HOLDER_CHECK_SECONDS = 1.0  # how long a worker found alive is taken to be alive without looking again
 ROUND_RECORDS = 1000  # acquired at a time by ``ShareConsumer.rounds``
