@@ -10,7 +10,8 @@ Bottom-up:
     index.py        a segment's sparse offset index
     segment.py      segment files: the one walk to a segment's end, damage, quarantine
     cursor.py       reading a partition from an offset
-    partition.py    one partition: append, roll, recovery, locks, lookup
+    log_writer.py   a partition's writer: append, roll, recovery of its tail, truncation
+    partition.py    one partition: its files, locks, reading and lookup (its writes: log_writer)
     partitioner.py  which partition a key goes to (Kafka's murmur2)
     maintain.py     retention, trim and compaction of closed segments
     topic.py        a topic: its settings and partitions

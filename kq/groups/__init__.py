@@ -2,5 +2,7 @@
 
 Modules:
 
-    store.py        the group files (offsets, member files, partition claims) and ``GroupConsumer``
+    store.py        the group files: committed offsets, member files, listing, deletion
+    member.py       a process's membership of a group on a topic, and its partition claims
+    consumer.py     ``GroupConsumer``, and where a group resumes in a partition
 """

@@ -10,6 +10,7 @@ each acquired under a lease and settled on its own (acknowledged, retried, dead-
     consumer.py     the worker (``ShareConsumer``): acquire from every partition, ack, nack, extend
     describe.py     ``kq group describe`` and ``kq offsets show`` rows
     runner.py       ``kq consume --share --exec``: a command per record, run in parallel
+    commands.py     those commands as processes: stdin, stderr, exits, ``--exec-timeout``
 
 The library's names, imported on first use so that ``import kq.share`` stays cheap.
 """
