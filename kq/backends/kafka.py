@@ -45,7 +45,7 @@ from .kafka_settings import kafka_configs, kq_config, parse_brokers, redact
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for an answer, unless socket.timeout.ms says otherwise
 # Kafka's own bookkeeping topics: not user topics, never listed.
 INTERNAL_TOPICS = frozenset(("__consumer_offsets", "__transaction_state", "__share_group_state"))
-MAX_PARTITIONS = 10_000  # as in a data directory (kq.engine.location)
+MAX_PARTITIONS = 10_000  # as in a data directory (kq.location)
 
 
 def confluent():

@@ -2,7 +2,7 @@
 
 ``kq replicate TOPIC --to kafka://HOST:PORT`` copies a directory's topics to
 a cluster; ``--from kafka://HOST:PORT --to DIR`` copies a cluster's into a
-directory. Unlike a replica (kq.ops.replicate), the copy gets the offsets its
+directory. Unlike a replica (kq.replicate), the copy gets the offsets its
 place gives it: a record keeps its partition, key, value, headers and
 timestamp, not its offset. So the bridge records, per partition, which
 source offsets became which target offsets, and translates the groups'

@@ -54,7 +54,7 @@ ERROR = "error"  # the partition cannot be read as written: exit 1 until repaire
 WARNING = "warning"  # surprising but readable (a group behind the start offset, a crash's torn tail)
 INFO = "info"  # files worth knowing about (leftovers, quarantined bytes)
 
-# Quarantined bytes ("<segment>.log.quarantine-<byte position>", kq.engine.segment)
+# Quarantined bytes ("<segment>.log.quarantine-<byte position>", kq.segment)
 # and offsets files ("<P>.offset.quarantine") are never read by kq, never deleted by it.
 
 
