@@ -35,7 +35,7 @@ def timed(cmd: list[str]) -> float:
 def timed_library_copy(data: str, replica: str) -> float:
     sys.path.insert(0, REPO)
     import kq
-    from kq.replicate import Replicator
+    from kq.ops.replicate import Replicator
 
     os.sync()
     start = time.perf_counter()

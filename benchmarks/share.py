@@ -5,7 +5,7 @@
 1. `kq consume jobs --share bench --exec true --parallel 8` over --exec-records
    records (a no-op command per record: what the worker loop, the leases and
    the fork of a shell cost per record).
-2. The library path: --records records through kq.share.ShareConsumer,
+2. The library path: --records records through kq.share.consumer.ShareConsumer,
    acquire --batch at a time, process nothing, acknowledge the batch with the
    next acquisition (`acquire(n, ack=batch)`, one state change each); beside
    Redis Streams with redis-py: XREADGROUP COUNT --batch, then XACK of the
@@ -100,7 +100,7 @@ def popen_floor(records: int, parallel: int) -> float:
 
 def kq_library(work: str, records: int, batch: int, profile: bool = False) -> float:
     import kq
-    from kq.share import ShareConsumer
+    from kq.share.consumer import ShareConsumer
 
     path = os.path.join(work, "lib")
     fill(path, records)

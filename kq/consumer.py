@@ -6,11 +6,11 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .batch import Batch
-from .cursor import Cursor
+from .engine.batch import Batch
+from .engine.cursor import Cursor
+from .engine.topic import Topic
 from .errors import warn
 from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
-from .topic import Topic
 
 # A follower polls every POLL_SECONDS while records flow (new ones show in
 # about a millisecond), and after BUSY_SECONDS without one every

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
+from .engine.framing import unescape
 from .errors import UsageError
-from .framing import unescape
 
 FORMAT_TOKENS = "%t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers, %% a '%'"
 _TOKEN = re.compile(r"(%[tpoksTh%])")
@@ -39,7 +39,7 @@ def values_writer(delimiter: bytes):
 
 
 def json_writer(topic: str):
-    from .batch import RecordBatch
+    from .engine.batch import RecordBatch
     from .envelope import encode_batch
 
     def write_json(p, b, lo, hi):

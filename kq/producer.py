@@ -6,10 +6,10 @@ import queue
 import threading
 from collections import defaultdict
 
-from .batch import MAX_BATCH_BYTES, pack
-from .partition import now_ms
-from .partitioner import partition_for_key
-from .topic import Topic
+from .engine.batch import MAX_BATCH_BYTES, pack
+from .engine.partition import now_ms
+from .engine.partitioner import partition_for_key
+from .engine.topic import Topic
 
 # Leave room under the batch limit for msgpack's per-value framing and the header.
 SPLIT_BYTES = MAX_BATCH_BYTES // 2

@@ -548,12 +548,12 @@ def test_kill_9_during_maintain_keeps_latest_values_and_every_record_retention_k
 
 # ---------------------------------------------------------------- a full disk, a failed fsync
 
-# Runs kq with its log writes (kq.fileio.write_all) and fdatasync failing on demand:
+# Runs kq with its log writes (kq.engine.fileio.write_all) and fdatasync failing on demand:
 # KQ_FAULT_WRITE_BUDGET bytes go through, then a short write and ENOSPC;
 # KQ_FAULT_FDATASYNC_EIO makes every fdatasync fail with EIO.
 FAULTY_KQ = r"""
 import errno, os, sys
-import kq.fileio as fileio
+import kq.engine.fileio as fileio
 
 budget = int(os.environ.get("KQ_FAULT_WRITE_BUDGET", "-1"))
 real_write_all = fileio.write_all
@@ -581,7 +581,7 @@ if os.environ.get("KQ_FAULT_FDATASYNC_EIO"):
         failures.append(fd)
         raise OSError(errno.EIO, os.strerror(errno.EIO))
     os.fdatasync = fdatasync
-import kq.partition, kq.group  # bind the patched functions where they are imported by name
+import kq.engine.partition, kq.groups.store  # bind the patched functions where they are imported by name
 from kq.cli import main
 sys.argv[0] = "kq"
 try:
@@ -952,7 +952,7 @@ LOCK_HOLDER = r"""
 import os, sys, time
 import portalocker
 import kq
-from kq.group import Groups, Member
+from kq.groups.store import Groups, Member
 
 data_dir, replica = sys.argv[1], sys.argv[2]
 held = []

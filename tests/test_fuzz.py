@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kq
-from kq import batch as batchfmt
-from kq.batch import MAX_OFFSET
+from kq.engine import batch as batchfmt
+from kq.engine.batch import MAX_OFFSET
+from kq.engine.index import ENTRY, ENTRY_SIZE, Index
+from kq.engine.location import MAX_PARTITIONS
+from kq.engine.segment import DAMAGED, BatchReader, classify_damage
+from kq.engine.topic import check_config
 from kq.errors import CorruptLog, KqError
-from kq.index import ENTRY, ENTRY_SIZE, Index
-from kq.location import MAX_PARTITIONS
-from kq.segment import DAMAGED, BatchReader, classify_damage
-from kq.topic import check_config
 
 # Hypothesis examples per test; each example also tries EXTRA_PER_CASE more inputs
 # made with a PRNG seeded by the example (cheap volume on top of shrinkable cases).

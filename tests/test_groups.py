@@ -299,7 +299,7 @@ def test_kill_9_during_commits_leaves_readable_offsets(run_kq, spawn_kq, data_di
 
 COMMITTER = """
 import sys, kq
-from kq.group import Groups
+from kq.groups.store import Groups
 groups = Groups(kq.DataDir(sys.argv[1]))
 me = int(sys.argv[2])
 for i in range(300):

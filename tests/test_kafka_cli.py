@@ -24,7 +24,7 @@ from cluster_support import (
     clusters,
 )
 
-from kq.partitioner import partition_for_key
+from kq.engine.partitioner import partition_for_key
 
 T0 = 1_700_000_000_000  # timestamps the tests give records
 

@@ -9,8 +9,8 @@ import struct
 import pytest
 
 import kq
-from kq import batch as batchfmt
-from kq.index import ENTRY_SIZE
+from kq.engine import batch as batchfmt
+from kq.engine.index import ENTRY_SIZE
 
 
 def segment_path(data_dir, topic="t", partition=0, base=0):
@@ -174,7 +174,7 @@ def test_a_batch_finished_while_the_reader_looked_further_is_not_damage(data_dir
     # A reader finds a half-written batch; before it searches the rest of the
     # file for valid batches, the writer finishes that batch and appends the
     # next. The later valid batch must not make the finished one "corruption".
-    from kq.segment import classify_damage
+    from kq.engine.segment import classify_damage
 
     part = kq.DataDir(data_dir).get_or_create_topic("t")[0].partition(0)
     part.append([b"a"] * 10)

@@ -292,7 +292,7 @@ def test_a_reader_in_the_middle_of_old_segments_survives_compaction(data_dir):
         original.update({first + i: v for i, v in enumerate(values)})
     cursor = p.cursor(0)
     seen = [(r_off, v) for b in cursor.poll(max_bytes=1) for r_off, v in zip(b.offsets(), b.values)]
-    from kq.maintain import compact
+    from kq.engine.maintain import compact
 
     report = compact(p)
     assert report.records_removed > 0

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from test_faults import NOBODY, run_as, snapshot
 
 import kq
-from kq import batch as batchfmt
+from kq.engine import batch as batchfmt
+from kq.engine.names import check_name
 from kq.errors import CorruptLog, InvalidName, PartitionNotFound
-from kq.names import check_name
 
 NAME_CASES = 500  # hypothesis examples of arbitrary text tried as topic and group names
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder  # noqa: E402
 
-from kq import batch as kqbatch  # noqa: E402
+from kq.engine import batch as kqbatch  # noqa: E402
 from kq.serve import records  # noqa: E402
 
 CODECS = [records.NONE, records.GZIP, records.SNAPPY, records.LZ4, records.ZSTD]

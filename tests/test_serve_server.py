@@ -95,7 +95,7 @@ def test_without_the_kafka_extra_the_error_names_the_install_command(run_kq, tmp
 
 def test_kq_and_its_other_commands_never_import_the_protocol_libraries():
     code = (
-        "import sys, kq, kq.cli, kq.datadir, kq.group, kq.producer, kq.consumer, kq.serve;"
+        "import sys, kq, kq.cli, kq.engine.datadir, kq.groups.store, kq.producer, kq.consumer, kq.serve;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('kafka', 'crc32c', 'snappy', 'lz4', 'zstandard', 'asyncio')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -15,7 +15,7 @@ from conftest import KQ, wait_for
 from test_shell import complete_bash
 
 from kq import DataDir
-from kq.share import Shares
+from kq.share.shares import Shares
 
 
 def states(data_dir: str, share: str, topic: str) -> dict:
@@ -104,7 +104,7 @@ def test_a_failing_record_is_retried_after_backoff_then_dead_lettered_with_heade
 
 
 def test_the_backoff_grows_exponentially_up_to_its_cap(tmp_path):
-    from kq.share import ShareSettings
+    from kq.share.settings import ShareSettings
 
     s = ShareSettings("t.dlq", 10, 100, 1000)
     assert [s.backoff(n) for n in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]

@@ -1,4 +1,4 @@
-"""kq.share's state, in-process: ranges carved and settled, fitted to the log, parsed from untrusted bytes."""
+"""kq.share.state's state, in-process: ranges carved and settled, fitted to the log, parsed from untrusted bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kq.errors import CorruptFile, UnsupportedFormat
-from kq.share import ACQUIRED, AVAILABLE, PartitionState, Range, parse_lease, parse_state
+from kq.share.deliveries import parse_lease
+from kq.share.state import ACQUIRED, AVAILABLE, PartitionState, Range, parse_state
 
 
 def state_with(*ranges, start=0, next=20) -> PartitionState:

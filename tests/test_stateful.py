@@ -28,9 +28,10 @@ from hypothesis.stateful import (
 )
 
 import kq
-from kq import batch as batchfmt
 from kq.backends.local import LocalBackend
-from kq.group import GroupConsumer, Groups
+from kq.engine import batch as batchfmt
+from kq.groups.consumer import GroupConsumer
+from kq.groups.store import Groups
 from kq.offsetspec import ABSOLUTE, BEGINNING, END, FROM_END, RELATIVE, TIMESTAMP, OffsetSpec
 
 PARTITIONS = 2

@@ -16,9 +16,9 @@ import portalocker
 from conftest import wait_for
 
 import kq
-from kq import batch as batchfmt
-from kq.index import ENTRY_SIZE
-from kq.segment import BatchReader
+from kq.engine import batch as batchfmt
+from kq.engine.index import ENTRY_SIZE
+from kq.engine.segment import BatchReader
 
 ROW_KEYS = {"topic", "partition", "file", "position", "problem", "severity"}
 GAP_NOTE = "(only compaction, or a repair that quarantined them, leaves gaps)"

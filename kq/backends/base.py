@@ -13,7 +13,7 @@ cluster (``kq.backends.kafka``). The shape follows a Kafka client's:
 
 Readers and producers are the objects described by ``Reader`` and
 ``Producer`` below; the local ones are kq.consumer.Consumer,
-kq.group.GroupConsumer and kq.producer.Producer.
+kq.groups.consumer.GroupConsumer and kq.producer.Producer.
 """
 
 from __future__ import annotations

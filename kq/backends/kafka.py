@@ -26,6 +26,7 @@ import sys
 from collections import deque
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from ..engine.names import check_name
 from ..errors import (
     EXIT_USAGE,
     ClusterError,
@@ -37,7 +38,6 @@ from ..errors import (
     TopicExists,
     TopicNotFound,
 )
-from ..names import check_name
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from .base import Backend, PartitionInfo, TopicInfo
 from .kafka_settings import kafka_configs, kq_config, parse_brokers, redact
@@ -287,8 +287,8 @@ class KafkaBackend(Backend):
         )
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
+        from ..engine.topic import check_config
         from ..errors import UsageError
-        from ..topic import check_config
 
         check_name(topic)
         if not 1 <= partitions <= MAX_PARTITIONS:
@@ -305,7 +305,7 @@ class KafkaBackend(Backend):
     def alter_topic(self, topic: str, changes: dict) -> dict:
         from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-        from ..topic import check_config
+        from ..engine.topic import check_config
 
         self.partition_count(topic)  # TopicNotFound before anything else
         check_config(changes)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 
-from ..batch import Record
 from ..consumer import Slice
+from ..engine.batch import Record
 from ..errors import ClusterError
 from ..errors import warn as kq_warn
-from ..group import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, resume_offset
+from ..groups.consumer import resume_offset
+from ..groups.store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS
 from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, OffsetSpec
 
 POLL_SECONDS = 0.1  # how long a reader blocks for the next message when none is queued

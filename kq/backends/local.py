@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..consumer import Consumer
-from ..datadir import DataDir
+from ..engine.datadir import DataDir
+from ..engine.topic import Topic
 from ..errors import TopicNotFound
-from ..group import GroupConsumer, Groups, group_start_offsets
+from ..groups.consumer import GroupConsumer, group_start_offsets
+from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from ..producer import Producer
-from ..topic import Topic
 from .base import Backend, PartitionInfo, TopicInfo
 
 
@@ -79,7 +80,7 @@ class LocalBackend(Backend):
         self.data.delete_topic(topic)
 
     def trim(self, topic: str, before: OffsetSpec, partitions: list[int] | None = None) -> list[dict]:
-        from ..maintain import trim
+        from ..engine.maintain import trim
 
         t = self.topic(topic)
         rows = []
@@ -201,39 +202,39 @@ class LocalBackend(Backend):
         reset: str = "earliest",
         detach: bool = False,
     ):
-        from ..share import ShareConsumer
+        from ..share.consumer import ShareConsumer
 
         return ShareConsumer(
             self.data, self.topic(topic), share, changes, lease_ms=lease_ms, reset=reset, detach=detach
         )
 
     def share_settle(self, topic: str, share: str, leases: list[str], how: str, failure=None):
-        from ..share import ShareConsumer
+        from ..share.consumer import ShareConsumer
 
         with ShareConsumer(self.data, self.topic(topic), share, join=False, create=False) as consumer:
             return consumer.settle_leases(leases, how, failure)
 
     def share_names(self) -> list[str]:
-        from ..share import Shares
+        from ..share.shares import Shares
 
         return Shares(self.data).names()
 
     def shares_of_topic(self, topic: str) -> list[str]:
-        from ..share import Shares
+        from ..share.shares import Shares
 
         return Shares(self.data).shares_of_topic(topic)
 
     def describe_share(self, share: str) -> dict:
-        from ..share import describe_share
+        from ..share.describe import describe_share
 
         return describe_share(self.data, share)
 
     def delete_share(self, share: str) -> None:
-        from ..share import Shares
+        from ..share.shares import Shares
 
         Shares(self.data).delete(share)
 
     def share_offset_rows(self, topic: str, shares: list[str]) -> list[dict]:
-        from ..share import share_offset_rows
+        from ..share.describe import share_offset_rows
 
         return share_offset_rows(self.data, self.topic(topic), shares)

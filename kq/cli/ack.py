@@ -30,8 +30,8 @@ def lease_ids(leases: Optional[list[str]]) -> list[str]:
 
 
 def settle(ctx, topic: str, share: str, leases, how: str, json_output: bool, failure=None) -> None:
-    from ..names import check_name
-    from ..share import parse_lease
+    from ..engine.names import check_name
+    from ..share.deliveries import parse_lease
 
     s = settings(ctx)
     check_name(share, "share group")
@@ -44,7 +44,7 @@ def settle(ctx, topic: str, share: str, leases, how: str, json_output: bool, fai
     if ids:
         outcome = s.backend.share_settle(topic, share, ids, how, failure)
     else:  # `jq -r .lease batch.json | kq ack …` of an empty batch: nothing to settle
-        from ..share import Outcome
+        from ..share.deliveries import Outcome
 
         outcome = Outcome()
     if json_output:

@@ -1,4 +1,4 @@
-"""``kq bench``: produce and consume speed of this disk, like kafka-producer-perf-test (kq.bench)."""
+"""``kq bench``: produce and consume speed of this disk, like kafka-producer-perf-test (kq.ops.bench)."""
 
 import typer
 
@@ -41,7 +41,7 @@ def bench(
 
       kq --data-dir /mnt/fast bench --partitions 8 --keys 10000 --json
     """
-    from ..bench import run
+    from ..ops.bench import run
 
     s = settings(ctx)
     phases = run(s.data_dir("kq bench"), messages, size, partitions, keys, sync)

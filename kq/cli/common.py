@@ -1,7 +1,7 @@
 """What every command shares: the run's settings, option definitions, completion callbacks.
 
 Imported by every command module, so it imports nothing heavy: typer and the
-standard library only (completion reads directory entries through kq.location,
+standard library only (completion reads directory entries through kq.engine.location,
 or asks the Kafka cluster that -b names, within COMPLETION_TIMEOUT_MS).
 """
 
@@ -140,7 +140,7 @@ def duration_seconds(text) -> float:
 
 
 def _data_path(ctx: typer.Context) -> str:
-    from ..location import default_path
+    from ..engine.location import default_path
 
     return os.path.abspath(ctx.find_root().params.get("data_dir") or default_path())
 
@@ -149,7 +149,7 @@ def _completer(candidates):
     """A completion callback that filters by prefix and never fails into the shell.
 
     Completion runs on every Tab press: it only reads directory entries (see
-    kq.location), or asks a cluster with a short timeout, and must never
+    kq.engine.location), or asks a cluster with a short timeout, and must never
     print an error or write to the data directory.
     """
 
@@ -180,21 +180,21 @@ def _cluster(ctx: typer.Context):
 
 
 def _topic_candidates(ctx):
-    from ..location import topic_names
+    from ..engine.location import topic_names
 
     cluster = _cluster(ctx)
     return cluster.topic_names() if cluster is not None else topic_names(_data_path(ctx))
 
 
 def _group_candidates(ctx):
-    from ..location import group_names
+    from ..engine.location import group_names
 
     cluster = _cluster(ctx)
     return cluster.group_names() if cluster is not None else group_names(_data_path(ctx))
 
 
 def _partition_candidates(ctx):
-    from ..location import partition_count
+    from ..engine.location import partition_count
 
     # While an option's value is being completed, click leaves the positional
     # arguments unparsed in ctx.args.
@@ -205,7 +205,7 @@ def _partition_candidates(ctx):
 
 
 def _share_candidates(ctx):
-    from ..location import share_names
+    from ..engine.location import share_names
 
     return share_names(_data_path(ctx))
 

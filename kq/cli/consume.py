@@ -266,7 +266,7 @@ def write_rounds(rounds, write, source) -> int:
 
     Returns how many records were written.
     """
-    from ..fileio import write_all
+    from ..engine.fileio import write_all
 
     # Straight to the file descriptor, every byte or an error: sys.stdout.buffer's write returns a
     # short count without raising (a disk that filled, a file size limit, a reader that left), and
@@ -372,7 +372,7 @@ def share_options(
         changes["lease_ms"] = parse_duration(lease)
         if changes["lease_ms"] < 1:
             raise UsageError("a lease lasts at least 1 ms")
-        if changes["lease_ms"] > 24 * 3600 * 1000:  # kq.share.MAX_LEASE_MS
+        if changes["lease_ms"] > 24 * 3600 * 1000:  # kq.share.state.MAX_LEASE_MS
             raise UsageError("a lease lasts at most 24h")
     except UsageError as exc:
         raise bad_parameter(str(exc), "--lease") from None
@@ -388,7 +388,7 @@ def share_options(
     if max_attempts is not None:
         changes["max_attempts"] = max_attempts
     if dead_letter is not None:
-        from ..names import check_name
+        from ..engine.names import check_name
 
         try:
             changes["dead_letter"] = check_name(dead_letter)
@@ -400,7 +400,7 @@ def share_options(
 def consume_share(
     s, topic, share, changes, reset, write, json_output, command, batch, parallel, count, follow, timeout, exec_timeout
 ) -> None:
-    """--share: run CMD per record (kq.share_runner), or print records with their lease ids."""
+    """--share: run CMD per record (kq.share.runner), or print records with their lease ids."""
     lease_ms = changes.pop("lease_ms")
     # Without a command, the leases printed are a script's to settle after this worker exits.
     source = s.backend.share_reader(topic, share, changes, lease_ms=lease_ms, reset=reset, detach=command is None)
@@ -408,7 +408,7 @@ def consume_share(
         if count == 0:
             return
         if command is not None:
-            from ..share_runner import ShareRunner
+            from ..share.runner import ShareRunner
 
             runner = ShareRunner(
                 source, command, write, batch, parallel, count, follow, timeout, exec_timeout=exec_timeout
@@ -473,7 +473,7 @@ def print_leased(deliveries, write, json_output: bool) -> None:
             out.append(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
         else:
             out.append(d.lease.encode("ascii") + b"\t" + rendered)
-    from ..fileio import write_all
+    from ..engine.fileio import write_all
 
     sys.stdout.buffer.flush()
     write_all(sys.stdout.fileno(), *out)  # every byte or an error (see write_rounds)

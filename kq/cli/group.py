@@ -103,7 +103,7 @@ def group_describe(
     s = settings(ctx)
     backend = s.backend
     if group not in backend.group_names():
-        from ..names import check_name
+        from ..engine.names import check_name
 
         check_name(group, "group")
         if group in backend.share_names():

@@ -1,11 +1,11 @@
-"""``kq maintain``: retention and compaction now (kq.maintain)."""
+"""``kq maintain``: retention and compaction now (kq.engine.maintain)."""
 
 import sys
 
 import typer
 
+from ..engine.names import check_name
 from ..errors import KqError
-from ..names import check_name
 from .common import KqCommand, TopicsArgument, json_option, settings
 from .output import ProgressBars, count, emit_rows, error_text, human, is_terminal, print_json, setting_text
 
@@ -35,7 +35,7 @@ def maintain(
     """
     from dataclasses import asdict
 
-    from ..maintain import maintain_topic
+    from ..engine.maintain import maintain_topic
 
     s = settings(ctx)
     data = s.data_dir("kq maintain")

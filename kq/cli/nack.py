@@ -38,6 +38,6 @@ def nack(
 
       kq nack jobs --share s --dead-letter --reason 'bad address' 0:41:3fa9c2d1e0b4
     """
-    from ..share import Failure
+    from ..share.deliveries import Failure
 
     settle(ctx, topic, share, leases, "dead" if dead_letter else "nack", json_output, Failure(reason))

@@ -53,7 +53,7 @@ def offsets_show(
 
       kq offsets show orders -g billing --json | jq 'map(.lag) | add'
     """
-    from ..names import check_name
+    from ..engine.names import check_name
 
     s = settings(ctx)
     s.backend.partition_count(topic)  # an unknown topic fails before any group is listed
@@ -100,7 +100,7 @@ def offsets_reset(
 
       kq offsets reset orders -g billing --to -100 -p 3     [dim]# replay 100 on partition 3[/dim]
     """
-    from ..names import check_name
+    from ..engine.names import check_name
     from ..offsetspec import parse_spec
 
     s = settings(ctx)

@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False)  # only the top-level kq offers completi
 
 def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
     """NAME=VALUE pairs; NAME alone (no '=') gives a null value, as kcat's -H does."""
-    from ..framing import arg_bytes
+    from ..engine.framing import arg_bytes
 
     out: list[tuple[str, bytes | None]] = []
     for h in headers:
@@ -33,7 +33,7 @@ def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
 
 def delimiter_bytes(delimiter: Optional[str], null: bool, default: bytes = b"\n") -> bytes:
     """The bytes of -D STR (escapes understood) or -0."""
-    from ..framing import unescape
+    from ..engine.framing import unescape
 
     if null and delimiter is not None:
         raise bad_parameter("use either -D/--delimiter or -0/--null", "-0")
@@ -90,7 +90,7 @@ class ProduceTarget:
 
     def need_partition(self, number: int, line_no: int) -> None:
         """Check that a record may go to partition ``number``, growing a topic created here."""
-        from ..datadir import MAX_PARTITIONS
+        from ..engine.datadir import MAX_PARTITIONS
 
         if self.count is not None and not self.created:
             if not 0 <= number < self.count:
@@ -190,7 +190,7 @@ def produce(
 
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
     """
-    from ..framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
+    from ..engine.framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
 
     s = settings(ctx)
     delim = delimiter_bytes(delimiter, null)

@@ -1,5 +1,5 @@
-"""``kq replicate``: keep another data directory a batch-exact copy of chosen topics (kq.replicate),
-or copy topics between a data directory and a Kafka cluster (kq.bridge)."""
+"""``kq replicate``: keep another data directory a batch-exact copy of chosen topics (kq.ops.replicate),
+or copy topics between a data directory and a Kafka cluster (kq.ops.bridge)."""
 
 import sys
 from typing import Optional
@@ -74,7 +74,7 @@ def replicate(
 
       kq replicate orders --from kafka://broker:9092 --to ./kq-data
     """
-    from ..bridge import kafka_url
+    from ..ops.bridge import kafka_url
 
     s = settings(ctx)
     if all_topics and topics:
@@ -128,8 +128,8 @@ class TopicErrors:
 
 
 def _replicate_directory(s, names, to, follow, truncate, verify, json_output) -> None:
-    from ..datadir import DataDir
-    from ..replicate import Replicator, report_dict
+    from ..engine.datadir import DataDir
+    from ..ops.replicate import Replicator, report_dict
 
     source = s.data_dir("kq replicate")
     replicator = Replicator(source, DataDir(to), truncate=truncate)
@@ -190,14 +190,14 @@ def _replicate_directory(s, names, to, follow, truncate, verify, json_output) ->
 
 
 def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json_output) -> None:
-    """A copy between the data directory and a cluster (kq.bridge)."""
+    """A copy between the data directory and a cluster (kq.ops.bridge)."""
     import os
 
     from ..backends.base import Backend
     from ..backends.kafka import KafkaBackend
     from ..backends.local import LocalBackend
-    from ..bridge import BRIDGES_DIR, Bridge, peer_name, report_dict
-    from ..datadir import DataDir
+    from ..engine.datadir import DataDir
+    from ..ops.bridge import BRIDGES_DIR, Bridge, peer_name, report_dict
 
     source: Backend
     target: Backend
@@ -259,7 +259,7 @@ def _bridge(s, names, to, from_cluster, to_cluster, follow, groups, verify, json
 
 
 def _verify_bridge(bridge, names, where: str, json_output: bool) -> None:
-    from ..bridge import report_dict
+    from ..ops.bridge import report_dict
 
     def group_note(g) -> str:
         return (

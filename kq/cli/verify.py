@@ -1,4 +1,4 @@
-"""``kq verify``: check, and with --repair fix, every file of a data directory (kq.verify)."""
+"""``kq verify``: check, and with --repair fix, every file of a data directory (kq.ops.verify)."""
 
 import typer
 
@@ -39,7 +39,7 @@ def verify_command(
 
       kq verify --json | jq -r '.[] | select(.severity == "error") | .file'
     """
-    from ..verify import ERROR, WARNING, Verifier
+    from ..ops.verify import ERROR, WARNING, Verifier
 
     s = settings(ctx)
     verifier = Verifier(s.data_dir("kq verify"), repair=repair)

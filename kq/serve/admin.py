@@ -21,7 +21,7 @@ from kafka.protocol.admin import (
 )
 
 from ..backends.kafka_settings import KQ_NAMES
-from ..topic import DEFAULT_CONFIG, check_config
+from ..engine.topic import DEFAULT_CONFIG, check_config
 from . import codes, topic_configs
 from .cluster_info import broker_configs
 from .storage import KqError, Storage, TopicExists, TopicNotFound, check_name

@@ -38,8 +38,8 @@ from kafka.protocol.consumer import (
 )
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
-from ..group import MAX_COMMIT_METADATA
-from ..group import Member as KqMember
+from ..groups.member import Member as KqMember
+from ..groups.store import MAX_COMMIT_METADATA
 from . import codes
 from .storage import GroupNotFound, InvalidName, KqError, Storage, TopicNotFound, check_name
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import time
 
-from ..batch import Payload
-from ..batch import pack as pack_batch
-from ..cursor import Cursor
-from ..datadir import DataDir
+from ..engine.batch import Payload
+from ..engine.batch import pack as pack_batch
+from ..engine.cursor import Cursor
+from ..engine.datadir import DataDir
+from ..engine.names import check_name
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
-from ..group import CommittedOffset, Groups, Member
-from ..names import check_name
+from ..groups.member import Member
+from ..groups.store import CommittedOffset, Groups
 
 # The engine's errors and name check, for the rest of kq/serve.
 __all__ = [
@@ -109,7 +110,7 @@ class Storage:
 
     def trim(self, name: str, partition: int, before: int) -> int:
         """Delete the records before ``before`` (at most the end); the new start offset."""
-        from ..maintain import trim
+        from ..engine.maintain import trim
 
         return trim(self.topic(name).partition(partition), before).start_offset
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from ..backends.kafka_settings import KQ_NAMES, kafka_configs, kq_config
-from ..topic import DEFAULT_CONFIG, LARGEST
+from ..engine.topic import DEFAULT_CONFIG, LARGEST
 
 # DescribeConfigs' config types
 BOOLEAN, STRING, INT, LONG, DOUBLE, LIST = 1, 2, 3, 5, 6, 7

@@ -1,4 +1,4 @@
-"""kq.batch and kq.index in-process: the bytes FORMAT.md describes, exactly."""
+"""kq.engine.batch and kq.engine.index in-process: the bytes FORMAT.md describes, exactly."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from kq import batch as batchfmt
-from kq.index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, IndexBuilder, pack_entries
+from kq.engine import batch as batchfmt
+from kq.engine.index import ENTRY, INTERVAL_BYTES, NO_TIMESTAMP, IndexBuilder, pack_entries
 
 
 def test_header_fields_sit_where_format_md_says():

@@ -1,4 +1,4 @@
-"""The bridge's record of a copy: which source offsets became which target offsets (kq.bridge)."""
+"""The bridge's record of a copy: which source offsets became which target offsets (kq.ops.bridge)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from kq.bridge import MAX_RUNS, BridgeState, PartitionState, kafka_url, peer_name
 from kq.errors import CorruptFile, KqError
+from kq.ops.bridge import MAX_RUNS, BridgeState, PartitionState, kafka_url, peer_name
 
 
 def copied(*runs, source_next=None, target_start=0) -> PartitionState:

@@ -14,8 +14,8 @@ import select
 import time
 from itertools import repeat
 
+from ..errors import KqError, MessageTooLarge
 from .batch import MAX_BATCH_BYTES
-from .errors import KqError, MessageTooLarge
 
 READ_SIZE = 1024 * 1024
 BATCH_BYTES = 1024 * 1024

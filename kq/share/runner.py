@@ -8,7 +8,7 @@ acknowledged, otherwise released for another attempt after the group's
 backoff (or dead-lettered at the last attempt), with the exit status and
 the last lines of the command's stderr (which is also passed through).
 A command that runs longer than ``exec_timeout`` is stopped (SIGTERM, then
-SIGKILL after ``KILL_GRACE_SECONDS``) and counts as failed.
+SIGKILL after ``kq.share.commands.KILL_GRACE_SECONDS``) and counts as failed.
 
 One thread waits for everything (a selector over the commands' pipes and
 process descriptors), so no lock is ever held while a command is forked.
@@ -18,27 +18,19 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
 import time
 from collections import deque
-from typing import IO
 
-from .consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
-from .runner import signals_held, stop_command
-from .share import Delivery, Failure, ShareConsumer
+from ..consumer import BUSY_SECONDS, IDLE_POLL_SECONDS, POLL_SECONDS, IdleClock
+from ..runner import signals_held, stop_command
+from .commands import Commands, Job
+from .consumer import ShareConsumer
+from .deliveries import Delivery
 
-STDERR_TAIL_BYTES = 4096  # kept of each command's stderr, for the dead-letter headers
-STDERR_TAIL_LINES = 10
-READ_CHUNK = 65536
 # Records whose command succeeded are acknowledged with the next acquisition
 # (one state change for both), or after this long if no acquisition comes.
 ACK_SECONDS = 0.05
-# A command stopped for running too long gets this long after SIGTERM to exit before SIGKILL.
-KILL_GRACE_SECONDS = 5.0
 
 
 def _text(data: bytes | None) -> tuple[str, bool]:
@@ -98,39 +90,6 @@ def in_runs(deliveries: list[Delivery], size: int) -> list[list[Delivery]]:
     return out
 
 
-class _Job:
-    """One running command and the records it was given."""
-
-    def __init__(self, proc: subprocess.Popen, deliveries: list[Delivery], stdin: bytes):
-        assert proc.stdin is not None and proc.stderr is not None  # opened as pipes
-        self.proc = proc
-        self.stdin_pipe: IO[bytes] = proc.stdin
-        self.stderr_pipe: IO[bytes] = proc.stderr
-        self.deliveries = deliveries
-        self.stdin: memoryview | None = memoryview(stdin)  # what is left to write; None once closed
-        self.tail = bytearray()
-        self.pidfd: int | None = None
-        self.status: int | None = None
-        self.lost = False  # its lease could not be extended: the records may be another worker's now
-        self.deadline: float | None = None  # monotonic time: stopped if still running then
-        self.timed_out: float | None = None  # the exec timeout it ran past (seconds), once stopped for it
-
-    def failed(self) -> bool:
-        return self.status != 0 or self.timed_out is not None
-
-    def failure(self) -> Failure:
-        lines = self.tail.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:]
-        status = self.status if self.status is not None else -1
-        how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-        if self.timed_out is not None:
-            return Failure(
-                f"command ran longer than --exec-timeout ({self.timed_out:g} s) and was {how}",
-                status,
-                "\n".join(lines),
-            )
-        return Failure(f"command {how}", status, "\n".join(lines))
-
-
 class ShareRunner:
     """Feeds a share group's records to ``command`` (see the module docstring).
 
@@ -173,13 +132,11 @@ class ShareRunner:
         # Records whose command failed in this run and that this worker has not acknowledged
         # since (dead-lettered, or waiting for a retry): a run that leaves any has failed.
         self._failed_records: set[tuple[int, int]] = set()
-        self._jobs: dict[int, _Job] = {}
+        self._commands = Commands(command, stderr if stderr is not None else sys.stderr.buffer, exec_timeout)
+        self._jobs = self._commands.jobs  # running, by pid
         self._queue: deque[list[Delivery]] = deque()  # runs acquired, waiting for a free slot
         self._to_ack: list[Delivery] = []  # succeeded, acknowledged with the next acquisition
         self._ack_since = 0.0
-        self._selector = selectors.DefaultSelector()
-        # Encoded once: Popen would encode every variable again for every record.
-        self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
         self._next_poll = 0.0
         self._extend_every = max(consumer.lease_ms / 3000, 0.05)
         self._next_extend = time.monotonic() + self._extend_every
@@ -215,7 +172,7 @@ class ShareRunner:
             self._stop_all()
             raise
         finally:
-            self._selector.close()
+            self._commands.close()
         # (the acknowledgements left are flushed above before every return)
 
     def _done_acquiring(self) -> bool:
@@ -267,144 +224,28 @@ class ShareRunner:
         self.lost += len(out.not_held)
 
     def _spawn(self, deliveries: list[Delivery]) -> None:
-        env = dict(self._base_env)
-        for k, v in record_environment(self.consumer.topic.name, self.consumer.share, deliveries).items():
-            env[k.encode()] = v.encode("utf-8", "surrogateescape")
+        env = record_environment(self.consumer.topic.name, self.consumer.share, deliveries)
         stdin = b"".join(self.write(d.partition, d.batch, d.index, d.index + 1) for d in deliveries)
-        # Its own process group, so that stopping kq stops the whole command.
-        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
-        proc = subprocess.Popen(
-            self.command, shell=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **group
-        )
-        job = _Job(proc, deliveries, stdin)
-        if self.exec_timeout is not None:
-            job.deadline = time.monotonic() + self.exec_timeout
-        self._jobs[proc.pid] = job
-        os.set_blocking(job.stderr_pipe.fileno(), False)
-        self._selector.register(job.stderr_pipe, selectors.EVENT_READ, ("stderr", job))
-        try:
-            job.pidfd = os.pidfd_open(proc.pid)
-            self._selector.register(job.pidfd, selectors.EVENT_READ, ("exit", job))
-        except (AttributeError, OSError):
-            job.pidfd = None  # no pidfd (old kernel): exits are polled
-        self._feed(job)
-        if job.stdin is not None:
-            os.set_blocking(job.stdin_pipe.fileno(), False)
-            self._selector.register(job.stdin_pipe, selectors.EVENT_WRITE, ("stdin", job))
-
-    def _feed(self, job: _Job) -> None:
-        """Write what the command's stdin takes now; close it when all is written (or it stopped reading)."""
-        try:
-            while job.stdin:
-                written = os.write(job.stdin_pipe.fileno(), job.stdin)
-                job.stdin = job.stdin[written:]
-        except BlockingIOError:
-            return
-        except BrokenPipeError:
-            pass  # it stopped reading: its exit status says whether it succeeded
-        if self._registered(job.stdin_pipe):
-            self._selector.unregister(job.stdin_pipe)
-        job.stdin_pipe.close()
-        job.stdin = None
-
-    def _registered(self, fileobj) -> bool:
-        try:
-            self._selector.get_key(fileobj)
-            return True
-        except (KeyError, ValueError):
-            return False
+        self._commands.spawn(deliveries, env, stdin)
 
     def _wait(self) -> None:
         now = time.monotonic()
         timeout = self._next_extend - now
         if len(self._jobs) < self.parallel and not self._done_acquiring():
             timeout = min(timeout, max(self._next_poll - now, POLL_SECONDS))
-        if any(job.pidfd is None for job in self._jobs.values()):
-            timeout = min(timeout, 0.01)
-        deadlines = [job.deadline for job in self._jobs.values() if job.deadline is not None]
-        if deadlines:
-            timeout = min(timeout, min(deadlines) - now)
-        finished = []
-        for key, _ in self._selector.select(max(timeout, 0)):
-            what, job = key.data
-            if what == "stdin":
-                self._feed(job)
-            elif what == "stderr":
-                self._read_stderr(job)
-            elif what == "exit":
-                finished.append(job)
-        for job in self._jobs.values():
-            if job.pidfd is None and job.proc.poll() is not None:
-                finished.append(job)
+        finished = self._commands.wait(timeout)
         if finished:
             self._finish(finished)
-        self._stop_overdue()
+        self._commands.stop_overdue()
 
-    def _stop_overdue(self) -> None:
-        """SIGTERM to the process group of each command past --exec-timeout; SIGKILL to one that
-        is still there ``KILL_GRACE_SECONDS`` later. Its exit comes through the selector."""
-        now = time.monotonic()
-        for job in self._jobs.values():
-            if job.deadline is None or now < job.deadline:
-                continue
-            if job.timed_out is None:
-                job.timed_out = self.exec_timeout
-                job.deadline = now + KILL_GRACE_SECONDS
-                sig = signal.SIGTERM
-            else:
-                job.deadline = None
-                sig = signal.SIGKILL
-            try:
-                os.killpg(job.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def _read_stderr(self, job: _Job) -> bool | None:
-        """Pass on what the command wrote to stderr, keeping its tail: True if it read some,
-        None if there is none now, False at its end."""
-        try:
-            chunk = os.read(job.stderr_pipe.fileno(), READ_CHUNK)
-        except BlockingIOError:
-            return None
-        if not chunk:
-            self._selector.unregister(job.stderr_pipe)
-            return False
-        job.tail += chunk
-        del job.tail[:-STDERR_TAIL_BYTES]
-        try:
-            self.stderr.write(chunk)
-            self.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        return True
-
-    def _close(self, job: _Job) -> None:
-        if job.stdin is not None:
-            if self._registered(job.stdin_pipe):
-                self._selector.unregister(job.stdin_pipe)
-            job.stdin_pipe.close()
-            job.stdin = None
-        # What it wrote before it exited (a child that outlives it is not waited for).
-        while self._registered(job.stderr_pipe) and self._read_stderr(job):
-            pass
-        if self._registered(job.stderr_pipe):
-            self._selector.unregister(job.stderr_pipe)
-        job.stderr_pipe.close()
-        if job.pidfd is not None:
-            self._selector.unregister(job.pidfd)
-            os.close(job.pidfd)
-            job.pidfd = None
-
-    def _finish(self, jobs: list[_Job]) -> None:
+    def _finish(self, jobs: list[Job]) -> None:
         with signals_held():  # each job's records are settled or still to acknowledge when an interrupt comes
             self._settle_finished(jobs)
 
-    def _settle_finished(self, jobs: list[_Job]) -> None:
+    def _settle_finished(self, jobs: list[Job]) -> None:
         ok: list[Delivery] = []
         for job in jobs:
-            job.status = job.proc.wait()
-            self._close(job)
-            del self._jobs[job.proc.pid]
+            self._commands.reap(job)
             if job.lost:
                 continue
             if not job.failed():
@@ -463,7 +304,7 @@ class ShareRunner:
             stop_command(job.proc)
         for job in jobs:
             try:
-                self._close(job)
+                self._commands.close_job(job)
             except OSError:
                 pass
         self._jobs.clear()

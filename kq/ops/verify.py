@@ -25,16 +25,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from . import batch as batchfmt
-from .datadir import DataDir
-from .errors import CorruptFile, CorruptLog, DataDirError, KqError, NotRegularFile, TopicNotFound, UsageError
-from .fileio import atomic_write, file_kind, fsync_dir, open_regular, shown, try_lock, write_all
-from .group import CLAIM_SUFFIX, MEMBER_SUFFIX, MEMBERS_DIR, OFFSET_SUFFIX, Groups, _read_member, partition_of
-from .index import ENTRY_SIZE, INTERVAL_BYTES, Index, IndexBuilder, pack_entries
-from .location import TOPIC_FILE
-from .maintain import COMPACT_SUFFIX
-from .partition import MAINTENANCE_LOCK, START_NAME, WRITER_LOCK, Partition
-from .segment import (
+from ..engine import batch as batchfmt
+from ..engine.datadir import DataDir
+from ..engine.fileio import atomic_write, file_kind, fsync_dir, open_regular, shown, try_lock, write_all
+from ..engine.index import ENTRY_SIZE, INTERVAL_BYTES, Index, IndexBuilder, pack_entries
+from ..engine.location import TOPIC_FILE
+from ..engine.log_writer import WRITER_LOCK
+from ..engine.maintain import COMPACT_SUFFIX
+from ..engine.partition import MAINTENANCE_LOCK, START_NAME, Partition
+from ..engine.segment import (
     DAMAGED,
     INDEX_SUFFIX,
     MAX_OFFSET,
@@ -47,7 +46,9 @@ from .segment import (
     list_segments,
     quarantine_name,
 )
-from .topic import Topic
+from ..engine.topic import Topic
+from ..errors import CorruptFile, CorruptLog, DataDirError, KqError, NotRegularFile, TopicNotFound, UsageError
+from ..groups.store import CLAIM_SUFFIX, MEMBER_SUFFIX, MEMBERS_DIR, OFFSET_SUFFIX, Groups, _read_member, partition_of
 
 ERROR = "error"  # the partition cannot be read as written: exit 1 until repaired
 WARNING = "warning"  # surprising but readable (a group behind the start offset, a crash's torn tail)
@@ -791,7 +792,9 @@ class Verifier:
     def _share_states(self, topic: Topic, ranges: dict[int, tuple[int, int] | None]):
         """Each share group's files for this topic (kq.share): settings and partition states that
         parse and fit the partition, lock files that are regular files, live workers' member files."""
-        from .share import LOCK_SUFFIX, SETTINGS_FILE, STATE_SUFFIX, Shares, dead_letter_topic
+        from ..share.settings import SETTINGS_FILE, dead_letter_topic
+        from ..share.shares import Shares
+        from ..share.state import LOCK_SUFFIX, STATE_SUFFIX
 
         shares = Shares(self.data)
         for share in shares.shares_of_topic(topic.name):
@@ -876,8 +879,8 @@ def _quarantine_offsets(p: Problem, group: str, directory: str) -> None:
 
 def _quarantine_share_state(p: Problem, share: str, directory: str) -> None:
     # Under the partition's share lock: no worker reads or replaces the file meanwhile.
-    from .fileio import read_small
-    from .share import LOCK_SUFFIX, MAX_STATE_BYTES, parse_state
+    from ..engine.fileio import read_small
+    from ..share.state import LOCK_SUFFIX, MAX_STATE_BYTES, parse_state
 
     _move_aside(
         p,
@@ -969,7 +972,8 @@ def _share_state_unsound(topic: Topic, number: int, path: str, share: str, state
     """What a worker would not follow in a share state (every file is untrusted input): records
     dead-lettered to another topic than the group's dead-letter topic, a lease longer than any kq
     grants, a lease held by something that is not a worker."""
-    from .share import ACQUIRED, DEAD_LETTERING, MAX_LEASE_MS, WORKER_ID, boot_id, clock_ms
+    from ..share.consumer import WORKER_ID
+    from ..share.state import ACQUIRED, DEAD_LETTERING, MAX_LEASE_MS, boot_id, clock_ms
 
     if (topic.id is not None and state.topic_id not in (None, topic.id)) or number >= topic.partition_count:
         return  # a state nobody reads (_share_state_in_range warns of it)

@@ -11,10 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from .consumer import Consumer
-from .datadir import DataDir
-from .errors import KqError
-from .producer import Producer
+from ..consumer import Consumer
+from ..engine.datadir import DataDir
+from ..errors import KqError
+from ..producer import Producer
 
 BATCH_MESSAGES = 10_000  # about what `kq produce` packs per batch from a fast pipe
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import CorruptLog
 from . import batch as batchfmt
 from . import segment
-from .errors import CorruptLog
 from .fileio import fsync_dir, open_regular, write_all
 from .index import Index, IndexBuilder
 from .partition import Partition, now_ms

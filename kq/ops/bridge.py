@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import zip_longest
 
-from .backends.base import Backend, Producer, Reader
-from .errors import ClusterError, CorruptFile, GroupBusy, KqError, ReplicaBusy, TopicNotFound
-from .errors import warn as kq_warn
-from .fileio import FileLock, atomic_write, integer_field, make_dirs, read_metadata, shown
-from .offsetspec import ABSOLUTE, OffsetRange, OffsetSpec
+from ..backends.base import Backend, Producer, Reader
+from ..engine.fileio import FileLock, atomic_write, integer_field, make_dirs, read_metadata, shown
+from ..errors import ClusterError, CorruptFile, GroupBusy, KqError, ReplicaBusy, TopicNotFound
+from ..errors import warn as kq_warn
+from ..offsetspec import ABSOLUTE, OffsetRange, OffsetSpec
 
 BRIDGES_DIR = "bridges"
 LOCK_NAME = "lock"
@@ -67,7 +67,7 @@ def kafka_url(text: str) -> str | None:
     """The brokers of ``kafka://HOST:PORT[,HOST:PORT...]``, or None if ``text`` is not such a URL."""
     if not text.startswith("kafka://"):
         return None
-    from .backends.kafka_settings import parse_brokers
+    from ..backends.kafka_settings import parse_brokers
 
     return parse_brokers(text)
 

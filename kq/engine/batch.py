@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 
 import msgpack
 
-from .errors import CorruptLog, MessageTooLarge
+from ..errors import CorruptLog, MessageTooLarge
 
 # The last byte of the magic is the batch format version.
 MAGIC = b"KQB\x01"
@@ -86,7 +86,7 @@ class Payload(NamedTuple):
     last_offset_delta: int
     base_timestamp: int
     max_timestamp: int
-    # Some header value is null: the data directory must be format 2 (kq.datadir.NULL_HEADER_FORMAT)
+    # Some header value is null: the data directory must be format 2 (kq.engine.datadir.NULL_HEADER_FORMAT)
     # before the batch is written, so that an older kq refuses the directory instead of the batch.
     null_header_values: bool = False
     attributes: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InvalidName, KqError
+from ..errors import InvalidName, KqError
 from .names import check_name
 
 TOPICS_DIR = "topics"

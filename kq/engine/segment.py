@@ -19,9 +19,9 @@ import os
 import stat
 from dataclasses import dataclass
 
+from ..errors import CorruptFile, CorruptLog
 from . import batch as batchfmt
 from .batch import MAX_OFFSET, BatchHeader
-from .errors import CorruptFile, CorruptLog
 from .fileio import atomic_write, open_regular
 from .index import NO_TIMESTAMP, Index, IndexBuilder, last_valid_entry
 

@@ -15,14 +15,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from .cursor import Cursor
-from .datadir import DataDir, read_format, require_format
-from .errors import Diverged, KqError, ReplicaBusy, TopicNotFound
-from .fileio import FileLock
-from .group import Groups
-from .maintain import trim
-from .partition import Partition
-from .topic import Topic
+from ..engine.cursor import Cursor
+from ..engine.datadir import DataDir, read_format, require_format
+from ..engine.fileio import FileLock
+from ..engine.maintain import trim
+from ..engine.partition import Partition
+from ..engine.topic import Topic
+from ..errors import Diverged, KqError, ReplicaBusy, TopicNotFound
+from ..groups.store import Groups
 
 LOCK_NAME = "replicate.lock"
 COPY_BYTES = 8 * 1024 * 1024
@@ -335,7 +335,7 @@ class Replicator:
 
     def _copy_shares(self, src: Topic, rep: Topic) -> None:
         """Carry share groups' settings and states over, cut back to what the replica holds."""
-        from .share import copy_share_state
+        from ..share.shares import copy_share_state
 
         copy_share_state(self.source, self.replica, src, rep)
 

@@ -19,18 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
-from collections.abc import Iterator
 from typing import NamedTuple
 
-from .consumer import POLL_SECONDS, Consumer, IdleClock, Slice
-from .datadir import DataDir
-from .errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
-from .errors import warn as kq_warn
-from .fileio import (
-    FileLock,
+from ..engine.datadir import DataDir
+from ..engine.fileio import (
     atomic_write,
     integer_field,
     is_locked,
@@ -40,10 +34,11 @@ from .fileio import (
     shown,
     try_lock,
 )
-from .location import MAX_PARTITIONS, group_names, named_directories
-from .names import check_name
-from .segment import MAX_OFFSET
-from .topic import MAX_TOPIC_ID, Topic, check_inside
+from ..engine.location import MAX_PARTITIONS, group_names, named_directories
+from ..engine.names import check_name
+from ..engine.segment import MAX_OFFSET
+from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
+from ..errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 
 OFFSET_SUFFIX = ".offset"
 CLAIM_SUFFIX = ".lock"
@@ -274,249 +269,3 @@ def _read_member(path: str, member_id: str) -> dict:
         # give two members the same partitions.
         raise CorruptFile(path, f"member {shown(info['member'])} in the file of member {member_id}")
     return info
-
-
-def initial_offset(partition, reset: str) -> int:
-    return partition.start_offset() if reset == "earliest" else partition.end_offset()
-
-
-class Member:
-    """This process's membership of a group on one topic."""
-
-    def __init__(self, groups: Groups, group: str, topic: str):
-        self.groups = groups
-        self.group = group
-        self.topic = topic
-        self.dir = groups._dir(group, topic)
-        # Ids sort by joining time, so the longest-lived member keeps rank 0.
-        self.id = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._member_file: FileLock | None = None
-        self._touched = 0.0
-        self._claims: dict[int, FileLock] = {}
-
-    def join(self) -> None:
-        members = os.path.join(self.dir, MEMBERS_DIR)
-        self.groups.data.ensure()
-        make_dirs(members)
-        # Lock the file before it gets its final name, so that no prober can
-        # ever see it unlocked and take it for a dead member's.
-        tmp = os.path.join(members, f".{self.id}.joining")
-        lock = try_lock(tmp, create=True)
-        if lock is None:  # a name of this process's own: nobody else takes it
-            raise KqError(f"cannot join group '{self.group}': {tmp} is locked")
-        info = {
-            "member": self.id,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "topic": self.topic,
-            "joined_at": time.time_ns() // 1_000_000,
-        }
-        lock.write(json.dumps(info))
-        os.rename(tmp, os.path.join(members, self.id + MEMBER_SUFFIX))
-        self._member_file = lock
-        self._touched = time.monotonic()
-
-    def touch(self) -> None:
-        """Show that this member is making progress (its member file's time), at most once a second.
-
-        A member that stops calling this (stopped with SIGSTOP, stuck in an
-        --exec command) still holds its partitions; `kq group describe`
-        shows how long it has been idle so that a user can find and kill it.
-        """
-        now = time.monotonic()
-        if self._member_file is not None and now - self._touched >= PROGRESS_SECONDS:
-            self._touched = now
-            try:
-                os.utime(self._member_file.fileno())
-            except OSError:
-                pass  # a missing member file is tidied up by the next prober; nothing to show
-
-    def live_ids(self) -> list[str]:
-        return sorted(m["member"] for m in self.groups.members(self.group, self.topic))
-
-    def assignment(self, partition_count: int) -> set[int]:
-        ids = self.live_ids()
-        if self.id not in ids:
-            ids = sorted(ids + [self.id])
-        rank, size = ids.index(self.id), len(ids)
-        return {p for p in range(partition_count) if p % size == rank}
-
-    def claim(self, partition: int) -> bool:
-        lock = try_lock(os.path.join(self.dir, f"{partition}{CLAIM_SUFFIX}"), create=True)
-        if lock is None:
-            return False
-        lock.write(self.id)
-        self._claims[partition] = lock
-        return True
-
-    def release(self, partition: int) -> None:
-        lock = self._claims.pop(partition, None)
-        if lock is not None:
-            lock.close()
-
-    @property
-    def owned(self) -> set[int]:
-        return set(self._claims)
-
-    def leave(self) -> None:
-        for p in list(self._claims):
-            self.release(p)
-        if self._member_file is not None:
-            try:
-                os.unlink(os.path.join(self.dir, MEMBERS_DIR, self.id + MEMBER_SUFFIX))
-            except FileNotFoundError:
-                pass
-            self._member_file.close()
-            self._member_file = None
-
-
-class GroupConsumer:
-    """Consume a topic as a member of a group, committing what the caller marks.
-
-    The caller writes each round of slices out, then calls ``mark`` with the
-    offset after what it wrote; marks are committed when the next round is
-    asked for, before a partition is handed to another member, and on
-    ``close``. So a commit never covers a record that was not written out.
-    """
-
-    def __init__(
-        self,
-        data: DataDir,
-        topic: Topic,
-        group: str,
-        follow: bool = False,
-        reset: str = "earliest",
-        poll_seconds: float = POLL_SECONDS,
-        warn=None,
-    ):
-        if reset not in ("earliest", "latest"):
-            raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
-        self.groups = Groups(data)
-        self.topic = topic
-        self.group = check_name(group, "group")
-        self.follow = follow
-        self.reset = reset
-        self.poll_seconds = poll_seconds
-        self.member = Member(self.groups, group, topic.name)
-        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
-        self.consumer.who = f"group '{self.group}'"
-        self.timed_out = False
-        self.warn = warn or kq_warn
-        self._marks: dict[int, int] = {}
-        self._committed: dict[int, int] = {}
-        self._wanted: set[int] = set()
-        self._last_commit = 0.0
-
-    def mark(self, partition: int, offset: int) -> None:
-        if partition in self.member.owned:
-            self._marks[partition] = offset
-
-    def stop_partition(self, partition: int) -> None:
-        """Read no more of ``partition`` in this run; it stays this member's (claimed) until it leaves."""
-        self.consumer.remove(partition)
-
-    def commit(self, partitions=None) -> None:
-        self._last_commit = time.monotonic()
-        for p in list(self._marks) if partitions is None else partitions:
-            offset = self._marks.get(p)
-            if offset is not None and offset != self._committed.get(p):
-                self.groups.commit(self.group, self.topic, p, offset)
-                self._committed[p] = offset
-            # Forgotten only once committed: a SIGTERM inside the write above
-            # leaves the mark for close() to commit.
-            if self._marks.get(p) == offset:
-                self._marks.pop(p, None)
-
-    def _rebalance(self) -> None:
-        self._wanted = self.member.assignment(self.topic.partition_count)
-        for p in sorted(self.member.owned - self._wanted):
-            self.commit([p])
-            self.consumer.remove(p)
-            self.member.release(p)
-        for p in sorted(self._wanted - self.member.owned):
-            if self.member.claim(p):
-                committed = self.groups.committed(self.group, self.topic).get(p)
-                start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
-                if warning:
-                    self.warn(warning)
-                self._committed[p] = committed  # type: ignore[assignment]
-                self.consumer.add(p, start)
-                if start != committed:
-                    # Remember where --reset put the group, as Kafka does,
-                    # so that `latest` means "from when the group started".
-                    self._marks[p] = start
-
-    def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
-        """Rounds of slices from the partitions this member owns (see Consumer.rounds)."""
-        self.member.join()
-        next_rebalance = 0.0
-        patience = time.monotonic() + CLAIM_PATIENCE_SECONDS
-        idle = IdleClock(idle_timeout)
-        while True:
-            now = time.monotonic()
-            self.member.touch()
-            if now - self._last_commit >= COMMIT_SECONDS:
-                self.commit()
-            if now >= next_rebalance:
-                self._rebalance()
-                next_rebalance = now + REBALANCE_SECONDS
-            slices = self.consumer.poll()
-            if slices:
-                idle.reset()
-                yield slices
-                continue
-            self.commit()  # caught up: what was written is committed before any wait
-            if idle.expired():
-                self.timed_out = True
-                return
-            if not self.follow and self.consumer.finished():
-                if self._wanted <= self.member.owned or now > patience:
-                    return
-            idle.pause(self.poll_seconds)
-
-    def close(self) -> None:
-        try:
-            self.commit()
-        finally:
-            self.consumer.close()
-            self.member.leave()
-
-
-def group_start_offsets(
-    data: DataDir, topic: Topic, group: str, reset: str = "earliest", warn=kq_warn
-) -> dict[int, int]:
-    """Where the group would resume on each partition (for reading without joining)."""
-    committed = Groups(data).committed(group, topic)
-    starts = {}
-    for p in range(topic.partition_count):
-        starts[p], warning = resume_offset(topic.partition(p), committed.get(p), reset, group)
-        if warning:
-            warn(warning)
-    return starts
-
-
-def resume_offset(partition, committed: int | None, reset: str, group: str) -> tuple[int, str | None]:
-    """Where a group resumes in a partition, and what to warn about.
-
-    Its committed offset, unless it has none or the offset lies outside the
-    partition (retention deleted what it had not read; the topic was deleted
-    and re-created): then where ``reset`` says, as Kafka's auto.offset.reset
-    does, with a warning naming the group, partition and offsets. Never a
-    silent skip.
-    """
-    if committed is None:
-        return initial_offset(partition, reset), None
-    first, end = partition.start_offset(), partition.end_offset()
-    if first <= committed <= end:
-        return committed, None
-    start = initial_offset(partition, reset)
-    where = f"group '{group}' resumes {partition.topic}/{partition.number} at offset {start} (reset: {reset})"
-    if committed < first:
-        return start, (
-            f"{where}: {first - committed} message(s) after its committed offset {committed} "
-            "were deleted by retention or trim"
-        )
-    return start, (
-        f"{where}: its committed offset {committed} lies past the partition's end offset {end} "
-        "(was the topic deleted and re-created?)"
-    )

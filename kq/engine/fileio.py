@@ -20,7 +20,7 @@ from typing import IO
 
 import portalocker
 
-from .errors import CorruptFile, NotRegularFile
+from ..errors import CorruptFile, NotRegularFile
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600

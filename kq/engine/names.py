@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidName
+from ..errors import InvalidName
 
 # Kafka's rule for topic names; kq uses it for group names too.
 _LEGAL = re.compile(r"[A-Za-z0-9._-]{1,249}")

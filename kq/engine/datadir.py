@@ -16,7 +16,7 @@ import shutil
 import threading
 import uuid
 
-from .errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
+from ..errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
 from .fileio import atomic_write, fsync_dir, make_dirs, read_metadata, shown
 from .location import (
     GROUPS_DIR,

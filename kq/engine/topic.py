@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 
-from .errors import CorruptFile, DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
+from ..errors import CorruptFile, DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
 from .fileio import integer_field, read_metadata, shown
 from .location import MAX_PARTITIONS, TOPIC_FILE
 from .partition import DEFAULT_SEGMENT_BYTES, Partition

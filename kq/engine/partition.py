@@ -1,0 +1,333 @@
+"""A partition: an ordered list of segments, one writer at a time, any number of readers.
+
+This module: the partition's files and the reading (end offset, lookup by
+timestamp, the last batch). Writers serialise on ``writer.lock``; appending,
+rolling a segment and recovering a torn or damaged tail are its writer's
+(kq.engine.log_writer, as Kafka keeps LocalLog's writes apart from its
+segments). Readers take no lock (kq.engine.cursor); they never see a
+half-written batch because every batch is length-prefixed and checksummed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ..errors import TopicDeleted
+from . import batch as batchfmt
+from . import segment
+from .batch import MAX_OFFSET
+from .cursor import Cursor, RawBatch
+from .fileio import (
+    FileLock,
+    atomic_write,
+    fsync_dir,
+    integer_field,
+    locked,
+    make_dirs,
+    open_regular,
+    read_metadata,
+)
+from .index import Index, entry_is_valid
+from .log_writer import LogWriter
+from .segment import DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
+
+MAINTENANCE_LOCK = "maintain.lock"
+START_NAME = "start.offset"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Partition:
+    def __init__(
+        self,
+        topic: str,
+        number: int,
+        path: str,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        sync: bool = False,
+        config: dict | None = None,
+        on_roll=None,
+    ):
+        self.topic = topic
+        self.number = number
+        self.path = path
+        self.segment_bytes = segment_bytes
+        self.sync = sync
+        self.config = config or {}  # the topic's: retention settings are read from it
+        self.on_roll = on_roll  # called with the partition, outside the writer lock, after a segment closes
+        self._log_writer = LogWriter(self)  # append, roll, recovery (kq.engine.log_writer)
+
+    def __repr__(self) -> str:
+        return f"Partition({self.topic!r}, {self.number})"
+
+    @property
+    def compacted(self) -> bool:
+        return self.config.get("cleanup") == "compact"
+
+    # ------------------------------------------------------------------ files
+
+    def segments(self) -> list[int]:
+        """Base offsets of the segments, ascending."""
+        try:
+            return list_segments(self.path)
+        except FileNotFoundError:
+            raise self._gone() from None
+
+    def _gone(self) -> Exception:
+        """The error for a partition directory that is not there: its topic was deleted, or it is missing."""
+        if not os.path.isdir(os.path.dirname(self.path)):
+            return TopicDeleted(self.topic)
+        return FileNotFoundError(2, "partition directory missing", self.path)
+
+    def log_path(self, base: int) -> str:
+        return os.path.join(self.path, log_name(base))
+
+    def index_path(self, base: int) -> str:
+        return os.path.join(self.path, index_name(base))
+
+    def remove_segment(self, base: int) -> None:
+        """Delete a segment and its index (the index first: an index never outlives its log)."""
+        for path in (self.index_path(base), self.log_path(base)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.sync:
+            fsync_dir(self.path)
+
+    def writer_lock(self) -> FileLock:
+        """The writer lock, for ``with`` (reentrant): appends, recovery and truncation hold it."""
+        return self._log_writer.lock
+
+    def recover(self) -> str | None:
+        """Bring the log's tail to where an append can follow it, as the next writer would.
+
+        Truncates a torn tail; quarantines a damaged last batch. Returns what
+        was done that a user must hear of (a torn tail's truncation is routine
+        and not reported), or None.
+        """
+        return self._log_writer.recover()
+
+    def maintenance_lock(self, blocking: bool = True, read_only_ok: bool = False):
+        """Context manager over ``maintain.lock`` (retention, trim, compaction, verify); yields False if busy."""
+        return locked(os.path.join(self.path, MAINTENANCE_LOCK), blocking, read_only_ok)
+
+    def _open_log(self, base: int, flags: int = os.O_RDONLY) -> int:
+        try:
+            return open_regular(self.log_path(base), flags)
+        except FileNotFoundError:
+            if not os.path.isdir(self.path):
+                raise self._gone() from None
+            raise
+
+    # ------------------------------------------------------------------ reading
+
+    def start_offset(self) -> int:
+        """The first offset still kept (Kafka's log start offset).
+
+        The first segment's base, or further on if `topic trim` moved it
+        inside that segment (recorded in ``start.offset``).
+        """
+        bases = self.segments()
+        first = bases[0] if bases else 0
+        return max(first, self.trimmed_to())
+
+    def trimmed_to(self) -> int:
+        path = os.path.join(self.path, START_NAME)
+        try:
+            return integer_field(read_metadata(path), "start_offset", path, 0, MAX_OFFSET)
+        except FileNotFoundError:
+            return 0
+
+    def set_start_offset(self, offset: int) -> None:
+        """Record that records before ``offset`` are gone (atomically)."""
+        body = json.dumps({"format": 1, "start_offset": offset}).encode() + b"\n"
+        atomic_write(os.path.join(self.path, START_NAME), body)
+
+    def end_offset(self) -> int:
+        """The offset the next appended record will get (Kafka's log end offset)."""
+        bases = self.segments()
+        if not bases:
+            return 0
+        base = bases[-1]
+        try:
+            fd = self._open_log(base)
+        except FileNotFoundError:  # replaced or removed under us: look again
+            return self.end_offset()
+        try:
+            size = os.fstat(fd).st_size
+            found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
+            while found.stop == DAMAGED:
+                # Valid batches after damage still count: the end is theirs,
+                # and a reader will report the damage. So do the offsets of a
+                # whole damaged batch at the end: a writer skips them.
+                position = find_valid_batch(fd, found.end + 1, size)
+                if position is None and found.whole_batch:
+                    damaged = segment.damaged_last_batch(fd, found, size, self.compacted)
+                    if damaged is not None:
+                        return damaged.next_offset
+                    # Offsets nobody can trust: say so (raises) rather than end before them.
+                    classify_damage(fd, self.log_path(base), found.end, False, found.reason, True, found.floor)
+                    return self.end_offset()  # it was being rewritten: look again
+                if position is None:
+                    return found.next_offset
+                segment.resume(found, fd, self.log_path(base), position, None)
+            return found.next_offset
+        finally:
+            os.close(fd)
+
+    def size(self) -> int:
+        total = 0
+        for base in self.segments():
+            try:
+                total += os.stat(self.log_path(base)).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def cursor(self, offset: int, buffers: int = 1) -> Cursor:
+        return Cursor(self, offset, buffers)
+
+    def read(self, offset: int = 0, stop: int | None = None):
+        """Yield the records from ``offset`` up to (not including) ``stop`` or the end."""
+        stop = self.end_offset() if stop is None else stop
+        cur = self.cursor(offset)
+        try:
+            while True:
+                batches = cur.poll()
+                if not batches:
+                    return
+                for b in batches:
+                    if b.base_offset >= stop:
+                        return
+                    yield from b.records(b.index_of(offset), b.index_of(stop))
+        finally:
+            cur.close()
+
+    def raw_batches(self, offset: int = 0):
+        """Every valid batch from ``offset`` on, undecoded (raises CorruptLog on damage)."""
+        cursor = self.cursor(offset)
+        try:
+            while True:
+                batches = cursor.poll_raw()
+                if not batches:
+                    return
+                yield from batches
+        finally:
+            cursor.close()
+
+    def offset_for_timestamp(self, timestamp: int) -> int:
+        """Offset of the first record (in offset order) with a timestamp >= ``timestamp``.
+
+        Returns the end offset when there is none. Costs a binary search in each
+        segment's index plus a scan of at most one index interval per segment.
+        """
+        for base in self.segments():
+            path = self.log_path(base)
+            try:
+                fd = self._open_log(base)
+            except FileNotFoundError:
+                continue
+            try:
+                index = Index.load(self.index_path(base))
+                entry = index.floor_timestamp(timestamp)
+                position = 0
+                if entry is not None and entry_is_valid(fd, entry):
+                    position = entry[1]
+                reader = BatchReader(fd, path, position)
+                for _, header, buf, rel in reader.headers():
+                    if header.max_timestamp >= timestamp:
+                        b = batchfmt.decode(buf, rel, header, path)
+                        for off, ts in zip(b.offsets(), b.timestamps()):
+                            if ts >= timestamp:
+                                return off
+            finally:
+                os.close(fd)
+        return self.end_offset()
+
+    def last_batch(self) -> RawBatch | None:
+        """The last valid batch of the log, or None if it is empty."""
+        for base in reversed(self.segments()):
+            fd = self._open_log(base)
+            try:
+                found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
+                if found.last is not None:
+                    position, header = found.last
+                    return RawBatch(header, os.pread(fd, header.size, position), 0, position)
+            finally:
+                os.close(fd)
+        return None
+
+    def damaged_tail(self) -> tuple[str, int] | None:
+        """(file, position) of bytes after the last valid batch, if any."""
+        bases = self.segments()
+        if not bases:
+            return None
+        path = self.log_path(bases[-1])
+        fd = self._open_log(bases[-1])
+        try:
+            found = segment.scan(fd, path, bases[-1], Index.load(self.index_path(bases[-1])))
+            return (path, found.end) if found.stop == DAMAGED else None
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self, values, keys=None, headers=None, timestamp: int | None = None, timestamps=None, attributes: int = 0
+    ) -> tuple[int, int]:
+        """Append one batch of records; return (first offset, last offset).
+
+        The batch is in the page cache (visible to readers, safe from a crash of
+        this process) when this returns, and on disk if the partition syncs.
+        """
+        if timestamp is None and timestamps is None:
+            timestamp = now_ms()
+        return self.append_payload(
+            batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps, attributes=attributes)
+        )
+
+    def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
+        """Append records packed by ``batch.pack``; return (first offset, last offset)."""
+        return self._log_writer.append_payload(payload)
+
+    def append_raw(self, batches: list[RawBatch]) -> int:
+        """Append batches exactly as another log stored them (replication).
+
+        The first batch must start at this partition's end offset, so offsets
+        stay identical to the source's. Returns the new end offset.
+        """
+        return self._log_writer.append_raw(batches)
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every record at or after ``offset``, which must start a batch (or be the end).
+
+        Used to cut a diverged replica back to its common prefix with the source,
+        the way a Kafka follower truncates to its leader's log.
+        """
+        self._log_writer.truncate_to(offset)
+
+    def restart_at(self, offset: int) -> None:
+        """Delete every record and continue the log at ``offset`` (a replica the source's retention overtook).
+
+        Like a Kafka follower whose fetch offset fell below its leader's log
+        start: the records between the old end and ``offset`` no longer exist
+        anywhere, so the log starts over there.
+        """
+        self._log_writer.restart_at(offset)
+
+    def close(self) -> None:
+        self._log_writer.close()
+
+
+def init_partition(path: str, sync: bool = False) -> None:
+    """Create an empty partition directory with its first (empty) segment."""
+    make_dirs(path)
+    os.close(open_regular(os.path.join(path, log_name(0)), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    if sync:
+        fsync_dir(path)

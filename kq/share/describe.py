@@ -1,0 +1,121 @@
+"""What ``kq group describe`` and ``kq offsets show`` tell of a share group: counts, workers and their leases, lag."""
+
+from __future__ import annotations
+
+from ..engine.datadir import DataDir
+from ..engine.topic import Topic
+from ..errors import KqError, ShareNotFound
+from .shares import Shares
+from .state import ACQUIRED, AVAILABLE, HOLDER_GONE, MAX_LEASE_MS, boot_id, clock_ms, unsound_lease
+
+
+def describe_share(data: DataDir, share: str) -> dict:
+    """Per topic and partition: acquired, available, retrying and dead-lettered counts, and each worker's leases."""
+    shares = Shares(data)
+    if not shares.exists(share):
+        raise ShareNotFound(share)
+    now = clock_ms()
+    boot = boot_id()
+    partitions, workers = [], {}
+    for name in shares.topics(share):
+        try:
+            topic = data.topic(name)
+        except KqError:
+            continue
+        try:
+            states = shares.states(share, topic)
+            live = shares.lease_holders(share, name)
+            for m in live.values():
+                workers[m["member"]] = {**m, "leases": []}
+            settings = shares.read_settings(share, name)
+            for number in range(topic.partition_count):
+                part = topic.partition(number)
+                start, end = part.start_offset(), part.end_offset()
+                state = states.get(number)
+                row = {
+                    "topic": name,
+                    "partition": number,
+                    "start_offset": start,
+                    "end_offset": end,
+                    "share_start": None,
+                    "acquired": 0,
+                    "available": max(end - start, 0),
+                    "retrying": 0,
+                    "dead_lettered": 0,
+                    "acknowledged": 0,
+                    "lag": max(end - start, 0),
+                }
+                if state is not None:
+                    current = state.boot == boot
+                    acquired = [
+                        r
+                        for r in state.ranges
+                        if r.state == ACQUIRED
+                        and current
+                        and r.until > now
+                        and unsound_lease(r, now, live.__contains__) != HOLDER_GONE
+                    ]
+                    retrying = [r for r in state.ranges if r.state == AVAILABLE and current and r.until > now]
+                    row.update(
+                        share_start=state.start,
+                        acquired=sum(r.count for r in acquired),
+                        retrying=sum(r.count for r in retrying),
+                        available=state.lag(end) - sum(r.count for r in acquired + retrying),
+                        dead_lettered=state.dead,
+                        acknowledged=state.acked,
+                        lag=state.lag(end),
+                    )
+                    for r in acquired:
+                        w = workers.setdefault(
+                            r.owner,
+                            {"member": r.owner, "topic": name, "pid": None, "host": None, "live": False, "leases": []},
+                        )
+                        w["leases"].append(
+                            {
+                                "topic": name,
+                                "partition": number,
+                                "first": r.first,
+                                "last": r.last,
+                                "attempt": r.attempt,
+                                "expires_in": round(min(r.until - now, MAX_LEASE_MS) / 1000, 1),
+                            }
+                        )
+                partitions.append(row)
+            if settings is not None:
+                for row in partitions:
+                    if row["topic"] == name:
+                        row["dead_letter"] = settings.dead_letter
+        finally:
+            topic.close()
+    for w in workers.values():
+        w.setdefault("live", True)
+    return {
+        "share_group": share,
+        "partitions": partitions,
+        "workers": sorted(workers.values(), key=lambda w: w["member"]),
+    }
+
+
+def share_offset_rows(data: DataDir, topic: Topic, shares_wanted: list[str]) -> list[dict]:
+    """``kq offsets show`` rows for share groups: their start (everything before it settled) and lag."""
+    shares = Shares(data)
+    rows = []
+    for share in shares_wanted:
+        states = shares.states(share, topic)
+        for number in range(topic.partition_count):
+            part = topic.partition(number)
+            start, end = part.start_offset(), part.end_offset()
+            state = states.get(number)
+            rows.append(
+                {
+                    "topic": topic.name,
+                    "partition": number,
+                    "start_offset": start,
+                    "end_offset": end,
+                    "group": share,
+                    "type": "share",
+                    "committed": None if state is None else state.start,
+                    "lag": max(end - start, 0) if state is None else state.lag(end),
+                }
+            )
+    return rows
