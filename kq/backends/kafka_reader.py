@@ -1,4 +1,4 @@
-"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.group's counterparts).
+"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.groups' counterparts).
 
 They behave as the data directory's:
 
@@ -54,7 +54,7 @@ CONSUMER_FIXED = {
 
 
 class MessageBatch:
-    """Records of one partition from one round, shaped like kq.batch.RecordBatch for the writers."""
+    """Records of one partition from one round, shaped like kq.engine.batch.RecordBatch for the writers."""
 
     __slots__ = ("messages", "count", "base_offset", "next_offset", "last_offset_delta", "_values", "_offsets")
 
@@ -405,7 +405,7 @@ class KafkaReader:
 
 
 class KafkaGroupReader(KafkaReader):
-    """A member of a consumer group on the cluster, reading ``topic`` (kq.group.GroupConsumer's counterpart)."""
+    """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.consumer.GroupConsumer's counterpart)."""
 
     def __init__(self, backend, topic: str, group: str, follow: bool, reset: str):
         super().__init__(backend, topic, follow, group)
@@ -555,7 +555,7 @@ def _session_seconds(settings: dict) -> float:
 
 
 class _PartitionView:
-    """A cluster partition as kq.group.resume_offset asks about it."""
+    """A cluster partition as kq.groups.consumer.resume_offset asks about it."""
 
     def __init__(self, backend, topic: str, number: int):
         self.backend, self.topic, self.number = backend, topic, number

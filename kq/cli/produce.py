@@ -1,4 +1,4 @@
-"""``kq produce``: messages from stdin or a file, split by kq.framing, appended by the backend's producer."""
+"""``kq produce``: messages from stdin or a file, split by kq.engine.framing, appended by the backend's producer."""
 
 import os
 import sys

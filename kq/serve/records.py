@@ -707,7 +707,7 @@ def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
     """Append Kafka v2 batches for the records of kq ``batch`` at or after ``offset``.
 
     Stops after about ``max_bytes`` (but sends at least one record); returns
-    the bytes appended. ``batch`` is a ``kq.batch.RecordBatch``.
+    the bytes appended. ``batch`` is a ``kq.engine.batch.RecordBatch``.
     """
     count = batch.count
     lo = batch.index_of(offset)

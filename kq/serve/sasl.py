@@ -16,7 +16,7 @@ import os
 import secrets
 
 from ..errors import KqError, UsageError
-from ..fileio import atomic_write, make_dirs, read_metadata
+from ..engine.fileio import atomic_write, make_dirs, read_metadata
 
 log = logging.getLogger("kq.serve")
 

@@ -58,19 +58,19 @@ def test_messages_read_in_small_pieces_are_the_input_split(data, delimiter, read
     input split at the delimiter, and each yield's size counts what it covers."""
     import os
 
-    import kq.framing
+    import kq.engine.framing
 
     read, write = os.pipe()
     os.write(write, data)
     os.close(write)
     got, covered = [], 0
-    kept, kq.framing.READ_SIZE = kq.framing.READ_SIZE, read_size
+    kept, kq.engine.framing.READ_SIZE = kq.engine.framing.READ_SIZE, read_size
     try:
         for messages, size in read_messages(read, delimiter, batch_bytes=read_size):
             got += messages
             covered += size
     finally:
-        kq.framing.READ_SIZE = kept
+        kq.engine.framing.READ_SIZE = kept
         os.close(read)
     expected = data.split(delimiter)
     if expected[-1] == b"":
