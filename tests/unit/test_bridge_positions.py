@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from kq.bridge import MAX_RUNS, BridgeState, PartitionState, kafka_url, peer_name
+from kq.bridge import kafka_url, peer_name
+from kq.bridge_state import MAX_RUNS, BridgeState, PartitionState
 from kq.errors import CorruptFile, KqError
 
 
