@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ..errors import KqError
-from .common import KqCommand, bad_parameter, settings
+from .common import KqCommand, bad_parameter, settings, sync_option
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
@@ -72,9 +72,7 @@ def serve(
         metavar="N",
         help="Close connections that send a larger request (Kafka's socket.request.max.bytes).",
     ),
-    sync: bool = typer.Option(
-        False, "--sync", help="fdatasync every produced batch before acknowledging it (survives power loss)."
-    ),
+    sync: bool = sync_option("fdatasync every produced batch before acknowledging it (survives power loss)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log one line per connection and per error on stderr."),
 ) -> None:
     """Serve the data directory to Kafka clients (kcat, librdkafka, kafka-python, aiokafka) until SIGINT/SIGTERM.
