@@ -115,32 +115,15 @@ class Verifier:
             try:
                 mode = os.stat(part.path).st_mode
             except FileNotFoundError:
-                return [
-                    self._not_repaired(
-                        Problem(
-                            topic.name,
-                            number,
-                            part.path,
-                            None,
-                            "partition directory missing",
-                            why_not="the topic says it has this partition; restore the directory",
-                        )
-                    )
-                ], None
-            if not stat.S_ISDIR(mode):
-                return [
-                    self._not_repaired(
-                        Problem(
-                            topic.name,
-                            number,
-                            part.path,
-                            None,
-                            f"partition directory is a {file_kind(mode)}, not a directory",
-                            why_not=FOREIGN,
-                        )
-                    )
-                ], None
-            return self._check_partition(topic, part)
+                what, why_not = (
+                    "partition directory missing",
+                    "the topic says it has this partition; restore the directory",
+                )
+            else:
+                if stat.S_ISDIR(mode):
+                    return self._check_partition(topic, part)
+                what, why_not = f"partition directory is a {file_kind(mode)}, not a directory", FOREIGN
+            return [self._not_repaired(Problem(topic.name, number, part.path, None, what, why_not=why_not))], None
         except (KqError, OSError) as exc:
             if self.repair and isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise  # --repair needs write access: without it, it fails as a whole, naming the file

@@ -97,12 +97,10 @@ class GroupFilesCheck:
         groups = Groups(self.data)
         for group in groups.groups_of_topic(topic.name):
             directory = os.path.join(groups.path, group, topic.name)
-            names, problem = self._group_directory(topic, directory, f"group '{group}'")
-            if problem is not None:
-                yield problem
+            names, problems = self._group_directory(topic, group, directory, f"group '{group}'")
+            yield from problems
             if names is None:
                 continue
-            yield from self._group_members(topic, group, directory)
             for name in names:
                 path = os.path.join(directory, name)
                 number = partition_of(name, CLAIM_SUFFIX)
@@ -197,12 +195,10 @@ class GroupFilesCheck:
         shares = Shares(self.data)
         for share in shares.shares_of_topic(topic.name):
             directory = os.path.join(shares.path, share, topic.name)
-            names, problem = self._group_directory(topic, directory, f"share group '{share}'")
-            if problem is not None:
-                yield problem
+            names, problems = self._group_directory(topic, share, directory, f"share group '{share}'")
+            yield from problems
             if names is None:
                 continue
-            yield from self._group_members(topic, share, directory)
             dead_letter: str | None = dead_letter_topic(topic.name)
             if SETTINGS_FILE in names:
                 path = os.path.join(directory, SETTINGS_FILE)
@@ -246,16 +242,19 @@ class GroupFilesCheck:
                 for p in _share_state_unsound(topic, number, path, share, state, dead_letter):
                     yield self._not_repaired(p)
 
-    def _group_directory(self, topic: Topic, directory: str, group: str) -> tuple[list[str] | None, Problem | None]:
-        """The names in a (share) group's directory for ``topic``: None if there is none, or a
-        problem if it cannot be listed."""
+    def _group_directory(
+        self, topic: Topic, group: str, directory: str, what: str
+    ) -> tuple[list[str] | None, list[Problem]]:
+        """The names in a (share) group's directory for ``topic`` (None if there is none), and the
+        problems of the directory (it cannot be listed) or of its members' files."""
         try:
-            return sorted(os.listdir(directory)), None
+            names = sorted(os.listdir(directory))
         except FileNotFoundError:
-            return None, None
+            return None, []
         except OSError as exc:
-            why = f"directory of {group} unreadable: {exc.strerror}"
-            return None, self._not_repaired(Problem(topic.name, None, directory, None, why))
+            why = f"directory of {what} unreadable: {exc.strerror}"
+            return None, [self._not_repaired(Problem(topic.name, None, directory, None, why))]
+        return names, list(self._group_members(topic, group, directory))
 
     def _not_repaired(self, p: Problem) -> Problem:
         return not_repaired(p, self.repair)
