@@ -1,4 +1,5 @@
-"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.groups' counterparts).
+"""Records from a Kafka cluster: readers and group members (kq.consumer's and kq.groups.store's counterparts;
+the group member, kq.backends.kafka_group_reader, is this reader under a group's assignments).
 
 They behave as the data directory's:
 
@@ -21,12 +22,11 @@ from __future__ import annotations
 import time
 
 from ..consumer import Slice
-from ..engine.batch import Record
-from ..errors import ClusterError
 from ..errors import warn as kq_warn
 from ..groups.consumer import resume_offset
-from ..groups.store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS
 from ..offsetspec import BEGINNING, END, FROM_END, TIMESTAMP, OffsetRange, OffsetSpec
+from .kafka import ClusterPartition
+from .kafka_batch import MessageBatch
 
 POLL_SECONDS = 0.1  # how long a reader blocks for the next message when none is queued
 ROUND_MESSAGES = 10_000  # messages taken from librdkafka's queue per round
@@ -51,52 +51,6 @@ CONSUMER_FIXED = {
     # (clamped, or reset with a warning) rather than silently by librdkafka.
     "auto.offset.reset": "error",
 }
-
-
-class MessageBatch:
-    """Records of one partition from one round, shaped like kq.engine.batch.RecordBatch for the writers."""
-
-    __slots__ = ("messages", "count", "base_offset", "next_offset", "last_offset_delta", "_values", "_offsets")
-
-    def __init__(self, messages: list):
-        self.messages = messages
-        self.count = len(messages)
-        self.base_offset = messages[0].offset()
-        last = messages[-1].offset()
-        self.next_offset = last + 1
-        self.last_offset_delta = last - self.base_offset
-        self._values: list | None = None
-        # Offsets are dense unless the topic is compacted or transactional.
-        self._offsets = None if last - self.base_offset + 1 == self.count else [m.offset() for m in messages]
-
-    @property
-    def values(self) -> list:
-        if self._values is None:
-            from confluent_kafka import Message
-
-            self._values = list(map(Message.value, self.messages))
-        return self._values
-
-    def offsets(self):
-        if self._offsets is None:
-            return range(self.base_offset, self.next_offset)
-        return self._offsets
-
-    def offset_at(self, index: int) -> int:
-        if index >= self.count:
-            return self.next_offset
-        return self.base_offset + index if self._offsets is None else self._offsets[index]
-
-    def records(self, start: int = 0, stop: int | None = None):
-        for m in self.messages[start : self.count if stop is None else stop]:
-            headers = m.headers()
-            yield Record(
-                m.offset(),
-                m.timestamp()[1],
-                m.key(),
-                m.value(),
-                list(headers) if headers else [],
-            )
 
 
 class KafkaReader:
@@ -132,12 +86,12 @@ class KafkaReader:
     @classmethod
     def from_spec(cls, backend, topic: str, partitions: list[int], offsets: OffsetRange, follow: bool) -> KafkaReader:
         reader = cls(backend, topic, follow)
-        starts = reader.resolve(offsets.start, partitions)
+        starts = resolve(backend, topic, offsets.start, partitions)
         stops: dict[int, int | str | None]
         if offsets.stop is None:
             stops = dict.fromkeys(partitions, None if follow else SNAPSHOT)
         else:
-            stops = dict(reader.resolve(offsets.stop, partitions, stop=True))
+            stops = dict(resolve(backend, topic, offsets.stop, partitions, stop=True))
         reader.assign({p: (starts[p], stops[p]) for p in partitions})
         return reader
 
@@ -152,31 +106,6 @@ class KafkaReader:
         stop = None if follow else SNAPSHOT
         reader.assign({p: (starts[p], stop) for p in partitions})
         return reader
-
-    def resolve(self, spec: OffsetSpec, partitions: list[int], stop: bool = False) -> dict[int, int | str]:
-        """Each partition's offset for ``spec``, or SNAPSHOT for a stop at the end as reading begins.
-
-        Offsets are looked up here rather than left to librdkafka as logical
-        ones (beginning, end): its own lookup delays the first fetch by half a second.
-        """
-        if spec.kind == END and stop:
-            return dict.fromkeys(partitions, SNAPSHOT)
-        if spec.kind == BEGINNING:
-            return self.backend.start_offsets(self.topic, partitions)
-        if spec.kind == END:
-            return self.backend.end_offsets(self.topic, partitions)
-        if spec.kind == FROM_END:
-            starts = self.backend.start_offsets(self.topic, partitions)
-            ends = self.backend.end_offsets(self.topic, partitions)
-            return {p: max(starts[p], ends[p] - spec.value) for p in partitions}
-        if spec.kind == TIMESTAMP:
-            from confluent_kafka.admin import OffsetSpec as Spec
-
-            found = self.backend.list_offsets(self.topic, partitions, Spec.for_timestamp(spec.value))
-            missing = [p for p in partitions if found[p] < 0]  # no record that late: the end
-            ends = self.backend.end_offsets(self.topic, missing) if missing and not stop else {}
-            return {p: found[p] if found[p] >= 0 else ends.get(p, SNAPSHOT) for p in partitions}
-        return dict.fromkeys(partitions, spec.value)
 
     def reset_offsets(self, partitions: list[int]) -> dict[int, int]:
         """Where ``reset`` (earliest, latest) starts partitions the group has no offset for."""
@@ -334,7 +263,7 @@ class KafkaReader:
         says, with the data directory's warning.
         """
         if self.group is not None:
-            start, warning = resume_offset(_PartitionView(self.backend, self.topic, p), asked, self.reset, self.group)
+            start, warning = resume_offset(ClusterPartition(self.backend, self.topic, p), asked, self.reset, self.group)
             if warning:
                 kq_warn(warning)
             self._seek(p, start)
@@ -404,164 +333,27 @@ class KafkaReader:
             raise self.backend.error(self.ck.KafkaException(err), f"reading '{self.topic}'", self.topic)
 
 
-class KafkaGroupReader(KafkaReader):
-    """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.consumer.GroupConsumer's counterpart)."""
+def resolve(backend, topic: str, spec: OffsetSpec, partitions: list[int], stop: bool = False) -> dict[int, int | str]:
+    """Each partition's offset for ``spec``, or SNAPSHOT for a stop at the end as reading begins.
 
-    def __init__(self, backend, topic: str, group: str, follow: bool, reset: str):
-        super().__init__(backend, topic, follow, group)
-        self.group, self.reset = group, reset
-        self.who = f"group '{group}'"
-        self.assigned: set[int] | None = None  # None until the coordinator first assigns partitions
-        self.marks: dict[int, int] = {}
-        self._committed: dict[int, int] = {}
-        self._last_commit = 0.0
-        # Under the cooperative protocol a member's assignment grows and shrinks; under the eager one it is replaced.
-        self.incremental = "cooperative" in backend.settings.get("partition.assignment.strategy", "")
-        self.consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+    Offsets are looked up here rather than left to librdkafka as logical
+    ones (beginning, end): its own lookup delays the first fetch by half a second.
+    """
+    if spec.kind == END and stop:
+        return dict.fromkeys(partitions, SNAPSHOT)
+    if spec.kind == BEGINNING:
+        return backend.start_offsets(topic, partitions)
+    if spec.kind == END:
+        return backend.end_offsets(topic, partitions)
+    if spec.kind == FROM_END:
+        starts = backend.start_offsets(topic, partitions)
+        ends = backend.end_offsets(topic, partitions)
+        return {p: max(starts[p], ends[p] - spec.value) for p in partitions}
+    if spec.kind == TIMESTAMP:
+        from confluent_kafka.admin import OffsetSpec as Spec
 
-    # librdkafka calls these from inside poll/consume.
-    def _on_assign(self, consumer, tps) -> None:
-        partitions = [tp.partition for tp in tps]
-        committed = self.committed(partitions) if tps else {}
-        self._forget(partitions)
-        reset = self.reset_offsets([p for p in partitions if p not in committed])
-        stop = None if self.follow else SNAPSHOT
-        self._committed.update(committed)
-        self.marks.update(reset)  # where --reset put the group is committed, as on a data directory
-        self.assign({p: (committed[p] if p in committed else reset[p], stop) for p in partitions})
-        self.assigned = (self.assigned or set()) | set(partitions)
-
-    def _on_revoke(self, consumer, tps) -> None:
-        gone = [tp.partition for tp in tps]
-        self.commit(gone)
-        self._forget(gone)
-        if self.assigned is not None:
-            self.assigned -= set(gone)
-
-    def _on_lost(self, consumer, tps) -> None:
-        gone = [tp.partition for tp in tps]
-        self._forget(gone)
-        if self.assigned is not None:
-            self.assigned -= set(gone)
-
-    def _forget(self, partitions) -> None:
-        for p in partitions:
-            self.positions.pop(p, None)
-            self.stops.pop(p, None)
-            self.starts.pop(p, None)
-            self.finished.discard(p)
-            self.marks.pop(p, None)
-
-    def _reset_at(self, p: int, offset: int) -> None:
-        self.marks[p] = offset
-
-    def mark(self, partition: int, offset: int) -> None:
-        if partition in self.stops:
-            self.marks[partition] = offset
-
-    def commit(self, partitions=None) -> None:
-        """Commit the marks that moved (of ``partitions``, or all)."""
-        self._last_commit = time.monotonic()
-        wanted = [
-            (p, o)
-            for p, o in self.marks.items()
-            if (partitions is None or p in partitions) and self._committed.get(p) != o
-        ]
-        if not wanted:
-            return
-        tps = [self.ck.TopicPartition(self.topic, p, o) for p, o in sorted(wanted)]
-        try:
-            self.consumer.commit(offsets=tps, asynchronous=False)
-        except self.ck.KafkaException as exc:
-            err = exc.args[0]
-            KafkaError = self.ck.KafkaError
-            if err.code() in (
-                KafkaError.REBALANCE_IN_PROGRESS,
-                KafkaError.ILLEGAL_GENERATION,
-                KafkaError.UNKNOWN_MEMBER_ID,
-                KafkaError._NO_OFFSET,
-            ):
-                # The partitions moved to another member: it reads them again from the last commit.
-                kq_warn(
-                    f"group '{self.group}' could not commit offsets of '{self.topic}' ({err.str()}); "
-                    "their records will be delivered again"
-                )
-                return
-            raise self.backend.error(
-                exc, f"committing offsets of group '{self.group}'", self.topic, self.group
-            ) from None
-        self._committed.update(wanted)
-
-    def done(self) -> bool:
-        return False  # rounds() decides, with the assignment in view
-
-    def rounds(self, idle_timeout: float | None = None):
-        from ..consumer import IdleClock
-
-        idle = IdleClock(idle_timeout)
-        started = time.monotonic()
-        join_deadline = started + self.backend.timeout + _session_seconds(self.backend.settings)
-        joined = False
-        patience = None
-        while True:
-            now = time.monotonic()
-            if now - self._last_commit >= COMMIT_SECONDS:
-                self.commit()
-            slices = self.poll()
-            if slices:
-                idle.reset()
-                yield slices
-                continue
-            self.commit()  # caught up: what was written is committed before any wait
-            if self.assigned is None:
-                if time.monotonic() > join_deadline:
-                    raise ClusterError(
-                        self.backend.brokers,
-                        f"group '{self.group}' was given no partitions of '{self.topic}' by the group coordinator "
-                        f"within {join_deadline - started:.0f} s",
-                    )
-                self._check_stalled(idle)
-                continue
-            if not joined:
-                # --timeout counts from the assignment: joining a group takes a cluster seconds
-                # (Kafka's group.initial.rebalance.delay.ms is 3 s), which a directory never makes anyone wait.
-                joined = True
-                idle.reset()
-            if idle.expired():
-                self.timed_out = True
-                return
-            if not self.follow and self.assigned <= self.finished:
-                if self.assigned:
-                    return
-                # Every partition is another member's: wait a little for one to be handed over.
-                patience = patience or time.monotonic() + CLAIM_PATIENCE_SECONDS
-                if time.monotonic() > patience:
-                    return
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self.commit()
-        finally:
-            super().close()  # leaves the group
-
-
-def _session_seconds(settings: dict) -> float:
-    try:
-        return float(settings.get("session.timeout.ms", 45000)) / 1000
-    except ValueError:
-        return 45.0
-
-
-class _PartitionView:
-    """A cluster partition as kq.groups.consumer.resume_offset asks about it."""
-
-    def __init__(self, backend, topic: str, number: int):
-        self.backend, self.topic, self.number = backend, topic, number
-
-    def start_offset(self) -> int:
-        return self.backend.start_offsets(self.topic, [self.number])[self.number]
-
-    def end_offset(self) -> int:
-        return self.backend.end_offsets(self.topic, [self.number])[self.number]
+        found = backend.list_offsets(topic, partitions, Spec.for_timestamp(spec.value))
+        missing = [p for p in partitions if found[p] < 0]  # no record that late: the end
+        ends = backend.end_offsets(topic, missing) if missing and not stop else {}
+        return {p: found[p] if found[p] >= 0 else ends.get(p, SNAPSHOT) for p in partitions}
+    return dict.fromkeys(partitions, spec.value)

@@ -2,7 +2,7 @@
 
 import typer
 
-from .common import KqCommand, json_option, settings
+from .common import KqCommand, json_option, settings, sync_option
 from .output import emit_rows
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
@@ -24,7 +24,7 @@ def bench(
         show_default=False,
         help="Spread the messages over N keys (murmur2 partitioning) \\[default: no keys].",
     ),
-    sync: bool = typer.Option(False, "--sync", help="fsync every batch, as `produce --sync` does."),
+    sync: bool = sync_option("fsync every batch, as `produce --sync` does."),
     json_output: bool = json_option("A JSON list: phase, messages, bytes, seconds, msg_per_s, mb_per_s."),
 ) -> None:
     """Measure produce and consume speed on this machine's disk (like kafka-producer-perf-test).

@@ -237,6 +237,26 @@ def json_option(what: str):
     return typer.Option(False, "--json", help=what)
 
 
+def follow_option(help: str):
+    """``-f/--follow``: keep going until SIGINT/SIGTERM; ``help`` says what goes on."""
+    return typer.Option(False, "-f", "--follow", help=help)
+
+
+def sync_option(help: str):
+    """``--sync``: each batch reaches the disk (fsync) before it counts as written."""
+    return typer.Option(False, "--sync", help=help)
+
+
+def delimiter_option(help: str):
+    """``-D/--delimiter STR``: what separates messages in a stream of them (kq.framing)."""
+    return typer.Option(None, "-D", "--delimiter", metavar="STR", help=help)
+
+
+def null_option(help: str):
+    """``-0/--null``: messages separated by NUL bytes (``find -print0``)."""
+    return typer.Option(False, "-0", "--null", help=help)
+
+
 def topic_argument(help: str = "Topic name.", complete: bool = True):
     return typer.Argument(
         ..., help=help, autocompletion=complete_topic if complete else None, metavar="TOPIC", show_default=False

@@ -10,8 +10,12 @@ from .common import (
     KqCommand,
     bad_parameter,
     complete_offset,
+    delimiter_option,
     duration_seconds,
+    follow_option,
     group_option,
+    json_option,
+    null_option,
     option_value,
     partitions_option,
     settings,
@@ -21,6 +25,19 @@ from .common import (
 from .output import quiet_stdout
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
+
+
+def _share_setting_option(flag: str, metavar: str, what: str, default: str, **limits):
+    """An option that overrides one of a share group's stored settings (kq.share) for this worker
+    and stores it: unset, the group's setting holds, else kq's ``default``."""
+    return typer.Option(
+        None,
+        flag,
+        metavar=metavar,
+        help=f"With --share: {what} \\[default: the group's setting, else {default}].",
+        show_default=False,
+        **limits,
+    )
 
 
 @app.command("consume", cls=KqCommand)
@@ -38,9 +55,7 @@ def consume(
     ),
     partition: list[int] = partitions_option("Read only this partition (repeatable)."),
     count: Optional[int] = typer.Option(None, "-n", "--count", min=0, help="Stop after N messages."),
-    follow: bool = typer.Option(
-        False, "-f", "--follow", help="Wait for new messages, like tail -f (until SIGINT/SIGTERM)."
-    ),
+    follow: bool = follow_option("Wait for new messages, like tail -f (until SIGINT/SIGTERM)."),
     timeout: Optional[float] = typer.Option(
         None,
         "-t",
@@ -73,35 +88,23 @@ def consume(
         metavar="DURATION",
         help="With --share: how long a record stays with this worker unacknowledged (extended while --exec's CMD runs; at most 24h); then another worker gets it (30s, 2m, or seconds).",
     ),
-    max_attempts: Optional[int] = typer.Option(
-        None,
-        "--max-attempts",
-        min=1,
-        max=1000,
-        metavar="N",
-        help="With --share: deliveries of a record before it goes to the dead-letter topic \\[default: the group's setting, else 5].",
-        show_default=False,
+    max_attempts: Optional[int] = _share_setting_option(
+        "--max-attempts", "N", "deliveries of a record before it goes to the dead-letter topic", "5", min=1, max=1000
     ),
-    retry_backoff: Optional[str] = typer.Option(
-        None,
+    retry_backoff: Optional[str] = _share_setting_option(
         "--retry-backoff",
-        metavar="DURATION",
-        help="With --share: the wait before a failed record's second attempt, doubled for each further one \\[default: the group's setting, else 1s].",
-        show_default=False,
+        "DURATION",
+        "the wait before a failed record's second attempt, doubled for each further one",
+        "1s",
     ),
-    retry_backoff_max: Optional[str] = typer.Option(
-        None,
-        "--retry-backoff-max",
-        metavar="DURATION",
-        help="With --share: the longest wait between attempts \\[default: the group's setting, else 60s].",
-        show_default=False,
+    retry_backoff_max: Optional[str] = _share_setting_option(
+        "--retry-backoff-max", "DURATION", "the longest wait between attempts", "60s"
     ),
-    dead_letter: Optional[str] = typer.Option(
-        None,
+    dead_letter: Optional[str] = _share_setting_option(
         "--dead-letter",
-        metavar="TOPIC",
-        help="With --share: where records go after --max-attempts, with kq.dlq.* headers saying why \\[default: the group's setting, else TOPIC.dlq].",
-        show_default=False,
+        "TOPIC",
+        "where records go after --max-attempts, with kq.dlq.* headers saying why",
+        "TOPIC.dlq",
     ),
     exec_cmd: Optional[str] = typer.Option(
         None,
@@ -133,15 +136,11 @@ def consume(
         metavar="FMT",
         help=r"Output format: %t topic, %p partition, %o offset, %k key, %s value, %T timestamp (ms), %h headers (name=value,...; a null value as NULL, as kcat), %% and \n, \t. Nothing else is added.",
     ),
-    json_output: bool = typer.Option(
-        False,
-        "--json",
-        help="One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of \\[name, value] pairs); see docs/FORMAT.md.",
+    json_output: bool = json_option(
+        "One JSON object per line: topic, partition, offset, timestamp, key, value, headers (a list of \\[name, value] pairs); see docs/FORMAT.md."
     ),
-    delimiter: Optional[str] = typer.Option(
-        None, "-D", "--delimiter", metavar="STR", help=r"Written after each message \[default: \n]."
-    ),
-    null: bool = typer.Option(False, "-0", "--null", help="Write a NUL byte after each message."),
+    delimiter: Optional[str] = delimiter_option(r"Written after each message \[default: \n]."),
+    null: bool = null_option("Write a NUL byte after each message."),
 ) -> None:
     """Write a topic's messages to stdout, then exit at the end of the log.
 

@@ -7,7 +7,18 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import KqError, TopicExists, TopicNotFound, UsageError
-from .common import KqCommand, PartitionsOption, bad_parameter, complete_partition, settings, topic_argument
+from .common import (
+    KqCommand,
+    PartitionsOption,
+    bad_parameter,
+    complete_partition,
+    delimiter_option,
+    json_option,
+    null_option,
+    settings,
+    sync_option,
+    topic_argument,
+)
 from .output import ProgressBars, count, noting_written
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
@@ -149,10 +160,8 @@ def produce(
         "Topic to append to; created with the first record if missing, with --partitions (or, for --json input, the partitions the input names)."
     ),
     file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="Read from PATH instead of stdin."),
-    delimiter: Optional[str] = typer.Option(
-        None, "-D", "--delimiter", metavar="STR", help=r"Message separator \[default: \n]; \t, \0, \xHH understood."
-    ),
-    null: bool = typer.Option(False, "-0", "--null", help="Messages are separated by NUL bytes."),
+    delimiter: Optional[str] = delimiter_option(r"Message separator \[default: \n]; \t, \0, \xHH understood."),
+    null: bool = null_option("Messages are separated by NUL bytes."),
     key: Optional[str] = typer.Option(None, "-k", "--key", help="Give every message this key."),
     key_delimiter: Optional[str] = typer.Option(
         None, "-K", "--key-delimiter", metavar="STR", help="Split each message at the first STR into key and value."
@@ -168,9 +177,9 @@ def produce(
         Optional[int],
         typer.Option("-p", "--partition", autocompletion=complete_partition, help="Append to this partition only."),
     ] = None,
-    json_input: bool = typer.Option(False, "--json", help="Read JSON lines as written by `consume --json`."),
+    json_input: bool = json_option("Read JSON lines as written by `consume --json`."),
     null_empty: bool = typer.Option(False, "-Z", "--null-empty", help="Turn empty values into null (tombstones)."),
-    sync: bool = typer.Option(False, "--sync", help="fsync every batch (survives power loss)."),
+    sync: bool = sync_option("fsync every batch (survives power loss)."),
     tombstone: bool = typer.Option(
         False,
         "--tombstone",

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_USAGE, KqError
-from .common import KqCommand, bad_parameter, complete_topic, settings
+from .common import KqCommand, bad_parameter, complete_topic, follow_option, json_option, settings
 from .output import ProgressBars, count, emit_rows, explain, human, print_json, warn
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
@@ -32,7 +32,7 @@ def replicate(
         help="Copy from this Kafka cluster into the data directory --to DIR \\[default: the data directory, or -b's cluster].",
     ),
     all_topics: bool = typer.Option(False, "--all", help="Copy every topic."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep the copy caught up until SIGINT/SIGTERM."),
+    follow: bool = follow_option("Keep the copy caught up until SIGINT/SIGTERM."),
     truncate: bool = typer.Option(
         False,
         "--truncate",
@@ -48,7 +48,7 @@ def replicate(
         "--verify",
         help="Compare source and copy instead of copying; exit 0 only when the copy holds exactly the source's records (it may lag). Group offsets that differ are listed as warnings and do not fail the check.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="A JSON summary on stdout."),
+    json_output: bool = json_option("A JSON summary on stdout."),
 ) -> None:
     """Copy topics to a replica data directory, or between a data directory and a Kafka cluster.
 

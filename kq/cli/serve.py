@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ..errors import KqError, UsageError
-from .common import KqCommand, bad_parameter, settings
+from .common import KqCommand, bad_parameter, settings, sync_option
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
 
@@ -108,9 +108,7 @@ def serve(
         help="MiB held at most, across all connections, for requests being read and responses not yet sent:"
         " beyond it the server stops reading from the connections that hold most.",
     ),
-    sync: bool = typer.Option(
-        False, "--sync", help="fdatasync every produced batch before acknowledging it (survives power loss)."
-    ),
+    sync: bool = sync_option("fdatasync every produced batch before acknowledging it (survives power loss)."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log one line per connection and per error on stderr."),
     insecure: bool = typer.Option(
         False,

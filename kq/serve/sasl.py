@@ -15,8 +15,8 @@ import logging
 import os
 import secrets
 
-from ..errors import KqError, UsageError
 from ..engine.fileio import atomic_write, make_dirs, read_metadata
+from ..errors import KqError, UsageError
 
 log = logging.getLogger("kq.serve")
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from kq.errors import CorruptFile, KqError
-from kq.ops.bridge import MAX_RUNS, BridgeState, PartitionState, kafka_url, peer_name
+from kq.ops.bridge import kafka_url, peer_name
+from kq.ops.bridge_state import MAX_RUNS, BridgeState, PartitionState
 
 
 def copied(*runs, source_next=None, target_start=0) -> PartitionState:
