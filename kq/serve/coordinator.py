@@ -16,6 +16,11 @@ an assignment the leader computed is filtered down to them. When kq members
 come or go, the share changes: the server makes the Kafka group rebalance
 (REBALANCE_IN_PROGRESS on the next heartbeat) and lets go of a partition
 only once the new generation has been handed out without it.
+
+Here: the membership requests and the rebalance's timing. A group's records
+and the state machine they move through are in ``group_state``, the server's
+kq membership in ``group_claims``, offsets in ``group_offsets``, listing and
+deleting groups in ``group_admin``.
 """
 
 from __future__ import annotations
