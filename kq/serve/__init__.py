@@ -8,7 +8,11 @@ Layout, top down:
 
     server.py       asyncio: connections, frames, one request at a time per connection
     broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
-    coordinator.py  consumer groups, stored and fenced as kq groups
+    coordinator.py  consumer groups: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, rebalance timing
+    group_state.py  a group's members and its state machine (Empty, PreparingRebalance, ..., Dead)
+    group_claims.py the server's seat in kq's file-lock groups: its share of partitions, held for Kafka members
+    group_offsets.py OffsetCommit, OffsetFetch: kq's committed offsets, refused from outside a live group
+    group_admin.py  ListGroups, DescribeGroups, DeleteGroups
     auth.py         who is let in, and each connection's login (SaslHandshake, SaslAuthenticate)
     peer.py         the uid owning a local connection's other end
     sasl.py         SASL users (DATA/serve/users.json) and PLAIN and SCRAM-SHA-256/512

@@ -16,121 +16,36 @@ an assignment the leader computed is filtered down to them. When kq members
 come or go, the share changes: the server makes the Kafka group rebalance
 (REBALANCE_IN_PROGRESS on the next heartbeat) and lets go of a partition
 only once the new generation has been handed out without it.
+
+Here: the membership requests and the rebalance's timing. A group's records
+and the state machine they move through are in ``group_state``, the server's
+kq membership in ``group_claims``, offsets in ``group_offsets``, listing and
+deleting groups in ``group_admin``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 import uuid
-from collections import Counter
 
-from kafka.protocol.admin import DeleteGroupsResponse, DescribeGroupsResponse, ListGroupsResponse
-from kafka.protocol.consumer import (
-    HeartbeatResponse,
-    JoinGroupResponse,
-    LeaveGroupResponse,
-    OffsetCommitResponse,
-    OffsetFetchResponse,
-    SyncGroupResponse,
-)
-from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
+from kafka.protocol.consumer import HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, SyncGroupResponse
 
-from ..groups.member import Member as KqMember
-from ..groups.store import MAX_COMMIT_METADATA
 from . import codes
-from .storage import GroupNotFound, InvalidName, KqError, Storage, TopicNotFound, check_name
+from .group_admin import GroupAdmin
+from .group_claims import KqClaims, filter_assignment
+from .group_offsets import GroupOffsets
+from .group_state import CONSUMER, PREPARING, STABLE, Group, Member
+from .storage import KqError, Storage, check_name
 
 log = logging.getLogger("kq.serve")
 
-EMPTY, PREPARING, COMPLETING, STABLE, DEAD = "Empty", "PreparingRebalance", "CompletingRebalance", "Stable", "Dead"
 MIN_SESSION_MS = 1_000  # Kafka's group.min.session.timeout.ms is 6 s; tests and laptops like shorter
 MAX_SESSION_MS = 1_800_000
 TICK_SECONDS = 0.1  # session expiry and rebalance deadlines
 KQ_REBALANCE_SECONDS = 0.5  # as often as `kq consume -g` members look at theirs
-CONSUMER = "consumer"
 GROUP_KEY = 0  # FindCoordinator key_type
-
-
-def _decode_versioned(cls, data: bytes):
-    """A ConsumerProtocol struct (int16 version first), read at the highest version both know."""
-    if data is None or len(data) < 2:
-        raise ValueError("no consumer protocol data")
-    (version,) = struct.unpack_from(">h", data)
-    if version < 0:
-        raise ValueError(f"consumer protocol version {version}")
-    known = min(version, cls.valid_versions[1])
-    patched = struct.pack(">h", known) + bytes(data[2:])
-    return cls.decode(patched, version=known), known
-
-
-def subscription_topics(metadata: bytes) -> list[str]:
-    sub, _ = _decode_versioned(ConsumerProtocolSubscription, metadata)
-    return list(sub.topics or ())
-
-
-def filter_assignment(data: bytes, allowed: dict[str, set[int]]) -> tuple[bytes, dict[str, set[int]]]:
-    """An assignment without the partitions the server does not hold; and what it assigns."""
-    a, version = _decode_versioned(ConsumerProtocolAssignment, data)
-    kept = []
-    given: dict[str, set[int]] = {}
-    for tp in a.assigned_partitions or ():
-        ok = [p for p in tp.partitions if p in allowed.get(tp.topic, set())]
-        given.setdefault(tp.topic, set()).update(ok)
-        kept.append(ConsumerProtocolAssignment.TopicPartition(topic=tp.topic, partitions=ok))
-    out = ConsumerProtocolAssignment(version=version, assigned_partitions=kept, user_data=a.user_data)
-    return bytes(out.encode(version=version)), given
-
-
-class Member:
-    def __init__(
-        self,
-        member_id: str,
-        instance_id,
-        client_id: str,
-        client_host: str,
-        session_ms: int,
-        rebalance_ms: int,
-        protocol_type: str,
-        protocols: list[tuple[str, bytes]],
-    ):
-        self.id = member_id
-        self.instance_id = instance_id
-        self.client_id = client_id
-        self.client_host = client_host
-        self.session_ms = session_ms
-        self.rebalance_ms = rebalance_ms
-        self.protocol_type = protocol_type
-        self.protocols = protocols
-        self.assignment = b""
-        self.join: asyncio.Future | None = None
-        self.sync: asyncio.Future | None = None
-        self.last_seen = time.monotonic()
-
-    def metadata(self, protocol: str) -> bytes:
-        for name, data in self.protocols:
-            if name == protocol:
-                return data
-        return b""
-
-
-class Group:
-    def __init__(self, group_id: str):
-        self.id = group_id
-        self.state = EMPTY
-        self.generation = 0
-        self.protocol_type: str | None = None
-        self.protocol: str | None = None
-        self.leader: str | None = None
-        self.members: dict[str, Member] = {}
-        self.pending: dict[str, float] = {}  # member ids handed out by MEMBER_ID_REQUIRED, until when
-        self.rebalance_deadline = 0.0
-        # kq's side: the server's kq membership per topic, and what it holds.
-        self.kq_members: dict[str, KqMember] = {}
-        self.given: dict[str, set[int]] = {}  # partitions handed to this generation's members
-        self.next_kq_check = 0.0
 
 
 class Coordinator:
@@ -140,6 +55,13 @@ class Coordinator:
         self.groups: dict[str, Group] = {}
         self.client: tuple[str, str] = ("", "")  # (client id, host) of the request being handled
         self._ticker: asyncio.Task | None = None
+        self.claims = KqClaims(storage, on_error)
+        self.offsets = GroupOffsets(storage, self.groups, on_error)
+        self.admin = GroupAdmin(storage, self.groups)
+        # The broker's handler table finds every group API on the coordinator.
+        self.offset_commit, self.offset_fetch = self.offsets.offset_commit, self.offsets.offset_fetch
+        self.list_groups, self.describe_groups = self.admin.list_groups, self.admin.describe_groups
+        self.delete_groups = self.admin.delete_groups
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
@@ -148,7 +70,7 @@ class Coordinator:
         if self._ticker is not None:
             self._ticker.cancel()
         for group in self.groups.values():
-            self._leave_kq(group)
+            self.claims.leave(group)
 
     def check_key(self, key: str, key_type: int) -> tuple[int, str | None]:
         if key_type != GROUP_KEY:
@@ -165,9 +87,6 @@ class Coordinator:
         if group is None:
             group = self.groups[group_id] = Group(group_id)
         return group
-
-    def _existing(self, group_id: str) -> Group | None:
-        return self.groups.get(group_id)
 
     # ------------------------------------------------------------------ join / sync
 
@@ -198,12 +117,8 @@ class Coordinator:
         group = self._group(body.group_id)
         if not protocols or (group.protocol_type not in (None, body.protocol_type) and group.members):
             return reply(codes.INCONSISTENT_GROUP_PROTOCOL, body.member_id)
-        if group.members:
-            common = set.intersection(*({n for n, _ in m.protocols} for m in group.members.values()))
-            if not common & {n for n, _ in protocols} and not (
-                len(group.members) == 1 and body.member_id in group.members
-            ):
-                return reply(codes.INCONSISTENT_GROUP_PROTOCOL, body.member_id)
+        if not group.accepts_protocols(body.member_id, protocols):
+            return reply(codes.INCONSISTENT_GROUP_PROTOCOL, body.member_id)
         member_id = body.member_id
         now = time.monotonic()
         session_ms = body.session_timeout_ms
@@ -261,7 +176,7 @@ class Coordinator:
         for m in group.members.values():
             if m.sync is not None and not m.sync.done():
                 m.sync.set_result(codes.REBALANCE_IN_PROGRESS)
-        group.state = PREPARING
+        group.transition(PREPARING)
         timeout = max((m.rebalance_ms for m in group.members.values()), default=0) / 1000
         group.rebalance_deadline = time.monotonic() + timeout
 
@@ -276,16 +191,10 @@ class Coordinator:
         if not group.members:
             self._empty(group)
             return
-        group.generation += 1
-        group.protocol = self._choose_protocol(group)
-        if group.leader not in group.members:
-            group.leader = next(iter(group.members))
-        group.state = COMPLETING
+        protocol = group.next_generation()
         R = JoinGroupResponse
         everyone = [
-            R.JoinGroupResponseMember(
-                member_id=m.id, group_instance_id=m.instance_id, metadata=m.metadata(group.protocol)
-            )
+            R.JoinGroupResponseMember(member_id=m.id, group_instance_id=m.instance_id, metadata=m.metadata(protocol))
             for m in group.members.values()
         ]
         for m in group.members.values():
@@ -305,18 +214,6 @@ class Coordinator:
                 )
             )
 
-    @staticmethod
-    def _choose_protocol(group: Group) -> str:
-        members = list(group.members.values())
-        common = set.intersection(*({n for n, _ in m.protocols} for m in members))
-        votes: Counter[str] = Counter()
-        for m in members:  # each member votes for its first choice among the common ones
-            for name, _ in m.protocols:
-                if name in common:
-                    votes[name] += 1
-                    break
-        return max(sorted(common), key=lambda n: votes[n])
-
     async def sync_group(self, body, version: int):
         R = SyncGroupResponse
 
@@ -330,7 +227,7 @@ class Coordinator:
                 assignment=assignment,
             )
 
-        group = self._existing(body.group_id)
+        group = self.groups.get(body.group_id)
         if group is None or body.member_id not in group.members:
             return reply(codes.UNKNOWN_MEMBER_ID)
         member = group.members[body.member_id]
@@ -350,7 +247,7 @@ class Coordinator:
         return reply(code, group, member.assignment if code == 0 else b"")
 
     def _complete_sync(self, group: Group, assignments: dict[str, bytes]) -> None:
-        allowed = self._kq_share(group) if group.protocol_type == CONSUMER else None
+        allowed = self.claims.share(group) if group.protocol_type == CONSUMER else None
         given: dict[str, set[int]] = {}
         for m in group.members.values():
             data = assignments.get(m.id, b"")
@@ -363,119 +260,23 @@ class Coordinator:
                     log.warning("group %s: assignment of %s does not decode (%s)", group.id, m.id, exc)
             m.assignment = data
         group.given = given
-        group.state = STABLE
+        group.transition(STABLE)
         if allowed is not None:
-            self._release_unneeded(group)
+            self.claims.release_unneeded(group)
         for m in group.members.values():
             if m.sync is not None and not m.sync.done():
                 m.sync.set_result(codes.NONE)
 
-    # ------------------------------------------------------------------ kq's side of the group
-
-    def _subscribed(self, group: Group) -> set[str]:
-        topics: set[str] = set()
-        for m in group.members.values():
-            try:
-                topics.update(subscription_topics(m.metadata(group.protocol or "")))
-            except Exception:
-                pass
-        return topics
-
-    def _kq_share(self, group: Group) -> dict[str, set[int]]:
-        """Join kq's group on each subscribed topic and claim this server's share; what Kafka members may have."""
-        held: dict[str, set[int]] = {}
-        for topic in self._subscribed(group):
-            try:
-                check_name(topic)
-                count = self.storage.topic(topic).partition_count
-            except (KqError, OSError):
-                continue
-            member = group.kq_members.get(topic)
-            try:
-                if member is None:
-                    member = self.storage.member(group.id, topic)
-                    member.join()
-                    group.kq_members[topic] = member
-                share = member.assignment(count)
-                for p in sorted(share - member.owned):
-                    member.claim(p)
-            except (KqError, OSError) as exc:
-                self.on_error(exc)
-                continue
-            # Held partitions outside the share are kq members' now: this
-            # generation goes without them, and then they are let go.
-            held[topic] = member.owned & share
-        for topic in [t for t in group.kq_members if t not in held]:
-            group.kq_members.pop(topic).leave()
-        return held
-
-    def _release_unneeded(self, group: Group) -> None:
-        """Let go of held partitions that no Kafka member was given and kq's rule takes away."""
-        for topic, member in group.kq_members.items():
-            try:
-                count = self.storage.topic(topic).partition_count
-                share = member.assignment(count)
-            except (KqError, OSError):
-                continue
-            for p in sorted(member.owned - share - group.given.get(topic, set())):
-                member.release(p)
-
-    def _kq_check(self, group: Group) -> None:
-        """Rebalance the Kafka group when kq's members change this server's share."""
-        if group.state != STABLE or group.protocol_type != CONSUMER:
-            return
-        for topic, member in list(group.kq_members.items()):
-            try:
-                count = self.storage.topic(topic).partition_count
-                share = member.assignment(count)
-            except (KqError, OSError):
-                continue
-            owned = member.owned
-            # Partitions to give back (a kq member now has them by kq's rule)
-            # must first be taken from the Kafka members: rebalance.
-            if owned - share:
-                log.info("group %s: kq members joined %s, rebalancing", group.id, topic)
-                self._prepare_rebalance(group)
-                return
-            # Partitions kq's rule gives this server that it could not claim
-            # before: if they are free now, a rebalance hands them out.
-            missing = share - owned
-            if missing and any(member.claim(p) for p in sorted(missing)):
-                log.info("group %s: partitions of %s freed by kq members, rebalancing", group.id, topic)
-                self._prepare_rebalance(group)
-                return
-
-    def _leave_kq(self, group: Group) -> None:
-        for member in group.kq_members.values():
-            try:
-                member.leave()
-            except OSError:
-                pass
-        group.kq_members.clear()
-        group.given = {}
-
     # ------------------------------------------------------------------ heartbeat / leave / expiry
 
     async def heartbeat(self, body, version: int):
-        group = self._existing(body.group_id)
-        code = self._heartbeat_code(group, body)
+        group = self.groups.get(body.group_id)
+        code = codes.UNKNOWN_MEMBER_ID if group is None else group.heartbeat(body.member_id, body.generation_id)
         return HeartbeatResponse(version=version, throttle_time_ms=0, error_code=code)
-
-    @staticmethod
-    def _heartbeat_code(group: Group | None, body) -> int:
-        if group is None or body.member_id not in group.members:
-            return codes.UNKNOWN_MEMBER_ID
-        member = group.members[body.member_id]
-        member.last_seen = time.monotonic()
-        if group.state == PREPARING:
-            return codes.REBALANCE_IN_PROGRESS
-        if body.generation_id != group.generation:
-            return codes.ILLEGAL_GENERATION
-        return codes.NONE
 
     async def leave_group(self, body, version: int):
         R = LeaveGroupResponse
-        group = self._existing(body.group_id)
+        group = self.groups.get(body.group_id)
         if version < 3:
             ids = [(body.member_id, None)]
         else:
@@ -510,11 +311,8 @@ class Coordinator:
             self._maybe_complete_join(group)
 
     def _empty(self, group: Group) -> None:
-        group.state = EMPTY
-        group.leader = None
-        group.protocol = None
-        group.generation += 1
-        self._leave_kq(group)
+        group.empty()
+        self.claims.leave(group)
 
     async def _tick_forever(self) -> None:
         while True:
@@ -540,245 +338,7 @@ class Coordinator:
             if now >= group.next_kq_check:
                 group.next_kq_check = now + KQ_REBALANCE_SECONDS
                 try:
-                    self._kq_check(group)
+                    if self.claims.needs_rebalance(group):
+                        self._prepare_rebalance(group)
                 except (KqError, OSError) as exc:
                     self.on_error(exc)
-
-    # ------------------------------------------------------------------ offsets
-
-    def _commit_code(self, group: Group | None, generation: int, member_id: str) -> int:
-        if generation < 0 and (group is None or not group.members):
-            # A consumer without a group membership (assign(), an admin
-            # tool): allowed while the group is empty, as in Kafka; kq's own
-            # members are looked at per topic (_kq_members_live).
-            return codes.NONE
-        if group is None or member_id not in group.members:
-            return codes.UNKNOWN_MEMBER_ID
-        if generation != group.generation:
-            return codes.ILLEGAL_GENERATION
-        if group.state == COMPLETING:
-            return codes.REBALANCE_IN_PROGRESS
-        group.members[member_id].last_seen = time.monotonic()
-        return codes.NONE
-
-    async def offset_commit(self, body, version: int):
-        R = OffsetCommitResponse
-        TR = R.OffsetCommitResponseTopic
-        PR = TR.OffsetCommitResponsePartition
-        generation = body.generation_id_or_member_epoch if version >= 1 else -1
-        try:
-            check_name(body.group_id, "group")
-            group = self._existing(body.group_id)
-            code = self._commit_code(group, generation, body.member_id if version >= 1 else "")
-        except KqError:
-            code = codes.INVALID_GROUP_ID
-        out = []
-        for t in body.topics:
-            tcode = code
-            if tcode == codes.NONE and generation < 0 and self._kq_members_live(body.group_id, t.name):
-                tcode = codes.UNKNOWN_MEMBER_ID
-            parts = []
-            for p in t.partitions:
-                pcode = tcode
-                if pcode == codes.NONE:
-                    pcode = self._commit_one(
-                        body.group_id, t.name, p.partition_index, p.committed_offset, p.committed_metadata or ""
-                    )
-                parts.append(PR(partition_index=p.partition_index, error_code=pcode))
-            out.append(TR(name=t.name, partitions=parts))
-        return R(version=version, throttle_time_ms=0, topics=out)
-
-    def _kq_members_live(self, group_id: str, topic: str) -> bool:
-        """Whether `kq consume -g` processes (or another server's Kafka members) hold ``group_id`` on ``topic``.
-
-        kq's membership is per topic, as `kq offsets reset` checks it: a commit
-        from outside the group must not move offsets under a live member.
-        """
-        try:
-            return bool(self.storage.kq_members(group_id, check_name(topic)))
-        except KqError:
-            return False  # a bad topic name: _commit_one answers for it
-        except OSError as exc:
-            self.on_error(exc)
-            return True
-
-    def _commit_one(self, group_id: str, topic: str, partition: int, offset: int, metadata: str = "") -> int:
-        try:
-            check_name(topic)
-            if not 0 <= partition < self.storage.topic(topic).partition_count:
-                return codes.UNKNOWN_TOPIC_OR_PARTITION
-            if offset < 0:
-                return codes.NONE  # Kafka stores -1 as "no offset"; kq simply keeps none
-            if len(metadata) > MAX_COMMIT_METADATA:
-                return codes.OFFSET_METADATA_TOO_LARGE
-            self.storage.commit(group_id, topic, partition, offset, metadata)
-        except TopicNotFound:
-            return codes.UNKNOWN_TOPIC_OR_PARTITION
-        except KqError:
-            return codes.UNKNOWN_TOPIC_OR_PARTITION
-        except OSError as exc:
-            self.on_error(exc)
-            return codes.KAFKA_STORAGE_ERROR
-        return codes.NONE
-
-    async def offset_fetch(self, body, version: int):
-        R = OffsetFetchResponse
-        if version >= 8:
-            groups = []
-            for g in body.groups:
-                topics, code = self._fetch_offsets(
-                    g.group_id, g.topics, R.OffsetFetchResponseGroup.OffsetFetchResponseTopics
-                )
-                groups.append(R.OffsetFetchResponseGroup(group_id=g.group_id, topics=topics, error_code=code))
-            return R(version=version, throttle_time_ms=0, groups=groups)
-        topics, code = self._fetch_offsets(body.group_id, body.topics, R.OffsetFetchResponseTopic)
-        return R(version=version, throttle_time_ms=0, topics=topics, error_code=code)
-
-    def _fetch_offsets(self, group_id: str, wanted, TopicCls):
-        PartCls = TopicCls.fields["partitions"].data_class
-        try:
-            check_name(group_id, "group")
-        except KqError:
-            return [], codes.INVALID_GROUP_ID
-        try:
-            if wanted is None:
-                names = self.storage.group_topics(group_id)
-                requests = []
-                for name in names:
-                    committed = self.storage.committed(group_id, name)
-                    if committed:
-                        requests.append((name, sorted(committed)))
-            else:
-                requests = [(t.name, list(t.partition_indexes)) for t in wanted]
-            out = []
-            for name, partitions in requests:
-                try:
-                    found = self.storage.committed_offsets(group_id, check_name(name))
-                except KqError:
-                    found = {}
-                out.append(
-                    TopicCls(
-                        name=name,
-                        partitions=[
-                            PartCls(
-                                partition_index=p,
-                                committed_offset=found[p].offset if p in found else -1,
-                                committed_leader_epoch=-1,
-                                metadata=found[p].metadata if p in found else "",
-                                error_code=0,
-                            )
-                            for p in partitions
-                        ],
-                    )
-                )
-        except (KqError, OSError) as exc:
-            self.on_error(exc)
-            return [], codes.COORDINATOR_LOAD_IN_PROGRESS
-        return out, codes.NONE
-
-    # ------------------------------------------------------------------ admin
-
-    async def list_groups(self, body, version: int):
-        R = ListGroupsResponse
-        names = set(self.storage.group_names()) | {g.id for g in self.groups.values() if g.members}
-        wanted_states = {s.lower() for s in (body.states_filter or ())} if version >= 4 else set()
-        out = []
-        for name in sorted(names):
-            group = self.groups.get(name)
-            state = group.state if group is not None and group.members else EMPTY
-            if wanted_states and state.lower() not in wanted_states:
-                continue
-            out.append(
-                R.ListedGroup(
-                    group_id=name,
-                    protocol_type=(group.protocol_type if group and group.members else CONSUMER),
-                    group_state=state,
-                    group_type="classic",
-                )
-            )
-        return R(version=version, throttle_time_ms=0, error_code=0, groups=out)
-
-    async def describe_groups(self, body, version: int):
-        R = DescribeGroupsResponse
-        G = R.DescribedGroup
-        M = G.DescribedGroupMember
-        out = []
-        known = set(self.storage.group_names())
-        for name in body.groups:
-            try:
-                check_name(name, "group")
-            except KqError as exc:
-                out.append(
-                    G(
-                        error_code=codes.INVALID_GROUP_ID,
-                        error_message=str(exc),
-                        group_id=name,
-                        group_state="",
-                        protocol_type="",
-                        protocol_data="",
-                        members=[],
-                        authorized_operations=None,
-                    )
-                )
-                continue
-            group = self.groups.get(name)
-            if group is None or not group.members:
-                state = EMPTY if name in known else DEAD
-                out.append(
-                    G(
-                        error_code=0,
-                        error_message=None,
-                        group_id=name,
-                        group_state=state,
-                        protocol_type=CONSUMER if name in known else "",
-                        protocol_data="",
-                        members=[],
-                        authorized_operations=None,
-                    )
-                )
-                continue
-            members = [
-                M(
-                    member_id=m.id,
-                    group_instance_id=m.instance_id,
-                    client_id=m.client_id or "",
-                    client_host=m.client_host or "",
-                    member_metadata=m.metadata(group.protocol or ""),
-                    member_assignment=m.assignment if group.state == STABLE else b"",
-                )
-                for m in group.members.values()
-            ]
-            out.append(
-                G(
-                    error_code=0,
-                    error_message=None,
-                    group_id=name,
-                    group_state=group.state,
-                    protocol_type=group.protocol_type or "",
-                    protocol_data=group.protocol or "" if group.state == STABLE else "",
-                    members=members,
-                )
-            )
-        return R(version=version, throttle_time_ms=0, groups=out)
-
-    async def delete_groups(self, body, version: int):
-        R = DeleteGroupsResponse
-        out = []
-        for name in body.groups_names:
-            code = codes.NONE
-            try:
-                check_name(name, "group")
-                group = self.groups.get(name)
-                if group is not None and group.members:
-                    code = codes.NON_EMPTY_GROUP
-                else:
-                    self.storage.delete_group(name)
-                    self.groups.pop(name, None)
-            except GroupNotFound:
-                code = codes.GROUP_ID_NOT_FOUND
-            except InvalidName:
-                code = codes.INVALID_GROUP_ID
-            except KqError:  # live `kq consume -g` members
-                code = codes.NON_EMPTY_GROUP
-            out.append(R.DeletableGroupResult(group_id=name, error_code=code))
-        return R(version=version, throttle_time_ms=0, results=out)
