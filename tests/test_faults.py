@@ -952,7 +952,8 @@ LOCK_HOLDER = r"""
 import os, sys, time
 import portalocker
 import kq
-from kq.groups.store import Groups, Member
+from kq.groups.member import Member
+from kq.groups.store import Groups
 
 data_dir, replica = sys.argv[1], sys.argv[2]
 held = []
