@@ -8,7 +8,7 @@ import time
 
 from kafka.protocol.consumer import FetchResponse
 
-from . import codes, records
+from . import codes, fetch_records
 from .storage import KqError, Storage, TopicNotFound, check_name
 
 log = logging.getLogger("kq.serve")
@@ -172,7 +172,7 @@ class FetchHandler:
                 for b in batches:
                     if sent >= max_bytes:
                         break
-                    sent += records.kafka_batches(b, offset, max(max_bytes - sent, 1), pieces)
+                    sent += fetch_records.kafka_batches(b, offset, max(max_bytes - sent, 1), pieces)
                     offset = b.next_offset
                 if batches[-1].next_offset != offset:
                     break
