@@ -18,6 +18,7 @@ from kafka.protocol.metadata import ApiVersionsResponse, FindCoordinatorResponse
 from . import auth, codes, wire
 from .admin import Admin
 from .cluster_info import ClusterInfo
+from .config_admin import ConfigAdmin
 from .coordinator import Coordinator
 from .fetch import MAX_FETCH_RESPONSE_BYTES, FetchHandler, Waiters
 from .produce import ProduceHandler
@@ -69,6 +70,7 @@ class Broker:
         self.fetching = FetchHandler(storage, self.waiters, self)
         self.coordinator = Coordinator(storage, self.storage_error)
         self.admin = Admin(storage, self)
+        self.config_admin = ConfigAdmin(storage, self)
         self.cluster_info = ClusterInfo(storage, self)
         self._handlers = {
             0: self.producing.produce,
@@ -89,11 +91,11 @@ class Broker:
             42: self.coordinator.delete_groups,
             19: self.admin.create_topics,
             20: self.admin.delete_topics,
-            32: self.admin.describe_configs,
-            44: self.admin.incremental_alter_configs,
+            32: self.config_admin.describe_configs,
+            44: self.config_admin.incremental_alter_configs,
             37: self.admin.create_partitions,
             21: self.admin.delete_records,
-            33: self.admin.alter_configs,
+            33: self.config_admin.alter_configs,
             29: self.cluster_info.describe_acls,
             30: self.cluster_info.create_acls,
             31: self.cluster_info.delete_acls,
