@@ -40,7 +40,7 @@ def values_writer(delimiter: bytes):
 
 def json_writer(topic: str):
     from .engine.batch import RecordBatch
-    from .envelope import encode_batch
+    from .envelope_encode import encode_batch
 
     def write_json(p, b, lo, hi):
         if isinstance(b, RecordBatch):  # its columns as they are, not a Record per record

@@ -10,9 +10,9 @@ from hypothesis import strategies as st  # noqa: E402
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder  # noqa: E402
 
 from kq.engine import batch as kqbatch  # noqa: E402
-from kq.serve import records  # noqa: E402
+from kq.serve import compression, fetch_records, records  # noqa: E402
 
-CODECS = [records.NONE, records.GZIP, records.SNAPPY, records.LZ4, records.ZSTD]
+CODECS = [compression.NONE, compression.GZIP, compression.SNAPPY, compression.LZ4, compression.ZSTD]
 
 record_st = st.fixed_dictionaries(
     {
@@ -41,7 +41,7 @@ def _decode_with_both_walkers(raw):
     return outcomes[0]
 
 
-def _library_batch(recs, codec=records.NONE, base_ts=1_700_000_000_000, producer=(-1, -1, -1)) -> bytes:
+def _library_batch(recs, codec=compression.NONE, base_ts=1_700_000_000_000, producer=(-1, -1, -1)) -> bytes:
     b = DefaultRecordBatchBuilder(2, codec, False, producer[0], producer[1], producer[2], 2**30)
     for i, r in enumerate(recs):
         b.append(i, base_ts + r["ts_delta"], r["key"], r["value"], r["headers"])
@@ -77,7 +77,7 @@ def test_a_kq_batch_sent_to_a_consumer_reads_back_identically_with_kafka_record(
     status, header = kqbatch.check(kq_bytes, 0, len(kq_bytes))
     kq = kqbatch.decode(kq_bytes, 0, header)
     out: list = []
-    records.kafka_batches(kq, base_offset, 10**9, out)
+    fetch_records.kafka_batches(kq, base_offset, 10**9, out)
     data = b"".join(out)
     got = []
     pos = 0
@@ -100,7 +100,7 @@ def test_a_fetch_starting_inside_a_kq_batch_begins_at_its_offset_and_stops_near_
     _, header = kqbatch.check(kq_bytes, 0, len(kq_bytes))
     kq = kqbatch.decode(kq_bytes, 0, header)
     out: list = []
-    sent = records.kafka_batches(kq, 1100, 50_000, out)
+    sent = fetch_records.kafka_batches(kq, 1100, 50_000, out)
     got = [r for piece in out for r in DefaultRecordBatch(piece)]
     assert got[0].offset == 1100 and got[0].value == values[1000]
     assert 40_000 < sent < 60_000

@@ -7,7 +7,10 @@ while ``kq produce`` / ``kq consume`` keep working on the same files.
 Layout, top down:
 
     server.py       asyncio: connections, frames, one request at a time per connection
-    broker.py       one handler per API for the data path (Produce, Fetch, ListOffsets, Metadata)
+    broker.py       each request to its handler (after the login check); Metadata, ApiVersions,
+                    FindCoordinator, ListOffsets
+    produce.py      Produce and InitProducerId: batches checked, packed and appended
+    fetch.py        Fetch, and the long poll (Waiters) until records come
     coordinator.py  consumer groups: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, rebalance timing
     group_state.py  a group's members and its state machine (Empty, PreparingRebalance, ..., Dead)
     group_claims.py the server's seat in kq's file-lock groups: its share of partitions, held for Kafka members
@@ -16,11 +19,14 @@ Layout, top down:
     auth.py         who is let in, and each connection's login (SaslHandshake, SaslAuthenticate)
     peer.py         the uid owning a local connection's other end
     sasl.py         SASL users (DATA/serve/users.json) and PLAIN and SCRAM-SHA-256/512
-    admin.py        CreateTopics, DeleteTopics, DescribeConfigs, AlterConfigs, CreatePartitions, ...
+    admin.py        CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords
+    config_admin.py DescribeConfigs, AlterConfigs, IncrementalAlterConfigs
     topic_configs.py Kafka's topic configs: names, types, defaults, valid values
     cluster_info.py a one-broker cluster's answers: log dirs, quorum, leaders, reassignments, ACLs
     producers.py    the idempotent producer's ids and sequence numbers
-    records.py      Kafka record batches to and from kq's columns (the hot paths)
+    records.py      Kafka record batches to kq's columns (the hot path in)
+    fetch_records.py kq's batches as Kafka record batches (the hot path out)
+    compression.py  the batch codecs: bounded decompression, re-compression
     wire.py         which APIs at which versions; request and response framing (kafka.protocol)
     storage.py      every call into kq's engine
 

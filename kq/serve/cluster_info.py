@@ -57,7 +57,7 @@ class BrokerConfig(NamedTuple):
 def broker_configs(broker) -> list[BrokerConfig]:
     """The broker configs of kq serve (all read-only: they are set when it starts), by name."""
     from ..engine.partition import DEFAULT_SEGMENT_BYTES
-    from .records import MAX_DECOMPRESSED_BYTES
+    from .compression import MAX_DECOMPRESSED_BYTES
 
     listen_host, listen_port = broker.listen
     listener = f"PLAINTEXT://{_bracketed(listen_host)}:{listen_port}"

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from kq.engine import batch as batchfmt
 from kq.engine.framing import arg_bytes, read_messages, split_keys, unescape
-from kq.envelope import _record_object, decode_lines, decode_record, encode_batch, encode_record
+from kq.envelope import decode_lines, decode_record
+from kq.envelope_encode import _record_object, encode_batch, encode_record
 from kq.errors import MessageTooLarge, UsageError
 from kq.formats import format_writer, json_writer, record_writer, values_writer
 
