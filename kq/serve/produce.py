@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
@@ -47,6 +48,22 @@ def _decode_batch(raw):
         raise
     except Exception as exc:
         raise records.InvalidBatch(f"a batch does not decode ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_all(data) -> list | BaseException:
+    """Every batch of a partition's data decoded, or the error that stopped it (raised later, in order)."""
+    try:
+        return [_decode_batch(raw) for raw in records.split_batches(data)]
+    except Exception as exc:  # mapped to an error code where the partition is answered
+        return exc
+
+
+def _compressed(data) -> bool:
+    """Does a partition's data hold a compressed batch (attributes' codec bits, byte 22 of a batch)?"""
+    try:
+        return any(raw[22] & records.CODEC_MASK for raw in records.split_batches(data))
+    except Exception:  # malformed: the ordinary path answers for it
+        return False
 
 
 class ProduceHandler:
@@ -100,7 +117,12 @@ class ProduceHandler:
                         )
                     )
                     continue
-                code, base, message = self._produce_partition(t.name, p.index, p.records)
+                decoded = None
+                if p.records and _compressed(p.records):
+                    # Inflating (up to the batch limit) takes a core for a while; zlib, lz4 and
+                    # zstd let go of the GIL meanwhile, so other clients are answered (issue 20).
+                    decoded = await asyncio.to_thread(_decode_all, p.records)
+                code, base, message = self._produce_partition(t.name, p.index, p.records, decoded)
                 parts.append(
                     PR(
                         index=p.index,
@@ -117,8 +139,13 @@ class ProduceHandler:
             return None
         return R(version=version, responses=out, throttle_time_ms=0)
 
-    def _produce_partition(self, topic: str, partition: int, data) -> tuple[int, int | None, str | None]:
-        """Append a partition's batches: (error code, base offset, message)."""
+    def _produce_partition(
+        self, topic: str, partition: int, data, decoded: list | BaseException | None = None
+    ) -> tuple[int, int | None, str | None]:
+        """Append a partition's batches: (error code, base offset, message).
+
+        ``decoded``: the batches already decoded (``_decode_all``), if they were.
+        """
         try:
             check_name(topic)
             t = self.storage.topic(topic)
@@ -135,7 +162,9 @@ class ProduceHandler:
             # Every batch is checked (decoded, its sequence, its timestamps, packed) before any is
             # kept, as Kafka does: an error answer means nothing was stored, so a client that
             # retries stores nothing twice.
-            batches = [_decode_batch(raw) for raw in records.split_batches(data)]
+            if isinstance(decoded, BaseException):
+                raise decoded
+            batches = decoded if decoded is not None else [_decode_batch(raw) for raw in records.split_batches(data)]
             duplicates = self.producers.check_all(topic, partition, batches)
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
