@@ -146,12 +146,17 @@ def test_without_exec_records_print_with_lease_ids_that_ack_and_nack_settle(run_
 def test_records_given_back_in_neighbouring_batches_are_delivered_once_each(run_kq):
     # Three batches of two, each given back: their ranges lie side by side, and one acquire takes them all.
     produce(run_kq, [str(n) for n in range(6)])
+    # All three are taken before any is given back: a backoff that passed while a slow machine
+    # started the next command would hand the first batch out again instead of the next one.
+    batches = []
     for _ in range(3):
         leases = [
             json.loads(line)["lease"]
             for line in run_kq("consume", "jobs", "--share", "s", "-n", "2", "--json").stdout.splitlines()
         ]
         assert len(leases) == 2
+        batches.append(leases)
+    for leases in batches:
         assert run_kq("nack", "jobs", "--share", "s", *leases).returncode == 0
 
     def all_due():
@@ -405,8 +410,9 @@ def test_describe_list_offsets_and_delete_show_a_share_group(run_kq, data_dir):
     run_kq("consume", "jobs", "--share", "s", "-n", "2", "--lease", "60s")
     lease = run_kq("consume", "jobs", "--share", "s", "-n", "1").stdout.decode().split("\t")[0]
     run_kq("nack", "jobs", "--share", "s", lease, "--dead-letter")
-    lease = run_kq("consume", "jobs", "--share", "s", "-n", "1").stdout.decode().split("\t")[0]
-    run_kq("nack", "jobs", "--share", "s", lease)  # retried after 1 s
+    # A backoff of an hour: the record is still retrying when it is described, however slow the machine.
+    lease = run_kq("consume", "jobs", "--share", "s", "-n", "1", "--retry-backoff", "1h").stdout.decode()
+    run_kq("nack", "jobs", "--share", "s", lease.split("\t")[0])
     d = json.loads(run_kq("group", "describe", "s", "--json").stdout)
     [row] = d["partitions"]
     assert {k: row[k] for k in ("acquired", "available", "retrying", "dead_lettered", "acknowledged", "lag")} == {
