@@ -433,3 +433,24 @@ def test_mutated_admin_requests_get_an_answer_or_a_clean_close(server, data_dir)
     log = server.stderr.rest()
     assert "internal error" not in log and "Traceback" not in log, log[-3000:]
     assert answered > 100  # most damage still decodes, and is answered
+
+
+def test_list_groups_answers_its_type_filter(server, run_kq):
+    # kq serve's groups are classic ones: asked for consumer-protocol groups only (as librdkafka's
+    # ListConsumerGroups with a type does), it lists none, as Kafka would.
+    from kafka.protocol.admin import ListGroupsRequest, ListGroupsResponse
+    from serve_support import roundtrip
+
+    run_kq("produce", "t", input="a\n")
+    assert run_kq("consume", "t", "-g", "billing").returncode == 0
+
+    def listed(types):
+        request = ListGroupsRequest(version=5, states_filter=[], types_filter=types)
+        response = roundtrip(server.port, request, ListGroupsResponse)
+        assert response.error_code == 0
+        return [(g.group_id, g.group_type) for g in response.groups]
+
+    assert listed([]) == [("billing", "classic")]
+    assert listed(["Classic"]) == [("billing", "classic")]
+    assert listed(["consumer"]) == []
+    assert listed(["share", "consumer"]) == []

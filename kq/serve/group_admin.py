@@ -23,6 +23,11 @@ class GroupAdmin:
         R = ListGroupsResponse
         names = set(self.storage.group_names()) | {g.id for g in self.groups.values() if g.members}
         wanted_states = {s.lower() for s in (body.states_filter or ())} if version >= 4 else set()
+        # Every group kq serve keeps is a classic one (JoinGroup/SyncGroup): a client asking only
+        # for groups of the consumer or share protocols (KIP-848, KIP-932) gets none.
+        wanted_types = {t.lower() for t in (body.types_filter or ())} if version >= 5 else set()
+        if wanted_types and "classic" not in wanted_types:
+            return R(version=version, throttle_time_ms=0, error_code=0, groups=[])
         out = []
         for name in sorted(names):
             group = self.groups.get(name)
