@@ -50,20 +50,30 @@ def _decode_batch(raw):
         raise records.InvalidBatch(f"a batch does not decode ({type(exc).__name__}: {exc})") from None
 
 
-def _decode_all(data) -> list | BaseException:
-    """Every batch of a partition's data decoded, or the error that stopped it (raised later, in order)."""
+ATTRIBUTES_LOW_BYTE = 22  # of a v2 batch: the low byte of its attributes, which holds the codec
+
+
+def _decode_all(raws) -> list | BaseException:
+    """Every batch decoded, or the error that stopped it (raised later, where the partition is answered)."""
     try:
-        return [_decode_batch(raw) for raw in records.split_batches(data)]
-    except Exception as exc:  # mapped to an error code where the partition is answered
+        return [_decode_batch(raw) for raw in raws]
+    except Exception as exc:
         return exc
 
 
-def _compressed(data) -> bool:
-    """Does a partition's data hold a compressed batch (attributes' codec bits, byte 22 of a batch)?"""
+async def _decode_partition_data(data) -> list | BaseException:
+    """A partition's batches decoded (``_decode_all``), the compressed ones in a worker thread.
+
+    Inflating (up to the batch limit) takes a core for a while; zlib, lz4 and
+    zstd let go of the GIL meanwhile, so other clients are answered (issue 20).
+    """
     try:
-        return any(raw[22] & records.CODEC_MASK for raw in records.split_batches(data))
-    except Exception:  # malformed: the ordinary path answers for it
-        return False
+        raws = records.split_batches(data)
+    except Exception as exc:
+        return exc
+    if any(raw[ATTRIBUTES_LOW_BYTE] & records.CODEC_MASK for raw in raws):
+        return await asyncio.to_thread(_decode_all, raws)
+    return _decode_all(raws)
 
 
 class ProduceHandler:
@@ -117,11 +127,7 @@ class ProduceHandler:
                         )
                     )
                     continue
-                decoded = None
-                if p.records and _compressed(p.records):
-                    # Inflating (up to the batch limit) takes a core for a while; zlib, lz4 and
-                    # zstd let go of the GIL meanwhile, so other clients are answered (issue 20).
-                    decoded = await asyncio.to_thread(_decode_all, p.records)
+                decoded = await _decode_partition_data(p.records) if p.records else []
                 code, base, message = self._produce_partition(t.name, p.index, p.records, decoded)
                 parts.append(
                     PR(
@@ -140,11 +146,11 @@ class ProduceHandler:
         return R(version=version, responses=out, throttle_time_ms=0)
 
     def _produce_partition(
-        self, topic: str, partition: int, data, decoded: list | BaseException | None = None
+        self, topic: str, partition: int, data, decoded: list | BaseException
     ) -> tuple[int, int | None, str | None]:
         """Append a partition's batches: (error code, base offset, message).
 
-        ``decoded``: the batches already decoded (``_decode_all``), if they were.
+        ``decoded``: ``data``'s batches, decoded by ``_decode_partition_data``.
         """
         try:
             check_name(topic)
@@ -164,7 +170,7 @@ class ProduceHandler:
             # retries stores nothing twice.
             if isinstance(decoded, BaseException):
                 raise decoded
-            batches = decoded if decoded is not None else [_decode_batch(raw) for raw in records.split_batches(data)]
+            batches = decoded
             duplicates = self.producers.check_all(topic, partition, batches)
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
