@@ -62,32 +62,38 @@ def _too_large(limit: int) -> InvalidBatch:
 def _gunzip(data, limit: int) -> bytes:
     import zlib
 
-    out = bytearray()
-    rest = bytes(data)
-    while rest:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one gzip member
-        chunk = inflater.decompress(rest, limit + 1 - len(out))
-        out += chunk
-        if len(out) > limit:
-            raise _too_large(limit)
-        if not inflater.eof:
-            raise InvalidBatch("the gzip records end early")
-        rest = inflater.unused_data
-    return bytes(out)
+    def member():  # one gzip member
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return inflater, lambda rest, room: inflater.decompress(rest, room)
+
+    return _inflate_members(data, limit, member, "gzip")
 
 
 def _unlz4(data, limit: int) -> bytes:
     import lz4.frame
 
+    def member():  # one lz4 frame
+        inflater = lz4.frame.LZ4FrameDecompressor()
+        return inflater, lambda rest, room: inflater.decompress(rest, max_length=room)
+
+    return _inflate_members(data, limit, member, "lz4")
+
+
+def _inflate_members(data, limit: int, member, name: str) -> bytes:
+    """Members (gzip) or frames (lz4) one after another, each inflated no further than ``limit`` allows.
+
+    ``member()`` gives a fresh decompressor and its call ``(bytes, most) -> bytes``;
+    the decompressor says whether its member ended (``eof``) and what follows it (``unused_data``).
+    """
     out = bytearray()
     rest = bytes(data)
     while rest:
-        inflater = lz4.frame.LZ4FrameDecompressor()
-        out += inflater.decompress(rest, max_length=limit + 1 - len(out))
+        inflater, inflate = member()
+        out += inflate(rest, limit + 1 - len(out))
         if len(out) > limit:
             raise _too_large(limit)
         if not inflater.eof:
-            raise InvalidBatch("the lz4 records end early")
+            raise InvalidBatch(f"the {name} records end early")
         rest = inflater.unused_data
     return bytes(out)
 
