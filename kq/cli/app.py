@@ -26,6 +26,8 @@ COMMANDS = {
     "topic": "topic",
     "offsets": "offsets",
     "group": "group",
+    "lag": "lag",
+    "metrics": "metrics",
     "replicate": "replicate",
     "maintain": "maintain",
     "verify": "verify",

@@ -258,8 +258,8 @@ def status(samples: Sequence[Sample], stall_after: float = DEFAULT_STALL_AFTER, 
       last sample's offset) while the lag is above 0 and no smaller than
       when it stopped moving: a consumer is there but makes no progress.
     - ``STOPPED``: the same with ``members == 0``: nobody is consuming.
-    - ``BEHIND`` (falling behind): the offset moves, but the lag grew
-      over the samples and never shrank between two of them.
+    - ``BEHIND`` (falling behind): the offset moved over the samples, but
+      the lag grew and never shrank between two of them.
 
     Samples are the window: ``kq top`` passes its last minutes. A check
     with one snapshot passes ``commit_samples(...)``: the last commit (lag
@@ -274,7 +274,8 @@ def status(samples: Sequence[Sample], stall_after: float = DEFAULT_STALL_AFTER, 
     if last.at - samples[since].at >= stall_after and last.lag >= samples[since].lag:
         return STOPPED if members == 0 else STALLED
     lags = [s.lag for s in samples]
-    if len(lags) >= 2 and lags[-1] > lags[0] and all(b >= a for a, b in zip(lags, lags[1:])):
+    moved = samples[0].committed != last.committed
+    if moved and lags[-1] > lags[0] and all(b >= a for a, b in zip(lags, lags[1:])):
         return BEHIND
     return OK
 
