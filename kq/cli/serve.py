@@ -206,7 +206,7 @@ def serve(
         print(f"kq: who may connect: {access.describe()}", file=sys.stderr)
         tls = " (TLS)" if ssl_context is not None else ""
         if server.metrics_url is not None:
-            print(f"kq: serving metrics on {server.metrics_url}", file=sys.stderr)
+            print(f"kq: metrics on {server.metrics_url}", file=sys.stderr)
         print(f"kq: serving {data.path}{tls} on {shown}:{server.port}", file=sys.stderr, flush=True)
 
     from ..serve import serve as run
