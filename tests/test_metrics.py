@@ -186,6 +186,14 @@ def test_serve_metrics_beside_the_kafka_port(data_dir, run_kq):
         assert value(s, "kq_serve_request_duration_seconds_count", api="Produce") == produced
         assert value(s, "kq_serve_request_duration_seconds_bucket", api="Produce", le="+Inf") == produced
         assert value(s, "kq_serve_requests_total", api="Metadata") >= 1
+        # The same metrics of a cluster, through -b (its admin API): no sizes there.
+        assert run_kq("-b", server.bootstrap, "offsets", "reset", "orders", "-g", "g", "--to", "2").returncode == 0
+        cluster = run_kq("-b", server.bootstrap, "metrics")
+        assert cluster.returncode == 0, cluster.stderr
+        c = parse(cluster.stdout.decode())
+        assert value(c, "kafka_topic_partition_current_offset", topic="orders", partition=0) == 5
+        assert value(c, "kafka_consumergroup_lag", consumergroup="g", topic="orders", partition=0) == 3
+        assert not any(name == "kq_topic_partition_bytes" for name, _ in c)
     finally:
         assert server.stop() == 0
 
