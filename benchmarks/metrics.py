@@ -71,7 +71,9 @@ def part1(topics: int, groups: int, rounds: int) -> None:
         data = os.path.join(work, "data")
         started = time.perf_counter()
         build(data, topics, groups)
-        print(f"built {topics} topics x {groups} groups ({topics * groups} offset files) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"built {topics} topics x {groups} groups ({topics * groups} offset files) in {time.perf_counter() - started:.1f} s"
+        )
         cases = {
             "kq --version (start-up floor)": KQ + ["--version"],
             "kq metrics": KQ + ["--data-dir", data, "metrics"],
