@@ -167,6 +167,10 @@ def serve(
         return
     host, port = host_port(listen, "--listen")
     metrics_address = host_port(metrics, "--metrics") if metrics is not None else None
+    if metrics_address is not None:
+        from .metrics import warn_if_open
+
+        warn_if_open(metrics_address[0])
     ssl_context = _tls_context(tls_cert, tls_key)
     adv_host, adv_port = host_port(advertise, "--advertise") if advertise else (host, None)
     if advertise is None and host in ("0.0.0.0", "::", ""):
