@@ -112,6 +112,21 @@ def test_metrics_after_produce_and_consume(run_kq, busy):
     assert value(only, "kafka_topic_partitions", topic="orders") is None
 
 
+def test_what_cannot_be_read_is_named_and_the_rest_reported(run_kq, busy, data_dir):
+    with open(os.path.join(data_dir, "topics", "jobs", "topic.json"), "w") as f:
+        f.write("garbage")
+    done = run_kq("metrics")
+    assert done.returncode == 1
+    assert "kq: warning: topic 'jobs': corrupt file" in done.stderr.decode()
+    s = parse(done.stdout.decode())
+    assert value(s, "kafka_topic_partition_current_offset", topic="orders", partition=0) == 6
+    assert value(s, "kq_snapshot_problems") == 1
+    # A check cannot vouch for what it could not read.
+    check = run_kq("lag", "--max", "100")
+    assert (check.returncode, check.stdout) == (1, b"")
+    assert "topic 'jobs'" in check.stderr.decode()
+
+
 def test_output_is_replaced_atomically(run_kq, busy, tmp_path):
     out = tmp_path / "textfile" / "kq.prom"
     out.parent.mkdir()
