@@ -110,6 +110,8 @@ def test_metrics_after_produce_and_consume(run_kq, busy):
     only = parse(run_kq("metrics", "jobs").stdout.decode())
     assert value(only, "kafka_topic_partitions", topic="jobs") == 1
     assert value(only, "kafka_topic_partitions", topic="orders") is None
+    unknown = run_kq("metrics", "nosuch")
+    assert unknown.returncode == 1 and unknown.stderr.decode() == "kq: error: topic 'nosuch' does not exist\n"
 
 
 def test_what_cannot_be_read_is_named_and_the_rest_reported(run_kq, busy, data_dir):

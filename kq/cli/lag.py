@@ -52,6 +52,8 @@ def lag(
     from ..ops import observe
 
     s = settings(ctx)
+    for topic in topics or ():
+        s.backend.partition_count(topic)  # an unknown topic is an error, not an empty answer
     snap = observe.snapshot(s.backend, topics or None)
     stall_after = observe.DEFAULT_STALL_AFTER if max_age is None else max_age
     if check or max_lag is not None or max_age is not None:

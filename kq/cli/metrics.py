@@ -56,6 +56,8 @@ def metrics(
     address = host_port(listen, "--listen") if listen is not None else None
     s = settings(ctx)
     backend = s.backend
+    for topic in topics or ():
+        backend.partition_count(topic)  # an unknown topic is an error, not an empty answer
 
     problems: list[str] = []
 
