@@ -21,6 +21,7 @@ class LocalBackend(Backend):
         self.groups = Groups(self.data)
         self.description = f"data directory {self.data.path}"
         self._topics: dict[str, Topic] = {}
+        self._offsets_seen: dict = {}  # Groups.overview's memory: offsets files read in an earlier snapshot
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -191,7 +192,7 @@ class LocalBackend(Backend):
 
     def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
         out = []
-        for found in self.groups.overview(group):
+        for found in self.groups.overview(group, self._offsets_seen):
             topic_id = (topic_ids or {}).get(found.topic)
             offsets = {p: c for p, c in found.offsets.items() if topic_id is None or c.topic_id in (None, topic_id)}
             out.append(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from typing import NamedTuple
@@ -236,14 +237,21 @@ class Groups:
             live.append(info)
         return live
 
-    def overview(self, group: str) -> list[GroupTopic]:
+    def overview(self, group: str, remembered: dict | None = None) -> list[GroupTopic]:
         """Every topic of ``group``: its committed offsets and live members, in one pass (kq metrics, kq top).
 
         The same files as ``committed_offsets`` and ``members`` read, for a whole
         group at a time: its directory is checked to lie inside the data
         directory once, and a topic directory again only if it is a link.
         Offsets are not matched against the topic's id here (the caller knows it).
+
+        ``remembered``: a dict the caller keeps between calls (``kq top`` and
+        ``kq metrics --listen`` look again and again): an offsets file whose
+        inode, size and modification time are those of the last call is not
+        read again (a commit replaces the file: a new inode).
         """
+        seen: dict[str, tuple[tuple[int, int, int], CommittedOffset | None]] = {}
+        before = {} if remembered is None else remembered.get(group, {})
         root = self._dir(group)
         try:
             with os.scandir(root) as listing:
@@ -263,11 +271,14 @@ class Groups:
             for name in names:
                 number = partition_of(name, OFFSET_SUFFIX)
                 if number is not None:
-                    found = self.read_offset_file(os.path.join(directory, name))
+                    path = os.path.join(directory, name)
+                    found = self.read_offset_file(path) if remembered is None else _offsets_again(path, before, seen)
                     if found is not None:
                         offsets[number] = found
             members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if MEMBERS_DIR in names else []
             out.append(GroupTopic(topic, offsets, members))
+        if remembered is not None:
+            remembered[group] = seen  # only the files there now: a deleted group's are forgotten
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
@@ -300,6 +311,21 @@ class Groups:
         live = self.members(group, topic)
         if live:
             raise GroupBusy(group, topic, len(live))
+
+
+def _offsets_again(path: str, before: dict, seen: dict) -> CommittedOffset | None:
+    """``Groups.read_offset_file``, or what it gave last time if the file is the same one, unchanged."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):  # a link or worse: read (and refused) as always, never remembered
+        return Groups.read_offset_file(path)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    last = before.get(path)
+    found = last[1] if last is not None and last[0] == key else Groups.read_offset_file(path)
+    seen[path] = (key, found)
+    return found
 
 
 def _name_and_id(topic: str | Topic) -> tuple[str, str | None]:
