@@ -237,7 +237,7 @@ def test_check_exit_codes(run_kq, spawn_kq, busy):
     ), stopped.stdout
 
     # A live member that makes no progress (its command never returns): stalled.
-    stuck = spawn_kq("consume", "orders", "-g", "billing", "-f", "--exec", "sleep 60")
+    stuck = spawn_kq("consume", "orders", "-g", "billing", "-f", "--exec", "sleep 60", start_new_session=True)
     try:
 
         def stalled():
@@ -250,7 +250,8 @@ def test_check_exit_codes(run_kq, spawn_kq, busy):
         listed = json.loads(run_kq("lag", "--json").stdout)
         assert [(r["group"], r["members"], r["lag"]) for r in listed] == [("billing", 1, 2)]
     finally:
-        stuck.kill()
+        os.killpg(stuck.pid, signal.SIGKILL)  # its `sleep` too
+        stuck.wait()
 
     bad = run_kq("group", "describe", "nobody", "--check")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("kq: error:")
