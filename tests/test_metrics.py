@@ -203,6 +203,26 @@ def test_serve_metrics_beside_the_kafka_port(data_dir, run_kq):
         assert value(s, "kq_serve_request_duration_seconds_count", api="Produce") == produced
         assert value(s, "kq_serve_request_duration_seconds_bucket", api="Produce", le="+Inf") == produced
         assert value(s, "kq_serve_requests_total", api="Metadata") >= 1
+        # Kafka clients in a group are its members (not the one seat kq serve takes in kq's group for them).
+        from confluent_kafka import Consumer
+
+        consumers = [
+            Consumer({"bootstrap.servers": server.bootstrap, "group.id": "cg", "auto.offset.reset": "earliest"})
+            for _ in range(2)
+        ]
+        try:
+            for c in consumers:
+                c.subscribe(["orders"])
+
+            def members_scraped():
+                for c in consumers:
+                    c.poll(0.1)
+                return value(parse(scrape(url)[0]), "kafka_consumergroup_members", consumergroup="cg") == 2
+
+            wait_for(members_scraped, timeout=30, message="2 members of cg in /metrics")
+        finally:
+            for c in consumers:
+                c.close()
         # The same metrics of a cluster, through -b (its admin API): no sizes there.
         assert run_kq("-b", server.bootstrap, "offsets", "reset", "orders", "-g", "g", "--to", "2").returncode == 0
         cluster = run_kq("-b", server.bootstrap, "metrics")
