@@ -142,7 +142,7 @@ def test_output_is_replaced_atomically(run_kq, busy, tmp_path):
     reader = threading.Thread(target=read_while_written)
     reader.start()
     try:
-        for _ in range(4):
+        for _ in range(3):
             done = run_kq("metrics", "--output", out)
             assert done.returncode == 0, done.stderr
             assert done.stdout == b""
