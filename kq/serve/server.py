@@ -140,6 +140,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections inside a request
+        self._stopping = False  # connections answer the request in hand and read no more
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -163,6 +164,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish (their appends are done), close the rest."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         # A request being handled finishes, so a produce that was appended is
@@ -217,7 +219,7 @@ class Server:
         first_answer_at = 0.0
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self._stopping:
                 head = await _read(reader, 4)
                 (size,) = wire.SIZE.unpack(head)
                 limit = self.max_request_bytes
@@ -276,6 +278,8 @@ class Server:
                         answers.clear()
                     await writer.drain()
                     raise auth.Refused(0, session.closing)
+            if answers:  # stopping: what was answered still goes out
+                writer.writelines(answers)
         finally:
             budget.release(unsent)
 

@@ -61,6 +61,7 @@ class KafkaBroker:
         """Listen, and return once clients can connect."""
         if self._thread is not None:
             raise RuntimeError("the broker is already running")
+        _import_the_server()
         if self._given_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="kq-broker-")
         else:
@@ -176,6 +177,25 @@ class KafkaBroker:
     def __repr__(self) -> str:
         state = f"{self.host}:{self.port}" if self._thread is not None else "stopped"
         return f"KafkaBroker({state}, data_dir={self.data_dir!r})"
+
+
+def _import_the_server() -> None:
+    """Import kq serve here, in the caller's thread, with kafka-python's import-time warnings silenced.
+
+    kafka-python 3 reads its protocol schemas with a deprecated importlib
+    call: a hundred DeprecationWarnings that say nothing about the user's
+    code would otherwise end up in their test report.
+    """
+    import warnings
+
+    from ..serve import INSTALL_HINT, missing_dependency
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        missing = missing_dependency()
+        if missing is not None:
+            raise RuntimeError(f"a kq broker needs {missing}, of kq's kafka extra: {INSTALL_HINT}")
+        from ..serve import auth, broker, server, storage  # noqa: F401
 
 
 def _config_text(value: Any) -> str:

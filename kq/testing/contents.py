@@ -9,7 +9,7 @@ from ..engine.datadir import DataDir
 from ..errors import KqError
 
 MAX_SHOWN_RECORDS = 50  # per report: the first failing question is "what was in the topic?", not all of it
-MAX_SHOWN_CHARS = 120  # per key or value
+MAX_SHOWN_BYTES = 100  # of a key or a value
 
 
 class TopicRecord(NamedTuple):
@@ -63,9 +63,9 @@ def summary(data_dir: str, limit: int = MAX_SHOWN_RECORDS) -> str:
 
 
 def _one_line(data: bytes | None) -> str:
+    """``data`` as Python shows bytes, without the b: escapes keep it on one line; long ones are cut."""
     if data is None:
         return "null"
-    text = repr(data)[1:] if data.isascii() else repr(data)  # b'..' shown as '..' when plain
-    if len(text) > MAX_SHOWN_CHARS:
-        text = text[: MAX_SHOWN_CHARS - 3] + f"...({len(data)} bytes)"
-    return text
+    if len(data) <= MAX_SHOWN_BYTES:
+        return repr(data)[1:]
+    return f"{repr(data[:MAX_SHOWN_BYTES])[1:]}... ({len(data)} bytes)"
