@@ -127,7 +127,8 @@ class KafkaBroker:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         storage = Storage(self.data_dir)
-        storage.ensure()
+        # A directory made for this broker is removed when it stops: nothing in it needs to reach the disk.
+        storage.data.ensure(sync=self._given_dir is not None)
         broker = Broker(
             storage, self.host, 0, auto_create=self.auto_create, default_partitions=self.partitions
         )
