@@ -156,9 +156,17 @@ def test_a_failing_test_reports_what_the_topics_held(probe_run):
     assert any(re.fullmatch(r"orders \[[01]\] @\d+ key='k5' value='order 5'", line) for line in lines)
 
 
-def test_the_plugin_is_registered_as_a_pytest11_entry_point():
-    text = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'\[project\.entry-points\.pytest11\]\nkq = "kq\.testing\.pytest_plugin"\n', text)
+def test_the_readmes_pytest_examples_pass(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Testing Kafka code", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(# (test_\w+\.py).*?)^```", section, re.S | re.M)
+    assert len(blocks) == 3  # confluent-kafka, kafka-python, aiokafka
+    project = tmp_path / "readme_project"
+    project.mkdir()
+    for code, name in blocks:
+        (project / name).write_text(code)
+    out = run_pytest(project, "-q")
+    assert out.returncode == 0 and re.search(r"\b3 passed\b", out.stdout), out.stdout + out.stderr
 
 
 # ---------------------------------------------------------------- KafkaBroker in this process

@@ -1,6 +1,6 @@
 """A broker per test beside one broker per session, a kq serve process and a Tansu process per test.
 
-    python benchmarks/test_brokers.py [--tests 40] [--messages 100] [--runs 3] [--tansu-tests 5]
+    python benchmarks/brokers_for_tests.py [--tests 40] [--messages 100] [--runs 3] [--tansu-tests 5]
 
 A "test" here is what a Kafka test does: a confluent-kafka producer sends
 N messages (100 bytes) to a topic and flushes, then a consumer assigned to
