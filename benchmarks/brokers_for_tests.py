@@ -74,7 +74,7 @@ def per_test(tests: int, messages: int) -> tuple[float, int]:
     from kq.testing import KafkaBroker
 
     start, read = time.perf_counter(), 0
-    for n in range(tests):
+    for _ in range(tests):
         with KafkaBroker() as broker:
             read += one_test(broker.bootstrap_servers, "orders", messages)
     return time.perf_counter() - start, read
@@ -92,7 +92,7 @@ def per_session(tests: int, messages: int) -> tuple[float, int]:
 
 def serve_process_per_test(tests: int, messages: int) -> tuple[float, int]:
     start, read = time.perf_counter(), 0
-    for n in range(tests):
+    for _ in range(tests):
         with tempfile.TemporaryDirectory() as data:
             server = KqServer(data)
             try:
@@ -104,7 +104,7 @@ def serve_process_per_test(tests: int, messages: int) -> tuple[float, int]:
 
 def tansu_per_test(tests: int, messages: int) -> tuple[float, int]:
     start, read = time.perf_counter(), 0
-    for n in range(tests):
+    for _ in range(tests):
         tansu = Tansu()
         try:
             read += one_test(tansu.bootstrap, "orders", messages, create=True)
@@ -135,7 +135,12 @@ def plugin_import_seconds() -> float:
     """Cumulative import time of kq.testing.pytest_plugin and what it brings that pytest has not (-X importtime)."""
     code = "import pytest, _pytest.python; import kq.testing.pytest_plugin"
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=_env()
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=_env(),
     )
     total = 0
     for line in out.stderr.splitlines():
@@ -180,7 +185,9 @@ def main() -> None:
         per = statistics.median(s for s, _ in results[name]) / tests
         read = min(r for _, r in results[name])
         print(f"| {name} | {tests} | {per * 1000:.1f} | {per / session:.2f}x | {read} of {tests * args.messages} |")
-    print(f"\nfirst broker of a session ready (fresh interpreter, imports included): {statistics.median(first) * 1000:.0f} ms")
+    print(
+        f"\nfirst broker of a session ready (fresh interpreter, imports included): {statistics.median(first) * 1000:.0f} ms"
+    )
     print(f"loading the pytest plugin (kq modules' import time): {statistics.median(plugin) * 1000:.2f} ms")
 
 

@@ -66,7 +66,7 @@ def test_a_users_suite_passes_with_all_three_clients_and_leaves_no_temp_dir(tmp_
     assert list((tmp_path / "tmp").rglob("kq-broker-*")) == []
 
 
-PROBE = '''
+PROBE = """
 import os, socket, sys, threading
 
 HEAVY = ("kafka", "confluent_kafka", "aiokafka", "kq.serve", "kq.testing.broker")
@@ -117,7 +117,7 @@ def test_3_nothing_is_left_behind():
     assert sockets() == before["sockets"]
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", before["port"])) != 0
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,9 @@ def test_a_failing_test_reports_what_the_topics_held(probe_run):
     assert "empty-topic: empty" in section
     # One line a record, however long or many-lined its value.
     assert any(re.fullmatch(r"orders \[[01]\] @\d+ key='k0' value='line one\\nline two'", line) for line in lines)
-    assert any(re.fullmatch(r"orders \[[01]\] @\d+ key=null value='x{100}'\.\.\. \(500 bytes\)", line) for line in lines)
+    assert any(
+        re.fullmatch(r"orders \[[01]\] @\d+ key=null value='x{100}'\.\.\. \(500 bytes\)", line) for line in lines
+    )
     assert any(re.fullmatch(r"orders \[[01]\] @\d+ key='k5' value='order 5'", line) for line in lines)
 
 
@@ -254,4 +256,4 @@ def test_the_port_is_closed_once_stopped():
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
     with pytest.raises(RuntimeError, match="not running"):
-        broker.bootstrap_servers
+        _ = broker.bootstrap_servers

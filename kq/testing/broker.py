@@ -129,9 +129,7 @@ class KafkaBroker:
         storage = Storage(self.data_dir)
         # A directory made for this broker is removed when it stops: nothing in it needs to reach the disk.
         storage.data.ensure(sync=self._given_dir is not None)
-        broker = Broker(
-            storage, self.host, 0, auto_create=self.auto_create, default_partitions=self.partitions
-        )
+        broker = Broker(storage, self.host, 0, auto_create=self.auto_create, default_partitions=self.partitions)
         self._server = server = Server(broker, self.host, 0, access=Access(storage.path))
         await server.start()
         broker.port = self.port = server.port
@@ -147,8 +145,8 @@ class KafkaBroker:
 
     def create_topic(self, name: str, partitions: int = 1, **config: Any) -> None:
         """Create a topic, with Kafka topic configs written with ``_`` for ``.``: ``retention_ms=60000``."""
-        from ..serve import topic_configs
         from ..engine.topic import check_config
+        from ..serve import topic_configs
 
         given = {key.replace("_", "."): _config_text(value) for key, value in config.items()}
         settings, kept = topic_configs.split(given.items())

@@ -23,9 +23,7 @@ def produce_confluent(bootstrap, topic, messages, **settings):
 def consume_confluent(bootstrap, topic, count, group="orders-app"):
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
-    )
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     got = []
     try:
