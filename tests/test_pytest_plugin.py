@@ -225,6 +225,38 @@ def test_brokers_are_isolated_and_stop_without_waiting_for_a_long_poll():
     assert not os.path.exists(first.data_dir) and not os.path.exists(second.data_dir)
 
 
+def test_a_broker_stops_at_once_while_a_member_waits_in_a_rebalance():
+    import time
+
+    from confluent_kafka import Consumer
+
+    from kq.testing import KafkaBroker
+
+    broker = KafkaBroker().start()
+    from kafka import KafkaConsumer  # once the broker has imported it, with its import-time warnings silenced
+
+    broker.create_topic("t", partitions=2)
+    first = KafkaConsumer("t", bootstrap_servers=broker.bootstrap_servers, group_id="g", enable_auto_commit=False)
+    second = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "g"})
+    try:
+        deadline = time.monotonic() + 10
+        while not first.assignment() and time.monotonic() < deadline:
+            first.poll(100)
+        assert first.assignment()
+        # The second member's JoinGroup waits for the first to rejoin, which it does only when polled.
+        second.subscribe(["t"])
+        for _ in range(3):
+            second.poll(0.1)
+        started = time.monotonic()
+        broker.stop()
+        stopping = time.monotonic() - started
+    finally:
+        broker.stop()
+        second.close()
+        first.close()
+    assert stopping < 2.5, f"stopping waited {stopping:.2f} s for a rebalance"
+
+
 def test_create_topic_takes_kafka_topic_configs_and_refuses_unknown_ones():
     from kq.testing import KafkaBroker
 

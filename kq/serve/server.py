@@ -168,10 +168,11 @@ class Server:
         if self._server is not None:
             self._server.close()
         # A request being handled finishes, so a produce that was appended is
-        # also answered; idle connections are simply closed. Fetches waiting
-        # for records (up to the client's fetch.wait.max.ms, 500 ms for
-        # librdkafka) answer with what there is now, instead of holding the stop.
-        self.broker.waiters.close()
+        # also answered; idle connections are simply closed. Requests that
+        # wait on time (a Fetch for records, up to the client's
+        # fetch.wait.max.ms; a JoinGroup for a rebalance) answer now instead
+        # of holding the stop.
+        self.broker.release_waiting()
         for task in list(self._connections - self._busy):
             task.cancel()
         if self._busy:

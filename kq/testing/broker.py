@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -130,7 +131,11 @@ class KafkaBroker:
         # A directory made for this broker is removed when it stops: nothing in it needs to reach the disk.
         storage.data.ensure(sync=self._given_dir is not None)
         broker = Broker(storage, self.host, 0, auto_create=self.auto_create, default_partitions=self.partitions)
-        self._server = server = Server(broker, self.host, 0, access=Access(storage.path))
+        # Linux tells the peer's uid: the test's own clients get in, other users' processes do not.
+        # Elsewhere no peer is known, and kq serve's rule would refuse everyone: a loopback port
+        # that lives for one test is left open to local processes, as `kq serve --insecure` would.
+        access = Access(storage.path) if sys.platform.startswith("linux") else None
+        self._server = server = Server(broker, self.host, 0, access=access)
         await server.start()
         broker.port = self.port = server.port
         broker.listen = (self.host, server.port)
