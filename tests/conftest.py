@@ -16,6 +16,9 @@ from cluster_support import kq_serve_cluster, place, tansu_cluster  # noqa: F401
 
 KQ = [sys.executable, "-m", "kq"]
 
+# A user's own test project (no conftest.py, kq's pytest plugin), run by test_pytest_plugin.py in a subprocess.
+collect_ignore = ["user_project"]
+
 
 @pytest.fixture
 def data_dir(tmp_path):

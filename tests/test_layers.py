@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("backends", ("kq.backends",)),
     ("ops", ("kq.ops",)),
     ("serve", ("kq.serve",)),
+    ("testing", ("kq.testing",)),
     ("cli", ("kq.cli", "kq.__main__")),
 ]
 

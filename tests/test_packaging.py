@@ -25,6 +25,14 @@ def test_the_distribution_is_kq_log_and_installs_the_kq_command():
     assert scripts == [("kq", "kq.cli:main")]
 
 
+def test_pytest_finds_kqs_fixtures_through_a_pytest11_entry_point():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        entry_points = tomllib.load(f)["project"]["entry-points"]
+    assert entry_points == {"pytest11": {"kq": "kq.testing.pytest_plugin"}}
+    assert os.path.exists(os.path.join(ROOT, "kq", "testing", "pytest_plugin.py"))
+
+
 def test_the_wheel_ships_every_completion_script_where_shells_look():
     tomllib = pytest.importorskip("tomllib")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:

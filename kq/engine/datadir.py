@@ -101,8 +101,12 @@ class DataDir:
         self._format_checked = True
         return True
 
-    def ensure(self) -> None:
-        """Create the directory and its format file if needed (for writers)."""
+    def ensure(self, sync: bool = True) -> None:
+        """Create the directory and its format file if needed (for writers).
+
+        ``sync=False``: the format file is not fsynced (a scratch directory,
+        such as a test's broker's, that is removed after use).
+        """
         if self.exists():
             return
         try:
@@ -113,6 +117,7 @@ class DataDir:
                 atomic_write(
                     os.path.join(self.path, FORMAT_FILE),
                     json.dumps({"format": CREATED_FORMAT}).encode() + b"\n",
+                    sync=sync,
                 )
         except PermissionError as exc:
             raise DataDirError(f"cannot create data directory {self.path}: {exc.strerror}") from None

@@ -119,6 +119,11 @@ class Broker:
     def start(self) -> None:
         self.coordinator.start()
 
+    def release_waiting(self) -> None:
+        """Stopping: requests waiting on time (fetch long polls, group joins and syncs) are answered now."""
+        self.waiters.close()
+        self.coordinator.release_waiting()
+
     def close(self) -> None:
         self.waiters.close()
         self.coordinator.close()

@@ -66,6 +66,15 @@ class Coordinator:
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
+    def release_waiting(self) -> None:
+        """The server is stopping: members waiting in JoinGroup or SyncGroup for a rebalance to end
+        are let go now (as when a member is removed), instead of holding the stop for the rebalance."""
+        for group in self.groups.values():
+            for member in group.members.values():
+                for fut in (member.join, member.sync):
+                    if fut is not None and not fut.done():
+                        fut.cancel()
+
     def close(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()

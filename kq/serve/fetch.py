@@ -32,6 +32,7 @@ class Waiters:
         self._ends: dict[tuple[str, int], int] = {}
         self._watcher: asyncio.Task | None = None
         self._last_change = 0.0  # when the watcher last saw another process append
+        self.closed = False  # the server is stopping: long polls answer at once
 
     def appended(self, topic: str, partition: int) -> None:
         for fut in self._waiting.pop((topic, partition), ()):
@@ -39,7 +40,9 @@ class Waiters:
                 fut.set_result(None)
 
     async def wait(self, partitions: list[tuple[str, int, int]], timeout: float) -> None:
-        """Wait until one of (topic, partition, end offset seen) grows, or ``timeout``."""
+        """Wait until one of (topic, partition, end offset seen) grows, or ``timeout``, or the server stops."""
+        if self.closed:
+            return
         fut = asyncio.get_running_loop().create_future()
         for topic, partition, end in partitions:
             self._waiting.setdefault((topic, partition), set()).add(fut)
@@ -74,6 +77,12 @@ class Waiters:
                     self.appended(*key)
 
     def close(self) -> None:
+        """Answer every long poll now: a stopping server does not keep its clients (or its owner) waiting."""
+        self.closed = True
+        for futs in self._waiting.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
         if self._watcher is not None:
             self._watcher.cancel()
 
@@ -102,7 +111,7 @@ class FetchHandler:
             # A fuller server answers with less (at least a batch, as Kafka does past max_bytes).
             responses, total, ends, errors = self._read_fetch(body, min(max_bytes, max(self.broker.response_room(), 1)))
             remaining = deadline - time.monotonic()
-            if total >= body.min_bytes or errors or remaining <= 0 or not ends:
+            if total >= body.min_bytes or errors or remaining <= 0 or not ends or self.waiters.closed:
                 break
             await self.waiters.wait(ends, remaining)
         # session id 0: "no session", so clients fall back to full fetches.

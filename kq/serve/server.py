@@ -141,6 +141,7 @@ class Server:
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections inside a request
         self.metrics_url: str | None = None  # where /metrics is served, with --metrics
+        self._stopping = False  # connections answer the request in hand and read no more
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -164,10 +165,15 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in progress finish (their appends are done), close the rest."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         # A request being handled finishes, so a produce that was appended is
-        # also answered; idle connections are simply closed.
+        # also answered; idle connections are simply closed. Requests that
+        # wait on time (a Fetch for records, up to the client's
+        # fetch.wait.max.ms; a JoinGroup for a rebalance) answer now instead
+        # of holding the stop.
+        self.broker.release_waiting()
         for task in list(self._connections - self._busy):
             task.cancel()
         if self._busy:
@@ -215,7 +221,7 @@ class Server:
         first_answer_at = 0.0
         loop = asyncio.get_running_loop()
         try:
-            while True:
+            while not self._stopping:
                 head = await _read(reader, 4)
                 (size,) = wire.SIZE.unpack(head)
                 limit = self.max_request_bytes
@@ -274,6 +280,8 @@ class Server:
                         answers.clear()
                     await writer.drain()
                     raise auth.Refused(0, session.closing)
+            if answers:  # stopping: what was answered still goes out
+                writer.writelines(answers)
         finally:
             budget.release(unsent)
 
