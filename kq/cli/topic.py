@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import TopicExists, TopicNotFound
+from ..errors import TopicExists, TopicNotFound, UsageError
 from .common import KqCommand, bad_parameter, json_option, partitions_option, settings, topic_argument
 from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
 
@@ -73,6 +73,46 @@ TombstoneOption = Annotated[
         help="With compact: how long a tombstone (null value) survives compaction \\[default: 1d].",
     ),
 ]
+DedupWindowOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dedup-window",
+        metavar="DURATION",
+        help="Every producer drops a message whose id (its key, or --dedup-header) was produced to the topic "
+        "within DURATION (10m, 1h; none: no window), Kafka clients through `kq serve` too.",
+    ),
+]
+DedupHeaderOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dedup-header",
+        metavar="NAME",
+        help="With --dedup-window: a message's id is the value of its header NAME (as NATS's Nats-Msg-Id) "
+        "rather than its key (none: the key).",
+    ),
+]
+
+
+def dedup_changes(s, command: str, window: Optional[str], header: Optional[str]) -> dict:
+    """The topic settings --dedup-window and --dedup-header give (a data directory's only)."""
+    from ..units import parse_duration, parse_limit
+
+    changes: dict[str, object] = {}
+    if window is None and header is None:
+        return changes
+    s.data_dir(f"kq topic {command} --dedup-window")  # a cluster has no deduplication window
+    if window is not None:
+        try:
+            changes["dedup_window_ms"] = parse_limit(window, parse_duration)
+        except UsageError as exc:
+            raise bad_parameter(str(exc), "--dedup-window") from None
+        if changes["dedup_window_ms"] == 0:
+            raise bad_parameter("the deduplication window must be longer than 0 (or none)", "--dedup-window")
+    if header is not None:
+        if not header:
+            raise bad_parameter("the header name may not be empty (none: the key)", "--dedup-header")
+        changes["dedup_header"] = None if header.lower() == "none" else header
+    return changes
 
 
 def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
@@ -106,6 +146,8 @@ def topic_create(
     retention_bytes: RetentionBytesOption = None,
     cleanup: CleanupOption = None,
     tombstone_retention: TombstoneOption = None,
+    dedup_window: DedupWindowOption = None,
+    dedup_header: DedupHeaderOption = None,
 ) -> None:
     """Create a topic.
 
@@ -116,9 +158,12 @@ def topic_create(
       kq topic create logs --retention 7d --retention-bytes 1G
 
       kq topic create users --cleanup compact     [dim]# a table: latest value per key[/dim]
+
+      kq topic create jobs --dedup-window 1h     [dim]# a key produced twice within 1h: stored once[/dim]
     """
     s = settings(ctx)
     config = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    config.update(dedup_changes(s, "create", dedup_window, dedup_header))
     try:
         info = s.backend.create_topic(name, partitions, config)
     except TopicExists:
@@ -138,6 +183,8 @@ def topic_alter(
     retention_bytes: RetentionBytesOption = None,
     cleanup: CleanupOption = None,
     tombstone_retention: TombstoneOption = None,
+    dedup_window: DedupWindowOption = None,
+    dedup_header: DedupHeaderOption = None,
 ) -> None:
     """Change a topic's settings; `kq maintain` applies new limits to existing data.
 
@@ -146,9 +193,12 @@ def topic_alter(
       kq topic alter logs --retention 3d
 
       kq topic alter logs --retention none --retention-bytes 500M
+
+      kq topic alter jobs --dedup-window 10m --dedup-header Nats-Msg-Id
     """
     s = settings(ctx)
     changes = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    changes.update(dedup_changes(s, "alter", dedup_window, dedup_header))
     if not changes:
         raise bad_parameter("give at least one setting to change", "TOPIC")
     config = s.backend.alter_topic(name, changes)

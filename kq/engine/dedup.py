@@ -1,6 +1,7 @@
 """A topic's deduplication window: the ids of records produced lately, in ``dedup.index``.
 
-One index per topic, not per partition: an id taken from a header need not
+One index per topic (and id rule: the key, or a header's value; see
+``index_name``), not per partition: an id taken from a header need not
 go where its record's key sends it, so the same id may reach two partitions,
 and only an index over all of them sees the second copy. It lives in the
 topic's directory and is guarded by ``dedup.lock`` beside it. A
@@ -83,6 +84,18 @@ def read_mark(first: int, second: int) -> tuple[int, int] | None:
     return (partition, offset) if mark_words(partition, offset)[0] == first else None
 
 
+def index_name(header: str | None) -> str:
+    """The index file of an id rule: ``dedup.index`` for keys, one per header name otherwise.
+
+    Each rule has its own index, each covering every record of the topic: a
+    producer whose ids are keys and one whose ids are a header's values
+    both see every record, each by its own id.
+    """
+    if header is None:
+        return INDEX_NAME
+    return f"dedup.h-{blake2b(header.encode('utf-8'), digest_size=8).hexdigest()}.index"
+
+
 def record_ids(keys, headers, header: str | None, count: int) -> list:
     """Each record's id: its key, or the value of its first header named ``header`` (None: it has none)."""
     if header is None:
@@ -112,7 +125,7 @@ class DedupWindow:
         self.topic = topic
         self.window_ms = window_ms
         self.header = header
-        self.path = os.path.join(topic.path, INDEX_NAME)
+        self.path = os.path.join(topic.path, index_name(header))
         self.lock = FileLock(os.path.join(topic.path, LOCK_NAME))
         self.dropped = 0  # records dropped as duplicates, in all
         self._now = 0  # the time of this round (ms)

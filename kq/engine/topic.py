@@ -67,6 +67,17 @@ def check_config(config: dict) -> dict:
     return merged
 
 
+# Settings newer kqs added, written to topic.json only when set: an older kq refuses a
+# topic.json with a setting it does not know, which is right for a topic that has one
+# (it would produce without deduplicating) and wrong for every other topic.
+OMITTED_WHEN_UNSET = ("dedup_window_ms", "dedup_header")
+
+
+def stored_config(config: dict) -> dict:
+    """The config as topic.json keeps it: the settings of OMITTED_WHEN_UNSET only if set."""
+    return {k: v for k, v in config.items() if not (k in OMITTED_WHEN_UNSET and v is None)}
+
+
 def check_inside(path: str, root: str) -> str:
     """Return ``path`` if it resolves inside the data directory ``root``; raise if a link leads out.
 
