@@ -28,8 +28,10 @@ import struct
 import sys
 import zlib
 from array import array
+from collections.abc import Sequence
 from contextlib import contextmanager
 from hashlib import blake2b
+from itertools import repeat
 
 from ..errors import UnsupportedFormat, warn
 from .fileio import FileLock, fsync_dir, open_regular, write_all
@@ -140,6 +142,7 @@ class DedupWindow:
         self._inode = None
         self._read_to = 0  # bytes of the file read into _seen and _marks
         self._seen: dict[int, int] = {}  # id hash -> when it was last produced (ms)
+        self._oldest = OFFSET_MASK  # no entry in _seen is older than this (ms): a rewrite would drop none
         self._marks: dict[int, int] = {}  # partition -> the offset the index covers it up to
         self._logs: dict[int, tuple] = {}  # partition -> (the last segment's state, its end offset)
         self._keep_ms = self.window_ms
@@ -172,16 +175,24 @@ class DedupWindow:
 
     def admit(self, ids: list) -> list[int]:
         """The indexes of ``ids`` that are duplicates within the window; the others count as produced now."""
-        present = [i for i, v in enumerate(ids) if v is not None]
-        if not present:
+        if None in ids:
+            present: Sequence[int] = [i for i, v in enumerate(ids) if v is not None]
+            hashes = id_hashes([ids[i] for i in present])
+        else:
+            present, hashes = range(len(ids)), id_hashes(ids)
+        if not hashes:
             return []
-        hashes = id_hashes([ids[i] for i in present])
-        seen, get, now = self._seen, self._seen.get, self._now
+        seen, now = self._seen, self._now
+        whens = list(map(seen.get, hashes))
+        if whens.count(None) == len(whens) and len(set(hashes)) == len(hashes):  # all new: the common case
+            seen.update(zip(hashes, repeat(now)))
+            self._pending.extend(hashes)
+            return []
         cutoff = now - self.window_ms
         duplicates = []
         pending = self._pending
         for i, h in zip(present, hashes):
-            when = get(h)
+            when = seen.get(h)
             if when is not None and when > cutoff:
                 duplicates.append(i)
             else:
@@ -202,6 +213,7 @@ class DedupWindow:
         """Write the ids admitted and the marks moved this round, in one write."""
         words = array("Q", [0]) * (2 * len(self._pending))
         if self._pending:
+            self._oldest = min(self._oldest, self._now)
             words[0::2] = array("Q", self._pending)
             words[1::2] = array("Q", [self._now]) * len(self._pending)
         for partition in sorted(self._moved):
@@ -309,6 +321,7 @@ class DedupWindow:
         if whole > start:
             words = _words(os.pread(self._fd, whole - start, start))
             firsts, seconds = words[0::2], words[1::2]
+            self._oldest = min(self._oldest, min(seconds))  # (a mark's second word is above any time)
             seen = self._seen
             if self._read_to == 0 and not seen:
                 seen.update(zip(firsts, seconds))
@@ -383,6 +396,7 @@ class DedupWindow:
                         continue
                     for h, i in zip(id_hashes([ids[i] for i in chosen]), chosen):
                         when = stamps[i]
+                        self._oldest = min(self._oldest, when)
                         if when > seen.get(h, -1):
                             seen[h] = when
                         words.extend((h, when))
@@ -395,7 +409,13 @@ class DedupWindow:
         if entries < max(REWRITE_MIN_ENTRIES, 2 * self._base_entries):
             return
         cutoff = self._now - self._keep_ms
+        assert self._fd is not None
+        if self._oldest > cutoff:  # nothing has expired: no rewrite yet, until the file doubles again
+            self._base_entries = entries
+            os.pwrite(self._fd, struct.pack("<Q", entries), 16)
+            return
         live = {h: when for h, when in self._seen.items() if when > cutoff}
+        self._oldest = min(live.values(), default=OFFSET_MASK)
         words = array("Q", [0]) * (2 * len(live))
         if live:
             words[0::2] = array("Q", live.keys())
