@@ -26,7 +26,7 @@ def index_behind_log(run_kq, data_dir: str, topic: str) -> bool:
     data = open(os.path.join(data_dir, "topics", topic, "dedup.index"), "rb").read()
     marks: dict[int, int] = {}
     for pos in range(32, len(data) - len(data) % 16, 16):
-        first, second = struct.unpack_from("<QQ", data, pos)
+        first, second = struct.unpack_from(">QQ", data, pos)
         if second >> 63:
             marks[first & 0xFFFFFFFF] = second & (2**63 - 1)
     described = json.loads(run_kq("topic", "describe", topic, "--json").stdout)["partitions"]

@@ -41,36 +41,36 @@ INDEX_NAME = "dedup.index"
 LOCK_NAME = "dedup.lock"
 MAGIC = b"KQDI"
 VERSION = 1
-HEADER = struct.Struct("<4sHHQQQ")  # magic, version, flags, keep_ms, entries after the last rewrite, reserved
-ENTRY_SIZE = 16  # two little-endian uint64 words
+HEADER = struct.Struct(">4sHHQQQ")  # magic, version, flags, keep_ms, entries after the last rewrite, reserved
+ENTRY_SIZE = 16  # two big-endian uint64 words
 MARK_BIT = 1 << 63  # set in an entry's second word: a mark, not an id
 OFFSET_MASK = MARK_BIT - 1
-MARK_CHECK = struct.Struct("<IQ")  # partition, next offset: what a mark's crc32 covers
+MARK_CHECK = struct.Struct(">IQ")  # partition, next offset: what a mark's crc32 covers
 # The file is rewritten without its expired entries once it holds twice as
 # many as after the last rewrite (and at least this many): appends stay
 # amortised O(1) and the file at most twice its live size.
 REWRITE_MIN_ENTRIES = 65_536
-_BIG_ENDIAN = sys.byteorder == "big"
+_SWAP = sys.byteorder == "little"  # the file is big-endian, as kq's other binary files
 
 
 def _words(data: bytes) -> array:
-    """``data`` as little-endian uint64 words."""
+    """``data`` as big-endian uint64 words."""
     words = array("Q")
     words.frombytes(data)
-    if _BIG_ENDIAN:
+    if _SWAP:
         words.byteswap()
     return words
 
 
 def _bytes(words: array) -> bytes:
-    if _BIG_ENDIAN:
+    if _SWAP:
         words = array("Q", words)
         words.byteswap()
     return words.tobytes()
 
 
 def id_hashes(ids: list[bytes]) -> array:
-    """The 64-bit hash kq keeps of each id: the first 8 bytes of its BLAKE2b-64 digest, little-endian."""
+    """The 64-bit hash kq keeps of each id: its BLAKE2b digest of 8 bytes, as a big-endian integer."""
     return _words(b"".join([blake2b(i, digest_size=8).digest() for i in ids]))
 
 
@@ -299,7 +299,7 @@ class DedupWindow:
             return False
         self._keep_ms, self._base_entries = keep, base
         if self.window_ms > keep:  # a longer window than any before: entries are kept that long from now on
-            os.pwrite(self._fd, struct.pack("<Q", self.window_ms), 8)
+            os.pwrite(self._fd, struct.pack(">Q", self.window_ms), 8)
             self._keep_ms = self.window_ms
         return True
 
@@ -412,7 +412,7 @@ class DedupWindow:
         assert self._fd is not None
         if self._oldest > cutoff:  # nothing has expired: no rewrite yet, until the file doubles again
             self._base_entries = entries
-            os.pwrite(self._fd, struct.pack("<Q", entries), 16)
+            os.pwrite(self._fd, struct.pack(">Q", entries), 16)
             return
         live = {h: when for h, when in self._seen.items() if when > cutoff}
         self._oldest = min(live.values(), default=OFFSET_MASK)
