@@ -254,9 +254,11 @@ class PartitionState:
         """Move ``start`` up to the first offset that is not settled."""
         self.start = self.ranges[0].first if self.ranges else self.next
 
-    def due(self, now: int, wall: int) -> list[Range]:
+    def due(self, now: int, wall: int | None = None) -> list[Range]:
         """Ranges that may be delivered now: available ones whose time came (on the boot clock ``now``,
-        and for scheduled ones on the wall clock ``wall``), and expired leases."""
+        and for scheduled ones on the wall clock ``wall``, now by default), and expired leases."""
+        if wall is None:
+            wall = wall_ms()
         return [
             r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now and (r.at is None or r.at <= wall)
         ]
