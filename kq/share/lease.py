@@ -39,13 +39,19 @@ RESEEK_OFFSETS = 10_000
 MAX_SCAN_OFFSETS = 100_000
 
 
-def _waiting(batch: RecordBatch, lo: int, hi: int, wall: int) -> list | None:
-    """For records ``lo:hi`` of ``batch``, each one's delivery time if it is later than ``wall``
-    (else None); None if no record there waits."""
+def _waiting(batch: RecordBatch, lo: int, hi: int, wall: int) -> list | int | None:
+    """Which of records ``lo:hi`` of ``batch`` wait for a delivery time later than ``wall``: None if
+    none does, the time if all do with the same headers (a produce's --delay), else each record's
+    time if it waits (None if not)."""
     headers = batch.headers
     if headers is None:
         return None
-    times = [deliver_at(h) if h else None for h in headers[lo:hi]]
+    pick = headers[lo:hi]
+    first = pick[0]
+    if pick.count(first) == len(pick):  # compared in C: one produce's headers, most often
+        at = deliver_at(first) if first else None
+        return at if at is not None and at > wall else None
+    times = [deliver_at(h) if h else None for h in pick]
     if not any(t is not None and t > wall for t in times):
         return None
     return [t if t is not None and t > wall else None for t in times]
@@ -263,12 +269,19 @@ class SharePartition:
             for b, lo, hi in self.records.read(first, last):
                 offsets = b.offsets()
                 waiting = _waiting(b, lo, hi, wall)
-                if waiting is None and b.offset_deltas is None:  # dense: a gap can only come before it
+                if b.offset_deltas is None and not isinstance(waiting, list):  # dense: a gap can only come before it
                     if offsets[lo] > expect:
                         phantoms.append((expect, offsets[lo] - 1))
-                    deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
                     expect = offsets[hi - 1] + 1
+                    if waiting is None:
+                        deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
+                    elif later and later[-1][1] + 1 == offsets[lo]:
+                        later[-1][1], later[-1][2] = offsets[hi - 1], min(later[-1][2], waiting)
+                    else:
+                        later.append([offsets[lo], offsets[hi - 1], waiting])
                     continue
+                if isinstance(waiting, int):
+                    waiting = [waiting] * (hi - lo)
                 for i in range(lo, hi):
                     offset = offsets[i]
                     if offset > expect:
