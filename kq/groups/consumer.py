@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from ..delivery_time import deliver_at, now_ms
 from ..consumer import POLL_SECONDS, Consumer, IdleClock, Slice
+from ..delivery_time import deliver_at, now_ms
 from ..engine.datadir import DataDir
 from ..engine.names import check_name
 from ..engine.topic import Topic
@@ -20,7 +20,7 @@ def holds_delayed(slices: list[Slice]) -> bool:
     """Whether any of the records is delayed (kq.delivery_time) to a time still to come."""
     now = now_ms()
     for s in slices:
-        headers = s.batch.headers
+        headers = getattr(s.batch, "headers", None)  # a RecordBatch's column
         if headers is not None and any(
             (at := deliver_at(h)) is not None and at > now for h in headers[s.start : s.stop] if h
         ):

@@ -7,8 +7,8 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..engine.batch import RecordBatch
 from ..delivery_time import deliver_at
+from ..engine.batch import RecordBatch
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
 from .dead_letter import dead_letter, finish_dead_lettering
 from .deliveries import LEASE_EXPIRED, Delivery, Failure, Outcome

@@ -19,7 +19,9 @@ Files under ``DATA/shares/SHARE/TOPIC/`` (docs/FORMAT.md, "Share groups"):
 A partition's state is its *start* (every offset below it is settled), its
 *next* (no offset from it on was ever acquired) and, between them, the
 ranges of records that are not settled: acquired (by a lease until a
-deadline), available again (after a release, from a time on), or being
+deadline), available again (after a release, from a time on), scheduled
+(available, but delayed by their ``kq.deliver-at`` headers until a
+wall-clock time: ``Range.at``; see kq.delivery_time), or being
 dead-lettered. An offset between start and next in no range is settled.
 Every change happens under ``P.share.lock``: read the file, change it,
 replace it (temporary file, fsync, rename, fsync of the directory), as a
@@ -278,12 +280,8 @@ class PartitionState:
 
     def scheduled(self, wall: int) -> tuple[int, int | None]:
         """How many records wait for their delivery time, and the earliest time (epoch ms) one falls due."""
-        waiting = [r for r in self.ranges if r.at is not None and r.at > wall]
-        return sum(r.count for r in waiting), min((r.at for r in waiting), default=None)
-
-    def next_due(self) -> int | None:
-        """The earliest wall-clock time (epoch ms) at which a scheduled range falls due."""
-        return min((r.at for r in self.ranges if r.at is not None), default=None)
+        times = [(r.at, r.count) for r in self.ranges if r.at is not None and r.at > wall]
+        return sum(n for _, n in times), min((at for at, _ in times), default=None)
 
     def bound_leases(self, now: int, holder_live) -> bool:
         """End the leases that cannot hold (``unsound_lease``): one longer than any lease kq grants
