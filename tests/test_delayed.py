@@ -120,3 +120,40 @@ def test_a_consumer_group_reads_delayed_records_in_order_and_warns_once(run_kq):
     for command in ("produce", "consume"):
         shown = run_kq(command, "--help", env={"COLUMNS": "2000"}).stdout.decode()
         assert "ignoring their time" in shown or "read them in order, at once" in shown
+
+
+def test_a_replica_keeps_the_delay_and_the_share_groups_schedule(run_kq, tmp_path):
+    assert run_kq("produce", "jobs", "--delay", "1h", input="later\n").returncode == 0
+    assert run_kq("produce", "jobs", input="now\n").returncode == 0
+    got = run_kq("consume", "jobs", "--share", "s").stdout.decode().splitlines()
+    assert [line.split("\t")[1] for line in got] == ["now"]
+    assert run_kq("ack", "jobs", "--share", "s", got[0].split("\t")[0]).returncode == 0
+    replica = str(tmp_path / "replica")
+    r = run_kq("replicate", "jobs", "--to", replica)
+    assert r.returncode == 0, r.stderr
+    # Failed over: the replica's workers neither hand the delayed record out nor forget it.
+    again = run_kq("consume", "jobs", "--share", "s", data=replica)
+    assert again.returncode == 0 and again.stdout == b"", again.stderr
+    [row] = json.loads(run_kq("group", "describe", "s", "--json", data=replica).stdout)["partitions"]
+    assert (row["scheduled"], row["acknowledged"], row["lag"]) == (1, 1, 1)
+
+
+def test_a_kafka_client_through_serve_delays_a_record_with_the_header(run_kq, data_dir):
+    from serve_support import KqServer, produce
+
+    due = now_ms() + 3_600_000
+    server = KqServer(data_dir)
+    try:
+        produce(
+            "kafka-python",
+            server.bootstrap,
+            "jobs",
+            [{"value": b"later", "headers": [("kq.deliver-at", str(due).encode())]}, {"value": b"now"}],
+        )
+    finally:
+        server.stop()
+    got = run_kq("consume", "jobs", "--share", "s")
+    assert got.returncode == 0, got.stderr
+    assert [line.split("\t")[1] for line in got.stdout.decode().splitlines()] == ["now"]
+    [row] = share_rows(run_kq)
+    assert (row["scheduled"], row["next_due"]) == (1, due)
