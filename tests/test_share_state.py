@@ -64,6 +64,33 @@ def test_another_boot_voids_every_lease():
     assert [r.until for r in s.ranges] == [0] and s.due(now=1) == s.ranges
 
 
+def test_scheduled_ranges_wait_for_their_wall_clock_time_survive_a_reboot_and_join_at_the_earlier():
+    s = PartitionState(start=0, next=10, boot="b")
+    s.ranges = [Range(0, 3, AVAILABLE, 0, at=5000), Range(4, 6, AVAILABLE, 0, at=3000), Range(8, 9, AVAILABLE, 0)]
+    assert s.due(now=1, wall=2999) == [s.ranges[2]]
+    assert s.has_work(end=10, now=1, wall=2999)  # the unscheduled one is work
+    s.ranges.pop()
+    assert not s.has_work(end=10, now=1, wall=2999) and s.has_work(end=10, now=1, wall=3000)
+    assert s.scheduled(wall=2999) == (7, 3000) and s.scheduled(wall=4000) == (4, 5000)
+    s.normalize(0, "another-boot")  # a reboot voids leases, not delivery times
+    assert [r.at for r in s.ranges] == [5000, 3000]
+    s.merge()
+    assert [(r.first, r.last, r.at) for r in s.ranges] == [(0, 6, 3000)]
+    assert parse_state(s.to_bytes(), "P.share").ranges[0].at == 3000
+
+
+def test_only_an_available_range_is_scheduled():
+    body = json.loads(PartitionState(start=0, next=5).to_bytes())
+    body["ranges"] = [
+        {"first": 0, "last": 1, "state": "acquired", "attempt": 1, "lease": "a", "owner": "w", "until": 1, "at": 7}
+    ]
+    with pytest.raises(CorruptFile, match="only an available range is scheduled"):
+        parse_state(json.dumps(body).encode(), "P.share")
+    body["ranges"] = [{"first": 0, "last": 1, "state": "available", "attempt": 0, "until": 0, "at": -1}]
+    with pytest.raises(CorruptFile, match="at is -1"):
+        parse_state(json.dumps(body).encode(), "P.share")
+
+
 def test_cut_back_forgets_acquisitions_past_a_replicas_end():
     s = state_with((2, 4, ACQUIRED, "a"), (8, 12, ACQUIRED, "b"), start=2, next=15)
     s.cut_back(10)

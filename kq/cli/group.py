@@ -86,8 +86,10 @@ def group_describe(
     """Show a group's committed offsets, lag and live members, per topic and partition.
 
     For a share group: per partition, how many records are acquired (leased
-    to a worker), available, waiting for a retry, dead-lettered and
-    acknowledged, and each worker's leases.
+    to a worker), available, waiting for a retry, scheduled (delayed by
+    produce --delay/--at until a time to come; next_due: the earliest, in
+    UTC, epoch ms with --json), dead-lettered and acknowledged, and each
+    worker's leases.
 
     A member that holds partitions but has stopped making progress (stopped
     with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
@@ -193,7 +195,27 @@ def group_delete(
     s.info(f"deleted group '{group}'")
 
 
-SHARE_COLUMNS = ["topic", "partition", "acquired", "available", "retrying", "dead_lettered", "acknowledged", "lag"]
+SHARE_COLUMNS = [
+    "topic",
+    "partition",
+    "acquired",
+    "available",
+    "retrying",
+    "scheduled",
+    "next_due",
+    "dead_lettered",
+    "acknowledged",
+    "lag",
+]
+
+
+def utc_time(ms: int | None) -> str | None:
+    """Epoch ms as ISO-8601 UTC to the second (2026-12-07T09:00:00Z), as --at takes it."""
+    if ms is None:
+        return None
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def describe_share(described: dict, json_output: bool) -> None:
@@ -201,7 +223,8 @@ def describe_share(described: dict, json_output: bool) -> None:
     if json_output:
         print_json(described)
         return
-    emit_rows(described["partitions"], SHARE_COLUMNS, False, f"share group {described['share_group']}")
+    rows = [{**row, "next_due": utc_time(row.get("next_due"))} for row in described["partitions"]]
+    emit_rows(rows, SHARE_COLUMNS, False, f"share group {described['share_group']}")
     workers = described["workers"]
 
     def leases(w) -> str:

@@ -42,6 +42,22 @@ def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
     return out
 
 
+def delivery_headers(delay: Optional[str], at: Optional[str]) -> list[tuple[str, bytes | None]]:
+    """The kq.deliver-at header --delay or --at asks for (kq.delivery_time), or none."""
+    from ..delivery_time import deliver_at_after, deliver_at_header, deliver_at_time
+
+    if delay is not None and at is not None:
+        raise bad_parameter("use either --delay or --at", "--at")
+    try:
+        if delay is not None:
+            return [deliver_at_header(deliver_at_after(delay))]
+        if at is not None:
+            return [deliver_at_header(deliver_at_time(at))]
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "--delay" if delay is not None else "--at") from None
+    return []
+
+
 def delimiter_bytes(delimiter: Optional[str], null: bool, default: bytes = b"\n") -> bytes:
     """The bytes of -D STR (escapes understood) or -0."""
     from ..engine.framing import unescape
@@ -209,6 +225,18 @@ def produce(
         "--tombstone",
         help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY.",
     ),
+    delay: Optional[str] = typer.Option(
+        None,
+        "--delay",
+        metavar="DURATION",
+        help="Delay the messages (a job queue's 'run it later'): share groups (consume --share) hand them out only DURATION from now (10m, 1.5s, 2d). They are written at once, with a kq.deliver-at header; consumer groups (-g) and plain consumers read them in order, at once.",
+    ),
+    at: Optional[str] = typer.Option(
+        None,
+        "--at",
+        metavar="TIME",
+        help="As --delay, until TIME: ISO-8601 (2026-12-07T09:00:00Z) or epoch ms, as -o @T takes it; a time past is now. With --json, a line's own deliver_at wins.",
+    ),
     partitions: PartitionsOption = 1,
     dedup_window: Optional[str] = typer.Option(
         None,
@@ -238,13 +266,15 @@ def produce(
 
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
 
+      echo 'send reminder 42' | kq produce jobs --delay 24h   [dim]# a share group hands it out tomorrow[/dim]
+
       kq produce jobs -K : --dedup-window 1h < jobs.txt     [dim]# run twice, each key once[/dim]
     """
     from ..engine.framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
 
     s = settings(ctx)
     delim = delimiter_bytes(delimiter, null)
-    headers = parse_headers(header)
+    headers = parse_headers(header) + delivery_headers(delay, at)
     if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
         raise bad_parameter("--json cannot be combined with -k, -K, -D, -0 or -Z", "--json")
     if key is not None and key_delimiter is not None:
