@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 from conftest import KQ
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILL_ITERATIONS = int(os.environ.get("KQ_DEDUP_KILL_ITERATIONS", "3"))  # more by hand (docs/BENCHMARKS.md)
 
 
@@ -244,3 +248,29 @@ def test_a_kafka_client_through_serve_gets_duplicates_acknowledged_without_being
     # And the window is the one plain producers use.
     r = run_kq("produce", "jobs", "-K", ":", input="k3:5\n")
     assert b"dropped 1 duplicate record" in r.stderr
+
+
+def test_the_readme_recipe_run_twice_enqueues_each_reminder_once_for_tomorrow(run_kq, data_dir, tmp_path):
+    """README, "Recipe: a cron job that enqueues tomorrow's reminders": the script as printed there."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    [script] = [b for b in re.findall(r"^```sh\n(.*?)^```", readme, re.S | re.M) if "enqueue-reminders" in b]
+    (tmp_path / "enqueue-reminders").write_text(script)
+    (tmp_path / "list-reminders").write_text("#!/bin/sh\nprintf 'alice:dentist at 10\\nbob:call mum\\ncarol:rent\\n'\n")
+    bin_dir = tmp_path / "bin"  # `kq` on PATH: this tree's
+    bin_dir.mkdir()
+    (bin_dir / "kq").write_text(f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m kq "$@"\n')
+    for name in ("enqueue-reminders", "list-reminders", "bin/kq"):
+        os.chmod(tmp_path / name, 0o755)
+    env = {**os.environ, "KQ_DATA_DIR": data_dir, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for _ in range(2):
+        done = subprocess.run(["./enqueue-reminders"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+    stored = [json.loads(line) for line in run_kq("consume", "reminders", "--json").stdout.splitlines()]
+    tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86_400))
+    assert [r["key"] for r in stored] == [f"{tomorrow}/alice", f"{tomorrow}/bob", f"{tomorrow}/carol"]
+    due = calendar.timegm(time.strptime(f"{tomorrow}T09:00:00", "%Y-%m-%dT%H:%M:%S")) * 1000
+    assert {tuple(h) for r in stored for h in r["headers"]} == {("kq.deliver-at", str(due))}
+    # Scheduled: a share group hands none out today, and counts all three.
+    assert run_kq("consume", "reminders", "--share", "mailer").stdout == b""
+    [row] = json.loads(run_kq("group", "describe", "mailer", "--json").stdout)["partitions"]
+    assert row["scheduled"] == 3 and row["next_due"] == due
