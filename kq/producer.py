@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
-
 from typing import TYPE_CHECKING
 
 from .engine.batch import MAX_BATCH_BYTES, pack

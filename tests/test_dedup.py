@@ -78,7 +78,9 @@ def test_a_header_id_is_one_id_across_partitions_and_json_says_which_were_droppe
         {"partition": 2, "key": "k3", "value": "no id: never dropped"},
         {"partition": 0, "key": "k4", "value": "no id again"},
     ]
-    r = run_kq("produce", "t", "--json", "--dedup-window", "1h", "--dedup-header", "Nats-Msg-Id", input=json_lines(records))
+    r = run_kq(
+        "produce", "t", "--json", "--dedup-window", "1h", "--dedup-header", "Nats-Msg-Id", input=json_lines(records)
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["duplicates"] == 1 and summary["written"] == 4 and summary["dropped"] == [{"id": "m1"}]
@@ -187,7 +189,9 @@ def test_a_producer_killed_again_and_again_loses_no_record_and_writes_none_twice
         assert len(keys) == len(set(keys)), f"iteration {iteration}: an id was written twice"
         assert set(keys) == set(sent), f"iteration {iteration}: {len(set(sent) - set(keys))} id(s) lost"
     assert killed_midway, "no kill landed before the input ended"
-    print(f"{KILL_ITERATIONS} kills, {killed_midway} before the input ended, {behind} between an append and its index write")
+    print(
+        f"{KILL_ITERATIONS} kills, {killed_midway} before the input ended, {behind} between an append and its index write"
+    )
 
 
 def test_the_topic_setting_applies_to_plain_produce_and_shows_in_describe(run_kq):

@@ -139,7 +139,7 @@ class DedupWindow:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)  # type: ignore[arg-type]
         self._fd = None
-        self._inode = None
+        self._inode: int | None = None
         self._read_to = 0  # bytes of the file read into _seen and _marks
         self._seen: dict[int, int] = {}  # id hash -> when it was last produced (ms)
         self._oldest = OFFSET_MASK  # no entry in _seen is older than this (ms): a rewrite would drop none
@@ -426,4 +426,3 @@ class DedupWindow:
         self._replace(HEADER.pack(MAGIC, VERSION, 0, self._keep_ms, count, 0), _bytes(words))
         self._seen = live
         self._read_to = HEADER.size + count * ENTRY_SIZE
-

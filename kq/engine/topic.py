@@ -56,7 +56,9 @@ def check_config(config: dict) -> dict:
             raise UsageError(f"{what} must be a positive amount up to {LARGEST} or none, not {shown(value)}")
     window = merged["dedup_window_ms"]
     if window is not None and (not _is_int(window) or not 0 < window <= LARGEST):
-        raise UsageError(f"deduplication window must be a positive duration up to {LARGEST} ms or none, not {shown(window)}")
+        raise UsageError(
+            f"deduplication window must be a positive duration up to {LARGEST} ms or none, not {shown(window)}"
+        )
     header = merged["dedup_header"]
     if header is not None and (not isinstance(header, str) or not 0 < len(header) <= MAX_HEADER_NAME):
         raise UsageError(f"deduplication header must be a header name or none, not {shown(header)}")

@@ -152,8 +152,11 @@ class Storage:
                         end = part.end_offset()
                         window.commit()
                         return end, end - 1
+                    keys, headers = batch.keys, batch.headers
                     payload = self.pack(
-                        *(None if c is None else [c[i] for i in kept] for c in (batch.values, batch.keys, batch.headers)),
+                        [batch.values[i] for i in kept],
+                        None if keys is None else [keys[i] for i in kept],
+                        None if headers is None else [headers[i] for i in kept],
                         [batch.timestamps[i] for i in kept],
                         batch.codec,
                     )
