@@ -82,7 +82,7 @@ def main() -> None:
         for name, what in (("first", "every id new"), ("again", "every id a duplicate")):
             print(
                 f"  kq produce -K : --dedup-window 1h ({what:<20}) {n / med[name]:>12,.0f} msg/s "
-                f"({med['plain'] / med[name]:.2f}x the time of plain)"
+                f"({med['plain'] / med[name]:.2f}x plain's rate)"
             )
         print(f"  index on disk: {statistics.median(per_id):.1f} bytes per id (target: under 64)")
     finally:

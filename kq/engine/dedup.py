@@ -30,8 +30,9 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from contextlib import contextmanager
-from hashlib import blake2b
-from itertools import repeat
+from itertools import compress, repeat
+
+from xxhash import xxh3_64_intdigest
 
 from ..errors import UnsupportedFormat, warn
 from .fileio import FileLock, fsync_dir, open_regular, write_all
@@ -70,8 +71,8 @@ def _bytes(words: array) -> bytes:
 
 
 def id_hashes(ids: list[bytes]) -> array:
-    """The 64-bit hash kq keeps of each id: its BLAKE2b digest of 8 bytes, as a big-endian integer."""
-    return _words(b"".join([blake2b(i, digest_size=8).digest() for i in ids]))
+    """The 64-bit hash kq keeps of each id: XXH3-64 with seed 0 (BLAKE2b took 4 times as long a record)."""
+    return array("Q", map(xxh3_64_intdigest, ids))
 
 
 def mark_words(partition: int, next_offset: int) -> tuple[int, int]:
@@ -95,7 +96,7 @@ def index_name(header: str | None) -> str:
     """
     if header is None:
         return INDEX_NAME
-    return f"dedup.h-{blake2b(header.encode('utf-8'), digest_size=8).hexdigest()}.index"
+    return f"dedup.h-{xxh3_64_intdigest(header.encode('utf-8')):016x}.index"
 
 
 def record_ids(keys, headers, header: str | None, count: int) -> list:
@@ -189,6 +190,9 @@ class DedupWindow:
             self._pending.extend(hashes)
             return []
         cutoff = now - self.window_ms
+        if None not in whens and min(whens) > cutoff:  # all within the window: a rerun
+            self.dropped += len(hashes)
+            return list(present)
         duplicates = []
         pending = self._pending
         for i, h in zip(present, hashes):
@@ -329,13 +333,13 @@ class DedupWindow:
                 for h, when in zip(firsts, seconds):
                     if when > seen.get(h, -1):
                         seen[h] = when
-            for i, second in enumerate(seconds):
-                if second & MARK_BIT:
-                    if seen.get(firsts[i]) == second:
-                        del seen[firsts[i]]
-                    mark = read_mark(firsts[i], second)
-                    if mark is not None:
-                        self._marks[mark[0]] = mark[1]
+            for i in compress(range(len(seconds)), map(MARK_BIT.__le__, seconds)):  # the marks, found in C
+                first, second = firsts[i], seconds[i]
+                if seen.get(first) == second:
+                    del seen[first]
+                mark = read_mark(first, second)
+                if mark is not None:
+                    self._marks[mark[0]] = mark[1]
         self._read_to = whole
 
     def _catch_up(self) -> None:
