@@ -301,10 +301,11 @@ class Producer:
         with dedup.holding():
             ids = record_ids(keys, headers, dedup.header, n)
             duplicates = dedup.admit(ids)
-            if duplicates:
+            if len(duplicates) == n:
+                values = []
+            elif duplicates:
                 dropped = set(duplicates)
-                kept = [i for i in range(n) if i not in dropped]
-                pick = _picker(kept)
+                pick = _picker([i for i in range(n) if i not in dropped])
                 keys, values, headers = pick(keys), pick(values), pick(headers)
                 partitions, timestamps = pick(partitions), pick(timestamps)
             self._ranges = []

@@ -132,6 +132,7 @@ class DedupWindow:
         self.lock = FileLock(os.path.join(topic.path, LOCK_NAME))
         self.dropped = 0  # records dropped as duplicates, in all
         self._now = 0  # the time of this round (ms)
+        self._tag = -1  # this round's tag in _seen (below)
         self._fd: int | None = None
         self._forget()
 
@@ -142,13 +143,16 @@ class DedupWindow:
         self._fd = None
         self._inode: int | None = None
         self._read_to = 0  # bytes of the file read into _seen and _marks
-        self._seen: dict[int, int] = {}  # id hash -> when it was last produced (ms)
+        # id hash -> when it was last produced: ms, or (negative) the tag of a round of this
+        # process, whose time is in _round_times (admitting a new id then costs one dict pass)
+        self._seen: dict[int, int] = {}
+        self._round_times: dict[int, int] = {self._tag: self._now}
         self._oldest = OFFSET_MASK  # no entry in _seen is older than this (ms): a rewrite would drop none
         self._marks: dict[int, int] = {}  # partition -> the offset the index covers it up to
         self._logs: dict[int, tuple] = {}  # partition -> (the last segment's state, its end offset)
         self._keep_ms = self.window_ms
         self._base_entries = 0  # entries in the file after its last rewrite
-        self._pending: list[int] = []  # hashes admitted this round, written by commit()
+        self._pending = array("Q")  # hashes admitted this round, written by commit()
         self._moved: set[int] = set()  # partitions whose mark moved this round
 
     def close(self) -> None:
@@ -166,6 +170,8 @@ class DedupWindow:
             raise self.topic.partition(0)._gone() from None
         try:
             self._now = now_ms()
+            self._tag -= 1
+            self._round_times[self._tag] = self._now
             self._catch_up()
             yield self
         except BaseException:
@@ -183,27 +189,37 @@ class DedupWindow:
             present, hashes = range(len(ids)), id_hashes(ids)
         if not hashes:
             return []
-        seen, now = self._seen, self._now
-        whens = list(map(seen.get, hashes))
-        if whens.count(None) == len(whens) and len(set(hashes)) == len(hashes):  # all new: the common case
-            seen.update(zip(hashes, repeat(now)))
+        seen, now, tag = self._seen, self._now, self._tag
+        # One pass in C over the dict: an id not there is added with this round's tag.
+        n, before = len(hashes), len(seen)
+        whens = list(map(seen.setdefault, hashes, repeat(tag)))
+        if len(seen) - before == n:  # every id new, none twice: the common case
             self._pending.extend(hashes)
             return []
         cutoff = now - self.window_ms
-        if None not in whens and min(whens) > cutoff:  # all within the window: a rerun
-            self.dropped += len(hashes)
+        times = self._round_times
+        if tag not in whens and min(whens) > cutoff:  # all produced within the window (a rerun)
+            self.dropped += n
             return list(present)
-        duplicates = []
+        duplicates: list[int] = []
         pending = self._pending
-        for i, h in zip(present, hashes):
-            when = seen.get(h)
-            if when is not None and when > cutoff:
+        admitted: set[int] = set()
+        for i, h, when in zip(present, hashes, whens):
+            if when == tag and h not in admitted:  # new
+                admitted.add(h)
+                pending.append(h)
+            elif when == tag or (when if when >= 0 else times[when]) > cutoff:  # a second copy, or within
                 duplicates.append(i)
-            else:
-                seen[h] = now
+            else:  # produced before the window: produced anew now
+                seen[h] = tag
+                admitted.add(h)
                 pending.append(h)
         self.dropped += len(duplicates)
         return duplicates
+
+    def _time(self, when: int) -> int:
+        """The time (ms) of a value of _seen: itself, or its round's (-1: none)."""
+        return when if when >= -1 else self._round_times[when]
 
     def appended(self, partition: int, first: int, last: int) -> None:
         """Note records appended at ``first``..``last``: the mark moves if they follow it directly."""
@@ -215,14 +231,15 @@ class DedupWindow:
 
     def commit(self) -> None:
         """Write the ids admitted and the marks moved this round, in one write."""
-        words = array("Q", [0]) * (2 * len(self._pending))
-        if self._pending:
+        pending = self._pending
+        words = array("Q", [0]) * (2 * len(pending))
+        if pending:
             self._oldest = min(self._oldest, self._now)
-            words[0::2] = array("Q", self._pending)
-            words[1::2] = array("Q", [self._now]) * len(self._pending)
+            words[0::2] = pending
+            words[1::2] = array("Q", [self._now]) * len(pending)
         for partition in sorted(self._moved):
             words.extend(mark_words(partition, self._marks[partition]))
-        self._pending, self._moved = [], set()
+        self._pending, self._moved = array("Q"), set()
         self._append(words)
         self._maybe_rewrite()
 
@@ -331,7 +348,7 @@ class DedupWindow:
                 seen.update(zip(firsts, seconds))
             else:
                 for h, when in zip(firsts, seconds):
-                    if when > seen.get(h, -1):
+                    if when > self._time(seen.get(h, -1)):
                         seen[h] = when
             for i in compress(range(len(seconds)), map(MARK_BIT.__le__, seconds)):  # the marks, found in C
                 first, second = firsts[i], seconds[i]
@@ -401,7 +418,7 @@ class DedupWindow:
                     for h, i in zip(id_hashes([ids[i] for i in chosen]), chosen):
                         when = stamps[i]
                         self._oldest = min(self._oldest, when)
-                        if when > seen.get(h, -1):
+                        if when > self._time(seen.get(h, -1)):
                             seen[h] = when
                         words.extend((h, when))
         finally:
@@ -418,7 +435,9 @@ class DedupWindow:
             self._base_entries = entries
             os.pwrite(self._fd, struct.pack(">Q", entries), 16)
             return
-        live = {h: when for h, when in self._seen.items() if when > cutoff}
+        times = self._round_times
+        live = {h: t for h, when in self._seen.items() if (t := when if when >= 0 else times[when]) > cutoff}
+        self._round_times = {self._tag: self._now}
         self._oldest = min(live.values(), default=OFFSET_MASK)
         words = array("Q", [0]) * (2 * len(live))
         if live:
