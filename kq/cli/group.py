@@ -6,7 +6,7 @@ import typer
 
 from ..errors import GroupNotFound
 from .common import KqCommand, complete_group_or_share, duration_seconds, json_option, settings
-from .output import emit_rows, is_terminal, print_json, rich_table, warn
+from .output import emit_rows, is_terminal, print_json, rich_table, utc_time, warn
 
 app = typer.Typer(
     add_completion=False,
@@ -207,15 +207,6 @@ SHARE_COLUMNS = [
     "acknowledged",
     "lag",
 ]
-
-
-def utc_time(ms: int | None) -> str | None:
-    """Epoch ms as ISO-8601 UTC to the second (2026-12-07T09:00:00Z), as --at takes it."""
-    if ms is None:
-        return None
-    import datetime
-
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def describe_share(described: dict, json_output: bool) -> None:
