@@ -88,8 +88,9 @@ def group_describe(
     For a share group: per partition, how many records are acquired (leased
     to a worker), available, waiting for a retry, scheduled (delayed by
     produce --delay/--at until a time to come; next_due: the earliest, in
-    UTC, epoch ms with --json), dead-lettered and acknowledged, and each
-    worker's leases.
+    UTC, epoch ms with --json; of the records no worker has reached yet,
+    the first 10,000 of a partition are counted), dead-lettered and
+    acknowledged, and each worker's leases.
 
     A member that holds partitions but has stopped making progress (stopped
     with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
