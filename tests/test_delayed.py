@@ -40,7 +40,7 @@ def test_a_delayed_record_goes_out_at_its_time_and_the_records_behind_it_at_once
     assert run_kq("topic", "create", "jobs").returncode == 0
     follower = spawn_kq("consume", "jobs", "--share", "s", "-f")
     lines = Lines(follower)
-    due = now_ms() + 2500
+    due = now_ms() + 3000
     assert run_kq("produce", "jobs", "--at", str(due), input="later\n").returncode == 0
     assert run_kq("produce", "jobs", input="now1\nnow2\n").returncode == 0
     wait_for(lambda: lines.value_at("now2"), timeout=due / 1000 - time.time() - 0.2, message="records behind")
