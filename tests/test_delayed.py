@@ -40,7 +40,7 @@ def test_a_delayed_record_goes_out_at_its_time_and_the_records_behind_it_at_once
     assert run_kq("topic", "create", "jobs").returncode == 0
     follower = spawn_kq("consume", "jobs", "--share", "s", "-f")
     lines = Lines(follower)
-    due = now_ms() + 2500
+    due = now_ms() + 3000
     assert run_kq("produce", "jobs", "--at", str(due), input="later\n").returncode == 0
     assert run_kq("produce", "jobs", input="now1\nnow2\n").returncode == 0
     wait_for(lambda: lines.value_at("now2"), timeout=due / 1000 - time.time() - 0.2, message="records behind")
@@ -157,3 +157,13 @@ def test_a_kafka_client_through_serve_delays_a_record_with_the_header(run_kq, da
     assert [line.split("\t")[1] for line in got.stdout.decode().splitlines()] == ["now"]
     [row] = share_rows(run_kq)
     assert (row["scheduled"], row["next_due"]) == (1, due)
+
+
+def test_topic_describe_shows_each_share_groups_scheduled_records(run_kq):
+    assert run_kq("produce", "jobs", "--at", "2100-01-01T00:00:00Z", input="later\n").returncode == 0
+    assert run_kq("produce", "jobs", input="now\n").returncode == 0
+    assert run_kq("consume", "jobs", "--share", "s").returncode == 0
+    described = json.loads(run_kq("topic", "describe", "jobs", "--json").stdout)
+    assert described["share_groups"] == [{"share_group": "s", "scheduled": 1, "next_due": 4102444800000}]
+    text = run_kq("topic", "describe", "jobs").stdout.decode().splitlines()
+    assert "share_group\ts\tscheduled\t1\t2100-01-01T00:00:00Z" in text

@@ -163,3 +163,32 @@ def test_a_backend_without_share_groups_lists_none_and_refuses_the_rest():
     ):
         with pytest.raises(UnsupportedByBackend, match="has no meaning on Kafka cluster broker:9092"):
             call()
+
+
+def test_more_delayed_runs_than_a_state_holds_fill_it_and_never_overfill_it(tmp_path):
+    # Delayed and undelayed records alternating, one by one: each delayed record is a scheduled
+    # range of its own, and a state holds at most MAX_RANGES ranges (a longer one is unreadable).
+    from kq import DataDir
+    from kq.delivery_time import deliver_at_header
+    from kq.share.consumer import ShareConsumer
+    from kq.share.shares import Shares
+    from kq.share.state import MAX_RANGES, wall_ms
+
+    data = DataDir(str(tmp_path / "data"))
+    topic = data.create_topic("jobs", 1)
+    later = [deliver_at_header(wall_ms() + 3_600_000)]
+    n = MAX_RANGES + 300
+    topic.partition(0).append([b"x"] * (2 * n), headers=[later if i % 2 else [] for i in range(2 * n)])
+    delivered = []
+    with ShareConsumer(data, topic, "s") as worker:
+        got = worker.acquire(1000)
+        while got:
+            delivered += got
+            got = worker.acquire(1000, ack=got)
+    assert all(d.headers == [] and d.offset % 2 == 0 for d in delivered)
+    state = Shares(data).read_state("s", topic, 0)
+    assert state is not None and len(state.ranges) <= MAX_RANGES
+    scheduled, _ = state.scheduled(wall_ms())
+    assert scheduled == len(state.ranges) and MAX_RANGES - 2 <= scheduled
+    # Every record up to where the state filled is settled or scheduled; the rest wait.
+    assert len(delivered) == state.acked and scheduled <= len(delivered) + 1 < n

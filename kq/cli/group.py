@@ -6,7 +6,7 @@ import typer
 
 from ..errors import GroupNotFound
 from .common import KqCommand, complete_group_or_share, duration_seconds, json_option, settings
-from .output import emit_rows, is_terminal, print_json, rich_table, warn
+from .output import emit_rows, is_terminal, print_json, rich_table, utc_time, warn
 
 app = typer.Typer(
     add_completion=False,
@@ -88,8 +88,9 @@ def group_describe(
     For a share group: per partition, how many records are acquired (leased
     to a worker), available, waiting for a retry, scheduled (delayed by
     produce --delay/--at until a time to come; next_due: the earliest, in
-    UTC, epoch ms with --json), dead-lettered and acknowledged, and each
-    worker's leases.
+    UTC, epoch ms with --json; of the records no worker has reached yet,
+    the first 10,000 of a partition are counted), dead-lettered and
+    acknowledged, and each worker's leases.
 
     A member that holds partitions but has stopped making progress (stopped
     with SIGSTOP, stuck in an --exec command) is flagged "stalled" with its
@@ -207,15 +208,6 @@ SHARE_COLUMNS = [
     "acknowledged",
     "lag",
 ]
-
-
-def utc_time(ms: int | None) -> str | None:
-    """Epoch ms as ISO-8601 UTC to the second (2026-12-07T09:00:00Z), as --at takes it."""
-    if ms is None:
-        return None
-    import datetime
-
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def describe_share(described: dict, json_output: bool) -> None:

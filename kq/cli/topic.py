@@ -6,7 +6,7 @@ import typer
 
 from ..errors import TopicExists, TopicNotFound, UsageError
 from .common import KqCommand, bad_parameter, json_option, partitions_option, settings, topic_argument
-from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
+from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text, utc_time
 
 app = typer.Typer(
     add_completion=False,
@@ -300,9 +300,12 @@ def topic_list(
 def topic_describe(
     ctx: typer.Context,
     name: str = topic_argument(),
-    json_output: bool = json_option("A JSON object: name, partitions (start/end offset, size), config."),
+    json_output: bool = json_option(
+        "A JSON object: name, partitions (start/end offset, size), config, share_groups (scheduled, next_due)."
+    ),
 ) -> None:
-    """Show a topic's partitions (start and end offsets, size) and config.
+    """Show a topic's partitions (start and end offsets, size) and config, and how many records
+    each share group on it holds scheduled (produce --delay/--at) and when the next falls due.
 
     [bold]Examples[/bold]
 
@@ -316,8 +319,9 @@ def topic_describe(
         {"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "size": p.size}
         for p in info.partitions
     ]
+    shares = scheduled_by_share(s.backend, name)
     if json_output:
-        print_json({"name": info.name, "partitions": rows, "config": info.config})
+        print_json({"name": info.name, "partitions": rows, "config": info.config, "share_groups": shares})
     elif is_terminal():
         rich_table(
             f"topic {info.name}",
@@ -328,15 +332,46 @@ def topic_describe(
             ],
         )
         rich_table("config", ["setting", "value"], [[k, setting_text(k, v, True)] for k, v in info.config.items()])
+        if shares:
+            rich_table(
+                "share groups",
+                ["share_group", "scheduled", "next_due"],
+                [[g["share_group"], g["scheduled"], utc_time(g["next_due"])] for g in shares],
+            )
     else:
         print(f"topic\t{info.name}")
         for k, v in info.config.items():
             print(f"config\t{k}\t{setting_text(k, v, False)}")
+        for g in shares:
+            print(f"share_group\t{g['share_group']}\tscheduled\t{g['scheduled']}\t{utc_time(g['next_due']) or '-'}")
         print("partition\tstart_offset\tend_offset\tsize")
         for r in rows:
             print(
                 f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{'-' if r['size'] is None else r['size']}"
             )
+
+
+def scheduled_by_share(backend, topic: str) -> list[dict]:
+    """Per share group on ``topic``: its scheduled records there and the earliest due time (epoch ms)."""
+    from ..errors import KqError
+    from .output import warn
+
+    out = []
+    for share in backend.shares_of_topic(topic):
+        try:
+            rows = [r for r in backend.describe_share(share)["partitions"] if r["topic"] == topic]
+        except KqError as exc:  # a damaged share state: the topic is still described
+            warn(f"share group '{share}': {exc}")
+            continue
+        times = [r["next_due"] for r in rows if r.get("next_due") is not None]
+        out.append(
+            {
+                "share_group": share,
+                "scheduled": sum(r.get("scheduled", 0) for r in rows),
+                "next_due": min(times, default=None),
+            }
+        )
+    return out
 
 
 @app.command("delete", cls=KqCommand)

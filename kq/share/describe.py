@@ -10,7 +10,7 @@ from .state import ACQUIRED, AVAILABLE, HOLDER_GONE, MAX_LEASE_MS, boot_id, cloc
 
 # ``describe`` reads at most this many records a partition has never handed out, to count the
 # delayed ones among them (the ones handed out, or passed over, are in the state).
-DESCRIBE_SCAN_RECORDS = 100_000
+DESCRIBE_SCAN_RECORDS = 10_000
 
 
 def delayed_records(partition, first: int, end: int, wall: int, limit: int = DESCRIBE_SCAN_RECORDS):

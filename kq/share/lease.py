@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..delivery_time import deliver_at
@@ -55,6 +56,40 @@ def _waiting(batch: RecordBatch, lo: int, hi: int, wall: int) -> list | int | No
     if not any(t is not None and t > wall for t in times):
         return None
     return [t if t is not None and t > wall else None for t in times]
+
+
+def _schedule(state: PartitionState, taken: list[Range], later: list[list[int]]) -> None:
+    """Give back the runs ``later`` ([first, last, time], in order, each inside one range of
+    ``taken``) as scheduled ranges: each taken range is replaced by its pieces in one sweep
+    (carving run by run would cost a pass over the state per run)."""
+    runs = iter(later)
+    run = next(runs, None)
+    for t in sorted(taken, key=attrgetter("first")):
+        pieces: list[Range] = []
+        at = t.first
+        while run is not None and run[0] <= t.last:
+            first, last, when = run
+            if first > at:
+                pieces.append(t.copy(at, first - 1))
+            wait = t.copy(first, last)
+            wait.state, wait.attempt, wait.lease, wait.owner, wait.detached = (
+                AVAILABLE,
+                t.attempt - 1,
+                None,
+                None,
+                False,
+            )
+            wait.until, wait.at = 0, when
+            pieces.append(wait)
+            at = last + 1
+            run = next(runs, None)
+        if not pieces:
+            continue
+        if at <= t.last:
+            pieces.append(t.copy(at, t.last))
+        # Taken ranges are found from the end, where new ones were appended.
+        i = next(i for i in range(len(state.ranges) - 1, -1, -1) if state.ranges[i] is t)
+        state.ranges[i : i + 1] = pieces
 
 
 class _Records:
@@ -211,10 +246,8 @@ class SharePartition:
                 spans = sorted((r.first, r.last, r.attempt) for r in taken)
                 scanned += sum(last - first + 1 for first, last, _ in spans)
                 later = self._read(spans, token, wall, deliveries, phantoms)
-                for first, last, at in later:
-                    for r in state.carve(first, last, token) or ():
-                        r.state, r.attempt, r.lease, r.owner, r.detached = AVAILABLE, r.attempt - 1, None, None, False
-                        r.until, r.at = 0, at
+                if later:
+                    _schedule(state, taken, later)
             if doomed:
                 for r in doomed:
                     if r.state == ACQUIRED or r.error is None:
@@ -231,10 +264,16 @@ class SharePartition:
         self, state: PartitionState, want: int, token: str, now: int, wall: int, lease_ms: int, doomed: list[Range]
     ) -> list[Range]:
         """Put up to ``want`` offsets under lease ``token``: those due again first, then new ones;
-        records out of attempts join ``doomed``."""
+        records out of attempts join ``doomed``.
+
+        Offsets taken may split into as many ranges as there are offsets (delayed records among
+        them are scheduled, each run a range of its own), so no more are taken than the state
+        has room for below MAX_RANGES: a state that full acquires nothing until some settle.
+        """
         c = self.consumer
         taken: list[Range] = []
         got = 0
+        room = MAX_RANGES - len(state.ranges)
         for r in state.due(now, wall):
             if got >= want:
                 break
@@ -242,8 +281,12 @@ class SharePartition:
                 if all(r is not d for d in doomed):
                     doomed.append(r)  # its last delivery's lease ran out: nobody acknowledged it
                 continue
-            pieces = state.carve(r.first, min(r.last, r.first + want - got - 1))
+            n = min(r.count, want - got, room - 1)  # carving may leave a piece of r after it: one more
+            if n <= 0:
+                break
+            pieces = state.carve(r.first, r.first + n - 1)
             assert pieces is not None  # r is one whole range of the state
+            room -= n + 1
             part = pieces[0]
             part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
             part.detached, part.at = c.detach, None
@@ -251,8 +294,9 @@ class SharePartition:
             taken.append(part)
             got += part.count
         end = self.partition.end_offset()
-        if got < want and state.next < end and len(state.ranges) < MAX_RANGES:
-            last = min(end, state.next + want - got) - 1
+        n = min(end - state.next, want - got, room)
+        if n > 0:
+            last = state.next + n - 1
             new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner, detached=c.detach)
             state.ranges.append(new)
             state.next = last + 1
@@ -266,6 +310,7 @@ class SharePartition:
         later: list[list[int]] = []
         for first, last, attempt in spans:
             expect = first
+            own = len(later)  # runs from here on are this span's: a run never joins two spans
             for b, lo, hi in self.records.read(first, last):
                 offsets = b.offsets()
                 waiting = _waiting(b, lo, hi, wall)
@@ -275,7 +320,7 @@ class SharePartition:
                     expect = offsets[hi - 1] + 1
                     if waiting is None:
                         deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
-                    elif later and later[-1][1] + 1 == offsets[lo]:
+                    elif len(later) > own and later[-1][1] + 1 == offsets[lo]:
                         later[-1][1], later[-1][2] = offsets[hi - 1], min(later[-1][2], waiting)
                     else:
                         later.append([offsets[lo], offsets[hi - 1], waiting])
@@ -290,7 +335,7 @@ class SharePartition:
                     at = None if waiting is None else waiting[i - lo]
                     if at is None:
                         deliveries.append(Delivery(self.number, offset, attempt, token, b, i))
-                    elif later and later[-1][1] + 1 == offset:
+                    elif len(later) > own and later[-1][1] + 1 == offset:
                         run = later[-1]
                         run[1], run[2] = offset, min(run[2], at)
                     else:
