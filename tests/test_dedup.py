@@ -94,6 +94,22 @@ def test_a_header_id_is_one_id_across_partitions_and_json_says_which_were_droppe
     assert summary["duplicates"] == 1 and summary["dropped"] == [{"id": "k1"}] and summary["written"] == 1
 
 
+def test_expired_ids_leave_the_index_when_it_is_rewritten(run_kq, data_dir):
+    """The index is rewritten without expired ids once it has doubled (and holds 65,536 entries)."""
+    index = os.path.join(data_dir, "topics", "t", "dedup.index")
+    first = "".join(f"a{i}:v\n" for i in range(40_000))
+    assert run_kq("produce", "t", "-K", ":", "--dedup-window", "1s", input=first).returncode == 0
+    assert os.path.getsize(index) >= 32 + 40_000 * 16
+    time.sleep(1.1)  # the window itself is what is tested: nothing to poll
+    second = "".join(f"b{i}:v\n" for i in range(40_000))
+    assert run_kq("produce", "t", "-K", ":", "--dedup-window", "1s", input=second).returncode == 0
+    assert os.path.getsize(index) < 32 + 41_000 * 16  # the a ids are gone, the b ids kept
+    # A longer window from now on: the b ids are still in the index, the a ids are not.
+    r = run_kq("produce", "t", "-K", ":", "--dedup-window", "1h", input="a1:again\nb1:again\n")
+    assert b"dropped 1 duplicate record" in r.stderr, r.stderr
+    assert run_kq("consume", "t", "-o", "80000").stdout == b"again\n"
+
+
 def test_the_window_survives_a_lost_index_and_an_index_behind_the_log(run_kq, data_dir):
     """The index is a cache of the log: records it lacks (a crash after the append) are read back."""
     r = run_kq("produce", "t", "-K", ":", "--dedup-window", "1h", input="a:1\nb:2\n")
