@@ -25,13 +25,6 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def deliver_at_after(delay: str, now: int | None = None) -> int:
-    """The delivery time ``delay`` (a duration: ``10m``, ``1.5s``, ``2d``) from now, or UsageError."""
-    from .units import parse_duration
-
-    return min((now_ms() if now is None else now) + parse_duration(delay), MAX_DELIVER_AT)
-
-
 def deliver_at_time(text: str) -> int:
     """A delivery time written as the offset forms write times (``@T``): epoch milliseconds,
     ISO-8601 / RFC 3339 (``2026-12-07T09:00:00Z``), or a duration ago; UsageError otherwise."""

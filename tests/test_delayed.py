@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 
@@ -167,3 +168,20 @@ def test_topic_describe_shows_each_share_groups_scheduled_records(run_kq):
     assert described["share_groups"] == [{"share_group": "s", "scheduled": 1, "next_due": 4102444800000}]
     text = run_kq("topic", "describe", "jobs").stdout.decode().splitlines()
     assert "share_group\ts\tscheduled\t1\t2100-01-01T00:00:00Z" in text
+
+
+def test_a_long_running_produce_delays_each_message_from_when_it_was_read(run_kq, spawn_kq):
+    producer = spawn_kq("produce", "jobs", "--delay", "1h", stdin=subprocess.PIPE)
+
+    def stored() -> list[int]:
+        r = run_kq("consume", "jobs", "--json")
+        return [int(dict(json.loads(line)["headers"])["kq.deliver-at"]) for line in r.stdout.decode().splitlines()]
+
+    producer.stdin.write(b"first\n")
+    producer.stdin.flush()
+    [first] = wait_for(stored, message="the first message")
+    time.sleep(1.0)  # time passing is the point here, not a wait for something
+    producer.stdin.write(b"second\n")
+    producer.stdin.close()
+    assert producer.wait(timeout=30) == 0
+    assert stored()[1] - first >= 1000

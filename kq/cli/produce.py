@@ -42,20 +42,25 @@ def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
     return out
 
 
-def delivery_headers(delay: Optional[str], at: Optional[str]) -> list[tuple[str, bytes | None]]:
-    """The kq.deliver-at header --delay or --at asks for (kq.delivery_time), or none."""
-    from ..delivery_time import deliver_at_after, deliver_at_header, deliver_at_time
+def delivery_time(delay: Optional[str], at: Optional[str]):
+    """What --delay or --at asks for (kq.delivery_time): a function giving the kq.deliver-at
+    header for messages read now (a delay counts from when each message is read: `tail -F |
+    kq produce --delay` delays each line from its own arrival), or None."""
+    from ..delivery_time import MAX_DELIVER_AT, deliver_at_header, deliver_at_time, now_ms
+    from ..units import parse_duration
 
     if delay is not None and at is not None:
         raise bad_parameter("use either --delay or --at", "--at")
     try:
         if delay is not None:
-            return [deliver_at_header(deliver_at_after(delay))]
+            delay_ms = parse_duration(delay)
+            return lambda: deliver_at_header(min(now_ms() + delay_ms, MAX_DELIVER_AT))
         if at is not None:
-            return [deliver_at_header(deliver_at_time(at))]
+            fixed = deliver_at_header(deliver_at_time(at))
+            return lambda: fixed
     except UsageError as exc:
         raise bad_parameter(str(exc), "--delay" if delay is not None else "--at") from None
-    return []
+    return None
 
 
 def delimiter_bytes(delimiter: Optional[str], null: bool, default: bytes = b"\n") -> bytes:
@@ -229,7 +234,7 @@ def produce(
         None,
         "--delay",
         metavar="DURATION",
-        help="Delay the messages (a job queue's 'run it later'): share groups (consume --share) hand them out only DURATION from now (10m, 1.5s, 2d). They are written at once, with a kq.deliver-at header; consumer groups (-g) and plain consumers read them in order, at once.",
+        help="Delay the messages (a job queue's 'run it later'): share groups (consume --share) hand each out only DURATION after it was read (10m, 1.5s, 2d). They are written at once, with a kq.deliver-at header; consumer groups (-g) and plain consumers read them in order, at once.",
     ),
     at: Optional[str] = typer.Option(
         None,
@@ -274,7 +279,9 @@ def produce(
 
     s = settings(ctx)
     delim = delimiter_bytes(delimiter, null)
-    headers = parse_headers(header) + delivery_headers(delay, at)
+    given_headers = parse_headers(header)
+    delayed = delivery_time(delay, at)
+    headers = given_headers if delayed is None else given_headers + [delayed()]
     if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
         raise bad_parameter("--json cannot be combined with -k, -K, -D, -0 or -Z", "--json")
     if key is not None and key_delimiter is not None:
@@ -302,6 +309,8 @@ def produce(
     total = os.fstat(fd).st_size if file is not None else 0
     try:
         for messages, size in read_messages(fd, delim, name=source):
+            if delayed is not None:
+                headers = given_headers + [delayed()]
             if total:
                 bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, target.sent)
             if tombstone:
