@@ -41,6 +41,7 @@ FIELDS = (
     "key_encoding",
     "value_encoding",
     "headers_encoding",
+    "deliver_at",  # produce only: when a share group may hand the record out (kq.delivery_time)
 )
 
 
@@ -91,6 +92,22 @@ def _header_pairs(raw, line_no: int) -> list:
     raise UsageError(f"line {line_no}: 'headers' must be a list of [name, value] pairs")
 
 
+def _deliver_at_header(given, line_no: int) -> tuple[str, bytes]:
+    """The kq.deliver-at header for a line's ``deliver_at``: epoch ms, or a time as ``--at`` takes it."""
+    from .delivery_time import MAX_DELIVER_AT, deliver_at_header, deliver_at_time
+
+    if isinstance(given, int) and not isinstance(given, bool) and 0 <= given <= MAX_DELIVER_AT:
+        return deliver_at_header(given)
+    if isinstance(given, str):
+        try:
+            return deliver_at_header(deliver_at_time(given))
+        except UsageError as exc:
+            raise UsageError(f"line {line_no}: 'deliver_at': {exc}") from None
+    raise UsageError(
+        f"line {line_no}: 'deliver_at' must be epoch milliseconds or an ISO-8601 time such as 2026-12-07T09:00:00Z"
+    )
+
+
 def decode_record(line: bytes, line_no: int) -> tuple:
     """Parse one envelope line into (key, value, headers, partition, timestamp)."""
     try:
@@ -124,6 +141,8 @@ def decode_record(line: bytes, line_no: int) -> tuple:
             headers.append((name, base64.b64decode(v, validate=True) if b64 else _utf8(v, f"header '{name}'", line_no)))
         except ValueError:
             raise UsageError(f"line {line_no}: header '{name}' is not valid base64") from None
+    if obj.get("deliver_at") is not None:
+        headers.append(_deliver_at_header(obj["deliver_at"], line_no))
     partition = obj.get("partition")
     if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool)):
         raise UsageError(f"line {line_no}: 'partition' must be an integer")

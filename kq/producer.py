@@ -5,11 +5,15 @@ from __future__ import annotations
 import queue
 import threading
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from .engine.batch import MAX_BATCH_BYTES, pack
 from .engine.partition import now_ms
 from .engine.partitioner import partition_for_key
 from .engine.topic import Topic
+
+if TYPE_CHECKING:
+    from .engine.dedup import DedupWindow
 
 # Leave room under the batch limit for msgpack's per-value framing and the header.
 SPLIT_BYTES = MAX_BATCH_BYTES // 2
@@ -62,8 +66,19 @@ class Producer:
     into one batch, so spreading costs a batch per partition, not per run.
     """
 
-    def __init__(self, topic: Topic, partition: int | None = None, background: bool = False):
+    def __init__(
+        self,
+        topic: Topic,
+        partition: int | None = None,
+        background: bool = False,
+        dedup: DedupWindow | None = None,
+    ):
         self.topic = topic
+        # Drops records whose id was produced within its window; appends are then made
+        # in this thread, under its lock (kq.engine.dedup), so never in the background.
+        self.dedup = dedup
+        self.on_duplicates = None  # called with the ids of each send's records dropped as duplicates
+        self._ranges: list[tuple[int, int, int]] | None = None  # (partition, first, last) appended this round
         self.partition = None if partition is None else topic.partition(partition).number
         self.sent = 0  # records handed to the writer
         self._appended = 0  # records appended, by this thread or a finished background writer
@@ -72,7 +87,12 @@ class Producer:
         self._keyed_count = topic.partition_count  # the partition count the cache was made for
         self._sticky = 0  # the partition of the current run of unkeyed records
         self._run_records = self._run_bytes = 0  # what is left of that run
-        self._writer = _BackgroundWriter() if background else None
+        self._writer = _BackgroundWriter() if background and dedup is None else None
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped as duplicates (their id was produced within the deduplication window)."""
+        return 0 if self.dedup is None else self.dedup.dropped
 
     @property
     def written(self) -> int:
@@ -86,6 +106,8 @@ class Producer:
 
     def close(self) -> None:
         """Flush, then stop the background writer (if any)."""
+        if self.dedup is not None:
+            self.dedup.close()
         if self._writer is not None:
             try:
                 self._writer.flush()
@@ -155,6 +177,9 @@ class Producer:
         """
         if not values:
             return
+        if self.dedup is not None:
+            self._send_deduplicated(keys, values, None if not headers else [headers] * len(values), None, None)
+            return
         if self.partition is not None or self.topic.partition_count == 1:
             number = self.partition if self.partition is not None else 0
             self._append(number, values, keys, None if not headers else [headers] * len(values), None, size)
@@ -178,6 +203,9 @@ class Producer:
         n = len(values)
         keys = None if key is None else [key] * n
         headers = None if not headers else [headers] * n
+        if self.dedup is not None:
+            self._send_deduplicated(keys, values, headers, None, None)
+            return
         if self.partition is not None or self.topic.partition_count == 1:
             self._append(self.partition or 0, values, keys, headers, None, size)
         elif key is not None:
@@ -203,7 +231,10 @@ class Producer:
             )
             piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
             payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
-            if self._writer is None:
+            if self._ranges is not None:  # deduplicating: the window notes where records went
+                self._ranges.append((number, *part.append_payload(payload)))
+                self._appended += payload.count
+            elif self._writer is None:
                 part.append_payload(payload)
                 self._appended += payload.count
             else:
@@ -226,6 +257,9 @@ class Producer:
         """
         n = len(values)
         if not n:
+            return
+        if self.dedup is not None and self._ranges is None:
+            self._send_deduplicated(keys, values, headers, partitions, timestamps)
             return
         if timestamps is not None and None in timestamps:
             now = now_ms()
@@ -252,6 +286,39 @@ class Producer:
             self._append(numbers[0], values, keys, headers, timestamps, None)
         else:
             self._append_shares(numbers, values, keys, headers, timestamps, None)
+
+    def _send_deduplicated(self, keys, values: list, headers, partitions, timestamps) -> None:
+        """Send the records whose id was not produced within the window, holding the window's lock.
+
+        The lock is held from reading the index to writing the ids appended,
+        so concurrent producers never both admit one id (kq.engine.dedup).
+        """
+        from .engine.dedup import record_ids
+
+        dedup = self.dedup
+        assert dedup is not None
+        n = len(values)
+        with dedup.holding():
+            ids = record_ids(keys, headers, dedup.header, n)
+            duplicates = dedup.admit(ids)
+            if len(duplicates) == n:
+                values = []
+            elif duplicates:
+                dropped = set(duplicates)
+                pick = _picker([i for i in range(n) if i not in dropped])
+                keys, values, headers = pick(keys), pick(values), pick(headers)
+                partitions, timestamps = pick(partitions), pick(timestamps)
+            self._ranges = []
+            try:
+                if values:
+                    self.send_columns(keys, values, headers, partitions, timestamps)
+                for number, first, last in self._ranges:
+                    dedup.appended(number, first, last)
+            finally:
+                self._ranges = None
+            dedup.commit()
+        if duplicates and self.on_duplicates is not None:
+            self.on_duplicates([ids[i] for i in duplicates])
 
 
 class _BackgroundWriter:

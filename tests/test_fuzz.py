@@ -705,7 +705,17 @@ json_values = st.recursive(
 )
 config_values = st.dictionaries(
     st.sampled_from(
-        ["segment_bytes", "sync", "retention_ms", "retention_bytes", "cleanup", "tombstone_retention_ms", "unknown"]
+        [
+            "segment_bytes",
+            "sync",
+            "retention_ms",
+            "retention_bytes",
+            "cleanup",
+            "tombstone_retention_ms",
+            "dedup_window_ms",
+            "dedup_header",
+            "unknown",
+        ]
     ),
     json_values | st.sampled_from(["delete", "compact"]),
     max_size=4,

@@ -16,7 +16,10 @@ KQ = pathlib.Path(__file__).resolve().parent.parent / "kq"
 # Bottom-up, as docs/ARCHITECTURE.md draws them. A module belongs to the layer of its
 # longest matching prefix; `kq` itself (the package: its version, its lazy names) is below all.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("kq.errors", "kq.units", "kq.offsetspec", "kq.envelope", "kq.envelope_encode")),
+    (
+        "foundation",
+        ("kq.errors", "kq.units", "kq.offsetspec", "kq.delivery_time", "kq.envelope", "kq.envelope_encode"),
+    ),
     ("engine", ("kq.engine",)),
     ("clients", ("kq.producer", "kq.consumer", "kq.runner", "kq.formats")),
     ("groups", ("kq.groups",)),

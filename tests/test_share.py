@@ -432,11 +432,13 @@ def test_describe_list_offsets_and_delete_show_a_share_group(run_kq, data_dir):
         "acquired",
         "available",
         "retrying",
+        "scheduled",
+        "next_due",
         "dead_lettered",
         "acknowledged",
         "lag",
     ]
-    assert text[1].split("\t") == ["jobs", "0", "2", "1", "1", "1", "0", "4"]
+    assert text[1].split("\t") == ["jobs", "0", "2", "1", "1", "0", "-", "1", "0", "4"]
     rows = json.loads(run_kq("offsets", "show", "jobs", "--json").stdout)
     assert [(r["group"], r["committed"], r["lag"]) for r in rows] == [("s", 0, 4)]
     run_kq("consume", "jobs", "-g", "plain")

@@ -64,6 +64,33 @@ def test_another_boot_voids_every_lease():
     assert [r.until for r in s.ranges] == [0] and s.due(now=1) == s.ranges
 
 
+def test_scheduled_ranges_wait_for_their_wall_clock_time_survive_a_reboot_and_join_at_the_earlier():
+    s = PartitionState(start=0, next=10, boot="b")
+    s.ranges = [Range(0, 3, AVAILABLE, 0, at=5000), Range(4, 6, AVAILABLE, 0, at=3000), Range(8, 9, AVAILABLE, 0)]
+    assert s.due(now=1, wall=2999) == [s.ranges[2]]
+    assert s.has_work(end=10, now=1, wall=2999)  # the unscheduled one is work
+    s.ranges.pop()
+    assert not s.has_work(end=10, now=1, wall=2999) and s.has_work(end=10, now=1, wall=3000)
+    assert s.scheduled(wall=2999) == (7, 3000) and s.scheduled(wall=4000) == (4, 5000)
+    s.normalize(0, "another-boot")  # a reboot voids leases, not delivery times
+    assert [r.at for r in s.ranges] == [5000, 3000]
+    s.merge()
+    assert [(r.first, r.last, r.at) for r in s.ranges] == [(0, 6, 3000)]
+    assert parse_state(s.to_bytes(), "P.share").ranges[0].at == 3000
+
+
+def test_only_an_available_range_is_scheduled():
+    body = json.loads(PartitionState(start=0, next=5).to_bytes())
+    body["ranges"] = [
+        {"first": 0, "last": 1, "state": "acquired", "attempt": 1, "lease": "a", "owner": "w", "until": 1, "at": 7}
+    ]
+    with pytest.raises(CorruptFile, match="only an available range is scheduled"):
+        parse_state(json.dumps(body).encode(), "P.share")
+    body["ranges"] = [{"first": 0, "last": 1, "state": "available", "attempt": 0, "until": 0, "at": -1}]
+    with pytest.raises(CorruptFile, match="at is -1"):
+        parse_state(json.dumps(body).encode(), "P.share")
+
+
 def test_cut_back_forgets_acquisitions_past_a_replicas_end():
     s = state_with((2, 4, ACQUIRED, "a"), (8, 12, ACQUIRED, "b"), start=2, next=15)
     s.cut_back(10)
@@ -136,3 +163,32 @@ def test_a_backend_without_share_groups_lists_none_and_refuses_the_rest():
     ):
         with pytest.raises(UnsupportedByBackend, match="has no meaning on Kafka cluster broker:9092"):
             call()
+
+
+def test_more_delayed_runs_than_a_state_holds_fill_it_and_never_overfill_it(tmp_path):
+    # Delayed and undelayed records alternating, one by one: each delayed record is a scheduled
+    # range of its own, and a state holds at most MAX_RANGES ranges (a longer one is unreadable).
+    from kq import DataDir
+    from kq.delivery_time import deliver_at_header
+    from kq.share.consumer import ShareConsumer
+    from kq.share.shares import Shares
+    from kq.share.state import MAX_RANGES, wall_ms
+
+    data = DataDir(str(tmp_path / "data"))
+    topic = data.create_topic("jobs", 1)
+    later = [deliver_at_header(wall_ms() + 3_600_000)]
+    n = MAX_RANGES + 300
+    topic.partition(0).append([b"x"] * (2 * n), headers=[later if i % 2 else [] for i in range(2 * n)])
+    delivered = []
+    with ShareConsumer(data, topic, "s") as worker:
+        got = worker.acquire(1000)
+        while got:
+            delivered += got
+            got = worker.acquire(1000, ack=got)
+    assert all(d.headers == [] and d.offset % 2 == 0 for d in delivered)
+    state = Shares(data).read_state("s", topic, 0)
+    assert state is not None and len(state.ranges) <= MAX_RANGES
+    scheduled, _ = state.scheduled(wall_ms())
+    assert scheduled == len(state.ranges) and MAX_RANGES - 2 <= scheduled
+    # Every record up to where the state filled is settled or scheduled; the rest wait.
+    assert len(delivered) == state.acked and scheduled <= len(delivered) + 1 < n

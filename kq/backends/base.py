@@ -201,7 +201,13 @@ class Backend(ABC):
 
     @abstractmethod
     def producer(
-        self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False
+        self,
+        topic: str,
+        partition: int | None = None,
+        sync: bool = False,
+        idempotent: bool = False,
+        dedup_window_ms: int | None = None,
+        dedup_header: str | None = None,
     ) -> Producer:
         """A producer for an existing topic; ``partition`` pins every record there.
 
@@ -209,6 +215,9 @@ class Backend(ABC):
         partition's records land in the order sent, so that what landed is
         always a prefix of what was sent (a data directory's appends always
         are; a cluster's producer gets a producer id for it).
+        ``dedup_window_ms``: drop records whose id (the key, or the value of
+        header ``dedup_header``) was produced to the topic within this long;
+        by default the topic's own setting (a data directory's topics only).
         """
 
     @abstractmethod

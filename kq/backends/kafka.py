@@ -24,7 +24,7 @@ What differs from a data directory, by Kafka's nature:
 from __future__ import annotations
 
 from ..engine.names import check_name
-from ..errors import PartitionNotFound
+from ..errors import PartitionNotFound, UnsupportedByBackend
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from .base import PartitionInfo, TopicInfo
 from .kafka_groups import KafkaGroups
@@ -224,8 +224,19 @@ class KafkaBackend(KafkaGroups):
         found = self.list_offsets(topic, [partition], Spec.for_timestamp(timestamp))[partition]
         return found if found >= 0 else self.end_offsets(topic, [partition])[partition]
 
-    def producer(self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False):
+    def producer(
+        self,
+        topic: str,
+        partition: int | None = None,
+        sync: bool = False,
+        idempotent: bool = False,
+        dedup_window_ms: int | None = None,
+        dedup_header: str | None = None,
+    ):
         from .kafka_producer import KafkaProducer
+
+        if dedup_window_ms is not None or dedup_header is not None:
+            raise UnsupportedByBackend("a deduplication window (--dedup-window)", self.description)
 
         count = self.partition_count(topic)
         if partition is not None:

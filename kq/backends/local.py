@@ -119,13 +119,25 @@ class LocalBackend(Backend):
         return self.topic(topic).partition(partition).offset_for_timestamp(timestamp)
 
     def producer(
-        self, topic: str, partition: int | None = None, sync: bool = False, idempotent: bool = False
+        self,
+        topic: str,
+        partition: int | None = None,
+        sync: bool = False,
+        idempotent: bool = False,
+        dedup_window_ms: int | None = None,
+        dedup_header: str | None = None,
     ) -> Producer:
         t = self.topic(topic)  # appends never repeat or reorder a record: ``idempotent`` holds as is
         if sync:
             t.sync_every_batch()
+        window = dedup_window_ms if dedup_window_ms is not None else t.config["dedup_window_ms"]
+        dedup = None
+        if window is not None:
+            from ..engine.dedup import DedupWindow
+
+            dedup = DedupWindow(t, window, dedup_header if dedup_header is not None else t.config["dedup_header"])
         # In the background: the next batch is read and packed while one is written.
-        return Producer(t, partition, background=True)
+        return Producer(t, partition, background=True, dedup=dedup)
 
     def reader(
         self,

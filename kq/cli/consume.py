@@ -68,7 +68,7 @@ def consume(
         True, "-e", "--exit", hidden=True, help="Exit at the end of the log (the default)."
     ),
     group: Optional[str] = group_option(
-        "Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written."
+        "Consume as a member of GROUP: resume at its committed offsets, share partitions with its other members, commit what was written. A group keeps each partition's order: it reads records delayed by produce --delay/--at at once, ignoring their time (with a warning); --share honours it."
     ),
     reset: str = typer.Option(
         "earliest",

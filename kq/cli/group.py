@@ -6,7 +6,7 @@ import typer
 
 from ..errors import GroupNotFound
 from .common import KqCommand, complete_group_or_share, duration_seconds, json_option, settings
-from .output import emit_rows, is_terminal, print_json, rich_table, warn
+from .output import emit_rows, is_terminal, print_json, rich_table, utc_time, warn
 
 app = typer.Typer(
     add_completion=False,
@@ -92,7 +92,10 @@ def group_describe(
     """Show a group's committed offsets, lag and live members, per topic and partition.
 
     For a share group: per partition, how many records are acquired (leased
-    to a worker), available, waiting for a retry, dead-lettered and
+    to a worker), available, waiting for a retry, scheduled (delayed by
+    produce --delay/--at until a time to come; next_due: the earliest, in
+    UTC, epoch ms with --json; of the records no worker has reached yet,
+    the first 10,000 of a partition are counted), dead-lettered and
     acknowledged, and each worker's leases.
 
     A member that holds partitions but has stopped making progress (stopped
@@ -203,7 +206,18 @@ def group_delete(
     s.info(f"deleted group '{group}'")
 
 
-SHARE_COLUMNS = ["topic", "partition", "acquired", "available", "retrying", "dead_lettered", "acknowledged", "lag"]
+SHARE_COLUMNS = [
+    "topic",
+    "partition",
+    "acquired",
+    "available",
+    "retrying",
+    "scheduled",
+    "next_due",
+    "dead_lettered",
+    "acknowledged",
+    "lag",
+]
 
 
 def describe_share(described: dict, json_output: bool) -> None:
@@ -211,7 +225,8 @@ def describe_share(described: dict, json_output: bool) -> None:
     if json_output:
         print_json(described)
         return
-    emit_rows(described["partitions"], SHARE_COLUMNS, False, f"share group {described['share_group']}")
+    rows = [{**row, "next_due": utc_time(row.get("next_due"))} for row in described["partitions"]]
+    emit_rows(rows, SHARE_COLUMNS, False, f"share group {described['share_group']}")
     workers = described["workers"]
 
     def leases(w) -> str:

@@ -98,6 +98,15 @@ def human(size: int) -> str:
     return f"{scaled:.1f} GiB"
 
 
+def utc_time(ms: int | None) -> str | None:
+    """Epoch ms as ISO-8601 UTC to the second (2026-12-07T09:00:00Z), as --at takes it."""
+    if ms is None:
+        return None
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 

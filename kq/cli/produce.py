@@ -42,6 +42,27 @@ def parse_headers(headers: list[str]) -> list[tuple[str, bytes | None]]:
     return out
 
 
+def delivery_time(delay: Optional[str], at: Optional[str]):
+    """What --delay or --at asks for (kq.delivery_time): a function giving the kq.deliver-at
+    header for messages read now (a delay counts from when each message is read: `tail -F |
+    kq produce --delay` delays each line from its own arrival), or None."""
+    from ..delivery_time import MAX_DELIVER_AT, deliver_at_header, deliver_at_time, now_ms
+    from ..units import parse_duration
+
+    if delay is not None and at is not None:
+        raise bad_parameter("use either --delay or --at", "--at")
+    try:
+        if delay is not None:
+            delay_ms = parse_duration(delay)
+            return lambda: deliver_at_header(min(now_ms() + delay_ms, MAX_DELIVER_AT))
+        if at is not None:
+            fixed = deliver_at_header(deliver_at_time(at))
+            return lambda: fixed
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "--delay" if delay is not None else "--at") from None
+    return None
+
+
 def delimiter_bytes(delimiter: Optional[str], null: bool, default: bytes = b"\n") -> bytes:
     """The bytes of -D STR (escapes understood) or -0."""
     from ..engine.framing import unescape
@@ -84,10 +105,21 @@ class ProduceTarget:
     `consume a --json | produce b --json` copies any number of partitions.
     """
 
-    def __init__(self, s, name: str, partitions: int, pinned: Optional[int], sync: bool):
+    def __init__(
+        self,
+        s,
+        name: str,
+        partitions: int,
+        pinned: Optional[int],
+        sync: bool,
+        dedup_window_ms: Optional[int] = None,
+        dedup_header: Optional[str] = None,
+    ):
         from ..errors import PartitionNotFound
 
         self.settings, self.backend, self.name, self.pinned, self.sync = s, s.backend, name, pinned, sync
+        self.dedup_window_ms, self.dedup_header = dedup_window_ms, dedup_header
+        self.duplicates: list = []  # ids of the records dropped as duplicates, for --json
         self.partitions = partitions  # for a topic created here: at least this many
         self.created = False
         try:
@@ -132,8 +164,21 @@ class ProduceTarget:
             self.count = self.partitions
             self.settings.info(f"grew topic '{self.name}' to {count(self.count, 'partition')}, as its input names them")
         if self._producer is None:
-            self._producer = self.backend.producer(self.name, self.pinned, sync=self.sync)
+            self._producer = self.backend.producer(
+                self.name,
+                self.pinned,
+                sync=self.sync,
+                dedup_window_ms=self.dedup_window_ms,
+                dedup_header=self.dedup_header,
+            )
+            if getattr(self._producer, "dedup", None) is not None:
+                self._producer.on_duplicates = self.duplicates.extend
         return self._producer
+
+    @property
+    def window(self):
+        """The producer's deduplication window (kq.engine.dedup.DedupWindow), or None."""
+        return None if self._producer is None else getattr(self._producer, "dedup", None)
 
     @property
     def sent(self) -> int:
@@ -185,7 +230,34 @@ def produce(
         "--tombstone",
         help="Send tombstones (null values) that delete keys in a compacted topic: each input message is a key, or just -k KEY.",
     ),
+    delay: Optional[str] = typer.Option(
+        None,
+        "--delay",
+        metavar="DURATION",
+        help="Delay the messages (a job queue's 'run it later'): share groups (consume --share) hand each out only DURATION after it was read (10m, 1.5s, 2d). They are written at once, with a kq.deliver-at header; consumer groups (-g) and plain consumers read them in order, at once.",
+    ),
+    at: Optional[str] = typer.Option(
+        None,
+        "--at",
+        metavar="TIME",
+        help="As --delay, until TIME: ISO-8601 (2026-12-07T09:00:00Z) or epoch ms, as -o @T takes it; a time past is now. With --json, a line's own deliver_at wins.",
+    ),
     partitions: PartitionsOption = 1,
+    dedup_window: Optional[str] = typer.Option(
+        None,
+        "--dedup-window",
+        metavar="DURATION",
+        help="Drop a message whose id (its key, or --dedup-header) was produced to the topic within DURATION "
+        "(10m, 1h), by any producer; say how many were dropped (--json: which). The default is the topic's "
+        "setting (`kq topic create --dedup-window`).",
+    ),
+    dedup_header: Optional[str] = typer.Option(
+        None,
+        "--dedup-header",
+        metavar="NAME",
+        help="With a deduplication window: a message's id is the value of its header NAME (as NATS's Nats-Msg-Id), "
+        "not its key; messages without it are never dropped.",
+    ),
 ) -> None:
     """Append messages from stdin (one per line) or a file to a topic.
 
@@ -198,12 +270,18 @@ def produce(
       find . -print0 | kq produce files -0
 
       kq consume a --json | kq produce b --json     [dim]# copy a topic[/dim]
+
+      echo 'send reminder 42' | kq produce jobs --delay 24h   [dim]# a share group hands it out tomorrow[/dim]
+
+      kq produce jobs -K : --dedup-window 1h < jobs.txt     [dim]# run twice, each key once[/dim]
     """
     from ..engine.framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
 
     s = settings(ctx)
     delim = delimiter_bytes(delimiter, null)
-    headers = parse_headers(header)
+    given_headers = parse_headers(header)
+    delayed = delivery_time(delay, at)
+    headers = given_headers if delayed is None else given_headers + [delayed()]
     if json_input and (key is not None or key_delimiter is not None or null or delimiter is not None or null_empty):
         raise bad_parameter("--json cannot be combined with -k, -K, -D, -0 or -Z", "--json")
     if key is not None and key_delimiter is not None:
@@ -214,8 +292,9 @@ def produce(
     if key_delim == b"":
         raise bad_parameter("the key delimiter may not be empty", "-K")
     key_bytes = None if key is None else arg_bytes(key)
+    window_ms = dedup_window_ms(s, topic, dedup_window, dedup_header)
 
-    target = ProduceTarget(s, topic, partitions, partition, sync)
+    target = ProduceTarget(s, topic, partitions, partition, sync, window_ms, dedup_header)
     if tombstone and key_bytes is not None:
         try:
             target.producer().send_values([None], key=key_bytes)
@@ -230,6 +309,8 @@ def produce(
     total = os.fstat(fd).st_size if file is not None else 0
     try:
         for messages, size in read_messages(fd, delim, name=source):
+            if delayed is not None:
+                headers = given_headers + [delayed()]
             if total:
                 bars.update(file, os.lseek(fd, 0, os.SEEK_CUR), total, target.sent)
             if tombstone:
@@ -278,5 +359,66 @@ def produce(
             bars.__exit__()
             if file is not None:
                 os.close(fd)
+    report_duplicates(s, target, json_input)
     if failure is not None:
         raise noting_written(failure, target.written, bad_line)
+
+
+def dedup_window_ms(s, topic: str, window: Optional[str], header: Optional[str]) -> Optional[int]:
+    """The --dedup-window given, in ms (None: the topic's setting), after checking it and --dedup-header."""
+    from ..units import parse_duration
+
+    if window is None and header is None:
+        return None
+    data = s.data_dir("kq produce --dedup-window")  # a cluster has no deduplication window
+    if header is not None and not header:
+        raise bad_parameter("the header name may not be empty", "--dedup-header")
+    if window is None:
+        try:
+            has_window = data.topic(topic).config["dedup_window_ms"] is not None
+        except TopicNotFound:
+            has_window = False
+        if not has_window:
+            raise bad_parameter(
+                f"topic '{topic}' has no deduplication window: give one with --dedup-window", "--dedup-header"
+            )
+        return None
+    try:
+        ms = parse_duration(window)
+    except UsageError as exc:
+        raise bad_parameter(str(exc), "--dedup-window") from None
+    if ms <= 0:
+        raise bad_parameter(f"the deduplication window must be longer than 0, not {window!r}", "--dedup-window")
+    return ms
+
+
+def report_duplicates(s, target: ProduceTarget, json_output: bool) -> None:
+    """Say how many records were dropped as duplicates (stderr), and with --json which (stdout)."""
+    window = target.window
+    if window is None:
+        return
+    from .output import print_json, setting_text
+
+    if json_output:
+        import base64
+
+        dropped = []
+        for record_id in target.duplicates:
+            try:
+                dropped.append({"id": record_id.decode("utf-8")})
+            except UnicodeDecodeError:  # as consume --json writes a key that is not text
+                dropped.append({"id": base64.b64encode(record_id).decode("ascii"), "id_encoding": "base64"})
+        print_json(
+            {
+                "topic": target.name,
+                "written": target.written,
+                "duplicates": window.dropped,
+                "dedup_window_ms": window.window_ms,
+                "dropped": dropped,
+            }
+        )
+    if window.dropped:
+        s.info(
+            f"dropped {count(window.dropped, 'duplicate record')} (ids produced to '{target.name}' within "
+            f"{setting_text('dedup_window_ms', window.window_ms, True)}); wrote {target.written}"
+        )

@@ -4,9 +4,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import TopicExists, TopicNotFound
+from ..errors import TopicExists, TopicNotFound, UsageError
 from .common import KqCommand, bad_parameter, json_option, partitions_option, settings, topic_argument
-from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text
+from .output import count, emit_rows, human, is_terminal, print_json, rich_table, setting_text, utc_time
 
 app = typer.Typer(
     add_completion=False,
@@ -73,6 +73,46 @@ TombstoneOption = Annotated[
         help="With compact: how long a tombstone (null value) survives compaction \\[default: 1d].",
     ),
 ]
+DedupWindowOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dedup-window",
+        metavar="DURATION",
+        help="Every producer drops a message whose id (its key, or --dedup-header) was produced to the topic "
+        "within DURATION (10m, 1h; none: no window), Kafka clients through `kq serve` too.",
+    ),
+]
+DedupHeaderOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dedup-header",
+        metavar="NAME",
+        help="With --dedup-window: a message's id is the value of its header NAME (as NATS's Nats-Msg-Id) "
+        "rather than its key (none: the key).",
+    ),
+]
+
+
+def dedup_changes(s, command: str, window: Optional[str], header: Optional[str]) -> dict:
+    """The topic settings --dedup-window and --dedup-header give (a data directory's only)."""
+    from ..units import parse_duration, parse_limit
+
+    changes: dict[str, object] = {}
+    if window is None and header is None:
+        return changes
+    s.data_dir(f"kq topic {command} --dedup-window")  # a cluster has no deduplication window
+    if window is not None:
+        try:
+            changes["dedup_window_ms"] = parse_limit(window, parse_duration)
+        except UsageError as exc:
+            raise bad_parameter(str(exc), "--dedup-window") from None
+        if changes["dedup_window_ms"] == 0:
+            raise bad_parameter("the deduplication window must be longer than 0 (or none)", "--dedup-window")
+    if header is not None:
+        if not header:
+            raise bad_parameter("the header name may not be empty (none: the key)", "--dedup-header")
+        changes["dedup_header"] = None if header.lower() == "none" else header
+    return changes
 
 
 def config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention) -> dict:
@@ -106,6 +146,8 @@ def topic_create(
     retention_bytes: RetentionBytesOption = None,
     cleanup: CleanupOption = None,
     tombstone_retention: TombstoneOption = None,
+    dedup_window: DedupWindowOption = None,
+    dedup_header: DedupHeaderOption = None,
 ) -> None:
     """Create a topic.
 
@@ -116,9 +158,12 @@ def topic_create(
       kq topic create logs --retention 7d --retention-bytes 1G
 
       kq topic create users --cleanup compact     [dim]# a table: latest value per key[/dim]
+
+      kq topic create jobs --dedup-window 1h     [dim]# a key produced twice within 1h: stored once[/dim]
     """
     s = settings(ctx)
     config = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    config.update(dedup_changes(s, "create", dedup_window, dedup_header))
     try:
         info = s.backend.create_topic(name, partitions, config)
     except TopicExists:
@@ -138,6 +183,8 @@ def topic_alter(
     retention_bytes: RetentionBytesOption = None,
     cleanup: CleanupOption = None,
     tombstone_retention: TombstoneOption = None,
+    dedup_window: DedupWindowOption = None,
+    dedup_header: DedupHeaderOption = None,
 ) -> None:
     """Change a topic's settings; `kq maintain` applies new limits to existing data.
 
@@ -146,9 +193,12 @@ def topic_alter(
       kq topic alter logs --retention 3d
 
       kq topic alter logs --retention none --retention-bytes 500M
+
+      kq topic alter jobs --dedup-window 10m --dedup-header Nats-Msg-Id
     """
     s = settings(ctx)
     changes = config_changes(segment_bytes, sync, retention, retention_bytes, cleanup, tombstone_retention)
+    changes.update(dedup_changes(s, "alter", dedup_window, dedup_header))
     if not changes:
         raise bad_parameter("give at least one setting to change", "TOPIC")
     config = s.backend.alter_topic(name, changes)
@@ -250,9 +300,12 @@ def topic_list(
 def topic_describe(
     ctx: typer.Context,
     name: str = topic_argument(),
-    json_output: bool = json_option("A JSON object: name, partitions (start/end offset, size), config."),
+    json_output: bool = json_option(
+        "A JSON object: name, partitions (start/end offset, size), config, share_groups (scheduled, next_due)."
+    ),
 ) -> None:
-    """Show a topic's partitions (start and end offsets, size) and config.
+    """Show a topic's partitions (start and end offsets, size) and config, and how many records
+    each share group on it holds scheduled (produce --delay/--at) and when the next falls due.
 
     [bold]Examples[/bold]
 
@@ -266,8 +319,9 @@ def topic_describe(
         {"partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "size": p.size}
         for p in info.partitions
     ]
+    shares = scheduled_by_share(s.backend, name)
     if json_output:
-        print_json({"name": info.name, "partitions": rows, "config": info.config})
+        print_json({"name": info.name, "partitions": rows, "config": info.config, "share_groups": shares})
     elif is_terminal():
         rich_table(
             f"topic {info.name}",
@@ -278,15 +332,46 @@ def topic_describe(
             ],
         )
         rich_table("config", ["setting", "value"], [[k, setting_text(k, v, True)] for k, v in info.config.items()])
+        if shares:
+            rich_table(
+                "share groups",
+                ["share_group", "scheduled", "next_due"],
+                [[g["share_group"], g["scheduled"], utc_time(g["next_due"])] for g in shares],
+            )
     else:
         print(f"topic\t{info.name}")
         for k, v in info.config.items():
             print(f"config\t{k}\t{setting_text(k, v, False)}")
+        for g in shares:
+            print(f"share_group\t{g['share_group']}\tscheduled\t{g['scheduled']}\t{utc_time(g['next_due']) or '-'}")
         print("partition\tstart_offset\tend_offset\tsize")
         for r in rows:
             print(
                 f"{r['partition']}\t{r['start_offset']}\t{r['end_offset']}\t{'-' if r['size'] is None else r['size']}"
             )
+
+
+def scheduled_by_share(backend, topic: str) -> list[dict]:
+    """Per share group on ``topic``: its scheduled records there and the earliest due time (epoch ms)."""
+    from ..errors import KqError
+    from .output import warn
+
+    out = []
+    for share in backend.shares_of_topic(topic):
+        try:
+            rows = [r for r in backend.describe_share(share)["partitions"] if r["topic"] == topic]
+        except KqError as exc:  # a damaged share state: the topic is still described
+            warn(f"share group '{share}': {exc}")
+            continue
+        times = [r["next_due"] for r in rows if r.get("next_due") is not None]
+        out.append(
+            {
+                "share_group": share,
+                "scheduled": sum(r.get("scheduled", 0) for r in rows),
+                "next_due": min(times, default=None),
+            }
+        )
+    return out
 
 
 @app.command("delete", cls=KqCommand)

@@ -30,7 +30,7 @@ from .location import (
 )
 from .names import check_name
 from .partition import init_partition
-from .topic import TOPIC_FORMAT, Topic, check_config, check_inside
+from .topic import TOPIC_FORMAT, Topic, check_config, check_inside, stored_config
 
 FORMAT_FILE = "kq.json"
 FORMAT_VERSION = 2  # the newest format this kq reads and writes (docs/FORMAT.md)
@@ -175,7 +175,7 @@ class DataDir:
                 "name": name,
                 "id": topic_id or uuid.uuid4().hex,
                 "partitions": partitions,
-                "config": config,
+                "config": stored_config(config),
             }
             if kafka_config:
                 meta["kafka_config"] = dict(kafka_config)
@@ -203,7 +203,7 @@ class DataDir:
         replaces the Kafka configs kept with the topic."""
         t = self.topic(name)
         config = check_config({**t.config, **changes})
-        meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": config}
+        meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": stored_config(config)}
         if t.id is not None:
             meta["id"] = t.id
         kept = t.kafka_config if kafka_config is None else kafka_config
@@ -231,7 +231,7 @@ class DataDir:
                 init_partition(path, sync=topic.config["sync"])
             except FileExistsError:
                 pass  # made by a growth that crashed before topic.json named it
-        meta = {"format": TOPIC_FORMAT, "name": topic.name, "partitions": count, "config": topic.config}
+        meta = {"format": TOPIC_FORMAT, "name": topic.name, "partitions": count, "config": stored_config(topic.config)}
         if topic.id is not None:
             meta["id"] = topic.id
         if topic.kafka_config:

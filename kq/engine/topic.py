@@ -13,6 +13,7 @@ from .partitioner import partition_for_key
 
 TOPIC_FORMAT = 1
 MIN_SEGMENT_BYTES = 4096
+MAX_HEADER_NAME = 1024  # characters of a deduplication header's name
 MAX_TOPIC_ID = 64  # characters: kq writes 32 hex digits (a uuid4)
 LARGEST = 2**63 - 1  # sizes and durations are signed 64-bit in Kafka; kq keeps them in that range
 
@@ -23,6 +24,9 @@ DEFAULT_CONFIG = {
     "retention_bytes": None,  # per partition; None: no size limit
     "cleanup": "delete",  # or "compact": keep the latest record per key
     "tombstone_retention_ms": 86_400_000,  # how long compaction keeps tombstones
+    # Every producer drops a record whose id was produced within this long (kq.engine.dedup); None: none do.
+    "dedup_window_ms": None,
+    "dedup_header": None,  # the header whose value is a record's id; None: its key
 }
 
 
@@ -50,11 +54,30 @@ def check_config(config: dict) -> dict:
         value = merged[key]
         if value is not None and (not _is_int(value) or not 0 <= value <= LARGEST):
             raise UsageError(f"{what} must be a positive amount up to {LARGEST} or none, not {shown(value)}")
+    window = merged["dedup_window_ms"]
+    if window is not None and (not _is_int(window) or not 0 < window <= LARGEST):
+        raise UsageError(
+            f"deduplication window must be a positive duration up to {LARGEST} ms or none, not {shown(window)}"
+        )
+    header = merged["dedup_header"]
+    if header is not None and (not isinstance(header, str) or not 0 < len(header) <= MAX_HEADER_NAME):
+        raise UsageError(f"deduplication header must be a header name or none, not {shown(header)}")
     if merged["tombstone_retention_ms"] is None:
         raise UsageError("tombstone retention needs a duration (0 removes tombstones at the next compaction)")
     if merged["cleanup"] not in ("delete", "compact"):
         raise UsageError(f"cleanup must be delete or compact, not {shown(merged['cleanup'])}")
     return merged
+
+
+# Settings newer kqs added, written to topic.json only when set: an older kq refuses a
+# topic.json with a setting it does not know, which is right for a topic that has one
+# (it would produce without deduplicating) and wrong for every other topic.
+OMITTED_WHEN_UNSET = ("dedup_window_ms", "dedup_header")
+
+
+def stored_config(config: dict) -> dict:
+    """The config as topic.json keeps it: the settings of OMITTED_WHEN_UNSET only if set."""
+    return {k: v for k, v in config.items() if not (k in OMITTED_WHEN_UNSET and v is None)}
 
 
 def check_inside(path: str, root: str) -> str:

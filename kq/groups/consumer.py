@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 from ..consumer import POLL_SECONDS, Consumer, IdleClock, Slice
+from ..delivery_time import deliver_at, now_ms
 from ..engine.datadir import DataDir
 from ..engine.names import check_name
 from ..engine.topic import Topic
@@ -13,6 +14,18 @@ from ..errors import UsageError
 from ..errors import warn as kq_warn
 from .member import Member
 from .store import CLAIM_PATIENCE_SECONDS, COMMIT_SECONDS, REBALANCE_SECONDS, Groups
+
+
+def holds_delayed(slices: list[Slice]) -> bool:
+    """Whether any of the records is delayed (kq.delivery_time) to a time still to come."""
+    now = now_ms()
+    for s in slices:
+        headers = getattr(s.batch, "headers", None)  # a RecordBatch's column
+        if headers is not None and any(
+            (at := deliver_at(h)) is not None and at > now for h in headers[s.start : s.stop] if h
+        ):
+            return True
+    return False
 
 
 def initial_offset(partition, reset: str) -> int:
@@ -55,6 +68,7 @@ class GroupConsumer:
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()
         self._last_commit = 0.0
+        self._warned_delayed = False
 
     def mark(self, partition: int, offset: int) -> None:
         if partition in self.member.owned:
@@ -112,6 +126,13 @@ class GroupConsumer:
             slices = self.consumer.poll()
             if slices:
                 idle.reset()
+                if not self._warned_delayed and holds_delayed(slices):
+                    self._warned_delayed = True
+                    self.warn(
+                        f"group '{self.group}' on {self.topic.name}: read records delayed for share groups "
+                        "(a kq.deliver-at header) before their time; a consumer group keeps the log's order "
+                        "and ignores delivery times"
+                    )
                 yield slices
                 continue
             self.commit()  # caught up: what was written is committed before any wait

@@ -179,7 +179,7 @@ class ProduceHandler:
                 if payload is None:
                     base = duplicate
                 else:
-                    base, last = self.storage.append_packed(topic, partition, payload)
+                    base, last = self.storage.append_packed(topic, partition, payload, batch)
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
                 if first_base is None:

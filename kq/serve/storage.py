@@ -15,6 +15,8 @@ from ..engine.batch import Payload
 from ..engine.batch import pack as pack_batch
 from ..engine.cursor import Cursor
 from ..engine.datadir import DataDir
+from ..engine.dedup import DedupWindow, record_ids
+from ..engine.location import TOPIC_FILE
 from ..engine.names import check_name
 from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
 from ..groups.member import Member
@@ -50,6 +52,7 @@ class Storage:
         self.groups = Groups(self.data)
         self._topics: dict[str, tuple] = {}  # name -> (Topic, directory inode, checked at)
         self._readers: dict[tuple, Cursor] = {}  # (topic, partition, next offset) -> Cursor
+        self._windows: dict[str, tuple] = {}  # name -> (Topic, its DedupWindow or None)
 
     # ------------------------------------------------------------------ topics
 
@@ -82,6 +85,9 @@ class Storage:
         cached = self._topics.pop(name, None)
         if cached is not None:
             cached[0].close()
+        window = self._windows.pop(name, None)
+        if window is not None and window[1] is not None:
+            window[1].close()
         for key in [k for k in self._readers if k[0] == name]:
             self._readers.pop(key).close()
 
@@ -124,15 +130,56 @@ class Storage:
         """
         return pack_batch(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
 
-    def append_packed(self, topic: str, partition: int, payload: Payload) -> tuple[int, int]:
-        """Append one packed batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so."""
-        part = self.topic(topic).partition(partition)
+    def append_packed(self, topic: str, partition: int, payload: Payload, batch=None) -> tuple[int, int]:
+        """Append one packed batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so.
+
+        If the topic has a deduplication window, ``batch`` (the records
+        ``payload`` packs) is appended without the records whose id the
+        window has seen: (end offset, end offset - 1) if none is left.
+        """
+        t = self.topic(topic)
+        part = t.partition(partition)
         try:
-            return part.append_payload(payload)
+            window = self._window(topic, t)
+            if window is None or batch is None:
+                return part.append_payload(payload)
+            with window.holding():
+                duplicates = window.admit(record_ids(batch.keys, batch.headers, window.header, batch.count))
+                if duplicates:
+                    dropped = set(duplicates)
+                    kept = [i for i in range(batch.count) if i not in dropped]
+                    if not kept:  # acknowledged, as NATS does, with nothing stored
+                        end = part.end_offset()
+                        window.commit()
+                        return end, end - 1
+                    keys, headers = batch.keys, batch.headers
+                    payload = self.pack(
+                        [batch.values[i] for i in kept],
+                        None if keys is None else [keys[i] for i in kept],
+                        None if headers is None else [headers[i] for i in kept],
+                        [batch.timestamps[i] for i in kept],
+                        batch.codec,
+                    )
+                first, last = part.append_payload(payload)
+                window.appended(partition, first, last)
+                window.commit()
+                return first, last
         except FileNotFoundError:
             # The topic was deleted (and maybe created again) under us.
             self._forget(topic)
             raise
+
+    def _window(self, name: str, topic) -> DedupWindow | None:
+        """The topic's deduplication window, if its settings give it one."""
+        cached = self._windows.get(name)
+        if cached is not None and cached[0] is topic:
+            return cached[1]
+        if cached is not None and cached[1] is not None:
+            cached[1].close()
+        window_ms = topic.config["dedup_window_ms"]
+        window = None if window_ms is None else DedupWindow(topic, window_ms, topic.config["dedup_header"])
+        self._windows[name] = (topic, window)
+        return window
 
     def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start offset, high watermark) of a partition."""
@@ -252,8 +299,9 @@ class Storage:
         self._topics.clear()
 
 
-def _inode(path: str) -> int | None:
+def _inode(path: str) -> tuple | None:
+    """What changes when a topic is deleted and made again, or its settings altered (topic.json replaced)."""
     try:
-        return os.stat(path).st_ino
+        return os.stat(path).st_ino, os.stat(os.path.join(path, TOPIC_FILE)).st_ino
     except FileNotFoundError:
         return None

@@ -6,7 +6,43 @@ from ..engine.datadir import DataDir
 from ..engine.topic import Topic
 from ..errors import KqError, ShareNotFound
 from .shares import Shares
-from .state import ACQUIRED, AVAILABLE, HOLDER_GONE, MAX_LEASE_MS, boot_id, clock_ms, unsound_lease
+from .state import ACQUIRED, AVAILABLE, HOLDER_GONE, MAX_LEASE_MS, boot_id, clock_ms, unsound_lease, wall_ms
+
+# ``describe`` reads at most this many records a partition has never handed out, to count the
+# delayed ones among them (the ones handed out, or passed over, are in the state).
+DESCRIBE_SCAN_RECORDS = 10_000
+
+
+def delayed_records(partition, first: int, end: int, wall: int, limit: int = DESCRIBE_SCAN_RECORDS):
+    """(count, earliest time) of the records from ``first`` (up to ``end``, at most ``limit`` of them)
+    whose delivery time (kq.delivery_time) is later than ``wall``."""
+    from ..delivery_time import deliver_at
+
+    found, earliest = 0, None
+    if first >= end:
+        return found, earliest
+    cursor = partition.cursor(first)
+    try:
+        seen = 0
+        while seen < limit:
+            batches = cursor.poll()
+            if not batches:
+                break
+            for b in batches:
+                if b.base_offset >= end or seen >= limit:
+                    return found, earliest
+                lo, hi = b.index_of(first), b.index_of(end)
+                seen += hi - lo
+                if b.headers is None:
+                    continue
+                for h in b.headers[lo:hi]:
+                    at = deliver_at(h) if h else None
+                    if at is not None and at > wall:
+                        found += 1
+                        earliest = at if earliest is None else min(earliest, at)
+    finally:
+        cursor.close()
+    return found, earliest
 
 
 def describe_share(data: DataDir, share: str) -> dict:
@@ -14,7 +50,7 @@ def describe_share(data: DataDir, share: str) -> dict:
     shares = Shares(data)
     if not shares.exists(share):
         raise ShareNotFound(share)
-    now = clock_ms()
+    now, wall = clock_ms(), wall_ms()
     boot = boot_id()
     partitions, workers = [], {}
     for name in shares.topics(share):
@@ -41,12 +77,21 @@ def describe_share(data: DataDir, share: str) -> dict:
                     "acquired": 0,
                     "available": max(end - start, 0),
                     "retrying": 0,
+                    "scheduled": 0,
+                    "next_due": None,
                     "dead_lettered": 0,
                     "acknowledged": 0,
                     "lag": max(end - start, 0),
                 }
+                waiting, due = delayed_records(part, start if state is None else max(state.next, start), end, wall)
+                if state is None:
+                    row.update(scheduled=waiting, next_due=due, available=row["available"] - waiting)
                 if state is not None:
                     current = state.boot == boot
+                    scheduled, next_due = state.scheduled(wall)
+                    scheduled += waiting
+                    if due is not None:
+                        next_due = due if next_due is None else min(next_due, due)
                     acquired = [
                         r
                         for r in state.ranges
@@ -60,7 +105,9 @@ def describe_share(data: DataDir, share: str) -> dict:
                         share_start=state.start,
                         acquired=sum(r.count for r in acquired),
                         retrying=sum(r.count for r in retrying),
-                        available=state.lag(end) - sum(r.count for r in acquired + retrying),
+                        scheduled=scheduled,
+                        next_due=next_due,
+                        available=state.lag(end) - sum(r.count for r in acquired + retrying) - scheduled,
                         dead_lettered=state.dead,
                         acknowledged=state.acked,
                         lag=state.lag(end),

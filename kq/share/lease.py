@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from ..delivery_time import deliver_at
 from ..engine.batch import RecordBatch
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
 from .dead_letter import dead_letter, finish_dead_lettering
@@ -23,6 +25,7 @@ from .state import (
     boot_id,
     clock_ms,
     parse_state,
+    wall_ms,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +35,61 @@ if TYPE_CHECKING:
 # Reading a partition again from an offset this far ahead of where a reader
 # stands costs less through the index than by skipping batches.
 RESEEK_OFFSETS = 10_000
+# The most offsets one acquisition looks at under the lock (records whose delivery time has not
+# come are passed over): past it, it returns what it found and another acquisition goes on.
+MAX_SCAN_OFFSETS = 100_000
+
+
+def _waiting(batch: RecordBatch, lo: int, hi: int, wall: int) -> list | int | None:
+    """Which of records ``lo:hi`` of ``batch`` wait for a delivery time later than ``wall``: None if
+    none does, the time if all do with the same headers (a produce's --delay), else each record's
+    time if it waits (None if not)."""
+    headers = batch.headers
+    if headers is None:
+        return None
+    pick = headers[lo:hi]
+    first = pick[0]
+    if pick.count(first) == len(pick):  # compared in C: one produce's headers, most often
+        at = deliver_at(first) if first else None
+        return at if at is not None and at > wall else None
+    times = [deliver_at(h) if h else None for h in pick]
+    if not any(t is not None and t > wall for t in times):
+        return None
+    return [t if t is not None and t > wall else None for t in times]
+
+
+def _schedule(state: PartitionState, taken: list[Range], later: list[list[int]]) -> None:
+    """Give back the runs ``later`` ([first, last, time], in order, each inside one range of
+    ``taken``) as scheduled ranges: each taken range is replaced by its pieces in one sweep
+    (carving run by run would cost a pass over the state per run)."""
+    runs = iter(later)
+    run = next(runs, None)
+    for t in sorted(taken, key=attrgetter("first")):
+        pieces: list[Range] = []
+        at = t.first
+        while run is not None and run[0] <= t.last:
+            first, last, when = run
+            if first > at:
+                pieces.append(t.copy(at, first - 1))
+            wait = t.copy(first, last)
+            wait.state, wait.attempt, wait.lease, wait.owner, wait.detached = (
+                AVAILABLE,
+                t.attempt - 1,
+                None,
+                None,
+                False,
+            )
+            wait.until, wait.at = 0, when
+            pieces.append(wait)
+            at = last + 1
+            run = next(runs, None)
+        if not pieces:
+            continue
+        if at <= t.last:
+            pieces.append(t.copy(at, t.last))
+        # Taken ranges are found from the end, where new ones were appended.
+        i = next(i for i in range(len(state.ranges) - 1, -1, -1) if state.ranges[i] is t)
+        state.ranges[i : i + 1] = pieces
 
 
 class _Records:
@@ -158,73 +216,133 @@ class SharePartition:
         self, want: int, lease_ms: int, acks=(), outcome: Outcome | None = None
     ) -> tuple[list[Delivery], bool]:
         c = self.consumer
-        now = clock_ms()
+        now, wall = clock_ms(), wall_ms()
         end = self.partition.end_offset()
         if not acks:
             quick = self.peek()
             if want <= 0 or (
-                quick is not None and not quick.has_work(end, now, c.holder_live) and quick.boot == boot_id()
+                quick is not None and not quick.has_work(end, now, c.holder_live, wall) and quick.boot == boot_id()
             ):
                 return [], False
         token = uuid.uuid4().hex[:12]
-        taken: list[Range] = []
+        deliveries: list[Delivery] = []
+        phantoms: list[tuple[int, int]] = []
+        looked = False
         with self.lock:
             state = self.load()
             finish_dead_lettering(self, state)
             for ack_token, spans in acks:
                 self._apply(state, ack_token, spans, "ack", outcome if outcome is not None else Outcome())
-            doomed = []
-            got = 0
-            for r in state.due(now) if want > 0 else ():
-                if got >= want:
+            doomed: list[Range] = []
+            scanned = 0
+            # Records are read under the lock, before the state is saved: one whose delivery time
+            # has not come is scheduled instead of handed out, and the scan goes on past it, so
+            # that the records behind it are not held up (and no second state change is needed).
+            while want > len(deliveries) and scanned < MAX_SCAN_OFFSETS:
+                taken = self._take(state, want - len(deliveries), token, now, wall, lease_ms, doomed)
+                if not taken:
                     break
-                if r.attempt >= c.settings.max_attempts:
-                    doomed.append(r)  # its last delivery's lease ran out: nobody acknowledged it
-                    continue
-                pieces = state.carve(r.first, min(r.last, r.first + want - got - 1))
-                assert pieces is not None  # r is one whole range of the state
-                part = pieces[0]
-                part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
-                part.detached = c.detach
-                part.until = now + lease_ms
-                taken.append(part)
-                got += part.count
-            if 0 < want and got < want and state.next < end and len(state.ranges) < MAX_RANGES:
-                last = min(end, state.next + want - got) - 1
-                new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner, detached=c.detach)
-                state.ranges.append(new)
-                state.next = last + 1
-                taken.append(new)
+                looked = True
+                spans = sorted((r.first, r.last, r.attempt) for r in taken)
+                scanned += sum(last - first + 1 for first, last, _ in spans)
+                later = self._read(spans, token, wall, deliveries, phantoms)
+                if later:
+                    _schedule(state, taken, later)
             if doomed:
                 for r in doomed:
                     if r.state == ACQUIRED or r.error is None:
                         r.error = LEASE_EXPIRED.as_json()
                 dead_letter(self, state, doomed)
-            spans = sorted((r.first, r.last, r.attempt) for r in taken)  # as taken, before save() joins ranges
             self.save(state)
-        deliveries, phantoms = [], []
-        for first, last, attempt in spans:
-            expect = first
-            for b, lo, hi in self.records.read(first, last):
-                offsets = b.offsets()
-                if b.offset_deltas is None:  # dense: a gap can only come before it
-                    if offsets[lo] > expect:
-                        phantoms.append((expect, offsets[lo] - 1))
-                    deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
-                    expect = offsets[hi - 1] + 1
-                    continue
-                for i in range(lo, hi):
-                    if offsets[i] > expect:
-                        phantoms.append((expect, offsets[i] - 1))
-                    deliveries.append(Delivery(self.number, offsets[i], attempt, token, b, i))
-                    expect = offsets[i] + 1
-            if expect <= last:
-                phantoms.append((expect, last))
         if phantoms:
             # Offsets without a record (a compacted topic's gaps, or records
             # retention deleted since): nothing to deliver, settled at once.
             self.settle(token, phantoms, "skip")
-        return deliveries, bool(taken) and not deliveries
+        return deliveries, looked and not deliveries
+
+    def _take(
+        self, state: PartitionState, want: int, token: str, now: int, wall: int, lease_ms: int, doomed: list[Range]
+    ) -> list[Range]:
+        """Put up to ``want`` offsets under lease ``token``: those due again first, then new ones;
+        records out of attempts join ``doomed``.
+
+        Offsets taken may split into as many ranges as there are offsets (delayed records among
+        them are scheduled, each run a range of its own), so no more are taken than the state
+        has room for below MAX_RANGES: a state that full acquires nothing until some settle.
+        """
+        c = self.consumer
+        taken: list[Range] = []
+        got = 0
+        room = MAX_RANGES - len(state.ranges)
+        for r in state.due(now, wall):
+            if got >= want:
+                break
+            if r.attempt >= c.settings.max_attempts:
+                if all(r is not d for d in doomed):
+                    doomed.append(r)  # its last delivery's lease ran out: nobody acknowledged it
+                continue
+            n = min(r.count, want - got, room - 1)  # carving may leave a piece of r after it: one more
+            if n <= 0:
+                break
+            pieces = state.carve(r.first, r.first + n - 1)
+            assert pieces is not None  # r is one whole range of the state
+            room -= n + 1
+            part = pieces[0]
+            part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
+            part.detached, part.at = c.detach, None
+            part.until = now + lease_ms
+            taken.append(part)
+            got += part.count
+        end = self.partition.end_offset()
+        n = min(end - state.next, want - got, room)
+        if n > 0:
+            last = state.next + n - 1
+            new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner, detached=c.detach)
+            state.ranges.append(new)
+            state.next = last + 1
+            taken.append(new)
+        return taken
+
+    def _read(self, spans, token: str, wall: int, deliveries: list[Delivery], phantoms: list) -> list[list[int]]:
+        """Read the records of ``spans`` ((first, last, attempt), in order): those due join
+        ``deliveries``, offsets without a record ``phantoms``; returns the runs of records whose
+        delivery time is later than ``wall``, as [first, last, earliest time] lists."""
+        later: list[list[int]] = []
+        for first, last, attempt in spans:
+            expect = first
+            own = len(later)  # runs from here on are this span's: a run never joins two spans
+            for b, lo, hi in self.records.read(first, last):
+                offsets = b.offsets()
+                waiting = _waiting(b, lo, hi, wall)
+                if b.offset_deltas is None and not isinstance(waiting, list):  # dense: a gap can only come before it
+                    if offsets[lo] > expect:
+                        phantoms.append((expect, offsets[lo] - 1))
+                    expect = offsets[hi - 1] + 1
+                    if waiting is None:
+                        deliveries += [Delivery(self.number, offsets[i], attempt, token, b, i) for i in range(lo, hi)]
+                    elif len(later) > own and later[-1][1] + 1 == offsets[lo]:
+                        later[-1][1], later[-1][2] = offsets[hi - 1], min(later[-1][2], waiting)
+                    else:
+                        later.append([offsets[lo], offsets[hi - 1], waiting])
+                    continue
+                if isinstance(waiting, int):
+                    waiting = [waiting] * (hi - lo)
+                for i in range(lo, hi):
+                    offset = offsets[i]
+                    if offset > expect:
+                        phantoms.append((expect, offset - 1))
+                    expect = offset + 1
+                    at = None if waiting is None else waiting[i - lo]
+                    if at is None:
+                        deliveries.append(Delivery(self.number, offset, attempt, token, b, i))
+                    elif len(later) > own and later[-1][1] + 1 == offset:
+                        run = later[-1]
+                        run[1], run[2] = offset, min(run[2], at)
+                    else:
+                        later.append([offset, offset, at])
+            if expect <= last:
+                phantoms.append((expect, last))
+        return later
 
     def settle(
         self, token: str, spans: list[tuple[int, int]], how: str, failure: Failure | None = None, lease_ms: int = 0

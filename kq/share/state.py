@@ -19,7 +19,9 @@ Files under ``DATA/shares/SHARE/TOPIC/`` (docs/FORMAT.md, "Share groups"):
 A partition's state is its *start* (every offset below it is settled), its
 *next* (no offset from it on was ever acquired) and, between them, the
 ranges of records that are not settled: acquired (by a lease until a
-deadline), available again (after a release, from a time on), or being
+deadline), available again (after a release, from a time on), scheduled
+(available, but delayed by their ``kq.deliver-at`` headers until a
+wall-clock time: ``Range.at``; see kq.delivery_time), or being
 dead-lettered. An offset between start and next in no range is settled.
 Every change happens under ``P.share.lock``: read the file, change it,
 replace it (temporary file, fsync, rename, fsync of the directory), as a
@@ -95,7 +97,7 @@ def wall_ms() -> int:
 class Range:
     """Offsets ``first``..``last`` of a partition, not settled, all in one state."""
 
-    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq", "detached")
+    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq", "detached", "at")
 
     def __init__(
         self,
@@ -109,6 +111,7 @@ class Range:
         error: dict | None = None,
         dlq: list | None = None,
         detached: bool = False,
+        at: int | None = None,
     ):
         self.first = first
         self.last = last
@@ -122,6 +125,9 @@ class Range:
         # acquired: the lease was handed to a script (``consume --share`` without --exec) and holds
         # until ``until`` after its worker exits; any other lease ends with its owner's member lock.
         self.detached = detached
+        # available: scheduled, its records delayed (kq.delivery_time) until this wall-clock time
+        # (epoch ms) at the earliest; each record's own time is looked at again then.
+        self.at = at
 
     def copy(self, first: int, last: int) -> Range:
         return Range(
@@ -135,6 +141,7 @@ class Range:
             self.error,
             self.dlq,
             self.detached,
+            self.at,
         )
 
     @property
@@ -152,6 +159,8 @@ class Range:
             out["error"] = self.error
         if self.dlq is not None:
             out["dlq"] = self.dlq
+        if self.at is not None:
+            out["at"] = self.at
         return out
 
     def __repr__(self) -> str:
@@ -247,16 +256,32 @@ class PartitionState:
         """Move ``start`` up to the first offset that is not settled."""
         self.start = self.ranges[0].first if self.ranges else self.next
 
-    def due(self, now: int) -> list[Range]:
-        """Ranges that may be delivered now: available ones whose time came, and expired leases."""
-        return [r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now]
+    def due(self, now: int, wall: int | None = None) -> list[Range]:
+        """Ranges that may be delivered now: available ones whose time came (on the boot clock ``now``,
+        and for scheduled ones on the wall clock ``wall``, now by default), and expired leases."""
+        if wall is None:
+            wall = wall_ms()
+        return [
+            r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now and (r.at is None or r.at <= wall)
+        ]
 
-    def has_work(self, end: int, now: int, holder_live=None) -> bool:
+    def has_work(self, end: int, now: int, holder_live=None, wall: int | None = None) -> bool:
         """Whether a worker holding the lock would find something to do: records to deliver or to
-        dead-letter, or a lease that cannot hold (``unsound_lease``)."""
+        dead-letter, or a lease that cannot hold (``unsound_lease``). Scheduled records are work
+        only from their time on, so an idle follower does not take the lock for them."""
+        if wall is None:
+            wall = wall_ms()
         return self.next < end or any(
-            r.until <= now or r.state == DEAD_LETTERING or unsound_lease(r, now, holder_live) for r in self.ranges
+            (r.until <= now and (r.at is None or r.at <= wall))
+            or r.state == DEAD_LETTERING
+            or unsound_lease(r, now, holder_live)
+            for r in self.ranges
         )
+
+    def scheduled(self, wall: int) -> tuple[int, int | None]:
+        """How many records wait for their delivery time, and the earliest time (epoch ms) one falls due."""
+        times = [(r.at, r.count) for r in self.ranges if r.at is not None and r.at > wall]
+        return sum(n for _, n in times), min((at for at, _ in times), default=None)
 
     def bound_leases(self, now: int, holder_live) -> bool:
         """End the leases that cannot hold (``unsound_lease``): one longer than any lease kq grants
@@ -324,10 +349,13 @@ class PartitionState:
             if (
                 p is not None
                 and p.last + 1 == r.first
-                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq, p.detached)
-                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq, r.detached)
+                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq, p.detached, p.at is None)
+                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq, r.detached, r.at is None)
             ):
+                # Scheduled neighbours join at the earlier time: each record's own time is read again then.
                 out[-1] = p.copy(p.first, r.last)
+                if r.at is not None:
+                    out[-1].at = min(p.at, r.at)  # type: ignore[type-var]
             else:
                 out.append(r)
         self.ranges = out
@@ -417,6 +445,10 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
             if type(detached) is not bool:
                 raise CorruptFile(path, f"{where}detached is {shown(detached)}, not true or false")
             r.detached = detached
+        if "at" in item:
+            if kind != AVAILABLE:
+                raise CorruptFile(path, f"{where}at is given, but only an available range is scheduled")
+            r.at = number(item, "at", where=where)
         error = item.get("error")
         if error is not None:
             if not isinstance(error, dict):

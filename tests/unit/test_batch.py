@@ -115,3 +115,32 @@ def test_a_null_header_value_is_nil_in_the_headers_column_and_flags_the_payload(
     assert payload.null_header_values
     assert msgpack.unpackb(payload.data)[2] == [[["n", None], ["e", b""]]]
     assert not batchfmt.pack([b"v"], headers=[[("e", b"")]], timestamp=1).null_header_values
+
+
+def test_dedup_index_bytes_sit_where_format_md_says(tmp_path):
+    """FORMAT.md, "Deduplication index": the header, an id entry and a mark, byte for byte."""
+    from xxhash import xxh3_64_digest
+
+    from kq.engine.datadir import DataDir
+    from kq.engine.dedup import DedupWindow, index_name
+
+    data = DataDir(str(tmp_path / "data"))
+    data.ensure()
+    data.create_topic("t", 1)
+    topic = data.topic("t")
+    window = DedupWindow(topic, 3_600_000)
+    with window.holding():
+        assert window.admit([b"a", None, b"a"]) == [2]
+        window.appended(0, *topic.partition(0).append([b"1", b"2"], keys=[b"a", None]))
+        window.commit()
+        now = window._now
+    window.close()
+    raw = (tmp_path / "data" / "topics" / "t" / "dedup.index").read_bytes()
+    assert raw[:32] == b"KQDI" + struct.pack(">HHQQQ", 1, 0, 3_600_000, 0, 0)
+    mark = lambda p, o: struct.pack(">IIQ", zlib.crc32(struct.pack(">IQ", p, o)) & 0x7FFFFFFF, p, 2**63 | o)  # noqa: E731
+    entries = [raw[i : i + 16] for i in range(32, len(raw), 16)]
+    # The round's catch-up marked the empty partition 0 covered up to 0; then the id, then the new mark.
+    assert entries == [mark(0, 0), xxh3_64_digest(b"a") + struct.pack(">Q", now), mark(0, 2)]
+    assert index_name(None) == "dedup.index"
+    assert index_name("Nats-Msg-Id") == f"dedup.h-{xxh3_64_digest(b'Nats-Msg-Id').hex()}.index"
+    assert xxh3_64_digest(b"a").hex() == "e6c632b61e964e1f"  # XXH3-64, seed 0: what another reader must compute

@@ -1,0 +1,125 @@
+"""Delayed records in a share group: acquiring a topic half of whose records are delayed, beside an undelayed one.
+
+    python benchmarks/share_delay.py [--records 1000000] [--block 10000 --block 1000] [--batch 1000] [--runs 3]
+
+The target (issue 26): a share group on a topic with half of --records
+records delayed into the future (a `kq.deliver-at` header a day ahead, as
+`produce --delay 1d` writes) acquires the other half at least 80 % as fast
+(records acquired per second) as it acquires an undelayed topic of --records
+records, today's path. Both through kq.share.consumer.ShareConsumer, as
+benchmarks/share.py's library path: acquire --batch at a time, read each
+value, acknowledge with the next acquisition.
+
+The delayed records come in blocks of --block records, alternating with
+blocks of undelayed ones (as produce runs with and without --delay would
+write them): each delayed block is one scheduled range of the share state,
+which holds at most 4,096 ranges a partition. Each figure is the median of
+--runs runs, the topics measured in turn within each run; records per wall
+second and per CPU second (the share state's fsyncs make wall time noisy on
+a shared disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+VALUE = b"x" * 100
+CHUNK = 10_000
+
+
+def fill(path: str, records: int, block: int | None) -> int:
+    """A topic ``jobs`` of ``records`` records; with ``block``, every other block of that many is
+    delayed a day. Returns how many are not delayed."""
+    import kq
+    from kq.delivery_time import deliver_at_header, now_ms
+
+    data = kq.DataDir(path)
+    topic = data.create_topic("jobs", 1)
+    part = topic.partition(0)
+    later = [deliver_at_header(now_ms() + 86_400_000)]
+    plain = 0
+    written = 0
+    while written < records:
+        n = min(CHUNK, records - written)
+        if block is None:
+            part.append([VALUE] * n)
+            plain += n
+        else:
+            # Cut at block edges: each append's records are all delayed or all not.
+            n = min(n, block - written % block)
+            delayed = (written // block) % 2 == 0
+            part.append([VALUE] * n, headers=[later] * n if delayed else None)
+            plain += 0 if delayed else n
+        written += n
+    topic.close()
+    return plain
+
+
+def acquire_all(path: str, batch: int) -> tuple[int, float, float]:
+    """(records acquired and acknowledged, wall seconds, CPU seconds) until an acquisition finds none."""
+    import kq
+    from kq.share.consumer import ShareConsumer
+
+    data = kq.DataDir(path)
+    topic = data.topic("jobs")
+    worker = ShareConsumer(data, topic, "bench")
+    start, cpu = time.perf_counter(), time.process_time()
+    done = 0
+    got = worker.acquire(batch)
+    while got:
+        for d in got:
+            d.value  # noqa: B018 (a worker reads each record)
+        got = worker.acquire(batch, ack=got)
+        done += worker.last_ack.acked
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    worker.close()
+    topic.close()
+    return done, seconds, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--block", type=int, action="append", help="delayed block size (repeatable)")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    blocks = args.block or [10_000, 1_000]
+    rates: dict[str, list[float]] = {}
+    cpu_rates: dict[str, list[float]] = {}
+    work = tempfile.mkdtemp(prefix="kq-bench-delay-")
+    try:
+        for run in range(args.runs):
+            for block in [None, *blocks]:
+                name = "undelayed" if block is None else f"half delayed, blocks of {block}"
+                path = os.path.join(work, f"d{run}-{block}")
+                plain = fill(path, args.records, block)
+                done, seconds, cpu = acquire_all(path, args.batch)
+                if done != plain:
+                    # More delayed runs than a partition's state holds ranges (4,096): the rest wait.
+                    print(f"{name}: acquired {done:,} of the {plain:,} undelayed records, then none", file=sys.stderr)
+                rates.setdefault(name, []).append(done / seconds)
+                cpu_rates.setdefault(name, []).append(done / cpu)
+                print(f"run {run + 1} {name}: {done:,} records in {seconds:.2f} s ({cpu:.2f} s CPU)", file=sys.stderr)
+                shutil.rmtree(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # Wall time holds an fsync per acquisition (the same number per record acquired in each
+    # case), which a shared disk makes noisy; CPU time shows the work of passing delayed records by.
+    base, cpu_base = statistics.median(rates["undelayed"]), statistics.median(cpu_rates["undelayed"])
+    print(f"{'topic':<34} {'records/s':>12} {'vs undelayed':>13} {'per CPU s':>12} {'vs undelayed':>13}")
+    for name, values in rates.items():
+        rate, cpu_rate = statistics.median(values), statistics.median(cpu_rates[name])
+        print(f"{name:<34} {rate:>12,.0f} {rate / base:>12.0%} {cpu_rate:>12,.0f} {cpu_rate / cpu_base:>12.0%}")
+
+
+if __name__ == "__main__":
+    main()
