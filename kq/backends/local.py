@@ -59,7 +59,10 @@ class LocalBackend(Backend):
         t = self.topic(topic)
         return TopicInfo(
             t.name,
-            [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size()) for p in t.partitions()],
+            [
+                PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size(), p.uncompressed_size())
+                for p in t.partitions()
+            ],
             dict(t.config),
         )
 

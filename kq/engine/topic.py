@@ -23,7 +23,17 @@ DEFAULT_CONFIG = {
     "retention_bytes": None,  # per partition; None: no size limit
     "cleanup": "delete",  # or "compact": keep the latest record per key
     "tombstone_retention_ms": 86_400_000,  # how long compaction keeps tombstones
+    # The codec new batches are stored compressed with; "producer": a Kafka producer's (kq serve).
+    # Absent from topic.json when "none", so that a topic without compression reads in any kq.
+    "compression": "none",
 }
+COMPRESSION_CHOICES = ("none", "zstd", "lz4", "gzip", "snappy", "producer")
+
+
+def stored_config(config: dict) -> dict:
+    """A topic's config as topic.json keeps it: ``compression`` only when it is set (an older kq
+    refuses a key it does not know, and a directory with compression is format 3 anyway)."""
+    return {k: v for k, v in config.items() if not (k == "compression" and v == "none")}
 
 
 def _is_int(value) -> bool:
@@ -54,6 +64,10 @@ def check_config(config: dict) -> dict:
         raise UsageError("tombstone retention needs a duration (0 removes tombstones at the next compaction)")
     if merged["cleanup"] not in ("delete", "compact"):
         raise UsageError(f"cleanup must be delete or compact, not {shown(merged['cleanup'])}")
+    if merged["compression"] not in COMPRESSION_CHOICES:
+        raise UsageError(
+            f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, not {shown(merged['compression'])}"
+        )
     return merged
 
 
