@@ -234,7 +234,7 @@ def test_retention_trim_and_compaction_of_a_compressed_topic(run_kq, data_dir):
     rng = random.Random(5)
 
     def value(round_: int, i: int) -> str:
-        return f"v{round_}-{i}-" + "%0128x" % rng.getrandbits(512)  # random: every batch fills a segment
+        return f"v{round_}-{i}-" + f"{rng.getrandbits(512):0128x}"  # random: every batch fills a segment
 
     written: dict[str, str] = {}
     for round_, keys in enumerate([range(60), range(60), range(60), range(30), ["other"]]):
@@ -257,7 +257,7 @@ def test_retention_trim_and_compaction_of_a_compressed_topic(run_kq, data_dir):
 
     assert run_kq("topic", "create", "old", "--compression", "lz4", "--segment-bytes", "4K").returncode == 0
     for _ in range(5):
-        noise = "%01500x\n" % rng.getrandbits(6000)  # does not compress: each batch fills a segment
+        noise = f"{rng.getrandbits(6000):01500x}\n"  # does not compress: each batch fills a segment
         assert run_kq("produce", "old", input=noise * 4).returncode == 0
     assert run_kq("topic", "alter", "old", "--retention-bytes", "1").returncode == 0
     assert run_kq("maintain", "old").returncode == 0

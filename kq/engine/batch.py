@@ -404,7 +404,7 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     _, _, length, base, last_delta, count, base_ts, max_ts, attributes = header
     start = pos + HEADER_SIZE
     stop = pos + PREFIX_SIZE + length
-    data = memoryview(buf)[start:stop]
+    data: bytes | memoryview = memoryview(buf)[start:stop]
     if attributes & STORED_CODEC_MASK:
         data = inflate(data, attributes, path, pos)
     try:

@@ -115,3 +115,34 @@ def test_a_null_header_value_is_nil_in_the_headers_column_and_flags_the_payload(
     assert payload.null_header_values
     assert msgpack.unpackb(payload.data)[2] == [[["n", None], ["e", b""]]]
     assert not batchfmt.pack([b"v"], headers=[[("e", b"")]], timestamp=1).null_header_values
+
+
+@pytest.mark.parametrize(
+    "codec, magic, inflate",
+    [
+        (4, b"\x28\xb5\x2f\xfd", lambda d: __import__("zstandard").ZstdDecompressor().decompress(d)),
+        (3, b"\x04\x22\x4d\x18", lambda d: __import__("lz4.frame").frame.decompress(d)),
+        (1, b"\x1f\x8b", lambda d: __import__("gzip").decompress(d)),
+        (2, None, lambda d: __import__("snappy").decompress(d)),
+    ],
+    ids=["zstd", "lz4", "gzip", "snappy"],
+)
+def test_a_compressed_payload_is_the_msgpack_payload_through_its_codec_with_the_codec_in_bits_3_to_5(
+    codec, magic, inflate
+):
+    """FORMAT.md, "Record batch": attributes bits 3-5 name the codec; the payload is the
+    msgpack payload compressed whole (a zstd frame, an LZ4 frame, a gzip member, a raw snappy block);
+    the CRC covers the bytes as stored."""
+    import msgpack
+
+    plain = batchfmt.encode(7, [b"a", b"bc"], timestamps=[100, 90])
+    data = batchfmt.encode(7, [b"a", b"bc"], timestamps=[100, 90], compression=codec)
+    (attributes,) = struct.unpack_from(">H", data, 44)
+    assert attributes == codec << 3
+    crc, length = struct.unpack_from(">II", data, 4)
+    assert length == len(data) - 12 and crc == zlib.crc32(data[8:])
+    assert data[12:44] == plain[12:44]  # the other header fields are as uncompressed
+    payload = data[46:]
+    if magic is not None:
+        assert payload.startswith(magic)
+    assert inflate(payload) == plain[46:] == msgpack.packb([[b"a", b"bc"], None, None, [10, 0], None])
