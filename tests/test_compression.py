@@ -413,6 +413,14 @@ def test_kafka_clients_produce_into_a_zstd_topic_and_a_producer_topic(server, ru
     assert r.returncode == 0, r.stderr
     assert run_kq("consume", "z", "-o", "-1").stdout == b"from kcat\n"
     assert set(stored_codecs(data_dir, "z")) == {4}
+    # kq itself as a Kafka client: a topic created with --compression, a producer's codec set with -X
+    cluster = ["-b", server.bootstrap]
+    assert run_kq(*cluster, "topic", "create", "viak", "--compression", "producer", data=None).returncode == 0
+    lines = "".join(f"line {i} of a log that compresses well\n" for i in range(200))  # librdkafka sends
+    r = run_kq(*cluster, "-X", "compression.type=gzip", "produce", "viak", input=lines, data=None)  # small ones raw
+    assert r.returncode == 0, r.stderr
+    assert run_kq("consume", "viak").stdout == lines.encode()
+    assert set(stored_codecs(data_dir, "viak")) == {1}
     assert_verify_clean(run_kq)
 
 
