@@ -266,6 +266,7 @@ class RecordBatch:
         "timestamp_deltas",
         "offset_deltas",
         "attributes",
+        "payload_size",
     )
     position: int
     size: int
@@ -280,6 +281,7 @@ class RecordBatch:
     timestamp_deltas: list | None
     offset_deltas: list | None
     attributes: int
+    payload_size: int  # bytes of the msgpack payload, inflated: what decoding it took in
 
     @property
     def last_offset(self) -> int:
@@ -444,4 +446,5 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.timestamp_deltas = ts_deltas
     batch.offset_deltas = offset_deltas
     batch.attributes = attributes
+    batch.payload_size = len(data)
     return batch
