@@ -27,6 +27,7 @@ PREFIX_SIZE = 12  # magic + crc + length: `length` counts the bytes after these
 CRC_START = 8  # the checksum covers the length field, the header and the payload
 MIN_LENGTH = HEADER_SIZE - PREFIX_SIZE + 1  # a payload is at least one byte
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = MAX_BATCH_BYTES - (HEADER_SIZE - PREFIX_SIZE)  # a payload, uncompressed, at most
 # Offsets are signed 64-bit, as in Kafka. The largest is reserved for the end
 # offset, the offset after a full partition's last record (it is packed as the
 # next batch's base offset and committed), so a record's is at most MAX_OFFSET - 1.
@@ -396,7 +397,7 @@ def inflate(data, attributes: int, path: str = "<buffer>", pos: int = 0) -> byte
     bad checksum is; a codec whose library is missing is CodecUnavailable, which is not.
     """
     try:
-        return decompress(stored_codec(attributes), data, MAX_BATCH_BYTES)
+        return decompress(stored_codec(attributes), data, MAX_PAYLOAD_BYTES)
     except DecompressError as exc:
         raise CorruptLog(path, pos, f"batch payload does not decompress ({exc})") from None
 
