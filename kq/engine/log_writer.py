@@ -122,8 +122,7 @@ class LogWriter:
         # (imported here: kq.engine.datadir imports this module)
         from .datadir import NULL_HEADER_FORMAT, require_format
 
-        root = os.path.dirname(os.path.dirname(os.path.dirname(self.partition.path)))  # DATA/topics/NAME/P
-        require_format(root, NULL_HEADER_FORMAT)
+        require_format(self._data_dir(), NULL_HEADER_FORMAT)
         self._null_headers_allowed = True
 
     def allow_compression(self) -> None:

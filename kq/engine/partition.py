@@ -248,7 +248,7 @@ class Partition:
                     size = len(batchfmt.inflate(data, header.attributes))
                 except CorruptLog:
                     size = len(data)
-        return size
+        return min(size, batchfmt.MAX_PAYLOAD_BYTES)  # (a damaged frame may claim anything)
 
     def cursor(self, offset: int, buffers: int = 1) -> Cursor:
         return Cursor(self, offset, buffers)
