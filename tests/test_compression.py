@@ -452,3 +452,17 @@ def test_a_killed_server_keeps_compressed_batches_intact(server, run_kq, data_di
     server.proc.wait()
     assert run_kq("consume", "z").stdout.splitlines() == [b"v%d" % i for i in range(200)]
     assert_verify_clean(run_kq)
+
+
+def test_a_cluster_topics_producer_compression_leaves_a_bridged_directory_as_it_was(kq_serve_cluster, tmp_path):
+    """Kafka's default compression.type (producer) means nothing to kq's own writers: copying such a
+    topic into a directory keeps the directory's format, so an older kq still opens it."""
+    back = Place("dir", ["--data-dir", str(tmp_path / "back")], data_dir=str(tmp_path / "back"))
+    cluster = Place("serve", ["-b", kq_serve_cluster.bootstrap], kq_serve_cluster.bootstrap)
+    t = cluster.name("kept")
+    cluster.ok("topic", "create", t, "--compression", "producer")
+    cluster.ok("produce", t, input="a\nb\n")
+    back.ok("replicate", t, "--from", f"kafka://{kq_serve_cluster.bootstrap}", "--to", back.data_dir)
+    assert [r["value"] for r in back.records(t)] == ["a", "b"]
+    assert directory_format(back.data_dir) == 1
+    assert json.loads(back.ok("topic", "describe", t, "--json"))["config"]["compression"] == "none"
