@@ -212,3 +212,15 @@ class KqWarning(UserWarning):
 
 def warn(message: str) -> None:
     warnings.warn(message, KqWarning, stacklevel=3)
+
+
+class CodecUnavailable(KqError):
+    """A compression codec whose Python library is not installed."""
+
+    def __init__(self, codec: str, package: str):
+        super().__init__(
+            f"the {codec} codec needs the Python package {package}, which is not installed: "
+            f"pip install 'kq-log[compression]' (or: pip install {package})"
+        )
+        self.codec = codec
+        self.package = package

@@ -230,7 +230,12 @@ class Producer:
                 headers if whole or headers is None else headers[lo:hi],
             )
             piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
-            payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
+            payload = pack(
+                *piece,
+                timestamp=now_ms() if piece_stamps is None else 0,
+                timestamps=piece_stamps,
+                compression=part.codec,
+            )
             if self._ranges is not None:  # deduplicating: the window notes where records went
                 self._ranges.append((number, *part.append_payload(payload)))
                 self._appended += payload.count

@@ -33,6 +33,7 @@ class PartitionInfo:
     start_offset: int
     end_offset: int
     size: int | None = None  # bytes stored; None where the backend cannot tell
+    uncompressed_size: int | None = None  # what ``size`` would be without compression at rest; None: unknown
 
     @property
     def messages(self) -> int:

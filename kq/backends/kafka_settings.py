@@ -114,6 +114,7 @@ def redact(text: str, settings: dict) -> str:
 #                          which applies retention too)
 #     delete.retention.ms  tombstone_retention_ms
 #     flush.messages       sync (1: fdatasync every batch; otherwise the maximum, as Kafka's default)
+#     compression.type     compression (Kafka's "uncompressed" is kq's none; zstd, lz4, gzip, snappy, producer)
 
 NO_LIMIT = 9223372036854775807  # Kafka's Long.MAX_VALUE, its "never" for flush.messages
 KAFKA_NAMES = {
@@ -123,6 +124,7 @@ KAFKA_NAMES = {
     "cleanup": "cleanup.policy",
     "tombstone_retention_ms": "delete.retention.ms",
     "sync": "flush.messages",
+    "compression": "compression.type",
 }
 KQ_NAMES = {kafka: kq for kq, kafka in KAFKA_NAMES.items()}
 
@@ -133,6 +135,8 @@ def kafka_value(name: str, value) -> str:
         return "1" if value else str(NO_LIMIT)
     if name in ("retention_ms", "retention_bytes"):
         return "-1" if value is None else str(value)
+    if name == "compression" and value == "none":
+        return "uncompressed"
     return str(value)
 
 
@@ -166,6 +170,11 @@ def kq_config(configs, strict: bool = True) -> dict:
                 if not policies or not policies <= {"delete", "compact"} or (strict and len(policies) > 1):
                     raise ValueError
                 out[kq_name] = "compact" if "compact" in policies else "delete"
+            elif kq_name == "compression":
+                codec = value.strip()
+                if codec not in ("uncompressed", "none", "zstd", "lz4", "gzip", "snappy", "producer"):
+                    raise ValueError
+                out[kq_name] = "none" if codec == "uncompressed" else codec
             else:
                 out[kq_name] = int(value) == 1
         except ValueError as exc:

@@ -57,7 +57,7 @@ class LocalBackend(Backend):
         return self.topic(topic).id
 
     def describe_topic(self, topic: str) -> TopicInfo:
-        return _described(self.topic(topic))
+        return _described(self.topic(topic), uncompressed=True)
 
     def describe_topics(self, topics: list[str]) -> tuple[list[TopicInfo], list[str]]:
         # Opened afresh: another process may have added partitions or re-created a topic
@@ -283,10 +283,12 @@ class LocalBackend(Backend):
         return share_offset_rows(self.data, self.topic(topic), shares)
 
 
-def _described(t: Topic) -> TopicInfo:
+def _described(t: Topic, uncompressed: bool = False) -> TopicInfo:
+    # The uncompressed size reads every batch's header: for `kq topic describe`, not for the
+    # snapshots kq top and kq metrics take of thousands of topics.
     return TopicInfo(
         t.name,
-        [PartitionInfo(p.number, *p.extent()) for p in t.partitions()],
+        [PartitionInfo(p.number, *p.extent(), p.uncompressed_size() if uncompressed else None) for p in t.partitions()],
         dict(t.config),
         t.id,
     )

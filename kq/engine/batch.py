@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol
 import msgpack
 
 from ..errors import CorruptLog, MessageTooLarge
+from .compression import DecompressError, compress, decompress
 
 # The last byte of the magic is the batch format version.
 MAGIC = b"KQB\x01"
@@ -26,6 +27,7 @@ PREFIX_SIZE = 12  # magic + crc + length: `length` counts the bytes after these
 CRC_START = 8  # the checksum covers the length field, the header and the payload
 MIN_LENGTH = HEADER_SIZE - PREFIX_SIZE + 1  # a payload is at least one byte
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_PAYLOAD_BYTES = MAX_BATCH_BYTES - (HEADER_SIZE - PREFIX_SIZE)  # a payload, uncompressed, at most
 # Offsets are signed 64-bit, as in Kafka. The largest is reserved for the end
 # offset, the offset after a full partition's last record (it is packed as the
 # next batch's base offset and committed), so a record's is at most MAX_OFFSET - 1.
@@ -33,8 +35,12 @@ MAX_OFFSET = 2**63 - 1
 # The header's attributes: the low three bits name the Kafka compression codec
 # the records arrived in through kq serve (0 none, 1 gzip, 2 snappy, 3 lz4,
 # 4 zstd), so that it serves them so compressed again, as Kafka keeps a
-# producer's codec; the payload itself is never compressed. Other bits are 0.
+# producer's codec. Bits 3-5 name the codec the stored payload is compressed
+# with, numbered alike (format 3; kq.engine.compression). Bits 6-7 are issue
+# 25's (transactions); the others are 0.
 CODEC_MASK = 0x07
+STORED_CODEC_SHIFT = 3
+STORED_CODEC_MASK = 0x07 << STORED_CODEC_SHIFT
 
 # What ``check`` makes of the bytes at a position:
 OK = 0  # a whole, valid batch
@@ -90,6 +96,9 @@ class Payload(NamedTuple):
     # before the batch is written, so that an older kq refuses the directory instead of the batch.
     null_header_values: bool = False
     attributes: int = 0
+    # The codec ``data`` is compressed with (kq.engine.compression; 0: none): the data
+    # directory must be format 3 (kq.engine.datadir.COMPRESSED_FORMAT) before it is written.
+    codec: int = 0
 
 
 def pack(
@@ -100,11 +109,13 @@ def pack(
     timestamps: Sequence[int] | None = None,
     offset_deltas: Sequence[int] | None = None,
     attributes: int = 0,
+    compression: int = 0,
 ) -> Payload:
     """Pack records into a payload. ``timestamps`` (per record) overrides ``timestamp``.
 
     ``offset_deltas`` is only for batches rewritten by compaction, whose
     offsets have gaps; without it the offsets are base_offset, base_offset+1, ...
+    ``compression`` is the codec the payload is compressed with, whole (0: none).
     Packing needs no offset, so a writer does it before taking its lock.
     """
     count = len(values)
@@ -129,7 +140,11 @@ def pack(
         raise MessageTooLarge(
             f"a batch of {count} record(s) encodes to {length} bytes, more than the maximum of {MAX_BATCH_BYTES}"
         )
-    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes)
+    if compression:
+        # The limit above is on the uncompressed payload, so a reader's inflate is bounded by it.
+        data = compress(compression, data)
+        attributes = (attributes & ~STORED_CODEC_MASK) | (compression << STORED_CODEC_SHIFT)
+    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes, compression)
 
 
 def _has_null_value(headers) -> bool:
@@ -252,6 +267,7 @@ class RecordBatch:
         "timestamp_deltas",
         "offset_deltas",
         "attributes",
+        "payload_size",
     )
     position: int
     size: int
@@ -266,6 +282,7 @@ class RecordBatch:
     timestamp_deltas: list | None
     offset_deltas: list | None
     attributes: int
+    payload_size: int  # bytes of the msgpack payload, inflated: what decoding it took in
 
     @property
     def last_offset(self) -> int:
@@ -369,14 +386,34 @@ def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, m
     return True
 
 
+def stored_codec(attributes: int) -> int:
+    """The codec a batch's payload is stored compressed with (0: none)."""
+    return (attributes & STORED_CODEC_MASK) >> STORED_CODEC_SHIFT
+
+
+def inflate(data, attributes: int, path: str = "<buffer>", pos: int = 0) -> bytes:
+    """The msgpack payload of a compressed batch: the one place kq's stored batches are inflated.
+
+    Bounded by the batch limit; bytes that do not inflate are damage (CorruptLog), as a
+    bad checksum is; a codec whose library is missing is CodecUnavailable, which is not.
+    """
+    try:
+        return decompress(stored_codec(attributes), data, MAX_PAYLOAD_BYTES)
+    except DecompressError as exc:
+        raise CorruptLog(path, pos, f"batch payload does not decompress ({exc})") from None
+
+
 def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> RecordBatch:
     """Decode a batch that ``check`` accepted at ``pos``."""
     _, _, length, base, last_delta, count, base_ts, max_ts, attributes = header
     start = pos + HEADER_SIZE
     stop = pos + PREFIX_SIZE + length
+    data: bytes | memoryview = memoryview(buf)[start:stop]
+    if attributes & STORED_CODEC_MASK:
+        data = inflate(data, attributes, path, pos)
     try:
         columns = msgpack.unpackb(
-            memoryview(buf)[start:stop],
+            data,
             raw=False,
             strict_map_key=True,
             ext_hook=_reject_ext,
@@ -411,4 +448,5 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.timestamp_deltas = ts_deltas
     batch.offset_deltas = offset_deltas
     batch.attributes = attributes
+    batch.payload_size = len(data)
     return batch

@@ -158,6 +158,8 @@ class Cursor:
                 checksums=checksums,
                 floor=self._floor,
             )
+            inflated = 0  # bytes compressed batches decoded to: a round is bounded by them too
+            resume = None
             for pos, header, buf, rel in reader.headers():
                 next_offset = header.base_offset + header.last_offset_delta + 1
                 if next_offset > self.offset:
@@ -165,8 +167,13 @@ class Cursor:
                     b.position = pos
                     out.append(b)
                     self.offset = next_offset
+                    if header.attributes & batchfmt.STORED_CODEC_MASK:
+                        inflated += getattr(b, "payload_size", header.size)
+                        if inflated >= max_bytes:
+                            resume = pos + header.size
+                            break
             self._buffers[0] = reader.buffer or self._buffers[0]
-            self._position = reader.stop_position
+            self._position = reader.stop_position if resume is None else resume
             self._floor = reader.floor
             if out:
                 self._buffers.append(self._buffers.pop(0))

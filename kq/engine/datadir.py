@@ -17,6 +17,7 @@ import threading
 import uuid
 
 from ..errors import CorruptFile, DataDirError, TopicExists, TopicNotFound, UnsupportedFormat, UsageError
+from .compression import CODEC_IDS, check_available
 from .fileio import atomic_write, fsync_dir, make_dirs, read_metadata, shown
 from .location import (
     GROUPS_DIR,
@@ -33,9 +34,10 @@ from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside, stored_config
 
 FORMAT_FILE = "kq.json"
-FORMAT_VERSION = 2  # the newest format this kq reads and writes (docs/FORMAT.md)
+FORMAT_VERSION = 3  # the newest format this kq reads and writes (docs/FORMAT.md)
 CREATED_FORMAT = 1  # a new directory's: every kq opens it until it holds what needs more
 NULL_HEADER_FORMAT = 2  # some record has a header whose value is null
+COMPRESSED_FORMAT = 3  # some batch's payload is compressed (its attributes' bits 3-5)
 
 
 def read_format(root: str) -> int | None:
@@ -164,6 +166,7 @@ class DataDir:
             raise UsageError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}")
         config = check_config(config or {})
         self.ensure()
+        self._allow_compression(config)
         final = os.path.join(self.topics_path, name)
         if os.path.exists(final):
             raise TopicExists(name)
@@ -203,6 +206,7 @@ class DataDir:
         replaces the Kafka configs kept with the topic."""
         t = self.topic(name)
         config = check_config({**t.config, **changes})
+        self._allow_compression(config)
         meta = {"format": TOPIC_FORMAT, "name": name, "partitions": t.partition_count, "config": stored_config(config)}
         if t.id is not None:
             meta["id"] = t.id
@@ -211,6 +215,16 @@ class DataDir:
             meta["kafka_config"] = dict(kept)
         atomic_write(os.path.join(t.path, TOPIC_FILE), json.dumps(meta, indent=2).encode() + b"\n")
         return self.topic(name)
+
+    def _allow_compression(self, config: dict) -> None:
+        """A topic set to compress: its codec's library must be there, and the directory format 3
+        before topic.json names the setting (an older kq refuses the directory, not the topic)."""
+        if config["compression"] == "none":
+            return
+        kind = CODEC_IDS.get(config["compression"])
+        if kind is not None:
+            check_available(kind)
+        require_format(self.path, COMPRESSED_FORMAT)
 
     def add_partitions(self, topic: Topic, count: int) -> None:
         """Grow ``topic`` to ``count`` partitions (Kafka's partition increase); the new ones start empty.

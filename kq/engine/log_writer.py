@@ -67,6 +67,7 @@ class LogWriter:
         self._recovered: str | None = None  # what the last recovery did that a user must hear
         self._tail: Tail | None = None
         self._null_headers_allowed = False  # the data directory's format takes null header values
+        self._compression_allowed = False  # the data directory's format takes compressed payloads
 
     def recover(self) -> str | None:
         """Bring the log's tail to where an append can follow it, as the next writer would.
@@ -97,6 +98,8 @@ class LogWriter:
         """Append records packed by ``batch.pack``; return (first offset, last offset)."""
         if payload.null_header_values and not self._null_headers_allowed:
             self._allow_null_headers()
+        if payload.codec and not self._compression_allowed:
+            self.allow_compression()
         rolled = False
         with self.writing():
             tail = self._recover_tail()
@@ -119,9 +122,17 @@ class LogWriter:
         # (imported here: kq.engine.datadir imports this module)
         from .datadir import NULL_HEADER_FORMAT, require_format
 
-        root = os.path.dirname(os.path.dirname(os.path.dirname(self.partition.path)))  # DATA/topics/NAME/P
-        require_format(root, NULL_HEADER_FORMAT)
+        require_format(self._data_dir(), NULL_HEADER_FORMAT)
         self._null_headers_allowed = True
+
+    def allow_compression(self) -> None:
+        from .datadir import COMPRESSED_FORMAT, require_format
+
+        require_format(self._data_dir(), COMPRESSED_FORMAT)
+        self._compression_allowed = True
+
+    def _data_dir(self) -> str:
+        return os.path.dirname(os.path.dirname(os.path.dirname(self.partition.path)))  # DATA/topics/NAME/P
 
     def append_raw(self, batches: list[RawBatch]) -> int:
         """Append batches exactly as another log stored them (replication).

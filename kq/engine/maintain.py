@@ -217,10 +217,13 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
                 headers=None if b.headers is None else [b.headers[i] for i in keep],
                 timestamps=[stamps[i] for i in keep],
                 offset_deltas=[offsets[i] - first for i in keep],
+                compression=partition.codec,  # a batch rewritten takes the topic's codec of today
             )
             out_batches.append((data, first, max(stamps[i] for i in keep)))
     if not removed and not tombstones:
         return None
+    if partition.codec:
+        partition.allow_compression()
     report.records_removed += removed
     report.tombstones_removed += tombstones
     log_tmp = partition.log_path(base) + COMPACT_SUFFIX

@@ -14,10 +14,11 @@ import json
 import os
 import time
 
-from ..errors import TopicDeleted
+from ..errors import CorruptLog, TopicDeleted
 from . import batch as batchfmt
 from . import segment
 from .batch import MAX_OFFSET
+from .compression import CODEC_IDS, GZIP, decompressed_size
 from .cursor import Cursor, RawBatch
 from .fileio import (
     FileLock,
@@ -68,6 +69,18 @@ class Partition:
     @property
     def compacted(self) -> bool:
         return self.config.get("cleanup") == "compact"
+
+    @property
+    def codec(self) -> int:
+        """The codec new batches are stored compressed with (the topic's ``compression``; 0: none).
+
+        ``producer`` (kq serve keeps a Kafka producer's codec) is none for kq's own writers.
+        """
+        return CODEC_IDS.get(self.config.get("compression", "none"), 0)
+
+    def allow_compression(self) -> None:
+        """Raise the data directory to the format compressed batches need, before writing one."""
+        self._log_writer.allow_compression()
 
     # ------------------------------------------------------------------ files
 
@@ -197,6 +210,53 @@ class Partition:
                 pass
         return total
 
+    def uncompressed_size(self) -> int:
+        """What ``size()`` would be with every batch's payload stored uncompressed.
+
+        Reads each batch's header and the few bytes where its codec records the
+        inflated size (a gzip batch whole), never the whole log; stops at the
+        first bytes that are no batch (damage is kq verify's to report).
+        """
+        total = 0
+        for base in self.segments():
+            try:
+                fd = self._open_log(base)
+            except FileNotFoundError:
+                continue
+            try:
+                end = os.fstat(fd).st_size
+                pos = 0
+                while pos + batchfmt.HEADER_SIZE <= end:
+                    head = os.pread(fd, batchfmt.HEADER_SIZE + 32, pos)
+                    if head[:4] != batchfmt.MAGIC:
+                        break
+                    header = batchfmt.header_at(head, 0)
+                    if not batchfmt.MIN_LENGTH <= header.length <= batchfmt.MAX_BATCH_BYTES or pos + header.size > end:
+                        break
+                    kind = batchfmt.stored_codec(header.attributes)
+                    if not kind:
+                        total += header.size
+                    else:
+                        total += batchfmt.HEADER_SIZE + self._inflated_size(fd, pos, header, head)
+                    pos += header.size
+            finally:
+                os.close(fd)
+        return total
+
+    @staticmethod
+    def _inflated_size(fd: int, pos: int, header: batchfmt.BatchHeader, head: bytes) -> int:
+        kind = batchfmt.stored_codec(header.attributes)
+        size = None if kind == GZIP else decompressed_size(kind, head[batchfmt.HEADER_SIZE :])
+        if size is None:  # gzip's size is at its end; a frame that does not say: inflate it
+            data = os.pread(fd, header.size - batchfmt.HEADER_SIZE, pos + batchfmt.HEADER_SIZE)
+            size = decompressed_size(kind, data) if kind == GZIP else None
+            if size is None:
+                try:
+                    size = len(batchfmt.inflate(data, header.attributes))
+                except CorruptLog:
+                    size = len(data)
+        return min(size, batchfmt.MAX_PAYLOAD_BYTES)  # (a damaged frame may claim anything)
+
     def cursor(self, offset: int, buffers: int = 1) -> Cursor:
         return Cursor(self, offset, buffers)
 
@@ -296,7 +356,15 @@ class Partition:
         if timestamp is None and timestamps is None:
             timestamp = now_ms()
         return self.append_payload(
-            batchfmt.pack(values, keys, headers, timestamp=timestamp or 0, timestamps=timestamps, attributes=attributes)
+            batchfmt.pack(
+                values,
+                keys,
+                headers,
+                timestamp=timestamp or 0,
+                timestamps=timestamps,
+                attributes=attributes,
+                compression=self.codec,
+            )
         )
 
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:

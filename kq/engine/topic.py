@@ -27,7 +27,11 @@ DEFAULT_CONFIG = {
     # Every producer drops a record whose id was produced within this long (kq.engine.dedup); None: none do.
     "dedup_window_ms": None,
     "dedup_header": None,  # the header whose value is a record's id; None: its key
+    # The codec new batches are stored compressed with; "producer": a Kafka producer's (kq serve).
+    # Absent from topic.json when "none", so that a topic without compression reads in any kq.
+    "compression": "none",
 }
+COMPRESSION_CHOICES = ("none", "zstd", "lz4", "gzip", "snappy", "producer")
 
 
 def _is_int(value) -> bool:
@@ -66,18 +70,23 @@ def check_config(config: dict) -> dict:
         raise UsageError("tombstone retention needs a duration (0 removes tombstones at the next compaction)")
     if merged["cleanup"] not in ("delete", "compact"):
         raise UsageError(f"cleanup must be delete or compact, not {shown(merged['cleanup'])}")
+    if merged["compression"] not in COMPRESSION_CHOICES:
+        raise UsageError(
+            f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, not {shown(merged['compression'])}"
+        )
     return merged
 
 
 # Settings newer kqs added, written to topic.json only when set: an older kq refuses a
 # topic.json with a setting it does not know, which is right for a topic that has one
-# (it would produce without deduplicating) and wrong for every other topic.
-OMITTED_WHEN_UNSET = ("dedup_window_ms", "dedup_header")
+# (it would produce without deduplicating, or misread compressed batches) and wrong for
+# every other topic.
+OMITTED_WHEN_UNSET = {"dedup_window_ms": None, "dedup_header": None, "compression": "none"}
 
 
 def stored_config(config: dict) -> dict:
     """The config as topic.json keeps it: the settings of OMITTED_WHEN_UNSET only if set."""
-    return {k: v for k, v in config.items() if not (k in OMITTED_WHEN_UNSET and v is None)}
+    return {k: v for k, v in config.items() if not (k in OMITTED_WHEN_UNSET and v == OMITTED_WHEN_UNSET[k])}
 
 
 def check_inside(path: str, root: str) -> str:

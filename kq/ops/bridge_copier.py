@@ -79,7 +79,10 @@ class TopicCopier:
                     f"topic '{self.topic}' no longer exists in {self.target.description}, where it was copied; "
                     f"to copy it from scratch, delete {self.state.path}"
                 ) from None
-            self.target.create_topic(self.topic, count, info.config)
+            # Kafka's default compression.type, producer, is no codec of kq's own writers (they store
+            # batches uncompressed under it): naming it would only raise a directory's format for nothing.
+            config = {k: v for k, v in info.config.items() if not (k == "compression" and v == "producer")}
+            self.target.create_topic(self.topic, count, config)
             have = count
         if have < count:
             self.target.add_partitions(self.topic, count)

@@ -19,14 +19,15 @@ class InvalidTimestamp(ValueError):
     """A record timestamp that does not fit Kafka's (and kq's) signed 64-bit field."""
 
 
-def _pack(storage: Storage, batch) -> Payload:
+def _pack(storage: Storage, batch, config: dict) -> Payload:
     """A produced batch packed for kq's log; InvalidTimestamp if a timestamp leaves 64 bits.
 
     A batch's base timestamp plus a record's 64-bit delta can leave the
     range; packing finds the smallest and largest timestamps anyway.
     """
     try:
-        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec)
+        served, stored = storage.stored_codec(config, batch.codec)
+        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, served, stored)
     except OverflowError:  # two timestamps further apart than 64 bits hold
         raise InvalidTimestamp("record timestamps do not fit a signed 64-bit field") from None
     for timestamp in (payload.base_timestamp, payload.max_timestamp):
@@ -174,7 +175,7 @@ class ProduceHandler:
             duplicates = self.producers.check_all(topic, partition, batches)
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
-                packed.append(_pack(self.storage, batch) if duplicate is None else None)
+                packed.append(_pack(self.storage, batch, t.config) if duplicate is None else None)
             for batch, duplicate, payload in zip(batches, duplicates, packed):
                 if payload is None:
                     base = duplicate

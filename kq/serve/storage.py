@@ -13,6 +13,7 @@ import time
 
 from ..engine.batch import Payload
 from ..engine.batch import pack as pack_batch
+from ..engine.compression import CODEC_IDS
 from ..engine.cursor import Cursor
 from ..engine.datadir import DataDir
 from ..engine.dedup import DedupWindow, record_ids
@@ -123,12 +124,31 @@ class Storage:
     # ------------------------------------------------------------------ partitions
 
     @staticmethod
-    def pack(values, keys, headers, timestamps, codec: int = 0) -> Payload:
+    def pack(values, keys, headers, timestamps, codec: int = 0, stored: int = 0) -> Payload:
         """One batch's records packed for ``append_packed`` (MessageTooLarge), before anything is written.
 
         ``codec``: the Kafka compression codec the records came in, kept to serve them so again.
+        ``stored``: the codec the payload is stored compressed with (``stored_codec``).
         """
-        return pack_batch(values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec)
+        return pack_batch(
+            values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec, compression=stored
+        )
+
+    @staticmethod
+    def stored_codec(config: dict, arrived: int) -> tuple[int, int]:
+        """(codec to serve the records in, codec to store them in) under a topic's ``compression``.
+
+        As Kafka: ``producer`` keeps the producer's codec, a codec recompresses the
+        records with it (and consumers get them so), ``none`` stores them uncompressed
+        (and serves them in the producer's codec, as kq serve always has).
+        """
+        setting = config.get("compression", "none")
+        if setting == "producer":
+            return arrived, arrived
+        if setting == "none":
+            return arrived, 0
+        stored = CODEC_IDS[setting]
+        return stored, stored
 
     def append_packed(self, topic: str, partition: int, payload: Payload, batch=None) -> tuple[int, int]:
         """Append one packed batch; (first, last) offset. On disk (fdatasync) if the topic or --sync says so.

@@ -1,8 +1,8 @@
 """Kafka's topic configs as kq serve takes them: which exist, their types, defaults and valid values.
 
-A config kq has a setting for (``segment.bytes``, ``retention.ms``, ...; the
-table in kq.backends.kafka_settings) changes that setting. Every other valid
-Kafka topic config (``compression.type``, ``min.insync.replicas``, ...) is
+A config kq has a setting for (``segment.bytes``, ``retention.ms``,
+``compression.type``, ...; the table in kq.backends.kafka_settings) changes
+that setting. Every other valid Kafka topic config (``min.insync.replicas``, ...) is
 kept with the topic as given (``kafka_config`` in topic.json) and reported by
 DescribeConfigs, so that tools which set them work; kq itself does not act on
 them. Only names Kafka does not know, and values Kafka would refuse, are

@@ -144,3 +144,34 @@ def test_dedup_index_bytes_sit_where_format_md_says(tmp_path):
     assert index_name(None) == "dedup.index"
     assert index_name("Nats-Msg-Id") == f"dedup.h-{xxh3_64_digest(b'Nats-Msg-Id').hex()}.index"
     assert xxh3_64_digest(b"a").hex() == "e6c632b61e964e1f"  # XXH3-64, seed 0: what another reader must compute
+
+
+@pytest.mark.parametrize(
+    "codec, magic, inflate",
+    [
+        (4, b"\x28\xb5\x2f\xfd", lambda d: __import__("zstandard").ZstdDecompressor().decompress(d)),
+        (3, b"\x04\x22\x4d\x18", lambda d: __import__("lz4.frame").frame.decompress(d)),
+        (1, b"\x1f\x8b", lambda d: __import__("gzip").decompress(d)),
+        (2, None, lambda d: __import__("snappy").decompress(d)),
+    ],
+    ids=["zstd", "lz4", "gzip", "snappy"],
+)
+def test_a_compressed_payload_is_the_msgpack_payload_through_its_codec_with_the_codec_in_bits_3_to_5(
+    codec, magic, inflate
+):
+    """FORMAT.md, "Record batch": attributes bits 3-5 name the codec; the payload is the
+    msgpack payload compressed whole (a zstd frame, an LZ4 frame, a gzip member, a raw snappy block);
+    the CRC covers the bytes as stored."""
+    import msgpack
+
+    plain = batchfmt.encode(7, [b"a", b"bc"], timestamps=[100, 90])
+    data = batchfmt.encode(7, [b"a", b"bc"], timestamps=[100, 90], compression=codec)
+    (attributes,) = struct.unpack_from(">H", data, 44)
+    assert attributes == codec << 3
+    crc, length = struct.unpack_from(">II", data, 4)
+    assert length == len(data) - 12 and crc == zlib.crc32(data[8:])
+    assert data[12:44] == plain[12:44]  # the other header fields are as uncompressed
+    payload = data[46:]
+    if magic is not None:
+        assert payload.startswith(magic)
+    assert inflate(payload) == plain[46:] == msgpack.packb([[b"a", b"bc"], None, None, [10, 0], None])
