@@ -44,6 +44,17 @@ class TopicInfo:
     name: str
     partitions: list[PartitionInfo]
     config: dict = field(default_factory=dict)
+    id: str | None = None  # where the backend tells it cheaply (a data directory's topic.json)
+
+
+@dataclass
+class GroupTopicOffsets:
+    """A consumer group on one topic, as ``Backend.group_overview`` reports it."""
+
+    topic: str
+    committed: dict[int, int]  # by partition (absent: none)
+    committed_at: dict[int, int]  # when each was committed (ms since the epoch), where the place records it
+    members: list[str]  # ids of the live members reading the topic
 
 
 class Reader(Protocol):
@@ -124,6 +135,19 @@ class Backend(ABC):
     @abstractmethod
     def describe_topic(self, topic: str) -> TopicInfo:
         """Partitions with start and end offsets (and sizes where known), and the config."""
+
+    def describe_topics(self, topics: list[str]) -> tuple[list[TopicInfo], list[str]]:
+        """``describe_topic`` of each as it is now (nothing remembered from an earlier call), and a
+        line for each that could not be described (deleted meanwhile, unreadable)."""
+        from ..errors import KqError
+
+        found, problems = [], []
+        for topic in topics:
+            try:
+                found.append(self.describe_topic(topic))
+            except KqError as exc:
+                problems.append(f"topic '{topic}': {exc}")
+        return found, problems
 
     @abstractmethod
     def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
@@ -237,6 +261,17 @@ class Backend(ABC):
     def members(self, group: str) -> list[dict]:
         """Live members: member, host, pid, client_id, joined_at (ms), topic, partitions (owned),
         progress_at (ms); every key in every backend, None where it does not know."""
+
+    def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
+        """Every topic of ``group``: committed offsets, when each was committed where the place
+        records it, and the live members. ``topic_ids`` (topic -> id, from ``describe_topics``)
+        leaves out offsets committed for an earlier topic of the same name, where the place knows."""
+        members = self.members(group)
+        out = []
+        for topic in self.group_topics(group):
+            ids = sorted({m["member"] for m in members if m["topic"] == topic})
+            out.append(GroupTopicOffsets(topic, self.committed(group, topic), {}, ids))
+        return out
 
     @abstractmethod
     def owners(self, group: str, topic: str) -> dict[int, str]:

@@ -10,7 +10,7 @@ from ..groups.consumer import GroupConsumer, group_start_offsets
 from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from ..producer import Producer
-from .base import Backend, PartitionInfo, TopicInfo
+from .base import Backend, GroupTopicOffsets, PartitionInfo, TopicInfo
 
 
 class LocalBackend(Backend):
@@ -56,12 +56,27 @@ class LocalBackend(Backend):
         return self.topic(topic).id
 
     def describe_topic(self, topic: str) -> TopicInfo:
-        t = self.topic(topic)
-        return TopicInfo(
-            t.name,
-            [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size()) for p in t.partitions()],
-            dict(t.config),
-        )
+        return _described(self.topic(topic))
+
+    def describe_topics(self, topics: list[str]) -> tuple[list[TopicInfo], list[str]]:
+        # Opened afresh: another process may have added partitions or re-created a topic
+        # since this backend opened it (kq top takes a snapshot every second).
+        from ..errors import KqError
+
+        found, problems = [], []
+        for name in topics:
+            try:
+                t = self.data.topic(name)
+            except KqError as exc:
+                problems.append(f"topic '{name}': {exc}")
+                continue
+            try:
+                found.append(_described(t))
+            except (KqError, OSError) as exc:
+                problems.append(f"topic '{name}': {exc}")
+            finally:
+                t.close()
+        return found, problems
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
         t = self.data.create_topic(topic, partitions, config)
@@ -174,6 +189,21 @@ class LocalBackend(Backend):
                 out.append({"client_id": None, **m, "partitions": owned})  # a kq member has no client id
         return out
 
+    def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
+        out = []
+        for found in self.groups.overview(group):
+            topic_id = (topic_ids or {}).get(found.topic)
+            offsets = {p: c for p, c in found.offsets.items() if topic_id is None or c.topic_id in (None, topic_id)}
+            out.append(
+                GroupTopicOffsets(
+                    found.topic,
+                    {p: c.offset for p, c in offsets.items()},
+                    {p: c.committed_at for p, c in offsets.items() if c.committed_at is not None},
+                    sorted(m["member"] for m in found.members),
+                )
+            )
+        return out
+
     def owners(self, group: str, topic: str) -> dict[int, str]:
         """Partition -> the member id that holds it."""
         return self.groups.owners(group, topic)
@@ -238,3 +268,12 @@ class LocalBackend(Backend):
         from ..share.describe import share_offset_rows
 
         return share_offset_rows(self.data, self.topic(topic), shares)
+
+
+def _described(t: Topic) -> TopicInfo:
+    return TopicInfo(
+        t.name,
+        [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size()) for p in t.partitions()],
+        dict(t.config),
+        t.id,
+    )

@@ -27,6 +27,8 @@ COMMANDS = {
     "offsets": "offsets",
     "group": "group",
     "top": "top",
+    "lag": "lag",
+    "metrics": "metrics",
     "replicate": "replicate",
     "maintain": "maintain",
     "verify": "verify",

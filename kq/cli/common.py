@@ -120,6 +120,16 @@ def bad_parameter(message: str, hint: str) -> typer.BadParameter:
     return typer.BadParameter(message, param_hint=hint)
 
 
+def host_port(text: str, option: str) -> tuple[str, int]:
+    """Split HOST:PORT (or [IPv6]:PORT); a usage error names the option."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise bad_parameter(f"{text!r} is not HOST:PORT (for example 127.0.0.1:9092)", option)
+    return host, int(port)
+
+
 def duration_seconds(text) -> float:
     """A duration option's seconds, from what every duration takes: 1.5s, 500ms, 2m, 1h, or bare seconds.
 

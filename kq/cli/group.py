@@ -82,6 +82,12 @@ def group_describe(
         parser=duration_seconds,
         help="Flag a member that has made no progress for this long while its partitions have lag.",
     ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Print nothing and exit 0 if the group is well; else one line saying why (stalled, stopped) and exit 1."
+        " Limits: kq lag --max N --max-age DURATION.",
+    ),
 ) -> None:
     """Show a group's committed offsets, lag and live members, per topic and partition.
 
@@ -99,9 +105,13 @@ def group_describe(
       kq group describe billing
 
       kq group describe billing --json | jq '.members[] | {member, partitions}'
+
+      kq group describe billing --check || echo "billing is stuck"
     """
     s = settings(ctx)
     backend = s.backend
+    if check:
+        raise typer.Exit(_check(backend, group))
     if group not in backend.group_names():
         from ..engine.names import check_name
 
@@ -221,3 +231,19 @@ def describe_share(described: dict, json_output: bool) -> None:
             print(
                 f"worker\t{w['member']}\t{w['host'] or '-'}\t{w['pid'] or '-'}\t{'live' if w['live'] else 'gone'}\t{leases(w) or '-'}"
             )
+
+
+def _check(backend, group: str) -> int:
+    """``--check``: the group's line from kq.ops.observe.check, if it has one."""
+    from ..engine.names import check_name
+    from ..ops import observe
+    from .lag import report
+
+    check_name(group, "group")
+    if group not in backend.group_names():
+        raise GroupNotFound(group)
+    snap = observe.snapshot(backend)
+    found = snap.groups.get(group)
+    if found is None:  # no offsets or members on a topic that exists: nothing to fall behind on
+        return 0
+    return report(observe.check(observe.Snapshot(snap.taken_at, snap.topics, {group: found})))

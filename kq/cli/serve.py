@@ -6,19 +6,9 @@ from typing import Optional
 import typer
 
 from ..errors import KqError, UsageError
-from .common import KqCommand, bad_parameter, settings, sync_option
+from .common import KqCommand, bad_parameter, host_port, settings, sync_option
 
 app = typer.Typer(add_completion=False)  # only the top-level kq offers completion install
-
-
-def _host_port(text: str, option: str) -> tuple[str, int]:
-    """Split HOST:PORT (or [IPv6]:PORT); a usage error names the option."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise bad_parameter(f"{text!r} is not HOST:PORT (for example 127.0.0.1:9092)", option)
-    return host, int(port)
 
 
 def _password(name: str) -> bytes:
@@ -72,6 +62,13 @@ def serve(
         "--listen",
         metavar="HOST:PORT",
         help="Address to accept Kafka clients on (port 0: any free port).",
+    ),
+    metrics: Optional[str] = typer.Option(
+        None,
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Also serve Prometheus metrics at http://HOST:PORT/metrics: kq metrics's, and requests and"
+        " latencies per Kafka API (docs/METRICS.md).",
     ),
     advertise: Optional[str] = typer.Option(
         None,
@@ -153,6 +150,8 @@ def serve(
 
       kq serve --add-user alice                       [dim]# asks for a password[/dim]
 
+      kq serve --metrics 127.0.0.1:9308               [dim]# and /metrics for Prometheus[/dim]
+
       kq --data-dir /srv/kq serve --listen 0.0.0.0:9093 --advertise myhost:9093 --tls-cert cert.pem --tls-key key.pem
 
       kq -b myhost:9093 -X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-256 -X sasl.username=alice -X sasl.password=... -X ssl.ca.location=ca.pem topic list
@@ -166,9 +165,10 @@ def serve(
     if add_user is not None or remove_user is not None or list_users:
         _manage_users(s.data_dir("kq serve"), add_user, remove_user, list_users)
         return
-    host, port = _host_port(listen, "--listen")
+    host, port = host_port(listen, "--listen")
+    metrics_address = host_port(metrics, "--metrics") if metrics is not None else None
     ssl_context = _tls_context(tls_cert, tls_key)
-    adv_host, adv_port = _host_port(advertise, "--advertise") if advertise else (host, None)
+    adv_host, adv_port = host_port(advertise, "--advertise") if advertise else (host, None)
     if advertise is None and host in ("0.0.0.0", "::", ""):
         adv_host = socket.gethostname()
     missing = missing_dependency()
@@ -205,6 +205,8 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         print(f"kq: who may connect: {access.describe()}", file=sys.stderr)
         tls = " (TLS)" if ssl_context is not None else ""
+        if server.metrics_url is not None:
+            print(f"kq: serving metrics on {server.metrics_url}", file=sys.stderr)
         print(f"kq: serving {data.path}{tls} on {shown}:{server.port}", file=sys.stderr, flush=True)
 
     from ..serve import serve as run
@@ -224,6 +226,7 @@ def serve(
             ready=ready,
             access=access,
             ssl=ssl_context,
+            metrics=metrics_address,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:

@@ -67,6 +67,15 @@ class CommittedOffset(NamedTuple):
     offset: int
     topic_id: str | None  # the topic it was committed for, if recorded
     metadata: str  # the commit's metadata string; "" if none (and in files written before it was kept)
+    committed_at: int | None = None  # when it was committed (ms since the epoch), if the file says
+
+
+class GroupTopic(NamedTuple):
+    """What ``Groups.overview`` finds of a group on one topic."""
+
+    topic: str
+    offsets: dict[int, CommittedOffset]  # by partition, whatever topic id each recorded
+    members: list[dict]  # live members, as ``Groups.members`` lists them
 
 
 def check_commit_metadata(metadata: str) -> None:
@@ -161,7 +170,10 @@ class Groups:
         metadata = body.get("metadata", "")
         if not (isinstance(metadata, str) and len(metadata) <= MAX_COMMIT_METADATA):
             raise CorruptFile(path, f"metadata is {shown(metadata)}, not a string of at most {MAX_COMMIT_METADATA}")
-        return CommittedOffset(offset, topic_id, metadata)
+        committed_at = body.get("committed_at")
+        if type(committed_at) is not int or committed_at < 0:
+            committed_at = None  # only shown, never acted on: a file without it is still a commit
+        return CommittedOffset(offset, topic_id, metadata, committed_at)
 
     @classmethod
     def _read_offset(cls, path: str) -> int | None:
@@ -195,7 +207,9 @@ class Groups:
 
     def members(self, group: str, topic: str) -> list[dict]:
         """Live members consuming ``topic`` in ``group`` (dead ones are cleaned up)."""
-        directory = os.path.join(self._dir(group, topic), MEMBERS_DIR)
+        return self._live_members(os.path.join(self._dir(group, topic), MEMBERS_DIR))
+
+    def _live_members(self, directory: str) -> list[dict]:
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
@@ -221,6 +235,35 @@ class Groups:
                 continue
             live.append(info)
         return live
+
+    def overview(self, group: str) -> list[GroupTopic]:
+        """Every topic of ``group``: its committed offsets and live members, in one pass (kq metrics, kq top).
+
+        The same files as ``committed_offsets`` and ``members`` read, for a whole
+        group at a time: its directory is checked to lie inside the data
+        directory once, and a topic directory again only if it is a link.
+        Offsets are not matched against the topic's id here (the caller knows it).
+        """
+        root = self._dir(group)
+        out = []
+        for topic in named_directories(root, "topic"):
+            directory = os.path.join(root, topic)
+            if os.path.islink(directory):
+                check_inside(directory, self.data.path)
+            offsets: dict[int, CommittedOffset] = {}
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                number = partition_of(name, OFFSET_SUFFIX)
+                if number is not None:
+                    found = self.read_offset_file(os.path.join(directory, name))
+                    if found is not None:
+                        offsets[number] = found
+            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if MEMBERS_DIR in names else []
+            out.append(GroupTopic(topic, offsets, members))
+        return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
         """Partition -> member id, for partitions a live member holds."""

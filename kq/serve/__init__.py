@@ -71,11 +71,14 @@ def serve(
     ready=None,
     access=None,
     ssl=None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Serve ``data_dir`` until SIGINT/SIGTERM; ``ready(server)`` is called once listening.
 
     ``access`` (a ``kq.serve.auth.Access``) says who is let in (None: everyone);
-    ``ssl`` is an ``ssl.SSLContext`` for TLS.
+    ``ssl`` is an ``ssl.SSLContext`` for TLS. ``metrics``: (host, port) to serve
+    ``/metrics`` on over HTTP (kq metrics's, and each API's requests and
+    latencies); its URL is ``server.metrics_url`` by the time ``ready`` is called.
     """
     import asyncio
 
@@ -104,6 +107,10 @@ def serve(
         ssl=ssl,
     )
 
+    metrics_server = None if metrics is None else _metrics_server(storage.data.path, broker, metrics)
+    if metrics_server is not None:
+        server.metrics_url = metrics_server.url
+
     def on_ready(s: Server) -> None:
         broker.listen = (host, s.port)
         if advertised_port is None:  # port 0: advertise the one the system chose
@@ -111,4 +118,38 @@ def serve(
         if ready is not None:
             ready(s)
 
-    asyncio.run(server.serve_until_stopped(on_ready))
+    try:
+        asyncio.run(server.serve_until_stopped(on_ready))
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+def _metrics_server(data_path: str, broker, address: tuple[str, int]):
+    """``/metrics`` on ``address``: the directory's snapshot, and the broker's requests by API."""
+    import errno
+    import time
+
+    from ..backends.local import LocalBackend
+    from ..errors import KqError
+    from ..ops.metrics import Family, Histogram, render, snapshot_families
+    from ..ops.metrics_server import MetricsServer
+    from ..ops.observe import snapshot
+
+    broker.latencies = Histogram()
+    backend = LocalBackend(data_path)
+
+    def body() -> bytes:
+        started = time.perf_counter()
+        families = snapshot_families(snapshot(backend), time.perf_counter() - started)
+        requests = Family("kq_serve_requests_total", "counter", "Requests kq serve answered, by Kafka API")
+        latency = Family("kq_serve_request_duration_seconds", "histogram", "Time to answer a request, by Kafka API")
+        broker.latencies.families(requests, latency, "api")
+        return render([*families, requests, latency])
+
+    shown = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+    try:
+        return MetricsServer(address[0], address[1], body).start()
+    except OSError as exc:
+        why = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise KqError(f"cannot serve metrics on {shown}: {why}") from None

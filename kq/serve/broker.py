@@ -9,12 +9,14 @@ InitProducerId in ``produce``, Fetch in ``fetch``, consumer groups in
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
 from kafka.protocol.consumer import ListOffsetsResponse
 from kafka.protocol.metadata import ApiVersionsResponse, FindCoordinatorResponse, MetadataResponse
 
+from ..ops.metrics import Histogram
 from . import auth, codes, wire
 from .admin import Admin
 from .cluster_info import ClusterInfo
@@ -29,6 +31,9 @@ log = logging.getLogger("kq.serve")
 NODE_ID = 0
 CLUSTER_ID = "kq"
 ZERO_UUID = uuid.UUID(int=0)
+
+# Kafka's names for its APIs (Produce, Fetch, ...), as kq serve --metrics labels them.
+API_NAMES = {key: api.request.__name__.removesuffix("Request") for key, api in wire.APIS.items()}
 
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED, EARLIEST_PENDING_UPLOAD = -2, -1, -3, -4, -5, -6
 
@@ -64,6 +69,8 @@ class Broker:
         self.listen = listen or (advertised_host, advertised_port)  # the address listened on (DescribeConfigs)
         self.max_request_bytes = max_request_bytes
         self.waiters = Waiters(storage)
+        # Each request's time by API, kept only when asked for (kq serve --metrics).
+        self.latencies: Histogram | None = None
         # How many bytes a Fetch response may take now (the server's memory budget sets it).
         self.response_room: Callable[[], int] = lambda: MAX_FETCH_RESPONSE_BYTES
         self.producing = ProduceHandler(storage, self.waiters, self.storage_error)
@@ -136,7 +143,12 @@ class Broker:
             if early is not None:
                 return wire.encode_response(request, early)
         self.coordinator.client = (request.client_id or "", connection.host)
-        response = await self._handlers[request.api_key](request.body, request.api_version)
+        if self.latencies is None:
+            response = await self._handlers[request.api_key](request.body, request.api_version)
+        else:
+            started = time.perf_counter()
+            response = await self._handlers[request.api_key](request.body, request.api_version)
+            self.latencies.observe(API_NAMES[request.api_key], time.perf_counter() - started)
         if response is None:
             return None
         return wire.encode_response(request, response)

@@ -140,6 +140,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections inside a request
+        self.metrics_url: str | None = None  # where /metrics is served, with --metrics
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
