@@ -46,6 +46,15 @@ def top(
         parser=duration_seconds,
         help="How far back each lag's sparkline goes.",
     ),
+    stalled_after: Optional[float] = typer.Option(
+        None,
+        "--stalled-after",
+        metavar="DURATION",
+        parser=duration_seconds,
+        help="A group whose committed offset has not moved for this long while it has lag is stalled "
+        "(stopped, without members) \\[default: 5m].",
+        show_default=False,
+    ),
     json_output: bool = json_option(
         "A JSON object per sample: source, taken_at, topics, groups, share_groups (with rate_in, rate_out, "
         "catch_up in seconds, status); one line each, or one object with --once."
@@ -83,12 +92,16 @@ def top(
         raise UsageError("--interval must be more than 0")
     if history <= 0:
         raise UsageError("--history must be more than 0")
+    if stalled_after is not None and stalled_after <= 0:
+        raise UsageError("--stalled-after must be more than 0")
     if sort not in SORTS:
         raise UsageError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     from .top_screen import ViewState
 
     view = ViewState(sort=sort, filter=filter_text or "")
-    sampler = Top(settings(ctx).backend, history_span=history)
+    from ..ops.observe import DEFAULT_STALL_AFTER
+
+    sampler = Top(settings(ctx).backend, history_span=history, stall_after=stalled_after or DEFAULT_STALL_AFTER)
     from .output import is_terminal
 
     if once:

@@ -85,7 +85,13 @@ SHARE_COLUMNS = [
 
 
 def _topic_cells(t: TopicRow) -> list[str]:
-    return [t.topic, str(t.partitions), f"{t.records:,}", rate_text(t.rate_in), "-" if t.bytes is None else human(t.bytes)]
+    return [
+        t.topic,
+        str(t.partitions),
+        f"{t.records:,}",
+        rate_text(t.rate_in),
+        "-" if t.bytes is None else human(t.bytes),
+    ]
 
 
 def _group_cells(g: GroupRow, share: bool) -> list:
@@ -100,7 +106,7 @@ def _group_cells(g: GroupRow, share: bool) -> list:
         f"{g.lag:,}",
         rate_text(g.rate_out),
         duration_text(g.catch_up),
-        Text(g.status, style=STATUS_STYLES.get(g.status, "")),
+        Text(g.status, style=STATUS_STYLES.get(g.status.casefold(), "")),
         Text(sparkline(g.lag_history), style="cyan"),
     ]
 
@@ -132,7 +138,9 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
     )
     header.truncate(width)
     if view.editing is not None:
-        footer = Text.assemble(("filter: ", "bold"), view.editing, ("█", "blink"), ("   enter: apply  esc: clear", "dim"))
+        footer = Text.assemble(
+            ("filter: ", "bold"), view.editing, ("█", "blink"), ("   enter: apply  esc: clear", "dim")
+        )
     else:
         footer = Text(
             "q quit   s sort (lag, rate, name)   l lag   r rate   n name   / filter   esc clear filter", style="dim"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 
 
 class RateWindow:
@@ -101,4 +101,3 @@ def catch_up_seconds(lag: int, rate_in: float | None, rate_out: float | None) ->
         return None
     gaining = rate_out - (rate_in or 0.0)
     return lag / gaining if gaining > 0 else math.inf
-

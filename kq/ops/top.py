@@ -10,11 +10,24 @@ is the command's job (kq/cli/top.py).
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
+from .observe import (
+    DEFAULT_STALL_AFTER,
+    GroupState,
+    Sample,
+    ShareState,
+    Snapshot,
+    commit_samples,
+    group_status,
+    snapshot,
+    status,
+)
 from .rates import History, RateWindow, catch_up_seconds
 
 SORTS = ("lag", "rate", "name")
+RATE_SPAN = 10.0  # seconds a rate is measured over
 
 
 @dataclass
@@ -37,7 +50,7 @@ class GroupRow:
     committed: int  # the sum of its committed offsets (a share group: settled up to)
     rate_out: float | None  # records/s committed (settled), over the rate window
     catch_up: float | None  # seconds to reach the end at the current rates (inf: never; None: not known yet)
-    status: str  # kq.ops.observe's verdict: ok, falling behind, stalled, stopped
+    status: str  # kq.ops.observe's verdict: OK, falling behind, stalled, stopped
     lag_history: list[int | None] = field(default_factory=list)  # oldest first, one value per slice
     # Share groups only: records leased to a worker now, waiting for a retry, dead-lettered.
     acquired: int | None = None
@@ -52,11 +65,13 @@ class Frame:
     topics: list[TopicRow]
     groups: list[GroupRow]
     shares: list[GroupRow]
+    problems: list[str] = field(default_factory=list)  # what could not be read (the rest is shown)
 
     def as_json(self) -> dict:
         rows = asdict(self)
         for kind in ("groups", "shares"):
             for row in rows[kind]:
+                del row["lag_history"]  # the sparkline's slices: a picture, not data
                 if row["catch_up"] == float("inf"):
                     row["catch_up"] = None  # JSON has no infinity; "never" is told by the status and rates
                     row["catches_up"] = False
@@ -98,4 +113,146 @@ def arrange(frame: Frame, sort: str = "lag", text: str = "") -> Frame:
         read = {g.topic for g in groups} | {g.topic for g in shares}
         topics = [t for t in topics if wanted in t.topic.casefold() or t.topic in read]
     key = _sort_key(sort)
-    return Frame(frame.source, frame.taken_at, sorted(topics, key=key), sorted(groups, key=key), sorted(shares, key=key))
+    return Frame(
+        frame.source,
+        frame.taken_at,
+        sorted(topics, key=key),
+        sorted(groups, key=key),
+        sorted(shares, key=key),
+        frame.problems,
+    )
+
+
+class Samples:
+    """Each partition's consumer samples (kq.ops.observe.Sample) over the last ``span`` seconds, for
+    the status rule. A run of equal samples keeps only its first and its last: the rule reads where
+    an offset stopped moving and whether lag grew, and an idle partition then costs two samples."""
+
+    def __init__(self, span: float):
+        self.span = span
+        self._series: dict[tuple, deque[Sample]] = {}
+
+    def add(self, key: tuple, sample: Sample, seed: list[Sample]) -> list[Sample]:
+        """Add ``sample`` to ``key``'s series (begun with ``seed`` the first time); the series now."""
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = deque(seed[:-1])
+        if (
+            len(series) >= 2 and series[-1][1:] == sample[1:] and series[-2][1:] == sample[1:]
+            # keep a run's first sample, which may be older than the window: it says since when
+        ):
+            series[-1] = sample
+        else:
+            series.append(sample)
+        horizon = sample.at - self.span
+        while len(series) > 2 and series[1].at <= horizon:
+            series.popleft()
+        return list(series)
+
+    def keep_only(self, keys: set) -> None:
+        for key in [k for k in self._series if k not in keys]:
+            del self._series[key]
+
+
+class Top:
+    """Snapshots of a backend, one per ``sample()``, made into frames with rates, histories and status."""
+
+    def __init__(
+        self,
+        backend,
+        history_span: float = 120.0,
+        rate_span: float = RATE_SPAN,
+        stall_after: float = DEFAULT_STALL_AFTER,
+        spark_width: int = 20,
+    ):
+        self.backend = backend
+        self.stall_after = stall_after
+        self.spark_width = spark_width
+        self.topics_in = RateWindow(rate_span)
+        self.groups_out = RateWindow(rate_span)
+        self.lags = History(history_span)
+        # The status rule needs the samples since an offset stopped moving: at least stall_after back.
+        self.samples = Samples(max(history_span, stall_after) + rate_span)
+
+    def sample(self) -> Frame:
+        """Take a snapshot now, and the frame it makes with the ones before it."""
+        return self.frame(snapshot(self.backend), time.monotonic())
+
+    def frame(self, snap: Snapshot, now: float) -> Frame:
+        """The frame of ``snap``, taken at ``now`` (monotonic seconds), after the snapshots before it."""
+        self.topics_in.add(now, {name: t.current for name, t in snap.topics.items()})
+        rates_in = {name: self.topics_in.rate(name) for name in snap.topics}
+        seen: set[tuple] = set()  # the partitions sampled now: the others' samples are dropped
+        groups = [row for g in snap.groups.values() for row in self._group_rows(g, snap.taken_at, seen)]
+        shares = [row for s in snap.shares.values() for row in self._share_rows(s, snap.taken_at, seen)]
+        self.samples.keep_only(seen)
+        rows = groups + shares
+        self.groups_out.add(now, {(r.group, r.topic, r.acquired is not None): r.committed for r in rows})
+        self.lags.add(now, {(r.group, r.topic, r.acquired is not None): r.lag for r in rows})
+        deepest: dict[str, int] = {}
+        for r in rows:
+            key = (r.group, r.topic, r.acquired is not None)
+            r.rate_out = self.groups_out.rate(key)
+            r.catch_up = catch_up_seconds(r.lag, rates_in.get(r.topic), r.rate_out)
+            r.lag_history = self.lags.buckets(key, now, self.spark_width)
+            deepest[r.topic] = max(deepest.get(r.topic, 0), r.lag)
+        topics = [
+            TopicRow(
+                name,
+                t.partition_count,
+                sum(p.current - p.oldest for p in t.partitions),
+                t.current,
+                t.size,
+                rates_in[name],
+                deepest.get(name, 0),
+            )
+            for name, t in snap.topics.items()
+        ]
+        return Frame(self.backend.description, snap.taken_at, topics, groups, shares, list(snap.problems))
+
+    def _group_rows(self, group: GroupState, now: float, keys: set[tuple]) -> list[GroupRow]:
+        rows = []
+        for topic in group.topics:
+            partitions = tuple(p for p in group.partitions if p.topic == topic)
+            history = {}
+            for p in partitions:
+                key = (group.name, topic, p.partition)
+                keys.add(key)
+                seed = commit_samples(p, now)
+                history[(topic, p.partition)] = self.samples.add(key, seed[-1], seed)
+            found, _ = group_status(GroupState(group.name, group.members, partitions), now, self.stall_after, history)
+            committed = sum(p.committed for p in partitions if p.committed is not None)
+            rows.append(
+                GroupRow(
+                    group.name, topic, len(group.members), sum(p.lag for p in partitions), committed, None, None, found
+                )
+            )
+        return rows
+
+    def _share_rows(self, share: ShareState, now: float, keys: set[tuple]) -> list[GroupRow]:
+        rows = []
+        for topic in sorted({p.topic for p in share.partitions}):
+            partitions = [p for p in share.partitions if p.topic == topic]
+            settled = sum(p.acknowledged + p.dead_lettered for p in partitions)
+            lag = sum(p.lag for p in partitions)
+            key = ("share", share.name, topic)
+            keys.add(key)
+            # A share group has no committed offset: the records it settled stand for one.
+            here = Sample(now, settled, settled + lag)
+            found = status(self.samples.add(key, here, [here]), self.stall_after, share.members)
+            rows.append(
+                GroupRow(
+                    share.name,
+                    topic,
+                    share.members,
+                    lag,
+                    settled,
+                    None,
+                    None,
+                    found,
+                    acquired=sum(p.acquired for p in partitions),
+                    retrying=sum(p.retrying for p in partitions),
+                    dead_lettered=sum(p.dead_lettered for p in partitions),
+                )
+            )
+        return rows
