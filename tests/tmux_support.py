@@ -30,10 +30,14 @@ class Tmux:
 
     def start(self, command: list[str], env: dict | None = None) -> None:
         """Run ``command`` in the session's one pane; when it ends, the shell around it writes its exit
-        code and the terminal's settings (``stty -a``), and the pane stays for the test to read."""
+        code (``EXIT=N``) and the terminal's line settings (``TTY: icanon echo``, or ``-icanon -echo`` if
+        the command left them changed), and the pane stays for the test to read."""
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        # COLUMNS and LINES from the test's own environment would override the pane's real size.
+        # The shell outlives a Ctrl-C (a handler, not an ignore: the command gets SIGINT as it would
+        # from an interactive shell) to report how the command ended.
         script = (
-            f"{exports} {shlex.join(command)}; echo EXIT=$?; stty -a | tr ' ' '\\n' | grep -E '^-?(icanon|echo)$' | tr '\\n' ' '; echo; "
+            f"unset COLUMNS LINES; trap : INT; {exports} {shlex.join(command)}; echo EXIT=$?; echo TTY: $(stty -a | tr ' ;' '\\n\\n' | grep -E '^-?(icanon|echo)$'); "
             "sleep 600"
         )
         self.tmux(

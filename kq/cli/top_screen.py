@@ -130,11 +130,14 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
     from rich.table import Table
     from rich.text import Text
 
+    # What the viewer chose comes first: a long directory path is what gets cut at the edge.
     header = Text.assemble(
         ("kq top", "bold"),
-        f" — {frame.source}   {time.strftime('%H:%M:%S', time.localtime(frame.taken_at))}   sort: ",
+        f"   {time.strftime('%H:%M:%S', time.localtime(frame.taken_at))}   sort: ",
         (view.sort, "bold"),
         *(("   filter: ", (view.filter, "bold")) if view.filter else ()),
+        f"   {frame.source}",
+        *(((f"   {len(frame.problems)} unreadable: {frame.problems[0]}", "red"),) if frame.problems else ()),
     )
     header.truncate(width)
     if view.editing is not None:
@@ -147,16 +150,16 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
         )
     footer.truncate(width)
     sections = [
-        ("topics", TOPIC_COLUMNS, [_topic_cells(t) for t in frame.topics]),
-        ("consumer groups", GROUP_COLUMNS, [_group_cells(g, False) for g in frame.groups]),
-        ("share groups", SHARE_COLUMNS, [_group_cells(g, True) for g in frame.shares]),
+        ("topics", TOPIC_COLUMNS, frame.topics, _topic_cells),
+        ("consumer groups", GROUP_COLUMNS, frame.groups, lambda g: _group_cells(g, False)),
+        ("share groups", SHARE_COLUMNS, frame.shares, lambda g: _group_cells(g, True)),
     ]
     shown = [s for s in sections if s[2] or s[0] != "share groups"]  # no empty share section
     # Each section costs a title, a header and a rule; the screen has the header and footer lines too.
-    space = max(0, height - 2 - 3 * len(shown) - (len(shown) - 1))
-    counts = _shares_of(space, [len(rows) for _, _, rows in shown])
+    space = max(0, height - 2 - 3 * len(shown))
+    counts = _shares_of(space, [len(rows) for _, _, rows, _ in shown])
     parts: list = [header]
-    for (title, columns, rows), count in zip(shown, counts):
+    for (title, columns, rows, cells_of), count in zip(shown, counts):
         more = f", {len(rows) - count:,} not shown" if count < len(rows) else ""
         table = Table(
             title=f"{title} ({len(rows):,}{more})",
@@ -171,8 +174,8 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
         for c in columns:
             numeric = c not in ("topic", "group", "share group", "status", "lag history")
             table.add_column(c, justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis")
-        for cells in rows[:count]:
-            table.add_row(*cells)
+        for row in rows[:count]:  # only what fits is formatted
+            table.add_row(*cells_of(row))
         parts.append(table)
     parts.append(footer)
     return Group(*parts)

@@ -211,22 +211,22 @@ class Top:
         return Frame(self.backend.description, snap.taken_at, topics, groups, shares, list(snap.problems))
 
     def _group_rows(self, group: GroupState, now: float, keys: set[tuple]) -> list[GroupRow]:
+        by_topic: dict[str, list] = {}
+        for p in group.partitions:
+            by_topic.setdefault(p.topic, []).append(p)
         rows = []
-        for topic in group.topics:
-            partitions = tuple(p for p in group.partitions if p.topic == topic)
+        for topic, partitions in by_topic.items():
             history = {}
             for p in partitions:
                 key = (group.name, topic, p.partition)
                 keys.add(key)
                 seed = commit_samples(p, now)
                 history[(topic, p.partition)] = self.samples.add(key, seed[-1], seed)
-            found, _ = group_status(GroupState(group.name, group.members, partitions), now, self.stall_after, history)
+            state = GroupState(group.name, group.members, tuple(partitions))
+            found, _ = group_status(state, now, self.stall_after, history)
             committed = sum(p.committed for p in partitions if p.committed is not None)
-            rows.append(
-                GroupRow(
-                    group.name, topic, len(group.members), sum(p.lag for p in partitions), committed, None, None, found
-                )
-            )
+            lag = sum(p.lag for p in partitions)
+            rows.append(GroupRow(group.name, topic, len(group.members), lag, committed, None, None, found))
         return rows
 
     def _share_rows(self, share: ShareState, now: float, keys: set[tuple]) -> list[GroupRow]:

@@ -1,0 +1,121 @@
+"""A data directory's topics described again and again (``kq top`` does it every second), cheaply.
+
+Describing a partition reads its directory, its start offset file and the
+tail of its last segment. Most partitions of a large directory have not
+changed since the last look, and that is known from two ``stat`` calls:
+
+- the partition directory's identity and modification time: a segment
+  created, deleted or replaced (a roll, retention, compaction, a trim's
+  ``start.offset``) renames or removes an entry in it;
+- the last segment's identity, size and modification time: an append (or a
+  recovery cutting a torn tail) changes its size.
+
+When neither changed, the partition's start offset, end offset and size are
+the ones found last time. The stats are taken before the partition is read,
+so that a change made while it is read shows in the next look; and, as git
+does with its index, what was read within RACY_NS of a file's modification
+time is read again next time (a file system's clock ticks coarsely: a second
+change in the same tick may leave size and time as they were). A topic's
+``topic.json`` is statted the same way: a topic created again or given more
+partitions has a new one (it is written whole and renamed into place), and
+is opened afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..engine.datadir import DataDir
+from ..engine.location import TOPIC_FILE
+from ..engine.partition import Partition
+from ..engine.topic import Topic
+from ..errors import KqError
+from .base import PartitionInfo, TopicInfo
+
+RACY_NS = 100_000_000
+
+
+def _stamp(path: str) -> tuple[int, int, int, int] | None:
+    """What changes when a file or directory is replaced or written: device, inode, size, mtime (ns)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class _KnownPartition:
+    directory: tuple | None
+    last_log: str | None  # the last segment's path when it was read
+    last_log_stamp: tuple | None
+    info: PartitionInfo
+    trusted: bool  # read long enough after both stamps' modification times
+
+
+@dataclass
+class _KnownTopic:
+    topic: Topic
+    stamp: tuple
+    partitions: dict[int, _KnownPartition] = field(default_factory=dict)
+
+
+class TopicDescriber:
+    """``describe_topics`` for a data directory that is asked again and again."""
+
+    def __init__(self, data: DataDir):
+        self.data = data
+        self._known: dict[str, _KnownTopic] = {}
+
+    def close(self) -> None:
+        for known in self._known.values():
+            known.topic.close()
+        self._known.clear()
+
+    def describe(self, names: list[str]) -> tuple[list[TopicInfo], list[str]]:
+        found, problems = [], []
+        for name in names:
+            try:
+                found.append(self._describe(name))
+            except (KqError, OSError) as exc:
+                self._forget(name)
+                problems.append(f"topic '{name}': {exc}")
+        asked = set(names)
+        for name in [n for n in self._known if n not in asked]:
+            self._forget(name)
+        return found, problems
+
+    def _forget(self, name: str) -> None:
+        known = self._known.pop(name, None)
+        if known is not None:
+            known.topic.close()
+
+    def _describe(self, name: str) -> TopicInfo:
+        stamp = _stamp(os.path.join(self.data.topics_path, name, TOPIC_FILE))
+        known = self._known.get(name)
+        if known is None or stamp is None or known.stamp != stamp:
+            self._forget(name)
+            topic = self.data.topic(name)  # raises TopicNotFound, CorruptFile, ... as describing always did
+            known = self._known[name] = _KnownTopic(topic, stamp or ())
+        t = known.topic
+        infos = [self._partition(known, p) for p in t.partitions()]
+        return TopicInfo(t.name, infos, dict(t.config), t.id)
+
+    def _partition(self, known: _KnownTopic, p: Partition) -> PartitionInfo:
+        directory = _stamp(p.path)
+        seen = known.partitions.get(p.number)
+        if seen is not None and seen.trusted and directory is not None and seen.directory == directory:
+            last_log_stamp = None if seen.last_log is None else _stamp(seen.last_log)
+            if last_log_stamp == seen.last_log_stamp:
+                return seen.info
+        reading_at = time.time_ns()
+        bases = p.segments()
+        last_log = p.log_path(bases[-1]) if bases else None
+        last_log_stamp = None if last_log is None else _stamp(last_log)
+        info = PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size())
+        newest = max(s[3] for s in (directory, last_log_stamp) if s is not None) if directory else reading_at
+        trusted = newest < reading_at - RACY_NS
+        known.partitions[p.number] = _KnownPartition(directory, last_log, last_log_stamp, info, trusted)
+        return info
