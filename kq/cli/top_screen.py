@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..ops.top import Frame, GroupRow, TopicRow
 from .output import human
@@ -149,7 +151,7 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
             "q quit   s sort (lag, rate, name)   l lag   r rate   n name   / filter   esc clear filter", style="dim"
         )
     footer.truncate(width)
-    sections = [
+    sections: list[tuple[str, list[str], list, Callable[[Any], list]]] = [
         ("topics", TOPIC_COLUMNS, frame.topics, _topic_cells),
         ("consumer groups", GROUP_COLUMNS, frame.groups, lambda g: _group_cells(g, False)),
         ("share groups", SHARE_COLUMNS, frame.shares, lambda g: _group_cells(g, True)),

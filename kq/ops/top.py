@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from .observe import (
@@ -216,7 +217,7 @@ class Top:
             by_topic.setdefault(p.topic, []).append(p)
         rows = []
         for topic, partitions in by_topic.items():
-            history = {}
+            history: dict[tuple[str, int], Sequence[Sample]] = {}
             for p in partitions:
                 key = (group.name, topic, p.partition)
                 keys.add(key)
