@@ -271,7 +271,7 @@ class LocalBackend(Backend):
 def _described(t: Topic) -> TopicInfo:
     return TopicInfo(
         t.name,
-        [PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size()) for p in t.partitions()],
+        [PartitionInfo(p.number, *p.extent()) for p in t.partitions()],
         dict(t.config),
         t.id,
     )

@@ -114,7 +114,7 @@ class TopicDescriber:
         bases = p.segments()
         last_log = p.log_path(bases[-1]) if bases else None
         last_log_stamp = None if last_log is None else _stamp(last_log)
-        info = PartitionInfo(p.number, p.start_offset(), p.end_offset(), p.size())
+        info = PartitionInfo(p.number, p.start_offset(bases), p.end_offset(bases), p.size(bases))
         newest = max(s[3] for s in (directory, last_log_stamp) if s is not None) if directory else reading_at
         trusted = newest < reading_at - RACY_NS
         known.partitions[p.number] = _KnownPartition(directory, last_log, last_log_stamp, info, trusted)

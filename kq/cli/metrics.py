@@ -90,9 +90,23 @@ def _serve(address: tuple[str, int], shown: str, body, info) -> None:
         raise KqError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
     server.start()
     info(f"serving metrics on {server.url}")
+    warn_if_open(address[0])
     try:
         threading.Event().wait()
     except KeyboardInterrupt:  # SIGINT or SIGTERM: the end of a server's day, not an error
         pass
     finally:
         server.close()
+
+
+def warn_if_open(host: str) -> None:
+    import sys
+
+    from ..serve.auth import is_loopback
+
+    if not is_loopback(host):
+        print(
+            f"kq: warning: /metrics on {host} is open to anyone who reaches the port"
+            " (topic and group names, offsets): no login guards it",
+            file=sys.stderr,
+        )

@@ -167,6 +167,10 @@ def serve(
         return
     host, port = host_port(listen, "--listen")
     metrics_address = host_port(metrics, "--metrics") if metrics is not None else None
+    if metrics_address is not None:
+        from .metrics import warn_if_open
+
+        warn_if_open(metrics_address[0])
     ssl_context = _tls_context(tls_cert, tls_key)
     adv_host, adv_port = host_port(advertise, "--advertise") if advertise else (host, None)
     if advertise is None and host in ("0.0.0.0", "::", ""):
@@ -206,7 +210,7 @@ def serve(
         print(f"kq: who may connect: {access.describe()}", file=sys.stderr)
         tls = " (TLS)" if ssl_context is not None else ""
         if server.metrics_url is not None:
-            print(f"kq: serving metrics on {server.metrics_url}", file=sys.stderr)
+            print(f"kq: metrics on {server.metrics_url}", file=sys.stderr)
         print(f"kq: serving {data.path}{tls} on {shown}:{server.port}", file=sys.stderr, flush=True)
 
     from ..serve import serve as run

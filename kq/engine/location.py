@@ -34,7 +34,8 @@ def default_path() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "share", "kq")
 
 
-def _is_name(name: str, kind: str) -> bool:
+def is_name(name: str, kind: str) -> bool:
+    """Whether ``name`` is a valid name of a ``kind`` (topic, group, share group)."""
     try:
         check_name(name, kind)
     except InvalidName:
@@ -53,7 +54,7 @@ def named_directories(parent: str, kind: str) -> list[str]:
     """Names of the directories in ``parent`` that could be kq's (valid names), sorted."""
     try:
         with os.scandir(parent) as entries:
-            return sorted(e.name for e in entries if _is_name(e.name, kind) and _is_dir(e))
+            return sorted(e.name for e in entries if is_name(e.name, kind) and _is_dir(e))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -75,7 +76,7 @@ def partition_count(data_path: str, topic: str) -> int:
     """A topic's partition count from its metadata, or 0 if it cannot be read."""
     from .fileio import read_metadata
 
-    if not _is_name(topic, "topic"):
+    if not is_name(topic, "topic"):
         return 0
     try:
         count = read_metadata(os.path.join(data_path, TOPICS_DIR, topic, TOPIC_FILE))["partitions"]

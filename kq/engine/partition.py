@@ -127,13 +127,15 @@ class Partition:
 
     # ------------------------------------------------------------------ reading
 
-    def start_offset(self) -> int:
+    def start_offset(self, bases: list[int] | None = None) -> int:
         """The first offset still kept (Kafka's log start offset).
 
         The first segment's base, or further on if `topic trim` moved it
-        inside that segment (recorded in ``start.offset``).
+        inside that segment (recorded in ``start.offset``). ``bases``: the
+        segments as just listed, by a caller that asks for more than this
+        (``extent``).
         """
-        bases = self.segments()
+        bases = self.segments() if bases is None else bases
         first = bases[0] if bases else 0
         return max(first, self.trimmed_to())
 
@@ -149,9 +151,9 @@ class Partition:
         body = json.dumps({"format": 1, "start_offset": offset}).encode() + b"\n"
         atomic_write(os.path.join(self.path, START_NAME), body)
 
-    def end_offset(self) -> int:
+    def end_offset(self, bases: list[int] | None = None) -> int:
         """The offset the next appended record will get (Kafka's log end offset)."""
-        bases = self.segments()
+        bases = self.segments() if bases is None else bases
         if not bases:
             return 0
         base = bases[-1]
@@ -181,9 +183,14 @@ class Partition:
         finally:
             os.close(fd)
 
-    def size(self) -> int:
+    def extent(self) -> tuple[int, int, int]:
+        """start_offset, end_offset and size, from one listing of the segments (kq metrics asks thousands)."""
+        bases = self.segments()
+        return self.start_offset(bases), self.end_offset(bases), self.size(bases)
+
+    def size(self, bases: list[int] | None = None) -> int:
         total = 0
-        for base in self.segments():
+        for base in self.segments() if bases is None else bases:
             try:
                 total += os.stat(self.log_path(base)).st_size
             except FileNotFoundError:

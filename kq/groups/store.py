@@ -34,7 +34,7 @@ from ..engine.fileio import (
     shown,
     try_lock,
 )
-from ..engine.location import MAX_PARTITIONS, group_names, named_directories
+from ..engine.location import MAX_PARTITIONS, group_names, is_name, named_directories
 from ..engine.names import check_name
 from ..engine.segment import MAX_OFFSET
 from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
@@ -245,10 +245,15 @@ class Groups:
         Offsets are not matched against the topic's id here (the caller knows it).
         """
         root = self._dir(group)
+        try:
+            with os.scandir(root) as listing:
+                entries = sorted((e for e in listing if is_name(e.name, "topic")), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
         out = []
-        for topic in named_directories(root, "topic"):
-            directory = os.path.join(root, topic)
-            if os.path.islink(directory):
+        for entry in entries:
+            topic, directory = entry.name, entry.path
+            if entry.is_symlink():  # a link must lead inside the data directory (one under it never does)
                 check_inside(directory, self.data.path)
             offsets: dict[int, CommittedOffset] = {}
             try:
