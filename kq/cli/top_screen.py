@@ -168,7 +168,7 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
             title_justify="left",
             title_style="bold",
             box=box.SIMPLE_HEAD,
-            padding=(0, 1),
+            padding=(0, 1, 0, 0),  # two spaces between columns, with the box's own
             pad_edge=False,
             show_edge=False,
             expand=False,
