@@ -120,17 +120,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--writing", action="store_true", help="a producer appends to one topic throughout")
+    parser.add_argument("--data", metavar="DIR", help="use (and keep) this directory, made if it does not exist")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kq-top-bench-") as tmp:
-        path = os.path.join(tmp, "data")
-        started = time.monotonic()
-        make_directory(path, args.topics, args.groups, args.group_topics, args.partitions)
-        print(
-            f"{args.topics:,} topics x {args.partitions} partition(s), {args.groups} groups on "
-            f"{args.group_topics:,} topics each: made in {time.monotonic() - started:.1f} s",
-            file=sys.stderr,
-        )
+        path = args.data or os.path.join(tmp, "data")
+        if not os.path.exists(path):
+            started = time.monotonic()
+            make_directory(path, args.topics, args.groups, args.group_topics, args.partitions)
+            print(
+                f"{args.topics:,} topics x {args.partitions} partition(s), {args.groups} groups on "
+                f"{args.group_topics:,} topics each: made in {time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+            )
         stop = threading.Event()
         producing = threading.Thread(target=writer, args=(path, stop), daemon=True) if args.writing else None
         if producing:

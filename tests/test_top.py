@@ -132,11 +132,11 @@ def test_once_into_a_pipe_prints_plain_tables_with_rates(orders, data_dir, run_k
     assert {g["group"]: g["status"] for g in judged["groups"]} == {"billing": "stopped", "audit": "OK"}
 
 
-def test_bad_options_are_usage_errors(run_kq):
-    for args in (["--interval", "0"], ["--sort", "size"], ["--history", "-1s"]):
-        result = run_kq("top", "--once", *args)
-        assert result.returncode == 2, args
-        assert result.stderr.decode().startswith("kq: error: ")
+def test_bad_options_are_usage_errors_naming_the_option(run_kq):
+    for option, value in (("--interval", "0"), ("--sort", "size"), ("--history", "-1s"), ("--stalled-after", "0")):
+        result = run_kq("top", "--once", option, value)
+        assert result.returncode == 2, option
+        assert result.stderr.decode().startswith(f"kq: error: {option} ") or f"'{option}'" in result.stderr.decode()
 
 
 def test_top_of_a_directory_kq_serve_writes_and_of_the_cluster_it_serves(data_dir, run_kq, spawn_kq):
