@@ -2,48 +2,33 @@
 
 Describing a partition reads its directory, its start offset file and the
 tail of its last segment. Most partitions of a large directory have not
-changed since the last look, and that is known from two ``stat`` calls:
+changed since the last look, and that is known from two stamps
+(kq.engine.stamps):
 
-- the partition directory's identity and modification time: a segment
-  created, deleted or replaced (a roll, retention, compaction, a trim's
-  ``start.offset``) renames or removes an entry in it;
-- the last segment's identity, size and modification time: an append (or a
-  recovery cutting a torn tail) changes its size.
+- the partition directory's: a segment created, deleted or replaced (a
+  roll, retention, compaction, a trim's ``start.offset``) renames or
+  removes an entry in it;
+- the last segment's: an append (or a recovery cutting a torn tail) changes
+  its size.
 
 When neither changed, the partition's start offset, end offset and size are
-the ones found last time. The stats are taken before the partition is read,
-so that a change made while it is read shows in the next look; and, as git
-does with its index, what was read within RACY_NS of a file's modification
-time is read again next time (a file system's clock ticks coarsely: a second
-change in the same tick may leave size and time as they were). A topic's
-``topic.json`` is statted the same way: a topic created again or given more
-partitions has a new one (it is written whole and renamed into place), and
-is opened afresh.
+the ones found last time. A topic's ``topic.json`` is stamped the same way:
+a topic created again or given more partitions has a new one (it is written
+whole and renamed into place), and is opened afresh.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
 from ..engine.datadir import DataDir
 from ..engine.location import TOPIC_FILE
 from ..engine.partition import Partition
+from ..engine.stamps import reading_started, settled, stamp
 from ..engine.topic import Topic
 from ..errors import KqError
 from .base import PartitionInfo, TopicInfo
-
-RACY_NS = 100_000_000
-
-
-def _stamp(path: str) -> tuple[int, int, int, int] | None:
-    """What changes when a file or directory is replaced or written: device, inode, size, mtime (ns)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass
@@ -93,29 +78,28 @@ class TopicDescriber:
             known.topic.close()
 
     def _describe(self, name: str) -> TopicInfo:
-        stamp = _stamp(os.path.join(self.data.topics_path, name, TOPIC_FILE))
+        meta = stamp(os.path.join(self.data.topics_path, name, TOPIC_FILE))
         known = self._known.get(name)
-        if known is None or stamp is None or known.stamp != stamp:
+        if known is None or meta is None or known.stamp != meta:
             self._forget(name)
             topic = self.data.topic(name)  # raises TopicNotFound, CorruptFile, ... as describing always did
-            known = self._known[name] = _KnownTopic(topic, stamp or ())
+            known = self._known[name] = _KnownTopic(topic, meta or ())
         t = known.topic
         infos = [self._partition(known, p) for p in t.partitions()]
         return TopicInfo(t.name, infos, dict(t.config), t.id)
 
     def _partition(self, known: _KnownTopic, p: Partition) -> PartitionInfo:
-        directory = _stamp(p.path)
+        directory = stamp(p.path)
         seen = known.partitions.get(p.number)
         if seen is not None and seen.trusted and directory is not None and seen.directory == directory:
-            last_log_stamp = None if seen.last_log is None else _stamp(seen.last_log)
+            last_log_stamp = None if seen.last_log is None else stamp(seen.last_log)
             if last_log_stamp == seen.last_log_stamp:
                 return seen.info
-        reading_at = time.time_ns()
+        reading_at = reading_started()
         bases = p.segments()
         last_log = p.log_path(bases[-1]) if bases else None
-        last_log_stamp = None if last_log is None else _stamp(last_log)
+        last_log_stamp = None if last_log is None else stamp(last_log)
         info = PartitionInfo(p.number, p.start_offset(bases), p.end_offset(bases), p.size(bases))
-        newest = max(s[3] for s in (directory, last_log_stamp) if s is not None) if directory else reading_at
-        trusted = newest < reading_at - RACY_NS
+        trusted = directory is not None and settled([directory, last_log_stamp], reading_at)
         known.partitions[p.number] = _KnownPartition(directory, last_log, last_log_stamp, info, trusted)
         return info

@@ -109,14 +109,14 @@ def top(
         import time
 
         time.sleep(interval)
-        _print_frame(sampler.sample(), view, json_output, is_terminal())
+        _print_frame(sampler, sampler.sample(), view, json_output, is_terminal())
     elif json_output or not is_terminal():
         _print_frames(sampler, view, interval, json_output)
     else:
         _live(sampler, view, interval)
 
 
-def _print_frame(frame, view, json_output: bool, terminal: bool) -> None:
+def _print_frame(sampler, frame, view, json_output: bool, terminal: bool) -> None:
     from ..ops.top import arrange
     from .top_screen import plain_text, render
 
@@ -129,7 +129,7 @@ def _print_frame(frame, view, json_output: bool, terminal: bool) -> None:
         from rich.console import Console
 
         console = Console()
-        console.print(render(frame, view, console.size.width, 10**6))
+        console.print(render(frame, view, console.size.width, 10**6, sampler.lag_history))
     else:
         print(plain_text(frame), flush=True)
 
@@ -144,7 +144,7 @@ def _print_frames(sampler, view, interval: float, json_output: bool) -> None:
             frame = sampler.sample()
             if not json_output:
                 print(flush=False)  # a blank line between frames
-            _print_frame(frame, view, json_output, False)
+            _print_frame(sampler, frame, view, json_output, False)
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
     except KeyboardInterrupt:
@@ -168,7 +168,8 @@ def _live(sampler, view, interval: float) -> None:
         with Keyboard() as keyboard, Live(console=console, screen=True, auto_refresh=False) as live:
             while True:
                 size = console.size
-                live.update(render(arrange(frame, view.sort, view.filter), view, size.width, size.height), refresh=True)
+                shown = arrange(frame, view.sort, view.filter)
+                live.update(render(shown, view, size.width, size.height, sampler.lag_history), refresh=True)
                 keys = keyboard.read(next_at - time.monotonic())
                 for key in keys:
                     if _handle_key(key, view, SORTS):

@@ -96,7 +96,7 @@ def _topic_cells(t: TopicRow) -> list[str]:
     ]
 
 
-def _group_cells(g: GroupRow, share: bool) -> list:
+def _group_cells(g: GroupRow, share: bool, history: Callable[[GroupRow], list]) -> list:
     from rich.text import Text
 
     counts = [f"{g.acquired or 0:,}", f"{g.retrying or 0:,}", f"{g.dead_lettered or 0:,}"] if share else []
@@ -109,7 +109,7 @@ def _group_cells(g: GroupRow, share: bool) -> list:
         rate_text(g.rate_out),
         duration_text(g.catch_up),
         Text(g.status, style=STATUS_STYLES.get(g.status.casefold(), "")),
-        Text(sparkline(g.lag_history), style="cyan"),
+        Text(sparkline(history(g)), style="cyan"),
     ]
 
 
@@ -125,8 +125,9 @@ def _shares_of(space: int, wants: list[int]) -> list[int]:
     return given
 
 
-def render(frame: Frame, view: ViewState, width: int, height: int):
-    """The frame as a rich renderable that fits ``height`` lines."""
+def render(frame: Frame, view: ViewState, width: int, height: int, history: Callable[[GroupRow], list]):
+    """The frame as a rich renderable that fits ``height`` lines; ``history``: a group row's lag
+    over the last minutes, in slices (kq.ops.top.Top.lag_history)."""
     from rich import box
     from rich.console import Group
     from rich.table import Table
@@ -153,8 +154,8 @@ def render(frame: Frame, view: ViewState, width: int, height: int):
     footer.truncate(width)
     sections: list[tuple[str, list[str], list, Callable[[Any], list]]] = [
         ("topics", TOPIC_COLUMNS, frame.topics, _topic_cells),
-        ("consumer groups", GROUP_COLUMNS, frame.groups, lambda g: _group_cells(g, False)),
-        ("share groups", SHARE_COLUMNS, frame.shares, lambda g: _group_cells(g, True)),
+        ("consumer groups", GROUP_COLUMNS, frame.groups, lambda g: _group_cells(g, False, history)),
+        ("share groups", SHARE_COLUMNS, frame.shares, lambda g: _group_cells(g, True, history)),
     ]
     shown = [s for s in sections if s[2] or s[0] != "share groups"]  # no empty share section
     # Each section costs a title, a header and a rule; the screen has the header and footer lines too.

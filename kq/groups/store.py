@@ -37,6 +37,7 @@ from ..engine.fileio import (
 from ..engine.location import MAX_PARTITIONS, group_names, is_name, named_directories
 from ..engine.names import check_name
 from ..engine.segment import MAX_OFFSET
+from ..engine.stamps import reading_started, settled, stamp
 from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
 from ..errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 
@@ -236,13 +237,19 @@ class Groups:
             live.append(info)
         return live
 
-    def overview(self, group: str) -> list[GroupTopic]:
+    def overview(self, group: str, known: dict | None = None) -> list[GroupTopic]:
         """Every topic of ``group``: its committed offsets and live members, in one pass (kq metrics, kq top).
 
         The same files as ``committed_offsets`` and ``members`` read, for a whole
         group at a time: its directory is checked to lie inside the data
         directory once, and a topic directory again only if it is a link.
         Offsets are not matched against the topic's id here (the caller knows it).
+
+        ``known``: a dict the caller keeps from one call to the next (kq top,
+        every second). A topic directory whose stamp (kq.engine.stamps) is
+        the same as last time has had no offset committed since (a commit
+        renames a file into it), so its offsets are not read again; members
+        are always looked at (one that dies changes no stamp).
         """
         root = self._dir(group)
         try:
@@ -255,19 +262,34 @@ class Groups:
             topic, directory = entry.name, entry.path
             if entry.is_symlink():  # a link must lead inside the data directory (one under it never does)
                 check_inside(directory, self.data.path)
-            offsets: dict[int, CommittedOffset] = {}
-            try:
-                names = os.listdir(directory)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                number = partition_of(name, OFFSET_SUFFIX)
-                if number is not None:
-                    found = self.read_offset_file(os.path.join(directory, name))
-                    if found is not None:
-                        offsets[number] = found
-            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if MEMBERS_DIR in names else []
+            seen = None if known is None else known.get(topic)
+            now = None if known is None else stamp(directory)
+            if seen is not None and now is not None and seen[0] == now:
+                offsets, has_members = seen[1], seen[2]
+            else:
+                read_at = reading_started()
+                try:
+                    names = os.listdir(directory)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                offsets = {}
+                for name in names:
+                    number = partition_of(name, OFFSET_SUFFIX)
+                    if number is not None:
+                        found = self.read_offset_file(os.path.join(directory, name))
+                        if found is not None:
+                            offsets[number] = found
+                has_members = MEMBERS_DIR in names
+                if known is not None:
+                    if now is not None and settled([now], read_at):
+                        known[topic] = (now, offsets, has_members)
+                    else:
+                        known.pop(topic, None)
+            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if has_members else []
             out.append(GroupTopic(topic, offsets, members))
+        if known is not None:
+            for gone in set(known) - {e.name for e in entries}:
+                del known[gone]
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:

@@ -57,38 +57,44 @@ class RateWindow:
 
 
 class History:
-    """The last ``span`` seconds of a value by key (a group's lag), for a sparkline."""
+    """A value by key (a group's lag) over the last ``span`` seconds, kept as the largest value seen
+    in each of ``slices`` equal slices of time, for a sparkline: a key costs ``slices`` numbers
+    however often it is sampled, and a spike between two samples of the screen still shows."""
 
-    def __init__(self, span: float = 120.0):
-        self.span = span
-        self._series: dict[Hashable, deque[tuple[float, int]]] = {}
+    def __init__(self, span: float = 120.0, slices: int = 20):
+        self.span, self.slices = span, slices
+        self.width = span / slices
+        # key -> deque of [slice number, largest value in it], oldest first
+        self._series: dict[Hashable, deque[list[int]]] = {}
 
     def add(self, at: float, values: Mapping[Hashable, int]) -> None:
         """The values at time ``at``; a key absent here is forgotten."""
         old = self._series
-        fresh: dict[Hashable, deque[tuple[float, int]]] = {}
-        horizon = at - self.span
+        fresh: dict[Hashable, deque[list[int]]] = {}
+        slot = int(at // self.width)
         for key, value in values.items():
-            points = old.get(key) or deque()
-            points.append((at, value))
-            while points[0][0] < horizon:
-                points.popleft()
+            points = old.get(key)
+            if points is None:
+                points = deque([[slot, value]])
+            elif points[-1][0] == slot:
+                if value > points[-1][1]:
+                    points[-1][1] = value
+            else:
+                points.append([slot, value])
+                while points[0][0] <= slot - self.slices:
+                    points.popleft()
             fresh[key] = points
         self._series = fresh
 
-    def series(self, key: Hashable) -> list[tuple[float, int]]:
-        return list(self._series.get(key, ()))
-
-    def buckets(self, key: Hashable, now: float, count: int) -> list[int | None]:
-        """The span cut into ``count`` equal slices, oldest first: the largest value seen in each
-        (None where there was no sample), so that a spike between two slices still shows."""
-        width = self.span / count
-        out: list[int | None] = [None] * count
-        for at, value in self._series.get(key, ()):
-            slot = count - 1 - int((now - at) / width)
-            if 0 <= slot < count:
-                current = out[slot]
-                out[slot] = value if current is None else max(current, value)
+    def buckets(self, key: Hashable, now: float) -> list[int | None]:
+        """The slices of the span up to ``now``, oldest first: the largest value seen in each (None
+        where there was no sample)."""
+        last = int(now // self.width)
+        out: list[int | None] = [None] * self.slices
+        for slot, value in self._series.get(key, ()):
+            index = self.slices - 1 - (last - slot)
+            if 0 <= index < self.slices:
+                out[index] = value
         return out
 
 

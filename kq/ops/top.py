@@ -52,7 +52,6 @@ class GroupRow:
     rate_out: float | None  # records/s committed (settled), over the rate window
     catch_up: float | None  # seconds to reach the end at the current rates (inf: never; None: not known yet)
     status: str  # kq.ops.observe's verdict: OK, falling behind, stalled, stopped
-    lag_history: list[int | None] = field(default_factory=list)  # oldest first, one value per slice
     # Share groups only: records leased to a worker now, waiting for a retry, dead-lettered.
     acquired: int | None = None
     retrying: int | None = None
@@ -72,7 +71,6 @@ class Frame:
         rows = asdict(self)
         for kind in ("groups", "shares"):
             for row in rows[kind]:
-                del row["lag_history"]  # the sparkline's slices: a picture, not data
                 if row["catch_up"] == float("inf"):
                     row["catch_up"] = None  # JSON has no infinity; "never" is told by the status and rates
                     row["catches_up"] = False
@@ -171,9 +169,10 @@ class Top:
         self.spark_width = spark_width
         self.topics_in = RateWindow(rate_span)
         self.groups_out = RateWindow(rate_span)
-        self.lags = History(history_span)
+        self.lags = History(history_span, spark_width)
         # The status rule needs the samples since an offset stopped moving: at least stall_after back.
         self.samples = Samples(max(history_span, stall_after) + rate_span)
+        self._now = 0.0
 
     def sample(self) -> Frame:
         """Take a snapshot now, and the frame it makes with the ones before it."""
@@ -181,6 +180,7 @@ class Top:
 
     def frame(self, snap: Snapshot, now: float) -> Frame:
         """The frame of ``snap``, taken at ``now`` (monotonic seconds), after the snapshots before it."""
+        self._now = now
         self.topics_in.add(now, {name: t.current for name, t in snap.topics.items()})
         rates_in = {name: self.topics_in.rate(name) for name in snap.topics}
         seen: set[tuple] = set()  # the partitions sampled now: the others' samples are dropped
@@ -195,7 +195,6 @@ class Top:
             key = (r.group, r.topic, r.acquired is not None)
             r.rate_out = self.groups_out.rate(key)
             r.catch_up = catch_up_seconds(r.lag, rates_in.get(r.topic), r.rate_out)
-            r.lag_history = self.lags.buckets(key, now, self.spark_width)
             deepest[r.topic] = max(deepest.get(r.topic, 0), r.lag)
         topics = [
             TopicRow(
@@ -210,6 +209,11 @@ class Top:
             for name, t in snap.topics.items()
         ]
         return Frame(self.backend.description, snap.taken_at, topics, groups, shares, list(snap.problems))
+
+    def lag_history(self, row: GroupRow) -> list[int | None]:
+        """The row's lag over the history span, in ``spark_width`` slices, oldest first (for a
+        sparkline; asked only for the rows on screen)."""
+        return self.lags.buckets((row.group, row.topic, row.acquired is not None), self._now)
 
     def _group_rows(self, group: GroupState, now: float, keys: set[tuple]) -> list[GroupRow]:
         by_topic: dict[str, list] = {}

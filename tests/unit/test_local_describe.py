@@ -6,8 +6,8 @@ import time
 
 import kq
 from kq.backends.local import LocalBackend
-from kq.backends.local_describe import RACY_NS
 from kq.engine.maintain import trim
+from kq.engine.stamps import RACY_NS
 
 SETTLE = RACY_NS / 1e9 + 0.05  # past the window in which a file's change may hide in its clock's tick
 
@@ -59,4 +59,34 @@ def test_each_look_sees_appends_trims_new_partitions_and_a_topic_made_again(tmp_
     data.delete_topic("orders")
     infos, problems = watcher.describe_topics(["orders"])
     assert infos == [] and len(problems) == 1 and "orders" in problems[0]
+    watcher.close()
+
+
+def test_each_look_at_a_group_sees_its_new_commits(tmp_path):
+    from kq.groups.store import Groups
+
+    path = str(tmp_path / "data")
+    data = kq.DataDir(path)
+    topic = data.create_topic("orders", 2)
+    store = Groups(data)
+    store.commit("billing", topic, 0, 3)
+    watcher = LocalBackend(path)
+
+    def committed():
+        seen = [(g.topic, g.committed) for g in watcher.group_overview("billing")]
+        with LocalBackend(path) as other:
+            assert seen == [(g.topic, g.committed) for g in other.group_overview("billing")]
+        return seen
+
+    time.sleep(SETTLE)
+    assert committed() == [("orders", {0: 3})]
+    assert committed() == [("orders", {0: 3})]  # unchanged: told from the directory's stamp
+    store.commit("billing", topic, 0, 7)
+    store.commit("billing", topic, 1, 1)
+    assert committed() == [("orders", {0: 7, 1: 1})]
+    time.sleep(SETTLE)
+    committed()
+    store.commit("billing", topic, 1, 2)
+    assert committed() == [("orders", {0: 7, 1: 2})]
+    topic.close()
     watcher.close()

@@ -51,10 +51,13 @@ def test_time_to_catch_up_at_the_current_rates():
     assert catch_up_seconds(1000, None, 100.0) == 10.0
 
 
-def test_history_keeps_its_span_and_buckets_keep_each_slice_largest_value():
-    history = History(span=10)
+def test_history_keeps_each_slice_largest_value_over_its_span():
+    history = History(span=10, slices=5)  # slices of 2 s
     for second in range(20):
-        history.add(float(second), {"g": second})
-    assert [at for at, _ in history.series("g")] == [float(s) for s in range(9, 20)]
-    assert history.buckets("g", 19.0, 5) == [11, 13, 15, 17, 19]
-    assert history.buckets("nobody", 19.0, 3) == [None, None, None]
+        history.add(float(second), {"g": second % 7})
+    # seconds 10-11: 3, 4; 12-13: 5, 6; 14-15: 0, 1; 16-17: 2, 3; 18-19: 4, 5
+    assert history.buckets("g", 19.0) == [4, 6, 1, 3, 5]
+    assert history.buckets("g", 23.0) == [1, 3, 5, None, None]  # no sample since 19 s
+    assert history.buckets("nobody", 19.0) == [None] * 5
+    history.add(20.0, {})
+    assert history.buckets("g", 20.0) == [None] * 5  # forgotten
