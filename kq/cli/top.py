@@ -98,6 +98,12 @@ def top(
         raise UsageError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     from .top_screen import ViewState
 
+    # Each sample makes objects by the ten thousand that live until the next (a large directory's
+    # states): collected every 700 allocations, they were walked over and over, most of the CPU
+    # time kq top took (benchmarks/top.py). Refcounting frees them; the collector need look less often.
+    import gc
+
+    gc.set_threshold(20_000, 10, 10)
     view = ViewState(sort=sort, filter=filter_text or "")
     from ..ops.observe import DEFAULT_STALL_AFTER
 

@@ -29,6 +29,7 @@ from .rates import History, RateWindow, catch_up_seconds
 
 SORTS = ("lag", "rate", "name")
 RATE_SPAN = 10.0  # seconds a rate is measured over
+RECHECK = 5.0  # seconds after which a group whose offsets have not moved is judged again
 
 
 @dataclass
@@ -173,6 +174,9 @@ class Top:
         # The status rule needs the samples since an offset stopped moving: at least stall_after back.
         self.samples = Samples(max(history_span, stall_after) + rate_span)
         self._now = 0.0
+        # (group, topic) -> (its partitions' offsets and member count, when judged, the status then)
+        self._judged: dict[tuple[str, str], tuple] = {}
+        self._judged_now: dict[tuple[str, str], tuple] = {}
 
     def sample(self) -> Frame:
         """Take a snapshot now, and the frame it makes with the ones before it."""
@@ -184,9 +188,11 @@ class Top:
         self.topics_in.add(now, {name: t.current for name, t in snap.topics.items()})
         rates_in = {name: self.topics_in.rate(name) for name in snap.topics}
         seen: set[tuple] = set()  # the partitions sampled now: the others' samples are dropped
+        self._judged_now = {}
         groups = [row for g in snap.groups.values() for row in self._group_rows(g, snap.taken_at, seen)]
         shares = [row for s in snap.shares.values() for row in self._share_rows(s, snap.taken_at, seen)]
         self.samples.keep_only(seen)
+        self._judged = self._judged_now
         rows = groups + shares
         self.groups_out.add(now, {(r.group, r.topic, r.acquired is not None): r.committed for r in rows})
         self.lags.add(now, {(r.group, r.topic, r.acquired is not None): r.lag for r in rows})
@@ -221,18 +227,31 @@ class Top:
             by_topic.setdefault(p.topic, []).append(p)
         rows = []
         for topic, partitions in by_topic.items():
-            history: dict[tuple[str, int], Sequence[Sample]] = {}
-            for p in partitions:
-                key = (group.name, topic, p.partition)
-                keys.add(key)
-                seed = commit_samples(p, now)
-                history[(topic, p.partition)] = self.samples.add(key, seed[-1], seed)
-            state = GroupState(group.name, group.members, tuple(partitions))
-            found, _ = group_status(state, now, self.stall_after, history)
+            found = self._status(group, topic, partitions, now, keys)
             committed = sum(p.committed for p in partitions if p.committed is not None)
             lag = sum(p.lag for p in partitions)
             rows.append(GroupRow(group.name, topic, len(group.members), lag, committed, None, None, found))
         return rows
+
+    def _status(self, group: GroupState, topic: str, partitions: list, now: float, keys: set[tuple]) -> str:
+        """The group's status on ``topic`` (kq.ops.observe.group_status over its samples). Judged
+        again only when an offset moved, or RECHECK seconds after it was last: its samples would
+        only repeat (a run of equal samples keeps its first and last), and stalls take minutes."""
+        sample_keys = [(group.name, topic, p.partition) for p in partitions]
+        keys.update(sample_keys)
+        signature = (len(group.members), [(p.committed, p.oldest, p.current) for p in partitions])
+        judged = self._judged.get((group.name, topic))
+        if judged is not None and judged[0] == signature and now - judged[1] < RECHECK:
+            self._judged_now[(group.name, topic)] = judged
+            return judged[2]
+        history: dict[tuple[str, int], Sequence[Sample]] = {}
+        for key, p in zip(sample_keys, partitions):
+            seed = commit_samples(p, now)
+            history[(topic, p.partition)] = self.samples.add(key, seed[-1], seed)
+        state = GroupState(group.name, group.members, tuple(partitions))
+        found, _ = group_status(state, now, self.stall_after, history)
+        self._judged_now[(group.name, topic)] = (signature, now, found)
+        return found
 
     def _share_rows(self, share: ShareState, now: float, keys: set[tuple]) -> list[GroupRow]:
         rows = []
