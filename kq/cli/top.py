@@ -85,8 +85,13 @@ def top(
 
       kq top --once --json | jq '.groups[] | select(.lag > 1000) | .group'
     """
+    import gc
+
     from ..errors import UsageError
+    from ..ops.observe import DEFAULT_STALL_AFTER
     from ..ops.top import SORTS, Top
+    from .output import is_terminal
+    from .top_screen import ViewState
 
     if interval <= 0:
         raise UsageError("--interval must be more than 0")
@@ -96,20 +101,12 @@ def top(
         raise UsageError("--stalled-after must be more than 0")
     if sort not in SORTS:
         raise UsageError(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    from .top_screen import ViewState
-
-    # Each sample makes objects by the ten thousand that live until the next (a large directory's
-    # states): collected every 700 allocations, they were walked over and over, most of the CPU
-    # time kq top took (benchmarks/top.py). Refcounting frees them; the collector need look less often.
-    import gc
-
+    # Each sample makes objects by the ten thousand that live until the next one (a large
+    # directory's states). Collected every 700 allocations, they were walked again and again: a
+    # quarter of kq top's CPU time (benchmarks/top.py). Refcounting frees them; look less often.
     gc.set_threshold(20_000, 10, 10)
     view = ViewState(sort=sort, filter=filter_text or "")
-    from ..ops.observe import DEFAULT_STALL_AFTER
-
     sampler = Top(settings(ctx).backend, history_span=history, stall_after=stalled_after or DEFAULT_STALL_AFTER)
-    from .output import is_terminal
-
     if once:
         sampler.sample()
         import time
