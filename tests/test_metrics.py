@@ -110,6 +110,23 @@ def test_metrics_after_produce_and_consume(run_kq, busy):
     only = parse(run_kq("metrics", "jobs").stdout.decode())
     assert value(only, "kafka_topic_partitions", topic="jobs") == 1
     assert value(only, "kafka_topic_partitions", topic="orders") is None
+    unknown = run_kq("metrics", "nosuch")
+    assert unknown.returncode == 1 and unknown.stderr.decode() == "kq: error: topic 'nosuch' does not exist\n"
+
+
+def test_what_cannot_be_read_is_named_and_the_rest_reported(run_kq, busy, data_dir):
+    with open(os.path.join(data_dir, "topics", "jobs", "topic.json"), "w") as f:
+        f.write("garbage")
+    done = run_kq("metrics")
+    assert done.returncode == 1
+    assert "kq: warning: topic 'jobs': corrupt file" in done.stderr.decode()
+    s = parse(done.stdout.decode())
+    assert value(s, "kafka_topic_partition_current_offset", topic="orders", partition=0) == 6
+    assert value(s, "kq_snapshot_problems") == 1
+    # A check cannot vouch for what it could not read.
+    check = run_kq("lag", "--max", "100")
+    assert (check.returncode, check.stdout) == (1, b"")
+    assert "topic 'jobs'" in check.stderr.decode()
 
 
 def test_output_is_replaced_atomically(run_kq, busy, tmp_path):
@@ -125,7 +142,7 @@ def test_output_is_replaced_atomically(run_kq, busy, tmp_path):
     reader = threading.Thread(target=read_while_written)
     reader.start()
     try:
-        for _ in range(4):
+        for _ in range(3):
             done = run_kq("metrics", "--output", out)
             assert done.returncode == 0, done.stderr
             assert done.stdout == b""
@@ -186,6 +203,26 @@ def test_serve_metrics_beside_the_kafka_port(data_dir, run_kq):
         assert value(s, "kq_serve_request_duration_seconds_count", api="Produce") == produced
         assert value(s, "kq_serve_request_duration_seconds_bucket", api="Produce", le="+Inf") == produced
         assert value(s, "kq_serve_requests_total", api="Metadata") >= 1
+        # Kafka clients in a group are its members (not the one seat kq serve takes in kq's group for them).
+        from confluent_kafka import Consumer
+
+        consumers = [
+            Consumer({"bootstrap.servers": server.bootstrap, "group.id": "cg", "auto.offset.reset": "earliest"})
+            for _ in range(2)
+        ]
+        try:
+            for c in consumers:
+                c.subscribe(["orders"])
+
+            def members_scraped():
+                for c in consumers:
+                    c.poll(0.1)
+                return value(parse(scrape(url)[0]), "kafka_consumergroup_members", consumergroup="cg") == 2
+
+            wait_for(members_scraped, timeout=30, message="2 members of cg in /metrics")
+        finally:
+            for c in consumers:
+                c.close()
         # The same metrics of a cluster, through -b (its admin API): no sizes there.
         assert run_kq("-b", server.bootstrap, "offsets", "reset", "orders", "-g", "g", "--to", "2").returncode == 0
         cluster = run_kq("-b", server.bootstrap, "metrics")
@@ -220,7 +257,7 @@ def test_check_exit_codes(run_kq, spawn_kq, busy):
     ), stopped.stdout
 
     # A live member that makes no progress (its command never returns): stalled.
-    stuck = spawn_kq("consume", "orders", "-g", "billing", "-f", "--exec", "sleep 60")
+    stuck = spawn_kq("consume", "orders", "-g", "billing", "-f", "--exec", "sleep 60", start_new_session=True)
     try:
 
         def stalled():
@@ -233,7 +270,8 @@ def test_check_exit_codes(run_kq, spawn_kq, busy):
         listed = json.loads(run_kq("lag", "--json").stdout)
         assert [(r["group"], r["members"], r["lag"]) for r in listed] == [("billing", 1, 2)]
     finally:
-        stuck.kill()
+        os.killpg(stuck.pid, signal.SIGKILL)  # its `sleep` too
+        stuck.wait()
 
     bad = run_kq("group", "describe", "nobody", "--check")
     assert bad.returncode == 1 and bad.stderr.decode().startswith("kq: error:")

@@ -138,7 +138,8 @@ class Backend(ABC):
 
     def describe_topics(self, topics: list[str]) -> tuple[list[TopicInfo], list[str]]:
         """``describe_topic`` of each as it is now (nothing remembered from an earlier call), and a
-        line for each that could not be described (deleted meanwhile, unreadable)."""
+        line for each that could not be described (deleted meanwhile, unreadable). A backend that
+        must ask for a topic's config on its own (a cluster) may leave configs empty."""
         from ..errors import KqError
 
         found, problems = [], []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..engine.names import check_name
 from ..errors import GroupBusy, GroupNotFound
+from .base import GroupTopicOffsets
 from .kafka_connection import KafkaConnection
 
 
@@ -45,6 +46,21 @@ class KafkaGroups(KafkaConnection):
         futures = self.admin.list_consumer_group_offsets([request], request_timeout=self.timeout)
         result = self.wait(futures[group], f"fetching the offsets of group '{group}'", topic, group)
         return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or () if tp.offset >= 0}
+
+    def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
+        # Two requests for the whole group (its offsets on every topic, its members), not two per topic.
+        # The cluster does not report when an offset was committed.
+        committed: dict[str, dict[int, int]] = {}
+        for (topic, partition), offset in self._committed(group, None).items():
+            committed.setdefault(topic, {})[partition] = offset
+        members: dict[str, set[str]] = {}
+        for m in self._members(group):
+            for tp in m.assignment.topic_partitions or ():
+                members.setdefault(tp.topic, set()).add(m.member_id)
+        return [
+            GroupTopicOffsets(topic, committed.get(topic, {}), {}, sorted(members.get(topic, ())))
+            for topic in sorted(set(committed) | set(members))
+        ]
 
     def group_topics(self, group: str) -> list[str]:
         topics = {t for t, _ in self._committed(group, None)}

@@ -27,7 +27,7 @@ class LocalBackend(Backend):
         self.description = f"data directory {self.data.path}"
         self._topics: dict[str, Topic] = {}
         self._describer: TopicDescriber | None = None
-        self._group_overviews: dict[str, dict] = {}
+        self._offsets_seen: dict = {}  # Groups.overview's memory: what each group's directories held
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -190,8 +190,7 @@ class LocalBackend(Backend):
 
     def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
         out = []
-        # What the group's directories held at the last call, for the next (kq top asks every second).
-        for found in self.groups.overview(group, self._group_overviews.setdefault(group, {})):
+        for found in self.groups.overview(group, self._offsets_seen):
             topic_id = (topic_ids or {}).get(found.topic)
             offsets = {p: c for p, c in found.offsets.items() if topic_id is None or c.topic_id in (None, topic_id)}
             out.append(

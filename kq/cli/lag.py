@@ -52,14 +52,13 @@ def lag(
     from ..ops import observe
 
     s = settings(ctx)
+    for topic in topics or ():
+        s.backend.partition_count(topic)  # an unknown topic is an error, not an empty answer
     snap = observe.snapshot(s.backend, topics or None)
-    for problem in snap.problems:
-        from .output import warn
-
-        warn(problem)
     stall_after = observe.DEFAULT_STALL_AFTER if max_age is None else max_age
     if check or max_lag is not None or max_age is not None:
-        raise typer.Exit(report(observe.check(snap, max_lag, stall_after)))
+        # What could not be read cannot be vouched for: the check fails, naming it.
+        raise typer.Exit(max(report(observe.check(snap, max_lag, stall_after)), warn_problems(snap.problems)))
     rows: list[dict] = []
     for group in snap.groups.values():
         status, _ = observe.group_status(group, snap.taken_at, stall_after)
@@ -75,11 +74,21 @@ def lag(
         )
     if json_output:
         emit_rows(rows, [], True, "")
-        return
+        raise typer.Exit(warn_problems(snap.problems))
     for r in rows:
         r["topics"] = ",".join(r["topics"])
         r["last_commit_at"] = _ago(snap.taken_at, r["last_commit_at"])
     emit_rows(rows, ["group", "topics", "members", "lag", "last_commit_at", "status"], False, "consumer groups")
+    raise typer.Exit(warn_problems(snap.problems))
+
+
+def warn_problems(problems) -> int:
+    """Name on stderr each topic or group a snapshot could not read; 1 if there was one (the rest was shown)."""
+    from .output import warn
+
+    for problem in problems:
+        warn(problem)
+    return 1 if problems else 0
 
 
 def report(lines: list[str]) -> int:

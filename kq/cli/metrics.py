@@ -56,23 +56,31 @@ def metrics(
     address = host_port(listen, "--listen") if listen is not None else None
     s = settings(ctx)
     backend = s.backend
+    for topic in topics or ():
+        backend.partition_count(topic)  # an unknown topic is an error, not an empty answer
+
+    problems: list[str] = []
 
     def body() -> bytes:
         started = time.perf_counter()
         snap = snapshot(backend, topics or None)
+        problems[:] = snap.problems
         return render(snapshot_families(snap, time.perf_counter() - started))
 
     if address is None:
+        from .lag import warn_problems
+
         text = body()
         if output is None:
             import sys
 
             sys.stdout.buffer.write(text)
-            return
-        from ..engine.fileio import atomic_write
+        else:
+            from ..engine.fileio import atomic_write
 
-        atomic_write(output, text)
-        return
+            atomic_write(output, text)
+        # The rest is written (kq_snapshot_problems counts what is not); cron hears of it.
+        raise typer.Exit(warn_problems(problems))
     _serve(address, listen or "", body, s.info)
 
 

@@ -237,7 +237,7 @@ class Groups:
             live.append(info)
         return live
 
-    def overview(self, group: str, known: dict | None = None) -> list[GroupTopic]:
+    def overview(self, group: str, remembered: dict | None = None) -> list[GroupTopic]:
         """Every topic of ``group``: its committed offsets and live members, in one pass (kq metrics, kq top).
 
         The same files as ``committed_offsets`` and ``members`` read, for a whole
@@ -245,18 +245,22 @@ class Groups:
         directory once, and a topic directory again only if it is a link.
         Offsets are not matched against the topic's id here (the caller knows it).
 
-        ``known``: a dict the caller keeps from one call to the next (kq top,
-        every second). A topic directory whose stamp (kq.engine.stamps) is
-        the same as last time has had no offset committed since (a commit
-        renames a file into it), so its offsets are not read again; members
-        are always looked at (one that dies changes no stamp).
+        ``remembered``: a dict the caller keeps between calls (``kq top`` and
+        ``kq metrics --listen`` look again and again). A topic directory whose
+        stamp (kq.engine.stamps) is the one of the last call has had no offset
+        committed since (a commit renames a file into it), so its offsets are
+        not read again; members are always looked at (one that dies changes
+        no stamp).
         """
         root = self._dir(group)
         try:
             with os.scandir(root) as listing:
                 entries = sorted((e for e in listing if is_name(e.name, "topic")), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
+            if remembered is not None:
+                remembered.pop(group, None)  # a deleted group's are forgotten
             return []
+        known = None if remembered is None else remembered.setdefault(group, {})
         out = []
         for entry in entries:
             topic, directory = entry.name, entry.path

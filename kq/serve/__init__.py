@@ -141,7 +141,8 @@ def _metrics_server(data_path: str, broker, address: tuple[str, int]):
 
     def body() -> bytes:
         started = time.perf_counter()
-        families = snapshot_families(snapshot(backend), time.perf_counter() - started)
+        snap = _with_kafka_members(snapshot(backend), broker.coordinator.groups)
+        families = snapshot_families(snap, time.perf_counter() - started)
         requests = Family("kq_serve_requests_total", "counter", "Requests kq serve answered, by Kafka API")
         latency = Family("kq_serve_request_duration_seconds", "histogram", "Time to answer a request, by Kafka API")
         broker.latencies.families(requests, latency, "api")
@@ -153,3 +154,25 @@ def _metrics_server(data_path: str, broker, address: tuple[str, int]):
     except OSError as exc:
         why = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         raise KqError(f"cannot serve metrics on {shown}: {why}") from None
+
+
+def _with_kafka_members(snap, groups: dict):
+    """``snap`` with each group's Kafka members counted among its members, in place of the server's
+    seat in kq's group (one kq member, whatever number of Kafka clients it stands for)."""
+    from dataclasses import replace
+
+    for _ in range(3):
+        try:  # copies taken at once, under the GIL: the event loop changes these meanwhile
+            live = [(g.id, list(g.members), [m.id for m in list(g.kq_members.values())]) for g in list(groups.values())]
+            break
+        except RuntimeError:  # changed size while copied: look again
+            continue
+    else:
+        return snap
+    found = dict(snap.groups)
+    for group_id, kafka_members, seats in live:
+        state = found.get(group_id)
+        if state is not None:
+            members = (set(state.members) - set(seats)) | set(kafka_members)
+            found[group_id] = replace(state, members=tuple(sorted(members)))
+    return replace(snap, groups=found)
