@@ -86,6 +86,10 @@ def test_top_in_a_terminal_follows_lag_sorts_filters_and_quits_with_the_terminal
     assert row(screen, "audit", "orders") is not None and row(screen, "billing", "orders") is None
     assert row(screen, "orders", "1", "150") is not None and row(screen, "payments", "1", "5") is None
 
+    terminal.send("Escape")  # clears the filter
+    screen = terminal.wait_for(lambda s: row(s, "billing", "orders") is not None, message="the filter cleared")
+    assert "filter:" not in screen.splitlines()[0] and row(screen, "payments", "1", "5") is not None
+
     terminal.type("q")
     assert ended(terminal) == ("EXIT=0", "TTY: icanon echo"), "the terminal is back in canonical mode, echoing"
 
