@@ -65,13 +65,12 @@ def top(
     Per topic: partitions, records held, records/s appended, bytes on disk.
     Per consumer group and share group on a topic: live members, lag,
     records/s committed (out), the time it takes to reach the end at the
-    current rates, a status (ok, falling behind, stalled: offsets not moving
-    while lag grows, stopped: no members and lag) and a sparkline of the lag
-    over the last --history.
+    current rates, a status (OK, falling behind, stalled: offsets not moving
+    while lag grows, stopped: the same with no members) and a sparkline of
+    the lag over the last --history. Rates are over the last 10 s.
 
-    Keys: [bold]s[/bold] next sort, [bold]l[/bold] / [bold]r[/bold] / [bold]n[/bold]
-    sort by lag / rate / name, [bold]/[/bold] filter by name (enter applies, esc
-    clears), [bold]q[/bold] quit (Ctrl-C too). Rates are over the last 10 s.
+    Keys: [bold]s[/bold] next sort; [bold]l[/bold], [bold]r[/bold], [bold]n[/bold] sort by lag, rate, name;
+    [bold]/[/bold] filter by name (enter applies, esc clears); [bold]q[/bold] or Ctrl-C quits.
 
     [bold]Examples[/bold]
 
