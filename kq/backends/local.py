@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
@@ -12,6 +14,9 @@ from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from ..producer import Producer
 from .base import Backend, GroupTopicOffsets, PartitionInfo, TopicInfo
 
+if TYPE_CHECKING:
+    from .local_describe import TopicDescriber
+
 
 class LocalBackend(Backend):
     """Topics, records and groups of one data directory (``DataDir``, or its path)."""
@@ -21,7 +26,8 @@ class LocalBackend(Backend):
         self.groups = Groups(self.data)
         self.description = f"data directory {self.data.path}"
         self._topics: dict[str, Topic] = {}
-        self._offsets_seen: dict = {}  # Groups.overview's memory: offsets files read in an earlier snapshot
+        self._describer: TopicDescriber | None = None
+        self._offsets_seen: dict = {}  # Groups.overview's memory: what each group's directories held
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -41,6 +47,8 @@ class LocalBackend(Backend):
     def close(self) -> None:
         for name in list(self._topics):
             self._forget(name)
+        if self._describer is not None:
+            self._describer.close()
 
     def data_dir(self, command: str) -> DataDir:
         return self.data
@@ -60,24 +68,14 @@ class LocalBackend(Backend):
         return _described(self.topic(topic), uncompressed=True)
 
     def describe_topics(self, topics: list[str]) -> tuple[list[TopicInfo], list[str]]:
-        # Opened afresh: another process may have added partitions or re-created a topic
-        # since this backend opened it (kq top takes a snapshot every second).
-        from ..errors import KqError
+        # Every topic as it is now: another process may have added partitions or re-created it
+        # since this backend opened it. kq top asks every second, so partitions whose files have
+        # not changed since the last call are not read again (kq.backends.local_describe).
+        if self._describer is None:
+            from .local_describe import TopicDescriber
 
-        found, problems = [], []
-        for name in topics:
-            try:
-                t = self.data.topic(name)
-            except KqError as exc:
-                problems.append(f"topic '{name}': {exc}")
-                continue
-            try:
-                found.append(_described(t))
-            except (KqError, OSError) as exc:
-                problems.append(f"topic '{name}': {exc}")
-            finally:
-                t.close()
-        return found, problems
+            self._describer = TopicDescriber(self.data)
+        return self._describer.describe(topics)
 
     def create_topic(self, topic: str, partitions: int = 1, config: dict | None = None) -> TopicInfo:
         t = self.data.create_topic(topic, partitions, config)

@@ -26,6 +26,7 @@ COMMANDS = {
     "topic": "topic",
     "offsets": "offsets",
     "group": "group",
+    "top": "top",
     "lag": "lag",
     "metrics": "metrics",
     "replicate": "replicate",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import time
 import uuid
 from typing import NamedTuple
@@ -38,6 +37,7 @@ from ..engine.fileio import (
 from ..engine.location import MAX_PARTITIONS, group_names, is_name, named_directories
 from ..engine.names import check_name
 from ..engine.segment import MAX_OFFSET
+from ..engine.stamps import reading_started, settled, stamp
 from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
 from ..errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 
@@ -246,39 +246,54 @@ class Groups:
         Offsets are not matched against the topic's id here (the caller knows it).
 
         ``remembered``: a dict the caller keeps between calls (``kq top`` and
-        ``kq metrics --listen`` look again and again): an offsets file whose
-        inode, size and modification time are those of the last call is not
-        read again (a commit replaces the file: a new inode).
+        ``kq metrics --listen`` look again and again). A topic directory whose
+        stamp (kq.engine.stamps) is the one of the last call has had no offset
+        committed since (a commit renames a file into it), so its offsets are
+        not read again; members are always looked at (one that dies changes
+        no stamp).
         """
-        seen: dict[str, tuple[tuple[int, int, int], CommittedOffset | None]] = {}
-        before = {} if remembered is None else remembered.get(group, {})
         root = self._dir(group)
         try:
             with os.scandir(root) as listing:
                 entries = sorted((e for e in listing if is_name(e.name, "topic")), key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):
+            if remembered is not None:
+                remembered.pop(group, None)  # a deleted group's are forgotten
             return []
+        known = None if remembered is None else remembered.setdefault(group, {})
         out = []
         for entry in entries:
             topic, directory = entry.name, entry.path
             if entry.is_symlink():  # a link must lead inside the data directory (one under it never does)
                 check_inside(directory, self.data.path)
-            offsets: dict[int, CommittedOffset] = {}
-            try:
-                names = os.listdir(directory)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                number = partition_of(name, OFFSET_SUFFIX)
-                if number is not None:
-                    path = os.path.join(directory, name)
-                    found = self.read_offset_file(path) if remembered is None else _offsets_again(path, before, seen)
-                    if found is not None:
-                        offsets[number] = found
-            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if MEMBERS_DIR in names else []
+            seen = None if known is None else known.get(topic)
+            now = None if known is None else stamp(directory)
+            if seen is not None and now is not None and seen[0] == now:
+                offsets, has_members = seen[1], seen[2]
+            else:
+                read_at = reading_started()
+                try:
+                    names = os.listdir(directory)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                offsets = {}
+                for name in names:
+                    number = partition_of(name, OFFSET_SUFFIX)
+                    if number is not None:
+                        found = self.read_offset_file(os.path.join(directory, name))
+                        if found is not None:
+                            offsets[number] = found
+                has_members = MEMBERS_DIR in names
+                if known is not None:
+                    if now is not None and settled([now], read_at):
+                        known[topic] = (now, offsets, has_members)
+                    else:
+                        known.pop(topic, None)
+            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if has_members else []
             out.append(GroupTopic(topic, offsets, members))
-        if remembered is not None:
-            remembered[group] = seen  # only the files there now: a deleted group's are forgotten
+        if known is not None:
+            for gone in set(known) - {e.name for e in entries}:
+                del known[gone]
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
@@ -311,21 +326,6 @@ class Groups:
         live = self.members(group, topic)
         if live:
             raise GroupBusy(group, topic, len(live))
-
-
-def _offsets_again(path: str, before: dict, seen: dict) -> CommittedOffset | None:
-    """``Groups.read_offset_file``, or what it gave last time if the file is the same one, unchanged."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(st.st_mode):  # a link or worse: read (and refused) as always, never remembered
-        return Groups.read_offset_file(path)
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
-    last = before.get(path)
-    found = last[1] if last is not None and last[0] == key else Groups.read_offset_file(path)
-    seen[path] = (key, found)
-    return found
 
 
 def _name_and_id(topic: str | Topic) -> tuple[str, str | None]:
