@@ -111,32 +111,60 @@ class LocalBackend(Backend):
         # In the background: the next batch is read and packed while one is written.
         return Producer(t, partition, background=True)
 
+    def transaction(
+        self, transactional_id: str, timeout_ms: int | None = None, sync: bool = False, ephemeral: bool = False
+    ):
+        from ..engine.transactions import DEFAULT_TIMEOUT_MS
+        from .local_transaction import LocalTransaction
+
+        return LocalTransaction(self, transactional_id, timeout_ms or DEFAULT_TIMEOUT_MS, sync, ephemeral)
+
     def reader(
         self,
         topic: str,
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
+        isolation: str = "read_committed",
     ) -> Consumer:
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
-        return Consumer.from_spec(t, numbers, offsets, follow=follow)
+        return Consumer.from_spec(t, numbers, offsets, follow=follow, isolation=isolation)
 
-    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Consumer:
+    def reader_from(
+        self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"
+    ) -> Consumer:
         t = self.topic(topic)
-        reader = Consumer(t, follow=follow)
+        reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in sorted(starts.items()):
             reader.add(t.partition(p).number, start)
         return reader
 
     # ------------------------------------------------------------------ groups
 
-    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> GroupConsumer:
-        return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset)
+    def group_reader(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> GroupConsumer:
+        return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset, isolation=isolation)
 
-    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Consumer:
+    def transactional_group_reader(
+        self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
+    ) -> GroupConsumer:
+        return GroupConsumer(
+            self.data,
+            self.topic(topic),
+            group,
+            follow=follow,
+            reset=reset,
+            commits=False,
+            before_resume=transaction.resolve_abandoned,
+        )
+
+    def group_peek(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> Consumer:
         t = self.topic(topic)
-        reader = Consumer(t, follow=follow)
+        reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in group_start_offsets(self.data, t, group, reset).items():
             reader.add(p, start)
         return reader
