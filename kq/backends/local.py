@@ -5,12 +5,30 @@ from __future__ import annotations
 from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
-from ..errors import TopicNotFound
+from ..errors import KqError, TopicNotFound, warn
 from ..groups.consumer import GroupConsumer, group_start_offsets
 from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
 from ..producer import Producer
 from .base import Backend, PartitionInfo, TopicInfo
+
+
+def settle_transactions(data: DataDir) -> list[str]:
+    """Finish the transactions whose producer is gone or that ran past their timeout (a line for each).
+
+    Until then read_committed readers wait at their first offsets. Any kq
+    process that opens a directory's topics does this once (kq maintain too);
+    a directory it may not write is left as it is.
+    """
+    from ..engine.transactions import has_transactions
+
+    if not has_transactions(data.path):
+        return []
+    try:
+        return data.transactions(commit_offset=Groups(data).transaction_committer()).resolve_abandoned()
+    except (OSError, KqError) as exc:
+        warn(f"could not finish abandoned transactions in {data.path}: {exc}")
+        return []
 
 
 class LocalBackend(Backend):
@@ -21,6 +39,7 @@ class LocalBackend(Backend):
         self.groups = Groups(self.data)
         self.description = f"data directory {self.data.path}"
         self._topics: dict[str, Topic] = {}
+        self._settled = False
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -29,6 +48,9 @@ class LocalBackend(Backend):
         """The engine's Topic, opened once per backend (its partitions keep their files open)."""
         t = self._topics.get(name)
         if t is None:
+            if not self._settled:
+                self._settled = True
+                settle_transactions(self.data)
             t = self._topics[name] = self.data.topic(name)
         return t
 

@@ -42,7 +42,7 @@ class LocalTransaction:
         self.store: TransactionStore = data.transactions(
             commit_offset=Groups(data).transaction_committer(sync=sync), sync=sync
         )
-        self.session: Session = self.store.init_producer(transactional_id, timeout_ms)
+        self.session: Session = self.store.init_producer(transactional_id, timeout_ms, ephemeral=ephemeral)
         self._producers: list[Producer] = []
         self._joined: set[tuple[str, int]] = set()
         self._offsets: dict[str, dict[tuple[str, int], tuple[int, str]]] = {}

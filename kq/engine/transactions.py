@@ -93,9 +93,11 @@ class TxnRecord:
     partitions: dict[str, list[int]] = field(default_factory=dict)  # topic -> partitions
     # group -> "topic/partition" -> [offset, metadata]
     offsets: dict[str, dict[str, list]] = field(default_factory=dict)
+    ephemeral: bool = False  # an id made for one run: the record goes once its transaction is over
 
     def to_json(self) -> dict:
         return {
+            **({"ephemeral": True} if self.ephemeral else {}),
             "format": RECORD_FORMAT,
             "id": self.transactional_id,
             "producer_id": self.producer_id,
@@ -146,7 +148,10 @@ class TxnRecord:
             for g, entries in offsets.items()
         ):
             raise bad("bad offsets")
-        return cls(txn_id, pid, epoch, state, timeout, started, partitions, offsets)
+        ephemeral = body.get("ephemeral", False)
+        if type(ephemeral) is not bool:
+            raise bad("bad ephemeral")
+        return cls(txn_id, pid, epoch, state, timeout, started, partitions, offsets, ephemeral)
 
 
 @dataclass
@@ -240,7 +245,9 @@ class TransactionStore:
 
     # ------------------------------------------------------------------ a producer's calls
 
-    def init_producer(self, transactional_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS, lock: bool = True) -> Session:
+    def init_producer(
+        self, transactional_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS, lock: bool = True, ephemeral: bool = False
+    ) -> Session:
         """Kafka's InitProducerId with a transactional id: the producer id and a new epoch.
 
         A transaction the id left open is finished first (committed if it got
@@ -266,7 +273,7 @@ class TransactionStore:
             with self._store_lock():
                 record = self.load(transactional_id)
                 if record is None:
-                    record = TxnRecord(transactional_id, secrets.randbits(62), 0)
+                    record = TxnRecord(transactional_id, secrets.randbits(62), 0, ephemeral=ephemeral)
                 else:
                     if record.state in OPEN_STATES:
                         self._finish(record, record.epoch + 1 if record.epoch <= MAX_EPOCH else record.epoch)
@@ -454,6 +461,9 @@ class TransactionStore:
                         )
                     decided = record.state == COMMITTING
                     self._finish(record, epoch)
+                    if record.ephemeral and owner is not None:  # nobody will use the id again
+                        os.unlink(self.record_path(record.transactional_id))
+                        os.unlink(self.lock_path(record.transactional_id))
                     done.append(
                         f"transaction of {record.transactional_id!r} (producer {record.producer_id}) "
                         f"{'committed' if decided else 'aborted'}: {why}"
