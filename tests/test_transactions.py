@@ -18,8 +18,8 @@ from kq.engine.datadir import DataDir
 from kq.errors import ProducerFenced, TransactionalIdBusy
 
 
-def values(run_kq, topic, *args):
-    r = run_kq("consume", topic, *args)
+def values(run_kq, topic, *args, **kwargs):
+    r = run_kq("consume", topic, *args, **kwargs)
     assert r.returncode == 0, r.stderr
     return r.stdout.decode().splitlines()
 
@@ -286,3 +286,72 @@ def test_sigterm_aborts_a_transactional_produce(run_kq, spawn_kq):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) != 0
     assert values(run_kq, "t") == []
+
+
+# ------------------------------------------------------------------ maintenance, replication, verify
+
+
+def _transaction(store, part, values, keys, commit):
+    session = store.init_producer("app", lock=False)
+    store.add_partitions(session, part.topic, [part.number])
+    part.append_payload(batchfmt.pack(values, keys=keys, timestamp=1, producer=(session.producer_id, session.epoch)))
+    if commit is not None:
+        store.end(session, commit=commit)
+    return session
+
+
+def test_compaction_drops_aborted_records_and_commit_markers_and_never_lets_them_supersede(data_dir):
+    from kq.engine.maintain import compact
+
+    data = DataDir(data_dir)
+    topic = data.create_topic("c", 1, {"cleanup": "compact", "segment_bytes": 4096})
+    part = topic.partition(0)
+    store = data.transactions()
+    _transaction(store, part, [b"kept"], [b"k"], commit=True)
+    _transaction(store, part, [b"aborted"], [b"k"], commit=False)  # newer, but aborted: never the key's latest
+    pad = b"x" * 5000
+    part.append([pad], keys=[b"pad"])  # the segment closes
+    part.append([pad], keys=[b"pad2"])
+    open_txn = _transaction(store, part, [b"undecided"], [b"pad"], commit=None)  # past the LSO: untouched
+    part.append([pad], keys=[b"pad3"])
+    report = compact(part, now=10**15)
+    assert report.markers_removed == 1 and report.records_removed == 1
+    assert read_all(part, "read_uncommitted") == [b"kept", pad, pad, b"undecided", pad]
+    store.end(open_txn, commit=True)
+    assert read_all(part, "read_committed") == [b"kept", pad, pad, b"undecided", pad]
+
+
+def test_replication_copies_markers_and_the_replica_reads_as_the_source(data_dir, run_kq, tmp_path):
+    data = DataDir(data_dir)
+    part = data.create_topic("t", 1).partition(0)
+    store = data.transactions()
+    _transaction(store, part, [b"c"], None, commit=True)
+    _transaction(store, part, [b"a"], None, commit=False)
+    part.append([b"plain"])
+    session = _transaction(store, part, [b"open"], None, commit=None)
+    replica = str(tmp_path / "replica")
+    assert run_kq("replicate", "t", "--to", replica).returncode == 0
+    assert values(run_kq, "t", data=replica) == ["c", "plain"]
+    assert values(run_kq, "t", "--isolation", "read_uncommitted", data=replica) == ["c", "a", "plain", "open"]
+    store.end(session, commit=True)
+    assert run_kq("replicate", "t", "--to", replica).returncode == 0
+    assert values(run_kq, "t", data=replica) == ["c", "plain", "open"]
+    r = run_kq("verify", data=replica)
+    assert r.returncode == 0, r.stderr
+
+
+def test_verify_finds_a_lost_transaction_index_and_repair_rebuilds_it_from_the_markers(data_dir, run_kq):
+    data = DataDir(data_dir)
+    part = data.create_topic("t", 1).partition(0)
+    store = data.transactions()
+    _transaction(store, part, [b"a"], None, commit=False)
+    _transaction(store, part, [b"c"], None, commit=True)
+    assert run_kq("verify").returncode == 0
+    os.unlink(part.txn_index_path(0))
+    assert values(run_kq, "t") == ["a", "c"]  # the damage: an aborted record shows
+    r = run_kq("verify")
+    assert r.returncode == 1 and b"transaction index out of date" in r.stdout + r.stderr
+    r = run_kq("verify", "--repair")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert values(run_kq, "t") == ["c"]
+    assert run_kq("verify").returncode == 0
