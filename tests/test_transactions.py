@@ -292,7 +292,8 @@ def test_sigterm_aborts_a_transactional_produce(run_kq, spawn_kq):
 
 
 def _transaction(store, part, values, keys, commit):
-    session = store.init_producer("app", lock=False)
+    # An open one is held by this process (its lock), as a live producer holds its own.
+    session = store.init_producer(f"app-{time.monotonic_ns()}", lock=commit is None)
     store.add_partitions(session, part.topic, [part.number])
     part.append_payload(batchfmt.pack(values, keys=keys, timestamp=1, producer=(session.producer_id, session.epoch)))
     if commit is not None:
@@ -355,3 +356,25 @@ def test_verify_finds_a_lost_transaction_index_and_repair_rebuilds_it_from_the_m
     assert r.returncode == 0, r.stdout + r.stderr
     assert values(run_kq, "t") == ["c"]
     assert run_kq("verify").returncode == 0
+
+
+def test_the_bridge_copies_only_committed_records_to_a_cluster(kq_serve_cluster, data_dir, run_kq):
+    data = DataDir(data_dir)
+    topic = f"bridged-{time.monotonic_ns()}"
+    part = data.create_topic(topic, 1).partition(0)
+    store = data.transactions()
+    _transaction(store, part, [b"committed"], None, commit=True)
+    _transaction(store, part, [b"aborted"], None, commit=False)
+    part.append([b"plain"])
+    session = _transaction(store, part, [b"open"], None, commit=None)
+    part.append([b"after"])
+    url = f"kafka://{kq_serve_cluster.bootstrap}"
+    assert run_kq("replicate", topic, "--to", url).returncode == 0
+    cluster = ["-b", kq_serve_cluster.bootstrap]
+    r = run_kq(*cluster, "consume", topic, data=None)
+    assert r.stdout.decode().splitlines() == ["committed", "plain"]  # nothing at or past the open transaction
+    store.end(session, commit=True)
+    assert run_kq("replicate", topic, "--to", url).returncode == 0
+    r = run_kq(*cluster, "consume", topic, data=None)
+    assert r.stdout.decode().splitlines() == ["committed", "plain", "open", "after"]
+    assert run_kq("replicate", topic, "--to", url, "--verify").returncode == 0
