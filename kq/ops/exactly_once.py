@@ -4,7 +4,8 @@ Per batch of one partition's records (as ``--exec`` cuts them), CMD runs
 with the records on its stdin; if it exits 0, its stdout, split into
 messages as ``kq produce`` splits its input, is sent to OUT and the group's
 offset after the batch is committed, both in one transaction
-(kq.backends.base.Transaction). If it fails, nothing of the batch is
+(kq.backends.base.Transaction). A transaction may hold several batches
+(COMMIT_SECONDS), which are then done again together after a crash. If it fails, nothing of the batch is
 written or committed and its partition stops for this run, as ``--exec``
 does. A kill -9 of kq or of CMD at any moment leaves either the whole
 batch's output and its offset, or neither: the next run does the batch
@@ -17,10 +18,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
 from ..runner import CommandFailed, Failure, batches_of, signals_held, stop_command
+
+# A transaction holds the batches of at most this long (and ends with each round of the reader).
+COMMIT_SECONDS = 0.1
 
 
 class ExactlyOncePipeline:
@@ -58,42 +63,75 @@ class ExactlyOncePipeline:
         self.done = 0  # input records whose batch committed
         self.produced = 0  # output records committed
         self.failures: list[Failure] = []
+        self._offsets: dict[int, int] = {}  # partition -> offset after its last batch sent, not yet committed
+        self._pending = self._pending_out = 0  # input and output records sent, not yet committed
+        self._commit_due = time.monotonic() + COMMIT_SECONDS
 
     def run(self, rounds) -> None:
         failed: set[int] = set()
-        for slices in rounds:
-            for run in batches_of(slices, self.size):
-                partition = run[0].partition
-                if partition in failed:
-                    continue
-                status, timed_out, output = self._run(run)
-                if status == 0 and not timed_out:
-                    self._commit(partition, run, output)
-                    continue
-                failed.add(partition)
-                first, last = run[0].batch.offsets()[run[0].start], run[-1].batch.offsets()[run[-1].stop - 1]
-                self.failures.append(
-                    Failure(self.in_topic, partition, first, last, status, self.timeout if timed_out else None)
-                )
-                self.reader.stop_partition(partition)
+        try:
+            for slices in rounds:
+                for run in batches_of(slices, self.size):
+                    partition = run[0].partition
+                    if partition in failed:
+                        continue
+                    status, timed_out, output = self._run(run)
+                    if status == 0 and not timed_out:
+                        self._send(partition, run, output)
+                        if time.monotonic() >= self._commit_due:
+                            self.commit()
+                        continue
+                    failed.add(partition)
+                    first, last = run[0].batch.offsets()[run[0].start], run[-1].batch.offsets()[run[-1].stop - 1]
+                    self.failures.append(
+                        Failure(self.in_topic, partition, first, last, status, self.timeout if timed_out else None)
+                    )
+                    self.reader.stop_partition(partition)
+                # The end of a round: what the reader had is done; commit before waiting for more.
+                self.commit()
+        except BaseException:
+            # An interrupt (or an error) part way through sending a batch: nothing of the open
+            # transaction may stay; the next run does its batches again.
+            self._abort()
+            raise
         if self.failures:
             raise CommandFailed(self.command, self.failures)
 
-    def _commit(self, partition: int, run, output: bytes) -> None:
+    def _send(self, partition: int, run, output: bytes) -> None:
+        """A batch the command accepted: its output and its offset join the open transaction."""
         messages = split_messages(output, self.delimiter)
         if messages:
             self.producer.send_values(messages, size=len(output))
-        self.transaction.send_offsets(self.group, self.in_topic, {partition: run[-1].offset_after()})
+        self._offsets[partition] = run[-1].offset_after()
+        self._pending += sum(sl.stop - sl.start for sl in run)
+        self._pending_out += len(messages)
+
+    def commit(self) -> None:
+        """Commit the batches sent since the last commit: their output and the group's offsets, at once.
+
+        Several batches share a transaction (one at least every COMMIT_SECONDS, as Kafka Streams
+        commits every commit.interval.ms): what a crash undoes is redone whole by the next run.
+        """
+        self._commit_due = time.monotonic() + COMMIT_SECONDS
+        if not self._pending:
+            return
+        offsets, self._offsets = self._offsets, {}
+        self.transaction.send_offsets(self.group, self.in_topic, offsets)
         try:
             self.transaction.commit()
         except BaseException:
-            try:
-                self.transaction.abort()
-            except Exception:  # noqa: S110 (the commit's error is the one to raise)
-                pass
+            self._abort()
             raise
-        self.done += sum(sl.stop - sl.start for sl in run)
-        self.produced += len(messages)
+        self.done += self._pending
+        self.produced += self._pending_out
+        self._pending = self._pending_out = 0
+
+    def _abort(self) -> None:
+        self._offsets, self._pending, self._pending_out = {}, 0, 0
+        try:
+            self.transaction.abort()
+        except Exception:  # noqa: S110 (the error that led here is the one to raise)
+            pass
 
     def _run(self, run) -> tuple[int, bool, bytes]:
         """Run the command on ``run``: its exit status, whether it ran too long, and its stdout."""
