@@ -285,7 +285,8 @@ def run_pipeline(s, topic, group, out, command, batch, write, reset, follow, tim
             s.info(f"created topic '{out}' with {partitions} partition(s)")
         except TopicExists:
             pass
-    transaction = backend.transaction(pipeline_transactional_id(group), ephemeral=True)
+    # 15 minutes (Kafka's largest): a transaction stays open while the command runs on the next batch.
+    transaction = backend.transaction(pipeline_transactional_id(group), 15 * 60 * 1000, ephemeral=True)
     source = None
     pipeline = None
     try:
