@@ -87,6 +87,13 @@ class GroupConsumer:
             if self._marks.get(p) == offset:
                 self._marks.pop(p, None)
 
+    def passed(self, partition: int, offset: int) -> int:
+        """Where a caller that handled everything up to ``offset`` may commit: past the markers and aborted
+        records the reader left out after it, when ``offset`` is the end of what it was handed."""
+        if self.consumer.delivered.get(partition) == offset:
+            return max(offset, self.consumer.positions.get(partition, offset))
+        return offset
+
     def _mark_passed(self) -> None:
         """Caught up: where everything handed out was written (marked), move the mark past the batches
         the reader left out after it (transaction markers, aborted records), as a Kafka consumer's position moves."""

@@ -116,6 +116,9 @@ class ExactlyOncePipeline:
         if not self._pending:
             return
         offsets, self._offsets = self._offsets, {}
+        passed = getattr(self.reader, "passed", None)  # a directory's group reader moves past markers
+        if passed is not None:
+            offsets = {p: passed(p, o) for p, o in offsets.items()}
         self.transaction.send_offsets(self.group, self.in_topic, offsets)
         try:
             self.transaction.commit()
