@@ -28,7 +28,7 @@ class KafkaTransaction:
             fixed["transaction.timeout.ms"] = timeout_ms
         self.config = producer_config(backend, dict(PRODUCER_DEFAULTS), self._delivered, **fixed)
         self.client = backend.make("Producer", self.config)
-        self._call(self.client.init_transactions, "initialising transactional id")
+        self._call(self.client.init_transactions, "initialising the transactional id", backend.timeout)
         self._call(self.client.begin_transaction, "beginning a transaction")
 
     def _delivered(self, err, msg) -> None:
