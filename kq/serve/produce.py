@@ -11,6 +11,7 @@ from . import codes, records
 from .fetch import Waiters
 from .producers import ProducerState, SequenceError
 from .storage import KqError, MessageTooLarge, Payload, Storage, TopicNotFound, check_name
+from .transactions import Transactions
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a record timestamp is a signed 64-bit field
 
@@ -84,6 +85,7 @@ class ProduceHandler:
         self.waiters = waiters
         self.storage_error = storage_error
         self.producers = ProducerState()
+        self.transactions: Transactions | None = None  # the broker's transaction coordinator
 
     async def init_producer_id(self, body, version: int):
         if body.transactional_id is not None:
@@ -104,9 +106,7 @@ class ProduceHandler:
         TR = R.TopicProduceResponse
         PR = TR.PartitionProduceResponse
         acks = body.acks
-        if body.transactional_id is not None:
-            error = codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-        elif acks not in (0, 1, -1):
+        if acks not in (0, 1, -1):
             error = codes.INVALID_REQUIRED_ACKS
         else:
             error = None
@@ -172,14 +172,24 @@ class ProduceHandler:
                 raise decoded
             batches = decoded
             duplicates = self.producers.check_all(topic, partition, batches)
+            for batch, duplicate in zip(batches, duplicates):
+                if batch.transactional and duplicate is None:
+                    code = self._transaction_code(topic, partition, batch)
+                    if code:
+                        return code, -1, None
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
                 packed.append(_pack(self.storage, batch) if duplicate is None else None)
             for batch, duplicate, payload in zip(batches, duplicates, packed):
                 if payload is None:
                     base = duplicate
+                elif batch.transactional:
+                    base, last = self.storage.txn_append(
+                        topic, partition, payload, batch.producer_id, batch.producer_epoch
+                    )
                 else:
                     base, last = self.storage.append_packed(topic, partition, payload)
+                if payload is not None and base is not None:
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
                 if first_base is None:
@@ -201,3 +211,8 @@ class ProduceHandler:
             self.storage_error(exc)
             return codes.KAFKA_STORAGE_ERROR, -1, f"{exc.strerror or exc}"
         return codes.NONE, first_base, None
+
+    def _transaction_code(self, topic: str, partition: int, batch) -> int:
+        if self.transactions is None:
+            return codes.INVALID_TXN_STATE
+        return self.transactions.for_batch(topic, partition, batch.producer_id, batch.producer_epoch)

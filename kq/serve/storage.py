@@ -134,6 +134,24 @@ class Storage:
             self._forget(topic)
             raise
 
+    # ------------------------------------------------------------------ transactions (KIP-98)
+
+    def txn_append(self, topic: str, partition: int, payload: Payload, producer_id: int, epoch: int) -> tuple[int, int]:
+        """Append one batch of a producer's open transaction; (first, last) offset."""
+        return self.append_packed(topic, partition, payload)  # TODO(engine): h/25l's transactional append
+
+    def txn_end(self, partitions: list[tuple[str, int]], producer_id: int, epoch: int, commit: bool) -> None:
+        """Commit or abort a producer's transaction: a marker in each of ``partitions``."""
+        # TODO(engine): h/25l's markers
+
+    def last_stable_offset(self, topic: str, partition: int) -> int:
+        """The first offset of a transaction still open (the end when none is): where read_committed stops."""
+        return self.end_offset(topic, partition)  # TODO(engine)
+
+    def aborted_transactions(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer id, first offset) of the aborted transactions with records in [start, end)."""
+        return []  # TODO(engine)
+
     def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start offset, high watermark) of a partition."""
         part = self.topic(topic).partition(partition)
