@@ -156,7 +156,8 @@ class GroupOffsets:
                             PartCls(
                                 partition_index=p,
                                 committed_offset=found[p].offset if p in found else -1,
-                                committed_leader_epoch=-1,
+                                # kq's partitions have one leader, of epoch 0 (as Metadata says)
+                                committed_leader_epoch=0 if p in found else -1,
                                 metadata=found[p].metadata if p in found else "",
                                 error_code=codes.UNSTABLE_OFFSET_COMMIT if (name, p) in unstable else 0,
                             )
