@@ -324,3 +324,90 @@ def test_a_transaction_open_past_its_timeout_is_aborted_and_its_producer_fenced(
     assert [v for _, v, _, control in rows if not control] == []
     assert data.last_stable_offset == data.high_watermark == 2  # the record and the abort marker
     assert len(data.aborted_transactions) == 1
+
+
+# A transactional producer that commits transactions of TXN_SIZE records
+# ("RUN-TXN-I"), writing each transaction's number to stdout once committed.
+KILLED_PRODUCER = """
+import sys
+from confluent_kafka import Producer
+bootstrap, topic, run, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "tx-kill", "linger.ms": 2,
+              "transaction.timeout.ms": 5000, "message.timeout.ms": 5000, "socket.timeout.ms": 2000})
+p.init_transactions(10)
+for txn in range(10**6):
+    p.begin_transaction()
+    for i in range(size):
+        p.produce(topic, f"{run}-{txn}-{i}".encode(), partition=i % 2)
+    p.commit_transaction(10)
+    print(txn, flush=True)
+"""
+
+
+def test_serve_killed_during_transactions_keeps_each_committed_one_whole_and_once(tmp_path):
+    """kill -9 of kq serve at random moments: a read_committed reader sees whole committed transactions, once each."""
+    import random
+    import select
+    import time
+
+    data = str(tmp_path / "data")
+    subprocess.run([sys.executable, "-m", "kq", "--data-dir", data, "topic", "create", "tx-kill", "--partitions", "2"])
+    size = 50
+    acknowledged: dict[str, int] = {}  # run -> how many transactions were acknowledged
+    rng = random.Random(25)
+    for run in ("r0", "r1", "r2", "r3"):
+        server = KqServer(data)
+        producer = subprocess.Popen(
+            [sys.executable, "-c", KILLED_PRODUCER, server.bootstrap, "tx-kill", run, str(size)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert producer.stdout is not None
+        readable, _, _ = select.select([producer.stdout], [], [], 30)
+        first = producer.stdout.readline() if readable else ""  # one transaction through, then kill at random
+        assert first.strip() == "0", f"the producer stopped before its first commit ({producer.wait()})"
+        time.sleep(rng.uniform(0, 0.3))  # where the kill lands is the point: a random moment, not a wait
+        server.kill()
+        producer.kill()
+        out, _ = producer.communicate()
+        acknowledged[run] = 1 + len(out.split())
+    server = KqServer(data)
+    try:
+        c = ck.Consumer(
+            {
+                "bootstrap.servers": server.bootstrap,
+                "group.id": "tx-kill-check",
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            }
+        )
+        c.subscribe(["tx-kill"])
+        values: list[str] = []
+        eof: set[int] = set()
+
+        def done():
+            m = c.poll(0.2)
+            if m is not None:
+                if m.error():
+                    if m.error().code() == ck.KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                else:
+                    values.append(m.value().decode())
+            return len(eof) == 2
+
+        wait_for(done, timeout=30, message="both partitions read to their end")
+        c.close()
+    finally:
+        server.kill()
+    assert len(values) == len(set(values)), "a record was read twice"
+    transactions: dict[tuple[str, int], int] = {}
+    for v in values:
+        run, txn, _ = v.split("-")
+        transactions[(run, int(txn))] = transactions.get((run, int(txn)), 0) + 1
+    assert all(n == size for n in transactions.values()), "a transaction is visible in part"
+    for run, count in acknowledged.items():
+        seen = sorted(t for r, t in transactions if r == run)
+        # every acknowledged commit is there; past them at most the one whose commit was in flight
+        assert seen[:count] == list(range(count)) and len(seen) <= count + 1, (run, count, seen)
