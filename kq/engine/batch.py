@@ -35,6 +35,19 @@ MAX_OFFSET = 2**63 - 1
 # 4 zstd), so that it serves them so compressed again, as Kafka keeps a
 # producer's codec; the payload itself is never compressed. Other bits are 0.
 CODEC_MASK = 0x07
+# Bit 6: a transactional batch (docs/FORMAT.md, "Transactions"): its payload has a
+# sixth element, [producer_id, producer_epoch], and a read_committed reader shows its
+# records only once its transaction committed. Bit 7: a control batch, one record
+# that is a commit or abort marker of a producer's transaction (bit 6 is set too, as
+# in Kafka). Bits 3-5 belong to the stored payload's codec (issue 23).
+TRANSACTIONAL = 0x40
+CONTROL = 0x80
+# A control record's key is Kafka's: int16 version 0, int16 type (0 abort, 1 commit);
+# its value Kafka's EndTransactionMarker: int16 version 0, int32 coordinator epoch 0.
+ABORT_KEY = b"\x00\x00\x00\x00"
+COMMIT_KEY = b"\x00\x00\x00\x01"
+MARKER_VALUE = b"\x00\x00\x00\x00\x00\x00"
+NO_PRODUCER = -1
 
 # What ``check`` makes of the bytes at a position:
 OK = 0  # a whole, valid batch
@@ -90,6 +103,18 @@ class Payload(NamedTuple):
     # before the batch is written, so that an older kq refuses the directory instead of the batch.
     null_header_values: bool = False
     attributes: int = 0
+    producer_id: int = NO_PRODUCER  # a transactional batch's producer (attributes bit 6), else -1
+    producer_epoch: int = NO_PRODUCER
+
+
+class TxnMarker(NamedTuple):
+    """What a control batch says: producer ``producer_id``'s transaction on this partition,
+    whose records are at offsets >= ``first_offset`` (and below the marker), committed or aborted."""
+
+    producer_id: int
+    producer_epoch: int
+    commit: bool
+    first_offset: int
 
 
 def pack(
@@ -100,12 +125,16 @@ def pack(
     timestamps: Sequence[int] | None = None,
     offset_deltas: Sequence[int] | None = None,
     attributes: int = 0,
+    producer: tuple[int, int] | None = None,
+    marker_first_offset: int | None = None,
 ) -> Payload:
     """Pack records into a payload. ``timestamps`` (per record) overrides ``timestamp``.
 
     ``offset_deltas`` is only for batches rewritten by compaction, whose
     offsets have gaps; without it the offsets are base_offset, base_offset+1, ...
     Packing needs no offset, so a writer does it before taking its lock.
+    ``producer`` = (producer id, epoch) makes a transactional batch (attributes
+    bit 6); with ``marker_first_offset`` too it is a control batch (``control_payload``).
     """
     count = len(values)
     if count == 0:
@@ -123,13 +152,50 @@ def pack(
         headers = None
     null_header_values = headers is not None and _has_null_value(headers)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
-    data = msgpack.packb([values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True)
+    columns: list = [values, keys, headers, ts_deltas, offset_deltas]
+    pid = epoch = NO_PRODUCER
+    if producer is not None:
+        pid, epoch = producer
+        if not (0 <= pid < 2**63 and 0 <= epoch < 2**15):
+            raise ValueError(f"producer id {pid} / epoch {epoch} out of range")
+        attributes |= TRANSACTIONAL
+        if marker_first_offset is None:
+            columns.append([pid, epoch])
+        else:
+            attributes |= CONTROL
+            columns.append([pid, epoch, marker_first_offset])
+    data = msgpack.packb(columns, use_bin_type=True)
     length = HEADER_SIZE - PREFIX_SIZE + len(data)
     if length > MAX_BATCH_BYTES:
         raise MessageTooLarge(
             f"a batch of {count} record(s) encodes to {length} bytes, more than the maximum of {MAX_BATCH_BYTES}"
         )
-    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes)
+    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes, pid, epoch)
+
+
+def control_payload(producer_id: int, producer_epoch: int, commit: bool, first_offset: int, timestamp: int) -> Payload:
+    """A control batch: the commit or abort marker of a producer's transaction on one partition.
+
+    ``first_offset`` is where the transaction's records may start in the
+    partition (the end offset when it joined the transaction): with the
+    marker's own offset it bounds them, so the aborted-transaction index can
+    be rebuilt from the markers alone.
+    """
+    return pack(
+        [MARKER_VALUE],
+        keys=[COMMIT_KEY if commit else ABORT_KEY],
+        timestamp=timestamp,
+        producer=(producer_id, producer_epoch),
+        marker_first_offset=first_offset,
+    )
+
+
+def marker_of(batch: RecordBatch) -> TxnMarker | None:
+    """The marker a decoded control batch holds (None for any other batch)."""
+    if not batch.attributes & CONTROL or batch.marker_first_offset is None:
+        return None
+    key = batch.keys[0] if batch.keys else None
+    return TxnMarker(batch.producer_id, batch.producer_epoch, key == COMMIT_KEY, batch.marker_first_offset)
 
 
 def _has_null_value(headers) -> bool:
@@ -252,6 +318,9 @@ class RecordBatch:
         "timestamp_deltas",
         "offset_deltas",
         "attributes",
+        "producer_id",
+        "producer_epoch",
+        "marker_first_offset",
     )
     position: int
     size: int
@@ -266,6 +335,17 @@ class RecordBatch:
     timestamp_deltas: list | None
     offset_deltas: list | None
     attributes: int
+    producer_id: int  # a transactional batch's producer (attributes bit 6), else -1
+    producer_epoch: int
+    marker_first_offset: int | None  # a control batch's: see ``control_payload``
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL)
+
+    @property
+    def control(self) -> bool:
+        return bool(self.attributes & CONTROL)
 
     @property
     def last_offset(self) -> int:
@@ -380,7 +460,10 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
             strict_map_key=True,
             ext_hook=_reject_ext,
         )
-        values, keys, headers, ts_deltas, offset_deltas = columns
+        if type(columns) is not list:
+            raise ValueError("not an array")
+        producer = columns[5] if len(columns) == 6 else None
+        values, keys, headers, ts_deltas, offset_deltas = columns[:5] if producer is not None else columns
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
     if (
@@ -396,6 +479,24 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
         raise CorruptLog(path, pos, "batch columns do not match its header")
     if not _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts, max_ts):
         raise CorruptLog(path, pos, "batch columns hold values of the wrong type")
+    pid = epoch = NO_PRODUCER
+    first = None
+    if attributes & TRANSACTIONAL or producer is not None:
+        control = bool(attributes & CONTROL)
+        if (
+            not attributes & TRANSACTIONAL
+            or type(producer) is not list
+            or len(producer) != (3 if control else 2)
+            or not all(type(x) is int for x in producer)
+            or not 0 <= producer[0] < 2**63
+            or not 0 <= producer[1] < 2**15
+            or (control and (count != 1 or not 0 <= producer[2] <= base))
+        ):
+            raise CorruptLog(path, pos, "transactional batch without a valid producer id and epoch")
+        pid, epoch = producer[0], producer[1]
+        first = producer[2] if control else None
+    elif attributes & CONTROL:
+        raise CorruptLog(path, pos, "control batch that is not transactional")
     batch = RecordBatch()
     batch.position = pos
     batch.size = PREFIX_SIZE + length
@@ -410,4 +511,7 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.timestamp_deltas = ts_deltas
     batch.offset_deltas = offset_deltas
     batch.attributes = attributes
+    batch.producer_id = pid
+    batch.producer_epoch = epoch
+    batch.marker_first_offset = first
     return batch

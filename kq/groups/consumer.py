@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 from ..consumer import POLL_SECONDS, Consumer, IdleClock, Slice
+from ..engine.cursor import READ_COMMITTED
 from ..engine.datadir import DataDir
 from ..engine.names import check_name
 from ..engine.topic import Topic
@@ -37,6 +38,7 @@ class GroupConsumer:
         reset: str = "earliest",
         poll_seconds: float = POLL_SECONDS,
         warn=None,
+        isolation: str = READ_COMMITTED,
     ):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
@@ -47,7 +49,7 @@ class GroupConsumer:
         self.reset = reset
         self.poll_seconds = poll_seconds
         self.member = Member(self.groups, group, topic.name)
-        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
+        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds, isolation=isolation)
         self.consumer.who = f"group '{self.group}'"
         self.timed_out = False
         self.warn = warn or kq_warn
@@ -75,6 +77,18 @@ class GroupConsumer:
             # leaves the mark for close() to commit.
             if self._marks.get(p) == offset:
                 self._marks.pop(p, None)
+
+    def _mark_passed(self) -> None:
+        """Caught up: where everything handed out was written (marked), move the mark past the batches
+        the reader left out after it (transaction markers, aborted records), as a Kafka consumer's position moves."""
+        for p, position in self.consumer.positions.items():
+            delivered = self.consumer.delivered.get(p)
+            if (
+                p in self.member.owned
+                and position != delivered
+                and self._marks.get(p, self._committed.get(p)) == delivered
+            ):
+                self._marks[p] = position
 
     def _rebalance(self) -> None:
         self._wanted = self.member.assignment(self.topic.partition_count)
@@ -114,6 +128,7 @@ class GroupConsumer:
                 idle.reset()
                 yield slices
                 continue
+            self._mark_passed()
             self.commit()  # caught up: what was written is committed before any wait
             if idle.expired():
                 self.timed_out = True

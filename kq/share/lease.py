@@ -8,6 +8,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from ..engine.batch import RecordBatch
+from ..engine.cursor import READ_COMMITTED
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
 from .dead_letter import dead_letter, finish_dead_lettering
 from .deliveries import LEASE_EXPIRED, Delivery, Failure, Outcome
@@ -59,7 +60,7 @@ class _Records:
             or (not self.pending and first > self.cursor.offset + RESEEK_OFFSETS)
         ):
             self.close()
-            self.cursor = self.partition.cursor(first)
+            self.cursor = self.partition.cursor(first, isolation=READ_COMMITTED)
         out = []
         while True:
             if not self.pending:
@@ -159,7 +160,7 @@ class SharePartition:
     ) -> tuple[list[Delivery], bool]:
         c = self.consumer
         now = clock_ms()
-        end = self.partition.end_offset()
+        end = self.partition.last_stable_offset()  # records of open transactions wait; aborted ones read as gaps
         if not acks:
             quick = self.peek()
             if want <= 0 or (
