@@ -136,6 +136,8 @@ class Broker:
 
     def start(self) -> None:
         self.coordinator.start()
+        # Transactions a server that died left open (their locks are free now) are finished first.
+        self.transactions.expire()
         self._transaction_ticker = asyncio.get_running_loop().create_task(self._expire_transactions())
 
     async def _expire_transactions(self) -> None:
@@ -149,6 +151,7 @@ class Broker:
     def close(self) -> None:
         if self._transaction_ticker is not None:
             self._transaction_ticker.cancel()
+        self.transactions.close()
         self.waiters.close()
         self.coordinator.close()
         self.storage.close()

@@ -29,10 +29,8 @@ from .records import (
     NO_PRODUCER_ID,
     TRANSACTIONAL_BIT,
 )
-
-# kq's batch attributes (docs/FORMAT.md): bit 6 a transactional batch, bit 7 a control batch (a marker).
-KQ_TRANSACTIONAL = 0x40
-KQ_CONTROL = 0x80
+from .storage import CONTROL_BATCH as KQ_CONTROL
+from .storage import TRANSACTIONAL_BATCH as KQ_TRANSACTIONAL
 
 
 def _zigzag(value: int) -> bytes:

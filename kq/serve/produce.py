@@ -10,7 +10,7 @@ from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
 from . import codes, records
 from .fetch import Waiters
 from .producers import ProducerState, SequenceError
-from .storage import KqError, MessageTooLarge, Payload, Storage, TopicNotFound, check_name
+from .storage import KqError, MessageTooLarge, Payload, ProducerFenced, Storage, TopicNotFound, check_name
 from .transactions import Transactions
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a record timestamp is a signed 64-bit field
@@ -27,7 +27,8 @@ def _pack(storage: Storage, batch) -> Payload:
     range; packing finds the smallest and largest timestamps anyway.
     """
     try:
-        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec)
+        producer = (batch.producer_id, batch.producer_epoch) if batch.transactional else None
+        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, batch.codec, producer)
     except OverflowError:  # two timestamps further apart than 64 bits hold
         raise InvalidTimestamp("record timestamps do not fit a signed 64-bit field") from None
     for timestamp in (payload.base_timestamp, payload.max_timestamp):
@@ -183,10 +184,6 @@ class ProduceHandler:
             for batch, duplicate, payload in zip(batches, duplicates, packed):
                 if payload is None:
                     base = duplicate
-                elif batch.transactional:
-                    base, last = self.storage.txn_append(
-                        topic, partition, payload, batch.producer_id, batch.producer_epoch
-                    )
                 else:
                     base, last = self.storage.append_packed(topic, partition, payload)
                 if payload is not None and base is not None:
@@ -204,6 +201,8 @@ class ProduceHandler:
             return exc.code, -1, str(exc)
         except MessageTooLarge as exc:
             return codes.MESSAGE_TOO_LARGE, -1, str(exc)
+        except ProducerFenced as exc:  # its transaction was ended here under it (a timeout, a newer epoch)
+            return codes.INVALID_PRODUCER_EPOCH, -1, str(exc)
         except KqError as exc:  # a corrupt log, an unreadable topic
             self.storage_error(exc)
             return codes.KAFKA_STORAGE_ERROR, -1, str(exc)

@@ -1,4 +1,4 @@
-"""Kafka's transaction coordinator (KIP-98) over kq's transactional log.
+"""Kafka's transaction coordinator (KIP-98) over the data directory's transaction store.
 
 A transactional producer finds this server as its transaction coordinator
 (FindCoordinator key type 1), gets a producer id and epoch for its
@@ -9,17 +9,20 @@ stages group offsets (TxnOffsetCommit) and ends the transaction (EndTxn):
 commit or abort markers go to every partition it touched, and staged
 offsets become the group's committed offsets only on commit.
 
-The log side (transactional batches, markers, the last stable offset, the
-aborted-transaction index) is the engine's (``Storage.txn_*``); the
-coordinator's own state is kept per transactional id in memory, and a
-transaction left open by a server that died is aborted by the engine's
-rules (its lock is free). A transaction open longer than its
-``transaction.timeout.ms`` is aborted here, and its producer fenced.
+The state of every transactional id is the directory's transaction store
+(``kq.engine.transactions``, shared with `kq produce --transactional`): the
+server holds the lock of each id a client initialised, so no other kq
+process takes it over while the server lives, and a server that dies
+leaves its transactions to be aborted by the next writer, `kq maintain` or
+the next server start. What is kept here is only what the Produce path
+checks on every batch without reading the store (``Held``: the id's
+producer, epoch and the partitions of its open transaction).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -35,55 +38,62 @@ from kafka.protocol.producer import (
 from ..groups.store import MAX_COMMIT_METADATA
 from . import codes
 from .producers import ProducerState
-from .storage import KqError, Storage, check_name
+from .storage import (
+    KqError,
+    ProducerFenced,
+    Session,
+    Storage,
+    TransactionalIdBusy,
+    TransactionError,
+    TxnRecord,
+    check_name,
+)
 
 log = logging.getLogger("kq.serve")
 
 TRANSACTION_KEY = 1  # FindCoordinator key_type
 MAX_TRANSACTION_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
-MAX_EPOCH = 32767
+RESOLVE_SECONDS = 1.0  # how often transactions abandoned by other processes (or timed out) are finished
 
-# Kafka's TransactionState names (DescribeTransactions, ListTransactions).
-EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT, COMPLETE_COMMIT, COMPLETE_ABORT = (
-    "Empty",
-    "Ongoing",
-    "PrepareCommit",
-    "PrepareAbort",
-    "CompleteCommit",
-    "CompleteAbort",
-)
-
-
-class Fenced(Exception):
-    """A request from a producer whose epoch is no longer the transactional id's."""
+# The store's states by Kafka's TransactionState names (DescribeTransactions, ListTransactions).
+KAFKA_STATES = {
+    "empty": "Empty",
+    "ongoing": "Ongoing",
+    "committing": "PrepareCommit",
+    "aborting": "PrepareAbort",
+    "committed": "CompleteCommit",
+    "aborted": "CompleteAbort",
+}
 
 
 @dataclass
-class Transaction:
-    """One transactional id: its producer, and the transaction it has open."""
+class Held:
+    """A transactional id this server holds: its session in the store, and what Produce checks."""
 
-    transactional_id: str
-    producer_id: int
-    epoch: int
+    session: Session
     timeout_ms: int
-    state: str = EMPTY
+    ongoing: bool = False
+    started: float = 0.0  # monotonic, when the open transaction began
     partitions: set[tuple[str, int]] = field(default_factory=set)
     groups: set[str] = field(default_factory=set)
-    # group -> (topic, partition) -> (offset, metadata): committed only with the transaction
-    offsets: dict[str, dict[tuple[str, int], tuple[int, str]]] = field(default_factory=dict)
-    started_ms: int = -1  # wall clock, for DescribeTransactions
-    started: float = 0.0  # monotonic, for the timeout
-    last_change_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    staged: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # group -> partitions with staged offsets
+    last_end: bool | None = None  # how the last transaction ended (True: committed), for a retried EndTxn
+
+    @property
+    def producer_id(self) -> int:
+        return self.session.producer_id
+
+    @property
+    def epoch(self) -> int:
+        return self.session.epoch
 
     def open(self) -> None:
-        if self.state != ONGOING:
-            self.state = ONGOING
-            self.started = time.monotonic()
-            self.started_ms = int(time.time() * 1000)
-            self.last_change_ms = self.started_ms
+        if not self.ongoing:
+            self.ongoing, self.started = True, time.monotonic()
 
-    def expired(self, now: float) -> bool:
-        return self.state == ONGOING and now - self.started > self.timeout_ms / 1000
+    def closed(self, committed: bool | None) -> None:
+        self.ongoing, self.partitions, self.groups, self.staged = False, set(), set(), {}
+        self.last_end = committed
 
 
 class Transactions:
@@ -91,55 +101,94 @@ class Transactions:
 
     def __init__(self, storage: Storage, producers: ProducerState, on_error, waiters=None):
         self.storage = storage
+        self.store = storage.transaction_store()
         self.producers = producers
         self.on_error = on_error
         self.waiters = waiters
-        self.by_id: dict[str, Transaction] = {}
-        self.by_producer: dict[int, Transaction] = {}
+        self.held: dict[str, Held] = {}
+        self.by_producer: dict[int, Held] = {}
+        self._next_resolve = 0.0
+
+    def close(self) -> None:
+        for held in self.held.values():
+            self.store.release(held.session)
+        self.held.clear()
+        self.by_producer.clear()
 
     # ------------------------------------------------------------------ lookups
 
-    def _check(self, transactional_id: str, producer_id: int, epoch: int) -> Transaction:
-        """The transaction of a request, or Fenced / KeyError (not known)."""
-        txn = self.by_id.get(transactional_id)
-        if txn is None:
-            raise KeyError(transactional_id)
-        if txn.producer_id != producer_id:
-            raise LookupError(transactional_id)
-        if txn.epoch != epoch:
-            raise Fenced(transactional_id)
-        return txn
-
-    def _code_for(self, transactional_id: str, producer_id: int, epoch: int) -> tuple[int, Transaction | None]:
-        try:
-            return codes.NONE, self._check(transactional_id, producer_id, epoch)
-        except Fenced:
+    def _lookup(self, tid: str, producer_id: int, epoch: int) -> tuple[int, Held | None]:
+        """The held id of a request, or the error code to answer with."""
+        held = self.held.get(tid)
+        if held is None:
+            held = self._adopt(tid, producer_id, epoch)
+            if held is None:
+                return codes.PRODUCER_FENCED if self._known(tid) else codes.INVALID_PRODUCER_ID_MAPPING, None
+        if held.producer_id != producer_id:
+            return codes.INVALID_PRODUCER_ID_MAPPING, None
+        if held.epoch != epoch:
             return codes.PRODUCER_FENCED, None
-        except KeyError:
-            return codes.INVALID_PRODUCER_ID_MAPPING, None
-        except LookupError:
-            return codes.INVALID_PRODUCER_ID_MAPPING, None
+        return codes.NONE, held
+
+    def _known(self, tid: str) -> bool:
+        try:
+            return self.store.load(tid) is not None
+        except (KqError, OSError):
+            return False
+
+    def _adopt(self, tid: str, producer_id: int, epoch: int) -> Held | None:
+        """A producer initialised before this server started (it restarted): held again if it is still current."""
+        try:
+            record = self.store.load(tid)
+            if record is None or (record.producer_id, record.epoch) != (producer_id, epoch):
+                return None
+            session = self.storage.adopt_transactional_id(tid, producer_id, epoch)
+        except (KqError, OSError):
+            return None
+        if session is None:
+            return None
+        held = self._hold(session, record.timeout_ms)
+        if record.state == "ongoing":
+            held.open()
+            held.partitions = {(t, p) for t, ps in record.partitions.items() for p in ps}
+        return held
+
+    def _hold(self, session: Session, timeout_ms: int) -> Held:
+        held = Held(session, timeout_ms)
+        self.held[session.transactional_id] = held
+        self.by_producer[session.producer_id] = held
+        self.producers.fence(session.producer_id, session.epoch)
+        return held
 
     def for_batch(self, topic: str, partition: int, producer_id: int, epoch: int) -> int:
         """Whether a transactional batch may be appended: an error code, or NONE (and the transaction is open)."""
-        txn = self.by_producer.get(producer_id)
-        if txn is None:
+        held = self.by_producer.get(producer_id)
+        if held is None:
             return codes.INVALID_PRODUCER_ID_MAPPING
-        if epoch < txn.epoch:
+        if epoch != held.epoch:
             return codes.INVALID_PRODUCER_EPOCH
-        if epoch > txn.epoch:
-            return codes.INVALID_PRODUCER_EPOCH
-        if txn.state != ONGOING or (topic, partition) not in txn.partitions:
+        if not held.ongoing or (topic, partition) not in held.partitions:
             return codes.INVALID_TXN_STATE
         return codes.NONE
 
     def pending_offsets(self, group: str) -> set[tuple[str, int]]:
         """Partitions of ``group`` with offsets staged by an open transaction (OffsetFetch's require_stable)."""
         out: set[tuple[str, int]] = set()
-        for txn in self.by_id.values():
-            if txn.state == ONGOING:
-                out.update(txn.offsets.get(group, {}))
+        for held in self.held.values():
+            if held.ongoing:
+                out.update(held.staged.get(group, ()))
         return out
+
+    def _failed(self, exc: BaseException) -> int:
+        """The answer to a store call that raised ``exc``."""
+        if isinstance(exc, ProducerFenced):
+            return codes.PRODUCER_FENCED
+        if isinstance(exc, TransactionalIdBusy):
+            return codes.CONCURRENT_TRANSACTIONS  # another kq process holds the id: the client retries
+        if isinstance(exc, TransactionError):
+            return codes.INVALID_TXN_STATE
+        self.on_error(exc)
+        return codes.COORDINATOR_NOT_AVAILABLE
 
     # ------------------------------------------------------------------ InitProducerId
 
@@ -150,46 +199,34 @@ class Transactions:
             )
 
         tid = body.transactional_id
-        if not tid:
+        if not tid or len(tid) > 4096:
             return reply(codes.INVALID_REQUEST)
         timeout_ms = body.transaction_timeout_ms
         if not 0 < timeout_ms <= MAX_TRANSACTION_TIMEOUT_MS:
             return reply(codes.INVALID_TRANSACTION_TIMEOUT)
-        given_pid = getattr(body, "producer_id", -1) if version >= 3 else -1
-        given_epoch = getattr(body, "producer_epoch", -1) if version >= 3 else -1
-        txn = self.by_id.get(tid)
-        if txn is None:
-            pid, epoch = self.producers.init()
-            txn = Transaction(tid, pid, epoch, timeout_ms)
-            self.by_id[tid] = txn
-            self.by_producer[pid] = txn
-            self._register(txn)
-            return reply(codes.NONE, pid, epoch)
-        if given_pid >= 0 and (given_pid, given_epoch) != (txn.producer_id, txn.epoch):
-            # KIP-360: a producer that names its id must hold the current epoch.
-            return reply(codes.PRODUCER_FENCED)
-        if txn.state == ONGOING:
-            # The previous holder of the id left a transaction open: it is aborted before the new one starts.
-            if not self._end(txn, commit=False):
-                return reply(codes.CONCURRENT_TRANSACTIONS)
-        txn.timeout_ms = timeout_ms
-        self._bump(txn)
-        return reply(codes.NONE, txn.producer_id, txn.epoch)
+        given = (body.producer_id, body.producer_epoch) if version >= 3 and body.producer_id >= 0 else None
+        try:
+            if given is not None:
+                # KIP-360: a producer that names its id bumps its own epoch, if it still holds it.
+                record = self.store.load(tid)
+                if record is None or (record.producer_id, record.epoch) != given:
+                    return reply(codes.PRODUCER_FENCED)
+            old = self.held.pop(tid, None)
+            if old is not None:
+                self.by_producer.pop(old.producer_id, None)
+                self.store.release(old.session)
+            session = self.store.init_producer(tid, timeout_ms, lock=True)
+        except (KqError, OSError) as exc:
+            return reply(self._failed(exc))
+        held = self._hold(session, timeout_ms)
+        self._woken(held)
+        return reply(codes.NONE, held.producer_id, held.epoch)
 
-    def _bump(self, txn: Transaction) -> None:
-        """A new epoch for the transactional id (a new producer id when epochs run out): the old holder is fenced."""
-        if txn.epoch + 1 > MAX_EPOCH:
-            self.by_producer.pop(txn.producer_id, None)
-            txn.producer_id, txn.epoch = self.producers.init()
-            self.by_producer[txn.producer_id] = txn
-        else:
-            txn.epoch += 1
-        self._register(txn)
-        txn.state = EMPTY if txn.state in (EMPTY, ONGOING) else txn.state
-        txn.last_change_ms = int(time.time() * 1000)
-
-    def _register(self, txn: Transaction) -> None:
-        self.producers.fence(txn.producer_id, txn.epoch)
+    def _woken(self, held: Held) -> None:
+        """Wake the Fetch waiters of partitions a marker may have gone to (a transaction ended out of EndTxn)."""
+        if self.waiters is not None:
+            for topic, partition in held.partitions:
+                self.waiters.appended(topic, partition)
 
     # ------------------------------------------------------------------ AddPartitionsToTxn / AddOffsetsToTxn
 
@@ -198,10 +235,10 @@ class Transactions:
         if version >= 4:
             results = []
             for t in body.transactions:
-                topics, _ = self._add_partitions(t.transactional_id, t.producer_id, t.producer_epoch, t.topics, R)
+                topics = self._add_partitions(t.transactional_id, t.producer_id, t.producer_epoch, t.topics, R)
                 results.append(R.AddPartitionsToTxnResult(transactional_id=t.transactional_id, topic_results=topics))
             return R(version=version, throttle_time_ms=0, error_code=0, results_by_transaction=results)
-        topics, _ = self._add_partitions(
+        topics = self._add_partitions(
             body.v3_and_below_transactional_id,
             body.v3_and_below_producer_id,
             body.v3_and_below_producer_epoch,
@@ -213,7 +250,7 @@ class Transactions:
     def _add_partitions(self, tid: str, pid: int, epoch: int, topics, R):
         TR = R.AddPartitionsToTxnTopicResult
         PR = TR.AddPartitionsToTxnPartitionResult
-        code, txn = self._code_for(tid, pid, epoch)
+        code, held = self._lookup(tid, pid, epoch)
         wanted: list[tuple[str, int, int]] = []
         for t in topics:
             for p in t.partitions:
@@ -221,13 +258,23 @@ class Transactions:
         if code == codes.NONE and any(c for _, _, c in wanted):
             # Kafka adds none when one fails; the others are answered OPERATION_NOT_ATTEMPTED.
             wanted = [(n, p, c or codes.OPERATION_NOT_ATTEMPTED) for n, p, c in wanted]
-        elif code == codes.NONE and txn is not None:
-            txn.open()
-            txn.partitions.update((n, p) for n, p, _ in wanted)
+        elif code == codes.NONE and held is not None:
+            by_topic: dict[str, list[int]] = {}
+            for name, p, _ in wanted:
+                if (name, p) not in held.partitions:
+                    by_topic.setdefault(name, []).append(p)
+            try:
+                for name, numbers in by_topic.items():
+                    self.store.add_partitions(held.session, name, numbers)
+                    held.open()
+                    held.partitions.update((name, p) for p in numbers)
+            except (KqError, OSError) as exc:
+                failed = self._failed(exc)
+                wanted = [(n, p, failed) for n, p, _ in wanted]
         out: dict[str, list] = {}
         for name, p, c in wanted:
             out.setdefault(name, []).append(PR(partition_index=p, partition_error_code=c))
-        return [TR(name=n, results_by_partition=parts) for n, parts in out.items()], code
+        return [TR(name=n, results_by_partition=parts) for n, parts in out.items()]
 
     def _partition_code(self, topic: str, partition: int) -> int:
         try:
@@ -239,27 +286,31 @@ class Transactions:
         return codes.UNKNOWN_TOPIC_OR_PARTITION
 
     def add_offsets(self, body, version: int):
-        code, txn = self._code_for(body.transactional_id, body.producer_id, body.producer_epoch)
-        if txn is not None:
+        code, held = self._lookup(body.transactional_id, body.producer_id, body.producer_epoch)
+        if held is not None:
             try:
                 check_name(body.group_id, "group")
-            except KqError:
-                code = codes.INVALID_GROUP_ID
-            else:
-                txn.open()
-                txn.groups.add(body.group_id)
+                if body.group_id not in held.groups:
+                    self.store.add_offsets(held.session, body.group_id, {})  # the transaction begins (its clock runs)
+                    held.open()
+                    held.groups.add(body.group_id)
+            except KqError as exc:
+                code = codes.INVALID_GROUP_ID if not isinstance(exc, TransactionError) else self._failed(exc)
+            except OSError as exc:
+                code = self._failed(exc)
         return AddOffsetsToTxnResponse(version=version, throttle_time_ms=0, error_code=code)
 
     def txn_offset_commit(self, body, version: int):
         R = TxnOffsetCommitResponse
         TR = R.TxnOffsetCommitResponseTopic
         PR = TR.TxnOffsetCommitResponsePartition
-        code, txn = self._code_for(body.transactional_id, body.producer_id, body.producer_epoch)
+        code, held = self._lookup(body.transactional_id, body.producer_id, body.producer_epoch)
         if code == codes.PRODUCER_FENCED:
             code = codes.INVALID_PRODUCER_EPOCH  # as Kafka's group coordinator answers
-        if txn is not None and body.group_id not in txn.groups:
+        if held is not None and body.group_id not in held.groups:
             code = codes.INVALID_TXN_STATE  # AddOffsetsToTxn first
-        out = []
+        answers: list[tuple[str, list[tuple[int, int]]]] = []
+        staged: dict[tuple[str, int], tuple[int, str]] = {}
         for t in body.topics:
             parts = []
             for p in t.partitions:
@@ -267,61 +318,73 @@ class Transactions:
                 metadata = p.committed_metadata or ""
                 if not pcode and len(metadata) > MAX_COMMIT_METADATA:
                     pcode = codes.OFFSET_METADATA_TOO_LARGE
-                if not pcode and txn is not None:
-                    staged = txn.offsets.setdefault(body.group_id, {})
+                if not pcode and p.committed_offset >= 0:
                     staged[(t.name, p.partition_index)] = (p.committed_offset, metadata)
-                parts.append(PR(partition_index=p.partition_index, error_code=pcode))
-            out.append(TR(name=t.name, partitions=parts))
+                parts.append((p.partition_index, pcode))
+            answers.append((t.name, parts))
+        if staged and held is not None:
+            try:
+                self.store.add_offsets(held.session, body.group_id, staged)
+                held.staged.setdefault(body.group_id, set()).update(staged)
+            except (KqError, OSError) as exc:
+                failed = self._failed(exc)
+                answers = [(name, [(i, c or failed) for i, c in parts]) for name, parts in answers]
+        out = [
+            TR(name=name, partitions=[PR(partition_index=i, error_code=c) for i, c in parts]) for name, parts in answers
+        ]
         return R(version=version, throttle_time_ms=0, topics=out)
 
     # ------------------------------------------------------------------ EndTxn
 
     def end_txn(self, body, version: int):
-        code, txn = self._code_for(body.transactional_id, body.producer_id, body.producer_epoch)
-        if txn is not None:
-            if txn.state == ONGOING:
-                if not self._end(txn, bool(body.committed)):
-                    code = codes.COORDINATOR_NOT_AVAILABLE
-            elif txn.state == (COMPLETE_COMMIT if body.committed else COMPLETE_ABORT):
-                pass  # a retry of the EndTxn that ended it
-            elif txn.state == EMPTY and not body.committed:
-                pass  # librdkafka aborts an empty transaction after an error
+        code, held = self._lookup(body.transactional_id, body.producer_id, body.producer_epoch)
+        commit = bool(body.committed)
+        if held is not None:
+            if not held.ongoing:
+                # Nothing open: a retry of the EndTxn that ended it, or an abort of an empty transaction.
+                if held.last_end is not None and held.last_end != commit:
+                    code = codes.INVALID_TXN_STATE
+                elif held.last_end is None and commit and held.partitions:
+                    code = codes.INVALID_TXN_STATE
             else:
-                code = codes.INVALID_TXN_STATE
+                try:
+                    self.store.end(held.session, commit)
+                except (KqError, OSError) as exc:
+                    # Committing past its timeout aborts instead: the producer is fenced, as in Kafka.
+                    code = codes.PRODUCER_FENCED if isinstance(exc, TransactionError) else self._failed(exc)
+                    if code == codes.COORDINATOR_NOT_AVAILABLE:
+                        return EndTxnResponse(version=version, throttle_time_ms=0, error_code=code)
+                self._woken(held)
+                held.closed(commit if code == codes.NONE else False)
         return EndTxnResponse(version=version, throttle_time_ms=0, error_code=code)
 
-    def _end(self, txn: Transaction, commit: bool) -> bool:
-        """Write the markers (and commit the staged offsets); False if the log could not be written."""
-        txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
+    def expire(self) -> None:
+        """Finish transactions open past their timeout (this server's: their producers are fenced) and,
+        now and then, those other kq processes abandoned (their lock is free)."""
+        now = time.monotonic()
+        expired = [h for h in self.held.values() if h.ongoing and now - h.started > h.timeout_ms / 1000]
+        if not expired and now < self._next_resolve:
+            return
+        self._next_resolve = now + RESOLVE_SECONDS
         try:
-            if commit:
-                for group, staged in txn.offsets.items():
-                    for (topic, partition), (offset, metadata) in staged.items():
-                        if offset >= 0:
-                            self.storage.commit(group, topic, partition, offset, metadata)
-            self.storage.txn_end(sorted(txn.partitions), txn.producer_id, txn.epoch, commit)
+            for line in self.store.resolve_abandoned():
+                log.info("%s", line)
         except (KqError, OSError) as exc:
             self.on_error(exc)
-            txn.state = ONGOING
-            return False
-        if self.waiters is not None:
-            for topic, partition in txn.partitions:
-                self.waiters.appended(topic, partition)
-        txn.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
-        txn.partitions = set()
-        txn.groups = set()
-        txn.offsets = {}
-        txn.last_change_ms = int(time.time() * 1000)
-        return True
-
-    def expire(self) -> None:
-        """Abort the transactions open past their timeout, and fence their producers (Kafka bumps the epoch)."""
-        now = time.monotonic()
-        for txn in list(self.by_id.values()):
-            if txn.expired(now):
-                log.info("transaction %s timed out after %d ms: aborted", txn.transactional_id, txn.timeout_ms)
-                if self._end(txn, commit=False):
-                    self._bump(txn)
+            return
+        for held in expired:
+            try:
+                record = self.store.load(held.session.transactional_id)
+            except (KqError, OSError) as exc:
+                self.on_error(exc)
+                continue
+            if record is None or record.state != "ongoing" or record.epoch != held.epoch:
+                self._woken(held)
+                held.closed(False)
+                if record is not None and record.producer_id == held.producer_id and record.epoch != held.epoch:
+                    # Aborted on timeout with a new epoch: the producer's requests are fenced from here on.
+                    held.session.epoch = record.epoch
+                    self.producers.fence(record.producer_id, record.epoch)
 
     # ------------------------------------------------------------------ describe / list
 
@@ -330,8 +393,12 @@ class Transactions:
         TS = R.TransactionState
         out = []
         for tid in body.transactional_ids:
-            txn = self.by_id.get(tid)
-            if txn is None:
+            try:
+                record = self.store.load(tid)
+            except (KqError, OSError) as exc:
+                self.on_error(exc)
+                record = None
+            if record is None:
                 out.append(
                     TS(
                         error_code=codes.TRANSACTIONAL_ID_NOT_FOUND,
@@ -345,51 +412,58 @@ class Transactions:
                     )
                 )
                 continue
-            topics: dict[str, list[int]] = {}
-            for topic, partition in sorted(txn.partitions):
-                topics.setdefault(topic, []).append(partition)
             out.append(
                 TS(
                     error_code=0,
                     transactional_id=tid,
-                    transaction_state=txn.state,
-                    transaction_timeout_ms=txn.timeout_ms,
-                    transaction_start_time_ms=txn.started_ms if txn.state == ONGOING else -1,
-                    producer_id=txn.producer_id,
-                    producer_epoch=txn.epoch,
-                    topics=[TS.TopicData(topic=n, partitions=ps) for n, ps in topics.items()],
+                    transaction_state=KAFKA_STATES[record.state],
+                    transaction_timeout_ms=record.timeout_ms,
+                    transaction_start_time_ms=record.started_at if record.started_at is not None else -1,
+                    producer_id=record.producer_id,
+                    producer_epoch=record.epoch,
+                    topics=[TS.TopicData(topic=n, partitions=ps) for n, ps in sorted(record.partitions.items())],
                 )
             )
         return R(version=version, throttle_time_ms=0, transaction_states=out)
 
     def list_transactions(self, body, version: int):
         R = ListTransactionsResponse
+        known = set(KAFKA_STATES.values())
         states = set(body.state_filters or ())
         pids = set(body.producer_id_filters or ())
-        min_ms = getattr(body, "duration_filter", -1) if version >= 1 else -1
-        pattern = getattr(body, "transactional_id_pattern", None) if version >= 2 else None
+        min_ms = body.duration_filter if version >= 1 else -1
+        pattern = body.transactional_id_pattern if version >= 2 else None
+        try:
+            matcher = re.compile(pattern) if pattern else None
+        except re.error:
+            return R(version=version, throttle_time_ms=0, error_code=codes.INVALID_REQUEST, transaction_states=[])
+        try:
+            records: list[TxnRecord] = self.store.records()
+        except (KqError, OSError) as exc:
+            self.on_error(exc)
+            records = []
         now_ms = int(time.time() * 1000)
         out = []
-        for txn in self.by_id.values():
-            if states and txn.state not in states:
+        for record in records:
+            state = KAFKA_STATES[record.state]
+            if states and state not in states:
                 continue
-            if pids and txn.producer_id not in pids:
+            if pids and record.producer_id not in pids:
                 continue
-            if min_ms is not None and min_ms >= 0 and (txn.state != ONGOING or now_ms - txn.started_ms < min_ms):
+            if min_ms is not None and min_ms >= 0:
+                if record.started_at is None or now_ms - record.started_at < min_ms:
+                    continue
+            if matcher is not None and not matcher.fullmatch(record.transactional_id):
                 continue
-            if pattern:
-                import re
-
-                try:
-                    if not re.fullmatch(pattern, txn.transactional_id):
-                        continue
-                except re.error:
-                    return R(
-                        version=version, throttle_time_ms=0, error_code=codes.INVALID_REQUEST, transaction_states=[]
-                    )
             out.append(
                 R.TransactionState(
-                    transactional_id=txn.transactional_id, producer_id=txn.producer_id, transaction_state=txn.state
+                    transactional_id=record.transactional_id, producer_id=record.producer_id, transaction_state=state
                 )
             )
-        return R(version=version, throttle_time_ms=0, error_code=0, unknown_state_filters=[], transaction_states=out)
+        return R(
+            version=version,
+            throttle_time_ms=0,
+            error_code=0,
+            unknown_state_filters=sorted(states - known),
+            transaction_states=out,
+        )
