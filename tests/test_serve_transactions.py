@@ -87,9 +87,7 @@ def consume_all(server, topics: list[str], isolation: str, expect: int, group: s
         c.subscribe(topics)
 
         def enough():
-            m = c.poll(0.2)
-            if m is not None and not m.error():
-                got.append((m.topic(), m.partition(), m.value()))
+            got.extend((m.topic(), m.partition(), m.value()) for m in c.consume(1000, 0.2) if not m.error())
             return len(got) >= expect
 
         wait_for(enough, timeout=20, message=f"{expect} records ({isolation})")
@@ -384,13 +382,12 @@ def test_serve_killed_during_transactions_keeps_each_committed_one_whole_and_onc
                 "enable.partition.eof": True,
             }
         )
-        c.subscribe(["tx-kill"])
+        c.assign([ck.TopicPartition("tx-kill", p, 0) for p in (0, 1)])
         values: list[str] = []
         eof: set[int] = set()
 
         def done():
-            m = c.poll(0.2)
-            if m is not None:
+            for m in c.consume(1000, 0.2):
                 if m.error():
                     if m.error().code() == ck.KafkaError._PARTITION_EOF:
                         eof.add(m.partition())
