@@ -62,8 +62,11 @@ class Producer:
     into one batch, so spreading costs a batch per partition, not per run.
     """
 
-    def __init__(self, topic: Topic, partition: int | None = None, background: bool = False):
+    def __init__(self, topic: Topic, partition: int | None = None, background: bool = False, transaction=None):
         self.topic = topic
+        # A transaction's producer (kq.backends.local.LocalTransaction): each partition joins the
+        # transaction before its first record, and every batch carries its producer id and epoch.
+        self.transaction = transaction
         self.partition = None if partition is None else topic.partition(partition).number
         self.sent = 0  # records handed to the writer
         self._appended = 0  # records appended, by this thread or a finished background writer
@@ -202,7 +205,15 @@ class Producer:
                 headers if whole or headers is None else headers[lo:hi],
             )
             piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
-            payload = pack(*piece, timestamp=now_ms() if piece_stamps is None else 0, timestamps=piece_stamps)
+            producer = None
+            if self.transaction is not None:
+                producer = self.transaction.join(part)
+            payload = pack(
+                *piece,
+                timestamp=now_ms() if piece_stamps is None else 0,
+                timestamps=piece_stamps,
+                producer=producer,
+            )
             if self._writer is None:
                 part.append_payload(payload)
                 self._appended += payload.count

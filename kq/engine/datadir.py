@@ -121,11 +121,11 @@ class DataDir:
             raise DataDirError(f"data directory {self.path} is not writable")
         self.exists()
 
-    def transactions(self, commit_offset=None):
+    def transactions(self, commit_offset=None, sync: bool = False):
         """The directory's transaction store (kq.engine.transactions); ``commit_offset`` stores group offsets."""
         from .transactions import TransactionStore
 
-        return TransactionStore(self.path, commit_offset=commit_offset, open_partition=self._partition_of)
+        return TransactionStore(self.path, commit_offset=commit_offset, open_partition=self._partition_of, sync=sync)
 
     def _partition_of(self, topic: str, number: int):
         return self.topic(topic).partition(number)

@@ -166,7 +166,7 @@ class LogWriter:
                     f"open here at epoch {entry.epoch}; end it first (epoch {epoch} asked)"
                 )
             entries[producer_id] = OpenTxn(epoch, transactional_id, tail.next_offset)
-            write_open(self.partition.path, entries)
+            write_open(self.partition.path, entries, self.partition.sync)
             return tail.next_offset
 
     def end_transaction(self, producer_id: int, epoch: int, commit: bool, timestamp: int) -> int | None:
@@ -203,7 +203,7 @@ class LogWriter:
                 )
             marker, _ = self._append_locked(tail, payload)
             del entries[producer_id]
-            write_open(self.partition.path, entries)
+            write_open(self.partition.path, entries, self.partition.sync)
         if rolled and self.partition.on_roll is not None:
             self.partition.on_roll(self.partition)
         return marker

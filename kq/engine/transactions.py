@@ -93,9 +93,11 @@ class TxnRecord:
     partitions: dict[str, list[int]] = field(default_factory=dict)  # topic -> partitions
     # group -> "topic/partition" -> [offset, metadata]
     offsets: dict[str, dict[str, list]] = field(default_factory=dict)
+    ephemeral: bool = False  # an id made for one run: the record goes once its transaction is over
 
     def to_json(self) -> dict:
         return {
+            **({"ephemeral": True} if self.ephemeral else {}),
             "format": RECORD_FORMAT,
             "id": self.transactional_id,
             "producer_id": self.producer_id,
@@ -146,7 +148,10 @@ class TxnRecord:
             for g, entries in offsets.items()
         ):
             raise bad("bad offsets")
-        return cls(txn_id, pid, epoch, state, timeout, started, partitions, offsets)
+        ephemeral = body.get("ephemeral", False)
+        if type(ephemeral) is not bool:
+            raise bad("bad ephemeral")
+        return cls(txn_id, pid, epoch, state, timeout, started, partitions, offsets, ephemeral)
 
 
 @dataclass
@@ -173,8 +178,12 @@ class TransactionStore:
         root: str,
         commit_offset: CommitOffset | None = None,
         open_partition: Callable | None = None,
+        sync: bool = False,
     ):
         self.root = root
+        # fsync each record (and directory) it replaces: for power loss. Without it a record
+        # is still replaced atomically, which is what a crash of a process needs.
+        self.sync = sync
         self.path = os.path.join(root, TRANSACTIONS_DIR)
         self.commit_offset = commit_offset
         self._open_partition = open_partition
@@ -220,7 +229,9 @@ class TransactionStore:
         return out
 
     def _save(self, record: TxnRecord) -> None:
-        atomic_write(self.record_path(record.transactional_id), json.dumps(record.to_json()).encode() + b"\n")
+        atomic_write(
+            self.record_path(record.transactional_id), json.dumps(record.to_json()).encode() + b"\n", sync=self.sync
+        )
 
     def partition(self, topic: str, number: int):
         if self._open_partition is not None:
@@ -234,7 +245,9 @@ class TransactionStore:
 
     # ------------------------------------------------------------------ a producer's calls
 
-    def init_producer(self, transactional_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS, lock: bool = True) -> Session:
+    def init_producer(
+        self, transactional_id: str, timeout_ms: int = DEFAULT_TIMEOUT_MS, lock: bool = True, ephemeral: bool = False
+    ) -> Session:
         """Kafka's InitProducerId with a transactional id: the producer id and a new epoch.
 
         A transaction the id left open is finished first (committed if it got
@@ -260,7 +273,7 @@ class TransactionStore:
             with self._store_lock():
                 record = self.load(transactional_id)
                 if record is None:
-                    record = TxnRecord(transactional_id, secrets.randbits(62), 0)
+                    record = TxnRecord(transactional_id, secrets.randbits(62), 0, ephemeral=ephemeral)
                 else:
                     if record.state in OPEN_STATES:
                         self._finish(record, record.epoch + 1 if record.epoch <= MAX_EPOCH else record.epoch)
@@ -286,6 +299,20 @@ class TransactionStore:
         if session.lock is not None:
             session.lock.close()
             session.lock = None
+
+    def forget(self, session: Session) -> None:
+        """Remove the id's record, if its last transaction is over, and let go of it (an id used once)."""
+        try:
+            with self._store_lock():
+                record = self.load(session.transactional_id)
+                if record is not None and record.state not in OPEN_STATES and record.epoch == session.epoch:
+                    os.unlink(self.record_path(session.transactional_id))
+                    try:
+                        os.unlink(self.lock_path(session.transactional_id))
+                    except FileNotFoundError:
+                        pass
+        finally:
+            self.release(session)
 
     def _current(self, session: Session) -> TxnRecord:
         """Under the store lock: the session's record, or ProducerFenced if it is no longer the session's."""
@@ -340,17 +367,28 @@ class TransactionStore:
                 pending[f"{topic}/{p}"] = [offset, metadata]
             self._save(record)
 
-    def end(self, session: Session, commit: bool) -> None:
+    def end(
+        self, session: Session, commit: bool, offsets: dict[str, dict[tuple[str, int], tuple[int, str]]] | None = None
+    ) -> None:
         """Kafka's EndTxn: commit or abort the open transaction (nothing open: nothing to do).
 
-        Committing past its timeout aborts instead and raises TransactionError.
+        ``offsets`` (group -> ``add_offsets``'s mapping) are committed with it,
+        recorded in the same write as the commit decision. Committing past its
+        timeout aborts instead and raises TransactionError.
         """
         with self._store_lock():
             record = self._current(session)
             if record.state in (EMPTY, COMMITTED, ABORTED):
-                return
+                if not (commit and offsets):
+                    return
+                self._begin(record)  # offsets alone: a transaction of offsets only
             expired = record.state == ONGOING and self._expired(record)
             if record.state == ONGOING:
+                if commit and offsets:
+                    for group, entries in offsets.items():
+                        pending = record.offsets.setdefault(group, {})
+                        for (topic, p), (offset, metadata) in entries.items():
+                            pending[f"{topic}/{p}"] = [offset, metadata]
                 record.state = COMMITTING if commit and not expired else ABORTING
                 self._save(record)  # the commit point
             self._finish(record, record.epoch)
@@ -423,6 +461,9 @@ class TransactionStore:
                         )
                     decided = record.state == COMMITTING
                     self._finish(record, epoch)
+                    if record.ephemeral and owner is not None:  # nobody will use the id again
+                        os.unlink(self.record_path(record.transactional_id))
+                        os.unlink(self.lock_path(record.transactional_id))
                     done.append(
                         f"transaction of {record.transactional_id!r} (producer {record.producer_id}) "
                         f"{'committed' if decided else 'aborted'}: {why}"

@@ -87,7 +87,7 @@ def read_open(partition_path: str) -> dict[int, OpenTxn]:
     return out
 
 
-def write_open(partition_path: str, entries: dict[int, OpenTxn], sync: bool = True) -> None:
+def write_open(partition_path: str, entries: dict[int, OpenTxn], sync: bool) -> None:
     """Replace ``txn.open`` (the caller holds the writer lock)."""
     body = {
         "format": OPEN_FORMAT,

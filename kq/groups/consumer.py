@@ -39,6 +39,8 @@ class GroupConsumer:
         poll_seconds: float = POLL_SECONDS,
         warn=None,
         isolation: str = READ_COMMITTED,
+        commits: bool = True,
+        before_resume=None,
     ):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
@@ -53,6 +55,10 @@ class GroupConsumer:
         self.consumer.who = f"group '{self.group}'"
         self.timed_out = False
         self.warn = warn or kq_warn
+        # ``commits=False``: the caller commits the group's offsets itself (in a transaction,
+        # kq.ops.exactly_once); ``before_resume()`` runs before a claimed partition's offset is read.
+        self.commits = commits
+        self.before_resume = before_resume
         self._marks: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()
@@ -68,6 +74,9 @@ class GroupConsumer:
 
     def commit(self, partitions=None) -> None:
         self._last_commit = time.monotonic()
+        if not self.commits:
+            self._marks.clear()
+            return
         for p in list(self._marks) if partitions is None else partitions:
             offset = self._marks.get(p)
             if offset is not None and offset != self._committed.get(p):
@@ -77,6 +86,13 @@ class GroupConsumer:
             # leaves the mark for close() to commit.
             if self._marks.get(p) == offset:
                 self._marks.pop(p, None)
+
+    def passed(self, partition: int, offset: int) -> int:
+        """Where a caller that handled everything up to ``offset`` may commit: past the markers and aborted
+        records the reader left out after it, when ``offset`` is the end of what it was handed."""
+        if self.consumer.delivered.get(partition) == offset:
+            return max(offset, self.consumer.positions.get(partition, offset))
+        return offset
 
     def _mark_passed(self) -> None:
         """Caught up: where everything handed out was written (marked), move the mark past the batches
@@ -96,18 +112,20 @@ class GroupConsumer:
             self.commit([p])
             self.consumer.remove(p)
             self.member.release(p)
-        for p in sorted(self._wanted - self.member.owned):
-            if self.member.claim(p):
-                committed = self.groups.committed(self.group, self.topic).get(p)
-                start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
-                if warning:
-                    self.warn(warning)
-                self._committed[p] = committed  # type: ignore[assignment]
-                self.consumer.add(p, start)
-                if start != committed:
-                    # Remember where --reset put the group, as Kafka does,
-                    # so that `latest` means "from when the group started".
-                    self._marks[p] = start
+        claimed = [p for p in sorted(self._wanted - self.member.owned) if self.member.claim(p)]
+        if claimed and self.before_resume is not None:
+            self.before_resume()  # after the claims: whoever held them before is gone or done
+        for p in claimed:
+            committed = self.groups.committed(self.group, self.topic).get(p)
+            start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
+            if warning:
+                self.warn(warning)
+            self._committed[p] = committed  # type: ignore[assignment]
+            self.consumer.add(p, start)
+            if start != committed:
+                # Remember where --reset put the group, as Kafka does,
+                # so that `latest` means "from when the group started".
+                self._marks[p] = start
 
     def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
         """Rounds of slices from the partitions this member owns (see Consumer.rounds)."""
