@@ -325,6 +325,33 @@ def test_a_transaction_open_past_its_timeout_is_aborted_and_its_producer_fenced(
     assert kq(served, "consume", "tx-slow").stdout == b""
 
 
+def test_a_kq_produce_transactional_input_reaches_kafka_read_committed_consumers_only_once_it_has_landed(served):
+    create(served, "tx-cli")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kq", "--data-dir", served.data_dir, "produce", "tx-cli", "--transactional"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"first\nsecond\n")
+        proc.stdin.flush()
+        # Written (a read_uncommitted fetch sees it) but not landed: read_committed sees nothing.
+        wait_for(lambda: len(fetch(served, "tx-cli", isolation=0)[1]) == 2, message="the input in the log")
+        data, rows = fetch(served, "tx-cli", isolation=1)
+        assert rows == [] and data.last_stable_offset == 0
+        assert latest(served, "tx-cli", isolation=1) == 0
+        proc.stdin.write(b"third\n")
+        proc.stdin.close()
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    got = consume_all(served, ["tx-cli"], "read_committed", 3)
+    assert [v for _, _, v in got] == [b"first", b"second", b"third"]
+
+
 # A transactional producer that commits transactions of TXN_SIZE records
 # ("RUN-TXN-I"), writing each transaction's number to stdout once committed.
 KILLED_PRODUCER = """
