@@ -78,6 +78,7 @@ class Held:
     groups: set[str] = field(default_factory=set)
     staged: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # group -> partitions with staged offsets
     last_end: bool | None = None  # how the last transaction ended (True: committed), for a retried EndTxn
+    timed_out_epoch: int = -1  # the epoch a timeout fenced: its producer may still bump it (KIP-360), as in Kafka
 
     @property
     def producer_id(self) -> int:
@@ -209,7 +210,9 @@ class Transactions:
             if given is not None:
                 # KIP-360: a producer that names its id bumps its own epoch, if it still holds it.
                 record = self.store.load(tid)
-                if record is None or (record.producer_id, record.epoch) != given:
+                held = self.held.get(tid)
+                timed_out = held is not None and (held.producer_id, held.timed_out_epoch) == given
+                if record is None or ((record.producer_id, record.epoch) != given and not timed_out):
                     return reply(codes.PRODUCER_FENCED)
             old = self.held.pop(tid, None)
             if old is not None:
@@ -383,6 +386,7 @@ class Transactions:
                 held.closed(False)
                 if record is not None and record.producer_id == held.producer_id and record.epoch != held.epoch:
                     # Aborted on timeout with a new epoch: the producer's requests are fenced from here on.
+                    held.timed_out_epoch = held.session.epoch
                     held.session.epoch = record.epoch
                     self.producers.fence(record.producer_id, record.epoch)
 
