@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .engine.batch import Batch
@@ -19,6 +19,7 @@ from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
 POLL_SECONDS = 0.002
 BUSY_SECONDS = 1.0
 IDLE_POLL_SECONDS = 0.04
+SETTLE_SECONDS = 1.0
 
 
 class Slice(NamedTuple):
@@ -63,6 +64,10 @@ class Consumer:
         self._finished: set[int] = set()
         self.timed_out = False
         self.who: str | None = None  # who reads, for warnings (a group consumer names its group)
+        # Called about once a second while a follower waits and a partition is held at its last stable
+        # offset (kq.backends.local: finish the transactions whose producer died, which hold it there).
+        self.settle: Callable[[], object] | None = None
+        self._settled_at = 0.0
 
     @classmethod
     def from_spec(
@@ -191,7 +196,22 @@ class Consumer:
                 self.timed_out = True
                 return
             elif self.follow:
+                self.settle_if_held()
                 idle.pause(self.poll_seconds)
+
+    def settle_if_held(self) -> None:
+        """While waiting: if some partition has records past its last stable offset, call ``settle`` (once a second)."""
+        if self.settle is None or self.isolation != READ_COMMITTED:
+            return
+        now = time.monotonic()
+        if now - self._settled_at < SETTLE_SECONDS:
+            return
+        self._settled_at = now
+        for n in self.partitions:
+            part = self.topic.partition(n)
+            if part.open_transactions() and self.positions[n] < part.end_offset():
+                self.settle()
+                return
 
 
 class IdleClock:

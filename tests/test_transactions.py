@@ -379,3 +379,26 @@ def test_the_bridge_copies_only_committed_records_to_a_cluster(kq_serve_cluster,
     r = run_kq(*cluster, "consume", topic, data=None)
     assert r.stdout.decode().splitlines() == ["committed", "plain", "open", "after"]
     assert run_kq("replicate", topic, "--to", url, "--verify").returncode == 0
+
+
+def test_a_follower_held_by_a_killed_transactional_producer_goes_on_by_itself(data_dir, run_kq, spawn_kq):
+    import select
+
+    def next_line(proc) -> bytes:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready, "the follower printed nothing"
+        return proc.stdout.readline()
+
+    part = DataDir(data_dir).create_topic("t", 1).partition(0)
+    follower = spawn_kq("consume", "t", "-f")
+    part.append([b"first"])
+    assert next_line(follower) == b"first\n"  # it is up, following
+    producer = spawn_kq("produce", "t", "--transactional", stdin=subprocess.PIPE)
+    assert producer.stdin is not None
+    producer.stdin.write(b"lost\n")
+    producer.stdin.flush()
+    wait_for(lambda: part.open_transactions() and part.end_offset() == 2, message="the transactional append")
+    producer.kill()
+    producer.wait()
+    part.append([b"next"])  # through the library, which settles nothing: the follower waits behind the open one
+    assert next_line(follower) == b"next\n"  # it finished the dead producer's transaction itself

@@ -151,7 +151,7 @@ class LocalBackend(Backend):
     ) -> Consumer:
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
-        return Consumer.from_spec(t, numbers, offsets, follow=follow, isolation=isolation)
+        return self._settling(Consumer.from_spec(t, numbers, offsets, follow=follow, isolation=isolation))
 
     def reader_from(
         self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"
@@ -160,19 +160,26 @@ class LocalBackend(Backend):
         reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in sorted(starts.items()):
             reader.add(t.partition(p).number, start)
-        return reader
+        return self._settling(reader)
 
     # ------------------------------------------------------------------ groups
 
     def group_reader(
         self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
     ) -> GroupConsumer:
-        return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset, isolation=isolation)
+        reader = GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset, isolation=isolation)
+        self._settling(reader.consumer)
+        return reader
+
+    def _settling(self, reader: Consumer) -> Consumer:
+        """A follower finishes the transactions of dead producers that hold it at a last stable offset."""
+        reader.settle = lambda: settle_transactions(self.data)
+        return reader
 
     def transactional_group_reader(
         self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
     ) -> GroupConsumer:
-        return GroupConsumer(
+        reader = GroupConsumer(
             self.data,
             self.topic(topic),
             group,
@@ -181,6 +188,8 @@ class LocalBackend(Backend):
             commits=False,
             before_resume=transaction.resolve_abandoned,
         )
+        self._settling(reader.consumer)
+        return reader
 
     def group_peek(
         self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
@@ -189,7 +198,7 @@ class LocalBackend(Backend):
         reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in group_start_offsets(self.data, t, group, reset).items():
             reader.add(p, start)
-        return reader
+        return self._settling(reader)
 
     def group_names(self) -> list[str]:
         return self.groups.names()

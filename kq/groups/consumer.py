@@ -148,6 +148,8 @@ class GroupConsumer:
                 continue
             self._mark_passed()
             self.commit()  # caught up: what was written is committed before any wait
+            if self.follow:
+                self.consumer.settle_if_held()
             if idle.expired():
                 self.timed_out = True
                 return
