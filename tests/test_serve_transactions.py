@@ -29,6 +29,8 @@ from kafka.protocol.consumer import (  # noqa: E402
     FetchResponse,
     ListOffsetsRequest,
     ListOffsetsResponse,
+    OffsetFetchRequest,
+    OffsetFetchResponse,
 )
 from kafka.protocol.producer import (  # noqa: E402
     EndTxnRequest,
@@ -38,7 +40,7 @@ from kafka.protocol.producer import (  # noqa: E402
 )
 from kafka.record import MemoryRecords  # noqa: E402
 
-PRODUCER_FENCED, INVALID_TRANSACTION_TIMEOUT, TRANSACTIONAL_ID_NOT_FOUND = 90, 50, 105
+PRODUCER_FENCED, INVALID_TRANSACTION_TIMEOUT, TRANSACTIONAL_ID_NOT_FOUND, UNSTABLE_OFFSET_COMMIT = 90, 50, 105, 88
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +249,31 @@ def test_an_aborted_transaction_is_listed_for_read_committed_fetches(served):
     assert [(a.producer_id, a.first_offset) for a in data.aborted_transactions] == [(pid, 0)]
     assert consume_all(served, ["tx-abort"], "read_committed", 1) == [("tx-abort", 0, b"kept")]
     assert kq(served, "consume", "tx-abort").stdout == b"kept\n"
+
+
+def test_offsets_sent_with_an_open_transaction_are_unstable_for_consumers_that_ask_for_stable_ones(served):
+    """KIP-447: OffsetFetch with require_stable is told to retry while a transaction holds the group's offset."""
+    create(served, "tx-stable")
+    c = ck.Consumer({"bootstrap.servers": served.bootstrap, "group.id": "tx-stable-group"})
+    p = producer(served, "tx-stable-1")
+    p.begin_transaction()
+    p.send_offsets_to_transaction([ck.TopicPartition("tx-stable", 0, 7)], c.consumer_group_metadata(), 20)
+
+    def offset_fetch(require_stable: bool):
+        request = OffsetFetchRequest(
+            version=7,
+            group_id="tx-stable-group",
+            topics=[OffsetFetchRequest.OffsetFetchRequestTopic(name="tx-stable", partition_indexes=[0])],
+            require_stable=require_stable,
+        )
+        [part] = roundtrip(served.port, request, OffsetFetchResponse).topics[0].partitions
+        return part.error_code, part.committed_offset
+
+    assert offset_fetch(True) == (UNSTABLE_OFFSET_COMMIT, -1)
+    assert offset_fetch(False) == (0, -1)  # nothing committed yet
+    p.commit_transaction(20)
+    assert offset_fetch(True) == (0, 7)
+    c.close()
 
 
 def test_a_second_producer_with_the_same_transactional_id_fences_the_first(served):
