@@ -53,7 +53,10 @@ log = logging.getLogger("kq.serve")
 
 TRANSACTION_KEY = 1  # FindCoordinator key_type
 MAX_TRANSACTION_TIMEOUT_MS = 900_000  # Kafka's transaction.max.timeout.ms
-RESOLVE_SECONDS = 1.0  # how often transactions abandoned by other processes (or timed out) are finished
+RESOLVE_SECONDS = 1.0
+# Each held id keeps its lock file open; past this many, ids with no open transaction are let go
+# (the least recently initialised first): a later request from their producer holds them again.
+MAX_HELD_IDS = 4096  # how often transactions abandoned by other processes (or timed out) are finished
 
 # The store's states by Kafka's TransactionState names (DescribeTransactions, ListTransactions).
 KAFKA_STATES = {
@@ -155,6 +158,14 @@ class Transactions:
         return held
 
     def _hold(self, session: Session, timeout_ms: int) -> Held:
+        if len(self.held) >= MAX_HELD_IDS:
+            for tid, idle in list(self.held.items()):
+                if len(self.held) < MAX_HELD_IDS:
+                    break
+                if not idle.ongoing:
+                    del self.held[tid]
+                    self.by_producer.pop(idle.producer_id, None)
+                    self.store.release(idle.session)
         held = Held(session, timeout_ms)
         self.held[session.transactional_id] = held
         self.by_producer[session.producer_id] = held
