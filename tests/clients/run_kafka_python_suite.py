@@ -93,7 +93,18 @@ def start_kq_serve(data: str) -> tuple[subprocess.Popen, str, int]:
     server = subprocess.Popen(
         # num.partitions 4: the broker the suite's fixtures spawn has it (KafkaFixture's partitions=4),
         # and test_transactional_producer_offsets commits to partition 1 of an auto-created topic.
-        [sys.executable, "-m", "kq", "--data-dir", data, "serve", "--listen", "127.0.0.1:0", "--default-partitions", "4"],
+        [
+            sys.executable,
+            "-m",
+            "kq",
+            "--data-dir",
+            data,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--default-partitions",
+            "4",
+        ],
         stderr=subprocess.PIPE,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
