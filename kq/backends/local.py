@@ -28,6 +28,7 @@ class LocalBackend(Backend):
         self._topics: dict[str, Topic] = {}
         self._describer: TopicDescriber | None = None
         self._offsets_seen: dict = {}  # Groups.overview's memory: what each group's directories held
+        self._overviews: dict[str, dict[str, tuple]] = {}  # group_overview's answers, by group and topic
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -201,9 +202,16 @@ class LocalBackend(Backend):
         return out
 
     def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
+        # The same GroupTopic as last time (a topic directory unchanged) gives the same answer as
+        # last time: kq top's snapshot then reuses what it built of it (kq.ops.observe).
+        answered = self._overviews.setdefault(group, {})
         out = []
         for found in self.groups.overview(group, self._offsets_seen):
             topic_id = (topic_ids or {}).get(found.topic)
+            last = answered.get(found.topic)
+            if last is not None and last[0] is found and last[1] == topic_id:
+                out.append(last[2])
+                continue
             offsets = {p: c for p, c in found.offsets.items() if topic_id is None or c.topic_id in (None, topic_id)}
             out.append(
                 GroupTopicOffsets(
@@ -213,6 +221,10 @@ class LocalBackend(Backend):
                     sorted(m["member"] for m in found.members),
                 )
             )
+            answered[found.topic] = (found, topic_id, out[-1])
+        if len(answered) > len(out):
+            for gone in set(answered) - {o.topic for o in out}:
+                del answered[gone]
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:

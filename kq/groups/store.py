@@ -250,7 +250,9 @@ class Groups:
         stamp (kq.engine.stamps) is the one of the last call has had no offset
         committed since (a commit renames a file into it), so its offsets are
         not read again; members are always looked at (one that dies changes
-        no stamp).
+        no stamp). Such a topic's ``GroupTopic`` is then the very object
+        returned last time when its members are the same too: the caller may
+        reuse whatever it made of it.
         """
         root = self._dir(group)
         try:
@@ -269,8 +271,12 @@ class Groups:
             seen = None if known is None else known.get(topic)
             now = None if known is None else stamp(directory)
             if seen is not None and now is not None and seen[0] == now:
-                offsets, has_members = seen[1], seen[2]
+                offsets, has_members, last = seen[1], seen[2], seen[3]
+                if not has_members:  # the very one handed out last time: callers may skip what they built of it
+                    out.append(last)
+                    continue
             else:
+                last = None
                 read_at = reading_started()
                 try:
                     names = os.listdir(directory)
@@ -284,13 +290,14 @@ class Groups:
                         if found is not None:
                             offsets[number] = found
                 has_members = MEMBERS_DIR in names
-                if known is not None:
-                    if now is not None and settled([now], read_at):
-                        known[topic] = (now, offsets, has_members)
-                    else:
-                        known.pop(topic, None)
+                if known is not None and not (now is not None and settled([now], read_at)):
+                    known.pop(topic, None)
+                    now = None
             members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if has_members else []
-            out.append(GroupTopic(topic, offsets, members))
+            result = last if last is not None and last.members == members else GroupTopic(topic, offsets, members)
+            if known is not None and now is not None:
+                known[topic] = (now, offsets, has_members, result)
+            out.append(result)
         if known is not None:
             for gone in set(known) - {e.name for e in entries}:
                 del known[gone]
