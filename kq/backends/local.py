@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
 from ..errors import TopicNotFound
-from ..groups.consumer import GroupConsumer, group_start_offsets
 from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
-from ..producer import Producer
 from .base import Backend, GroupTopicOffsets, PartitionInfo, TopicInfo
 
 if TYPE_CHECKING:
+    from ..consumer import Consumer
+    from ..groups.consumer import GroupConsumer
+    from ..producer import Producer
     from .local_describe import TopicDescriber
 
 
@@ -135,6 +135,8 @@ class LocalBackend(Backend):
             from ..engine.dedup import DedupWindow
 
             dedup = DedupWindow(t, window, dedup_header if dedup_header is not None else t.config["dedup_header"])
+        from ..producer import Producer
+
         # In the background: the next batch is read and packed while one is written.
         return Producer(t, partition, background=True, dedup=dedup)
 
@@ -145,11 +147,15 @@ class LocalBackend(Backend):
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
     ) -> Consumer:
+        from ..consumer import Consumer
+
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
         return Consumer.from_spec(t, numbers, offsets, follow=follow)
 
     def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Consumer:
+        from ..consumer import Consumer
+
         t = self.topic(topic)
         reader = Consumer(t, follow=follow)
         for p, start in sorted(starts.items()):
@@ -159,9 +165,14 @@ class LocalBackend(Backend):
     # ------------------------------------------------------------------ groups
 
     def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> GroupConsumer:
+        from ..groups.consumer import GroupConsumer
+
         return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset)
 
     def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Consumer:
+        from ..consumer import Consumer
+        from ..groups.consumer import group_start_offsets
+
         t = self.topic(topic)
         reader = Consumer(t, follow=follow)
         for p, start in group_start_offsets(self.data, t, group, reset).items():
