@@ -34,7 +34,6 @@ from .rates import History, RateWindow, catch_up_seconds
 
 SORTS = ("lag", "rate", "name")
 RATE_SPAN = 10.0  # seconds a rate is measured over
-RECHECK = 5.0  # seconds after which a group whose offsets have not moved is judged again
 
 
 @dataclass
@@ -358,17 +357,22 @@ class Top:
         """Until when a partition's status stands while its samples only repeat the last one.
 
         No lag, stalled or stopped: for good (a repeated sample only lengthens
-        the run the stall is measured over). An offset that has not moved
-        over the whole window: until the run is ``stall_after`` long. Other
-        cases (an offset that moved within the window, whose samples will
-        slide out of it): RECHECK seconds.
+        the run the stall is measured over). Otherwise time alone changes it
+        at two moments only: when the run of the last committed offset is
+        ``stall_after`` long (the stall rule), and when the oldest sample but
+        one slides out of the window (what ``falling behind`` looks at).
         """
         found = status(series, self.stall_after, members)
         if series[-1].lag <= 0 or found in (STALLED, STOPPED):
             return math.inf
-        if all(s.committed == series[-1].committed for s in series):
-            return series[0].at + self.stall_after
-        return now + RECHECK
+        since = len(series) - 1
+        while since > 0 and series[since - 1].committed == series[-1].committed:
+            since -= 1
+        stall_at = series[since].at + self.stall_after
+        until = stall_at if stall_at > now else math.inf  # passed, and not stalled: the lag fell since
+        if len(series) > 2:
+            until = min(until, series[1].at + self.samples.span)
+        return until
 
     def _share_rows(self, share: ShareState, now: float, keys: set[tuple]) -> list[GroupRow]:
         rows = []
