@@ -123,7 +123,9 @@ def main() -> None:
     parser.add_argument("--writing", action="store_true", help="a producer appends to one topic throughout")
     parser.add_argument("--data", metavar="DIR", help="use (and keep) this directory, made if it does not exist")
     parser.add_argument(
-        "--baseline", metavar="CHECKOUT", help="also run this checkout's kq top (a git worktree), in turns with this one"
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run this checkout's kq top (a git worktree), in turns with this one",
     )
     args = parser.parse_args()
 

@@ -90,7 +90,11 @@ class TopicDescriber:
         t = known.topic
         infos = [self._partition(known, p) for p in t.partitions()]
         last = known.info
-        if last is not None and len(last.partitions) == len(infos) and all(a is b for a, b in zip(last.partitions, infos)):
+        if (
+            last is not None
+            and len(last.partitions) == len(infos)
+            and all(a is b for a, b in zip(last.partitions, infos))
+        ):
             return last  # the same object: kq top's snapshot reuses what it built of it (kq.ops.observe)
         known.info = TopicInfo(t.name, infos, dict(t.config), t.id)
         return known.info

@@ -18,7 +18,6 @@ import stat
 from contextlib import contextmanager
 from typing import IO
 
-
 from ..errors import CorruptFile, NotRegularFile
 
 DIR_MODE = 0o700

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import stat
 import random
+import stat
 
 from ..errors import CorruptFile, DataDirError, PartitionNotFound, UnsupportedFormat, UsageError
 from .fileio import integer_field, read_metadata, shown

@@ -306,7 +306,7 @@ class Groups:
         for topic, is_link in entries:
             directory = os.path.join(root, topic) if is_link or known is None else None
             if is_link:  # a link must lead inside the data directory (one under it never does)
-                check_inside(directory, self.data.path)
+                check_inside(os.path.join(root, topic), self.data.path)
             seen = None if known is None else known.get(topic)
             now = None if root_fd is None else stamp_in(root_fd, topic)
             if seen is not None and now is not None and seen[0] == now:

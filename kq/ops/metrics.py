@@ -15,7 +15,7 @@ cumulative up to ``+Inf`` with ``_sum`` and ``_count``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .observe import Snapshot
@@ -75,7 +75,7 @@ class Family:
         return "\n".join(self.lines()) + "\n"
 
 
-def labels_text(labels: dict[str, object]) -> str:
+def labels_text(labels: Mapping[str, object]) -> str:
     """Labels as the text format writes them between braces: ``topic="a",partition="0"``."""
     return ",".join(f'{k}="{escape_label(str(v))}"' for k, v in labels.items())
 

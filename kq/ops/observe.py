@@ -220,13 +220,13 @@ def snapshot(backend: Backend, topics: Iterable[str] | None = None, memory: Memo
         pairs = memory.pairs[group] = {}
         parts, members = [], set()
         for found in overview:
-            info = by_name.get(found.topic)
-            if info is None:  # a topic since deleted, or one not asked for
+            on = by_name.get(found.topic)
+            if on is None:  # a topic since deleted, or one not asked for
                 continue
             members.update(found.members)
             pair = was.get(found.topic)
-            if pair is None or pair[0] is not found or pair[1] is not info:
-                pair = (found, info, _group_rows(group, found, info))
+            if pair is None or pair[0] is not found or pair[1] is not on:
+                pair = (found, on, _group_rows(group, found, on))
             pairs[found.topic] = pair
             parts.append(pair[2])
         if not parts and not (topics is None and members):
@@ -239,11 +239,11 @@ def snapshot(backend: Backend, topics: Iterable[str] | None = None, memory: Memo
             and len(known_group[0]) == len(parts)
             and all(a is b for a, b in zip(known_group[0], parts))
         ):
-            state = known_group[1]
+            group_state = known_group[1]
         else:
-            state = GroupState(group, member_ids, tuple(row for part in parts for row in part))
-        memory.groups[group] = (parts, state)
-        groups[group] = state
+            group_state = GroupState(group, member_ids, tuple(row for part in parts for row in part))
+        memory.groups[group] = (parts, group_state)
+        groups[group] = group_state
     shares = {}
     for share in backend.share_names():
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
 
 
 class _Counter:
@@ -45,7 +46,7 @@ class RateWindow:
         self._ticks: deque[float] = deque()
         self._counters: dict[Hashable, _Counter] = {}
 
-    def add(self, at: float, counters: Mapping[Hashable, int]) -> None:
+    def add(self, at: float, counters: Mapping[Any, int]) -> None:
         """The counters' values at time ``at`` (seconds, monotonic); a key absent here is forgotten."""
         self.tick(at)
         self.forget([key for key in self._counters if key not in counters])
@@ -59,7 +60,7 @@ class RateWindow:
         while len(ticks) > 2 and ticks[1] <= horizon:
             ticks.popleft()
 
-    def update(self, at: float, counters: Mapping[Hashable, int]) -> None:
+    def update(self, at: float, counters: Mapping[Any, int]) -> None:
         """Some counters' values at the sample ``at`` (after ``tick(at)``)."""
         known = self._counters
         horizon = at - self.span
@@ -126,7 +127,7 @@ class History:
         self._ticked: deque[int] = deque()  # the slices that had a sample, the last ``slices`` of them
         self._slot_since = 0.0  # the first sample in the last of them
 
-    def add(self, at: float, values: Mapping[Hashable, int]) -> None:
+    def add(self, at: float, values: Mapping[Any, int]) -> None:
         """The values at time ``at``; a key absent here is forgotten."""
         self.tick(at)
         self.forget([key for key in self._series if key not in values])
@@ -142,7 +143,7 @@ class History:
             while ticked[0] <= slot - self.slices:
                 ticked.popleft()
 
-    def update(self, at: float, values: Mapping[Hashable, int]) -> None:
+    def update(self, at: float, values: Mapping[Any, int]) -> None:
         """Some keys' values at the sample ``at`` (after ``tick(at)``)."""
         slot = int(at // self.width)
         series, last = self._series, self._last

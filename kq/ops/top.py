@@ -20,8 +20,8 @@ from .observe import (
     OK,
     STALLED,
     STOPPED,
-    Memory,
     GroupState,
+    Memory,
     Sample,
     ShareState,
     Snapshot,
@@ -291,37 +291,39 @@ class Top:
         by_topic: dict[str, list] = {}
         for p in group.partitions:
             by_topic.setdefault(p.topic, []).append(p)
-        was = {} if known is None else known.pairs
+        was: dict[str, _Pair] = {} if known is None else known.pairs
         pairs: dict[str, _Pair] = {}
-        unsettled = [] if known is None else [p for p in known.unsettled if was.get(p.row.topic) is p]
+        unsettled: list[_Pair] = []
         changed_counts: dict[tuple, int] = {}
         changed_lags: dict[tuple, int] = {}
         members = len(group.members)
         for topic, partitions in by_topic.items():
-            pair = was.pop(topic, None)
+            kept = was.pop(topic) if topic in was else None
             if (
-                pair is not None
-                and pair.members == members
-                and len(pair.partitions) == len(partitions)
-                and all(a is b for a, b in zip(pair.partitions, partitions))
+                kept is not None
+                and kept.members == members
+                and len(kept.partitions) == len(partitions)
+                and all(a is b for a, b in zip(kept.partitions, partitions))
             ):
-                if pair.judged_until <= taken_at:
-                    pair.row.status, pair.judged_until = self._judge(group, topic, pair, taken_at)
-                pairs[topic] = pair
+                if kept.judged_until <= taken_at:
+                    kept.row.status, kept.judged_until = self._judge(group, topic, kept, taken_at)
+                pairs[topic] = kept
                 continue
             committed = sum(p.committed for p in partitions if p.committed is not None)
             lag = sum(p.lag for p in partitions)
             row = GroupRow(group.name, topic, members, lag, committed, None, None, OK)
             keys = [(group.name, topic, p.partition) for p in partitions]
-            if pair is not None:
-                self.samples.forget(set(pair.keys) - set(keys))
+            if kept is not None:
+                self.samples.forget(set(kept.keys) - set(keys))
             fresh = _Pair(tuple(partitions), members, row, keys, 0.0, now)
-            row.status, fresh.judged_until = self._judge(group, topic, fresh, taken_at, changed=True)
+            row.status, fresh.judged_until = self._judge(group, topic, fresh, taken_at)
             pairs[topic] = fresh
             unsettled.append(fresh)
             changed_counts[(group.name, topic, False)] = committed
             changed_lags[(group.name, topic, False)] = lag
         self._forget(was.values())
+        if known is not None:  # kept rows whose rates had not settled yet
+            unsettled += [p for p in known.unsettled if pairs.get(p.row.topic) is p]
         self.groups_out.update(now, changed_counts)
         self.lags.update(now, changed_lags)
         return _Group(
@@ -340,7 +342,7 @@ class Top:
             self.groups_out.forget([key])
             self.lags.forget([key])
 
-    def _judge(self, group: GroupState, topic: str, pair: _Pair, now: float, changed: bool = False) -> tuple[str, float]:
+    def _judge(self, group: GroupState, topic: str, pair: _Pair, now: float) -> tuple[str, float]:
         """The group's status on ``topic`` (kq.ops.observe.group_status over its samples), and until
         when it stands while its offsets do not change (``_valid_until``)."""
         history: dict[tuple[str, int], Sequence[Sample]] = {}
