@@ -18,6 +18,8 @@ import stat
 from contextlib import contextmanager
 from typing import IO
 
+import portalocker
+
 from ..errors import CorruptFile, NotRegularFile
 
 DIR_MODE = 0o700
@@ -280,8 +282,6 @@ class FileLock:
         if self.file is None and not self._open():
             self.held, self._depth = True, 1  # nothing to lock: see the class docstring
             return True
-        import portalocker  # here, not at the top: a command that takes no lock starts without it (18 ms)
-
         flags = portalocker.LockFlags.EXCLUSIVE
         if not blocking:
             flags |= portalocker.LockFlags.NON_BLOCKING
@@ -313,8 +313,6 @@ class FileLock:
         if self._depth:
             return
         if self.file is not None:
-            import portalocker
-
             portalocker.unlock(self.file)
         self.held = False
 

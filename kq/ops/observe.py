@@ -2,7 +2,7 @@
 
 The interface, for the commands built on it:
 
-``snapshot(backend, topics=None) -> Snapshot``
+``snapshot(backend, topics=None, memory=None) -> Snapshot``
     Everything below, read once from a ``kq.backends.base.Backend``: a data
     directory (``LocalBackend``: only small files are read — topic.json, the
     index and tail of each partition's last segment, segment sizes from
@@ -10,7 +10,10 @@ The interface, for the commands built on it:
     cluster (``kq -b``: its admin API; sizes and commit times are unknown
     there, so they are None). ``topics`` limits topics, groups and share
     groups to those topics. Nothing is written or locked but the lock
-    probes that tell a live member from a dead one.
+    probes that tell a live member from a dead one. ``memory``: a ``Memory``
+    kept between calls (``kq top``, ``kq metrics --listen``): the states of
+    topics and group directories the backend reports unchanged are the very
+    objects of the last snapshot (``is`` tells a caller what it may keep).
 
 ``Snapshot``
     ``taken_at`` (seconds since the epoch), ``topics`` / ``groups`` /
