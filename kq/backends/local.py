@@ -235,7 +235,7 @@ class LocalBackend(Backend):
             answered[found.topic] = (found, topic_id, out[-1])
         if len(answered) > len(out):
             for gone in set(answered) - {o.topic for o in out}:
-                del answered[gone]
+                answered.pop(gone, None)
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:

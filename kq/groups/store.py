@@ -274,7 +274,7 @@ class Groups:
                 os.close(root_fd)
         if known is not None and fresh:  # topic directories may have gone: forget theirs
             for gone in set(known) - {topic for topic, _ in entries} - {None}:
-                del known[gone]
+                known.pop(gone, None)
         return out
 
     def _topic_entries(self, root: str, known: dict | None) -> tuple[list[tuple[str, bool]], bool] | None:
