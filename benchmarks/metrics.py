@@ -1,6 +1,7 @@
 """kq metrics over a big directory, and what kq serve --metrics costs the produce path.
 
     python benchmarks/metrics.py [--topics 1000] [--groups 10] [--rounds 5] [--messages 200000]
+    python benchmarks/metrics.py --no-serve --baseline /tmp/base   # and another checkout's, in turns
 
 Part 1 builds a directory of TOPICS one-partition topics (20 records each)
 and GROUPS consumer groups, each with a committed offset on every topic
@@ -53,11 +54,11 @@ def build(path: str, topics: int, groups: int) -> None:
         topic.close()
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], cwd: Path = HERE.parent) -> tuple[float, float]:
     """Wall and CPU (user + system) seconds of a process: on a shared machine its CPU time is
     the steadier figure (wall time includes waiting for a core)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -66,7 +67,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return took, usage.ru_utime + usage.ru_stime
 
 
-def part1(topics: int, groups: int, rounds: int) -> None:
+def part1(topics: int, groups: int, rounds: int, baseline: str | None = None) -> None:
     from kq.backends.local import LocalBackend
     from kq.ops.observe import snapshot
 
@@ -83,12 +84,17 @@ def part1(topics: int, groups: int, rounds: int) -> None:
             "kq metrics": KQ + ["--data-dir", data, "metrics"],
             "kq lag --max 0 (a check)": KQ + ["--data-dir", data, "lag", "--max", "0"],
         }
+        checkouts = {name: HERE.parent for name in cases}
+        if baseline:  # the same commands run from another checkout (python -m kq imports the kq beside it)
+            for name, cmd in list(cases.items()):
+                cases[f"{name} [baseline]"] = cmd
+                checkouts[f"{name} [baseline]"] = Path(baseline)
         wall: dict[str, list[float]] = {name: [] for name in cases}
         cpu: dict[str, list[float]] = {name: [] for name in cases}
         wall["snapshot() in-process"], cpu["snapshot() in-process"] = [], []
         for _ in range(rounds):
             for name, cmd in cases.items():
-                took, used = timed(cmd)
+                took, used = timed(cmd, checkouts[name])
                 wall[name].append(took)
                 cpu[name].append(used)
             backend = LocalBackend(data)
@@ -107,6 +113,12 @@ def part1(topics: int, groups: int, rounds: int) -> None:
             used = statistics.median(cpu[name])
             extra = "" if "floor" in name or "in-process" in name else f"{used - floor:.3f}"
             print(f"| {name} | {statistics.median(wall[name]):.3f} | {used:.3f} | {extra} |")
+        for name in [n for n in wall if n.endswith(" [baseline]")]:
+            this = name[: -len(" [baseline]")]
+            print(
+                f"{this}: baseline / this = {statistics.median(cpu[name]) / statistics.median(cpu[this]):.2f}x CPU, "
+                f"{statistics.median(wall[name]) / statistics.median(wall[this]):.2f}x wall"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -157,8 +169,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--no-serve", action="store_true", help="Only part 1.")
+    ap.add_argument("--baseline", metavar="CHECKOUT", help="Also time another checkout's commands (a git worktree).")
     args = ap.parse_args()
-    part1(args.topics, args.groups, args.rounds)
+    part1(args.topics, args.groups, args.rounds, args.baseline)
     if not args.no_serve:
         part2(args.messages, args.rounds)
 

@@ -10,6 +10,7 @@ share of a core it takes. Medians over the runs.
     python benchmarks/top.py                       # 1,000 topics x 10 groups, 10 s, 3 runs
     python benchmarks/top.py --seconds 20 --runs 5
     python benchmarks/top.py --writing             # while a producer appends to one topic
+    python benchmarks/top.py --baseline /tmp/base  # and another checkout's kq top, taking turns: the ratio
 
 The target (issue 24): under 10 % of a core.
 """
@@ -64,7 +65,7 @@ def drain(fd: int) -> None:
         pass
 
 
-def run_top(path: str, interval: str, warmup: float, seconds: float) -> float:
+def run_top(path: str, interval: str, warmup: float, seconds: float, checkout: str = REPO) -> float:
     """kq top in a 120x40 pseudo-terminal: CPU seconds per second over ``seconds`` after ``warmup``."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
@@ -75,7 +76,7 @@ def run_top(path: str, interval: str, warmup: float, seconds: float) -> float:
         stderr=slave,
         env={**os.environ, "TERM": "xterm-256color"},
         start_new_session=True,
-        cwd=REPO,
+        cwd=checkout,
     )
     os.close(slave)
     reader = threading.Thread(target=drain, args=(master,), daemon=True)
@@ -121,6 +122,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--writing", action="store_true", help="a producer appends to one topic throughout")
     parser.add_argument("--data", metavar="DIR", help="use (and keep) this directory, made if it does not exist")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run this checkout's kq top (a git worktree), in turns with this one",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="kq-top-bench-") as tmp:
@@ -137,15 +143,24 @@ def main() -> None:
         producing = threading.Thread(target=writer, args=(path, stop), daemon=True) if args.writing else None
         if producing:
             producing.start()
-        shares = []
+        shares, baseline = [], []
         try:
             for run in range(args.runs):
+                if args.baseline:
+                    baseline.append(run_top(path, args.interval, args.warmup, args.seconds, args.baseline))
+                    print(f"run {run + 1}: baseline {baseline[-1]:.1%} of a core", file=sys.stderr)
                 share = run_top(path, args.interval, args.warmup, args.seconds)
                 shares.append(share)
                 print(f"run {run + 1}: {share:.1%} of a core", file=sys.stderr)
         finally:
             stop.set()
         median = statistics.median(shares)
+        if baseline:
+            before = statistics.median(baseline)
+            print(
+                f"baseline {before:.1%} of a core (runs: {', '.join(f'{s:.1%}' for s in baseline)}); "
+                f"this {median:.1%}: {before / median:.1f}x less"
+            )
         verdict = "PASS" if median < TARGET else "MISS"
         print(
             f"| {args.topics:,} topics x {args.groups} groups ({args.group_topics:,} topics each)"

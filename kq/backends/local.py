@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
 from ..errors import KqError, TopicNotFound, warn
-from ..groups.consumer import GroupConsumer, group_start_offsets
 from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
-from ..producer import Producer
 from .base import Backend, GroupTopicOffsets, PartitionInfo, TopicInfo
 
 if TYPE_CHECKING:
+    from ..consumer import Consumer
+    from ..groups.consumer import GroupConsumer
+    from ..producer import Producer
     from .local_describe import TopicDescriber
 
 
@@ -47,6 +47,7 @@ class LocalBackend(Backend):
         self._describer: TopicDescriber | None = None
         self._offsets_seen: dict = {}  # Groups.overview's memory: what each group's directories held
         self._settled = False
+        self._overviews: dict[str, dict[str, tuple]] = {}  # group_overview's answers, by group and topic
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -156,6 +157,8 @@ class LocalBackend(Backend):
             from ..engine.dedup import DedupWindow
 
             dedup = DedupWindow(t, window, dedup_header if dedup_header is not None else t.config["dedup_header"])
+        from ..producer import Producer
+
         # In the background: the next batch is read and packed while one is written.
         return Producer(t, partition, background=True, dedup=dedup)
 
@@ -175,6 +178,8 @@ class LocalBackend(Backend):
         follow: bool = False,
         isolation: str = "read_committed",
     ) -> Consumer:
+        from ..consumer import Consumer
+
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
         return self._settling(Consumer.from_spec(t, numbers, offsets, follow=follow, isolation=isolation))
@@ -182,6 +187,8 @@ class LocalBackend(Backend):
     def reader_from(
         self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"
     ) -> Consumer:
+        from ..consumer import Consumer
+
         t = self.topic(topic)
         reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in sorted(starts.items()):
@@ -193,6 +200,8 @@ class LocalBackend(Backend):
     def group_reader(
         self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
     ) -> GroupConsumer:
+        from ..groups.consumer import GroupConsumer
+
         reader = GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset, isolation=isolation)
         self._settling(reader.consumer)
         return reader
@@ -205,6 +214,8 @@ class LocalBackend(Backend):
     def transactional_group_reader(
         self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
     ) -> GroupConsumer:
+        from ..groups.consumer import GroupConsumer
+
         reader = GroupConsumer(
             self.data,
             self.topic(topic),
@@ -220,6 +231,9 @@ class LocalBackend(Backend):
     def group_peek(
         self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
     ) -> Consumer:
+        from ..consumer import Consumer
+        from ..groups.consumer import group_start_offsets
+
         t = self.topic(topic)
         reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in group_start_offsets(self.data, t, group, reset).items():
@@ -260,9 +274,16 @@ class LocalBackend(Backend):
         return out
 
     def group_overview(self, group: str, topic_ids: dict[str, str | None] | None = None) -> list[GroupTopicOffsets]:
+        # The same GroupTopic as last time (a topic directory unchanged) gives the same answer as
+        # last time: kq top's snapshot then reuses what it built of it (kq.ops.observe).
+        answered = self._overviews.setdefault(group, {})
         out = []
         for found in self.groups.overview(group, self._offsets_seen):
             topic_id = (topic_ids or {}).get(found.topic)
+            last = answered.get(found.topic)
+            if last is not None and last[0] is found and last[1] == topic_id:
+                out.append(last[2])
+                continue
             offsets = {p: c for p, c in found.offsets.items() if topic_id is None or c.topic_id in (None, topic_id)}
             out.append(
                 GroupTopicOffsets(
@@ -272,6 +293,10 @@ class LocalBackend(Backend):
                     sorted(m["member"] for m in found.members),
                 )
             )
+            answered[found.topic] = (found, topic_id, out[-1])
+        if len(answered) > len(out):
+            for gone in set(answered) - {o.topic for o in out}:
+                answered.pop(gone, None)
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:

@@ -12,7 +12,9 @@ changed since the last look, and that is known from two stamps
   its size.
 
 When neither changed, the partition's start offset, end offset and size are
-the ones found last time. A topic's ``topic.json`` is stamped the same way:
+the ones found last time, and a topic none of whose partitions changed is
+described by the very ``TopicInfo`` returned last time (callers may reuse
+what they made of it, by identity). A topic's ``topic.json`` is stamped the same way:
 a topic created again or given more partitions has a new one (it is written
 whole and renamed into place), and is opened afresh.
 """
@@ -45,6 +47,7 @@ class _KnownTopic:
     topic: Topic
     stamp: tuple
     partitions: dict[int, _KnownPartition] = field(default_factory=dict)
+    info: TopicInfo | None = None  # the last answer, given again while its partitions' are the same
 
 
 class TopicDescriber:
@@ -86,7 +89,15 @@ class TopicDescriber:
             known = self._known[name] = _KnownTopic(topic, meta or ())
         t = known.topic
         infos = [self._partition(known, p) for p in t.partitions()]
-        return TopicInfo(t.name, infos, dict(t.config), t.id)
+        last = known.info
+        if (
+            last is not None
+            and len(last.partitions) == len(infos)
+            and all(a is b for a, b in zip(last.partitions, infos))
+        ):
+            return last  # the same object: kq top's snapshot reuses what it built of it (kq.ops.observe)
+        known.info = TopicInfo(t.name, infos, dict(t.config), t.id)
+        return known.info
 
     def _partition(self, known: _KnownTopic, p: Partition) -> PartitionInfo:
         directory = stamp(p.path)

@@ -47,7 +47,7 @@ def metrics(
     import time
 
     from ..ops.metrics import render, snapshot_families
-    from ..ops.observe import snapshot
+    from ..ops.observe import Memory, snapshot
 
     if output is not None and listen is not None:
         from ..errors import UsageError
@@ -60,10 +60,11 @@ def metrics(
         backend.partition_count(topic)  # an unknown topic is an error, not an empty answer
 
     problems: list[str] = []
+    memory = Memory()  # scraped again and again: what did not change is not built again
 
     def body() -> bytes:
         started = time.perf_counter()
-        snap = snapshot(backend, topics or None)
+        snap = snapshot(backend, topics or None, memory)
         problems[:] = snap.problems
         return render(snapshot_families(snap, time.perf_counter() - started))
 

@@ -32,6 +32,15 @@ def stamp(path: str) -> Stamp | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def stamp_in(directory_fd: int, name: str) -> Stamp | None:
+    """``stamp`` of ``name`` in the open directory ``directory_fd`` (no path walked from the root)."""
+    try:
+        st = os.stat(name, dir_fd=directory_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def reading_started() -> int:
     """The time to pass to ``settled`` for a read about to start (stamps taken before it)."""
     return time.time_ns()

@@ -37,7 +37,7 @@ from ..engine.fileio import (
 from ..engine.location import MAX_PARTITIONS, group_names, is_name, named_directories
 from ..engine.names import check_name
 from ..engine.segment import MAX_OFFSET
-from ..engine.stamps import reading_started, settled, stamp
+from ..engine.stamps import reading_started, settled, stamp, stamp_in
 from ..engine.topic import MAX_TOPIC_ID, Topic, check_inside
 from ..errors import CorruptFile, GroupBusy, GroupNotFound, KqError, UsageError
 
@@ -269,27 +269,73 @@ class Groups:
         stamp (kq.engine.stamps) is the one of the last call has had no offset
         committed since (a commit renames a file into it), so its offsets are
         not read again; members are always looked at (one that dies changes
-        no stamp).
+        no stamp). Such a topic's ``GroupTopic`` is then the very object
+        returned last time when its members are the same too: the caller may
+        reuse whatever it made of it.
         """
         root = self._dir(group)
-        try:
-            with os.scandir(root) as listing:
-                entries = sorted((e for e in listing if is_name(e.name, "topic")), key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError):
+        known = None if remembered is None else remembered.setdefault(group, {})
+        listed = self._topic_entries(root, known)
+        if listed is None:
             if remembered is not None:
                 remembered.pop(group, None)  # a deleted group's are forgotten
             return []
-        known = None if remembered is None else remembered.setdefault(group, {})
-        out = []
-        for entry in entries:
-            topic, directory = entry.name, entry.path
-            if entry.is_symlink():  # a link must lead inside the data directory (one under it never does)
-                check_inside(directory, self.data.path)
-            seen = None if known is None else known.get(topic)
-            now = None if known is None else stamp(directory)
-            if seen is not None and now is not None and seen[0] == now:
-                offsets, has_members = seen[1], seen[2]
+        entries, fresh = listed
+        try:
+            # Stamps taken relative to the group's directory: no path to build or walk for each topic.
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY) if known is not None else None
+        except (FileNotFoundError, NotADirectoryError):
+            root_fd = None
+        try:
+            out = self._overview(root, root_fd, entries, known)
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
+        if known is not None and fresh:  # topic directories may have gone: forget theirs
+            for gone in set(known) - {topic for topic, _ in entries} - {None}:
+                known.pop(gone, None)
+        return out
+
+    def _topic_entries(self, root: str, known: dict | None) -> tuple[list[tuple[str, bool]], bool] | None:
+        """The group's topic directories (name, whether a link), by name, and whether they were listed
+        now; None if the group is gone. Listed again only when the group directory's stamp changed
+        (a topic directory made or removed)."""
+        now = None if known is None else stamp(root)
+        if known is not None and now is not None:
+            listed = known.get(None)  # no topic is called None
+            if listed is not None and listed[0] == now:
+                return listed[1], False
+        read_at = reading_started()
+        try:
+            with os.scandir(root) as listing:
+                entries = sorted((e.name, e.is_symlink()) for e in listing if is_name(e.name, "topic"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if known is not None:
+            if now is not None and settled([now], read_at):
+                known[None] = (now, entries)
             else:
+                known.pop(None, None)
+        return entries, True
+
+    def _overview(
+        self, root: str, root_fd: int | None, entries: list[tuple[str, bool]], known: dict | None
+    ) -> list[GroupTopic]:
+        out = []
+        for topic, is_link in entries:
+            directory = os.path.join(root, topic) if is_link or known is None else None
+            if is_link:  # a link must lead inside the data directory (one under it never does)
+                check_inside(os.path.join(root, topic), self.data.path)
+            seen = None if known is None else known.get(topic)
+            now = None if root_fd is None else stamp_in(root_fd, topic)
+            if seen is not None and now is not None and seen[0] == now:
+                offsets, has_members, last = seen[1], seen[2], seen[3]
+                if not has_members:  # the very one handed out last time: callers may skip what they built of it
+                    out.append(last)
+                    continue
+            else:
+                last = None
+                directory = directory or os.path.join(root, topic)
                 read_at = reading_started()
                 try:
                     names = os.listdir(directory)
@@ -303,16 +349,18 @@ class Groups:
                         if found is not None:
                             offsets[number] = found
                 has_members = MEMBERS_DIR in names
-                if known is not None:
-                    if now is not None and settled([now], read_at):
-                        known[topic] = (now, offsets, has_members)
-                    else:
-                        known.pop(topic, None)
-            members = self._live_members(os.path.join(directory, MEMBERS_DIR)) if has_members else []
-            out.append(GroupTopic(topic, offsets, members))
-        if known is not None:
-            for gone in set(known) - {e.name for e in entries}:
-                del known[gone]
+                if known is not None and not (now is not None and settled([now], read_at)):
+                    known.pop(topic, None)
+                    now = None
+            members = (
+                self._live_members(os.path.join(directory or os.path.join(root, topic), MEMBERS_DIR))
+                if has_members
+                else []
+            )
+            result = last if last is not None and last.members == members else GroupTopic(topic, offsets, members)
+            if known is not None and now is not None:
+                known[topic] = (now, offsets, has_members, result)
+            out.append(result)
         return out
 
     def owners(self, group: str, topic: str) -> dict[int, str]:

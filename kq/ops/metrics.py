@@ -15,7 +15,7 @@ cumulative up to ``+Inf`` with ``_sum`` and ``_count``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .observe import Snapshot
@@ -49,7 +49,8 @@ class Family:
     name: str
     type: str  # gauge, counter, histogram
     help: str
-    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)  # (suffix, labels, value)
+    # (suffix, labels, value); labels as a dict, or as the text between the braces (``labels_text``)
+    samples: list[tuple[str, dict[str, str] | str, float]] = field(default_factory=list)
 
     def add(self, value: float, suffix: str = "", **labels: object) -> None:
         self.samples.append((suffix, {k: str(v) for k, v in labels.items()}, value))
@@ -57,19 +58,32 @@ class Family:
     def add_labelled(self, value: float, labels: dict[str, object], suffix: str = "") -> None:
         self.samples.append((suffix, {k: str(v) for k, v in labels.items()}, value))
 
-    def render(self) -> str:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.type}"]
+    def add_text(self, value: float, labels: str, suffix: str = "") -> None:
+        """A sample whose labels are already written (``labels_text``): a big snapshot's labels
+        share their group and topic parts, written once rather than once a sample."""
+        self.samples.append((suffix, labels, value))
+
+    def lines(self) -> list[str]:
+        name = self.name
+        out = [f"# HELP {name} {_escape_help(self.help)}", f"# TYPE {name} {self.type}"]
         for suffix, labels, value in self.samples:
-            shown = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
-            lines.append(
-                f"{self.name}{suffix}{{{shown}}} {_number(value)}" if shown else f"{self.name}{suffix} {_number(value)}"
-            )
-        return "\n".join(lines) + "\n"
+            shown = labels if isinstance(labels, str) else labels_text(labels)
+            out.append(f"{name}{suffix}{{{shown}}} {_number(value)}" if shown else f"{name}{suffix} {_number(value)}")
+        return out
+
+    def render(self) -> str:
+        return "\n".join(self.lines()) + "\n"
+
+
+def labels_text(labels: Mapping[str, object]) -> str:
+    """Labels as the text format writes them between braces: ``topic="a",partition="0"``."""
+    return ",".join(f'{k}="{escape_label(str(v))}"' for k, v in labels.items())
 
 
 def render(families: Iterable[Family]) -> bytes:
-    """The exposition text of ``families`` (those with no samples left out)."""
-    return "".join(f.render() for f in families if f.samples).encode()
+    """The exposition text of ``families`` (those with no samples left out), joined once."""
+    lines = [line for f in families if f.samples for line in f.lines()]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def snapshot_families(snap: Snapshot, seconds: float | None = None) -> list[Family]:
@@ -79,12 +93,14 @@ def snapshot_families(snap: Snapshot, seconds: float | None = None) -> list[Fami
     oldest = Family("kafka_topic_partition_oldest_offset", "gauge", "Oldest Offset of a Broker at Topic/Partition")
     size = Family("kq_topic_partition_bytes", "gauge", "Bytes on disk of a topic's partition (its segment files)")
     for topic in snap.topics.values():
-        partitions.add(topic.partition_count, topic=topic.name)
+        named = f'topic="{escape_label(topic.name)}"'
+        partitions.add_text(topic.partition_count, named)
         for p in topic.partitions:
-            current.add(p.current, topic=topic.name, partition=p.partition)
-            oldest.add(p.oldest, topic=topic.name, partition=p.partition)
+            shown = f'{named},partition="{p.partition}"'
+            current.add_text(p.current, shown)
+            oldest.add_text(p.oldest, shown)
             if p.size is not None:
-                size.add(p.size, topic=topic.name, partition=p.partition)
+                size.add_text(p.size, shown)
 
     group_offset = Family(
         "kafka_consumergroup_current_offset", "gauge", "Current Offset of a ConsumerGroup at Topic/Partition"
@@ -104,24 +120,29 @@ def snapshot_families(snap: Snapshot, seconds: float | None = None) -> list[Fami
         "gauge",
         "When a ConsumerGroup last committed its offset at Topic/Partition (seconds since the epoch)",
     )
+    topic_labels = {name: f'topic="{escape_label(name)}"' for name in snap.topics}
     for group in snap.groups.values():
-        members.add(len(group.members), consumergroup=group.name)
-        sums: dict[str, list[int]] = {}
+        named = f'consumergroup="{escape_label(group.name)}"'
+        members.add_text(len(group.members), named)
+        sums: dict[str, list] = {}  # topic -> [offsets, lag, partitions committed, its labels]
         for gp in group.partitions:
-            labels: dict[str, object] = {"consumergroup": group.name, "topic": gp.topic, "partition": gp.partition}
-            total = sums.setdefault(gp.topic, [0, 0, 0])
+            total = sums.get(gp.topic)
+            if total is None:
+                shown_topic = topic_labels.get(gp.topic) or f'topic="{escape_label(gp.topic)}"'
+                total = sums[gp.topic] = [0, 0, 0, f"{named},{shown_topic}"]
+            shown = f'{total[3]},partition="{gp.partition}"'
             if gp.committed is not None:
-                group_offset.add_labelled(gp.committed, labels)
+                group_offset.add_text(gp.committed, shown)
                 total[0] += gp.committed
                 total[2] += 1
-            lag.add_labelled(gp.lag, labels)
+            lag.add_text(gp.lag, shown)
             total[1] += gp.lag
             if gp.committed_at is not None:
-                committed_at.add_labelled(gp.committed_at / 1000, labels)
-        for name, (offset_total, lag_total, committed_count) in sums.items():
+                committed_at.add_text(gp.committed_at / 1000, shown)
+        for offset_total, lag_total, committed_count, shown in sums.values():
             if committed_count:
-                group_offset_sum.add(offset_total, consumergroup=group.name, topic=name)
-            lag_sum.add(lag_total, consumergroup=group.name, topic=name)
+                group_offset_sum.add_text(offset_total, shown)
+            lag_sum.add_text(lag_total, shown)
 
     counts = {
         name: Family(f"kq_sharegroup_{name}", "gauge", text)

@@ -2,7 +2,7 @@
 
 The interface, for the commands built on it:
 
-``snapshot(backend, topics=None) -> Snapshot``
+``snapshot(backend, topics=None, memory=None) -> Snapshot``
     Everything below, read once from a ``kq.backends.base.Backend``: a data
     directory (``LocalBackend``: only small files are read — topic.json, the
     index and tail of each partition's last segment, segment sizes from
@@ -10,7 +10,10 @@ The interface, for the commands built on it:
     cluster (``kq -b``: its admin API; sizes and commit times are unknown
     there, so they are None). ``topics`` limits topics, groups and share
     groups to those topics. Nothing is written or locked but the lock
-    probes that tell a live member from a dead one.
+    probes that tell a live member from a dead one. ``memory``: a ``Memory``
+    kept between calls (``kq top``, ``kq metrics --listen``): the states of
+    topics and group directories the backend reports unchanged are the very
+    objects of the last snapshot (``is`` tells a caller what it may keep).
 
 ``Snapshot``
     ``taken_at`` (seconds since the epoch), ``topics`` / ``groups`` /
@@ -52,7 +55,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..backends.base import Backend, TopicInfo
+from ..backends.base import Backend, GroupTopicOffsets, TopicInfo
 from ..errors import KqError
 
 OK = "OK"
@@ -160,54 +163,90 @@ class Snapshot:
     problems: tuple[str, ...] = ()
 
 
-def snapshot(backend: Backend, topics: Iterable[str] | None = None) -> Snapshot:
-    """What ``backend`` holds now (see the module docstring)."""
+class Memory:
+    """What ``snapshot`` built last time, for the next one to reuse (``kq top`` looks every second).
+
+    A backend that answers with the very same ``TopicInfo`` or
+    ``GroupTopicOffsets`` object as last time (a data directory's whose files
+    have not changed: kq.backends.local_describe, Groups.overview) gets the
+    very same states back: a directory of 1,000 topics and 10 groups costs
+    the stamps that say nothing changed, not 10,000 new objects a second.
+    Objects are compared by identity only, so a backend that makes new ones
+    each time (a cluster) simply gets nothing reused.
+    """
+
+    def __init__(self) -> None:
+        self.topics: dict[str, tuple[TopicInfo, TopicState]] = {}
+        # group -> topic -> (what the backend said, the topic then, the rows made of them)
+        self.pairs: dict[str, dict[str, tuple[GroupTopicOffsets, TopicInfo, tuple[GroupPartitionState, ...]]]] = {}
+        self.groups: dict[str, tuple[list, GroupState]] = {}  # group -> (its pairs' rows, its state)
+
+
+def snapshot(backend: Backend, topics: Iterable[str] | None = None, memory: Memory | None = None) -> Snapshot:
+    """What ``backend`` holds now (see the module docstring); ``memory``: kept between calls to
+    reuse the states of what did not change (``Memory``)."""
     taken_at = time.time()
+    memory = memory or Memory()
     names = backend.topic_names()
     if topics is not None:
         wanted = set(topics)
         names = [n for n in names if n in wanted]
     infos, problems = backend.describe_topics(names)
     by_name: dict[str, TopicInfo] = {info.name: info for info in infos}
-    topic_states = {
-        info.name: TopicState(
-            info.name,
-            tuple(
-                PartitionState(info.name, p.partition, p.start_offset, p.end_offset, p.size) for p in info.partitions
-            ),
-        )
-        for info in infos
-    }
+    known_topics = memory.topics
+    memory.topics = {}
+    topic_states = {}
+    for info in infos:
+        known = known_topics.get(info.name)
+        if known is None or known[0] is not info:
+            state = TopicState(
+                info.name,
+                tuple(
+                    PartitionState(info.name, p.partition, p.start_offset, p.end_offset, p.size)
+                    for p in info.partitions
+                ),
+            )
+            known = (info, state)
+        memory.topics[info.name] = known
+        topic_states[info.name] = known[1]
     ids = {info.name: info.id for info in infos}
     groups = {}
+    known_pairs, known_groups = memory.pairs, memory.groups
+    memory.pairs, memory.groups = {}, {}
     for group in backend.group_names():
         try:
             overview = backend.group_overview(group, ids)
         except (KqError, OSError) as exc:
             problems.append(f"group '{group}': {exc}")
             continue
-        rows, members = [], set()
+        was = known_pairs.get(group, {})
+        pairs = memory.pairs[group] = {}
+        parts, members = [], set()
         for found in overview:
-            info = by_name.get(found.topic)
-            if info is None:  # a topic since deleted, or one not asked for
+            on = by_name.get(found.topic)
+            if on is None:  # a topic since deleted, or one not asked for
                 continue
             members.update(found.members)
-            for p in info.partitions:
-                committed = found.committed.get(p.partition)
-                rows.append(
-                    GroupPartitionState(
-                        group,
-                        found.topic,
-                        p.partition,
-                        committed,
-                        p.start_offset,
-                        p.end_offset,
-                        p.end_offset - (p.start_offset if committed is None else max(committed, p.start_offset)),
-                        found.committed_at.get(p.partition),
-                    )
-                )
-        if rows or (topics is None and members):
-            groups[group] = GroupState(group, tuple(sorted(members)), tuple(rows))
+            pair = was.get(found.topic)
+            if pair is None or pair[0] is not found or pair[1] is not on:
+                pair = (found, on, _group_rows(group, found, on))
+            pairs[found.topic] = pair
+            parts.append(pair[2])
+        if not parts and not (topics is None and members):
+            continue
+        known_group = known_groups.get(group)
+        member_ids = tuple(sorted(members))
+        if (
+            known_group is not None
+            and known_group[1].members == member_ids
+            and len(known_group[0]) == len(parts)
+            and all(a is b for a, b in zip(known_group[0], parts))
+        ):
+            group_state = known_group[1]
+        else:
+            group_state = GroupState(group, member_ids, tuple(row for part in parts for row in part))
+        memory.groups[group] = (parts, group_state)
+        groups[group] = group_state
     shares = {}
     for share in backend.share_names():
         try:
@@ -234,6 +273,25 @@ def snapshot(backend: Backend, topics: Iterable[str] | None = None) -> Snapshot:
             live = sum(1 for w in described["workers"] if w.get("live"))
             shares[share] = ShareState(share, live, share_rows)
     return Snapshot(taken_at, topic_states, groups, shares, tuple(problems))
+
+
+def _group_rows(group: str, found: GroupTopicOffsets, info: TopicInfo) -> tuple[GroupPartitionState, ...]:
+    rows = []
+    for p in info.partitions:
+        committed = found.committed.get(p.partition)
+        rows.append(
+            GroupPartitionState(
+                group,
+                found.topic,
+                p.partition,
+                committed,
+                p.start_offset,
+                p.end_offset,
+                p.end_offset - (p.start_offset if committed is None else max(committed, p.start_offset)),
+                found.committed_at.get(p.partition),
+            )
+        )
+    return tuple(rows)
 
 
 # ---------------------------------------------------------------------- status

@@ -136,14 +136,15 @@ def _metrics_server(data_path: str, broker, address: tuple[str, int]):
     from ..errors import KqError
     from ..ops.metrics import Family, Histogram, render, snapshot_families
     from ..ops.metrics_server import MetricsServer
-    from ..ops.observe import snapshot
+    from ..ops.observe import Memory, snapshot
 
     broker.latencies = Histogram()
     backend = LocalBackend(data_path)
+    memory = Memory()  # scraped again and again: what did not change is not built again
 
     def body() -> bytes:
         started = time.perf_counter()
-        snap = _with_kafka_members(snapshot(backend), broker.coordinator.groups)
+        snap = _with_kafka_members(snapshot(backend, memory=memory), broker.coordinator.groups)
         families = snapshot_families(snap, time.perf_counter() - started)
         requests = Family("kq_serve_requests_total", "counter", "Requests kq serve answered, by Kafka API")
         latency = Family("kq_serve_request_duration_seconds", "histogram", "Time to answer a request, by Kafka API")

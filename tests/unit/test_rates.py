@@ -61,3 +61,33 @@ def test_history_keeps_each_slice_largest_value_over_its_span():
     assert history.buckets("nobody", 19.0) == [None] * 5
     history.add(20.0, {})
     assert history.buckets("g", 20.0) == [None] * 5  # forgotten
+
+
+def test_counters_given_only_when_they_change_have_the_rates_and_history_of_ones_given_every_time():
+    import random
+
+    chance = random.Random(24)
+    every, changes = RateWindow(span=5), RateWindow(span=5)
+    every_history, changes_history = History(span=8, slices=4), History(span=8, slices=4)
+    values: dict[str, int] = {}
+    at = 0.0
+    for _ in range(200):
+        at += chance.choice([0.5, 1.0, 1.0, 3.0])
+        changed = {}
+        for key in "abc":
+            roll = chance.random()
+            if key in values and roll < 0.05:
+                del values[key]  # gone: forgotten by both
+            elif key not in values and roll < 0.5 or key in values and roll < 0.3:
+                values[key] = changed[key] = max(0, values.get(key, 0) + chance.randint(-2, 9))
+        gone = [key for key in "abc" if key not in values]
+        every.add(at, dict(values))
+        every_history.add(at, dict(values))
+        for window in (changes, changes_history):
+            window.tick(at)
+            window.forget(gone)
+            window.update(at, changed)
+        for key in "abc":
+            given, kept = every.rate(key), changes.rate(key)
+            assert given == kept or (given is not None and kept is not None and abs(given - kept) < 1e-9)
+            assert every_history.buckets(key, at) == changes_history.buckets(key, at)
