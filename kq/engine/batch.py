@@ -268,6 +268,7 @@ class RecordBatch:
         "offset_deltas",
         "attributes",
         "payload_size",
+        "deferred",
     )
     position: int
     size: int
@@ -283,6 +284,9 @@ class RecordBatch:
     offset_deltas: list | None
     attributes: int
     payload_size: int  # bytes of the msgpack payload, inflated: what decoding it took in
+    # Values not decoded yet (decode's ``defer_values_if``): (the payload, inflated and copied, where
+    # its values column starts and ends, the path and position to name if they do not decode).
+    deferred: tuple[bytes, int, int, str] | None
 
     @property
     def last_offset(self) -> int:
@@ -320,8 +324,21 @@ class RecordBatch:
 
         return bisect.bisect_left(self.offset_deltas, offset - self.base_offset)
 
+    def load_values(self) -> None:
+        """Decode the values a ``defer_values_if`` decode left undecoded (checked as decode checks them)."""
+        if self.deferred is None:
+            return
+        data, start, stop, path = self.deferred
+        values = _unpack(memoryview(data)[start:stop], path, self.position)
+        if type(values) is not list or len(values) != self.count:
+            raise CorruptLog(path, self.position, "batch columns do not match its header")
+        if not _values_well_typed(values):
+            raise CorruptLog(path, self.position, "batch columns hold values of the wrong type")
+        self.values, self.deferred = values, None
+
     def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         stop = self.count if stop is None else stop
+        self.load_values()
         offsets = self.offsets()
         stamps = self.timestamps()
         keys = self.keys
@@ -340,16 +357,21 @@ _BIN_OR_NIL = frozenset((bytes, type(None)))
 _INT = frozenset((int,))
 
 
+def _values_well_typed(values: list) -> bool:
+    return set(map(type, values)) <= _BIN_OR_NIL
+
+
 def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, max_ts: int) -> bool:
     """Do the columns hold what FORMAT.md says, element by element?
 
+    ``values`` None: not decoded (``RecordBatch.load_values`` checks them).
     A payload can pass its checksum and still be wrong (a crafted file, a
     writer's bug): an int where a value's bytes belong would otherwise reach
     readers as a crash far from here, not as a corrupt-log error. Offsets must
     rise (readers bisect them) and the header's max_timestamp must be the
     records' largest (timestamp seeks skip batches by it).
     """
-    if not set(map(type, values)) <= _BIN_OR_NIL:
+    if values is not None and not _values_well_typed(values):
         return False
     if keys is not None and not set(map(type, keys)) <= _BIN_OR_NIL:
         return False
@@ -403,28 +425,102 @@ def inflate(data, attributes: int, path: str = "<buffer>", pos: int = 0) -> byte
         raise CorruptLog(path, pos, f"batch payload does not decompress ({exc})") from None
 
 
-def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> RecordBatch:
-    """Decode a batch that ``check`` accepted at ``pos``."""
+_UNPACK_OPTIONS = {"raw": False, "strict_map_key": True, "ext_hook": _reject_ext}
+# msgpack's errors for bytes that are no msgpack, or not of the shape asked for
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, msgpack.OutOfData)
+
+
+def _unpack(data, path: str, pos: int):
+    """One msgpack object that is all of ``data``, or CorruptLog."""
+    try:
+        return msgpack.unpackb(data, **_UNPACK_OPTIONS)
+    except _UNPACK_ERRORS as exc:
+        raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
+
+
+def _column_spans(data) -> list[tuple[int, int]]:
+    """Where each of the payload's five columns starts and ends, found by skipping them (msgpack checks
+    their framing, but builds no object); ValueError if the payload is no array of five."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_UNPACK_OPTIONS)
+    unpacker.feed(data)
+    if unpacker.read_array_header() != 5:
+        raise ValueError("not an array of five columns")
+    spans = []
+    for _ in range(5):
+        start = unpacker.tell()
+        unpacker.skip()
+        spans.append((start, unpacker.tell()))
+    if unpacker.tell() != len(data):
+        raise msgpack.ExtraData(None, b"")
+    return spans
+
+
+def _array_length(column) -> int | None:
+    """The length of the msgpack array ``column`` (the bytes of one whole object); None if it is no array."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(column), 1), **_UNPACK_OPTIONS)
+    unpacker.feed(column[:5])  # an array's header is at most five bytes
+    try:
+        return unpacker.read_array_header()
+    except (ValueError, msgpack.OutOfData):
+        return None
+
+
+def _unpack_column(column, count: int):
+    """A decoded column; an array of ``count`` byte-identical items (one produce's headers, most
+    often) is decoded once and repeated, its bytes compared in C."""
+    if count > 1 and _array_length(column) == count:
+        unpacker = msgpack.Unpacker(max_buffer_size=len(column), **_UNPACK_OPTIONS)
+        unpacker.feed(column)
+        if unpacker.read_array_header() == count:
+            start = unpacker.tell()
+            unpacker.skip()
+            item = bytes(column[start : unpacker.tell()])
+            size = len(item)
+            if (
+                start + size * count == len(column)
+                and column[start + size : start + 2 * size] == item  # (most columns fail here, at once)
+                and column[start:] == item * count
+            ):
+                return [msgpack.unpackb(item, **_UNPACK_OPTIONS)] * count
+    return msgpack.unpackb(column, **_UNPACK_OPTIONS)
+
+
+def decode(
+    buf, pos: int, header: BatchHeader, path: str = "<buffer>", defer_values_if: bytes | None = None
+) -> RecordBatch:
+    """Decode a batch that ``check`` accepted at ``pos``.
+
+    ``defer_values_if``: if the (inflated) payload holds these bytes, its values
+    column is only checked for its length, not decoded: a reader that wants the
+    other columns first (a share group reads each record's delivery time) calls
+    ``load_values`` for the values. Every other check is the same.
+    """
     _, _, length, base, last_delta, count, base_ts, max_ts, attributes = header
     start = pos + HEADER_SIZE
     stop = pos + PREFIX_SIZE + length
     data: bytes | memoryview = memoryview(buf)[start:stop]
     if attributes & STORED_CODEC_MASK:
         data = inflate(data, attributes, path, pos)
+    deferred = None
     try:
-        columns = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_reject_ext,
-        )
-        values, keys, headers, ts_deltas, offset_deltas = columns
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        spans = _column_spans(data) if defer_values_if is not None else None
+        if spans is not None and defer_values_if in bytes(memoryview(data)[slice(*spans[2])]):  # in the headers
+            if isinstance(data, memoryview):
+                data = bytes(data)  # the reader's buffer is reused: the values decode later from a copy
+            view = memoryview(data)
+            values_length = _array_length(view[slice(*spans[0])])
+            values = None
+            keys, headers, ts_deltas, offset_deltas = (_unpack_column(view[lo:hi], count) for lo, hi in spans[1:])
+            deferred = (data, *spans[0], path)
+        else:
+            values, keys, headers, ts_deltas, offset_deltas = msgpack.unpackb(data, **_UNPACK_OPTIONS)
+            values_length = len(values) if type(values) is list else None
+    except _UNPACK_ERRORS as exc:
         raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
     if (
-        type(values) is not list
+        values_length is None
         or count == 0
-        or len(values) != count
+        or values_length != count
         or not all(
             c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas)
         )
@@ -449,4 +545,5 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.offset_deltas = offset_deltas
     batch.attributes = attributes
     batch.payload_size = len(data)
+    batch.deferred = deferred
     return batch

@@ -10,6 +10,7 @@ bytes that are no batch followed by valid ones, or damage in a closed segment.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from . import batch as batchfmt
 from .batch import BatchHeader
@@ -125,13 +126,16 @@ class Cursor:
             # opened segment too since, and the cursor still reads it.)
             self.skipped.append((self.offset, self._base))
 
-    def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
+    def poll(self, max_bytes: int = 2 * 1024 * 1024, defer_values_if: bytes | None = None) -> list:
         """Decoded batches that end after ``offset``, up to about ``max_bytes``.
 
         Small rounds are faster than large ones: the values of a round are
         freed before the next, so their memory is reused instead of faulted in.
+        ``defer_values_if``: as ``kq.engine.batch.decode`` takes it.
         """
-        return self._poll(max_bytes, batchfmt.decode)
+        if defer_values_if is None:
+            return self._poll(max_bytes, batchfmt.decode)
+        return self._poll(max_bytes, partial(batchfmt.decode, defer_values_if=defer_values_if))
 
     def poll_raw(self, max_bytes: int = 8 * 1024 * 1024, checksums: bool = True) -> list[RawBatch]:
         """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
