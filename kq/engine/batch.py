@@ -451,7 +451,7 @@ def _column_spans(data) -> list[tuple[int, int]]:
         unpacker.skip()
         spans.append((start, unpacker.tell()))
     if unpacker.tell() != len(data):
-        raise msgpack.ExtraData(None, b"")
+        raise ValueError("bytes after the five columns")
     return spans
 
 
