@@ -284,8 +284,9 @@ class RecordBatch:
     offset_deltas: list | None
     attributes: int
     payload_size: int  # bytes of the msgpack payload, inflated: what decoding it took in
-    # Values not decoded yet (decode's ``defer_values_if``): (the payload, inflated and copied, where
-    # its values column starts and ends, the path and position to name if they do not decode).
+    # Values not decoded yet (decode's ``defer_values_if``; ``values`` is None until ``load_values``):
+    # the payload (inflated, or copied out of the reader's buffer), where its values column starts
+    # and ends, and the file to name if they do not decode.
     deferred: tuple[bytes, int, int, str] | None
 
     @property
