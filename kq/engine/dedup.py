@@ -28,7 +28,6 @@ import struct
 import sys
 import zlib
 from array import array
-from collections import deque
 from collections.abc import Sequence
 from contextlib import contextmanager
 from itertools import compress, repeat
@@ -191,19 +190,12 @@ class DedupWindow:
         if not hashes:
             return []
         seen, now, tag = self._seen, self._now, self._tag
-        # One pass in C over the dict: an id not there is added with this round's tag (what
-        # setdefault returns is only wanted if some id was there: the deque keeps none of it).
+        # One pass in C over the dict: an id not there is added with this round's tag.
         n, before = len(hashes), len(seen)
-        if hashes[0] in seen:  # a rerun, most likely: what setdefault returns is wanted
-            whens = list(map(seen.setdefault, hashes, repeat(tag)))
-        else:
-            deque(map(seen.setdefault, hashes, repeat(tag)), maxlen=0)
-            whens = None
+        whens = list(map(seen.setdefault, hashes, repeat(tag)))
         if len(seen) - before == n:  # every id new, none twice: the common case
             self._pending.extend(hashes)
             return []
-        if whens is None:
-            whens = list(map(seen.__getitem__, hashes))  # as setdefault returned them
         cutoff = now - self.window_ms
         times = self._round_times
         if tag not in whens and min(whens) > cutoff:  # all produced within the window (a rerun)
