@@ -277,7 +277,7 @@ class RecordBatch:
     count: int
     base_timestamp: int
     max_timestamp: int
-    values: list
+    values: list  # (None while ``deferred``, in the batches of a decode with ``defer_values_if``)
     keys: list | None
     headers: list | None
     timestamp_deltas: list | None
@@ -504,8 +504,8 @@ def decode(
         data = inflate(data, attributes, path, pos)
     deferred = None
     try:
-        spans = _column_spans(data) if defer_values_if is not None else None
-        if spans is not None and defer_values_if in bytes(memoryview(data)[slice(*spans[2])]):  # in the headers
+        spans = _column_spans(data) if defer_values_if is not None else []
+        if spans and bytes(memoryview(data)[slice(*spans[2])]).find(defer_values_if or b"") >= 0:  # in the headers
             if isinstance(data, memoryview):
                 data = bytes(data)  # the reader's buffer is reused: the values decode later from a copy
             view = memoryview(data)
@@ -539,7 +539,7 @@ def decode(
     batch.count = count
     batch.base_timestamp = base_ts
     batch.max_timestamp = max_ts
-    batch.values = values
+    batch.values = values  # type: ignore[assignment]  # (None while deferred: read after load_values)
     batch.keys = keys
     batch.headers = headers
     batch.timestamp_deltas = ts_deltas
