@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .engine.batch import Batch
-from .engine.cursor import Cursor
+from .engine.cursor import READ_COMMITTED, Cursor
 from .engine.topic import Topic
 from .errors import warn
 from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
@@ -19,6 +19,7 @@ from .offsetspec import BEGINNING, OffsetRange, OffsetSpec
 POLL_SECONDS = 0.002
 BUSY_SECONDS = 1.0
 IDLE_POLL_SECONDS = 0.04
+SETTLE_SECONDS = 1.0
 
 
 class Slice(NamedTuple):
@@ -40,11 +41,21 @@ class Consumer:
     Each partition reads from a start offset to a stop offset; without
     ``follow`` a partition with no stop stops at its end offset as it was
     when it was added, so a busy topic still ends. ``positions`` holds, per
-    partition, the next offset after the last slice handed out.
+    partition, the next offset after the last slice handed out, or after the
+    batches the isolation left out (markers, aborted transactions) since;
+    ``delivered`` the offset after the last slice handed out.
+
+    ``isolation``: "read_committed" (the default, as ``kq consume``'s) reads
+    only committed transactions, up to each partition's last stable offset;
+    "read_uncommitted" reads every record (kq.engine.cursor).
     """
 
-    def __init__(self, topic: Topic, follow: bool = False, poll_seconds: float = POLL_SECONDS):
+    def __init__(
+        self, topic: Topic, follow: bool = False, poll_seconds: float = POLL_SECONDS, isolation: str = READ_COMMITTED
+    ):
         self.topic = topic
+        self.isolation = isolation
+        self.delivered: dict[int, int] = {}
         self.follow = follow
         self.poll_seconds = poll_seconds
         self.positions: dict[int, int] = {}
@@ -53,6 +64,10 @@ class Consumer:
         self._finished: set[int] = set()
         self.timed_out = False
         self.who: str | None = None  # who reads, for warnings (a group consumer names its group)
+        # Called about once a second while a follower waits and a partition is held at its last stable
+        # offset (kq.backends.local: finish the transactions whose producer died, which hold it there).
+        self.settle: Callable[[], object] | None = None
+        self._settled_at = 0.0
 
     @classmethod
     def from_spec(
@@ -61,8 +76,9 @@ class Consumer:
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
+        isolation: str = READ_COMMITTED,
     ) -> Consumer:
-        consumer = cls(topic, follow)
+        consumer = cls(topic, follow, isolation=isolation)
         for n in range(topic.partition_count) if partitions is None else partitions:
             part = topic.partition(n)
             end = part.end_offset()
@@ -82,8 +98,9 @@ class Consumer:
         if stop is None and not self.follow:
             stop = part.end_offset()
         self.positions[number] = start
+        self.delivered[number] = start
         self.stops[number] = stop
-        self._cursors[number] = part.cursor(start)
+        self._cursors[number] = part.cursor(start, isolation=self.isolation)
         self._finished.discard(number)
         self._check_finished(number)
 
@@ -92,6 +109,7 @@ class Consumer:
         if cursor is not None:
             cursor.close()
         self.positions.pop(number, None)
+        self.delivered.pop(number, None)
         self.stops.pop(number, None)
         self._finished.discard(number)
 
@@ -138,6 +156,11 @@ class Consumer:
                 self.positions[n] = max(self.positions[n], b.offset_at(hi) if hi < b.count else b.next_offset)
                 if lo < hi:
                     out.append(Slice(n, b, lo, hi))
+                    self.delivered[n] = self.positions[n]
+            # Past what the isolation left out after the last slice (a marker, an aborted batch).
+            passed = cursor.offset if stop is None else min(cursor.offset, stop)
+            if passed > self.positions[n]:
+                self.positions[n] = passed
             self._check_finished(n)
             if not batches and not self.follow:
                 self._finished.add(n)  # nothing more to read below the stop
@@ -173,7 +196,22 @@ class Consumer:
                 self.timed_out = True
                 return
             elif self.follow:
+                self.settle_if_held()
                 idle.pause(self.poll_seconds)
+
+    def settle_if_held(self) -> None:
+        """While waiting: if some partition has records past its last stable offset, call ``settle`` (once a second)."""
+        if self.settle is None or self.isolation != READ_COMMITTED:
+            return
+        now = time.monotonic()
+        if now - self._settled_at < SETTLE_SECONDS:
+            return
+        self._settled_at = now
+        for n in self.partitions:
+            part = self.topic.partition(n)
+            if part.open_transactions() and self.positions[n] < part.end_offset():
+                self.settle()
+                return
 
 
 class IdleClock:

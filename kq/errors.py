@@ -194,6 +194,19 @@ class MissingDependency(KqError):
         self.library = library
 
 
+class TransactionError(KqError):
+    """A transaction cannot go on: it was ended, aborted by a timeout, or its state is not what the call needs."""
+
+
+class ProducerFenced(TransactionError):
+    """A newer producer (a higher epoch) took over this transactional id, or the transaction was aborted
+    under this one (a timeout, its lock found free): this producer may write nothing more."""
+
+
+class TransactionalIdBusy(TransactionError):
+    """Another live process holds the transactional id's lock."""
+
+
 class UnsupportedFormat(KqError):
     """A data directory or file written by a newer kq."""
 

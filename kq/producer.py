@@ -72,6 +72,7 @@ class Producer:
         partition: int | None = None,
         background: bool = False,
         dedup: DedupWindow | None = None,
+        transaction=None,
     ):
         self.topic = topic
         # Drops records whose id was produced within its window; appends are then made
@@ -79,6 +80,9 @@ class Producer:
         self.dedup = dedup
         self.on_duplicates = None  # called with the ids of each send's records dropped as duplicates
         self._ranges: list[tuple[int, int, int]] | None = None  # (partition, first, last) appended this round
+        # A transaction's producer (kq.backends.local.LocalTransaction): each partition joins the
+        # transaction before its first record, and every batch carries its producer id and epoch.
+        self.transaction = transaction
         self.partition = None if partition is None else topic.partition(partition).number
         self.sent = 0  # records handed to the writer
         self._appended = 0  # records appended, by this thread or a finished background writer
@@ -230,11 +234,15 @@ class Producer:
                 headers if whole or headers is None else headers[lo:hi],
             )
             piece_stamps = timestamps if whole or timestamps is None else timestamps[lo:hi]
+            producer = None
+            if self.transaction is not None:
+                producer = self.transaction.join(part)
             payload = pack(
                 *piece,
                 timestamp=now_ms() if piece_stamps is None else 0,
                 timestamps=piece_stamps,
                 compression=part.codec,
+                producer=producer,
             )
             if self._ranges is not None:  # deduplicating: the window notes where records went
                 self._ranges.append((number, *part.append_payload(payload)))

@@ -102,6 +102,23 @@ class Producer(Protocol):
     def close(self) -> None: ...
 
 
+class Transaction(Protocol):
+    """A transactional producer: records to any topics and a group's offsets, visible all at once
+    at ``commit`` to read_committed readers, or never (``abort``, or the process's death)."""
+
+    def producer(self, topic: str, partition: int | None = None) -> Producer: ...
+
+    def send_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Commit ``group``'s offsets on ``topic`` (partition -> next offset) with the transaction."""
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None:
+        """Let go of the transactional id (a transaction still open is aborted)."""
+
+
 def lag(committed: int | None, start: int, end: int) -> int:
     """How many records a group has yet to read in a partition: from its committed
     offset (or the start, if it has none or it lies below the start) to the end."""
@@ -221,6 +238,14 @@ class Backend(ABC):
         by default the topic's own setting (a data directory's topics only).
         """
 
+    def transaction(
+        self, transactional_id: str, timeout_ms: int | None = None, sync: bool = False, ephemeral: bool = False
+    ) -> Transaction:
+        """A transactional producer for ``transactional_id`` (initialised: earlier holders are fenced,
+        what they left open finished); ``timeout_ms``: an open transaction older than this is aborted.
+        ``ephemeral``: an id made for this run only, forgotten when it is closed."""
+        raise UnsupportedByBackend("a transaction", self.description)
+
     @abstractmethod
     def reader(
         self,
@@ -228,24 +253,39 @@ class Backend(ABC):
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
+        isolation: str = "read_committed",
     ) -> Reader:
         """Read ``partitions`` (all by default) from ``offsets.start`` to ``offsets.stop`` or, without
-        ``follow``, the end as it is now."""
+        ``follow``, the end as it is now. ``isolation``: "read_committed" (only committed transactions,
+        up to the last stable offset) or "read_uncommitted" (every record), as Kafka's isolation.level."""
 
     @abstractmethod
-    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Reader:
+    def reader_from(
+        self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"
+    ) -> Reader:
         """Read each partition of ``starts`` from its own offset (a start below the partition's
         start offset reads from there) to the end as it is now, or, with ``follow``, on."""
 
     # ------------------------------------------------------------------ groups
 
     @abstractmethod
-    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Reader:
+    def group_reader(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> Reader:
         """Read as a member of ``group``: resume at its committed offsets, share partitions with
         its other members, commit what is marked."""
 
+    def transactional_group_reader(
+        self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
+    ):
+        """A member of ``group`` that commits nothing itself: its offsets go with ``transaction``
+        (``transaction.send_offsets``), read_committed (kq.ops.exactly_once)."""
+        raise UnsupportedByBackend("a transaction", self.description)
+
     @abstractmethod
-    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Reader:
+    def group_peek(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> Reader:
         """Read every partition from where ``group`` would resume, without joining or committing."""
 
     @abstractmethod

@@ -244,26 +244,34 @@ class KafkaBackend(KafkaGroups):
         # ``sync``: a cluster acknowledges a record once its replicas have it (acks=all).
         return KafkaProducer(self, topic, partition, idempotent)
 
+    def transaction(
+        self, transactional_id: str, timeout_ms: int | None = None, sync: bool = False, ephemeral: bool = False
+    ):
+        from .kafka_transaction import KafkaTransaction
+
+        return KafkaTransaction(self, transactional_id, timeout_ms)
+
     def reader(
         self,
         topic: str,
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
+        isolation: str = "read_committed",
     ):
         from .kafka_reader import KafkaReader
 
         count = self.partition_count(topic)
         numbers = self.check_partitions(topic, partitions) if partitions else list(range(count))
-        return KafkaReader.from_spec(self, topic, numbers, offsets, follow)
+        return KafkaReader.from_spec(self, topic, numbers, offsets, follow, isolation=isolation)
 
-    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False):
+    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"):
         from .kafka_reader import SNAPSHOT, KafkaReader
 
         count = self.partition_count(topic)
         for p in starts:
             self.check_partition(topic, p, count)
-        reader = KafkaReader(self, topic, follow)
+        reader = KafkaReader(self, topic, follow, isolation=isolation)
         reader.assign({p: (start, None if follow else SNAPSHOT) for p, start in sorted(starts.items())})
         return reader
 

@@ -16,8 +16,18 @@ from .kafka_reader import SNAPSHOT, KafkaReader
 class KafkaGroupReader(KafkaReader):
     """A member of a consumer group on the cluster, reading ``topic`` (kq.groups.consumer.GroupConsumer's counterpart)."""
 
-    def __init__(self, backend, topic: str, group: str, follow: bool, reset: str):
-        super().__init__(backend, topic, follow, group)
+    def __init__(
+        self,
+        backend,
+        topic: str,
+        group: str,
+        follow: bool,
+        reset: str,
+        isolation: str = "read_committed",
+        commits: bool = True,
+    ):
+        super().__init__(backend, topic, follow, group, isolation=isolation)
+        self.commits = commits  # False: a transaction commits the offsets (kq.backends.kafka_transaction)
         self.group, self.reset = group, reset
         self.who = f"group '{group}'"
         self.assigned: set[int] | None = None  # None until the coordinator first assigns partitions
@@ -71,6 +81,9 @@ class KafkaGroupReader(KafkaReader):
     def commit(self, partitions=None) -> None:
         """Commit the marks that moved (of ``partitions``, or all)."""
         self._last_commit = time.monotonic()
+        if not self.commits:
+            self.marks.clear()
+            return
         wanted = [
             (p, o)
             for p, o in self.marks.items()

@@ -14,19 +14,34 @@ from .kafka_connection import KafkaConnection
 class KafkaGroups(KafkaConnection):
     """The groups of one cluster (kq.backends.kafka.KafkaBackend's groups)."""
 
-    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest"):
+    def group_reader(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ):
         from .kafka_group_reader import KafkaGroupReader
 
         check_name(group, "group")
         self.partition_count(topic)
-        return KafkaGroupReader(self, topic, group, follow, reset)
+        return KafkaGroupReader(self, topic, group, follow, reset, isolation=isolation)
 
-    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest"):
+    def transactional_group_reader(
+        self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
+    ):
+        from .kafka_group_reader import KafkaGroupReader
+
+        check_name(group, "group")
+        self.partition_count(topic)
+        reader = KafkaGroupReader(self, topic, group, follow, reset, commits=False)
+        transaction.reader = reader
+        return reader
+
+    def group_peek(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ):
         from .kafka_reader import KafkaReader
 
         check_name(group, "group")
         count = self.partition_count(topic)
-        return KafkaReader.for_group(self, topic, list(range(count)), group, reset, follow)
+        return KafkaReader.for_group(self, topic, list(range(count)), group, reset, follow, isolation=isolation)
 
     def group_names(self) -> list[str]:
         result = self.wait(self.admin.list_consumer_groups(request_timeout=self.timeout), "listing groups")

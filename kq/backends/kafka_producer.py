@@ -29,7 +29,9 @@ PRODUCER_DEFAULTS = {
 class KafkaProducer:
     """Sends records to ``topic`` (kq.backends.base.Producer); ``partition`` pins every record there."""
 
-    def __init__(self, backend, topic: str, partition: int | None = None, idempotent: bool = False):
+    def __init__(
+        self, backend, topic: str, partition: int | None = None, idempotent: bool = False, client=None, config=None
+    ):
         self.backend = backend
         self.topic = topic
         self.partition = partition
@@ -42,12 +44,17 @@ class KafkaProducer:
         # Idempotence (no duplicate or gap from a retry, order kept) costs a
         # short-lived producer about half a second to get its producer id.
         defaults = {**PRODUCER_DEFAULTS, "enable.idempotence": idempotent}
-        config = backend.client_config(defaults, **{"delivery.report.only.error": True, "on_delivery": self._delivered})
+        if config is None:
+            config = producer_config(backend, defaults, self._delivered)
         try:
             self.queue_room = int(config["queue.buffering.max.messages"])
         except ValueError:
             self.queue_room = 0  # librdkafka refuses it below
-        self._producer = backend.make("Producer", config)
+        # ``client``: a transaction's librdkafka producer (kq.backends.kafka_transaction), shared
+        self._producer = client if client is not None else backend.make("Producer", config)
+
+    def _count_refusal(self, err, msg) -> None:
+        self._delivered(err, msg)
 
     def _delivered(self, err, msg) -> None:
         # Only failures are reported (delivery.report.only.error): a callback per record would cost more than sending it.
@@ -161,6 +168,11 @@ class KafkaProducer:
 
     def close(self) -> None:
         self.flush()
+
+
+def producer_config(backend, defaults: dict, on_delivery, **fixed) -> dict:
+    """A producer's settings: ``defaults``, the user's, then what kq needs (only failures reported)."""
+    return backend.client_config(defaults, **{"delivery.report.only.error": True, "on_delivery": on_delivery, **fixed})
 
 
 def _sent_before_error(counted: int, todo: list, rest) -> int:

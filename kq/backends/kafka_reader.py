@@ -61,13 +61,15 @@ class KafkaReader:
     (following).
     """
 
-    def __init__(self, backend, topic: str, follow: bool, group: str | None = None):
+    def __init__(self, backend, topic: str, follow: bool, group: str | None = None, isolation: str = "read_committed"):
         self.backend = backend
         self.topic = topic
         self.follow = follow
         self.ck = backend.ck
         defaults = CONSUMER_DEFAULTS if follow else {**CONSUMER_DEFAULTS, **READ_TO_END_DEFAULTS}
-        config = backend.client_config(defaults, **CONSUMER_FIXED, **{"group.id": group or "kq-reader"})
+        config = backend.client_config(
+            {**defaults, "isolation.level": isolation}, **CONSUMER_FIXED, **{"group.id": group or "kq-reader"}
+        )
         self.consumer = backend.make("Consumer", config)
         self.positions: dict[int, int | None] = {}
         self.stops: dict[int, int | str | None] = {}
@@ -84,8 +86,16 @@ class KafkaReader:
     # ------------------------------------------------------------------ set-up
 
     @classmethod
-    def from_spec(cls, backend, topic: str, partitions: list[int], offsets: OffsetRange, follow: bool) -> KafkaReader:
-        reader = cls(backend, topic, follow)
+    def from_spec(
+        cls,
+        backend,
+        topic: str,
+        partitions: list[int],
+        offsets: OffsetRange,
+        follow: bool,
+        isolation: str = "read_committed",
+    ) -> KafkaReader:
+        reader = cls(backend, topic, follow, isolation=isolation)
         starts = resolve(backend, topic, offsets.start, partitions)
         stops: dict[int, int | str | None]
         if offsets.stop is None:
@@ -96,9 +106,18 @@ class KafkaReader:
         return reader
 
     @classmethod
-    def for_group(cls, backend, topic: str, partitions: list[int], group: str, reset: str, follow: bool) -> KafkaReader:
+    def for_group(
+        cls,
+        backend,
+        topic: str,
+        partitions: list[int],
+        group: str,
+        reset: str,
+        follow: bool,
+        isolation: str = "read_committed",
+    ) -> KafkaReader:
         """Read from where ``group`` would resume, without joining it or committing."""
-        reader = cls(backend, topic, follow, group)
+        reader = cls(backend, topic, follow, group, isolation=isolation)
         reader.group, reader.reset = group, reset
         reader.who = f"group '{group}'"
         starts = reader.committed(partitions)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ..consumer import Consumer
 from ..engine.datadir import DataDir
 from ..engine.topic import Topic
-from ..errors import TopicNotFound
+from ..errors import KqError, TopicNotFound, warn
 from ..groups.consumer import GroupConsumer, group_start_offsets
 from ..groups.store import Groups
 from ..offsetspec import BEGINNING, OffsetRange, OffsetSpec
@@ -16,6 +16,24 @@ from .base import Backend, GroupTopicOffsets, PartitionInfo, TopicInfo
 
 if TYPE_CHECKING:
     from .local_describe import TopicDescriber
+
+
+def settle_transactions(data: DataDir) -> list[str]:
+    """Finish the transactions whose producer is gone or that ran past their timeout (a line for each).
+
+    Until then read_committed readers wait at their first offsets. Any kq
+    process that opens a directory's topics does this once (kq maintain too);
+    a directory it may not write is left as it is.
+    """
+    from ..engine.transactions import has_transactions
+
+    if not has_transactions(data.path):
+        return []
+    try:
+        return data.transactions(commit_offset=Groups(data).transaction_committer()).resolve_abandoned()
+    except (OSError, KqError) as exc:
+        warn(f"could not finish abandoned transactions in {data.path}: {exc}")
+        return []
 
 
 class LocalBackend(Backend):
@@ -28,6 +46,7 @@ class LocalBackend(Backend):
         self._topics: dict[str, Topic] = {}
         self._describer: TopicDescriber | None = None
         self._offsets_seen: dict = {}  # Groups.overview's memory: what each group's directories held
+        self._settled = False
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.data.path!r})"
@@ -36,6 +55,9 @@ class LocalBackend(Backend):
         """The engine's Topic, opened once per backend (its partitions keep their files open)."""
         t = self._topics.get(name)
         if t is None:
+            if not self._settled:
+                self._settled = True
+                settle_transactions(self.data)
             t = self._topics[name] = self.data.topic(name)
         return t
 
@@ -137,35 +159,72 @@ class LocalBackend(Backend):
         # In the background: the next batch is read and packed while one is written.
         return Producer(t, partition, background=True, dedup=dedup)
 
+    def transaction(
+        self, transactional_id: str, timeout_ms: int | None = None, sync: bool = False, ephemeral: bool = False
+    ):
+        from ..engine.transactions import DEFAULT_TIMEOUT_MS
+        from .local_transaction import LocalTransaction
+
+        return LocalTransaction(self, transactional_id, timeout_ms or DEFAULT_TIMEOUT_MS, sync, ephemeral)
+
     def reader(
         self,
         topic: str,
         partitions: list[int] | None = None,
         offsets: OffsetRange = OffsetRange(OffsetSpec(BEGINNING)),
         follow: bool = False,
+        isolation: str = "read_committed",
     ) -> Consumer:
         t = self.topic(topic)
         numbers = sorted({t.partition(p).number for p in partitions}) if partitions else None
-        return Consumer.from_spec(t, numbers, offsets, follow=follow)
+        return self._settling(Consumer.from_spec(t, numbers, offsets, follow=follow, isolation=isolation))
 
-    def reader_from(self, topic: str, starts: dict[int, int], follow: bool = False) -> Consumer:
+    def reader_from(
+        self, topic: str, starts: dict[int, int], follow: bool = False, isolation: str = "read_committed"
+    ) -> Consumer:
         t = self.topic(topic)
-        reader = Consumer(t, follow=follow)
+        reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in sorted(starts.items()):
             reader.add(t.partition(p).number, start)
-        return reader
+        return self._settling(reader)
 
     # ------------------------------------------------------------------ groups
 
-    def group_reader(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> GroupConsumer:
-        return GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset)
+    def group_reader(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> GroupConsumer:
+        reader = GroupConsumer(self.data, self.topic(topic), group, follow=follow, reset=reset, isolation=isolation)
+        self._settling(reader.consumer)
+        return reader
 
-    def group_peek(self, topic: str, group: str, follow: bool = False, reset: str = "earliest") -> Consumer:
+    def _settling(self, reader: Consumer) -> Consumer:
+        """A follower finishes the transactions of dead producers that hold it at a last stable offset."""
+        reader.settle = lambda: settle_transactions(self.data)
+        return reader
+
+    def transactional_group_reader(
+        self, topic: str, group: str, transaction, follow: bool = False, reset: str = "earliest"
+    ) -> GroupConsumer:
+        reader = GroupConsumer(
+            self.data,
+            self.topic(topic),
+            group,
+            follow=follow,
+            reset=reset,
+            commits=False,
+            before_resume=transaction.resolve_abandoned,
+        )
+        self._settling(reader.consumer)
+        return reader
+
+    def group_peek(
+        self, topic: str, group: str, follow: bool = False, reset: str = "earliest", isolation: str = "read_committed"
+    ) -> Consumer:
         t = self.topic(topic)
-        reader = Consumer(t, follow=follow)
+        reader = Consumer(t, follow=follow, isolation=isolation)
         for p, start in group_start_offsets(self.data, t, group, reset).items():
             reader.add(p, start)
-        return reader
+        return self._settling(reader)
 
     def group_names(self) -> list[str]:
         return self.groups.names()

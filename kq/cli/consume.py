@@ -126,6 +126,18 @@ def consume(
         help="With --exec: at most N messages per run of CMD \\[default: 1000; with --share, 1: a batch is acknowledged or retried as a whole].",
         show_default=False,
     ),
+    produce_to: Optional[str] = typer.Option(
+        None,
+        "--produce-to",
+        metavar="TOPIC",
+        help="With -g and --exec: send CMD's stdout (split into messages as `kq produce` splits its input) to TOPIC, and commit the group's offset for each batch in the same transaction: exactly once, for a CMD that gives the same output for the same input, whatever is killed when (docs/GUARANTEES.md). TOPIC is created, with the input's partition count, if missing.",
+    ),
+    isolation: str = typer.Option(
+        "read_committed",
+        "--isolation",
+        metavar="read_committed|read_uncommitted",
+        help="read_committed (the default) shows a transaction's records once it commits, never an aborted one's; read_uncommitted shows every record as it is written (Kafka's isolation.level).",
+    ),
     parallel: int = typer.Option(
         1, "--parallel", min=1, max=1024, metavar="N", help="With --share --exec: run up to N commands at once."
     ),
@@ -155,6 +167,8 @@ def consume(
       kq consume jobs -g mailer --exec ./send.sh   [dim]# cron: at least once, commit on success[/dim]
 
       kq consume jobs --share mailer --exec ./send.sh --parallel 4 --timeout 60   [dim]# a job queue[/dim]
+
+      kq consume raw -g enrich --exec ./enrich.sh --produce-to enriched   [dim]# exactly once[/dim]
     """
     from ..formats import record_writer
     from ..offsetspec import parse_range
@@ -178,6 +192,17 @@ def consume(
     if reset not in ("earliest", "latest"):
         raise bad_parameter(f"{reset!r} is not earliest or latest", "--reset")
     exec_seconds = exec_timeout_seconds(exec_timeout, exec_cmd)
+    if isolation not in ("read_committed", "read_uncommitted"):
+        raise bad_parameter(f"{isolation!r} is not read_committed or read_uncommitted", "--isolation")
+    if produce_to is not None:
+        if exec_cmd is None or group is None or no_commit or share is not None:
+            raise bad_parameter(
+                "--produce-to needs -g GROUP and --exec CMD (and neither --no-commit nor --share)", "--produce-to"
+            )
+        if isolation != "read_committed":
+            raise bad_parameter("--produce-to reads read_committed: exactly once needs committed input", "--isolation")
+        if produce_to == topic:
+            raise bad_parameter("--produce-to names the topic being read", "--produce-to")
     delim = delimiter_bytes(delimiter, null)
     spec = parse_range(offset or "beginning")
     follow = follow or timeout is not None
@@ -206,12 +231,16 @@ def consume(
         )
         return
     batch = batch or 1000
+    if produce_to is not None:
+        assert group is not None and exec_cmd is not None
+        run_pipeline(s, topic, group, produce_to, exec_cmd, batch, write, reset, follow, timeout, count, exec_seconds)
+        return
     if group is not None and not no_commit:
-        source = s.backend.group_reader(topic, group, follow=follow, reset=reset)
+        source = s.backend.group_reader(topic, group, follow=follow, reset=reset, isolation=isolation)
     elif group is not None:
-        source = s.backend.group_peek(topic, group, follow=follow, reset=reset)
+        source = s.backend.group_peek(topic, group, follow=follow, reset=reset, isolation=isolation)
     else:
-        source = s.backend.reader(topic, partition or None, spec, follow=follow)
+        source = s.backend.reader(topic, partition or None, spec, follow=follow, isolation=isolation)
     committing = group is not None and not no_commit
     delivered = 0
     try:
@@ -236,6 +265,57 @@ def consume(
     finally:
         source.close()
     if source.timed_out and delivered == 0:
+        s.info(f"no message arrived within {timeout:g} s")
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+def run_pipeline(s, topic, group, out, command, batch, write, reset, follow, timeout, count, exec_timeout) -> None:
+    """--produce-to: CMD per batch, its output and the group's offsets in one transaction (kq.ops.exactly_once)."""
+    from ..errors import TopicExists, TopicNotFound
+    from ..ops.exactly_once import ExactlyOncePipeline, pipeline_transactional_id
+    from ..runner import CommandFailed
+
+    backend = s.backend
+    partitions = backend.partition_count(topic)
+    try:
+        backend.partition_count(out)
+    except TopicNotFound:
+        try:
+            backend.create_topic(out, partitions)
+            s.info(f"created topic '{out}' with {partitions} partition(s)")
+        except TopicExists:
+            pass
+    # 15 minutes (Kafka's largest): a transaction stays open while the command runs on the next batch.
+    transaction = backend.transaction(pipeline_transactional_id(group), 15 * 60 * 1000, ephemeral=True)
+    source = None
+    pipeline = None
+    try:
+        source = backend.transactional_group_reader(topic, group, transaction, follow=follow, reset=reset)
+        pipeline = ExactlyOncePipeline(
+            source, transaction, group, topic, out, command, batch, write, timeout=exec_timeout
+        )
+        if count == 0:
+            return
+        try:
+            pipeline.run(limited(source.rounds(timeout), count))
+        except KeyboardInterrupt:
+            if not follow:
+                raise
+        except CommandFailed as failed:
+            fate = f"those batches were neither committed nor sent to '{out}'; the next run of group '{group}' does them again"
+            if partitions > len({f.partition for f in failed.failures}):
+                fate += "; the other partitions went on"
+            failed.args = (f"{failed}: {fate}",)
+            raise
+    finally:
+        try:
+            if source is not None:
+                source.close()
+        finally:
+            transaction.close()
+        if pipeline is not None:
+            s.info(f"{pipeline.done} record(s) processed, {pipeline.produced} sent to '{out}'")
+    if source is not None and source.timed_out and pipeline is not None and pipeline.done == 0:
         s.info(f"no message arrived within {timeout:g} s")
         raise typer.Exit(EXIT_TIMEOUT)
 

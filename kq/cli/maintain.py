@@ -40,6 +40,10 @@ def maintain(
     s = settings(ctx)
     data = s.data_dir("kq maintain")
     names = [check_name(name) for name in dict.fromkeys(topics)] if topics else data.topic_names()
+    from ..backends.local import settle_transactions
+
+    for done in settle_transactions(data):  # abandoned or timed-out transactions: before retention looks
+        s.info(done)
     rows = []
     with ProgressBars(s.quiet, json_output) as bars:
 

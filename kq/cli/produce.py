@@ -13,6 +13,7 @@ from .common import (
     bad_parameter,
     complete_partition,
     delimiter_option,
+    duration_seconds,
     json_option,
     null_option,
     settings,
@@ -114,8 +115,17 @@ class ProduceTarget:
         sync: bool,
         dedup_window_ms: Optional[int] = None,
         dedup_header: Optional[str] = None,
+        transactional_id: Optional[str] = None,
+        transaction_timeout_ms: Optional[int] = None,
     ):
         from ..errors import PartitionNotFound
+
+        # --transactional: every record goes into one transaction, committed by ``finish``.
+        self.transactional_id = transactional_id
+        self.transaction_timeout_ms = transaction_timeout_ms
+        self.transaction = None
+        self.committed = False
+        self.ephemeral = False  # the transactional id was made for this run
 
         self.settings, self.backend, self.name, self.pinned, self.sync = s, s.backend, name, pinned, sync
         self.dedup_window_ms, self.dedup_header = dedup_window_ms, dedup_header
@@ -164,13 +174,19 @@ class ProduceTarget:
             self.count = self.partitions
             self.settings.info(f"grew topic '{self.name}' to {count(self.count, 'partition')}, as its input names them")
         if self._producer is None:
-            self._producer = self.backend.producer(
-                self.name,
-                self.pinned,
-                sync=self.sync,
-                dedup_window_ms=self.dedup_window_ms,
-                dedup_header=self.dedup_header,
-            )
+            if self.transactional_id is not None:
+                self.transaction = self.backend.transaction(
+                    self.transactional_id, self.transaction_timeout_ms, sync=self.sync, ephemeral=self.ephemeral
+                )
+                self._producer = self.transaction.producer(self.name, self.pinned)
+            else:
+                self._producer = self.backend.producer(
+                    self.name,
+                    self.pinned,
+                    sync=self.sync,
+                    dedup_window_ms=self.dedup_window_ms,
+                    dedup_header=self.dedup_header,
+                )
             if getattr(self._producer, "dedup", None) is not None:
                 self._producer.on_duplicates = self.duplicates.extend
         return self._producer
@@ -186,6 +202,8 @@ class ProduceTarget:
 
     @property
     def written(self) -> int:
+        if self.transaction is not None and not self.committed:
+            return 0  # aborted, or not yet committed: nothing landed
         return 0 if self._producer is None else self._producer.written
 
     def flush(self) -> None:
@@ -196,6 +214,25 @@ class ProduceTarget:
         """Append every record sent (or raise the error that stopped it)."""
         if self._producer is not None:
             self._producer.close()
+
+    def finish(self, ok: bool) -> None:
+        """Close the producer; with --transactional, commit if ``ok`` and the producer closed cleanly, else abort."""
+        if self.transaction is None:
+            self.close()
+            return
+        try:
+            try:
+                self.close()
+            except BaseException:
+                self.transaction.abort()
+                raise
+            if ok:
+                self.transaction.commit()
+                self.committed = True
+            else:
+                self.transaction.abort()
+        finally:
+            self.transaction.close()
 
 
 @app.command("produce", cls=KqCommand)
@@ -258,6 +295,25 @@ def produce(
         help="With a deduplication window: a message's id is the value of its header NAME (as NATS's Nats-Msg-Id), "
         "not its key; messages without it are never dropped.",
     ),
+    transactional: bool = typer.Option(
+        False,
+        "--transactional",
+        "--atomic",
+        help="All of the input lands, or none of it: read_committed readers (kq consume's default) see the records only once the input has ended and every one was written; an error, a signal or kill -9 leaves none visible.",
+    ),
+    transactional_id: Optional[str] = typer.Option(
+        None,
+        "--transactional-id",
+        metavar="ID",
+        help="With --transactional: the transactional id (a new one per run by default); a run with the same id fences and aborts an earlier one still open.",
+    ),
+    transaction_timeout: Optional[float] = typer.Option(
+        None,
+        "--transaction-timeout",
+        metavar="DURATION",
+        parser=duration_seconds,
+        help="With --transactional: abort the transaction if it is still open after DURATION \\[default: 15m].",
+    ),
 ) -> None:
     """Append messages from stdin (one per line) or a file to a topic.
 
@@ -274,6 +330,8 @@ def produce(
       echo 'send reminder 42' | kq produce jobs --delay 24h   [dim]# a share group hands it out tomorrow[/dim]
 
       kq produce jobs -K : --dedup-window 1h < jobs.txt     [dim]# run twice, each key once[/dim]
+
+      kq produce orders --transactional < batch.txt   [dim]# all lines land, or none[/dim]
     """
     from ..engine.framing import arg_bytes, input_waiting, read_messages, split_keys, unescape
 
@@ -293,15 +351,36 @@ def produce(
         raise bad_parameter("the key delimiter may not be empty", "-K")
     key_bytes = None if key is None else arg_bytes(key)
     window_ms = dedup_window_ms(s, topic, dedup_window, dedup_header)
+    if (transactional_id is not None or transaction_timeout is not None) and not transactional:
+        raise bad_parameter("--transactional-id and --transaction-timeout need --transactional", "--transactional")
+    txn_id = None
+    timeout_ms = None
+    if transactional:
+        import uuid
 
-    target = ProduceTarget(s, topic, partitions, partition, sync, window_ms, dedup_header)
+        if window_ms is not None or topic_deduplicates(s, topic):
+            raise bad_parameter(
+                f"a transactional produce does not deduplicate yet, and topic '{topic}' asks it to "
+                "(--dedup-window, or the topic's setting)",
+                "--transactional",
+            )
+        txn_id = transactional_id or f"kq-produce-{topic}-{uuid.uuid4().hex[:16]}"
+        timeout_ms = int((transaction_timeout or 15 * 60) * 1000)
+        if not 1 <= timeout_ms <= 15 * 60 * 1000:
+            raise bad_parameter("a transaction lasts 1 ms to 15m", "--transaction-timeout")
+
+    target = ProduceTarget(s, topic, partitions, partition, sync, window_ms, dedup_header, txn_id, timeout_ms)
+    target.ephemeral = transactional and transactional_id is None
     if tombstone and key_bytes is not None:
+        sent = False
         try:
             target.producer().send_values([None], key=key_bytes)
+            sent = True
         finally:
-            target.close()
+            target.finish(sent)
         return
     fd, source = open_input(file)
+    interrupted = False  # a signal (KeyboardInterrupt): a transaction is aborted
     line_no = 0
     bad_line = None  # the --json line that stopped the produce
     failure = None
@@ -350,9 +429,12 @@ def produce(
                 target.flush()
     except (KqError, OSError) as exc:
         failure = exc
+    except BaseException:
+        interrupted = True
+        raise
     finally:
         try:
-            target.close()  # every batch appended (or its error raised) before exit
+            target.finish(failure is None and not interrupted)  # every batch appended (or its error raised) before exit
         except (KqError, OSError) as exc:
             failure = failure or exc
         finally:
@@ -362,6 +444,16 @@ def produce(
     report_duplicates(s, target, json_input)
     if failure is not None:
         raise noting_written(failure, target.written, bad_line)
+
+
+def topic_deduplicates(s, topic: str) -> bool:
+    """Whether the topic (a data directory's) has a deduplication window of its own."""
+    if s.brokers:
+        return False  # a cluster has none
+    try:
+        return s.data_dir("kq produce").topic(topic).config["dedup_window_ms"] is not None
+    except TopicNotFound:
+        return False
 
 
 def dedup_window_ms(s, topic: str, window: Optional[str], header: Optional[str]) -> Optional[int]:

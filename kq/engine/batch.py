@@ -41,6 +41,19 @@ MAX_OFFSET = 2**63 - 1
 CODEC_MASK = 0x07
 STORED_CODEC_SHIFT = 3
 STORED_CODEC_MASK = 0x07 << STORED_CODEC_SHIFT
+# Bit 6: a transactional batch (docs/FORMAT.md, "Transactions"): its payload has a
+# sixth element, [producer_id, producer_epoch], and a read_committed reader shows its
+# records only once its transaction committed. Bit 7: a control batch, one record
+# that is a commit or abort marker of a producer's transaction (bit 6 is set too, as
+# in Kafka). Bits 3-5 belong to the stored payload's codec (issue 23).
+TRANSACTIONAL = 0x40
+CONTROL = 0x80
+# A control record's key is Kafka's: int16 version 0, int16 type (0 abort, 1 commit);
+# its value Kafka's EndTransactionMarker: int16 version 0, int32 coordinator epoch 0.
+ABORT_KEY = b"\x00\x00\x00\x00"
+COMMIT_KEY = b"\x00\x00\x00\x01"
+MARKER_VALUE = b"\x00\x00\x00\x00\x00\x00"
+NO_PRODUCER = -1
 
 # What ``check`` makes of the bytes at a position:
 OK = 0  # a whole, valid batch
@@ -99,6 +112,18 @@ class Payload(NamedTuple):
     # The codec ``data`` is compressed with (kq.engine.compression; 0: none): the data
     # directory must be format 3 (kq.engine.datadir.COMPRESSED_FORMAT) before it is written.
     codec: int = 0
+    producer_id: int = NO_PRODUCER  # a transactional batch's producer (attributes bit 6), else -1
+    producer_epoch: int = NO_PRODUCER
+
+
+class TxnMarker(NamedTuple):
+    """What a control batch says: producer ``producer_id``'s transaction on this partition,
+    whose records are at offsets >= ``first_offset`` (and below the marker), committed or aborted."""
+
+    producer_id: int
+    producer_epoch: int
+    commit: bool
+    first_offset: int
 
 
 def pack(
@@ -110,6 +135,8 @@ def pack(
     offset_deltas: Sequence[int] | None = None,
     attributes: int = 0,
     compression: int = 0,
+    producer: tuple[int, int] | None = None,
+    marker_first_offset: int | None = None,
 ) -> Payload:
     """Pack records into a payload. ``timestamps`` (per record) overrides ``timestamp``.
 
@@ -117,6 +144,8 @@ def pack(
     offsets have gaps; without it the offsets are base_offset, base_offset+1, ...
     ``compression`` is the codec the payload is compressed with, whole (0: none).
     Packing needs no offset, so a writer does it before taking its lock.
+    ``producer`` = (producer id, epoch) makes a transactional batch (attributes
+    bit 6); with ``marker_first_offset`` too it is a control batch (``control_payload``).
     """
     count = len(values)
     if count == 0:
@@ -134,7 +163,19 @@ def pack(
         headers = None
     null_header_values = headers is not None and _has_null_value(headers)
     last_delta = count - 1 if offset_deltas is None else offset_deltas[-1]
-    data = msgpack.packb([values, keys, headers, ts_deltas, offset_deltas], use_bin_type=True)
+    columns: list = [values, keys, headers, ts_deltas, offset_deltas]
+    pid = epoch = NO_PRODUCER
+    if producer is not None:
+        pid, epoch = producer
+        if not (0 <= pid < 2**63 and 0 <= epoch < 2**15):
+            raise ValueError(f"producer id {pid} / epoch {epoch} out of range")
+        attributes |= TRANSACTIONAL
+        if marker_first_offset is None:
+            columns.append([pid, epoch])
+        else:
+            attributes |= CONTROL
+            columns.append([pid, epoch, marker_first_offset])
+    data = msgpack.packb(columns, use_bin_type=True)
     length = HEADER_SIZE - PREFIX_SIZE + len(data)
     if length > MAX_BATCH_BYTES:
         raise MessageTooLarge(
@@ -144,7 +185,32 @@ def pack(
         # The limit above is on the uncompressed payload, so a reader's inflate is bounded by it.
         data = compress(compression, data)
         attributes = (attributes & ~STORED_CODEC_MASK) | (compression << STORED_CODEC_SHIFT)
-    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes, compression)
+    return Payload(data, count, last_delta, base_ts, max_ts, null_header_values, attributes, compression, pid, epoch)
+
+
+def control_payload(producer_id: int, producer_epoch: int, commit: bool, first_offset: int, timestamp: int) -> Payload:
+    """A control batch: the commit or abort marker of a producer's transaction on one partition.
+
+    ``first_offset`` is where the transaction's records may start in the
+    partition (the end offset when it joined the transaction): with the
+    marker's own offset it bounds them, so the aborted-transaction index can
+    be rebuilt from the markers alone.
+    """
+    return pack(
+        [MARKER_VALUE],
+        keys=[COMMIT_KEY if commit else ABORT_KEY],
+        timestamp=timestamp,
+        producer=(producer_id, producer_epoch),
+        marker_first_offset=first_offset,
+    )
+
+
+def marker_of(batch: RecordBatch) -> TxnMarker | None:
+    """The marker a decoded control batch holds (None for any other batch)."""
+    if not batch.attributes & CONTROL or batch.marker_first_offset is None:
+        return None
+    key = batch.keys[0] if batch.keys else None
+    return TxnMarker(batch.producer_id, batch.producer_epoch, key == COMMIT_KEY, batch.marker_first_offset)
 
 
 def _has_null_value(headers) -> bool:
@@ -268,6 +334,9 @@ class RecordBatch:
         "offset_deltas",
         "attributes",
         "payload_size",
+        "producer_id",
+        "producer_epoch",
+        "marker_first_offset",
         "deferred",
     )
     position: int
@@ -284,10 +353,21 @@ class RecordBatch:
     offset_deltas: list | None
     attributes: int
     payload_size: int  # bytes of the msgpack payload, inflated: what decoding it took in
+    producer_id: int  # a transactional batch's producer (attributes bit 6), else -1
+    producer_epoch: int
+    marker_first_offset: int | None  # a control batch's: see ``control_payload``
     # Values not decoded yet (decode's ``defer_values_if``; ``values`` is None until ``load_values``):
     # the payload (inflated, or copied out of the reader's buffer), where its values column starts
     # and ends, and the file to name if they do not decode.
     deferred: tuple[bytes, int, int, str] | None
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL)
+
+    @property
+    def control(self) -> bool:
+        return bool(self.attributes & CONTROL)
 
     @property
     def last_offset(self) -> int:
@@ -440,19 +520,20 @@ def _unpack(data, path: str, pos: int):
 
 
 def _column_spans(data) -> list[tuple[int, int]]:
-    """Where each of the payload's five columns starts and ends, found by skipping them (msgpack checks
-    their framing, but builds no object); ValueError if the payload is no array of five."""
+    """Where each of the payload's columns (five, or six) starts and ends, found by skipping them (msgpack checks
+    their framing, but builds no object); ValueError if the payload is no array of them."""
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_UNPACK_OPTIONS)
     unpacker.feed(data)
-    if unpacker.read_array_header() != 5:
-        raise ValueError("not an array of five columns")
+    columns = unpacker.read_array_header()
+    if columns not in (5, 6):
+        raise ValueError("not an array of five columns (six in a transactional batch)")
     spans = []
-    for _ in range(5):
+    for _ in range(columns):
         start = unpacker.tell()
         unpacker.skip()
         spans.append((start, unpacker.tell()))
     if unpacker.tell() != len(data):
-        raise ValueError("bytes after the five columns")
+        raise ValueError("bytes after the columns")
     return spans
 
 
@@ -511,10 +592,19 @@ def decode(
             view = memoryview(data)
             values_length = _array_length(view[slice(*spans[0])])
             values = None
-            keys, headers, ts_deltas, offset_deltas = (_unpack_column(view[lo:hi], count) for lo, hi in spans[1:])
+            keys, headers, ts_deltas, offset_deltas = (_unpack_column(view[lo:hi], count) for lo, hi in spans[1:5])
+            producer = None
+            if len(spans) == 6:
+                producer = msgpack.unpackb(view[slice(*spans[5])], **_UNPACK_OPTIONS)
+                if producer is None:  # (a sixth column must be the producer, as below)
+                    raise ValueError("too many values to unpack (expected 5)")
             deferred = (data, *spans[0], path)
         else:
-            values, keys, headers, ts_deltas, offset_deltas = msgpack.unpackb(data, **_UNPACK_OPTIONS)
+            columns = msgpack.unpackb(data, **_UNPACK_OPTIONS)
+            if type(columns) is not list:
+                raise ValueError("not an array")
+            producer = columns[5] if len(columns) == 6 else None
+            values, keys, headers, ts_deltas, offset_deltas = columns[:5] if producer is not None else columns
             values_length = len(values) if type(values) is list else None
     except _UNPACK_ERRORS as exc:
         raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
@@ -531,6 +621,24 @@ def decode(
         raise CorruptLog(path, pos, "batch columns do not match its header")
     if not _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts, max_ts):
         raise CorruptLog(path, pos, "batch columns hold values of the wrong type")
+    pid = epoch = NO_PRODUCER
+    first = None
+    if attributes & TRANSACTIONAL or producer is not None:
+        control = bool(attributes & CONTROL)
+        if (
+            not attributes & TRANSACTIONAL
+            or type(producer) is not list
+            or len(producer) != (3 if control else 2)
+            or not all(type(x) is int for x in producer)
+            or not 0 <= producer[0] < 2**63
+            or not 0 <= producer[1] < 2**15
+            or (control and (count != 1 or not 0 <= producer[2] <= base))
+        ):
+            raise CorruptLog(path, pos, "transactional batch without a valid producer id and epoch")
+        pid, epoch = producer[0], producer[1]
+        first = producer[2] if control else None
+    elif attributes & CONTROL:
+        raise CorruptLog(path, pos, "control batch that is not transactional")
     batch = RecordBatch()
     batch.position = pos
     batch.size = PREFIX_SIZE + length
@@ -546,5 +654,8 @@ def decode(
     batch.offset_deltas = offset_deltas
     batch.attributes = attributes
     batch.payload_size = len(data)
+    batch.producer_id = pid
+    batch.producer_epoch = epoch
+    batch.marker_first_offset = first
     batch.deferred = deferred
     return batch

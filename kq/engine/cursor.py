@@ -5,6 +5,13 @@ A ``Cursor`` hands out each batch once, decoded (``poll``) or as stored
 still being written, or one a crash cut short) and raises ``CorruptLog`` for
 damage: a whole batch that fails its checksum, offsets that go backwards,
 bytes that are no batch followed by valid ones, or damage in a closed segment.
+
+Its isolation (docs/FORMAT.md, "Transactions") decides what ``poll`` hands
+out: ``ALL`` every batch as stored; ``READ_UNCOMMITTED`` no control batches
+(commit and abort markers); ``READ_COMMITTED`` no control batches, nothing at
+or past the partition's last stable offset (the cursor waits there), and no
+batch of an aborted transaction. The cursor's ``offset`` moves past the
+batches it leaves out, so a reader's position does too.
 """
 
 from __future__ import annotations
@@ -17,12 +24,18 @@ from .batch import BatchHeader
 from .fileio import open_regular
 from .index import Index, entry_is_valid
 from .segment import CLEAN, DAMAGED, BatchReader, classify_damage
+from .txn_log import is_aborted
+
+ALL = "all"
+READ_UNCOMMITTED = "read_uncommitted"
+READ_COMMITTED = "read_committed"
+ISOLATIONS = (ALL, READ_UNCOMMITTED, READ_COMMITTED)
 
 
 class RawBatch:
     """A batch as stored: a view of its bytes plus the header fields replication needs."""
 
-    __slots__ = ("position", "base_offset", "next_offset", "max_timestamp", "crc", "buf", "start", "size")
+    __slots__ = ("position", "base_offset", "next_offset", "max_timestamp", "crc", "buf", "start", "size", "attributes")
 
     def __init__(self, header: BatchHeader, buf, start: int, position: int = 0):
         self.position = position
@@ -33,6 +46,7 @@ class RawBatch:
         self.buf = buf  # batches read together share one buffer (see runs)
         self.start = start
         self.size = header.size
+        self.attributes = header.attributes  # bit 6 transactional, bit 7 control (kq.engine.batch)
 
     @property
     def data(self) -> memoryview:
@@ -71,8 +85,11 @@ class Cursor:
     deleted while this cursor was on its way to them.
     """
 
-    def __init__(self, partition, offset: int, buffers: int = 1):
+    def __init__(self, partition, offset: int, buffers: int = 1, isolation: str = ALL):
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}, not {isolation!r}")
         self.partition = partition
+        self.isolation = isolation
         self.offset = offset
         self.skipped: list[tuple[int, int]] = []
         self._fd: int | None = None
@@ -133,9 +150,33 @@ class Cursor:
         freed before the next, so their memory is reused instead of faulted in.
         ``defer_values_if``: as ``kq.engine.batch.decode`` takes it.
         """
-        if defer_values_if is None:
-            return self._poll(max_bytes, batchfmt.decode)
-        return self._poll(max_bytes, partial(batchfmt.decode, defer_values_if=defer_values_if))
+        decode = (
+            batchfmt.decode if defer_values_if is None else partial(batchfmt.decode, defer_values_if=defer_values_if)
+        )
+        if self.isolation == ALL:
+            return self._poll(max_bytes, decode)
+        committed = self.isolation == READ_COMMITTED
+        while True:
+            limit = self.partition.last_stable_offset() if committed else None
+            batches = self._poll(max_bytes, decode, limit=limit)
+            if not batches:
+                return batches
+            out = [b for b in batches if not b.attributes & batchfmt.CONTROL]
+            if committed and any(b.attributes & batchfmt.TRANSACTIONAL for b in out):
+                # Every transaction with records below the LSO was decided, and an
+                # abort's index entry is written before its marker: the list is complete.
+                aborted = self.partition.aborted_transactions(out[0].base_offset, limit)
+                if aborted:
+                    out = [
+                        b
+                        for b in out
+                        if not (
+                            b.attributes & batchfmt.TRANSACTIONAL and is_aborted(aborted, b.producer_id, b.base_offset)
+                        )
+                    ]
+            if out:
+                return out
+            # Only markers and aborted batches: look further rather than look finished.
 
     def poll_raw(self, max_bytes: int = 8 * 1024 * 1024, checksums: bool = True) -> list[RawBatch]:
         """Like ``poll`` but the batches' bytes as stored, undecoded (for replication).
@@ -146,7 +187,8 @@ class Cursor:
         """
         return self._poll(max_bytes, _raw_batch, checksums)
 
-    def _poll(self, max_bytes: int, make, checksums: bool = True) -> list:
+    def _poll(self, max_bytes: int, make, checksums: bool = True, limit: int | None = None) -> list:
+        """Batches from ``offset`` on; with ``limit``, none whose base offset is at or past it (the cursor waits)."""
         if self._fd is None:
             self._seek(self.offset)
             if self._fd is None:
@@ -164,7 +206,12 @@ class Cursor:
             )
             inflated = 0  # bytes compressed batches decoded to: a round is bounded by them too
             resume = None
+            held = False
             for pos, header, buf, rel in reader.headers():
+                if limit is not None and header.base_offset >= limit:
+                    # Stay before this batch: the next poll reads it again.
+                    self._position, self._floor, held = pos, header.base_offset, True
+                    break
                 next_offset = header.base_offset + header.last_offset_delta + 1
                 if next_offset > self.offset:
                     b = make(buf, rel, header, self._path)
@@ -177,9 +224,12 @@ class Cursor:
                             resume = pos + header.size
                             break
             self._buffers[0] = reader.buffer or self._buffers[0]
-            self._position = reader.stop_position if resume is None else resume
-            self._floor = reader.floor
-            if out:
+            if not held:
+                self._position = reader.stop_position if resume is None else resume
+                self._floor = reader.floor
+            if out or held:
+                if not out:
+                    return out
                 self._buffers.append(self._buffers.pop(0))
                 return out
             if reader.stop not in (CLEAN, DAMAGED):

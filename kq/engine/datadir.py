@@ -34,10 +34,11 @@ from .partition import init_partition
 from .topic import TOPIC_FORMAT, Topic, check_config, check_inside, stored_config
 
 FORMAT_FILE = "kq.json"
-FORMAT_VERSION = 3  # the newest format this kq reads and writes (docs/FORMAT.md)
+FORMAT_VERSION = 4  # the newest format this kq reads and writes (docs/FORMAT.md)
 CREATED_FORMAT = 1  # a new directory's: every kq opens it until it holds what needs more
 NULL_HEADER_FORMAT = 2  # some record has a header whose value is null
 COMPRESSED_FORMAT = 3  # some batch's payload is compressed (its attributes' bits 3-5)
+TRANSACTION_FORMAT = 4  # transactional batches, control batches (markers), txn.open and .txnindex files
 
 
 def read_format(root: str) -> int | None:
@@ -126,6 +127,15 @@ class DataDir:
         if not os.access(self.path, os.W_OK):
             raise DataDirError(f"data directory {self.path} is not writable")
         self.exists()
+
+    def transactions(self, commit_offset=None, sync: bool = False):
+        """The directory's transaction store (kq.engine.transactions); ``commit_offset`` stores group offsets."""
+        from .transactions import TransactionStore
+
+        return TransactionStore(self.path, commit_offset=commit_offset, open_partition=self._partition_of, sync=sync)
+
+    def _partition_of(self, topic: str, number: int):
+        return self.topic(topic).partition(number)
 
     # ------------------------------------------------------------------ topics
 

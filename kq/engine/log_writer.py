@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import CorruptLog, KqError, NotAtBatchBoundary, warn
+from ..errors import CorruptLog, KqError, NotAtBatchBoundary, ProducerFenced, warn
 from . import batch as batchfmt
 from . import segment
 from .batch import MAX_OFFSET, BatchHeader
@@ -32,6 +32,7 @@ from .fileio import (
 )
 from .index import ENTRY_SIZE, Index, IndexBuilder
 from .segment import CLEAN, BatchReader, classify_damage, find_valid_batch
+from .txn_log import AbortedTxn, OpenTxn, append_txn_index, read_open, trim_txn_index, write_open
 
 WRITER_LOCK = "writer.lock"
 
@@ -68,6 +69,7 @@ class LogWriter:
         self._tail: Tail | None = None
         self._null_headers_allowed = False  # the data directory's format takes null header values
         self._compression_allowed = False  # the data directory's format takes compressed payloads
+        self._transactions_allowed = False  # the data directory's format takes transactional batches
 
     def recover(self) -> str | None:
         """Bring the log's tail to where an append can follow it, as the next writer would.
@@ -95,7 +97,12 @@ class LogWriter:
             self.lock.release()
 
     def append_payload(self, payload: batchfmt.Payload) -> tuple[int, int]:
-        """Append records packed by ``batch.pack``; return (first offset, last offset)."""
+        """Append records packed by ``batch.pack``; return (first offset, last offset).
+
+        A transactional payload (``pack(producer=...)``) is refused with
+        ProducerFenced unless its producer joined the partition's transaction
+        at that epoch (``begin_transaction``) and it is still open.
+        """
         if payload.null_header_values and not self._null_headers_allowed:
             self._allow_null_headers()
         if payload.codec and not self._compression_allowed:
@@ -104,19 +111,105 @@ class LogWriter:
         with self.writing():
             tail = self._recover_tail()
             self._report_recovery()
-            self._check_room(tail.next_offset, tail.next_offset + payload.last_offset_delta + 1)
-            if tail.end >= self.partition.segment_bytes:
-                tail, rolled = self._roll(tail), True
-            first = tail.next_offset
-            head = batchfmt.frame(first, payload)
-            self._write(tail, head, payload.data)
-            tail.index.add(first, tail.end, payload.max_timestamp)
-            self._write_index(tail)
-            tail.end += len(head) + len(payload.data)
-            tail.next_offset = first + payload.last_offset_delta + 1
+            if payload.producer_id != batchfmt.NO_PRODUCER:
+                self._check_open(payload.producer_id, payload.producer_epoch)
+            first, rolled = self._append_locked(tail, payload)
         if rolled and self.partition.on_roll is not None:
             self.partition.on_roll(self.partition)
         return first, first + payload.last_offset_delta
+
+    def _append_locked(self, tail: Tail, payload: batchfmt.Payload) -> tuple[int, bool]:
+        """Under the lock: append one batch at the end (rolling first if the segment is full)."""
+        rolled = False
+        self._check_room(tail.next_offset, tail.next_offset + payload.last_offset_delta + 1)
+        if tail.end >= self.partition.segment_bytes:
+            tail, rolled = self._roll(tail), True
+        first = tail.next_offset
+        head = batchfmt.frame(first, payload)
+        self._write(tail, head, payload.data)
+        tail.index.add(first, tail.end, payload.max_timestamp)
+        self._write_index(tail)
+        tail.end += len(head) + len(payload.data)
+        tail.next_offset = first + payload.last_offset_delta + 1
+        return first, rolled
+
+    def _check_open(self, producer_id: int, epoch: int) -> None:
+        entry = read_open(self.partition.path).get(producer_id)
+        if entry is None or entry.epoch != epoch:
+            raise ProducerFenced(
+                f"{self.partition.topic}/{self.partition.number}: producer {producer_id} (epoch {epoch}) has no open "
+                "transaction on this partition: it was ended, aborted (timed out, or its owner was found gone), "
+                "or a newer producer took over its transactional id"
+            )
+
+    def begin_transaction(self, producer_id: int, epoch: int, transactional_id: str) -> int:
+        """Make producer ``producer_id`` (at ``epoch``) part of an open transaction on this partition.
+
+        Returns the transaction's first offset here (the end offset now, or
+        where it joined before at the same epoch). Until ``end_transaction``,
+        read_committed readers stop there (the last stable offset). Raises
+        ProducerFenced if a higher epoch of the producer holds the partition.
+        The data directory is raised to format 4 first.
+        """
+        if not self._transactions_allowed:
+            from .datadir import TRANSACTION_FORMAT, require_format
+
+            require_format(self._data_dir(), TRANSACTION_FORMAT)
+            self._transactions_allowed = True
+        with self.writing():
+            tail = self._recover_tail()
+            self._report_recovery()
+            entries = read_open(self.partition.path)
+            entry = entries.get(producer_id)
+            if entry is not None:
+                if entry.epoch == epoch:
+                    return entry.first_offset
+                raise ProducerFenced(
+                    f"{self.partition.topic}/{self.partition.number}: producer {producer_id} still has a transaction "
+                    f"open here at epoch {entry.epoch}; end it first (epoch {epoch} asked)"
+                )
+            entries[producer_id] = OpenTxn(epoch, transactional_id, tail.next_offset)
+            write_open(self.partition.path, entries, self.partition.sync)
+            return tail.next_offset
+
+    def end_transaction(self, producer_id: int, epoch: int, commit: bool, timestamp: int) -> int | None:
+        """Write the commit or abort marker of producer ``producer_id``'s open transaction here.
+
+        Idempotent: a producer with no open transaction on the partition (it
+        was ended already, or never wrote here) gets no marker, and None is
+        returned; otherwise the marker's offset. ``epoch`` must be at least the
+        one the transaction was opened with (a newer epoch aborts a zombie's).
+        An abort is recorded in the segment's ``.txnindex`` before its marker.
+        """
+        rolled = False
+        with self.writing():
+            tail = self._recover_tail()
+            self._report_recovery()
+            entries = read_open(self.partition.path)
+            entry = entries.get(producer_id)
+            if entry is None:
+                return None
+            if epoch < entry.epoch:
+                raise ProducerFenced(
+                    f"{self.partition.topic}/{self.partition.number}: producer {producer_id} epoch {epoch} is older "
+                    f"than the transaction open here (epoch {entry.epoch})"
+                )
+            payload = batchfmt.control_payload(producer_id, epoch, commit, entry.first_offset, timestamp)
+            self._check_room(tail.next_offset, tail.next_offset + 1)
+            if tail.end >= self.partition.segment_bytes:
+                tail, rolled = self._roll(tail), True
+            if not commit:
+                append_txn_index(
+                    self.partition.txn_index_path(tail.base),
+                    AbortedTxn(producer_id, entry.first_offset, tail.next_offset),
+                    self.partition.sync,
+                )
+            marker, _ = self._append_locked(tail, payload)
+            del entries[producer_id]
+            write_open(self.partition.path, entries, self.partition.sync)
+        if rolled and self.partition.on_roll is not None:
+            self.partition.on_roll(self.partition)
+        return marker
 
     def _allow_null_headers(self) -> None:
         # (imported here: kq.engine.datadir imports this module)
@@ -154,15 +247,62 @@ class LogWriter:
             self._check_room(tail.next_offset, batches[-1].next_offset)
             if tail.end >= self.partition.segment_bytes:
                 tail, rolled = self._roll(tail), True
-            self._write(tail, *runs(batches))
-            for b in batches:
-                tail.index.add(b.base_offset, tail.end, b.max_timestamp)
-                tail.end += b.size
-            self._write_index(tail)
-            tail.next_offset = batches[-1].next_offset
+            if any(b.attributes & batchfmt.TRANSACTIONAL for b in batches):
+                self._append_raw_transactional(tail, batches)
+            else:
+                self._append_raw_locked(tail, batches)
         if rolled and self.partition.on_roll is not None:
             self.partition.on_roll(self.partition)
         return tail.next_offset
+
+    def _append_raw_locked(self, tail: Tail, batches: list[RawBatch]) -> None:
+        self._write(tail, *runs(batches))
+        for b in batches:
+            tail.index.add(b.base_offset, tail.end, b.max_timestamp)
+            tail.end += b.size
+        self._write_index(tail)
+        tail.next_offset = batches[-1].next_offset
+
+    def _append_raw_transactional(self, tail: Tail, batches: list[RawBatch]) -> None:
+        """Copied batches with transactions among them: this partition's ``txn.open`` and
+        ``.txnindex`` follow, so a replica's read_committed readers see what the source's do.
+
+        In runs that end at a marker: the producers of a run's data join first
+        (their first batch is their first offset), an abort's index entry goes
+        in before its marker, and the marker's producer leaves after it.
+        """
+        if not self._transactions_allowed:
+            from .datadir import TRANSACTION_FORMAT, require_format
+
+            require_format(self._data_dir(), TRANSACTION_FORMAT)
+            self._transactions_allowed = True
+        path = self.partition.path
+        start = 0
+        for i, b in enumerate(batches):
+            if not (b.attributes & batchfmt.CONTROL or i == len(batches) - 1):
+                continue
+            run = batches[start : i + 1]
+            start = i + 1
+            entries = read_open(path)
+            joined = False
+            for r in run:
+                if r.attributes & batchfmt.TRANSACTIONAL and not r.attributes & batchfmt.CONTROL:
+                    decoded = _decode_raw(r)
+                    if decoded.producer_id not in entries:
+                        entries[decoded.producer_id] = OpenTxn(decoded.producer_epoch, "", r.base_offset)
+                        joined = True
+            if joined:
+                write_open(path, entries, self.partition.sync)
+            marker = batchfmt.marker_of(_decode_raw(b)) if b.attributes & batchfmt.CONTROL else None
+            if marker is not None and not marker.commit:
+                append_txn_index(
+                    self.partition.txn_index_path(tail.base),
+                    AbortedTxn(marker.producer_id, marker.first_offset, b.base_offset),
+                    self.partition.sync,
+                )
+            self._append_raw_locked(tail, run)
+            if marker is not None and entries.pop(marker.producer_id, None) is not None:
+                write_open(path, entries, self.partition.sync)
 
     def _check_room(self, end: int, new_end: int) -> None:
         """Refuse an append that would take the end offset past MAX_OFFSET (it would not pack)."""
@@ -237,6 +377,7 @@ class LogWriter:
             finally:
                 os.close(fd)
             _truncate_index(self.partition.index_path(base), cut)
+            trim_txn_index(self.partition.txn_index_path(base), offset)
 
     def restart_at(self, offset: int) -> None:
         """Delete every record and continue the log at ``offset`` (a replica the source's retention overtook).
@@ -309,6 +450,13 @@ class LogWriter:
         return self._tail
 
 
+def _decode_raw(raw: RawBatch) -> batchfmt.RecordBatch:
+    status, header = batchfmt.check(raw.buf, raw.start, raw.start + raw.size, checksum=False)
+    if status != batchfmt.OK or not isinstance(header, BatchHeader):
+        raise KqError(f"batch at offset {raw.base_offset} to copy does not parse")
+    return batchfmt.decode(raw.buf, raw.start, header)
+
+
 def scan_tail(partition: Partition, fd: int, base: int, path: str) -> tuple[Tail, str | None]:
     """The end of the log in its last segment ``base`` (open as ``fd``), found under the writer lock and
     repaired if need be: the tail, and what was done that a user must hear of (or None)."""
@@ -342,6 +490,8 @@ def scan_tail(partition: Partition, fd: int, base: int, path: str) -> tuple[Tail
         os.ftruncate(index_fd, kept * ENTRY_SIZE)
         write_all(index_fd, found.index.take())
     index_inode = os.fstat(index_fd).st_ino if index_fd is not None else _inode(index_path)
+    # An abort's index entry goes in before its marker: one whose marker a crash kept out goes.
+    trim_txn_index(partition.txn_index_path(base), found.next_offset)
     return Tail(base, fd, os.fstat(fd).st_ino, found.end, found.next_offset, found.index, index_fd, index_inode), None
 
 

@@ -32,12 +32,14 @@ class Report:
     bytes_reclaimed: int = 0
     records_removed: int = 0
     tombstones_removed: int = 0
+    markers_removed: int = 0  # commit markers compaction dropped (transactions)
 
     def add(self, other: Report) -> None:
         self.segments_deleted += other.segments_deleted
         self.bytes_reclaimed += other.bytes_reclaimed
         self.records_removed += other.records_removed
         self.tombstones_removed += other.tombstones_removed
+        self.markers_removed += other.markers_removed
 
 
 def segment_max_timestamp(partition: Partition, base: int) -> int:
@@ -157,14 +159,19 @@ def compact(partition: Partition, now: int | None = None, progress=None) -> Repo
         if not closed:
             report.start_offset = partition.start_offset()
             return report
+        # Transactions (docs/FORMAT.md): only decided records, below the last stable offset, count
+        # for a key or go; an aborted transaction's records go whatever their keys; commit
+        # markers there go (readers need none below the LSO); abort markers stay, as their
+        # .txnindex entries do (the index is rebuilt from them).
+        txns = _Transactions(partition)
         latest: dict = {}
         for b in _all_batches(partition):
-            if b.keys is not None:
+            if b.keys is not None and txns.counts(b):
                 latest.update(zip(b.keys, b.offsets()))
         latest.pop(None, None)
         rewritten = []
         for done, base in enumerate(closed):
-            result = _rewrite_segment(partition, base, latest, horizon, report)
+            result = _rewrite_segment(partition, base, latest, horizon, report, txns)
             if result is not None:
                 rewritten.append(base)
             if progress is not None:
@@ -189,11 +196,50 @@ def _all_batches(partition: Partition):
         cursor.close()
 
 
-def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int, report: Report):
+class _Transactions:
+    """What compaction needs to know of a partition's transactions, read once under the maintenance lock."""
+
+    def __init__(self, partition: Partition):
+        from .txn_log import read_open
+
+        self.transactional = bool(read_open(partition.path)) or any(
+            os.path.exists(partition.txn_index_path(b)) for b in partition.segments()
+        )
+        self.stable = partition.last_stable_offset()
+        self.aborted = partition.aborted_transactions(0) if self.transactional else []
+
+    def undecided(self, b) -> bool:
+        return b.base_offset >= self.stable
+
+    def aborted_batch(self, b) -> bool:
+        from .txn_log import is_aborted
+
+        return bool(b.attributes & batchfmt.TRANSACTIONAL) and is_aborted(self.aborted, b.producer_id, b.base_offset)
+
+    def counts(self, b) -> bool:
+        """Whether a batch's keys may make older records of theirs go (a decided, committed data batch)."""
+        return not (b.attributes & batchfmt.CONTROL or self.undecided(b) or self.aborted_batch(b))
+
+
+def _abort_marker(b) -> bool:
+    marker = batchfmt.marker_of(b)
+    return marker is not None and not marker.commit
+
+
+def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int, report: Report, txns: _Transactions):
     """Write ``<segment>.compact`` (and its index) if anything can go; None if nothing can."""
     out_batches = []
-    removed = tombstones = 0
+    removed = tombstones = markers = 0
     for raw, b in _segment_batches(partition, base):
+        if txns.undecided(b) or _abort_marker(b):
+            out_batches.append((raw, b.base_offset, b.max_timestamp))
+            continue
+        if b.attributes & batchfmt.CONTROL:  # a commit marker below the LSO
+            markers += 1
+            continue
+        if txns.aborted_batch(b):
+            removed += b.count
+            continue
         offsets = b.offsets()
         stamps = b.timestamps()
         keys = b.keys if b.keys is not None else [None] * b.count
@@ -218,12 +264,14 @@ def _rewrite_segment(partition: Partition, base: int, latest: dict, horizon: int
                 timestamps=[stamps[i] for i in keep],
                 offset_deltas=[offsets[i] - first for i in keep],
                 compression=partition.codec,  # a batch rewritten takes the topic's codec of today
+                producer=(b.producer_id, b.producer_epoch) if b.attributes & batchfmt.TRANSACTIONAL else None,
             )
             out_batches.append((data, first, max(stamps[i] for i in keep)))
-    if not removed and not tombstones:
+    if not removed and not tombstones and not markers:
         return None
     if partition.codec:
         partition.allow_compression()
+    report.markers_removed += markers
     report.records_removed += removed
     report.tombstones_removed += tombstones
     log_tmp = partition.log_path(base) + COMPACT_SUFFIX

@@ -33,6 +33,7 @@ from .fileio import (
 from .index import Index, entry_is_valid
 from .log_writer import LogWriter
 from .segment import DAMAGED, BatchReader, classify_damage, find_valid_batch, index_name, list_segments, log_name
+from .txn_log import AbortedTxn, aborted_between, load_txn_index, read_open, txn_index_name
 
 MAINTENANCE_LOCK = "maintain.lock"
 START_NAME = "start.offset"
@@ -103,9 +104,12 @@ class Partition:
     def index_path(self, base: int) -> str:
         return os.path.join(self.path, index_name(base))
 
+    def txn_index_path(self, base: int) -> str:
+        return os.path.join(self.path, txn_index_name(base))
+
     def remove_segment(self, base: int) -> None:
-        """Delete a segment and its index (the index first: an index never outlives its log)."""
-        for path in (self.index_path(base), self.log_path(base)):
+        """Delete a segment and its indexes (the indexes first: an index never outlives its log)."""
+        for path in (self.index_path(base), self.txn_index_path(base), self.log_path(base)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -196,6 +200,40 @@ class Partition:
         finally:
             os.close(fd)
 
+    def last_stable_offset(self) -> int:
+        """Kafka's last stable offset: the first offset of a transaction still open here, else the end offset.
+
+        read_committed readers read below it only; everything below it is
+        decided (committed, aborted, or not transactional).
+        """
+        end = self.end_offset()  # before txn.open: a transaction that joins later starts at or after this
+        open_now = read_open(self.path)
+        return min([end, *(t.first_offset for t in open_now.values())])
+
+    def open_transactions(self) -> dict:
+        """The transactions open on this partition: producer id -> OpenTxn (epoch, transactional id, first offset)."""
+        return read_open(self.path)
+
+    def aborted_transactions(self, start: int, stop: int | None = None) -> list[AbortedTxn]:
+        """The aborted transactions that may hold records in [start, stop), from the segments' ``.txnindex``
+        files (producer id, first offset, abort marker's offset), oldest marker first."""
+        bases = self.segments()
+        out: list[AbortedTxn] = []
+        for i, base in enumerate(bases):
+            # An abort's marker is after all its records: segments ending at or before ``start`` hold none we need.
+            if i + 1 < len(bases) and bases[i + 1] <= start:
+                continue
+            out += aborted_between(load_txn_index(self.txn_index_path(base)), start, stop)
+        return out
+
+    def begin_transaction(self, producer_id: int, epoch: int, transactional_id: str) -> int:
+        """See ``LogWriter.begin_transaction``: join an open transaction; returns its first offset here."""
+        return self._log_writer.begin_transaction(producer_id, epoch, transactional_id)
+
+    def end_transaction(self, producer_id: int, epoch: int, commit: bool) -> int | None:
+        """See ``LogWriter.end_transaction``: the commit or abort marker (idempotent); its offset, or None."""
+        return self._log_writer.end_transaction(producer_id, epoch, commit, now_ms())
+
     def extent(self) -> tuple[int, int, int]:
         """start_offset, end_offset and size, from one listing of the segments (kq metrics asks thousands)."""
         bases = self.segments()
@@ -257,13 +295,15 @@ class Partition:
                     size = len(data)
         return min(size, batchfmt.MAX_PAYLOAD_BYTES)  # (a damaged frame may claim anything)
 
-    def cursor(self, offset: int, buffers: int = 1) -> Cursor:
-        return Cursor(self, offset, buffers)
+    def cursor(self, offset: int, buffers: int = 1, isolation: str = "all") -> Cursor:
+        """A reader from ``offset``; ``isolation``: "all" (every batch as stored, control batches too),
+        "read_uncommitted" (no control batches) or "read_committed" (see kq.engine.cursor)."""
+        return Cursor(self, offset, buffers, isolation)
 
-    def read(self, offset: int = 0, stop: int | None = None):
-        """Yield the records from ``offset`` up to (not including) ``stop`` or the end."""
+    def read(self, offset: int = 0, stop: int | None = None, isolation: str = "read_uncommitted"):
+        """Yield the records from ``offset`` up to (not including) ``stop`` or the end (never markers)."""
         stop = self.end_offset() if stop is None else stop
-        cur = self.cursor(offset)
+        cur = self.cursor(offset, isolation=isolation)
         try:
             while True:
                 batches = cur.poll()

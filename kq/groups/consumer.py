@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from ..consumer import POLL_SECONDS, Consumer, IdleClock, Slice
 from ..delivery_time import deliver_at, now_ms
+from ..engine.cursor import READ_COMMITTED
 from ..engine.datadir import DataDir
 from ..engine.names import check_name
 from ..engine.topic import Topic
@@ -50,6 +51,9 @@ class GroupConsumer:
         reset: str = "earliest",
         poll_seconds: float = POLL_SECONDS,
         warn=None,
+        isolation: str = READ_COMMITTED,
+        commits: bool = True,
+        before_resume=None,
     ):
         if reset not in ("earliest", "latest"):
             raise UsageError(f"reset must be 'earliest' or 'latest', not {reset!r}")
@@ -60,10 +64,14 @@ class GroupConsumer:
         self.reset = reset
         self.poll_seconds = poll_seconds
         self.member = Member(self.groups, group, topic.name)
-        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds)
+        self.consumer = Consumer(topic, follow=follow, poll_seconds=poll_seconds, isolation=isolation)
         self.consumer.who = f"group '{self.group}'"
         self.timed_out = False
         self.warn = warn or kq_warn
+        # ``commits=False``: the caller commits the group's offsets itself (in a transaction,
+        # kq.ops.exactly_once); ``before_resume()`` runs before a claimed partition's offset is read.
+        self.commits = commits
+        self.before_resume = before_resume
         self._marks: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._wanted: set[int] = set()
@@ -80,6 +88,9 @@ class GroupConsumer:
 
     def commit(self, partitions=None) -> None:
         self._last_commit = time.monotonic()
+        if not self.commits:
+            self._marks.clear()
+            return
         for p in list(self._marks) if partitions is None else partitions:
             offset = self._marks.get(p)
             if offset is not None and offset != self._committed.get(p):
@@ -90,24 +101,45 @@ class GroupConsumer:
             if self._marks.get(p) == offset:
                 self._marks.pop(p, None)
 
+    def passed(self, partition: int, offset: int) -> int:
+        """Where a caller that handled everything up to ``offset`` may commit: past the markers and aborted
+        records the reader left out after it, when ``offset`` is the end of what it was handed."""
+        if self.consumer.delivered.get(partition) == offset:
+            return max(offset, self.consumer.positions.get(partition, offset))
+        return offset
+
+    def _mark_passed(self) -> None:
+        """Caught up: where everything handed out was written (marked), move the mark past the batches
+        the reader left out after it (transaction markers, aborted records), as a Kafka consumer's position moves."""
+        for p, position in self.consumer.positions.items():
+            delivered = self.consumer.delivered.get(p)
+            if (
+                p in self.member.owned
+                and position != delivered
+                and self._marks.get(p, self._committed.get(p)) == delivered
+            ):
+                self._marks[p] = position
+
     def _rebalance(self) -> None:
         self._wanted = self.member.assignment(self.topic.partition_count)
         for p in sorted(self.member.owned - self._wanted):
             self.commit([p])
             self.consumer.remove(p)
             self.member.release(p)
-        for p in sorted(self._wanted - self.member.owned):
-            if self.member.claim(p):
-                committed = self.groups.committed(self.group, self.topic).get(p)
-                start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
-                if warning:
-                    self.warn(warning)
-                self._committed[p] = committed  # type: ignore[assignment]
-                self.consumer.add(p, start)
-                if start != committed:
-                    # Remember where --reset put the group, as Kafka does,
-                    # so that `latest` means "from when the group started".
-                    self._marks[p] = start
+        claimed = [p for p in sorted(self._wanted - self.member.owned) if self.member.claim(p)]
+        if claimed and self.before_resume is not None:
+            self.before_resume()  # after the claims: whoever held them before is gone or done
+        for p in claimed:
+            committed = self.groups.committed(self.group, self.topic).get(p)
+            start, warning = resume_offset(self.topic.partition(p), committed, self.reset, self.group)
+            if warning:
+                self.warn(warning)
+            self._committed[p] = committed  # type: ignore[assignment]
+            self.consumer.add(p, start)
+            if start != committed:
+                # Remember where --reset put the group, as Kafka does,
+                # so that `latest` means "from when the group started".
+                self._marks[p] = start
 
     def rounds(self, idle_timeout: float | None = None) -> Iterator[list[Slice]]:
         """Rounds of slices from the partitions this member owns (see Consumer.rounds)."""
@@ -135,7 +167,10 @@ class GroupConsumer:
                     )
                 yield slices
                 continue
+            self._mark_passed()
             self.commit()  # caught up: what was written is committed before any wait
+            if self.follow:
+                self.consumer.settle_if_held()
             if idle.expired():
                 self.timed_out = True
                 return

@@ -181,11 +181,14 @@ class Groups:
         found = cls.read_offset_file(path)
         return None if found is None else found[0]
 
-    def commit(self, group: str, topic: str | Topic, partition: int, offset: int, metadata: str = "") -> None:
+    def commit(
+        self, group: str, topic: str | Topic, partition: int, offset: int, metadata: str = "", sync: bool = True
+    ) -> None:
         """Store a committed offset atomically (temp file, fsync, rename, fsync dir).
 
         Given a Topic, the offset records the topic's id (see ``committed``).
         ``metadata`` is the commit's string, as a Kafka client gives it (kept when not empty).
+        ``sync=False`` (a transaction's commit on a topic that does not sync) leaves out the fsyncs.
         """
         if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:  # kq never writes what it would refuse to read
             raise KqError(f"a committed offset is a whole number from 0 to {MAX_OFFSET}, not {shown(offset)}")
@@ -202,7 +205,23 @@ class Groups:
             body["topic_id"] = topic_id
         if metadata:
             body["metadata"] = metadata
-        atomic_write(os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n")
+        atomic_write(
+            os.path.join(directory, f"{partition}{OFFSET_SUFFIX}"), json.dumps(body).encode() + b"\n", sync=sync
+        )
+
+    def transaction_committer(self, sync: bool = True):
+        """The ``commit_offset`` function a transaction store (kq.engine.transactions) applies group offsets with."""
+
+        def commit_offset(group: str, topic: str, partition: int, offset: int, metadata: str) -> None:
+            from ..errors import TopicNotFound
+
+            try:
+                target: str | Topic = self.data.topic(topic)
+            except TopicNotFound:
+                target = topic
+            self.commit(group, target, partition, offset, metadata, sync=sync)
+
+        return commit_offset
 
     # ------------------------------------------------------------------ members
 

@@ -159,6 +159,9 @@ class Verifier:
         before = {seg.base: seg for seg in found.segments}
         for seg in again.segments:
             old = before.get(seg.base)
+            if seg.txn_index_problem is not None and old is not None and old.txn_index_problem is not None:
+                old.txn_index_problem.action = seg.txn_index_problem.action
+                old.txn_index_problem.repaired = seg.txn_index_problem.repaired
             if seg.index_problem is None or old is None:
                 continue
             if old.index_problem is not None:

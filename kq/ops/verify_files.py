@@ -15,6 +15,7 @@ from ..engine.maintain import COMPACT_SUFFIX
 from ..engine.partition import MAINTENANCE_LOCK, START_NAME
 from ..engine.segment import INDEX_SUFFIX, QUARANTINE
 from ..engine.topic import Topic
+from ..engine.txn_log import TXN_INDEX_SUFFIX
 from ..errors import CorruptFile, KqError
 from ..groups.store import CLAIM_SUFFIX, MEMBER_SUFFIX, MEMBERS_DIR, OFFSET_SUFFIX, Groups, _read_member, partition_of
 from .verify_problem import FOREIGN, INFO, WARNING, Problem, not_regular, not_repaired, unreadable
@@ -22,6 +23,33 @@ from .verify_repair import quarantine_offsets, quarantine_share_state
 
 if TYPE_CHECKING:
     from .verify_partition import PartitionCheck
+
+
+def _check_open_transactions(check, path: str) -> None:
+    """``txn.open``: readable, and each transaction still open named (read_committed readers wait at it)."""
+    from ..engine.txn_log import OPEN_FILE, read_open
+
+    try:
+        entries = read_open(path)
+    except (KqError, OSError) as exc:
+        file, why = unreadable(exc, os.path.join(path, OPEN_FILE))
+        check.report(
+            file,
+            None,
+            f"open transactions unreadable: {why}",
+            why_not="restore the file; read_committed readers and transactional writers refuse the partition",
+        )
+        return
+    for pid, entry in sorted(entries.items()):
+        who = f"transactional id {entry.transactional_id!r}" if entry.transactional_id else "a replicated producer"
+        check.report(
+            os.path.join(path, OPEN_FILE),
+            None,
+            f"a transaction of producer {pid} ({who}, epoch {entry.epoch}) is open from offset "
+            f"{entry.first_offset}: read_committed readers stop there until it ends (kq maintain ends "
+            "one whose producer is gone or that ran past its timeout)",
+            INFO,
+        )
 
 
 def check_partition_files(check: PartitionCheck, bases: list[int]) -> None:
@@ -51,6 +79,7 @@ def check_partition_files(check: PartitionCheck, bases: list[int]) -> None:
                 why_not="restore the file, or remove it to serve the partition from its first segment",
             )
     segments = {seg.base for seg in check.segments}
+    _check_open_transactions(check, path)
     for name in sorted(os.listdir(path)):
         stem = name[: -len(INDEX_SUFFIX)]
         if name in (WRITER_LOCK, MAINTENANCE_LOCK) and (kind := not_regular(os.path.join(path, name))):
@@ -59,6 +88,18 @@ def check_partition_files(check: PartitionCheck, bases: list[int]) -> None:
                 None,
                 f"lock file is a {kind}, not a regular file: writers cannot lock the partition",
                 why_not=FOREIGN,
+            )
+        elif (
+            name.endswith(TXN_INDEX_SUFFIX)
+            and (txn_stem := name[: -len(TXN_INDEX_SUFFIX)]).isascii()
+            and txn_stem.isdigit()
+            and int(txn_stem) not in segments
+        ):
+            check.report(
+                os.path.join(path, name),
+                None,
+                "transaction index of a segment that does not exist (left by an interrupted deletion)",
+                INFO,
             )
         elif name.endswith(INDEX_SUFFIX) and stem.isascii() and stem.isdigit() and int(stem) not in segments:
             check.report(

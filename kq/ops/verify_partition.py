@@ -50,6 +50,9 @@ class CheckedSegment:
     damaged_last: Region | None = None  # a whole damaged last batch: quarantined as a writer would (last segment only)
     index: list[tuple[int, int, int]] = field(default_factory=list)  # what the index should hold
     index_problem: Problem | None = None
+    txn_index_path: str = ""
+    txn_index: list[tuple[int, int, int]] = field(default_factory=list)  # the abort markers' entries (.txnindex)
+    txn_index_problem: Problem | None = None
 
 
 class PartitionCheck:
@@ -122,6 +125,7 @@ class PartitionCheck:
 
     def _check_segment(self, base: int, last: bool) -> None:
         seg = CheckedSegment(base, self.part.log_path(base), self.part.index_path(base))
+        seg.txn_index_path = self.part.txn_index_path(base)
         try:
             fd = open_regular(seg.path)
         except FileNotFoundError:
@@ -154,6 +158,7 @@ class PartitionCheck:
             os.close(fd)
         if not seg.damaged:
             self._check_index(seg)
+            self._check_txn_index(seg)
         self.segments.append(seg)
 
     def _check_batches(self, fd: int, seg: CheckedSegment, last: bool) -> None:
@@ -181,6 +186,9 @@ class PartitionCheck:
                     continue
                 self._check_offsets(seg, pos, b)
                 index.add(b.base_offset, pos, b.max_timestamp)
+                marker = batchfmt.marker_of(b)
+                if marker is not None and not marker.commit:
+                    seg.txn_index.append((marker.producer_id, marker.first_offset, b.base_offset))
             seg.index = index.entries
             if reader.stop != DAMAGED:
                 return
@@ -274,6 +282,27 @@ class PartitionCheck:
                 WARNING,
             )
         self.next_offset = self.expected = b.next_offset
+
+    def _check_txn_index(self, seg: CheckedSegment) -> None:
+        """The segment's .txnindex must list its abort markers, in order (docs/FORMAT.md, "Transactions")."""
+        from ..engine.txn_log import TXN_ENTRY_SIZE, load_txn_index
+
+        try:
+            have = [tuple(e) for e in load_txn_index(seg.txn_index_path)]
+            size = os.path.getsize(seg.txn_index_path) if os.path.lexists(seg.txn_index_path) else 0
+        except (OSError, NotRegularFile) as exc:
+            file, why = unreadable(exc, seg.txn_index_path)
+            self.report(file, None, f"transaction index unreadable: {why}", why_not=FOREIGN)
+            return
+        if have == seg.txn_index and size == len(have) * TXN_ENTRY_SIZE:
+            return
+        seg.txn_index_problem = self.report(
+            seg.txn_index_path,
+            None,
+            f"transaction index out of date: {len(have)} entries where the segment's abort markers make "
+            f"{len(seg.txn_index)} (read_committed readers would "
+            f"{'show aborted records' if len(have) < len(seg.txn_index) else 'hide committed ones'})",
+        )
 
     def _check_index(self, seg: CheckedSegment) -> None:
         """The index must be exactly the one kq writes: one entry every INTERVAL_BYTES."""

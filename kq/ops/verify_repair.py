@@ -50,6 +50,12 @@ def rebuild_indexes(check: PartitionCheck) -> None:
             atomic_write(seg.index_path, pack_entries(seg.index))
             seg.index_problem.action = f"rebuilt the index ({len(seg.index)} entries)"
             seg.index_problem.repaired = True
+        if seg.txn_index_problem is not None and not seg.damaged:
+            from ..engine.txn_log import TXN_ENTRY
+
+            atomic_write(seg.txn_index_path, b"".join(TXN_ENTRY.pack(*e) for e in seg.txn_index))
+            seg.txn_index_problem.action = f"rebuilt the transaction index ({len(seg.txn_index)} entries)"
+            seg.txn_index_problem.repaired = True
 
 
 def _quarantine_and_splice(seg: CheckedSegment) -> None:

@@ -24,6 +24,8 @@ Layout, top down:
     topic_configs.py Kafka's topic configs: names, types, defaults, valid values
     cluster_info.py a one-broker cluster's answers: log dirs, quorum, leaders, reassignments, ACLs
     producers.py    the idempotent producer's ids and sequence numbers
+    transactions.py the transaction coordinator: InitProducerId with a transactional id, AddPartitionsToTxn,
+                    AddOffsetsToTxn, TxnOffsetCommit, EndTxn, timeouts, Describe/ListTransactions
     records.py      Kafka record batches to kq's columns (the hot path in)
     fetch_records.py kq's batches as Kafka record batches (the hot path out)
     compression.py  the batch codecs: bounded decompression, re-compression

@@ -8,6 +8,7 @@ InitProducerId in ``produce``, Fetch in ``fetch``, consumer groups in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -22,9 +23,10 @@ from .admin import Admin
 from .cluster_info import ClusterInfo
 from .config_admin import ConfigAdmin
 from .coordinator import Coordinator
-from .fetch import MAX_FETCH_RESPONSE_BYTES, FetchHandler, Waiters
+from .fetch import MAX_FETCH_RESPONSE_BYTES, READ_COMMITTED, FetchHandler, Waiters
 from .produce import ProduceHandler
 from .storage import KqError, Storage, TopicNotFound, check_name
+from .transactions import TRANSACTION_KEY, Transactions
 
 log = logging.getLogger("kq.serve")
 
@@ -35,6 +37,7 @@ ZERO_UUID = uuid.UUID(int=0)
 # Kafka's names for its APIs (Produce, Fetch, ...), as kq serve --metrics labels them.
 API_NAMES = {key: api.request.__name__.removesuffix("Request") for key, api in wire.APIS.items()}
 
+TRANSACTION_TICK_SECONDS = 0.1  # how often transactions are looked at for their timeout
 EARLIEST, LATEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED, EARLIEST_PENDING_UPLOAD = -2, -1, -3, -4, -5, -6
 
 
@@ -76,6 +79,10 @@ class Broker:
         self.producing = ProduceHandler(storage, self.waiters, self.storage_error)
         self.fetching = FetchHandler(storage, self.waiters, self)
         self.coordinator = Coordinator(storage, self.storage_error)
+        self.transactions = Transactions(storage, self.producing.producers, self.storage_error, self.waiters)
+        self.producing.transactions = self.transactions
+        self._transaction_ticker: asyncio.Task | None = None
+        self.coordinator.offsets.transactions = self.transactions
         self.admin = Admin(storage, self)
         self.config_admin = ConfigAdmin(storage, self)
         self.cluster_info = ClusterInfo(storage, self)
@@ -86,7 +93,13 @@ class Broker:
             3: self.metadata,
             10: self.find_coordinator,
             18: self.api_versions,
-            22: self.producing.init_producer_id,
+            22: self.init_producer_id,
+            24: self._sync(self.transactions.add_partitions),
+            25: self._sync(self.transactions.add_offsets),
+            26: self._sync(self.transactions.end_txn),
+            28: self._sync(self.transactions.txn_offset_commit),
+            65: self._sync(self.transactions.describe_transactions),
+            66: self._sync(self.transactions.list_transactions),
             8: self.coordinator.offset_commit,
             9: self.coordinator.offset_fetch,
             11: self.coordinator.join_group,
@@ -116,8 +129,31 @@ class Broker:
             75: self.cluster_info.describe_topic_partitions,
         }
 
+    @staticmethod
+    def _sync(handler):
+        async def handle(body, version: int):
+            return handler(body, version)
+
+        return handle
+
+    async def init_producer_id(self, body, version: int):
+        if body.transactional_id is not None:
+            return self.transactions.init_producer_id(body, version)
+        return await self.producing.init_producer_id(body, version)
+
     def start(self) -> None:
         self.coordinator.start()
+        # Transactions a server that died left open (their locks are free now) are finished first.
+        self.transactions.expire()
+        self._transaction_ticker = asyncio.get_running_loop().create_task(self._expire_transactions())
+
+    async def _expire_transactions(self) -> None:
+        while True:
+            await asyncio.sleep(TRANSACTION_TICK_SECONDS)
+            try:
+                self.transactions.expire()
+            except Exception as exc:  # never let the ticker die
+                log.exception("transaction ticker: %s", exc)
 
     def release_waiting(self) -> None:
         """Stopping: requests waiting on time (fetch long polls, group joins and syncs) are answered now."""
@@ -125,6 +161,9 @@ class Broker:
         self.coordinator.release_waiting()
 
     def close(self) -> None:
+        if self._transaction_ticker is not None:
+            self._transaction_ticker.cancel()
+        self.transactions.close()
         self.waiters.close()
         self.coordinator.close()
         self.storage.close()
@@ -238,7 +277,7 @@ class Broker:
         if version >= 4:
             coordinators = []
             for key in body.coordinator_keys:
-                error, message = self.coordinator.check_key(key, body.key_type)
+                error, message = self._check_coordinator_key(key, body.key_type)
                 coordinators.append(
                     R.Coordinator(
                         key=key,
@@ -250,7 +289,7 @@ class Broker:
                     )
                 )
             return R(version=version, throttle_time_ms=0, coordinators=coordinators)
-        error, message = self.coordinator.check_key(body.key, body.key_type)
+        error, message = self._check_coordinator_key(body.key, body.key_type if version >= 1 else 0)
         return R(
             version=version,
             throttle_time_ms=0,
@@ -261,18 +300,25 @@ class Broker:
             port=self.port,
         )
 
-    # ------------------------------------------------------------------ produce
+    def _check_coordinator_key(self, key: str, key_type: int) -> tuple[int, str | None]:
+        if key_type == TRANSACTION_KEY:
+            if not key:
+                return codes.INVALID_REQUEST, "an empty transactional id"
+            return codes.NONE, None
+        return self.coordinator.check_key(key, key_type)
+
     # ------------------------------------------------------------------ list offsets
 
     async def list_offsets(self, body, version: int):
         R = ListOffsetsResponse
         TR = R.ListOffsetsTopicResponse
         PR = TR.ListOffsetsPartitionResponse
+        committed = version >= 2 and body.isolation_level == READ_COMMITTED
         out = []
         for t in body.topics:
             parts = []
             for p in t.partitions:
-                code, offset, ts = self._list_offset(t.name, p.partition_index, p.timestamp)
+                code, offset, ts = self._list_offset(t.name, p.partition_index, p.timestamp, committed)
                 parts.append(
                     PR(
                         partition_index=p.partition_index,
@@ -286,13 +332,15 @@ class Broker:
             out.append(TR(name=t.name, partitions=parts))
         return R(version=version, throttle_time_ms=0, topics=out)
 
-    def _list_offset(self, topic: str, partition: int, timestamp: int) -> tuple[int, int, int]:
+    def _list_offset(self, topic: str, partition: int, timestamp: int, committed: bool) -> tuple[int, int, int]:
         try:
             check_name(topic)
             t = self.storage.topic(topic)
             if not 0 <= partition < t.partition_count:
                 return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1
             if timestamp in (LATEST, LATEST_TIERED):
+                if committed:  # read_committed: the end is the last stable offset
+                    return codes.NONE, self.storage.last_stable_offset(topic, partition), -1
                 return codes.NONE, self.storage.end_offset(topic, partition), -1
             if timestamp in (EARLIEST, EARLIEST_LOCAL):
                 return codes.NONE, self.storage.offsets(topic, partition)[0], -1

@@ -18,6 +18,7 @@ MAX_FETCH_RESPONSE_BYTES = 64 * 1024 * 1024  # whatever a client asks for
 # another process (`kq produce`) appended, while such records flow and after
 # a quiet second (as `kq consume -f` does); appends through this server
 # wake waiters at once.
+READ_COMMITTED = 1  # a Fetch's isolation level
 EXTERNAL_POLL_SECONDS = 0.005
 EXTERNAL_IDLE_POLL_SECONDS = 0.04
 QUIET_SECONDS = 1.0
@@ -125,14 +126,16 @@ class FetchHandler:
         total = 0
         ends = []
         errors = False
+        committed = body.isolation_level == READ_COMMITTED
         for t in body.topics:
             parts = []
             for p in t.partitions:
-                code, hw, start, data = self._fetch_partition(
+                code, hw, lso, start, data, aborted = self._fetch_partition(
                     t.topic,
                     p.partition,
                     p.fetch_offset,
                     min(p.partition_max_bytes, max_bytes - total) if total < max_bytes else 0,
+                    committed,
                 )
                 if code:
                     errors = True
@@ -144,9 +147,13 @@ class FetchHandler:
                         partition_index=p.partition,
                         error_code=code,
                         high_watermark=hw,
-                        last_stable_offset=hw,
+                        last_stable_offset=lso,
                         log_start_offset=start,
-                        aborted_transactions=None,
+                        aborted_transactions=(
+                            [PD.AbortedTransaction(producer_id=pid, first_offset=first) for pid, first in aborted]
+                            if committed
+                            else None
+                        ),
                         preferred_read_replica=-1,
                         records=data,
                     )
@@ -154,39 +161,50 @@ class FetchHandler:
             responses.append(TR(topic=t.topic, partitions=parts))
         return responses, total, ends, errors
 
-    def _fetch_partition(self, topic: str, partition: int, offset: int, max_bytes: int):
+    def _fetch_partition(self, topic: str, partition: int, offset: int, max_bytes: int, committed: bool = False):
+        """(error, high watermark, last stable offset, log start, records, aborted transactions) of one partition.
+
+        ``committed`` (isolation level read_committed): no record at or past the
+        last stable offset is sent, and the aborted transactions among those
+        sent are listed, for the client to drop their records (as Kafka does).
+        """
         try:
             check_name(topic)
             t = self.storage.topic(topic)
             if not 0 <= partition < t.partition_count:
-                return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""
+                return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, b"", []
             start, end = self.storage.offsets(topic, partition)
+            lso = self.storage.last_stable_offset(topic, partition)
         except TopicNotFound:
-            return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""
+            return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, b"", []
         except KqError:
-            return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, b""
+            return codes.UNKNOWN_TOPIC_OR_PARTITION, -1, -1, -1, b"", []
         if offset < start or offset > end:
-            return codes.OFFSET_OUT_OF_RANGE, end, start, b""
-        if offset == end or max_bytes <= 0:
-            return codes.NONE, end, start, b""
+            return codes.OFFSET_OUT_OF_RANGE, end, lso, start, b"", []
+        limit = lso if committed else end
+        if offset >= limit or max_bytes <= 0:
+            return codes.NONE, end, lso, start, b"", []
+        first = offset
         pieces: list = []
         sent = 0
         try:
             # Read at least one batch even past the limit (KIP-74): a consumer
             # must always be able to make progress.
-            while sent < max_bytes:
+            while sent < max_bytes and offset < limit:
                 batches = self.storage.read(topic, partition, offset, max(min(max_bytes - sent, 2 * 1024 * 1024), 1))
                 if not batches:
                     break
                 for b in batches:
-                    if sent >= max_bytes:
+                    if sent >= max_bytes or b.base_offset >= limit:
                         break
                     sent += fetch_records.kafka_batches(b, offset, max(max_bytes - sent, 1), pieces)
                     offset = b.next_offset
                 if batches[-1].next_offset != offset:
                     break
+            aborted = self.storage.aborted_transactions(topic, partition, first, offset) if committed else []
         except KqError as exc:
             log.error("reading %s/%d: %s", topic, partition, exc)
-            return codes.KAFKA_STORAGE_ERROR, end, start, b""
+            return codes.KAFKA_STORAGE_ERROR, end, lso, start, b"", []
         # The end may have moved since it was read: report what was sent at least.
-        return codes.NONE, max(end, offset if pieces else end), start, b"".join(pieces)
+        hw = max(end, offset if pieces else end)
+        return codes.NONE, hw, min(lso, hw), start, b"".join(pieces), aborted

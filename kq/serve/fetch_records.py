@@ -20,13 +20,17 @@ from crc32c import crc32c
 
 from .compression import CODEC_MASK, NONE, compress
 from .records import (
+    CONTROL_BIT,
     CRC_POSITION,
     CRC_START,
     HEADER,
     HEADER_SIZE,
     LENGTH_END,
     NO_PRODUCER_ID,
+    TRANSACTIONAL_BIT,
 )
+from .storage import CONTROL_BATCH as KQ_CONTROL
+from .storage import TRANSACTIONAL_BATCH as KQ_TRANSACTIONAL
 
 
 def _zigzag(value: int) -> bytes:
@@ -202,6 +206,18 @@ def _value_sizes(values, keys) -> list[int]:
     return sizes
 
 
+def _transaction_fields(batch) -> tuple[int, int, int]:
+    """(Kafka attribute bits, producer id, epoch) of a kq batch: transactional and control batches keep theirs.
+
+    A read_committed client drops an aborted transaction's records by their
+    producer id, and steps over the control batch (its marker) that ends it.
+    """
+    if not batch.attributes & KQ_TRANSACTIONAL:
+        return 0, NO_PRODUCER_ID, -1
+    bits = TRANSACTIONAL_BIT | (CONTROL_BIT if batch.attributes & KQ_CONTROL else 0)
+    return bits, batch.producer_id, batch.producer_epoch
+
+
 def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
     """Append Kafka v2 batches for the records of kq ``batch`` at or after ``offset``.
 
@@ -218,6 +234,8 @@ def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
     keys = batch.keys
     values = batch.values
     whole = lo == 0 and batch.size <= min(max_bytes, PIECE_BYTES)
+    kind = batch.attributes & CODEC_MASK
+    txn_bits, producer_id, producer_epoch = _transaction_fields(batch)
     sizes: list[int] = [] if whole else _value_sizes(values, keys)
     sent = 0
     while lo < count and sent < max_bytes:
@@ -246,10 +264,19 @@ def kafka_batches(batch, offset: int, max_bytes: int, out: list) -> int:
             base_ts,
             [offsets[i] - base for i in span] if gaps else None,
         )
-        kind = batch.attributes & CODEC_MASK
         if kind != NONE:
             records = compress(kind, records)
-        data = build_batch(base, records, hi - lo, offsets[hi - 1] - base, base_ts, max_ts, attributes=kind)
+        data = build_batch(
+            base,
+            records,
+            hi - lo,
+            offsets[hi - 1] - base,
+            base_ts,
+            max_ts,
+            attributes=kind | txn_bits,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+        )
         out.append(data)
         sent += len(data)
         lo = hi

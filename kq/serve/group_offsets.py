@@ -10,6 +10,7 @@ server's Kafka members) in kq's file-lock group on the topic.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from kafka.protocol.consumer import OffsetCommitResponse, OffsetFetchResponse
 
@@ -18,12 +19,16 @@ from . import codes
 from .group_state import COMPLETING, Group
 from .storage import KqError, Storage, TopicNotFound, check_name
 
+if TYPE_CHECKING:
+    from .transactions import Transactions
+
 
 class GroupOffsets:
     def __init__(self, storage: Storage, groups: dict[str, Group], on_error):
         self.storage = storage
         self.groups = groups  # the coordinator's, by group id
         self.on_error = on_error
+        self.transactions: Transactions | None = None  # the broker's Transactions: offsets staged by open transactions
 
     def _commit_code(self, group: Group | None, generation: int, member_id: str) -> int:
         if generation < 0 and (group is None or not group.members):
@@ -106,14 +111,16 @@ class GroupOffsets:
             groups = []
             for g in body.groups:
                 topics, code = self._fetch_offsets(
-                    g.group_id, g.topics, R.OffsetFetchResponseGroup.OffsetFetchResponseTopics
+                    g.group_id, g.topics, R.OffsetFetchResponseGroup.OffsetFetchResponseTopics, body.require_stable
                 )
                 groups.append(R.OffsetFetchResponseGroup(group_id=g.group_id, topics=topics, error_code=code))
             return R(version=version, throttle_time_ms=0, groups=groups)
-        topics, code = self._fetch_offsets(body.group_id, body.topics, R.OffsetFetchResponseTopic)
+        topics, code = self._fetch_offsets(
+            body.group_id, body.topics, R.OffsetFetchResponseTopic, version >= 7 and body.require_stable
+        )
         return R(version=version, throttle_time_ms=0, topics=topics, error_code=code)
 
-    def _fetch_offsets(self, group_id: str, wanted, TopicCls):
+    def _fetch_offsets(self, group_id: str, wanted, TopicCls, require_stable: bool = False):
         PartCls = TopicCls.fields["partitions"].data_class
         try:
             check_name(group_id, "group")
@@ -129,6 +136,13 @@ class GroupOffsets:
                         requests.append((name, sorted(committed)))
             else:
                 requests = [(t.name, list(t.partition_indexes)) for t in wanted]
+            # KIP-447: a consumer that wants stable offsets is told to retry while a
+            # transaction has offsets of the group staged (they may be about to change).
+            unstable: set[tuple[str, int]] = (
+                self.transactions.pending_offsets(group_id)
+                if require_stable and self.transactions is not None
+                else set()
+            )
             out = []
             for name, partitions in requests:
                 try:
@@ -142,9 +156,10 @@ class GroupOffsets:
                             PartCls(
                                 partition_index=p,
                                 committed_offset=found[p].offset if p in found else -1,
-                                committed_leader_epoch=-1,
+                                # kq's partitions have one leader, of epoch 0 (as Metadata says)
+                                committed_leader_epoch=0 if p in found else -1,
                                 metadata=found[p].metadata if p in found else "",
-                                error_code=0,
+                                error_code=codes.UNSTABLE_OFFSET_COMMIT if (name, p) in unstable else 0,
                             )
                             for p in partitions
                         ],

@@ -10,7 +10,8 @@ from kafka.protocol.producer import InitProducerIdResponse, ProduceResponse
 from . import codes, records
 from .fetch import Waiters
 from .producers import ProducerState, SequenceError
-from .storage import KqError, MessageTooLarge, Payload, Storage, TopicNotFound, check_name
+from .storage import KqError, MessageTooLarge, Payload, ProducerFenced, Storage, TopicNotFound, check_name
+from .transactions import Transactions
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a record timestamp is a signed 64-bit field
 
@@ -27,7 +28,8 @@ def _pack(storage: Storage, batch, config: dict) -> Payload:
     """
     try:
         served, stored = storage.stored_codec(config, batch.codec)
-        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, served, stored)
+        producer = (batch.producer_id, batch.producer_epoch) if batch.transactional else None
+        payload = storage.pack(batch.values, batch.keys, batch.headers, batch.timestamps, served, stored, producer)
     except OverflowError:  # two timestamps further apart than 64 bits hold
         raise InvalidTimestamp("record timestamps do not fit a signed 64-bit field") from None
     for timestamp in (payload.base_timestamp, payload.max_timestamp):
@@ -85,6 +87,7 @@ class ProduceHandler:
         self.waiters = waiters
         self.storage_error = storage_error
         self.producers = ProducerState()
+        self.transactions: Transactions | None = None  # the broker's transaction coordinator
 
     async def init_producer_id(self, body, version: int):
         if body.transactional_id is not None:
@@ -105,9 +108,7 @@ class ProduceHandler:
         TR = R.TopicProduceResponse
         PR = TR.PartitionProduceResponse
         acks = body.acks
-        if body.transactional_id is not None:
-            error = codes.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-        elif acks not in (0, 1, -1):
+        if acks not in (0, 1, -1):
             error = codes.INVALID_REQUIRED_ACKS
         else:
             error = None
@@ -173,6 +174,11 @@ class ProduceHandler:
                 raise decoded
             batches = decoded
             duplicates = self.producers.check_all(topic, partition, batches)
+            for batch, duplicate in zip(batches, duplicates):
+                if batch.transactional and duplicate is None:
+                    code = self._transaction_code(topic, partition, batch)
+                    if code:
+                        return code, -1, None
             packed: list[Payload | None] = []
             for batch, duplicate in zip(batches, duplicates):
                 packed.append(_pack(self.storage, batch, t.config) if duplicate is None else None)
@@ -181,6 +187,7 @@ class ProduceHandler:
                     base = duplicate
                 else:
                     base, last = self.storage.append_packed(topic, partition, payload, batch)
+                if payload is not None and base is not None:
                     self.producers.appended(topic, partition, batch, base, last)
                     self.waiters.appended(topic, partition)
                 if first_base is None:
@@ -195,6 +202,8 @@ class ProduceHandler:
             return exc.code, -1, str(exc)
         except MessageTooLarge as exc:
             return codes.MESSAGE_TOO_LARGE, -1, str(exc)
+        except ProducerFenced as exc:  # its transaction was ended here under it (a timeout, a newer epoch)
+            return codes.INVALID_PRODUCER_EPOCH, -1, str(exc)
         except KqError as exc:  # a corrupt log, an unreadable topic
             self.storage_error(exc)
             return codes.KAFKA_STORAGE_ERROR, -1, str(exc)
@@ -202,3 +211,8 @@ class ProduceHandler:
             self.storage_error(exc)
             return codes.KAFKA_STORAGE_ERROR, -1, f"{exc.strerror or exc}"
         return codes.NONE, first_base, None
+
+    def _transaction_code(self, topic: str, partition: int, batch) -> int:
+        if self.transactions is None:
+            return codes.INVALID_TXN_STATE
+        return self.transactions.for_batch(topic, partition, batch.producer_id, batch.producer_epoch)

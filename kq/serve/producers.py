@@ -69,6 +69,10 @@ class ProducerState:
                 del self._state[key]
         return pid, 0
 
+    def fence(self, producer_id: int, epoch: int) -> None:
+        """A transactional id's producer moved to ``epoch`` (InitProducerId): batches of older epochs are refused."""
+        self._epochs[producer_id] = epoch
+
     def check(self, topic: str, partition: int, batch) -> None:
         """Raise Duplicate for a batch already stored, SequenceError for one out of order."""
         pid = batch.producer_id

@@ -61,6 +61,7 @@ class ProducedBatch(NamedTuple):
     count: int  # type: ignore[assignment]  # (a field, where tuple has a method of that name)
     null_header_values: int  # header values that were null (kept as None)
     codec: int = NONE  # the compression codec the records came in (Kafka keeps a producer's codec)
+    transactional: bool = False  # part of a transaction (KIP-98): visible to read_committed readers once committed
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -105,8 +106,10 @@ def decode_produced(batch: memoryview) -> ProducedBatch:
     )
     if crc32c(batch[CRC_START:]) != crc:
         raise InvalidBatch("record batch CRC32C mismatch")
-    if attributes & (TRANSACTIONAL_BIT | CONTROL_BIT):
-        raise UnsupportedBatch("transactional and control batches are not supported")
+    if attributes & CONTROL_BIT:
+        raise UnsupportedBatch("control batches are written by the transaction coordinator, not produced")
+    if attributes & TRANSACTIONAL_BIT and producer_id < 0:
+        raise InvalidBatch("a transactional batch without a producer id")
     if count <= 0:
         raise InvalidBatch(f"record batch with {count} records")
     kind = attributes & CODEC_MASK
@@ -125,7 +128,17 @@ def decode_produced(batch: memoryview) -> ProducedBatch:
         raise InvalidBatch("a header key is not UTF-8") from None
     values, keys, headers, timestamps, nulls = columns
     return ProducedBatch(
-        values, keys, headers, timestamps, producer_id, producer_epoch, base_sequence, count, nulls, kind
+        values,
+        keys,
+        headers,
+        timestamps,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        count,
+        nulls,
+        kind,
+        bool(attributes & TRANSACTIONAL_BIT),
     )
 
 

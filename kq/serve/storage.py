@@ -11,26 +11,47 @@ from __future__ import annotations
 import os
 import time
 
-from ..engine.batch import Payload
+from ..engine.batch import CODEC_MASK, Payload
+from ..engine.batch import CONTROL as CONTROL_BATCH
+from ..engine.batch import TRANSACTIONAL as TRANSACTIONAL_BATCH
 from ..engine.batch import pack as pack_batch
 from ..engine.compression import CODEC_IDS
 from ..engine.cursor import Cursor
 from ..engine.datadir import DataDir
 from ..engine.dedup import DedupWindow, record_ids
+from ..engine.fileio import try_lock
 from ..engine.location import TOPIC_FILE
 from ..engine.names import check_name
-from ..errors import GroupNotFound, InvalidName, KqError, MessageTooLarge, TopicExists, TopicNotFound
+from ..engine.transactions import Session, TransactionStore, TxnRecord
+from ..errors import (
+    GroupNotFound,
+    InvalidName,
+    KqError,
+    MessageTooLarge,
+    ProducerFenced,
+    TopicExists,
+    TopicNotFound,
+    TransactionalIdBusy,
+    TransactionError,
+)
 from ..groups.member import Member
 from ..groups.store import CommittedOffset, Groups
 
 # The engine's errors and name check, for the rest of kq/serve.
 __all__ = [
     "Storage",
+    "CONTROL_BATCH",
+    "TRANSACTIONAL_BATCH",
     "GroupNotFound",
     "InvalidName",
     "KqError",
     "MessageTooLarge",
     "Payload",
+    "ProducerFenced",
+    "Session",
+    "TransactionalIdBusy",
+    "TransactionError",
+    "TxnRecord",
     "TopicExists",
     "TopicNotFound",
     "check_name",
@@ -124,14 +145,24 @@ class Storage:
     # ------------------------------------------------------------------ partitions
 
     @staticmethod
-    def pack(values, keys, headers, timestamps, codec: int = 0, stored: int = 0) -> Payload:
+    def pack(
+        values, keys, headers, timestamps, codec: int = 0, stored: int = 0, producer: tuple[int, int] | None = None
+    ) -> Payload:
         """One batch's records packed for ``append_packed`` (MessageTooLarge), before anything is written.
 
         ``codec``: the Kafka compression codec the records came in, kept to serve them so again.
         ``stored``: the codec the payload is stored compressed with (``stored_codec``).
+        ``producer``: (producer id, epoch) of a transactional batch, whose transaction must be open
+        on the partition (``append_packed`` raises ProducerFenced otherwise).
         """
         return pack_batch(
-            values, keys=keys, headers=headers, timestamps=timestamps, attributes=codec, compression=stored
+            values,
+            keys=keys,
+            headers=headers,
+            timestamps=timestamps,
+            attributes=codec,
+            compression=stored,
+            producer=producer,
         )
 
     @staticmethod
@@ -178,7 +209,9 @@ class Storage:
                         None if keys is None else [keys[i] for i in kept],
                         None if headers is None else [headers[i] for i in kept],
                         [batch.timestamps[i] for i in kept],
-                        batch.codec,
+                        payload.attributes & CODEC_MASK,  # the codec to serve them in, as packed
+                        payload.codec,
+                        (payload.producer_id, payload.producer_epoch) if payload.producer_id >= 0 else None,
                     )
                 first, last = part.append_payload(payload)
                 window.appended(partition, first, last)
@@ -200,6 +233,32 @@ class Storage:
         window = None if window_ms is None else DedupWindow(topic, window_ms, topic.config["dedup_header"])
         self._windows[name] = (topic, window)
         return window
+
+    # ------------------------------------------------------------------ transactions (KIP-98)
+
+    def transaction_store(self) -> TransactionStore:
+        """The directory's transaction store; its partitions are this adapter's (cached) ones."""
+        return TransactionStore(
+            self.path,
+            commit_offset=self.commit,
+            open_partition=lambda topic, number: self.topic(topic).partition(number),
+        )
+
+    def adopt_transactional_id(self, transactional_id: str, producer_id: int, epoch: int) -> Session | None:
+        """Hold a transactional id again (its lock) for a producer initialised before this server started;
+        None if another live process holds it."""
+        store = self.transaction_store()
+        lock = try_lock(store.lock_path(transactional_id), create=True)
+        return None if lock is None else Session(transactional_id, producer_id, epoch, lock)
+
+    def last_stable_offset(self, topic: str, partition: int) -> int:
+        """The first offset of a transaction still open (the end when none is): where read_committed stops."""
+        return self.topic(topic).partition(partition).last_stable_offset()
+
+    def aborted_transactions(self, topic: str, partition: int, start: int, end: int) -> list[tuple[int, int]]:
+        """(producer id, first offset) of the aborted transactions with records in [start, end)."""
+        found = self.topic(topic).partition(partition).aborted_transactions(start, end)
+        return [(a.producer_id, a.first_offset) for a in found]
 
     def offsets(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start offset, high watermark) of a partition."""

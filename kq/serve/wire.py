@@ -44,6 +44,8 @@ from kafka.protocol.admin import (
     DescribeQuorumResponse,
     DescribeTopicPartitionsRequest,
     DescribeTopicPartitionsResponse,
+    DescribeTransactionsRequest,
+    DescribeTransactionsResponse,
     ElectLeadersRequest,
     ElectLeadersResponse,
     IncrementalAlterConfigsRequest,
@@ -54,6 +56,8 @@ from kafka.protocol.admin import (
     ListGroupsResponse,
     ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsResponse,
+    ListTransactionsRequest,
+    ListTransactionsResponse,
 )
 from kafka.protocol.api_header import RequestHeader
 from kafka.protocol.consumer import (
@@ -82,7 +86,20 @@ from kafka.protocol.metadata import (
     MetadataRequest,
     MetadataResponse,
 )
-from kafka.protocol.producer import InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse
+from kafka.protocol.producer import (
+    AddOffsetsToTxnRequest,
+    AddOffsetsToTxnResponse,
+    AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse,
+    EndTxnRequest,
+    EndTxnResponse,
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    ProduceRequest,
+    ProduceResponse,
+    TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
+)
 from kafka.protocol.sasl import (
     SaslAuthenticateRequest,
     SaslAuthenticateResponse,
@@ -128,6 +145,14 @@ APIS: dict[int, Api] = {
     19: Api(CreateTopicsRequest, CreateTopicsResponse, 2, 7),
     20: Api(DeleteTopicsRequest, DeleteTopicsResponse, 1, 6),
     22: Api(InitProducerIdRequest, InitProducerIdResponse, 0, 4),
+    # Transactions (KIP-98), up to the versions before KIP-890's server-side changes
+    # (AddPartitionsToTxn 4+ is broker to broker; EndTxn 5 bumps the epoch at every end).
+    24: Api(AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, 0, 3),
+    25: Api(AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, 0, 3),
+    26: Api(EndTxnRequest, EndTxnResponse, 0, 4),
+    28: Api(TxnOffsetCommitRequest, TxnOffsetCommitResponse, 0, 3),
+    65: Api(DescribeTransactionsRequest, DescribeTransactionsResponse, 0, 0),
+    66: Api(ListTransactionsRequest, ListTransactionsResponse, 0, 2),
     32: Api(DescribeConfigsRequest, DescribeConfigsResponse, 1, 4),
     42: Api(DeleteGroupsRequest, DeleteGroupsResponse, 0, 2),
     44: Api(IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 1),

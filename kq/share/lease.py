@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..delivery_time import DELIVER_AT_BYTES, deliver_at
 from ..engine.batch import RecordBatch
+from ..engine.cursor import READ_COMMITTED
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
 from .dead_letter import dead_letter, finish_dead_lettering
 from .deliveries import LEASE_EXPIRED, Delivery, Failure, Outcome
@@ -121,7 +122,7 @@ class _Records:
             or (not self.pending and first > self.cursor.offset + RESEEK_OFFSETS)
         ):
             self.close()
-            self.cursor = self.partition.cursor(first)
+            self.cursor = self.partition.cursor(first, isolation=READ_COMMITTED)
         out = []
         while True:
             if not self.pending:
@@ -223,7 +224,7 @@ class SharePartition:
     ) -> tuple[list[Delivery], bool]:
         c = self.consumer
         now, wall = clock_ms(), wall_ms()
-        end = self.partition.end_offset()
+        end = self.partition.last_stable_offset()  # records of open transactions wait; aborted ones read as gaps
         if not acks:
             quick = self.peek()
             if want <= 0 or (

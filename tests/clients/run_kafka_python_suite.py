@@ -31,11 +31,9 @@ SUITE = [
     "test/integration/test_consumer_integration.py",
     "test/integration/test_producer_integration.py",
 ]
-# Out of scope: kq serve has no authorizer (ACLs) and no transactions yet (issue 25).
+# Out of scope: kq serve has no authorizer (ACLs).
 OUT_OF_SCOPE = [
     "test/integration/test_admin_integration.py::test_create_describe_delete_acls",
-    "test/integration/test_producer_integration.py::test_transactional_producer_messages",
-    "test/integration/test_producer_integration.py::test_transactional_producer_offsets",
 ]
 KAFKA_VERSION = "4.2.0"  # the broker version the suite is told it talks to
 # The suite imports ExternalService and SpawnedService from test.service,
@@ -93,7 +91,20 @@ def unpack_sdist(work: str) -> str:
 
 def start_kq_serve(data: str) -> tuple[subprocess.Popen, str, int]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "kq", "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
+        # num.partitions 4: the broker the suite's fixtures spawn has it (KafkaFixture's partitions=4),
+        # and test_transactional_producer_offsets commits to partition 1 of an auto-created topic.
+        [
+            sys.executable,
+            "-m",
+            "kq",
+            "--data-dir",
+            data,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--default-partitions",
+            "4",
+        ],
         stderr=subprocess.PIPE,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )

@@ -181,7 +181,9 @@ PYEOF
 # In scope: tests that need a broker (-L: not the broker-less "local" ones),
 # no sockem network-fault injection (-E), no known-issue tests (-K), quick mode
 # (-Q), broker version 4.2.0 (-V), one at a time (-p1), each under a timeout.
-# Left out by rule: transactions (0098 0103 0129 0177: issue 22), SASL/SSL/
+# Left out by rule: 0103 (transactions, creates its topics with replication
+# factor 3: it passes with 1, on a copy), 0098 (needs Java and RapidJSON),
+# 0177 (share groups with transactions), SASL/SSL/
 # OAUTH/ACL (0097 0115 0119 0126 0135 0142), follower fetch needs several
 # brokers with racks (0101), performance/fork/plugins (0038 0079 0066),
 # 0000 unit tests and every TEST_F_LOCAL test (no broker involved).
@@ -197,7 +199,7 @@ LRK_TESTS=${LRK_TESTS:-$LRK_DEFAULT_TESTS}
 # tests flagged as broker tests (0139 0150), sockem/known-issue/manual ones.
 # 0170-0185 are the KIP-932 share-consumer tests.
 LRK_EXTRA_TESTS=${LRK_EXTRA_TESTS:-"0016 0020 0045 0055 0060 0064 0065 0077 0083 0084 0089 0091 0093
-0102 0111 0118 0122 0123 0125 0127 0132 0137 0170 0171 0172 0173 0174 0175 0176 0178 0179 0180
+0102 0111 0118 0122 0123 0125 0127 0129 0132 0137 0170 0171 0172 0173 0174 0175 0176 0178 0179 0180
 0181 0184 0185"}
 LRK_BUDGET=${LRK_BUDGET:-900}   # seconds for the whole list; the rest is reported NOT_RUN
 

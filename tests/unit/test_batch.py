@@ -288,3 +288,15 @@ def test_a_compressed_batch_that_does_not_inflate_is_corrupt_when_only_its_heade
     data[4:8] = struct.pack(">I", zlib.crc32(data[8:]))
     with pytest.raises(CorruptLog):
         _deferred(bytes(data))
+
+
+def test_a_transactional_batch_with_delayed_records_keeps_its_producer_when_its_headers_are_decoded_first():
+    from kq.errors import CorruptLog
+
+    data = batchfmt.encode(3, [b"a", b"b"], headers=[DELAY] * 2, producer=(5, 1))
+    b = _deferred(data)
+    assert (b.producer_id, b.producer_epoch, b.transactional, b.values) == (5, 1, True, None)
+    b.load_values()
+    assert b.values == [b"a", b"b"]
+    with pytest.raises(CorruptLog):  # a sixth column that is no producer
+        _deferred(_framed([[b"a"], None, [DELAY], None, None, None], 1))

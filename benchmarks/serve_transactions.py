@@ -1,0 +1,133 @@
+"""Transactions through kq serve: 1,000-record transactions against plain produce, in one run.
+
+    python benchmarks/serve_transactions.py [--messages 200000] [--per-transaction 1000] [--runs 3] [--json]
+
+For each run, on one kq serve over a fresh directory: a confluent-kafka
+producer sends N messages of 100 bytes to a one-partition topic with its
+default batching (acks=all), then a transactional producer sends N more to
+another topic, committing every ``--per-transaction`` messages
+(begin, produce, commit). Each phase runs in its own process. Printed: the
+medians of both rates and their ratio (the issue's target: transactional at
+least 50 % of plain), then each run's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from serve_support import KqServer  # noqa: E402
+
+PRODUCE = textwrap.dedent("""
+    import sys, time
+    from confluent_kafka import Producer
+    bootstrap, topic, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    settings = {"bootstrap.servers": bootstrap}
+    if per:
+        settings["transactional.id"] = "bench-" + topic
+    p = Producer(settings)
+    value = b"x" * 100
+    errors = []
+    def done(err, msg):
+        if err is not None:
+            errors.append(err)
+    def send(i):
+        while True:
+            try:
+                p.produce(topic, value, on_delivery=done, partition=0)
+                return
+            except BufferError:
+                p.poll(0.001)
+    start = time.perf_counter()
+    if per:
+        p.init_transactions(30)
+        for first in range(0, n, per):
+            p.begin_transaction()
+            for i in range(first, min(first + per, n)):
+                send(i)
+            p.commit_transaction(60)
+    else:
+        for i in range(n):
+            send(i)
+            if i % 10000 == 0:
+                p.poll(0)
+        assert p.flush(120) == 0
+    assert not errors, errors[:3]
+    print(time.perf_counter() - start)
+""")
+
+
+def _produce(bootstrap: str, topic: str, messages: int, per: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", PRODUCE, bootstrap, topic, str(messages), str(per)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    return messages / float(out.stdout.strip().splitlines()[-1])
+
+
+def one_run(messages: int, per: int, run: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="kq-bench-txn-") as tmp:
+        data = str(Path(tmp) / "data")
+        for topic in ("plain", "txn"):
+            subprocess.run(
+                [sys.executable, "-m", "kq", "--data-dir", data, "topic", "create", topic],
+                check=True,
+                capture_output=True,
+            )
+        server = KqServer(data)
+        try:
+            # Alternate which goes first, so that neither always meets a warmer machine.
+            order = ["plain", "txn"] if run % 2 == 0 else ["txn", "plain"]
+            rates = {name: _produce(server.bootstrap, name, messages, per if name == "txn" else 0) for name in order}
+        finally:
+            server.kill()
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--per-transaction", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    runs = [one_run(args.messages, args.per_transaction, i) for i in range(args.runs)]
+    plain = statistics.median(r["plain"] for r in runs)
+    txn = statistics.median(r["txn"] for r in runs)
+    ratios = [r["txn"] / r["plain"] for r in runs]
+    result = {
+        "messages": args.messages,
+        "per_transaction": args.per_transaction,
+        "plain_msgs_per_s": round(plain),
+        "transactional_msgs_per_s": round(txn),
+        "ratio_of_medians": round(txn / plain, 3),
+        "median_ratio": round(statistics.median(ratios), 3),
+        "runs": [{k: round(v) for k, v in r.items()} for r in runs],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"| produce through kq serve ({args.messages:,} × 100 B) | msg/s (median of {args.runs}) |")
+    print("|---|---:|")
+    print(f"| plain (idempotent off, acks=all) | {plain:,.0f} |")
+    print(f"| transactional, {args.per_transaction:,} records a transaction | {txn:,.0f} |")
+    print(
+        f"\nratio transactional / plain: {txn / plain:.2f} (median of per-run ratios {statistics.median(ratios):.2f})"
+    )
+    for i, r in enumerate(runs):
+        print(f"run {i + 1}: plain {r['plain']:,.0f}, transactional {r['txn']:,.0f} msg/s")
+
+
+if __name__ == "__main__":
+    main()
