@@ -77,6 +77,24 @@ def test_at_in_the_past_json_deliver_at_and_describe(run_kq):
     assert again.returncode == 0 and again.stdout == b""
 
 
+def test_a_compressed_batch_of_delayed_and_due_records_hands_out_the_due_ones_whole(run_kq):
+    # One batch (one --json produce), stored compressed: the delivery times are read from its
+    # headers, and the values of the records due are those produced, byte for byte.
+    assert run_kq("topic", "create", "jobs", "--compression", "gzip").returncode == 0
+    lines = [
+        {"value": f"due-{i}" * 20} if i % 3 else {"value": f"later-{i}", "deliver_at": 4102444800000} for i in range(30)
+    ]
+    r = run_kq("produce", "jobs", "--json", input="".join(json.dumps(x) + "\n" for x in lines))
+    assert r.returncode == 0, r.stderr
+    got = run_kq("consume", "jobs", "--share", "s")
+    assert got.returncode == 0, got.stderr
+    assert [line.split("\t")[1] for line in got.stdout.decode().splitlines()] == [
+        x["value"] for x in lines if "deliver_at" not in x
+    ]
+    [row] = share_rows(run_kq)
+    assert (row["scheduled"], row["next_due"], row["acquired"]) == (10, 4102444800000, 20)
+
+
 def test_describe_counts_delayed_records_no_worker_has_reached(run_kq):
     assert run_kq("produce", "jobs", input="first\n").returncode == 0
     assert run_kq("consume", "jobs", "--share", "s").stdout.endswith(b"\tfirst\n")

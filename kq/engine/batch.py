@@ -337,6 +337,7 @@ class RecordBatch:
         "producer_id",
         "producer_epoch",
         "marker_first_offset",
+        "deferred",
     )
     position: int
     size: int
@@ -345,7 +346,7 @@ class RecordBatch:
     count: int
     base_timestamp: int
     max_timestamp: int
-    values: list
+    values: list  # (None while ``deferred``, in the batches of a decode with ``defer_values_if``)
     keys: list | None
     headers: list | None
     timestamp_deltas: list | None
@@ -355,6 +356,10 @@ class RecordBatch:
     producer_id: int  # a transactional batch's producer (attributes bit 6), else -1
     producer_epoch: int
     marker_first_offset: int | None  # a control batch's: see ``control_payload``
+    # Values not decoded yet (decode's ``defer_values_if``; ``values`` is None until ``load_values``):
+    # the payload (inflated, or copied out of the reader's buffer), where its values column starts
+    # and ends, and the file to name if they do not decode.
+    deferred: tuple[bytes, int, int, str] | None
 
     @property
     def transactional(self) -> bool:
@@ -400,8 +405,21 @@ class RecordBatch:
 
         return bisect.bisect_left(self.offset_deltas, offset - self.base_offset)
 
+    def load_values(self) -> None:
+        """Decode the values a ``defer_values_if`` decode left undecoded (checked as decode checks them)."""
+        if self.deferred is None:
+            return
+        data, start, stop, path = self.deferred
+        values = _unpack(memoryview(data)[start:stop], path, self.position)
+        if type(values) is not list or len(values) != self.count:
+            raise CorruptLog(path, self.position, "batch columns do not match its header")
+        if not _values_well_typed(values):
+            raise CorruptLog(path, self.position, "batch columns hold values of the wrong type")
+        self.values, self.deferred = values, None
+
     def records(self, start: int = 0, stop: int | None = None) -> Iterator[Record]:
         stop = self.count if stop is None else stop
+        self.load_values()
         offsets = self.offsets()
         stamps = self.timestamps()
         keys = self.keys
@@ -420,16 +438,21 @@ _BIN_OR_NIL = frozenset((bytes, type(None)))
 _INT = frozenset((int,))
 
 
+def _values_well_typed(values: list) -> bool:
+    return set(map(type, values)) <= _BIN_OR_NIL
+
+
 def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, max_ts: int) -> bool:
     """Do the columns hold what FORMAT.md says, element by element?
 
+    ``values`` None: not decoded (``RecordBatch.load_values`` checks them).
     A payload can pass its checksum and still be wrong (a crafted file, a
     writer's bug): an int where a value's bytes belong would otherwise reach
     readers as a crash far from here, not as a corrupt-log error. Offsets must
     rise (readers bisect them) and the header's max_timestamp must be the
     records' largest (timestamp seeks skip batches by it).
     """
-    if not set(map(type, values)) <= _BIN_OR_NIL:
+    if values is not None and not _values_well_typed(values):
         return False
     if keys is not None and not set(map(type, keys)) <= _BIN_OR_NIL:
         return False
@@ -483,31 +506,112 @@ def inflate(data, attributes: int, path: str = "<buffer>", pos: int = 0) -> byte
         raise CorruptLog(path, pos, f"batch payload does not decompress ({exc})") from None
 
 
-def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> RecordBatch:
-    """Decode a batch that ``check`` accepted at ``pos``."""
+_UNPACK_OPTIONS = {"raw": False, "strict_map_key": True, "ext_hook": _reject_ext}
+# msgpack's errors for bytes that are no msgpack, or not of the shape asked for
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, msgpack.OutOfData)
+
+
+def _unpack(data, path: str, pos: int):
+    """One msgpack object that is all of ``data``, or CorruptLog."""
+    try:
+        return msgpack.unpackb(data, **_UNPACK_OPTIONS)
+    except _UNPACK_ERRORS as exc:
+        raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
+
+
+def _column_spans(data) -> list[tuple[int, int]]:
+    """Where each of the payload's columns (five, or six) starts and ends, found by skipping them (msgpack checks
+    their framing, but builds no object); ValueError if the payload is no array of them."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_UNPACK_OPTIONS)
+    unpacker.feed(data)
+    columns = unpacker.read_array_header()
+    if columns not in (5, 6):
+        raise ValueError("not an array of five columns (six in a transactional batch)")
+    spans = []
+    for _ in range(columns):
+        start = unpacker.tell()
+        unpacker.skip()
+        spans.append((start, unpacker.tell()))
+    if unpacker.tell() != len(data):
+        raise ValueError("bytes after the columns")
+    return spans
+
+
+def _array_length(column) -> int | None:
+    """The length of the msgpack array ``column`` (the bytes of one whole object); None if it is no array."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(column), 1), **_UNPACK_OPTIONS)
+    unpacker.feed(column[:5])  # an array's header is at most five bytes
+    try:
+        return unpacker.read_array_header()
+    except (ValueError, msgpack.OutOfData):
+        return None
+
+
+def _unpack_column(column, count: int):
+    """A decoded column; an array of ``count`` byte-identical items (one produce's headers, most
+    often) is decoded once and repeated, its bytes compared in C."""
+    if count > 1 and _array_length(column) == count:
+        unpacker = msgpack.Unpacker(max_buffer_size=len(column), **_UNPACK_OPTIONS)
+        unpacker.feed(column)
+        if unpacker.read_array_header() == count:
+            start = unpacker.tell()
+            unpacker.skip()
+            item = bytes(column[start : unpacker.tell()])
+            size = len(item)
+            if (
+                start + size * count == len(column)
+                and column[start + size : start + 2 * size] == item  # (most columns fail here, at once)
+                and column[start:] == item * count
+            ):
+                return [msgpack.unpackb(item, **_UNPACK_OPTIONS)] * count
+    return msgpack.unpackb(column, **_UNPACK_OPTIONS)
+
+
+def decode(
+    buf, pos: int, header: BatchHeader, path: str = "<buffer>", defer_values_if: bytes | None = None
+) -> RecordBatch:
+    """Decode a batch that ``check`` accepted at ``pos``.
+
+    ``defer_values_if``: if the (inflated) payload holds these bytes, its values
+    column is only checked for its length, not decoded: a reader that wants the
+    other columns first (a share group reads each record's delivery time) calls
+    ``load_values`` for the values. Every other check is the same.
+    """
     _, _, length, base, last_delta, count, base_ts, max_ts, attributes = header
     start = pos + HEADER_SIZE
     stop = pos + PREFIX_SIZE + length
     data: bytes | memoryview = memoryview(buf)[start:stop]
     if attributes & STORED_CODEC_MASK:
         data = inflate(data, attributes, path, pos)
+    deferred = None
     try:
-        columns = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_reject_ext,
-        )
-        if type(columns) is not list:
-            raise ValueError("not an array")
-        producer = columns[5] if len(columns) == 6 else None
-        values, keys, headers, ts_deltas, offset_deltas = columns[:5] if producer is not None else columns
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        spans = _column_spans(data) if defer_values_if is not None else []
+        if spans and bytes(memoryview(data)[slice(*spans[2])]).find(defer_values_if or b"") >= 0:  # in the headers
+            if isinstance(data, memoryview):
+                data = bytes(data)  # the reader's buffer is reused: the values decode later from a copy
+            view = memoryview(data)
+            values_length = _array_length(view[slice(*spans[0])])
+            values = None
+            keys, headers, ts_deltas, offset_deltas = (_unpack_column(view[lo:hi], count) for lo, hi in spans[1:5])
+            producer = None
+            if len(spans) == 6:
+                producer = msgpack.unpackb(view[slice(*spans[5])], **_UNPACK_OPTIONS)
+                if producer is None:  # (a sixth column must be the producer, as below)
+                    raise ValueError("too many values to unpack (expected 5)")
+            deferred = (data, *spans[0], path)
+        else:
+            columns = msgpack.unpackb(data, **_UNPACK_OPTIONS)
+            if type(columns) is not list:
+                raise ValueError("not an array")
+            producer = columns[5] if len(columns) == 6 else None
+            values, keys, headers, ts_deltas, offset_deltas = columns[:5] if producer is not None else columns
+            values_length = len(values) if type(values) is list else None
+    except _UNPACK_ERRORS as exc:
         raise CorruptLog(path, pos, f"batch payload does not decode ({exc})") from None
     if (
-        type(values) is not list
+        values_length is None
         or count == 0
-        or len(values) != count
+        or values_length != count
         or not all(
             c is None or (type(c) is list and len(c) == count) for c in (keys, headers, ts_deltas, offset_deltas)
         )
@@ -543,7 +647,7 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.count = count
     batch.base_timestamp = base_ts
     batch.max_timestamp = max_ts
-    batch.values = values
+    batch.values = values  # type: ignore[assignment]  # (None while deferred: read after load_values)
     batch.keys = keys
     batch.headers = headers
     batch.timestamp_deltas = ts_deltas
@@ -553,4 +657,5 @@ def decode(buf, pos: int, header: BatchHeader, path: str = "<buffer>") -> Record
     batch.producer_id = pid
     batch.producer_epoch = epoch
     batch.marker_first_offset = first
+    batch.deferred = deferred
     return batch

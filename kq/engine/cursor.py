@@ -17,6 +17,7 @@ batches it leaves out, so a reader's position does too.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from . import batch as batchfmt
 from .batch import BatchHeader
@@ -142,18 +143,22 @@ class Cursor:
             # opened segment too since, and the cursor still reads it.)
             self.skipped.append((self.offset, self._base))
 
-    def poll(self, max_bytes: int = 2 * 1024 * 1024) -> list:
+    def poll(self, max_bytes: int = 2 * 1024 * 1024, defer_values_if: bytes | None = None) -> list:
         """Decoded batches that end after ``offset``, up to about ``max_bytes``.
 
         Small rounds are faster than large ones: the values of a round are
         freed before the next, so their memory is reused instead of faulted in.
+        ``defer_values_if``: as ``kq.engine.batch.decode`` takes it.
         """
+        decode = (
+            batchfmt.decode if defer_values_if is None else partial(batchfmt.decode, defer_values_if=defer_values_if)
+        )
         if self.isolation == ALL:
-            return self._poll(max_bytes, batchfmt.decode)
+            return self._poll(max_bytes, decode)
         committed = self.isolation == READ_COMMITTED
         while True:
             limit = self.partition.last_stable_offset() if committed else None
-            batches = self._poll(max_bytes, batchfmt.decode, limit=limit)
+            batches = self._poll(max_bytes, decode, limit=limit)
             if not batches:
                 return batches
             out = [b for b in batches if not b.attributes & batchfmt.CONTROL]

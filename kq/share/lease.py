@@ -8,7 +8,7 @@ from collections import deque
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-from ..delivery_time import deliver_at
+from ..delivery_time import DELIVER_AT_BYTES, deliver_at
 from ..engine.batch import RecordBatch
 from ..engine.cursor import READ_COMMITTED
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
@@ -110,8 +110,12 @@ class _Records:
     def _position(self) -> int:
         return self.pending[0].base_offset if self.pending else self.cursor.offset
 
-    def read(self, first: int, last: int) -> list[tuple[RecordBatch, int, int]]:
-        """(batch, lo, hi) slices holding the records with offsets first..last, in order."""
+    def read(self, first: int, last: int, values: bool = True) -> list[tuple[RecordBatch, int, int]]:
+        """(batch, lo, hi) slices holding the records with offsets first..last, in order.
+
+        ``values=False``: batches with delayed records may come without their values
+        (``RecordBatch.load_values``): whether a record is due is read from its headers alone.
+        """
         if (
             self.cursor is None
             or first < self._position()
@@ -122,7 +126,7 @@ class _Records:
         out = []
         while True:
             if not self.pending:
-                got = self.cursor.poll()
+                got = self.cursor.poll(defer_values_if=DELIVER_AT_BYTES)
                 if not got:
                     break
                 self.pending.extend(got)
@@ -134,6 +138,8 @@ class _Records:
                 break
             lo, hi = b.index_of(first), b.index_of(last + 1)
             if lo < hi:
+                if values:
+                    b.load_values()
                 out.append((b, lo, hi))
             if b.next_offset > last + 1:
                 break
@@ -312,9 +318,11 @@ class SharePartition:
         for first, last, attempt in spans:
             expect = first
             own = len(later)  # runs from here on are this span's: a run never joins two spans
-            for b, lo, hi in self.records.read(first, last):
+            for b, lo, hi in self.records.read(first, last, values=False):
                 offsets = b.offsets()
                 waiting = _waiting(b, lo, hi, wall)
+                if waiting is None or (isinstance(waiting, list) and None in waiting):
+                    b.load_values()  # some record of the slice is handed out
                 if b.offset_deltas is None and not isinstance(waiting, list):  # dense: a gap can only come before it
                     if offsets[lo] > expect:
                         phantoms.append((expect, offsets[lo] - 1))

@@ -425,8 +425,11 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
         where = f"ranges[{i}]."
         if not isinstance(item, dict):
             raise CorruptFile(path, f"ranges[{i}] is {shown(item)}, not an object")
-        first = number(item, "first", where=where)
-        last = number(item, "last", where=where)
+        first, last = item.get("first"), item.get("last")
+        if not (type(first) is int and type(last) is int and 0 <= first <= MAX_OFFSET and 0 <= last <= MAX_OFFSET):
+            # (checked inline first: a state has thousands of ranges, read at every acquisition)
+            first = number(item, "first", where=where)
+            last = number(item, "last", where=where)
         if not floor <= first <= last < state.next:
             raise CorruptFile(
                 path, f"{where[:-1]} is {first}..{last}: ranges lie in order between start and next, apart"
@@ -435,9 +438,12 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
         kind = item.get("state")
         if kind not in STATES:
             raise CorruptFile(path, f"{where}state is {shown(kind)}, not one of {', '.join(STATES)}")
-        r = Range(
-            first, last, kind, number(item, "attempt", 0, MAX_ATTEMPTS, where), until=number(item, "until", where=where)
-        )
+        attempt, until = item.get("attempt"), item.get("until")
+        if not (
+            type(attempt) is int and type(until) is int and 0 <= attempt <= MAX_ATTEMPTS and 0 <= until <= MAX_OFFSET
+        ):
+            attempt, until = number(item, "attempt", 0, MAX_ATTEMPTS, where), number(item, "until", where=where)
+        r = Range(first, last, kind, attempt, until=until)
         if kind == ACQUIRED:
             r.lease = text(item, "lease", MAX_TOKEN, where)
             r.owner = text(item, "owner", MAX_OWNER, where)
@@ -448,7 +454,8 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
         if "at" in item:
             if kind != AVAILABLE:
                 raise CorruptFile(path, f"{where}at is given, but only an available range is scheduled")
-            r.at = number(item, "at", where=where)
+            at = item["at"]
+            r.at = at if type(at) is int and 0 <= at <= MAX_OFFSET else number(item, "at", where=where)
         error = item.get("error")
         if error is not None:
             if not isinstance(error, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+import msgpack
 import pytest
 
 from kq.engine import batch as batchfmt
@@ -175,3 +176,127 @@ def test_a_compressed_payload_is_the_msgpack_payload_through_its_codec_with_the_
     if magic is not None:
         assert payload.startswith(magic)
     assert inflate(payload) == plain[46:] == msgpack.packb([[b"a", b"bc"], None, None, [10, 0], None])
+
+
+# ---------------------------------------------------------------- decoding a batch's headers first (share groups)
+
+DELAY = [("kq.deliver-at", b"1865000000000")]
+
+
+def _deferred(data: bytes):
+    status, header = batchfmt.check(data, 0, len(data))
+    assert status == batchfmt.OK
+    return batchfmt.decode(bytearray(data), 0, header, "seg.log", defer_values_if=b"kq.deliver-at")
+
+
+@pytest.mark.parametrize("codec", [0, 1, 4], ids=["none", "gzip", "zstd"])
+@pytest.mark.parametrize(
+    "headers",
+    [[DELAY] * 4, [DELAY, None, [("a", b"1"), *DELAY], []]],
+    ids=["one-produce", "mixed"],
+)
+def test_a_batch_with_delayed_records_decodes_its_headers_first_and_its_values_when_asked(codec, headers):
+    values = [b"a", None, b"", b"\xff" * 300]
+    data = batchfmt.encode(9, values, keys=[b"k", None, b"k", b"l"], headers=headers, compression=codec)
+    b = _deferred(data)
+    assert b.values is None and b.deferred is not None  # not decoded yet
+    assert b.headers == [None if h is None else [list(p) for p in h] for h in headers]
+    assert (b.keys, list(b.offsets())) == ([b"k", None, b"k", b"l"], [9, 10, 11, 12])
+    b.load_values()
+    assert b.values == values and b.deferred is None
+    full = batchfmt.decode(data, 0, batchfmt.check(data, 0, len(data))[1])
+    assert list(b.records()) == list(full.records())
+
+
+def test_a_batch_without_delayed_records_decodes_whole_as_before():
+    data = batchfmt.encode(0, [b"a", b"b"], headers=[[("other", b"1")]] * 2)
+    b = _deferred(data)
+    assert b.values == [b"a", b"b"] and b.deferred is None
+
+
+def _framed(columns, count: int) -> bytes:
+    """A batch of ``count`` records whose payload is ``columns`` as msgpack, checksum right."""
+    import msgpack
+
+    data = msgpack.packb(columns, use_bin_type=True)
+    payload = batchfmt.Payload(data, count, count - 1, 0, 0)
+    return batchfmt.frame(0, payload) + data
+
+
+@pytest.mark.parametrize(
+    "columns, count",
+    [
+        ([[b"a"], None, [DELAY], None], 1),  # four columns
+        ([[b"a"], None, [DELAY], None, None, None], 1),  # six
+        ([[b"a", b"b"], None, [DELAY], None, None], 1),  # more values than records
+        ([[b"a"], None, [DELAY, DELAY], None, None], 1),  # more headers than records
+        ([b"a", None, [DELAY], None, None], 1),  # values no array
+        ([[b"a"], None, [[["kq.deliver-at", 5]]], None, None], 1),  # a header value no bytes
+        ([[b"a"], None, [DELAY], [1], None], 1),  # a timestamp delta against the header's max
+        ([[b"a"], None, [DELAY], None, None, "kq.deliver-at"], 1),  # extra data after the columns
+    ],
+    ids=[
+        "four-columns",
+        "six-columns",
+        "values-count",
+        "headers-count",
+        "values-not-array",
+        "header-type",
+        "timestamps",
+        "extra",
+    ],
+)
+def test_a_malformed_payload_is_corrupt_when_only_its_headers_are_decoded(columns, count):
+    from kq.errors import CorruptLog
+
+    with pytest.raises(CorruptLog):
+        _deferred(_framed(columns, count))
+
+
+def test_truncated_or_foreign_msgpack_is_corrupt_when_only_its_headers_are_decoded():
+    import msgpack
+
+    from kq.errors import CorruptLog
+
+    good = msgpack.packb([[b"a"], None, [DELAY], None, None], use_bin_type=True)
+    for data in (good[:-3], good[:-1] + b"\xc1", good.replace(b"\xc0\x91\x91", b"\xd4\x05\x91\x91")):
+        payload = batchfmt.Payload(data, 1, 0, 0, 0)
+        with pytest.raises(CorruptLog):
+            _deferred(batchfmt.frame(0, payload) + data)
+
+
+@pytest.mark.parametrize(
+    "values, reason",
+    [([b"a", 7], "wrong type"), ([b"a", msgpack.ExtType(5, b"x")], "does not decode")],
+    ids=["int", "extension"],
+)
+def test_values_that_are_no_values_are_corrupt_when_they_are_loaded(values, reason):
+    """(Their framing is checked with the headers; what they hold when they are decoded.)"""
+    from kq.errors import CorruptLog
+
+    b = _deferred(_framed([values, None, [DELAY, DELAY], None, None], 2))
+    assert b.headers is not None
+    with pytest.raises(CorruptLog, match=reason):
+        b.load_values()
+
+
+def test_a_compressed_batch_that_does_not_inflate_is_corrupt_when_only_its_headers_are_wanted():
+    from kq.errors import CorruptLog
+
+    data = bytearray(batchfmt.encode(0, [b"a"], headers=[DELAY], compression=1))
+    data[-8:-4] = bytes(4)  # the gzip member's own CRC-32 of what it inflates to
+    data[4:8] = struct.pack(">I", zlib.crc32(data[8:]))
+    with pytest.raises(CorruptLog):
+        _deferred(bytes(data))
+
+
+def test_a_transactional_batch_with_delayed_records_keeps_its_producer_when_its_headers_are_decoded_first():
+    from kq.errors import CorruptLog
+
+    data = batchfmt.encode(3, [b"a", b"b"], headers=[DELAY] * 2, producer=(5, 1))
+    b = _deferred(data)
+    assert (b.producer_id, b.producer_epoch, b.transactional, b.values) == (5, 1, True, None)
+    b.load_values()
+    assert b.values == [b"a", b"b"]
+    with pytest.raises(CorruptLog):  # a sixth column that is no producer
+        _deferred(_framed([[b"a"], None, [DELAY], None, None, None], 1))
