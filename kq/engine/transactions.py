@@ -230,7 +230,10 @@ class TransactionStore:
 
     def _save(self, record: TxnRecord) -> None:
         atomic_write(
-            self.record_path(record.transactional_id), json.dumps(record.to_json()).encode() + b"\n", sync=self.sync
+            self.record_path(record.transactional_id),
+            json.dumps(record.to_json()).encode() + b"\n",
+            sync=self.sync,
+            release_old_later=True,
         )
 
     def partition(self, topic: str, number: int):
