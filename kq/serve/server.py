@@ -19,9 +19,12 @@ more, and a small request from anyone else is still answered at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
 import socket
+import sys
+import termios
 
 from . import auth, wire
 from .broker import Broker
@@ -220,6 +223,8 @@ class Server:
         answers: list[bytes] = []  # responses not yet written, in order
         first_answer_at = 0.0
         loop = asyncio.get_running_loop()
+        sock = writer.get_extra_info("socket")
+        sock_fd = sock.fileno() if sock is not None else -1
         try:
             while not self._stopping:
                 head = await _read(reader, 4)
@@ -256,6 +261,14 @@ class Server:
                         first_answer_at = loop.time()
                     answers.append(response)
                     del response
+                    if not big and not _frame_waiting(reader) and _unread_bytes(sock_fd) > 0:
+                        # The next request is in the socket, not yet read: let the transport read it, so
+                        # that this answer goes out with the next one. A client that sent both
+                        # expects both; librdkafka, which sends FindCoordinator beside its first
+                        # Metadata, loses the second answer if the first arrives alone (the bootstrap
+                        # connection is dropped in between) and asks again after 500 ms.
+                        await asyncio.sleep(0)  # the transport's read runs in the loop's next turn,
+                        await asyncio.sleep(0)  # after this task's first step is back
                 # A client that pipelines (librdkafka keeps many produce requests in
                 # flight) gets the answers to the requests that had already arrived
                 # in one write: one system call instead of one per request.
@@ -297,6 +310,16 @@ def _buffered(reader: asyncio.StreamReader) -> int:
     """Bytes received and not yet read (StreamReader does not say: its buffer is looked at)."""
     buffer = getattr(reader, "_buffer", None)
     return len(buffer) if buffer is not None else 0
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes received on the socket ``fd`` that the transport has not read yet (0 if unknown)."""
+    if fd < 0:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
 
 
 def _frame_waiting(reader: asyncio.StreamReader) -> bool:
