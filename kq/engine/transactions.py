@@ -230,7 +230,10 @@ class TransactionStore:
 
     def _save(self, record: TxnRecord) -> None:
         atomic_write(
-            self.record_path(record.transactional_id), json.dumps(record.to_json()).encode() + b"\n", sync=self.sync
+            self.record_path(record.transactional_id),
+            json.dumps(record.to_json()).encode() + b"\n",
+            sync=self.sync,
+            release_old_later=True,
         )
 
     def partition(self, topic: str, number: int):
@@ -397,6 +400,39 @@ class TransactionStore:
                 f"transactional id {session.transactional_id!r}: the transaction ran past its timeout "
                 f"({record.timeout_ms} ms) and was aborted"
             )
+
+    def decide(self, session: Session, commit: bool) -> tuple[str | None, bool]:
+        """The first half of ``end``: only the commit point (the record now says ``committing``, or
+        ``aborting``); ``finish_decided`` writes the markers and applies the offsets.
+
+        Returns the state decided (None: nothing was open) and whether the
+        transaction ran past its timeout (a commit then aborts instead). kq
+        serve answers EndTxn between the two, as Kafka answers it once
+        PrepareCommit is in its transaction log: from the commit point on,
+        whoever finishes the transaction commits it.
+        """
+        with self._store_lock():
+            record = self._current(session)
+            if record.state not in OPEN_STATES:
+                return None, False
+            expired = record.state == ONGOING and self._expired(record)
+            if record.state == ONGOING:
+                record.state = COMMITTING if commit and not expired else ABORTING
+                self._save(record)  # the commit point
+            return record.state, expired
+
+    def finish_decided(self, session: Session) -> None:
+        """The second half of ``end``: the markers and offsets of the session's decided transaction
+        (nothing, if it is no longer the session's or someone finished it)."""
+        with self._store_lock():
+            record = self.load(session.transactional_id)
+            if (
+                record is None
+                or (record.producer_id, record.epoch) != (session.producer_id, session.epoch)
+                or record.state not in (COMMITTING, ABORTING)
+            ):
+                return
+            self._finish(record, record.epoch)
 
     # ------------------------------------------------------------------ finishing
 

@@ -96,7 +96,9 @@ def write_open(partition_path: str, entries: dict[int, OpenTxn], sync: bool) -> 
             for pid, e in sorted(entries.items())
         },
     }
-    atomic_write(os.path.join(partition_path, OPEN_FILE), json.dumps(body).encode() + b"\n", sync=sync)
+    atomic_write(
+        os.path.join(partition_path, OPEN_FILE), json.dumps(body).encode() + b"\n", sync=sync, release_old_later=True
+    )
 
 
 def load_txn_index(path: str) -> list[AbortedTxn]:

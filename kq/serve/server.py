@@ -19,9 +19,12 @@ more, and a small request from anyone else is still answered at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import signal
 import socket
+import sys
+import termios
 
 from . import auth, wire
 from .broker import Broker
@@ -41,6 +44,8 @@ TRIM_AFTER = 4 * 1024 * 1024  # a request or response this large: give freed mem
 MAX_ANSWERS_AT_ONCE = 32  # responses to pipelined requests written together
 MAX_ANSWER_DELAY = 0.002  # seconds an answer may wait for the next ones (the producer waits for it)
 FETCH_KEY = 1
+METADATA_KEY = 3
+FIRST_METADATA_WAIT = 0.001  # seconds (see _requests: librdkafka's FindCoordinator beside its first Metadata)
 IDLE_SECONDS = 600.0  # Kafka's connections.max.idle.ms
 UNAUTHENTICATED_MAX_REQUEST_BYTES = 512 * 1024  # Kafka's sasl.server.max.receive.size
 
@@ -220,6 +225,9 @@ class Server:
         answers: list[bytes] = []  # responses not yet written, in order
         first_answer_at = 0.0
         loop = asyncio.get_running_loop()
+        sock = writer.get_extra_info("socket")
+        sock_fd = sock.fileno() if sock is not None else -1
+        waited_for_company = False  # the connection's first Metadata answer waited for a request sent beside it
         try:
             while not self._stopping:
                 head = await _read(reader, 4)
@@ -236,7 +244,8 @@ class Server:
                     await budget.reserve(size)
                 try:
                     frame = await _read(reader, size)
-                    if size > SMALL_REQUEST or int.from_bytes(frame[:2], "big") == FETCH_KEY:
+                    api_key = int.from_bytes(frame[:2], "big")
+                    if size > SMALL_REQUEST or api_key == FETCH_KEY:
                         if answers:
                             writer.writelines(answers)
                             answers.clear()
@@ -256,6 +265,20 @@ class Server:
                         first_answer_at = loop.time()
                     answers.append(response)
                     del response
+                    if not big and not _frame_waiting(reader):
+                        # librdkafka sends FindCoordinator beside its first Metadata on the bootstrap
+                        # connection, drops that connection once the Metadata answer is in, and so
+                        # loses a FindCoordinator answer that arrives after it: it asks again 500 ms
+                        # later (half of the transactional producers' init_transactions took 0.5 s).
+                        # So an answer goes out with the next one when that one is already in the
+                        # socket, and the first Metadata answer of a connection waits a moment for it.
+                        if _unread_bytes(sock_fd) > 0:
+                            await asyncio.sleep(0)  # the transport's read runs in the loop's next turn,
+                            await asyncio.sleep(0)  # after this task's first step is back
+                        elif api_key == METADATA_KEY and not waited_for_company:
+                            waited_for_company = True
+                            await asyncio.sleep(FIRST_METADATA_WAIT)
+                            first_answer_at = loop.time()
                 # A client that pipelines (librdkafka keeps many produce requests in
                 # flight) gets the answers to the requests that had already arrived
                 # in one write: one system call instead of one per request.
@@ -297,6 +320,16 @@ def _buffered(reader: asyncio.StreamReader) -> int:
     """Bytes received and not yet read (StreamReader does not say: its buffer is looked at)."""
     buffer = getattr(reader, "_buffer", None)
     return len(buffer) if buffer is not None else 0
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes received on the socket ``fd`` that the transport has not read yet (0 if unknown)."""
+    if fd < 0:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
 
 
 def _frame_waiting(reader: asyncio.StreamReader) -> bool:

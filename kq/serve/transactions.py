@@ -21,6 +21,7 @@ producer, epoch and the partitions of its open transaction).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -112,8 +113,12 @@ class Transactions:
         self.held: dict[str, Held] = {}
         self.by_producer: dict[int, Held] = {}
         self._next_resolve = 0.0
+        # transactional id -> (session, partitions) of a transaction decided and answered, markers to write
+        self._finishing: dict[str, tuple[Session, set[tuple[str, int]]]] = {}
 
     def close(self) -> None:
+        for tid in list(self._finishing):
+            self._finish_pending(tid)
         for held in self.held.values():
             self.store.release(held.session)
         self.held.clear()
@@ -123,6 +128,8 @@ class Transactions:
 
     def _lookup(self, tid: str, producer_id: int, epoch: int) -> tuple[int, Held | None]:
         """The held id of a request, or the error code to answer with."""
+        if tid in self._finishing:
+            self._finish_pending(tid)
         held = self.held.get(tid)
         if held is None:
             held = self._adopt(tid, producer_id, epoch)
@@ -217,6 +224,8 @@ class Transactions:
         if not 0 < timeout_ms <= MAX_TRANSACTION_TIMEOUT_MS:
             return reply(codes.INVALID_TRANSACTION_TIMEOUT)
         given = (body.producer_id, body.producer_epoch) if version >= 3 and body.producer_id >= 0 else None
+        if tid in self._finishing:
+            self._finish_pending(tid)
         try:
             if given is not None:
                 # KIP-360: a producer that names its id bumps its own epoch, if it still holds it.
@@ -362,15 +371,47 @@ class Transactions:
                     code = codes.INVALID_TXN_STATE
             else:
                 try:
-                    self.store.end(held.session, commit)
+                    decided, expired = self.store.decide(held.session, commit)
                 except (KqError, OSError) as exc:
-                    # Committing past its timeout aborts instead: the producer is fenced, as in Kafka.
-                    code = codes.PRODUCER_FENCED if isinstance(exc, TransactionError) else self._failed(exc)
+                    code = self._failed(exc)
                     if code == codes.COORDINATOR_NOT_AVAILABLE:
                         return EndTxnResponse(version=version, throttle_time_ms=0, error_code=code)
-                self._woken(held)
+                else:
+                    if expired and commit:
+                        code = codes.PRODUCER_FENCED  # committing past its timeout aborts instead, as in Kafka
+                    if decided is not None:
+                        self._finish_after_answer(held)
                 held.closed(commit if code == codes.NONE else False)
         return EndTxnResponse(version=version, throttle_time_ms=0, error_code=code)
+
+    def _finish_after_answer(self, held: Held) -> None:
+        """Write the markers of a decided transaction once the EndTxn answer is out (the loop's next turn).
+
+        The answer does not wait for them: the client goes on to its next
+        transaction meanwhile. Nothing can see the difference: the event loop
+        runs this before it reads any later request (and every transaction
+        API finishes a pending one of its id first); a server killed in
+        between leaves a ``committing`` record, which the next start commits.
+        """
+        tid = held.session.transactional_id
+        self._finishing[tid] = (held.session, set(held.partitions))
+        try:
+            asyncio.get_running_loop().call_soon(self._finish_pending, tid)
+        except RuntimeError:  # no event loop (called directly): now
+            self._finish_pending(tid)
+
+    def _finish_pending(self, tid: str) -> None:
+        pending = self._finishing.pop(tid, None)
+        if pending is None:
+            return
+        session, partitions = pending
+        try:
+            self.store.finish_decided(session)
+        except (KqError, OSError) as exc:  # the record stays decided: the next start, or expire, finishes it
+            self.on_error(exc)
+        if self.waiters is not None:
+            for topic, partition in partitions:
+                self.waiters.appended(topic, partition)
 
     def expire(self) -> None:
         """Finish transactions open past their timeout (this server's: their producers are fenced) and,
