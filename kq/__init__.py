@@ -22,6 +22,8 @@ thin layer over it. Names are imported on first use, so that ``import kq``
 (and the command's start-up) stays cheap.
 """
 
+from .lazy_exports import lazy_exports
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -61,16 +63,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kq' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"kq.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

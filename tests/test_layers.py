@@ -18,7 +18,15 @@ KQ = pathlib.Path(__file__).resolve().parent.parent / "kq"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "foundation",
-        ("kq.errors", "kq.units", "kq.offsetspec", "kq.delivery_time", "kq.envelope", "kq.envelope_encode"),
+        (
+            "kq.errors",
+            "kq.lazy_exports",
+            "kq.units",
+            "kq.offsetspec",
+            "kq.delivery_time",
+            "kq.envelope",
+            "kq.envelope_encode",
+        ),
     ),
     ("engine", ("kq.engine",)),
     ("clients", ("kq.producer", "kq.consumer", "kq.runner", "kq.formats")),

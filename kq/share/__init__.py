@@ -15,6 +15,8 @@ each acquired under a lease and settled on its own (acknowledged, retried, dead-
 The library's names, imported on first use so that ``import kq.share`` stays cheap.
 """
 
+from ..lazy_exports import lazy_exports
+
 _EXPORTS = {
     "Delivery": "deliveries",
     "Failure": "deliveries",
@@ -34,16 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kq.share' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"kq.share.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..lazy_exports import lazy_exports
+
 if TYPE_CHECKING:
     from .broker import KafkaBroker
     from .contents import TopicRecord
@@ -28,12 +30,4 @@ __all__ = ["KafkaBroker", "TopicRecord"]
 _EXPORTS = {"KafkaBroker": "broker", "TopicRecord": "contents"}
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kq.testing' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"kq.testing.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
