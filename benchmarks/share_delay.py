@@ -1,6 +1,7 @@
 """Delayed records in a share group: acquiring a topic half of whose records are delayed, beside an undelayed one.
 
     python benchmarks/share_delay.py [--records 1000000] [--block 10000 --block 1000] [--batch 1000] [--runs 3]
+                                     [--base CHECKOUT]
 
 The target (issue 26): a share group on a topic with half of --records
 records delayed into the future (a `kq.deliver-at` header a day ahead, as
@@ -17,6 +18,11 @@ which holds at most 4,096 ranges a partition. Each figure is the median of
 --runs runs, the topics measured in turn within each run; records per wall
 second and per CPU second (the share state's fsyncs make wall time noisy on
 a shared disk).
+
+With --base CHECKOUT (a checkout of kq before delayed records, e.g. `git
+worktree add /tmp/base 669570f`), each run also measures the undelayed topic
+with that kq, in a child process ("undelayed, base kq"): the issue's "an
+undelayed topic today" taken literally.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.environ.get("KQ_BENCH_REPO") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 VALUE = b"x" * 100
 CHUNK = 10_000
@@ -85,12 +91,28 @@ def acquire_all(path: str, batch: int) -> tuple[int, float, float]:
     return done, seconds, cpu
 
 
+def measure_base(base: str, path: str, records: int, batch: int) -> tuple[int, float, float]:
+    """fill + acquire_all of an undelayed topic, run by the kq checked out at ``base`` in a child process."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, sys; sys.argv = ['x']; import share_delay as b; "
+        f"b.fill({path!r}, {records}, None); print(json.dumps(b.acquire_all({path!r}, {batch})))"
+    )
+    env = {**os.environ, "KQ_BENCH_REPO": base, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    done, seconds, cpu = json.loads(out.splitlines()[-1])
+    return done, seconds, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--block", type=int, action="append", help="delayed block size (repeatable)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--base", metavar="CHECKOUT", help="also measure the undelayed topic with this kq")
     args = parser.parse_args()
     blocks = args.block or [10_000, 1_000]
     rates: dict[str, list[float]] = {}
@@ -109,6 +131,16 @@ def main() -> None:
                 rates.setdefault(name, []).append(done / seconds)
                 cpu_rates.setdefault(name, []).append(done / cpu)
                 print(f"run {run + 1} {name}: {done:,} records in {seconds:.2f} s ({cpu:.2f} s CPU)", file=sys.stderr)
+                shutil.rmtree(path)
+            if args.base:
+                path = os.path.join(work, f"d{run}-base")
+                done, seconds, cpu = measure_base(args.base, path, args.records, args.batch)
+                rates.setdefault("undelayed, base kq", []).append(done / seconds)
+                cpu_rates.setdefault("undelayed, base kq", []).append(done / cpu)
+                print(
+                    f"run {run + 1} undelayed, base kq: {done:,} records in {seconds:.2f} s ({cpu:.2f} s CPU)",
+                    file=sys.stderr,
+                )
                 shutil.rmtree(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

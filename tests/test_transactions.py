@@ -143,6 +143,21 @@ def test_transactional_produce_lands_all_at_commit(data_dir, run_kq, spawn_kq):
     assert os.listdir(os.path.join(data_dir, "transactions")) == ["store.lock"]  # its one-run id is gone
 
 
+def test_a_share_group_waits_for_an_open_transaction_and_then_hands_out_its_records(run_kq, spawn_kq):
+    """A share group reads read_committed: records of a transaction still open are neither handed
+    out nor passed over (as records that are not there); they are handed out once it commits."""
+    assert run_kq("produce", "t", input="before\n").returncode == 0
+    proc = spawn_kq("produce", "t", "--transactional", stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(b"one\ntwo\n")
+    proc.stdin.flush()
+    wait_for(lambda: len(values(run_kq, "t", "--isolation", "read_uncommitted")) == 3, message="the appends")
+    assert values(run_kq, "t", "--share", "s", "--exec", "cat") == ["before"]
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    assert values(run_kq, "t", "--share", "s", "--exec", "cat") == ["one", "two"]
+
+
 def test_transactional_produce_with_a_bad_line_writes_nothing(run_kq):
     r = run_kq("produce", "t", "--json", "--transactional", input='{"value": "a"}\n{"value": "b"}\nnot json\n')
     assert r.returncode != 0 and b"nothing was written" in r.stderr

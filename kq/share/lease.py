@@ -246,7 +246,7 @@ class SharePartition:
             # has not come is scheduled instead of handed out, and the scan goes on past it, so
             # that the records behind it are not held up (and no second state change is needed).
             while want > len(deliveries) and scanned < MAX_SCAN_OFFSETS:
-                taken = self._take(state, want - len(deliveries), token, now, wall, lease_ms, doomed)
+                taken = self._take(state, want - len(deliveries), token, now, wall, lease_ms, doomed, end)
                 if not taken:
                     break
                 looked = True
@@ -268,10 +268,19 @@ class SharePartition:
         return deliveries, looked and not deliveries
 
     def _take(
-        self, state: PartitionState, want: int, token: str, now: int, wall: int, lease_ms: int, doomed: list[Range]
+        self,
+        state: PartitionState,
+        want: int,
+        token: str,
+        now: int,
+        wall: int,
+        lease_ms: int,
+        doomed: list[Range],
+        end: int,
     ) -> list[Range]:
-        """Put up to ``want`` offsets under lease ``token``: those due again first, then new ones;
-        records out of attempts join ``doomed``.
+        """Put up to ``want`` offsets under lease ``token``: those due again first, then new ones
+        below ``end`` (the last stable offset: an open transaction's records wait); records out of
+        attempts join ``doomed``.
 
         Offsets taken may split into as many ranges as there are offsets (delayed records among
         them are scheduled, each run a range of its own), so no more are taken than the state
@@ -300,7 +309,6 @@ class SharePartition:
             part.until = now + lease_ms
             taken.append(part)
             got += part.count
-        end = self.partition.end_offset()
         n = min(end - state.next, want - got, room)
         if n > 0:
             last = state.next + n - 1
