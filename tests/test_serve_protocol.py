@@ -212,3 +212,40 @@ def test_list_offsets_finds_the_largest_timestamp_and_fetch_refuses_unknown_sess
         rack_id="",
     )
     assert roundtrip(server.port, fetch, FetchResponse).error_code == 70  # FETCH_SESSION_ID_NOT_FOUND
+
+
+def test_an_answer_does_not_wait_behind_a_join_sent_after_it_on_the_same_connection(server):
+    """A client that sends a request and then a JoinGroup that must wait for a rebalance gets the
+    first answer at once, not when the rebalance ends (answers are batched with the next ones)."""
+    import time
+
+    from kafka.protocol.metadata import ApiVersionsRequest, ApiVersionsResponse
+
+    def join_request(member_id, version):
+        return JoinGroupRequest(
+            version=version,
+            group_id="held",
+            session_timeout_ms=30000,
+            rebalance_timeout_ms=8000,
+            member_id=member_id,
+            **({"group_instance_id": None} if version >= 5 else {}),
+            protocol_type="consumer",
+            protocols=[JoinGroupRequest.JoinGroupRequestProtocol(name="range", metadata=b"\0\0\0\0\0\0\0\0\0\0")],
+        )
+
+    first = roundtrip(server.port, join_request("", 5), JoinGroupResponse)
+    member = first.member_id
+    assert roundtrip(server.port, join_request(member, 5), JoinGroupResponse).error_code == 0
+    # A second member's join waits for the first to join again, which it never does here.
+    versions = ApiVersionsRequest(version=0)
+    versions.with_header(correlation_id=1, client_id="test")
+    join = join_request("", 3)
+    join.with_header(correlation_id=2, client_id="test")
+    with connect(server.port, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(bytes(versions.encode(header=True, framed=True)) + bytes(join.encode(header=True, framed=True)))
+        frame = read_frame(sock)
+        waited = time.monotonic() - started
+    assert frame is not None
+    assert ApiVersionsResponse.decode(frame, version=0, header=True).header.correlation_id == 1
+    assert waited < 3, f"the ApiVersions answer waited {waited:.1f} s behind the JoinGroup"

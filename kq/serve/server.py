@@ -45,6 +45,9 @@ MAX_ANSWERS_AT_ONCE = 32  # responses to pipelined requests written together
 MAX_ANSWER_DELAY = 0.002  # seconds an answer may wait for the next ones (the producer waits for it)
 FETCH_KEY = 1
 METADATA_KEY = 3
+# Requests that may wait long for their answer (a long poll, a rebalance): answers held back to
+# go out with the next ones must not wait behind them.
+MAY_WAIT_KEYS = (FETCH_KEY, 11, 14)  # Fetch, JoinGroup, SyncGroup
 FIRST_METADATA_WAIT = 0.001  # seconds (see _requests: librdkafka's FindCoordinator beside its first Metadata)
 IDLE_SECONDS = 600.0  # Kafka's connections.max.idle.ms
 UNAUTHENTICATED_MAX_REQUEST_BYTES = 512 * 1024  # Kafka's sasl.server.max.receive.size
@@ -245,10 +248,10 @@ class Server:
                 try:
                     frame = await _read(reader, size)
                     api_key = int.from_bytes(frame[:2], "big")
+                    if answers and (size > SMALL_REQUEST or api_key in MAY_WAIT_KEYS):
+                        writer.writelines(answers)
+                        answers.clear()
                     if size > SMALL_REQUEST or api_key == FETCH_KEY:
-                        if answers:
-                            writer.writelines(answers)
-                            answers.clear()
                         await self.turns.take()
                     self._busy.add(task)
                     try:
