@@ -133,68 +133,62 @@ class ConfigAdmin:
             return codes.INVALID_CONFIG, str(exc)
         return codes.NONE, None
 
+    def _alter_all(self, body, version: int, R, change):
+        """Each resource of an (Incremental)AlterConfigs request altered by ``change(res, config, kept)``."""
+        out = []
+        for res in body.resources or ():
+            code, message = self._alter(
+                res, body.validate_only, lambda config, kept, res=res: change(res, config, kept)
+            )
+            out.append(
+                R.AlterConfigsResourceResponse(
+                    error_code=code,
+                    error_message=message,
+                    resource_type=res.resource_type,
+                    resource_name=res.resource_name,
+                )
+            )
+        return R(version=version, throttle_time_ms=0, responses=out)
+
     async def alter_configs(self, body, version: int):
         """AlterConfigs: a resource's configs become exactly those given (the others revert to defaults)."""
-        R = AlterConfigsResponse
-        out = []
-        for res in body.resources or ():
 
-            def replaced(config, kept, res=res):
-                given, kept = topic_configs.split((c.name, c.value) for c in res.configs or ())
-                return {**DEFAULT_CONFIG, **given}, kept
+        def replaced(res, config, kept):
+            given, kept = topic_configs.split((c.name, c.value) for c in res.configs or ())
+            return {**DEFAULT_CONFIG, **given}, kept
 
-            code, message = self._alter(res, body.validate_only, replaced)
-            out.append(
-                R.AlterConfigsResourceResponse(
-                    error_code=code,
-                    error_message=message,
-                    resource_type=res.resource_type,
-                    resource_name=res.resource_name,
-                )
-            )
-        return R(version=version, throttle_time_ms=0, responses=out)
+        return self._alter_all(body, version, AlterConfigsResponse, replaced)
 
     async def incremental_alter_configs(self, body, version: int):
-        R = IncrementalAlterConfigsResponse
-        out = []
-        for res in body.resources or ():
+        """IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT each named config."""
 
-            def changed(config, kept, res=res):
-                for c in res.configs or ():
-                    if c.config_operation == DELETE:
+        def changed(res, config, kept):
+            for c in res.configs or ():
+                if c.config_operation == DELETE:
+                    topic_configs.check_name(c.name)
+                    if c.name in KQ_NAMES:
+                        config[KQ_NAMES[c.name]] = DEFAULT_CONFIG[KQ_NAMES[c.name]]
+                    kept.pop(c.name, None)
+                    continue
+                if c.config_operation in (APPEND, SUBTRACT):
+                    if c.name not in topic_configs.LIST_CONFIGS:
                         topic_configs.check_name(c.name)
-                        if c.name in KQ_NAMES:
-                            config[KQ_NAMES[c.name]] = DEFAULT_CONFIG[KQ_NAMES[c.name]]
-                        kept.pop(c.name, None)
-                        continue
-                    if c.config_operation in (APPEND, SUBTRACT):
-                        if c.name not in topic_configs.LIST_CONFIGS:
-                            topic_configs.check_name(c.name)
-                            raise ValueError(f"{c.name} is not a list: it takes SET and DELETE only")
-                        now = topic_configs.current_value(config, kept, c.name)
-                        items = [i.strip() for i in now.split(",") if i.strip()]
-                        given = [i.strip() for i in (c.value or "").split(",") if i.strip()]
-                        if c.config_operation == APPEND:
-                            items += [i for i in given if i not in items]
-                        else:
-                            items = [i for i in items if i not in given]
-                        value: str | None = ",".join(items)
-                    elif c.config_operation == SET:
-                        value = c.value
+                        raise ValueError(f"{c.name} is not a list: it takes SET and DELETE only")
+                    now = topic_configs.current_value(config, kept, c.name)
+                    items = [i.strip() for i in now.split(",") if i.strip()]
+                    given = [i.strip() for i in (c.value or "").split(",") if i.strip()]
+                    if c.config_operation == APPEND:
+                        items += [i for i in given if i not in items]
                     else:
-                        raise ValueError(f"unknown operation {c.config_operation} on {c.name}")
-                    settings, extra = topic_configs.split([(c.name, value)])
-                    config.update(settings)
-                    kept.update(extra)
-                return config, kept
+                        items = [i for i in items if i not in given]
+                    value: str | None = ",".join(items)
+                elif c.config_operation == SET:
+                    value = c.value
+                else:
+                    raise ValueError(f"unknown operation {c.config_operation} on {c.name}")
+                settings, extra = topic_configs.split([(c.name, value)])
+                config.update(settings)
+                kept.update(extra)
+            return config, kept
 
-            code, message = self._alter(res, body.validate_only, changed)
-            out.append(
-                R.AlterConfigsResourceResponse(
-                    error_code=code,
-                    error_message=message,
-                    resource_type=res.resource_type,
-                    resource_name=res.resource_name,
-                )
-            )
-        return R(version=version, throttle_time_ms=0, responses=out)
+        return self._alter_all(body, version, IncrementalAlterConfigsResponse, changed)
