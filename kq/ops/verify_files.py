@@ -154,11 +154,16 @@ class GroupFilesCheck:
                 try:
                     found = Groups.read_offset_file(path)
                 except (CorruptFile, OSError) as exc:
-                    _, why = unreadable(exc, path)
-                    p = Problem(topic.name, number, path, None, f"offsets file of group '{group}' unreadable: {why}")
-                    if self.repair and isinstance(exc, CorruptFile):
-                        quarantine_offsets(p, group, directory)
-                    yield self._not_repaired(p)
+                    yield self._unreadable_file(
+                        topic,
+                        number,
+                        path,
+                        exc,
+                        f"offsets file of group '{group}'",
+                        quarantine_offsets,
+                        group,
+                        directory,
+                    )
                     continue
                 if found is None:
                     continue
@@ -274,11 +279,16 @@ class GroupFilesCheck:
                 try:
                     state = shares.read_state(share, topic.name, number)
                 except (CorruptFile, OSError, KqError) as exc:
-                    _, why = unreadable(exc, path)
-                    p = Problem(topic.name, number, path, None, f"state of share group '{share}' unreadable: {why}")
-                    if self.repair and isinstance(exc, CorruptFile):
-                        quarantine_share_state(p, share, directory)
-                    yield self._not_repaired(p)
+                    yield self._unreadable_file(
+                        topic,
+                        number,
+                        path,
+                        exc,
+                        f"state of share group '{share}'",
+                        quarantine_share_state,
+                        share,
+                        directory,
+                    )
                     continue
                 if state is None:
                     continue
@@ -299,6 +309,15 @@ class GroupFilesCheck:
             why = f"directory of {what} unreadable: {exc.strerror}"
             return None, [self._not_repaired(Problem(topic.name, None, directory, None, why))]
         return names, list(self._group_members(topic, group, directory))
+
+    def _unreadable_file(self, topic: Topic, number: int, path: str, exc: Exception, what: str, quarantine, *where):
+        """The problem of a group's or share group's file that could not be read; with --repair a
+        corrupt one goes to quarantine (``quarantine(problem, *where)``)."""
+        _, why = unreadable(exc, path)
+        p = Problem(topic.name, number, path, None, f"{what} unreadable: {why}")
+        if self.repair and isinstance(exc, CorruptFile):
+            quarantine(p, *where)
+        return self._not_repaired(p)
 
     def _not_repaired(self, p: Problem) -> Problem:
         return not_repaired(p, self.repair)
