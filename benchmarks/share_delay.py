@@ -12,9 +12,11 @@ benchmarks/share.py's library path: acquire --batch at a time, read each
 value, acknowledge with the next acquisition.
 
 The delayed records come in blocks of --block records, alternating with
-blocks of undelayed ones (as produce runs with and without --delay would
-write them): each delayed block is one scheduled range of the share state,
-which holds at most 4,096 ranges a partition. Each figure is the median of
+blocks of undelayed ones, written in batches of 10,000 records with each
+record's own headers (as `produce --json` writes lines some of which have a
+`deliver_at`): each delayed block becomes one scheduled run of the share
+group's schedule file (kq.share.schedule). --block 1 alternates record by
+record, the most runs there can be. Each figure is the median of
 --runs runs, the topics measured in turn within each run; records per wall
 second and per CPU second (the share state's fsyncs make wall time noisy on
 a shared disk).
@@ -61,11 +63,11 @@ def fill(path: str, records: int, block: int | None) -> int:
             part.append([VALUE] * n)
             plain += n
         else:
-            # Cut at block edges: each append's records are all delayed or all not.
-            n = min(n, block - written % block)
-            delayed = (written // block) % 2 == 0
-            part.append([VALUE] * n, headers=[later] * n if delayed else None)
-            plain += 0 if delayed else n
+            # As a produce of mixed records writes them (`--json` lines, some with a deliver_at):
+            # batches of CHUNK records, each record's headers its own.
+            headers = [later if ((written + i) // block) % 2 == 0 else [] for i in range(n)]
+            part.append([VALUE] * n, headers=headers)
+            plain += headers.count([])
         written += n
     topic.close()
     return plain

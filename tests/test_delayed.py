@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -203,3 +204,66 @@ def test_a_long_running_produce_delays_each_message_from_when_it_was_read(run_kq
     producer.stdin.close()
     assert producer.wait(timeout=30) == 0
     assert stored()[1] - first >= 1000
+
+
+def test_workers_killed_while_they_schedule_delayed_records_lose_none_and_hand_none_out_early(
+    run_kq, spawn_kq, tmp_path
+):
+    # Delayed and undelayed records alternating one by one: each acquisition appends runs to the
+    # schedule file and replaces the state, where a kill -9 may land at any point.
+    import random
+    import signal
+
+    n = 3000
+    due = now_ms() + 6000
+    lines = [{"value": f"late{i}", "deliver_at": due} if i % 2 else {"value": f"now{i}"} for i in range(n)]
+    r = run_kq("produce", "jobs", "--json", input="".join(json.dumps(x) + "\n" for x in lines))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    args = ["consume", "jobs", "--share", "w", "--exec", f"cat >> {out}", "--batch", "100", "--lease", "1s"]
+    rng = random.Random(26)
+    kills = 0
+    while now_ms() < due - 2000:
+        worker = spawn_kq(*args, "-f", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.4))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        kills += 1
+    assert kills >= 5
+    early = out.read_text().split() if out.exists() else []
+    assert now_ms() < due and early and not [v for v in early if v.startswith("late")], "handed out early"
+    assert run_kq("verify").returncode == 0
+
+    def drained():
+        r = run_kq("-q", *args, "--timeout", "1")
+        assert r.returncode in (0, 3), r.stderr
+        return sum(row["lag"] for row in share_rows(run_kq, "w")) == 0
+
+    wait_for(drained, timeout=60, interval=0.1, message="the share group to settle every record")
+    assert set(out.read_text().split()) == {x["value"] for x in lines}, "a record lost"
+    [row] = share_rows(run_kq, "w")
+    assert (row["scheduled"], row["acknowledged"]) == (0, n)
+    assert run_kq("verify").returncode == 0
+
+
+def test_verify_reports_a_damaged_schedule_and_repair_starts_the_partition_afresh(run_kq, data_dir):
+    lines = [{"value": "later", "deliver_at": "2100-01-01T00:00:00Z"}, {"value": "now"}]
+    assert run_kq("produce", "jobs", "--json", input="".join(json.dumps(x) + "\n" for x in lines)).returncode == 0
+    got = run_kq("consume", "jobs", "--share", "s")
+    assert got.stdout.decode().split("\t")[1] == "now\n"
+    directory = os.path.join(data_dir, "shares", "s", "jobs")
+    [name] = [n for n in os.listdir(directory) if n.endswith(".schedule")]
+    with open(os.path.join(directory, name), "r+b") as f:
+        f.truncate(20)
+    r = run_kq("verify")
+    assert r.returncode != 0 and name in r.stdout.decode() + r.stderr.decode()
+    assert run_kq("produce", "jobs", input="more\n").returncode == 0  # (work: a worker takes the lock)
+    worker = run_kq("consume", "jobs", "--share", "s")
+    assert worker.returncode != 0 and b"Traceback" not in worker.stderr and name.encode() in worker.stderr
+    assert run_kq("verify", "--repair").returncode in (0, 1)
+    assert run_kq("verify").returncode == 0
+    again = run_kq("consume", "jobs", "--share", "s")  # afresh: "now" again, "later" scheduled again
+    assert again.returncode == 0
+    assert [line.split("\t")[1] for line in again.stdout.decode().splitlines()] == ["now", "more"]
+    [row] = share_rows(run_kq)
+    assert row["scheduled"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from kq.errors import CorruptFile, UnsupportedFormat
 from kq.share.deliveries import parse_lease
+from kq.share.schedule import ENTRY, MAGIC, Schedule
 from kq.share.state import ACQUIRED, AVAILABLE, PartitionState, Range, parse_state
 
 
@@ -64,30 +66,93 @@ def test_another_boot_voids_every_lease():
     assert [r.until for r in s.ranges] == [0] and s.due(now=1) == s.ranges
 
 
-def test_scheduled_ranges_wait_for_their_wall_clock_time_survive_a_reboot_and_join_at_the_earlier():
-    s = PartitionState(start=0, next=10, boot="b")
-    s.ranges = [Range(0, 3, AVAILABLE, 0, at=5000), Range(4, 6, AVAILABLE, 0, at=3000), Range(8, 9, AVAILABLE, 0)]
-    assert s.due(now=1, wall=2999) == [s.ranges[2]]
-    assert s.has_work(end=10, now=1, wall=2999)  # the unscheduled one is work
-    s.ranges.pop()
-    assert not s.has_work(end=10, now=1, wall=2999) and s.has_work(end=10, now=1, wall=3000)
-    assert s.scheduled(wall=2999) == (7, 3000) and s.scheduled(wall=4000) == (4, 5000)
-    s.normalize(0, "another-boot")  # a reboot voids leases, not delivery times
-    assert [r.at for r in s.ranges] == [5000, 3000]
-    s.merge()
-    assert [(r.first, r.last, r.at) for r in s.ranges] == [(0, 6, 3000)]
-    assert parse_state(s.to_bytes(), "P.share").ranges[0].at == 3000
+def test_a_schedule_keeps_runs_until_their_time_and_gives_them_back_in_time_order(tmp_path):
+    directory = str(tmp_path)
+    schedule = Schedule(directory, 0)
+    state = PartitionState(start=0, next=10, boot="b")
+    schedule.add(0, 3, 5000, 0)
+    schedule.add(4, 6, 3000, 1)
+    schedule.commit(state)
+    state.advance()
+    assert state.schedule["records"] == 7 and state.next_due == 3000 and state.start == 0
+    assert not state.has_work(end=10, now=1, wall=2999) and state.has_work(end=10, now=1, wall=3000)
+    assert state.lag(end=12) == 7 + 2
+    assert schedule.waiting(wall=2999) == (7, 3000) and schedule.waiting(wall=4000) == (4, 5000)
+    state.normalize(0, "another-boot")  # a reboot voids leases, not delivery times
+    assert state.next_due == 3000
+    again = Schedule(directory, 0)
+    again.sync(parse_state(state.to_bytes(), "P.share").schedule)
+    assert list(again) == [(0, 3, 5000, 0), (4, 6, 3000, 1)]
+    assert again.take_due(wall=4000, limit=5) == [(4, 6, 1)] and again.take_due(wall=4000, limit=5) == []
+    again.commit(state)
+    # A worker that looked before reads only what was added since, and agrees.
+    schedule.sync(state.schedule)
+    assert list(schedule) == [(0, 3, 5000, 0)] and schedule.records == 4
+    assert schedule.take_due(wall=5000, limit=5) == [(0, 3, 0)]
+    schedule.commit(state)
+    schedule.collect()
+    assert state.schedule is None and os.listdir(directory) == []  # nothing waits: no file
+    assert json.loads(state.to_bytes())["format"] == 1  # (an older kq reads it)
 
 
-def test_only_an_available_range_is_scheduled():
-    body = json.loads(PartitionState(start=0, next=5).to_bytes())
-    body["ranges"] = [
-        {"first": 0, "last": 1, "state": "acquired", "attempt": 1, "lease": "a", "owner": "w", "until": 1, "at": 7}
-    ]
-    with pytest.raises(CorruptFile, match="only an available range is scheduled"):
+def test_a_schedule_mostly_given_back_is_written_anew_and_the_old_file_deleted(tmp_path):
+    directory = str(tmp_path)
+    schedule = Schedule(directory, 3)
+    state = PartitionState(start=0, next=10**6, boot="b")
+    schedule.add(10**6 - 1, 10**6 - 1, 9 * 10**12, 0)  # one run that never falls due
+    for i in range(3000):
+        schedule.add(2 * i, 2 * i, 1000 + i, 0)
+    schedule.commit(state)
+    first = state.schedule["generation"]
+    for _ in range(3):
+        schedule.take_due(wall=10**6, limit=1000)
+        schedule.commit(state)
+        schedule.collect()
+    assert state.schedule["generation"] != first and state.schedule["records"] == 1
+    assert os.listdir(directory) == [os.path.basename(schedule.path)]
+    assert os.path.getsize(schedule.path) == len(MAGIC) + ENTRY.size
+    fresh = Schedule(directory, 3)
+    fresh.sync(state.schedule)
+    assert list(fresh) == [(10**6 - 1, 10**6 - 1, 9 * 10**12, 0)]
+
+
+def test_retention_and_a_replicas_end_cut_scheduled_runs(tmp_path):
+    schedule = Schedule(str(tmp_path), 0)
+    state = PartitionState(start=0, next=20, boot="b")
+    for first, last in ((0, 4), (6, 9), (12, 17)):
+        schedule.add(first, last, 10**13, 0)
+    schedule.commit(state)
+    assert state.normalize(8, "b", schedule) and state.skipped == 7 and state.start == 8
+    schedule.trim_from(15)
+    schedule.commit(state)
+    assert list(schedule) == [(8, 9, 10**13, 0), (12, 14, 10**13, 0)]
+
+
+def test_a_schedule_file_that_does_not_match_its_state_is_a_corrupt_file(tmp_path):
+    schedule = Schedule(str(tmp_path), 0)
+    state = PartitionState(start=0, next=20, boot="b")
+    schedule.add(0, 4, 10**13, 0)
+    schedule.commit(state)
+    for damage, match in (
+        (lambda raw: b"NOTSCHED" + raw[8:], "not a kq schedule"),
+        (lambda raw: raw[:-1], "bytes long"),
+        (lambda raw: raw + ENTRY.pack(6, 7, 10**13, 0), "counts"),
+    ):
+        with open(schedule.path, "rb") as f:
+            good = f.read()
+        with open(schedule.path, "wb") as f:
+            f.write(damage(good))
+        summary = dict(state.schedule, bytes=len(damage(good))) if match == "counts" else state.schedule
+        with pytest.raises(CorruptFile, match=match):
+            Schedule(str(tmp_path), 0).sync(summary)
+        with open(schedule.path, "wb") as f:
+            f.write(good)
+    body = json.loads(state.to_bytes())
+    body["format"] = 1
+    with pytest.raises(CorruptFile, match="not an object of a format 2 state"):
         parse_state(json.dumps(body).encode(), "P.share")
-    body["ranges"] = [{"first": 0, "last": 1, "state": "available", "attempt": 0, "until": 0, "at": -1}]
-    with pytest.raises(CorruptFile, match="at is -1"):
+    body["format"], body["schedule"]["bytes"] = 2, 9
+    with pytest.raises(CorruptFile, match="schedule.bytes is 9"):
         parse_state(json.dumps(body).encode(), "P.share")
 
 
@@ -165,9 +230,9 @@ def test_a_backend_without_share_groups_lists_none_and_refuses_the_rest():
             call()
 
 
-def test_more_delayed_runs_than_a_state_holds_fill_it_and_never_overfill_it(tmp_path):
+def test_delayed_records_between_undelayed_ones_never_hold_the_undelayed_ones_back(tmp_path):
     # Delayed and undelayed records alternating, one by one: each delayed record is a scheduled
-    # range of its own, and a state holds at most MAX_RANGES ranges (a longer one is unreadable).
+    # run of its own, more of them than a state holds ranges.
     from kq import DataDir
     from kq.delivery_time import deliver_at_header
     from kq.share.consumer import ShareConsumer
@@ -176,8 +241,9 @@ def test_more_delayed_runs_than_a_state_holds_fill_it_and_never_overfill_it(tmp_
 
     data = DataDir(str(tmp_path / "data"))
     topic = data.create_topic("jobs", 1)
-    later = [deliver_at_header(wall_ms() + 3_600_000)]
     n = MAX_RANGES + 300
+    due = wall_ms() + 2000
+    later = [deliver_at_header(due)]
     topic.partition(0).append([b"x"] * (2 * n), headers=[later if i % 2 else [] for i in range(2 * n)])
     delivered = []
     with ShareConsumer(data, topic, "s") as worker:
@@ -185,10 +251,18 @@ def test_more_delayed_runs_than_a_state_holds_fill_it_and_never_overfill_it(tmp_
         while got:
             delivered += got
             got = worker.acquire(1000, ack=got)
-    assert all(d.headers == [] and d.offset % 2 == 0 for d in delivered)
+        assert sorted(d.offset for d in delivered) == list(range(0, 2 * n, 2))
+        state = Shares(data).read_state("s", topic, 0)
+        assert state is not None and state.ranges == [] and state.acked == n
+        assert (state.scheduled_records, state.next_due, state.start) == (n, due, 1)
+        assert wall_ms() < due  # (else the test proves nothing: the delayed ones were due)
+        while wall_ms() < due:
+            assert worker.acquire(1000, ack=got) == []
+            got = []
+        late = []
+        while got := worker.acquire(1000, ack=got):
+            late += got
+        assert sorted(d.offset for d in late) == list(range(1, 2 * n, 2))
+        assert all(d.attempt == 1 for d in late)
     state = Shares(data).read_state("s", topic, 0)
-    assert state is not None and len(state.ranges) <= MAX_RANGES
-    scheduled, _ = state.scheduled(wall_ms())
-    assert scheduled == len(state.ranges) and MAX_RANGES - 2 <= scheduled
-    # Every record up to where the state filled is settled or scheduled; the rest wait.
-    assert len(delivered) == state.acked and scheduled <= len(delivered) + 1 < n
+    assert state is not None and state.schedule is None and state.acked == 2 * n

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 import msgpack
@@ -442,6 +444,28 @@ def _values_well_typed(values: list) -> bool:
     return set(map(type, values)) <= _BIN_OR_NIL
 
 
+_LIST_OR_NIL = frozenset((list, type(None)))
+_LIST = frozenset((list,))
+_STR = frozenset((str,))
+_TWO = frozenset((2,))
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+def _headers_well_typed(headers: list) -> bool:
+    """Is each record's headers None or a list of [str, bytes-or-None] pairs? Checked a column at a
+    time by builtins, in C: records with headers of their own each (a delivery time) are many."""
+    if not set(map(type, headers)) <= _LIST_OR_NIL:
+        return False
+    pairs = list(chain.from_iterable(filter(None, headers)))
+    return (
+        not pairs
+        or set(map(type, pairs)) <= _LIST
+        and set(map(len, pairs)) <= _TWO
+        and set(map(type, map(_FIRST, pairs))) <= _STR
+        and set(map(type, map(_SECOND, pairs))) <= _BIN_OR_NIL
+    )
+
+
 def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, max_ts: int) -> bool:
     """Do the columns hold what FORMAT.md says, element by element?
 
@@ -456,21 +480,11 @@ def _well_typed(values, keys, headers, ts_deltas, offset_deltas, base_ts: int, m
         return False
     if keys is not None and not set(map(type, keys)) <= _BIN_OR_NIL:
         return False
-    if headers is not None:
-        # One produce gives every record the same headers: compared in C, the first is checked for all.
-        for pairs in headers[:1] if headers.count(headers[0]) == len(headers) else headers:
-            if pairs is None:
-                continue
-            if type(pairs) is not list:
-                return False
-            for pair in pairs:
-                if (
-                    type(pair) is not list
-                    or len(pair) != 2
-                    or type(pair[0]) is not str
-                    or (type(pair[1]) is not bytes and pair[1] is not None)
-                ):
-                    return False
+    if headers is not None and not _headers_well_typed(
+        headers[:1] if headers.count(headers[0]) == len(headers) else headers
+    ):
+        # (one produce gives every record the same headers: compared in C, the first is checked for all)
+        return False
     if ts_deltas is None:
         if base_ts != max_ts:  # every record has base_timestamp, which is then the largest
             return False

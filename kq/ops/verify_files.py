@@ -278,6 +278,9 @@ class GroupFilesCheck:
                     continue
                 try:
                     state = shares.read_state(share, topic.name, number)
+                    if state is not None and state.schedule is not None:
+                        state, schedule = shares.read_schedule(share, topic.name, number, state)
+                        schedule.check(state.start, state.next, state.ranges)
                 except (CorruptFile, OSError, KqError) as exc:
                     yield self._unreadable_file(
                         topic,
@@ -313,7 +316,9 @@ class GroupFilesCheck:
     def _unreadable_file(self, topic: Topic, number: int, path: str, exc: Exception, what: str, quarantine, *where):
         """The problem of a group's or share group's file that could not be read; with --repair a
         corrupt one goes to quarantine (``quarantine(problem, *where)``)."""
-        _, why = unreadable(exc, path)
+        file, why = unreadable(exc, path)
+        if file != path:  # (a file the state names: a share group's schedule)
+            why = f"{os.path.basename(file)}: {why}"
         p = Problem(topic.name, number, path, None, f"{what} unreadable: {why}")
         if self.repair and isinstance(exc, CorruptFile):
             quarantine(p, *where)

@@ -125,13 +125,15 @@ def quarantine_offsets(p: Problem, group: str, directory: str) -> None:
 
 def quarantine_share_state(p: Problem, share: str, directory: str) -> None:
     # Under the partition's share lock: no worker reads or replaces the file meanwhile.
-    from ..engine.fileio import read_small
-    from ..share.state import LOCK_SUFFIX, MAX_STATE_BYTES, parse_state
+    from ..share.shares import read_state_file
+    from ..share.state import LOCK_SUFFIX
 
+    number = p.partition
+    assert number is not None  # (a state's problem names its partition)
     _move_aside(
         p,
-        os.path.join(directory, f"{p.partition}{LOCK_SUFFIX}"),
-        lambda: parse_state(read_small(p.file, MAX_STATE_BYTES), p.file),
+        os.path.join(directory, f"{number}{LOCK_SUFFIX}"),
+        lambda: read_state_file(p.file, number),
         f"a worker of share group '{share}' is using it; run again",
         f"share group '{share}' will start partition {p.partition} afresh from its reset policy "
         "(earliest by default), delivering again what it had settled",

@@ -93,7 +93,8 @@ def describe_share(data: DataDir, share: str) -> dict:
                     row.update(scheduled=waiting, next_due=due, available=row["available"] - waiting)
                 if state is not None:
                     current = state.boot == boot
-                    scheduled, next_due = state.scheduled(wall)
+                    state, schedule = shares.read_schedule(share, topic, number, state)
+                    scheduled, next_due = schedule.waiting(wall)
                     scheduled += waiting
                     if due is not None:
                         next_due = due if next_due is None else min(next_due, due)

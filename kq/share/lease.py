@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from ..engine.cursor import READ_COMMITTED
 from ..engine.fileio import FileLock, atomic_write, make_dirs, read_small
 from .dead_letter import dead_letter, finish_dead_lettering
 from .deliveries import LEASE_EXPIRED, Delivery, Failure, Outcome
+from .schedule import Schedule
 from .state import (
     ACQUIRED,
     AVAILABLE,
@@ -59,38 +61,59 @@ def _waiting(batch: RecordBatch, lo: int, hi: int, wall: int) -> list | int | No
     return [t if t is not None and t > wall else None for t in times]
 
 
-def _schedule(state: PartitionState, taken: list[Range], later: list[list[int]]) -> None:
-    """Give back the runs ``later`` ([first, last, time], in order, each inside one range of
-    ``taken``) as scheduled ranges: each taken range is replaced by its pieces in one sweep
-    (carving run by run would cost a pass over the state per run)."""
+def _schedule(state: PartitionState, schedule: Schedule, taken: list[Range], later: list[list[int]]) -> None:
+    """Move the runs ``later`` ([first, last, time], in order, each inside one range of ``taken``)
+    to ``schedule``, their delivery attempt not counted: each taken range is replaced by what is
+    left of it in one sweep (carving run by run would cost a pass over the state per run)."""
     runs = iter(later)
     run = next(runs, None)
     for t in sorted(taken, key=attrgetter("first")):
         pieces: list[Range] = []
         at = t.first
+        cut = False
         while run is not None and run[0] <= t.last:
             first, last, when = run
             if first > at:
                 pieces.append(t.copy(at, first - 1))
-            wait = t.copy(first, last)
-            wait.state, wait.attempt, wait.lease, wait.owner, wait.detached = (
-                AVAILABLE,
-                t.attempt - 1,
-                None,
-                None,
-                False,
-            )
-            wait.until, wait.at = 0, when
-            pieces.append(wait)
+            schedule.add(first, last, when, t.attempt - 1)
+            cut = True
             at = last + 1
             run = next(runs, None)
-        if not pieces:
+        if not cut:
             continue
         if at <= t.last:
             pieces.append(t.copy(at, t.last))
         # Taken ranges are found from the end, where new ones were appended.
         i = next(i for i in range(len(state.ranges) - 1, -1, -1) if state.ranges[i] is t)
         state.ranges[i : i + 1] = pieces
+
+
+def _bring_back(state: PartitionState, schedule: Schedule, wall: int, want: int) -> None:
+    """Move runs of ``schedule`` whose time has come by ``wall`` back among the state's ranges, as
+    available records: about ``want`` records' worth, as many runs as the state has room for."""
+    room = MAX_RANGES - len(state.ranges) - 2 * want  # each taken offset may cut a range in two
+    back: list[Range] = []
+    got = 0
+    while got < want and len(back) < room:
+        runs = schedule.take_due(wall, 1)
+        if not runs:
+            break
+        first, last, attempt = runs[0]
+        back.append(Range(first, last, AVAILABLE, attempt))
+        got += last - first + 1
+    if back:
+        state.ranges = sorted(state.ranges + back, key=attrgetter("first"))
+
+
+def _joined(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans, overlapping ones joined."""
+    out: list[list[int]] = []
+    for first, last in spans:
+        if out and first <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], last)
+        else:
+            out.append([first, last])
+    return [(a, b) for a, b in out]
 
 
 class _Records:
@@ -158,7 +181,11 @@ class SharePartition:
         self.path = os.path.join(directory, f"{number}{STATE_SUFFIX}")
         self.lock = FileLock(os.path.join(directory, f"{number}{LOCK_SUFFIX}"))
         self.records = _Records(self.partition)
+        self.schedule = Schedule(directory, number)
         self.seen: bytes | None = None  # the file's bytes when this process last looked
+        # The state this process last saved, as it saved it: the next change reuses it, unparsed,
+        # if the file still holds those bytes (nobody changed it since; the common case of one worker).
+        self._saved: PartitionState | None = None
 
     def close(self) -> None:
         self.records.close()
@@ -175,9 +202,10 @@ class SharePartition:
     def load(self) -> PartitionState:
         """The state, under the lock (the caller holds it), fitted to the log and this boot."""
         c = self.consumer
+        saved, self._saved = self._saved, None
         try:
             raw = read_small(self.path, MAX_STATE_BYTES)
-            state = parse_state(raw, self.path)
+            state = saved if saved is not None and raw == self.seen else parse_state(raw, self.path)
             self.seen = raw
         except FileNotFoundError:
             state, self.seen = None, None
@@ -191,7 +219,8 @@ class SharePartition:
         if state is None:
             first = log_start if c.reset == "earliest" else self.partition.end_offset()
             state = PartitionState(start=first, next=first, boot=boot_id(), topic_id=topic_id)
-        warning = state.normalize(log_start, boot_id())
+        self.schedule.sync(state.schedule)
+        warning = state.normalize(log_start, boot_id(), self.schedule)
         state.bound_leases(clock_ms(), c.holder_live)
         if warning:
             c.warn(f"share group '{c.share}' on {c.topic.name}/{self.number}: {warning}")
@@ -200,14 +229,35 @@ class SharePartition:
         return state
 
     def save(self, state: PartitionState) -> None:
-        state.merge()
-        state.advance()
-        raw = state.to_bytes()
-        if state.fresh or raw != self.seen:
+        """Write ``state`` (and its schedule's change before it), if it changed."""
+        try:
             make_dirs(os.path.dirname(self.path))
-            atomic_write(self.path, raw)
-            self.seen = raw
-            state.fresh = False
+            self.schedule.commit(state)
+            state.merge()
+            state.advance()
+            raw = state.to_bytes()
+            if state.fresh or raw != self.seen:
+                atomic_write(self.path, raw)
+                self.seen = raw
+                state.fresh = False
+            self._saved = state
+        except BaseException:
+            # The schedule file may now hold entries this state does not count, where another
+            # worker will write its own: read it afresh next time.
+            self.schedule.forget()
+            raise
+        self.schedule.collect()
+
+    @contextmanager
+    def _changing(self):
+        """Hold the lock for a change of the state; if it fails, the state saved last may have been
+        changed since in memory: it is not reused."""
+        with self.lock:
+            try:
+                yield
+            except BaseException:
+                self._saved = None
+                raise
 
     # ------------------------------------------------------------ operations (each under the lock)
 
@@ -235,18 +285,21 @@ class SharePartition:
         deliveries: list[Delivery] = []
         phantoms: list[tuple[int, int]] = []
         looked = False
-        with self.lock:
+        with self._changing():
             state = self.load()
             finish_dead_lettering(self, state)
             for ack_token, spans in acks:
                 self._apply(state, ack_token, spans, "ack", outcome if outcome is not None else Outcome())
             doomed: list[Range] = []
             scanned = 0
+            # Each offset taken may turn out to be delayed: no more than the schedule has room for.
+            want = min(want, self.schedule.room())
+            _bring_back(state, self.schedule, wall, want)
             # Records are read under the lock, before the state is saved: one whose delivery time
             # has not come is scheduled instead of handed out, and the scan goes on past it, so
             # that the records behind it are not held up (and no second state change is needed).
             while want > len(deliveries) and scanned < MAX_SCAN_OFFSETS:
-                taken = self._take(state, want - len(deliveries), token, now, wall, lease_ms, doomed, end)
+                taken = self._take(state, want - len(deliveries), token, now, lease_ms, doomed, end)
                 if not taken:
                     break
                 looked = True
@@ -254,7 +307,7 @@ class SharePartition:
                 scanned += sum(last - first + 1 for first, last, _ in spans)
                 later = self._read(spans, token, wall, deliveries, phantoms)
                 if later:
-                    _schedule(state, taken, later)
+                    _schedule(state, self.schedule, taken, later)
             if doomed:
                 for r in doomed:
                     if r.state == ACQUIRED or r.error is None:
@@ -273,7 +326,6 @@ class SharePartition:
         want: int,
         token: str,
         now: int,
-        wall: int,
         lease_ms: int,
         doomed: list[Range],
         end: int,
@@ -290,7 +342,7 @@ class SharePartition:
         taken: list[Range] = []
         got = 0
         room = MAX_RANGES - len(state.ranges)
-        for r in state.due(now, wall):
+        for r in state.due(now):
             if got >= want:
                 break
             if r.attempt >= c.settings.max_attempts:
@@ -305,7 +357,7 @@ class SharePartition:
             room -= n + 1
             part = pieces[0]
             part.state, part.attempt, part.lease, part.owner = ACQUIRED, part.attempt + 1, token, c.owner
-            part.detached, part.at = c.detach, None
+            part.detached = c.detach
             part.until = now + lease_ms
             taken.append(part)
             got += part.count
@@ -368,7 +420,7 @@ class SharePartition:
         attempt, dead-letter), ``dead`` (dead-letter now), ``release`` (again at once, the attempt
         not counted), ``extend`` (the lease by ``lease_ms``), ``skip`` (no record there)."""
         out = Outcome()
-        with self.lock:
+        with self._changing():
             state = self.load()
             finish_dead_lettering(self, state)
             if self._apply(state, token, spans, how, out, failure, lease_ms):
@@ -388,13 +440,19 @@ class SharePartition:
         """Settle ``spans`` of lease ``token`` in ``state`` (see ``settle``); True if it changed."""
         c = self.consumer
         now = clock_ms()
-        held: list[Range] = []
-        for first, last in spans:
-            pieces = state.carve(first, last, token)
-            if pieces is None:
-                out.not_held.append((self.number, first, last, token))
-            else:
-                held += pieces
+        spans = sorted(spans)
+        if any(a[1] >= b[0] for a, b in zip(spans, spans[1:])):
+            spans = _joined(spans)
+        # Most often the spans are the very ranges the lease holds (an acquisition acknowledged whole).
+        whole = {(r.first, r.last): r for r in state.ranges if r.lease == token and r.state == ACQUIRED}
+        found = [r for r in map(whole.get, spans) if r is not None]
+        held: list[Range]
+        missing: list[tuple[int, int]]
+        if len(found) == len(spans):
+            held, missing = found, []
+        else:
+            held, missing = state.carve_all(spans, token)
+        out.not_held += [(self.number, first, last, token) for first, last in missing]
         if not held:
             return False
         if how in ("ack", "skip"):

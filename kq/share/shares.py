@@ -10,8 +10,12 @@ from ..engine.location import SHARES_DIR, share_names
 from ..engine.topic import Topic
 from ..errors import CorruptFile, ShareNotFound, UsageError
 from ..groups.store import Groups, partition_of
+from .schedule import Schedule
 from .settings import SETTINGS_FILE, ShareSettings, dead_letter_topic, parse_settings, settings_bytes
 from .state import LOCK_SUFFIX, MAX_STATE_BYTES, STATE_SUFFIX, PartitionState, parse_state
+
+# A reader without the lock retries when a worker replaced the schedule file between its two reads.
+SCHEDULE_READS = 5
 
 
 class Shares(Groups):
@@ -51,6 +55,24 @@ class Shares(Groups):
         if isinstance(topic, Topic) and topic.id is not None and state.topic_id not in (None, topic.id):
             return None  # the state of a deleted topic of the same name
         return state
+
+    def read_schedule(
+        self, share: str, topic: str | Topic, partition: int, state: PartitionState
+    ) -> tuple[PartitionState, Schedule]:
+        """The schedule ``state`` names, read without the lock, and the state it goes with (read
+        again if a worker replaced the schedule file meanwhile)."""
+        name = topic if isinstance(topic, str) else topic.name
+        schedule = Schedule(self._dir(share, name), partition)
+        for attempt in range(SCHEDULE_READS):
+            try:
+                schedule.sync(state.schedule)
+                return state, schedule
+            except CorruptFile:
+                newer = self.read_state(share, topic, partition)
+                if attempt == SCHEDULE_READS - 1 or newer is None or newer.schedule == state.schedule:
+                    raise
+                state = newer
+        raise AssertionError("unreachable")
 
     def states(self, share: str, topic: str | Topic) -> dict[int, PartitionState]:
         name = topic if isinstance(topic, str) else topic.name
@@ -101,6 +123,16 @@ class Shares(Groups):
         return {m["member"]: m for m in self.members(share, topic)}
 
 
+def read_state_file(path: str, partition: int) -> tuple[PartitionState, Schedule]:
+    """A partition's state file and the schedule it names, each checked, and the schedule's runs
+    against the state's ranges (``kq verify``); CorruptFile naming the file at fault."""
+    state = parse_state(read_small(path, MAX_STATE_BYTES), path)
+    schedule = Schedule(os.path.dirname(path), partition)
+    schedule.sync(state.schedule)
+    schedule.check(state.start, state.next, state.ranges)
+    return state, schedule
+
+
 # --------------------------------------------------------------------------- replicating
 
 
@@ -122,8 +154,22 @@ def copy_share_state(source: DataDir, replica: DataDir, src: Topic, rep: Topic) 
         for number, state in states.items():
             if number >= rep.partition_count:
                 continue
-            state.cut_back(rep.partition(number).end_offset())
+            end = rep.partition(number).end_offset()
+            state, schedule = theirs.read_schedule(share, src, number, state)
+            schedule.trim_from(end)
+            state.cut_back(end)
             with FileLock(os.path.join(directory, f"{number}{LOCK_SUFFIX}")):
                 have = ours.read_state(share, rep.name, number)
-                if have is None or have.essence() != state.essence():
-                    atomic_write(os.path.join(directory, f"{number}{STATE_SUFFIX}"), state.to_bytes())
+                theirs_now = (state.essence(), list(schedule))
+                if (
+                    have is not None
+                    and (have.essence(), list(ours.read_schedule(share, rep, number, have)[1])) == theirs_now
+                ):
+                    continue
+                copy = schedule.copy_to(directory)
+                copy.commit(state)
+                state.advance()
+                atomic_write(os.path.join(directory, f"{number}{STATE_SUFFIX}"), state.to_bytes())
+                if have is not None and have.schedule is not None:
+                    copy.drop(have.schedule["generation"])
+                copy.collect()

@@ -19,10 +19,12 @@ Files under ``DATA/shares/SHARE/TOPIC/`` (docs/FORMAT.md, "Share groups"):
 A partition's state is its *start* (every offset below it is settled), its
 *next* (no offset from it on was ever acquired) and, between them, the
 ranges of records that are not settled: acquired (by a lease until a
-deadline), available again (after a release, from a time on), scheduled
-(available, but delayed by their ``kq.deliver-at`` headers until a
-wall-clock time: ``Range.at``; see kq.delivery_time), or being
-dead-lettered. An offset between start and next in no range is settled.
+deadline), available again (after a release, from a time on), or being
+dead-lettered; and the runs of records that are *scheduled* (delayed by
+their ``kq.deliver-at`` headers until a wall-clock time; see
+kq.delivery_time), kept in a schedule file of their own (kq.share.schedule)
+that the state names and summarizes. An offset between start and next in
+no range and no scheduled run is settled.
 Every change happens under ``P.share.lock``: read the file, change it,
 replace it (temporary file, fsync, rename, fsync of the directory), as a
 group's committed offsets are written, so a crash leaves the old state or
@@ -49,7 +51,9 @@ from ..errors import CorruptFile, UnsupportedFormat, UsageError
 
 STATE_SUFFIX = ".share"
 LOCK_SUFFIX = ".share.lock"
-STATE_FORMAT = 1
+# Format 2: the state names a schedule file (an older kq, which knows none, would take its records
+# for settled). A state without one is still written as format 1.
+STATE_FORMAT = 2
 # A partition's state grows with the ranges of records that are not settled;
 # past MAX_RANGES no new records are acquired until some are settled, so the
 # file stays well under MAX_STATE_BYTES (a range is about 150 bytes, plus
@@ -97,7 +101,7 @@ def wall_ms() -> int:
 class Range:
     """Offsets ``first``..``last`` of a partition, not settled, all in one state."""
 
-    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq", "detached", "at")
+    __slots__ = ("first", "last", "state", "attempt", "lease", "until", "owner", "error", "dlq", "detached")
 
     def __init__(
         self,
@@ -111,7 +115,6 @@ class Range:
         error: dict | None = None,
         dlq: list | None = None,
         detached: bool = False,
-        at: int | None = None,
     ):
         self.first = first
         self.last = last
@@ -125,9 +128,6 @@ class Range:
         # acquired: the lease was handed to a script (``consume --share`` without --exec) and holds
         # until ``until`` after its worker exits; any other lease ends with its owner's member lock.
         self.detached = detached
-        # available: scheduled, its records delayed (kq.delivery_time) until this wall-clock time
-        # (epoch ms) at the earliest; each record's own time is looked at again then.
-        self.at = at
 
     def copy(self, first: int, last: int) -> Range:
         return Range(
@@ -141,7 +141,6 @@ class Range:
             self.error,
             self.dlq,
             self.detached,
-            self.at,
         )
 
     @property
@@ -159,8 +158,6 @@ class Range:
             out["error"] = self.error
         if self.dlq is not None:
             out["dlq"] = self.dlq
-        if self.at is not None:
-            out["at"] = self.at
         return out
 
     def __repr__(self) -> str:
@@ -180,10 +177,13 @@ class PartitionState:
     boot: str = ""
     topic_id: str | None = None
     fresh: bool = True  # no file yet: ``start`` is where ``--reset`` puts it
+    # The schedule file's summary (kq.share.schedule.Schedule.commit): its generation, the bytes of
+    # it that hold, its records, the first of their offsets and the earliest time one falls due.
+    schedule: dict | None = None
 
     def to_bytes(self) -> bytes:
         body = {
-            "format": STATE_FORMAT,
+            "format": STATE_FORMAT if self.schedule is not None else 1,
             "start": self.start,
             "next": self.next,
             "acked": self.acked,
@@ -195,12 +195,23 @@ class PartitionState:
         }
         if self.topic_id is not None:
             body["topic_id"] = self.topic_id
+        if self.schedule is not None:
+            body["schedule"] = self.schedule
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
     @property
     def unsettled(self) -> int:
-        """Offsets between start and next that are not settled."""
-        return sum(r.count for r in self.ranges)
+        """Offsets between start and next that are not settled (scheduled ones included)."""
+        return sum(r.count for r in self.ranges) + self.scheduled_records
+
+    @property
+    def scheduled_records(self) -> int:
+        return self.schedule["records"] if self.schedule else 0
+
+    @property
+    def next_due(self) -> int | None:
+        """When the earliest scheduled run falls due (wall-clock epoch ms), or None if none is."""
+        return self.schedule["next_due"] if self.schedule else None
 
     def lag(self, end: int) -> int:
         """Records not yet settled: in flight or waiting, and never acquired up to ``end``."""
@@ -208,8 +219,11 @@ class PartitionState:
 
     # ------------------------------------------------------------ keeping it sound
 
-    def normalize(self, log_start: int, boot: str) -> str | None:
-        """Fit the state to the log and this boot; returns a warning if records were lost to retention."""
+    def normalize(self, log_start: int, boot: str, schedule=None) -> str | None:
+        """Fit the state to the log and this boot; returns a warning if records were lost to retention.
+
+        ``schedule``: the state's kq.share.schedule.Schedule, synced to it (runs below the log's
+        start are forgotten there too); without one the state must name none."""
         if boot != self.boot:
             # Leases and retry times of another boot: their holders are gone.
             for r in self.ranges:
@@ -219,6 +233,8 @@ class PartitionState:
         if log_start > self.start:
             lost = sum(min(r.last, log_start - 1) - r.first + 1 for r in self.ranges if r.first < log_start)
             lost += max(log_start - self.next, 0)  # never acquired
+            if schedule is not None:
+                lost += schedule.trim_below(log_start)
             self.ranges = [
                 r if r.first >= log_start else r.copy(log_start, r.last) for r in self.ranges if r.last >= log_start
             ]
@@ -227,7 +243,7 @@ class PartitionState:
                 warning = f"{lost} offset(s) below the start offset {log_start} were deleted by retention or trim before they were settled"
             self.start = log_start
             self.next = max(self.next, log_start)
-        self.advance()
+        self.advance(schedule)
         return warning
 
     def essence(self) -> tuple:
@@ -241,6 +257,7 @@ class PartitionState:
             self.boot,
             self.topic_id,
             [r.as_json() for r in self.ranges],
+            self.schedule and (self.schedule["records"], self.schedule["first"], self.schedule["next_due"]),
         )
 
     def cut_back(self, end: int) -> None:
@@ -252,18 +269,20 @@ class PartitionState:
         self.start = min(self.start, self.next)
         self.advance()
 
-    def advance(self) -> None:
-        """Move ``start`` up to the first offset that is not settled."""
-        self.start = self.ranges[0].first if self.ranges else self.next
+    def advance(self, schedule=None) -> None:
+        """Move ``start`` up to the first offset that is not settled (``schedule``: the state's
+        Schedule, if it changed since ``self.schedule`` was set from it)."""
+        start = self.ranges[0].first if self.ranges else self.next
+        if schedule is not None:
+            first = schedule.first_offset()
+        else:
+            first = self.schedule["first"] if self.schedule else None
+        self.start = start if first is None else min(start, first)
 
-    def due(self, now: int, wall: int | None = None) -> list[Range]:
-        """Ranges that may be delivered now: available ones whose time came (on the boot clock ``now``,
-        and for scheduled ones on the wall clock ``wall``, now by default), and expired leases."""
-        if wall is None:
-            wall = wall_ms()
-        return [
-            r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now and (r.at is None or r.at <= wall)
-        ]
+    def due(self, now: int) -> list[Range]:
+        """Ranges that may be delivered now: available ones whose time came (on the boot clock ``now``),
+        and expired leases."""
+        return [r for r in self.ranges if r.state != DEAD_LETTERING and r.until <= now]
 
     def has_work(self, end: int, now: int, holder_live=None, wall: int | None = None) -> bool:
         """Whether a worker holding the lock would find something to do: records to deliver or to
@@ -271,17 +290,14 @@ class PartitionState:
         only from their time on, so an idle follower does not take the lock for them."""
         if wall is None:
             wall = wall_ms()
-        return self.next < end or any(
-            (r.until <= now and (r.at is None or r.at <= wall))
-            or r.state == DEAD_LETTERING
-            or unsound_lease(r, now, holder_live)
-            for r in self.ranges
+        due = self.next_due
+        return (
+            self.next < end
+            or (due is not None and due <= wall)
+            or any(
+                r.until <= now or r.state == DEAD_LETTERING or unsound_lease(r, now, holder_live) for r in self.ranges
+            )
         )
-
-    def scheduled(self, wall: int) -> tuple[int, int | None]:
-        """How many records wait for their delivery time, and the earliest time (epoch ms) one falls due."""
-        times = [(r.at, r.count) for r in self.ranges if r.at is not None and r.at > wall]
-        return sum(n for _, n in times), min((at for at, _ in times), default=None)
 
     def bound_leases(self, now: int, holder_live) -> bool:
         """End the leases that cannot hold (``unsound_lease``): one longer than any lease kq grants
@@ -294,12 +310,19 @@ class PartitionState:
                 changed = True
         return changed
 
-    def carve(self, first: int, last: int, token: str | None = None) -> list[Range] | None:
+    def carve(
+        self, first: int, last: int, token: str | None = None, firsts: list[int] | None = None
+    ) -> list[Range] | None:
         """The ranges that make up exactly ``first``..``last``, split out of larger ones; None unless
-        every offset there is acquired by lease ``token`` (or, without a token, in any range)."""
+        every offset there is acquired by lease ``token`` (or, without a token, in any range).
+
+        ``firsts``: the ranges' first offsets as they were before earlier carves of higher offsets
+        (a carve leaves the ranges before the one it starts in, and that one's first, as they
+        were): many spans are carved from the last back with one list (``carve_all``)."""
         import bisect
 
-        firsts = [r.first for r in self.ranges]
+        if firsts is None:
+            firsts = [r.first for r in self.ranges]
         at = max(bisect.bisect_right(firsts, first) - 1, 0)
         covering = []
         expect = first
@@ -331,6 +354,21 @@ class PartitionState:
         self.ranges[covering[0] : covering[-1] + 1] = pieces
         return out
 
+    def carve_all(self, spans, token: str) -> tuple[list[Range], list[tuple[int, int]]]:
+        """``carve`` each of ``spans`` ((first, last) pairs, in order, apart) held by lease ``token``:
+        the ranges carved, and the spans that are not held."""
+        firsts = [r.first for r in self.ranges]
+        held: list[Range] = []
+        missing: list[tuple[int, int]] = []
+        for first, last in reversed(spans):
+            pieces = self.carve(first, last, token, firsts)
+            if pieces is None:
+                missing.append((first, last))
+            else:
+                held += pieces
+        missing.reverse()
+        return held, missing
+
     def remove(self, doomed: Iterable[Range]) -> None:
         ids = {id(r) for r in doomed}
         self.ranges = [r for r in self.ranges if id(r) not in ids]
@@ -349,13 +387,10 @@ class PartitionState:
             if (
                 p is not None
                 and p.last + 1 == r.first
-                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq, p.detached, p.at is None)
-                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq, r.detached, r.at is None)
+                and (p.state, p.attempt, p.lease, p.until, p.owner, p.error, p.dlq, p.detached)
+                == (r.state, r.attempt, r.lease, r.until, r.owner, r.error, r.dlq, r.detached)
             ):
-                # Scheduled neighbours join at the earlier time: each record's own time is read again then.
                 out[-1] = p.copy(p.first, r.last)
-                if r.at is not None:
-                    out[-1].at = min(p.at, r.at)  # type: ignore[type-var]
             else:
                 out.append(r)
         self.ranges = out
@@ -451,11 +486,6 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
             if type(detached) is not bool:
                 raise CorruptFile(path, f"{where}detached is {shown(detached)}, not true or false")
             r.detached = detached
-        if "at" in item:
-            if kind != AVAILABLE:
-                raise CorruptFile(path, f"{where}at is given, but only an available range is scheduled")
-            at = item["at"]
-            r.at = at if type(at) is int and 0 <= at <= MAX_OFFSET else number(item, "at", where=where)
         error = item.get("error")
         if error is not None:
             if not isinstance(error, dict):
@@ -485,4 +515,25 @@ def parse_state(raw: bytes, path: str) -> PartitionState:
                 raise CorruptFile(path, f"{where}dlq names {shown(dlq[0])}, not a topic") from None
             r.dlq = dlq
         state.ranges.append(r)
+    schedule = body.get("schedule")
+    if schedule is not None:
+        state.schedule = _parse_schedule_summary(schedule, state, version, path, number)
     return state
+
+
+def _parse_schedule_summary(body, state: PartitionState, version: int, path: str, number) -> dict:
+    """A state's ``schedule`` (see PartitionState.schedule), checked."""
+    from .schedule import ENTRY, MAGIC, MAX_GENERATION
+
+    if version < 2 or not isinstance(body, dict):
+        raise CorruptFile(path, f"schedule is {shown(body)}, not an object of a format 2 state")
+    out = {
+        "generation": number(body, "generation", 1, MAX_GENERATION, "schedule."),
+        "bytes": number(body, "bytes", len(MAGIC) + ENTRY.size, where="schedule."),
+        "records": number(body, "records", 1, where="schedule."),
+        "first": number(body, "first", state.start, max(state.next - 1, state.start), "schedule."),
+        "next_due": number(body, "next_due", 1, where="schedule."),
+    }
+    if (out["bytes"] - len(MAGIC)) % ENTRY.size:
+        raise CorruptFile(path, f"schedule.bytes is {out['bytes']}, not the length of a schedule file")
+    return out
