@@ -63,6 +63,10 @@ class Partition:
         self.config = config or {}  # the topic's: retention settings are read from it
         self.on_roll = on_roll  # called with the partition, outside the writer lock, after a segment closes
         self._log_writer = LogWriter(self)  # append, roll, recovery (kq.engine.log_writer)
+        # The end offset last found, and the last segment it was found in as it was then (base, inode,
+        # size, mtime): a segment only grows (a rewrite is a new file), so while it is the same the
+        # end is too, and it is not scanned (and its last batch's checksum computed) again.
+        self._known_end: tuple[tuple[int, int, int, int], int] | None = None
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.number})"
@@ -179,8 +183,15 @@ class Partition:
         except FileNotFoundError:  # replaced or removed under us: look again
             return self.end_offset()
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            seen = (base, st.st_ino, size, st.st_mtime_ns)
+            known = self._known_end
+            if known is not None and known[0] == seen:
+                return known[1]
             found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
+            if found.stop == segment.CLEAN and found.end == size:
+                self._known_end = (seen, found.next_offset)
             while found.stop == DAMAGED:
                 # Valid batches after damage still count: the end is theirs,
                 # and a reader will report the damage. So do the offsets of a
