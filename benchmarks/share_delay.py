@@ -1,7 +1,7 @@
 """Delayed records in a share group: acquiring a topic half of whose records are delayed, beside an undelayed one.
 
-    python benchmarks/share_delay.py [--records 1000000] [--block 10000 --block 1000] [--batch 1000] [--runs 3]
-                                     [--base CHECKOUT]
+    python benchmarks/share_delay.py [--records 1000000] [--block 10000 --block 1000 --block 100]
+                                     [--mixed 1000 --mixed 1] [--batch 1000] [--runs 3] [--base CHECKOUT]
 
 The target (issue 26): a share group on a topic with half of --records
 records delayed into the future (a `kq.deliver-at` header a day ahead, as
@@ -11,12 +11,15 @@ records, today's path. Both through kq.share.consumer.ShareConsumer, as
 benchmarks/share.py's library path: acquire --batch at a time, read each
 value, acknowledge with the next acquisition.
 
-The delayed records come in blocks of --block records, alternating with
-blocks of undelayed ones, written in batches of 10,000 records with each
+The delayed records come in blocks of --block records alternating with
+blocks of undelayed ones, each block appended on its own (as `produce
+--delay` runs and plain ones write them: a batch is all delayed or not), or
+in blocks of --mixed records written in batches of 10,000 records with each
 record's own headers (as `produce --json` writes lines some of which have a
-`deliver_at`): each delayed block becomes one scheduled run of the share
-group's schedule file (kq.share.schedule). --block 1 alternates record by
-record, the most runs there can be. Each figure is the median of
+`deliver_at`). Each delayed block becomes one scheduled run of the share
+group's schedule file (kq.share.schedule); --mixed 1 alternates record by
+record, the most runs there can be. The undelayed topic is written in
+batches of 10,000. Each figure is the median of
 --runs runs, the topics measured in turn within each run; records per wall
 second and per CPU second (the share state's fsyncs make wall time noisy on
 a shared disk).
@@ -43,9 +46,9 @@ VALUE = b"x" * 100
 CHUNK = 10_000
 
 
-def fill(path: str, records: int, block: int | None) -> int:
+def fill(path: str, records: int, block: int | None, mixed: bool = False) -> int:
     """A topic ``jobs`` of ``records`` records; with ``block``, every other block of that many is
-    delayed a day. Returns how many are not delayed."""
+    delayed a day (``mixed``: in batches of CHUNK, else a batch per block). Returns how many are not delayed."""
     import kq
 
     data = kq.DataDir(path)
@@ -62,6 +65,11 @@ def fill(path: str, records: int, block: int | None) -> int:
         if block is None:
             part.append([VALUE] * n)
             plain += n
+        elif not mixed:
+            n = min(n, block - written % block)
+            delayed = (written // block) % 2 == 0
+            part.append([VALUE] * n, headers=[later] * n if delayed else None)
+            plain += 0 if delayed else n
         else:
             # As a produce of mixed records writes them (`--json` lines, some with a deliver_at):
             # batches of CHUNK records, each record's headers its own.
@@ -113,24 +121,31 @@ def measure_base(base: str, path: str, records: int, batch: int) -> tuple[int, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--block", type=int, action="append", help="delayed block size (repeatable)")
+    parser.add_argument("--block", type=int, action="append", help="delayed block size, a batch each (repeatable)")
+    parser.add_argument("--mixed", type=int, action="append", help="delayed block size, mixed in batches (repeatable)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--base", metavar="CHECKOUT", help="also measure the undelayed topic with this kq")
     args = parser.parse_args()
-    blocks = args.block or [10_000, 1_000]
+    layouts = [(None, False)]
+    if args.block or args.mixed:
+        layouts += [(b, False) for b in args.block or []] + [(b, True) for b in args.mixed or []]
+    else:
+        layouts += [(10_000, False), (1_000, False), (100, False), (1_000, True), (1, True)]
     rates: dict[str, list[float]] = {}
     cpu_rates: dict[str, list[float]] = {}
     work = tempfile.mkdtemp(prefix="kq-bench-delay-")
     try:
         for run in range(args.runs):
-            for block in [None, *blocks]:
-                name = "undelayed" if block is None else f"half delayed, blocks of {block}"
-                path = os.path.join(work, f"d{run}-{block}")
-                plain = fill(path, args.records, block)
+            for block, mixed in layouts:
+                if block is None:
+                    name = "undelayed"
+                else:
+                    name = f"half delayed, {'mixed ' if mixed else ''}blocks of {block}"
+                path = os.path.join(work, f"d{run}-{block}-{mixed}")
+                plain = fill(path, args.records, block, mixed)
                 done, seconds, cpu = acquire_all(path, args.batch)
                 if done != plain:
-                    # More delayed runs than a partition's state holds ranges (4,096): the rest wait.
                     print(f"{name}: acquired {done:,} of the {plain:,} undelayed records, then none", file=sys.stderr)
                 rates.setdefault(name, []).append(done / seconds)
                 cpu_rates.setdefault(name, []).append(done / cpu)
@@ -151,10 +166,10 @@ def main() -> None:
     # Wall time holds an fsync per acquisition (the same number per record acquired in each
     # case), which a shared disk makes noisy; CPU time shows the work of passing delayed records by.
     base, cpu_base = statistics.median(rates["undelayed"]), statistics.median(cpu_rates["undelayed"])
-    print(f"{'topic':<34} {'records/s':>12} {'vs undelayed':>13} {'per CPU s':>12} {'vs undelayed':>13}")
+    print(f"{'topic':<40} {'records/s':>12} {'vs undelayed':>13} {'per CPU s':>12} {'vs undelayed':>13}")
     for name, values in rates.items():
         rate, cpu_rate = statistics.median(values), statistics.median(cpu_rates[name])
-        print(f"{name:<34} {rate:>12,.0f} {rate / base:>12.0%} {cpu_rate:>12,.0f} {cpu_rate / cpu_base:>12.0%}")
+        print(f"{name:<40} {rate:>12,.0f} {rate / base:>12.0%} {cpu_rate:>12,.0f} {cpu_rate / cpu_base:>12.0%}")
 
 
 if __name__ == "__main__":
