@@ -220,15 +220,26 @@ def test_workers_killed_while_they_schedule_delayed_records_lose_none_and_hand_n
     r = run_kq("produce", "jobs", "--json", input="".join(json.dumps(x) + "\n" for x in lines))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    args = ["consume", "jobs", "--share", "w", "--exec", f"cat >> {out}", "--batch", "100", "--lease", "1s"]
+    # Small batches and a command that takes a while: the kills land while records are being taken.
+    args = ["consume", "jobs", "--share", "w", "--exec", f"sleep 0.01; cat >> {out}", "--batch", "20", "--lease", "1s"]
     rng = random.Random(26)
+
+    def spawn():
+        return spawn_kq(*args, "-f", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    # Two workers at a time: each reads what the other appended to the schedule since it last looked.
+    workers = [spawn(), spawn()]
     kills = 0
     while now_ms() < due - 2000:
-        worker = spawn_kq(*args, "-f", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.05, 0.4))
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        time.sleep(rng.uniform(0.05, 0.3))
+        victim = rng.randrange(2)
+        workers[victim].send_signal(signal.SIGKILL)
+        workers[victim].wait()
+        workers[victim] = spawn()
         kills += 1
+    for w in workers:
+        w.send_signal(signal.SIGKILL)
+        w.wait()
     assert kills >= 5
     early = out.read_text().split() if out.exists() else []
     assert now_ms() < due and early and not [v for v in early if v.startswith("late")], "handed out early"
