@@ -16,7 +16,6 @@ import signal
 import struct
 import subprocess
 import zlib
-from collections import defaultdict
 
 import pytest
 from cluster_support import Place
@@ -24,15 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_support import KqServer
 from test_faults import (
-    Pump,
-    assert_acknowledged_exactly_once,
-    assert_dense,
     assert_verify_clean,
     end_offsets,
-    kill_at_random_moment,
-    kq_command,
-    log_of,
-    stream_and_seq,
+    produce_killed_in_a_loop,
 )
 
 import kq
@@ -321,42 +314,9 @@ def test_a_small_batch_that_would_inflate_past_the_batch_limit_is_refused_not_in
 
 
 def test_kill_9_during_compressed_produce_loses_no_acknowledged_message(run_kq, data_dir):
-    rng = random.Random(23)
     kills = 6
     assert run_kq("topic", "create", "t", "--segment-bytes", "16K", "--compression", "zstd").returncode == 0
-    acked: list[bytes] = []
-    landed = 0
-    for i in range(kills):
-        proc = subprocess.Popen(
-            kq_command(data_dir, "produce", "t"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        total = 3000 if i % 3 == 2 else None
-        pump = Pump(proc, lambda n, i=i: b"k%d-%07d\n" % (i, n), chunk=50, total=total)
-        pump.start()
-        before = end_offsets(data_dir, "t")[0]
-        landed += kill_at_random_moment(proc, rng, 0.3, lambda: end_offsets(data_dir, "t")[0] > before, "the producer")
-        pump.finish()
-        proc.wait()
-        if proc.returncode == 0:
-            acked += [b"k%d-%07d" % (i, n) for n in range(pump.sent)]
-        lines = [b"a%d-%07d" % (i, n) for n in range(50)]
-        r = run_kq("produce", "t", input=b"\n".join(lines) + b"\n")
-        assert r.returncode == 0, r.stderr
-        acked += lines
-        log = log_of(data_dir, "t")
-        assert_dense(log)
-        values = [r.value for r in log[0]]
-        assert_acknowledged_exactly_once(values, acked)
-        by_stream = defaultdict(list)
-        for v in values:
-            stream, seq = stream_and_seq(v)
-            by_stream[stream].append(seq)
-        for stream, seqs in by_stream.items():
-            assert seqs == list(range(len(seqs))), f"producer {stream!r} lost a message mid-stream or reordered"
-        assert_verify_clean(run_kq, "t")
+    landed = produce_killed_in_a_loop(run_kq, data_dir, "t", random.Random(23), kills, every_kill_under_way=True)
     assert set(stored_codecs(data_dir, "t")) == {4}
     assert landed >= kills // 2
 

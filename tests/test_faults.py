@@ -189,14 +189,17 @@ def report_kills(name: str, landed: int, planned: int) -> None:
 # ---------------------------------------------------------------- kill -9 during produce
 
 
-def test_kill_9_during_produce_loses_no_acknowledged_message(run_kq, data_dir):
-    rng = random.Random(8)
-    assert run_kq("topic", "create", "t", "--segment-bytes", "64K").returncode == 0
+def produce_killed_in_a_loop(run_kq, data_dir, topic: str, rng: random.Random, kills: int, every_kill_under_way=False):
+    """Producers of ``topic`` killed with SIGKILL at random moments, ``kills`` times, each followed by a
+    produce that must recover the tail; after each, every acknowledged message is in the log exactly
+    once, each producer's messages are a prefix of its input, and verify is clean. Returns the kills
+    that landed while the producer was writing (without ``every_kill_under_way``, every fourth kill
+    may land at any moment, before the first write too)."""
     acked: list[bytes] = []
     landed = 0
-    for i in range(KILLS["produce"]):
+    for i in range(kills):
         proc = subprocess.Popen(
-            kq_command(data_dir, "produce", "t"),
+            kq_command(data_dir, "produce", topic),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -205,21 +208,23 @@ def test_kill_9_during_produce_loses_no_acknowledged_message(run_kq, data_dir):
         total = 3000 if i % 3 == 2 else None
         pump = Pump(proc, lambda n, i=i: b"k%d-%07d\n" % (i, n), chunk=50, total=total)
         pump.start()
-        before = end_offsets(data_dir, "t")[0]
-        under_way = None if i % 4 == 3 else (lambda: end_offsets(data_dir, "t")[0] > before)
-        hit = kill_at_random_moment(proc, rng, 0.3, under_way, "the producer")
-        landed += hit
+        before = end_offsets(data_dir, topic)[0]
+        if i % 4 == 3 and not every_kill_under_way:
+            under_way = None
+        else:
+            under_way = lambda: end_offsets(data_dir, topic)[0] > before  # noqa: E731
+        landed += kill_at_random_moment(proc, rng, 0.3, under_way, "the producer")
         pump.finish()
         proc.wait()
         if proc.returncode == 0:
             acked += [b"k%d-%07d" % (i, n) for n in range(pump.sent)]
         # Recovery: the next produce truncates any torn tail and carries on.
         lines = [b"a%d-%07d" % (i, n) for n in range(50)]
-        r = run_kq("produce", "t", input=b"\n".join(lines) + b"\n")
+        r = run_kq("produce", topic, input=b"\n".join(lines) + b"\n")
         assert r.returncode == 0, f"the produce after kill {i} failed: {r.stderr}"
         acked += lines
 
-        log = log_of(data_dir, "t")
+        log = log_of(data_dir, topic)
         assert_dense(log)
         values = [r.value for r in log[0]]
         assert_acknowledged_exactly_once(values, acked)
@@ -230,7 +235,13 @@ def test_kill_9_during_produce_loses_no_acknowledged_message(run_kq, data_dir):
         for stream, seqs in by_stream.items():
             # A killed producer's messages are a prefix of its input, in order.
             assert seqs == list(range(len(seqs))), f"producer {stream!r} lost a message mid-stream or reordered"
-        assert_verify_clean(run_kq, "t")
+        assert_verify_clean(run_kq, topic)
+    return landed
+
+
+def test_kill_9_during_produce_loses_no_acknowledged_message(run_kq, data_dir):
+    assert run_kq("topic", "create", "t", "--segment-bytes", "64K").returncode == 0
+    landed = produce_killed_in_a_loop(run_kq, data_dir, "t", random.Random(8), KILLS["produce"])
     report_kills("produce", landed, KILLS["produce"])
     assert landed >= KILLS["produce"] // 2
 
