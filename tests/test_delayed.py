@@ -215,7 +215,7 @@ def test_workers_killed_while_they_schedule_delayed_records_lose_none_and_hand_n
     import signal
 
     n = 3000
-    due = now_ms() + 6000
+    due = now_ms() + 4500
     lines = [{"value": f"late{i}", "deliver_at": due} if i % 2 else {"value": f"now{i}"} for i in range(n)]
     r = run_kq("produce", "jobs", "--json", input="".join(json.dumps(x) + "\n" for x in lines))
     assert r.returncode == 0, r.stderr
@@ -230,7 +230,7 @@ def test_workers_killed_while_they_schedule_delayed_records_lose_none_and_hand_n
     # Two workers at a time: each reads what the other appended to the schedule since it last looked.
     workers = [spawn(), spawn()]
     kills = 0
-    while now_ms() < due - 2000:
+    while now_ms() < due - 1500:
         time.sleep(rng.uniform(0.05, 0.3))
         victim = rng.randrange(2)
         workers[victim].send_signal(signal.SIGKILL)
