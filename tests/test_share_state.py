@@ -266,3 +266,83 @@ def test_delayed_records_between_undelayed_ones_never_hold_the_undelayed_ones_ba
         assert all(d.attempt == 1 for d in late)
     state = Shares(data).read_state("s", topic, 0)
     assert state is not None and state.schedule is None and state.acked == 2 * n
+
+
+def _delayed_topic(tmp_path, n: int, delay_ms: int):
+    """A one-partition topic of ``n`` records alternating undelayed and delayed by ``delay_ms``; the due time."""
+    from kq import DataDir
+    from kq.delivery_time import deliver_at_header
+    from kq.share.state import wall_ms
+
+    data = DataDir(str(tmp_path / "data"))
+    topic = data.create_topic("jobs", 1)
+    due = wall_ms() + delay_ms
+    later = [deliver_at_header(due)]
+    topic.partition(0).append([b"x%d" % i for i in range(n)], headers=[later if i % 2 else [] for i in range(n)])
+    return data, topic, due
+
+
+def _acquire_until(worker, want: int, count: int, deadline_s: float = 10.0) -> list:
+    """Acquire (acknowledging each round) until ``count`` records came or the deadline passed."""
+    import time
+
+    got, out = [], []
+    end = time.monotonic() + deadline_s
+    while len(out) < count and time.monotonic() < end:
+        got = worker.acquire(want, ack=got)
+        out += got
+    worker.ack(got)
+    return out
+
+
+@pytest.mark.parametrize("want", [1, 1000, 5000])
+def test_delayed_records_come_back_at_their_time_however_many_records_a_worker_asks_for(tmp_path, want):
+    from kq.share.consumer import ShareConsumer
+
+    data, topic, _ = _delayed_topic(tmp_path, 6, 300)
+    with ShareConsumer(data, topic, "s") as worker:
+        got = _acquire_until(worker, want, 6)
+    assert sorted(d.offset for d in got) == list(range(6))
+
+
+def test_a_full_schedule_takes_no_new_records_until_some_fall_due_and_then_drains(tmp_path, monkeypatch):
+    from kq.share import schedule
+    from kq.share.consumer import ShareConsumer
+    from kq.share.shares import Shares
+    from kq.share.state import wall_ms
+
+    monkeypatch.setattr(schedule, "MAX_RUNS", 3)
+    data, topic, due = _delayed_topic(tmp_path, 20, 500)
+    with ShareConsumer(data, topic, "s") as worker:
+        first = worker.acquire(100)
+        worker.ack(first)
+        state = Shares(data).read_state("s", topic, 0)
+        assert wall_ms() < due and state is not None and state.scheduled_records == 3
+        assert [d.offset for d in first] == [0, 2, 4]  # no new record past the third run
+        rest = _acquire_until(worker, 100, 17)
+    assert sorted(d.offset for d in first + rest) == list(range(20))
+
+
+def test_a_schedule_count_larger_than_its_file_is_a_corrupt_file_not_a_huge_read(tmp_path):
+    schedule = Schedule(str(tmp_path), 0)
+    state = PartitionState(start=0, next=20, boot="b")
+    schedule.add(0, 4, 10**13, 0)
+    schedule.commit(state)
+    huge = dict(state.schedule, bytes=len(MAGIC) + ENTRY.size * 2**50)
+    with pytest.raises(CorruptFile, match="40 bytes long"):
+        Schedule(str(tmp_path), 0).sync(huge)
+
+
+def test_a_worker_removes_schedule_files_no_state_names(tmp_path):
+    from kq.share.consumer import ShareConsumer
+
+    data, topic, _ = _delayed_topic(tmp_path, 4, 3_600_000)
+    directory = tmp_path / "data" / "shares" / "s" / "jobs"
+    directory.mkdir(parents=True)
+    (directory / "0.000000000001.schedule").write_bytes(MAGIC)  # a crash's leftover
+    (directory / "1.000000000001.schedule").write_bytes(MAGIC)  # another partition's: not this worker's
+    with ShareConsumer(data, topic, "s") as worker:
+        assert [d.offset for d in worker.acquire(10)] == [0, 2]
+    names = sorted(os.listdir(directory))
+    assert "0.000000000001.schedule" not in names and "1.000000000001.schedule" in names
+    assert len([n for n in names if n.startswith("0.") and n.endswith(".schedule")]) == 1

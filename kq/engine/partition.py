@@ -44,6 +44,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Longer than any file-time tick (coarse kernel clocks tick every 1-10 ms).
+KNOWN_END_QUIET_NS = 50_000_000
+
+
 class Partition:
     def __init__(
         self,
@@ -64,8 +68,11 @@ class Partition:
         self.on_roll = on_roll  # called with the partition, outside the writer lock, after a segment closes
         self._log_writer = LogWriter(self)  # append, roll, recovery (kq.engine.log_writer)
         # The end offset last found, and the last segment it was found in as it was then (base, inode,
-        # size, mtime): a segment only grows (a rewrite is a new file), so while it is the same the
-        # end is too, and it is not scanned (and its last batch's checksum computed) again.
+        # size, mtime): while it is the same, so is the end, and the last batch is not scanned (and
+        # checksummed) again. A segment grows, or is rewritten as a new file, or is cut in place
+        # (``truncate_to``), which changes its mtime unless the cut and a refill to the same size
+        # fall within one tick of a coarse clock: an end is only remembered once the segment has
+        # not changed for KNOWN_END_QUIET_NS, so that a change after it has a later mtime.
         self._known_end: tuple[tuple[int, int, int, int], int] | None = None
 
     def __repr__(self) -> str:
@@ -190,7 +197,11 @@ class Partition:
             if known is not None and known[0] == seen:
                 return known[1]
             found = segment.scan(fd, self.log_path(base), base, Index.load(self.index_path(base)))
-            if found.stop == segment.CLEAN and found.end == size:
+            if (
+                found.stop == segment.CLEAN
+                and found.end == size
+                and time.time_ns() - st.st_mtime_ns > KNOWN_END_QUIET_NS
+            ):
                 self._known_end = (seen, found.next_offset)
             while found.stop == DAMAGED:
                 # Valid batches after damage still count: the end is theirs,
@@ -436,6 +447,7 @@ class Partition:
         Used to cut a diverged replica back to its common prefix with the source,
         the way a Kafka follower truncates to its leader's log.
         """
+        self._known_end = None
         self._log_writer.truncate_to(offset)
 
     def restart_at(self, offset: int) -> None:
@@ -445,6 +457,7 @@ class Partition:
         start: the records between the old end and ``offset`` no longer exist
         anywhere, so the log starts over there.
         """
+        self._known_end = None
         self._log_writer.restart_at(offset)
 
     def close(self) -> None:

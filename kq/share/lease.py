@@ -90,8 +90,9 @@ def _schedule(state: PartitionState, schedule: Schedule, taken: list[Range], lat
 
 def _bring_back(state: PartitionState, schedule: Schedule, wall: int, want: int) -> None:
     """Move runs of ``schedule`` whose time has come by ``wall`` back among the state's ranges, as
-    available records: about ``want`` records' worth, as many runs as the state has room for."""
-    room = MAX_RANGES - len(state.ranges) - 2 * want  # each taken offset may cut a range in two
+    available records: about ``want`` records' worth, as many runs as the state has room for (taking
+    them may cut one in two: ``_take`` keeps to the room left)."""
+    room = MAX_RANGES - len(state.ranges) - 1
     back: list[Range] = []
     got = 0
     while got < want and len(back) < room:
@@ -182,6 +183,7 @@ class SharePartition:
         self.lock = FileLock(os.path.join(directory, f"{number}{LOCK_SUFFIX}"))
         self.records = _Records(self.partition)
         self.schedule = Schedule(directory, number)
+        self.swept = False  # the schedule's leftover files removed, once a worker (the first time it holds the lock)
         self.seen: bytes | None = None  # the file's bytes when this process last looked
         # The state this process last saved, as it saved it: the next change reuses it, unparsed,
         # if the file still holds those bytes (nobody changed it since; the common case of one worker).
@@ -220,6 +222,9 @@ class SharePartition:
             first = log_start if c.reset == "earliest" else self.partition.end_offset()
             state = PartitionState(start=first, next=first, boot=boot_id(), topic_id=topic_id)
         self.schedule.sync(state.schedule)
+        if not self.swept:
+            self.schedule.sweep()
+            self.swept = True
         warning = state.normalize(log_start, boot_id(), self.schedule)
         state.bound_leases(clock_ms(), c.holder_live)
         if warning:
@@ -292,14 +297,16 @@ class SharePartition:
                 self._apply(state, ack_token, spans, "ack", outcome if outcome is not None else Outcome())
             doomed: list[Range] = []
             scanned = 0
-            # Each offset taken may turn out to be delayed: no more than the schedule has room for.
-            want = min(want, self.schedule.room())
             _bring_back(state, self.schedule, wall, want)
             # Records are read under the lock, before the state is saved: one whose delivery time
             # has not come is scheduled instead of handed out, and the scan goes on past it, so
             # that the records behind it are not held up (and no second state change is needed).
             while want > len(deliveries) and scanned < MAX_SCAN_OFFSETS:
-                taken = self._take(state, want - len(deliveries), token, now, lease_ms, doomed, end)
+                # A new record may turn out to be delayed: none is taken past the schedule's room
+                # (records due again are, so that a full schedule still drains).
+                taken = self._take(
+                    state, want - len(deliveries), token, now, lease_ms, doomed, end, self.schedule.room()
+                )
                 if not taken:
                     break
                 looked = True
@@ -329,6 +336,7 @@ class SharePartition:
         lease_ms: int,
         doomed: list[Range],
         end: int,
+        new_room: int,
     ) -> list[Range]:
         """Put up to ``want`` offsets under lease ``token``: those due again first, then new ones
         below ``end`` (the last stable offset: an open transaction's records wait); records out of
@@ -361,7 +369,7 @@ class SharePartition:
             part.until = now + lease_ms
             taken.append(part)
             got += part.count
-        n = min(end - state.next, want - got, room)
+        n = min(end - state.next, want - got, room, new_room)
         if n > 0:
             last = state.next + n - 1
             new = Range(state.next, last, ACQUIRED, 1, token, now + lease_ms, c.owner, detached=c.detach)

@@ -111,6 +111,9 @@ class Schedule:
         except FileNotFoundError:
             raise CorruptFile(path, "missing, though the share state names it") from None
         try:
+            size = os.fstat(fd).st_size
+            if size < end:  # (before reading: the state's count is untrusted, the allocation its size)
+                raise CorruptFile(path, f"{size} bytes long, though the share state counts {end}")
             raw = os.pread(fd, end - start, start)
         finally:
             os.close(fd)
@@ -314,6 +317,22 @@ class Schedule:
             except FileNotFoundError:
                 pass
         self._drop.clear()
+
+    def sweep(self) -> None:
+        """Delete this partition's schedule files of other generations than the one loaded: leftovers of
+        a crash between writing a generation and saving the state, or of a state moved aside. Only
+        under the lock (no worker is between the two then); a reader without it reads the state again."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        keep = os.path.basename(self.path) if self.generation else None
+        for name in names:
+            if name != keep and schedule_partition(name) == self.partition:
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
 
     def forget(self) -> None:
         """The state was not saved: what this object holds may differ from the files; read them afresh next time."""
