@@ -23,7 +23,11 @@ flipping to ``committing``: from then on whoever finishes the transaction
 is aborted. Finishing writes a marker on each partition (idempotent: a
 partition whose ``txn.open`` no longer names the producer has its marker),
 applies the pending group offsets (through the ``commit_offset`` function the
-store is given: groups live above the engine), then records the end.
+store is given: groups live above the engine), then records the end. An
+owner that holds the id's lock may leave the end of a transaction without
+offsets unrecorded (``finish_decided(record_end=False)``) and record it with
+its next change of the record (``ended=True``) or ``record_end``: one file
+replacement fewer a transaction; finishing such a record again writes nothing.
 
 The interface kq serve's coordinator uses:
 
@@ -32,7 +36,7 @@ The interface kq serve's coordinator uses:
     store.add_partitions(session, "orders", [0, 3])               # AddPartitionsToTxn
     # ... Partition.append_payload(pack(..., producer=(session.producer_id, session.epoch)))
     store.add_offsets(session, "g", {("in", 0): (120, "")})       # TxnOffsetCommit
-    store.end(session, commit=True)                               # EndTxn
+    store.end(session, commit=True)                               # EndTxn (or decide, then finish_decided)
     store.release(session)                                        # the process lets go of the id
 
 ``Session`` may also be rebuilt from a client's producer id and epoch
