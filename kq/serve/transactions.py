@@ -243,6 +243,7 @@ class Transactions:
             old = self.held.pop(tid, None)
             if old is not None:
                 self.by_producer.pop(old.producer_id, None)
+                self._record_end(old)  # else the new epoch would find it decided and finish it again
                 self.store.release(old.session)
             session = self.store.init_producer(tid, timeout_ms, lock=True)
         except (KqError, OSError) as exc:
