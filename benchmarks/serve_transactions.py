@@ -19,12 +19,19 @@ connection, which librdkafka's sparse connections hold back for half of
 reconnect.backoff.ms), a large share of a 0.5 s run, and a plain producer
 hides it behind its produce() calls while a transactional one cannot. Each
 mode's setup time is printed too, and the rates with it counted.
+
+Also printed: the CPU time each mode takes per 1,000 records over the timed
+part, the producer process's and kq serve's (read from /proc). Plain produce
+keeps both busy at once on two cores; a transactional producer waits for each
+round trip, so the rate's ratio depends on how many cores are free (with one
+core for both, it approaches the ratio of the CPU times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -55,6 +62,7 @@ PRODUCE = textwrap.dedent("""
                 return
             except BufferError:
                 p.poll(0.001)
+    import os
     setup_start = time.perf_counter()
     if per:
         p.init_transactions(30)
@@ -64,6 +72,10 @@ PRODUCE = textwrap.dedent("""
     else:
         send(-1)
         assert p.flush(60) == 0
+    setup = time.perf_counter() - setup_start
+    print("timed", flush=True)
+    sys.stdin.readline()  # the server's CPU time is read meanwhile
+    cpu_start = os.times()
     start = time.perf_counter()
     if per:
         for first in range(0, n, per):
@@ -77,23 +89,59 @@ PRODUCE = textwrap.dedent("""
             if i % 10000 == 0:
                 p.poll(0)
         assert p.flush(120) == 0
+    end = time.perf_counter()
+    cpu_end = os.times()
     assert not errors, errors[:3]
-    print(start - setup_start, time.perf_counter() - start)
+    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    print(setup, end - start, cpu, flush=True)
+    sys.stdin.readline()
 """)
 
 
-def _produce(bootstrap: str, topic: str, messages: int, per: int) -> tuple[float, float]:
-    """Messages per second once set up, and counting the setup."""
-    out = subprocess.run(
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (None where /proc does not tell)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _produce(bootstrap: str, topic: str, messages: int, per: int, server_pid: int) -> dict:
+    """Messages per second once set up, and counting the setup; CPU ms per 1,000 records of each process."""
+    child = subprocess.Popen(
         [sys.executable, "-c", PRODUCE, bootstrap, topic, str(messages), str(per)],
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    if out.returncode:
-        raise SystemExit(out.stderr[-2000:])
-    setup, elapsed = map(float, out.stdout.strip().splitlines()[-1].split())
-    return messages / elapsed, messages / (setup + elapsed)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        if child.stdout.readline().strip() != "timed":
+            raise SystemExit(child.communicate(timeout=60)[1][-2000:])
+        server_start = _cpu_seconds(server_pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        server_end = _cpu_seconds(server_pid)
+        child.stdin.write("done\n")
+        child.stdin.flush()
+        _, err = child.communicate(timeout=600)
+    finally:
+        child.kill()
+    if child.returncode or not line:
+        raise SystemExit(err[-2000:])
+    setup, elapsed, client_cpu = map(float, line.split())
+    server_cpu = None if server_start is None or server_end is None else server_end - server_start
+    thousands = messages / 1000
+    return {
+        "rate": messages / elapsed,
+        "with_setup": messages / (setup + elapsed),
+        "client_cpu_ms": client_cpu * 1000 / thousands,
+        "server_cpu_ms": None if server_cpu is None else server_cpu * 1000 / thousands,
+    }
 
 
 def one_run(messages: int, per: int, run: int) -> dict:
@@ -111,12 +159,25 @@ def one_run(messages: int, per: int, run: int) -> dict:
             order = ["plain", "txn"] if run % 2 == 0 else ["txn", "plain"]
             rates = {}
             for name in order:
-                rates[name], rates[name + "_with_setup"] = _produce(
-                    server.bootstrap, name, messages, per if name == "txn" else 0
+                got = _produce(server.bootstrap, name, messages, per if name == "txn" else 0, server.proc.pid)
+                rates[name], rates[name + "_with_setup"] = got["rate"], got["with_setup"]
+                rates[name + "_client_cpu_ms"], rates[name + "_server_cpu_ms"] = (
+                    got["client_cpu_ms"],
+                    got["server_cpu_ms"],
                 )
         finally:
             server.kill()
     return rates
+
+
+def _median_or_none(values: list) -> float | None:
+    return None if None in values else statistics.median(values)
+
+
+def _rounded(key: str, value):
+    if value is None:
+        return None
+    return round(value, 3) if key.endswith("_cpu_ms") else round(value)
 
 
 def main() -> None:
@@ -132,6 +193,11 @@ def main() -> None:
     ratios = [r["txn"] / r["plain"] for r in runs]
     plain_setup = statistics.median(r["plain_with_setup"] for r in runs)
     txn_setup = statistics.median(r["txn_with_setup"] for r in runs)
+    cpu = {
+        f"{mode}_{who}": _median_or_none([r[f"{mode}_{who}_cpu_ms"] for r in runs])
+        for mode in ("plain", "txn")
+        for who in ("client", "server")
+    }
     result = {
         "messages": args.messages,
         "per_transaction": args.per_transaction,
@@ -144,7 +210,8 @@ def main() -> None:
             "transactional_msgs_per_s": round(txn_setup),
             "ratio_of_medians": round(txn_setup / plain_setup, 3),
         },
-        "runs": [{k: round(v) for k, v in r.items()} for r in runs],
+        "cpu_ms_per_1000": cpu,
+        "runs": [{k: _rounded(k, v) for k, v in r.items()} for r in runs],
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -160,6 +227,13 @@ def main() -> None:
         f"counting each producer's setup: plain {plain_setup:,.0f}, transactional {txn_setup:,.0f} msg/s"
         f" (ratio {txn_setup / plain_setup:.2f})"
     )
+    if None not in cpu.values():
+        plain_cpu, txn_cpu = cpu["plain_client"] + cpu["plain_server"], cpu["txn_client"] + cpu["txn_server"]
+        print(
+            f"CPU ms per 1,000 records (medians; producer + kq serve): plain {cpu['plain_client']:.2f} + "
+            f"{cpu['plain_server']:.2f} = {plain_cpu:.2f}, transactional {cpu['txn_client']:.2f} + "
+            f"{cpu['txn_server']:.2f} = {txn_cpu:.2f} (ratio {plain_cpu / txn_cpu:.2f})"
+        )
     for i, r in enumerate(runs):
         print(
             f"run {i + 1}: plain {r['plain']:,.0f}, transactional {r['txn']:,.0f} msg/s"

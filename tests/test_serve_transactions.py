@@ -296,6 +296,29 @@ def test_a_second_producer_with_the_same_transactional_id_fences_the_first(serve
     assert consume_all(served, ["tx-zombie"], "read_committed", 1) == [("tx-zombie", 0, b"from the successor")]
 
 
+def test_a_new_producer_after_a_committed_transaction_gets_the_next_epoch_and_the_transaction_stays_once(served):
+    """The server records a transaction's end with the id's next change; a new producer of the id is one."""
+    create(served, "tx-next")
+    first = producer(served, "tx-next-1")
+    epoch = describe(served, "tx-next-1").producer_epoch
+    first.begin_transaction()
+    first.produce("tx-next", b"committed once")
+    first.commit_transaction(20)
+    second = producer(served, "tx-next-1")
+    state = describe(served, "tx-next-1")
+    assert (state.producer_epoch, state.transaction_state) == (epoch + 1, "Empty")
+    second.begin_transaction()
+    second.produce("tx-next", b"and the next")
+    second.commit_transaction(20)
+    assert describe(served, "tx-next-1").transaction_state == "CompleteCommit"
+    assert sorted(v for _, _, v in consume_all(served, ["tx-next"], "read_committed", 2)) == [
+        b"and the next",
+        b"committed once",
+    ]
+    data, records = fetch(served, "tx-next", isolation=0)
+    assert [control for *_, control in records].count(True) == 2  # one marker each, none written again
+
+
 def test_init_producer_id_checks_the_timeout_and_the_epoch_it_is_given(served):
     def init(version=4, timeout=10_000, pid=-1, epoch=-1, tid="tx-raw-1"):
         return roundtrip(

@@ -15,7 +15,7 @@ from conftest import KQ, wait_for
 
 from kq.engine import batch as batchfmt
 from kq.engine.datadir import DataDir
-from kq.errors import ProducerFenced, TransactionalIdBusy
+from kq.errors import ProducerFenced, TransactionalIdBusy, TransactionError
 
 
 def values(run_kq, topic, *args, **kwargs):
@@ -84,6 +84,59 @@ def test_a_new_epoch_fences_the_old_producer_and_aborts_what_it_left_open(data_d
         store.end(old, commit=True)
     assert read_all(part, "read_committed") == []
     assert part.last_stable_offset() == part.end_offset()
+
+
+def test_an_end_left_unrecorded_by_its_owner_is_recorded_with_the_next_start_and_never_marked_twice(data_dir):
+    """kq serve's way (finish_decided without record_end): the markers are written, the record says
+    `committing` until the owner's next transaction starts; a recovery meanwhile writes nothing again."""
+    data = DataDir(data_dir)
+    part = data.create_topic("t", 1).partition(0)
+    store = data.transactions()
+    session = store.init_producer("app")
+
+    def one_transaction(value: bytes, ended: bool) -> bool:
+        store.add_partitions(session, "t", [0], ended=ended)
+        part.append_payload(batchfmt.pack([value], timestamp=1, producer=(session.producer_id, session.epoch)))
+        store.decide(session, commit=True)
+        return store.finish_decided(session, record_end=False)
+
+    assert one_transaction(b"a", ended=False) is False  # not recorded: one file replacement fewer
+    record = store.load("app")
+    assert record is not None and record.state == "committing"
+    assert read_all(part, "read_committed") == [b"a"]
+    assert part.last_stable_offset() == part.end_offset() == 2  # the record and its marker
+    # The next transaction's start records the end in the same write.
+    assert one_transaction(b"b", ended=True) is False
+    assert read_all(part, "read_committed") == [b"a", b"b"]
+    with pytest.raises(TransactionError):  # without ``ended`` a decided transaction must be finished first
+        store.add_partitions(session, "t", [0])
+    # The owner dies before recording the end: the recovery commits what is committed, writing no marker again.
+    store.release(session)
+    [line] = DataDir(data_dir).transactions().resolve_abandoned()
+    assert "committed" in line
+    record = store.load("app")
+    assert record is not None and record.state == "committed" and record.partitions == {}
+    assert part.end_offset() == 4
+    assert read_all(part, "read_committed") == [b"a", b"b"]
+    # and so does the id's next producer, which finds it ended.
+    again = store.init_producer("app")
+    assert again.epoch == session.epoch + 1 and part.end_offset() == 4
+
+
+def test_record_end_records_what_finish_decided_left_and_nothing_else(data_dir):
+    data = DataDir(data_dir)
+    data.create_topic("t", 1)
+    store = data.transactions()
+    session = store.init_producer("app")
+    store.add_partitions(session, "t", [0])
+    store.record_end(session)  # nothing decided: nothing to record
+    record = store.load("app")
+    assert record is not None and record.state == "ongoing"
+    store.decide(session, commit=False)
+    store.finish_decided(session, record_end=False)
+    store.record_end(session)
+    record = store.load("app")
+    assert record is not None and (record.state, record.partitions, record.started_at) == ("aborted", {}, None)
 
 
 def test_a_transactional_id_is_held_by_one_live_process(data_dir, run_kq):

@@ -23,7 +23,11 @@ flipping to ``committing``: from then on whoever finishes the transaction
 is aborted. Finishing writes a marker on each partition (idempotent: a
 partition whose ``txn.open`` no longer names the producer has its marker),
 applies the pending group offsets (through the ``commit_offset`` function the
-store is given: groups live above the engine), then records the end.
+store is given: groups live above the engine), then records the end. An
+owner that holds the id's lock may leave the end of a transaction without
+offsets unrecorded (``finish_decided(record_end=False)``) and record it with
+its next change of the record (``ended=True``) or ``record_end``: one file
+replacement fewer a transaction; finishing such a record again writes nothing.
 
 The interface kq serve's coordinator uses:
 
@@ -32,7 +36,7 @@ The interface kq serve's coordinator uses:
     store.add_partitions(session, "orders", [0, 3])               # AddPartitionsToTxn
     # ... Partition.append_payload(pack(..., producer=(session.producer_id, session.epoch)))
     store.add_offsets(session, "g", {("in", 0): (120, "")})       # TxnOffsetCommit
-    store.end(session, commit=True)                               # EndTxn
+    store.end(session, commit=True)                               # EndTxn (or decide, then finish_decided)
     store.release(session)                                        # the process lets go of the id
 
 ``Session`` may also be rebuilt from a client's producer id and epoch
@@ -188,6 +192,7 @@ class TransactionStore:
         self.commit_offset = commit_offset
         self._open_partition = open_partition
         self._topics: dict = {}
+        self._lock: FileLock | None = None
 
     # ------------------------------------------------------------------ files
 
@@ -198,8 +203,26 @@ class TransactionStore:
         return os.path.join(self.path, file_stem(transactional_id) + ".lock")
 
     def _store_lock(self) -> FileLock:
-        make_dirs(self.path)
-        return FileLock(os.path.join(self.path, STORE_LOCK))
+        """``store.lock``, opened once per store (a store is used by one thread at a time).
+
+        A lock file that is no longer the one at its path (the directory was
+        removed and made again) is opened again: a lock on a file nobody else
+        opens would exclude nobody.
+        """
+        path = os.path.join(self.path, STORE_LOCK)
+        lock = self._lock
+        if lock is not None and lock.file is not None:
+            try:
+                if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                    return lock
+            except FileNotFoundError:
+                pass
+            lock.close()
+            lock = None
+        if lock is None:
+            make_dirs(self.path)
+            lock = self._lock = FileLock(path)
+        return lock
 
     def load(self, transactional_id: str) -> TxnRecord | None:
         """The transactional id's record (None: never used)."""
@@ -297,6 +320,12 @@ class TransactionStore:
         """A session for a producer id and epoch a client names (checked at each call, not here)."""
         return Session(transactional_id, producer_id, epoch)
 
+    def close(self) -> None:
+        """Close ``store.lock`` (opened again by the next call that needs it)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def release(self, session: Session) -> None:
         """Let go of the transactional id's lock (an open transaction is then abandoned: aborted by the next)."""
         if session.lock is not None:
@@ -327,7 +356,15 @@ class TransactionStore:
             )
         return record
 
-    def _begin(self, record: TxnRecord) -> None:
+    def _begin(self, record: TxnRecord, ended: bool = False) -> None:
+        """Open a transaction on ``record`` (in memory) unless one is open.
+
+        ``ended``: the caller (the id's owner) wrote every marker of the
+        decided transaction the record still names (``finish_decided`` with
+        ``record_end=False``): it is recorded as ended in this same write.
+        """
+        if ended and record.state in (COMMITTING, ABORTING) and not record.offsets:
+            self._ended(record)
         if record.state in (COMMITTING, ABORTING):
             raise TransactionError(
                 f"transactional id {record.transactional_id!r}: the transaction is {record.state}; end it first"
@@ -335,7 +372,9 @@ class TransactionStore:
         if record.state != ONGOING:
             record.state, record.started_at, record.partitions, record.offsets = ONGOING, now_ms(), {}, {}
 
-    def add_partitions(self, session: Session, topic: str, partitions: list[int]) -> dict[int, int]:
+    def add_partitions(
+        self, session: Session, topic: str, partitions: list[int], ended: bool = False
+    ) -> dict[int, int]:
         """Kafka's AddPartitionsToTxn: the transaction writes to these partitions of ``topic`` (idempotent).
 
         Starts the transaction if none is open. Returns each partition's first
@@ -345,10 +384,11 @@ class TransactionStore:
         """
         with self._store_lock():
             record = self._current(session)
-            self._begin(record)
+            state = record.state
+            self._begin(record, ended)
             known = record.partitions.setdefault(topic, [])
             new = [p for p in partitions if p not in known]
-            if new:
+            if new or record.state != state:
                 known.extend(new)
                 known.sort()
                 self._save(record)
@@ -359,12 +399,18 @@ class TransactionStore:
                 for p in partitions
             }
 
-    def add_offsets(self, session: Session, group: str, offsets: dict[tuple[str, int], tuple[int, str]]) -> None:
+    def add_offsets(
+        self,
+        session: Session,
+        group: str,
+        offsets: dict[tuple[str, int], tuple[int, str]],
+        ended: bool = False,
+    ) -> None:
         """Kafka's AddOffsetsToTxn + TxnOffsetCommit: ``group``'s offsets (``(topic, partition) -> (offset,
-        metadata)``), committed with the transaction (and dropped if it aborts)."""
+        metadata)``), committed with the transaction (and dropped if it aborts). ``ended``: see ``_begin``."""
         with self._store_lock():
             record = self._current(session)
-            self._begin(record)
+            self._begin(record, ended)
             pending = record.offsets.setdefault(group, {})
             for (topic, p), (offset, metadata) in offsets.items():
                 pending[f"{topic}/{p}"] = [offset, metadata]
@@ -421,9 +467,19 @@ class TransactionStore:
                 self._save(record)  # the commit point
             return record.state, expired
 
-    def finish_decided(self, session: Session) -> None:
+    def finish_decided(self, session: Session, record_end: bool = True) -> bool:
         """The second half of ``end``: the markers and offsets of the session's decided transaction
-        (nothing, if it is no longer the session's or someone finished it)."""
+        (nothing, if it is no longer the session's or someone finished it).
+
+        Without ``record_end`` (for an owner that holds the id's lock) a
+        transaction with no group offsets is not recorded as ended: the
+        record stays decided until the owner's next call records it in the
+        same write as the next transaction's start (``ended=True``) or
+        ``record_end``. Finishing such a record again, as a recovery would
+        if the owner died meanwhile, writes nothing: no partition's
+        ``txn.open`` names the producer any more, and there are no offsets
+        to apply. Returns whether the end is recorded.
+        """
         with self._store_lock():
             record = self.load(session.transactional_id)
             if (
@@ -431,16 +487,33 @@ class TransactionStore:
                 or (record.producer_id, record.epoch) != (session.producer_id, session.epoch)
                 or record.state not in (COMMITTING, ABORTING)
             ):
-                return
-            self._finish(record, record.epoch)
+                return True
+            save = record_end or bool(record.offsets)
+            self._finish(record, record.epoch, save=save)
+            return save
+
+    def record_end(self, session: Session) -> None:
+        """Record as ended the session's decided transaction whose markers it wrote (``finish_decided``
+        with ``record_end=False``)."""
+        with self._store_lock():
+            record = self.load(session.transactional_id)
+            if (
+                record is not None
+                and (record.producer_id, record.epoch) == (session.producer_id, session.epoch)
+                and record.state in (COMMITTING, ABORTING)
+                and not record.offsets
+            ):
+                self._ended(record)
+                self._save(record)
 
     # ------------------------------------------------------------------ finishing
 
     def _expired(self, record: TxnRecord, now: int | None = None) -> bool:
         return record.started_at is not None and (now or now_ms()) > record.started_at + record.timeout_ms
 
-    def _finish(self, record: TxnRecord, marker_epoch: int) -> None:
-        """Under the store lock: write the markers of a decided (or to-be-aborted) transaction, apply its offsets."""
+    def _finish(self, record: TxnRecord, marker_epoch: int, save: bool = True) -> None:
+        """Under the store lock: write the markers of a decided (or to-be-aborted) transaction, apply its offsets,
+        and (with ``save``) record its end."""
         commit = record.state == COMMITTING
         if not commit and record.state != ABORTING:
             record.state = ABORTING
@@ -461,10 +534,16 @@ class TransactionStore:
                 for key, (offset, metadata) in sorted(entries.items()):
                     topic, _, digits = key.rpartition("/")
                     self.commit_offset(group, topic, int(digits), offset, metadata)
-        record.state = COMMITTED if commit else ABORTED
-        record.epoch = marker_epoch
+        if save:
+            record.epoch = marker_epoch
+            self._ended(record)
+            self._save(record)
+
+    @staticmethod
+    def _ended(record: TxnRecord) -> None:
+        """A decided transaction's record, its markers and offsets written: ended (in memory)."""
+        record.state = COMMITTED if record.state == COMMITTING else ABORTED
         record.partitions, record.offsets, record.started_at = {}, {}, None
-        self._save(record)
 
     def resolve_abandoned(self, skip: str | None = None, now: int | None = None) -> list[str]:
         """Finish every transaction whose owner is gone (its lock free) or that ran past its timeout.

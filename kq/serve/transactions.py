@@ -82,6 +82,9 @@ class Held:
     groups: set[str] = field(default_factory=set)
     staged: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # group -> partitions with staged offsets
     last_end: bool | None = None  # how the last transaction ended (True: committed), for a retried EndTxn
+    # The last transaction's markers are written and its end not yet recorded: the next write of the
+    # record records it (TransactionStore.finish_decided, record_end=False).
+    end_unrecorded: bool = False
     timed_out_epoch: int = -1  # the epoch a timeout fenced: its producer may still bump it (KIP-360), as in Kafka
 
     @property
@@ -120,9 +123,11 @@ class Transactions:
         for tid in list(self._finishing):
             self._finish_pending(tid)
         for held in self.held.values():
+            self._record_end(held)
             self.store.release(held.session)
         self.held.clear()
         self.by_producer.clear()
+        self.store.close()
 
     # ------------------------------------------------------------------ lookups
 
@@ -172,6 +177,7 @@ class Transactions:
                 if not idle.ongoing:
                     del self.held[tid]
                     self.by_producer.pop(idle.producer_id, None)
+                    self._record_end(idle)
                     self.store.release(idle.session)
         held = Held(session, timeout_ms)
         self.held[session.transactional_id] = held
@@ -237,6 +243,7 @@ class Transactions:
             old = self.held.pop(tid, None)
             if old is not None:
                 self.by_producer.pop(old.producer_id, None)
+                self._record_end(old)  # else the new epoch would find it decided and finish it again
                 self.store.release(old.session)
             session = self.store.init_producer(tid, timeout_ms, lock=True)
         except (KqError, OSError) as exc:
@@ -244,6 +251,20 @@ class Transactions:
         held = self._hold(session, timeout_ms)
         self._woken(held)
         return reply(codes.NONE, held.producer_id, held.epoch)
+
+    def _record_end(self, held: Held) -> None:
+        """Record the end of the held id's last transaction, if its markers are written and it is not recorded."""
+        if not held.end_unrecorded:
+            return
+        try:
+            self.store.record_end(held.session)
+        except (KqError, OSError) as exc:  # it stays decided: finishing it again writes nothing
+            self.on_error(exc)
+        held.end_unrecorded = False
+
+    def _record_ends(self) -> None:
+        for held in self.held.values():
+            self._record_end(held)
 
     def _woken(self, held: Held) -> None:
         """Wake the Fetch waiters of partitions a marker may have gone to (a transaction ended out of EndTxn)."""
@@ -288,7 +309,8 @@ class Transactions:
                     by_topic.setdefault(name, []).append(p)
             try:
                 for name, numbers in by_topic.items():
-                    self.store.add_partitions(held.session, name, numbers)
+                    self.store.add_partitions(held.session, name, numbers, ended=held.end_unrecorded)
+                    held.end_unrecorded = False
                     held.open()
                     held.partitions.update((name, p) for p in numbers)
             except (KqError, OSError) as exc:
@@ -314,7 +336,9 @@ class Transactions:
             try:
                 check_name(body.group_id, "group")
                 if body.group_id not in held.groups:
-                    self.store.add_offsets(held.session, body.group_id, {})  # the transaction begins (its clock runs)
+                    # the transaction begins (its clock runs)
+                    self.store.add_offsets(held.session, body.group_id, {}, ended=held.end_unrecorded)
+                    held.end_unrecorded = False
                     held.open()
                     held.groups.add(body.group_id)
             except KqError as exc:
@@ -347,7 +371,8 @@ class Transactions:
             answers.append((t.name, parts))
         if staged and held is not None:
             try:
-                self.store.add_offsets(held.session, body.group_id, staged)
+                self.store.add_offsets(held.session, body.group_id, staged, ended=held.end_unrecorded)
+                held.end_unrecorded = False
                 held.staged.setdefault(body.group_id, set()).update(staged)
             except (KqError, OSError) as exc:
                 failed = self._failed(exc)
@@ -405,10 +430,16 @@ class Transactions:
         if pending is None:
             return
         session, partitions = pending
+        held = self.held.get(tid)
         try:
-            self.store.finish_decided(session)
+            # The end is recorded by the id's next write of its record (the next transaction's start),
+            # one file replacement fewer a transaction; the server holds the id's lock meanwhile.
+            recorded = self.store.finish_decided(session, record_end=held is None or held.session is not session)
         except (KqError, OSError) as exc:  # the record stays decided: the next start, or expire, finishes it
             self.on_error(exc)
+        else:
+            if held is not None and held.session is session:
+                held.end_unrecorded = not recorded
         if self.waiters is not None:
             for topic, partition in partitions:
                 self.waiters.appended(topic, partition)
@@ -447,6 +478,7 @@ class Transactions:
     def describe_transactions(self, body, version: int):
         R = DescribeTransactionsResponse
         TS = R.TransactionState
+        self._record_ends()  # a transaction ended is described as ended
         out = []
         for tid in body.transactional_ids:
             try:
@@ -484,6 +516,7 @@ class Transactions:
 
     def list_transactions(self, body, version: int):
         R = ListTransactionsResponse
+        self._record_ends()
         known = set(KAFKA_STATES.values())
         states = set(body.state_filters or ())
         pids = set(body.producer_id_filters or ())
