@@ -1,6 +1,7 @@
 """Transactions through kq serve: 1,000-record transactions against plain produce, in one run.
 
     python benchmarks/serve_transactions.py [--messages 200000] [--per-transaction 1000] [--runs 3] [--json]
+                                            [--client confluent-kafka|kafka-python] [--broker kq|tansu]
 
 For each run, on one kq serve over a fresh directory: a confluent-kafka
 producer sends N messages of 100 bytes to a one-partition topic with its
@@ -8,7 +9,10 @@ default batching (acks=all), then a transactional producer sends N more to
 another topic, committing every ``--per-transaction`` messages
 (begin, produce, commit). Each phase runs in its own process. Printed: the
 medians of both rates and their ratio (the issue's target: transactional at
-least 50 % of plain), then each run's figures.
+least 50 % of plain), then each run's figures. ``--client kafka-python``
+runs both phases with kafka-python's producer instead; ``--broker tansu``
+runs them against Tansu (memory storage) instead of kq serve: what the same
+client reaches against a broker that costs little.
 
 Both producers are set up before the clock starts, the same way: connected
 to the partition's leader, one message delivered (the transactional one
@@ -40,7 +44,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from serve_support import KqServer  # noqa: E402
+from serve_support import KqServer, Tansu  # noqa: E402
 
 PRODUCE = textwrap.dedent("""
     import sys, time
@@ -97,6 +101,47 @@ PRODUCE = textwrap.dedent("""
     sys.stdin.readline()
 """)
 
+# The same protocol with kafka-python's producer (pure Python: the issue's other client).
+PRODUCE_KAFKA_PYTHON = textwrap.dedent("""
+    import os, sys, time
+    from kafka import KafkaProducer
+    bootstrap, topic, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    settings = {"bootstrap_servers": bootstrap, "acks": "all"}
+    if per:
+        settings["transactional_id"] = "bench-" + topic
+    p = KafkaProducer(**settings)
+    value = b"x" * 100
+    setup_start = time.perf_counter()
+    if per:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(topic, value, partition=0)
+        p.commit_transaction()
+    else:
+        p.send(topic, value, partition=0).get(60)
+    setup = time.perf_counter() - setup_start
+    print("timed", flush=True)
+    sys.stdin.readline()
+    cpu_start = os.times()
+    start = time.perf_counter()
+    if per:
+        for first in range(0, n, per):
+            p.begin_transaction()
+            for i in range(first, min(first + per, n)):
+                p.send(topic, value, partition=0)
+            p.commit_transaction()
+    else:
+        futures = [p.send(topic, value, partition=0) for i in range(n)]
+        p.flush(120)
+        assert all(f.succeeded() for f in futures)
+    end = time.perf_counter()
+    cpu_end = os.times()
+    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    print(setup, end - start, cpu, flush=True)
+    sys.stdin.readline()
+""")
+CLIENTS = {"confluent-kafka": PRODUCE, "kafka-python": PRODUCE_KAFKA_PYTHON}
+
 
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of process ``pid`` so far (None where /proc does not tell)."""
@@ -108,10 +153,12 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _produce(bootstrap: str, topic: str, messages: int, per: int, server_pid: int) -> dict:
+def _produce(
+    bootstrap: str, topic: str, messages: int, per: int, server_pid: int, client: str = "confluent-kafka"
+) -> dict:
     """Messages per second once set up, and counting the setup; CPU ms per 1,000 records of each process."""
     child = subprocess.Popen(
-        [sys.executable, "-c", PRODUCE, bootstrap, topic, str(messages), str(per)],
+        [sys.executable, "-c", CLIENTS[client], bootstrap, topic, str(messages), str(per)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -144,22 +191,36 @@ def _produce(bootstrap: str, topic: str, messages: int, per: int, server_pid: in
     }
 
 
-def one_run(messages: int, per: int, run: int) -> dict:
+def _start_broker(broker: str, tmp: str):
+    """The broker under test, with one-partition topics ``plain`` and ``txn``: kq serve over a fresh
+    directory, or Tansu (memory storage: the same client against a broker that costs little)."""
+    if broker == "tansu":
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        server = Tansu()
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        for future in admin.create_topics([NewTopic(t, 1, 1) for t in ("plain", "txn")]).values():
+            future.result(30)
+        return server
+    data = str(Path(tmp) / "data")
+    for topic in ("plain", "txn"):
+        subprocess.run(
+            [sys.executable, "-m", "kq", "--data-dir", data, "topic", "create", topic],
+            check=True,
+            capture_output=True,
+        )
+    return KqServer(data)
+
+
+def one_run(messages: int, per: int, run: int, broker: str = "kq", client: str = "confluent-kafka") -> dict:
     with tempfile.TemporaryDirectory(prefix="kq-bench-txn-") as tmp:
-        data = str(Path(tmp) / "data")
-        for topic in ("plain", "txn"):
-            subprocess.run(
-                [sys.executable, "-m", "kq", "--data-dir", data, "topic", "create", topic],
-                check=True,
-                capture_output=True,
-            )
-        server = KqServer(data)
+        server = _start_broker(broker, tmp)
         try:
             # Alternate which goes first, so that neither always meets a warmer machine.
             order = ["plain", "txn"] if run % 2 == 0 else ["txn", "plain"]
             rates = {}
             for name in order:
-                got = _produce(server.bootstrap, name, messages, per if name == "txn" else 0, server.proc.pid)
+                got = _produce(server.bootstrap, name, messages, per if name == "txn" else 0, server.proc.pid, client)
                 rates[name], rates[name + "_with_setup"] = got["rate"], got["with_setup"]
                 rates[name + "_client_cpu_ms"], rates[name + "_server_cpu_ms"] = (
                     got["client_cpu_ms"],
@@ -186,8 +247,15 @@ def main() -> None:
     ap.add_argument("--per-transaction", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--broker",
+        choices=["kq", "tansu"],
+        default="kq",
+        help="tansu: the same producers against Tansu (memory storage), the client's own floor",
+    )
+    ap.add_argument("--client", choices=sorted(CLIENTS), default="confluent-kafka", help="the producers' library")
     args = ap.parse_args()
-    runs = [one_run(args.messages, args.per_transaction, i) for i in range(args.runs)]
+    runs = [one_run(args.messages, args.per_transaction, i, args.broker, args.client) for i in range(args.runs)]
     plain = statistics.median(r["plain"] for r in runs)
     txn = statistics.median(r["txn"] for r in runs)
     ratios = [r["txn"] / r["plain"] for r in runs]
@@ -216,7 +284,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"| produce through kq serve ({args.messages:,} × 100 B) | msg/s (median of {args.runs}) |")
+    where = "kq serve" if args.broker == "kq" else "Tansu"
+    print(f"| {args.client} producing through {where} ({args.messages:,} × 100 B) | msg/s (median of {args.runs}) |")
     print("|---|---:|")
     print(f"| plain (idempotent off, acks=all) | {plain:,.0f} |")
     print(f"| transactional, {args.per_transaction:,} records a transaction | {txn:,.0f} |")
