@@ -2,6 +2,7 @@
 each acquired under a lease and settled on its own (acknowledged, retried, dead-lettered).
 
     state.py        a partition's state file (``P.share``): its ranges, the clocks of leases
+    schedule.py     a partition's scheduled (delayed) records (``P.GEN.schedule``), kept apart from its ranges
     settings.py     the group's settings on a topic (``share.json``)
     shares.py       the share groups of a data directory (``Shares``), and their replication
     deliveries.py   a record under a lease (``Delivery``), lease ids, ``Failure``, ``Outcome``
