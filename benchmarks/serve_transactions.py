@@ -40,34 +40,32 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from serve_support import KqServer, Tansu  # noqa: E402
 
-PRODUCE = textwrap.dedent("""
-    import sys, time
-    from confluent_kafka import Producer
-    bootstrap, topic, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    settings = {"bootstrap.servers": bootstrap}
-    if per:
-        settings["transactional.id"] = "bench-" + topic
-    p = Producer(settings)
-    value = b"x" * 100
-    errors = []
-    def done(err, msg):
-        if err is not None:
-            errors.append(err)
-    def send(i):
-        while True:
-            try:
-                p.produce(topic, value, on_delivery=done, partition=0)
-                return
-            except BufferError:
-                p.poll(0.001)
-    import os
-    setup_start = time.perf_counter()
+# Each client defines warm_up() (the setup: connected, one message delivered, and for a
+# transactional producer its producer id) and send_all() (the n messages, committing every
+# ``per`` of them if per); the timing around them is the same for both (TIMING).
+CONFLUENT_KAFKA = """
+from confluent_kafka import Producer
+settings = {"bootstrap.servers": bootstrap}
+if per:
+    settings["transactional.id"] = "bench-" + topic
+p = Producer(settings)
+errors = []
+def done(err, msg):
+    if err is not None:
+        errors.append(err)
+def send(i):
+    while True:
+        try:
+            p.produce(topic, value, on_delivery=done, partition=0)
+            return
+        except BufferError:
+            p.poll(0.001)
+def warm_up():
     if per:
         p.init_transactions(30)
         p.begin_transaction()
@@ -76,11 +74,7 @@ PRODUCE = textwrap.dedent("""
     else:
         send(-1)
         assert p.flush(60) == 0
-    setup = time.perf_counter() - setup_start
-    print("timed", flush=True)
-    sys.stdin.readline()  # the server's CPU time is read meanwhile
-    cpu_start = os.times()
-    start = time.perf_counter()
+def send_all():
     if per:
         for first in range(0, n, per):
             p.begin_transaction()
@@ -93,25 +87,17 @@ PRODUCE = textwrap.dedent("""
             if i % 10000 == 0:
                 p.poll(0)
         assert p.flush(120) == 0
-    end = time.perf_counter()
-    cpu_end = os.times()
     assert not errors, errors[:3]
-    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
-    print(setup, end - start, cpu, flush=True)
-    sys.stdin.readline()
-""")
+"""
 
-# The same protocol with kafka-python's producer (pure Python: the issue's other client).
-PRODUCE_KAFKA_PYTHON = textwrap.dedent("""
-    import os, sys, time
-    from kafka import KafkaProducer
-    bootstrap, topic, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    settings = {"bootstrap_servers": bootstrap, "acks": "all"}
-    if per:
-        settings["transactional_id"] = "bench-" + topic
-    p = KafkaProducer(**settings)
-    value = b"x" * 100
-    setup_start = time.perf_counter()
+# kafka-python's producer (pure Python: the issue's other client).
+KAFKA_PYTHON = """
+from kafka import KafkaProducer
+settings = {"bootstrap_servers": bootstrap, "acks": "all"}
+if per:
+    settings["transactional_id"] = "bench-" + topic
+p = KafkaProducer(**settings)
+def warm_up():
     if per:
         p.init_transactions()
         p.begin_transaction()
@@ -119,11 +105,7 @@ PRODUCE_KAFKA_PYTHON = textwrap.dedent("""
         p.commit_transaction()
     else:
         p.send(topic, value, partition=0).get(60)
-    setup = time.perf_counter() - setup_start
-    print("timed", flush=True)
-    sys.stdin.readline()
-    cpu_start = os.times()
-    start = time.perf_counter()
+def send_all():
     if per:
         for first in range(0, n, per):
             p.begin_transaction()
@@ -134,13 +116,34 @@ PRODUCE_KAFKA_PYTHON = textwrap.dedent("""
         futures = [p.send(topic, value, partition=0) for i in range(n)]
         p.flush(120)
         assert all(f.succeeded() for f in futures)
-    end = time.perf_counter()
-    cpu_end = os.times()
-    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
-    print(setup, end - start, cpu, flush=True)
-    sys.stdin.readline()
-""")
-CLIENTS = {"confluent-kafka": PRODUCE, "kafka-python": PRODUCE_KAFKA_PYTHON}
+"""
+
+TIMING = """
+setup_start = time.perf_counter()
+warm_up()
+setup = time.perf_counter() - setup_start
+print("timed", flush=True)
+sys.stdin.readline()  # the server's CPU time is read meanwhile
+cpu_start = os.times()
+start = time.perf_counter()
+send_all()
+end = time.perf_counter()
+cpu_end = os.times()
+cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+print(setup, end - start, cpu, flush=True)
+sys.stdin.readline()
+"""
+
+ARGUMENTS = """
+import os, sys, time
+bootstrap, topic, n, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+value = b"x" * 100
+"""
+
+CLIENTS = {
+    name: ARGUMENTS + code + TIMING
+    for name, code in (("confluent-kafka", CONFLUENT_KAFKA), ("kafka-python", KAFKA_PYTHON))
+}
 
 
 def _cpu_seconds(pid: int) -> float | None:
