@@ -67,6 +67,7 @@ class Schedule:
     def __init__(self, directory: str, partition: int):
         self.directory = directory
         self.partition = partition
+        self._drop: list[int] = []  # generations to delete once the state no longer names them
         self._reset(0)
 
     def _reset(self, generation: int) -> None:
@@ -79,7 +80,6 @@ class Schedule:
         self._by_offset: list[int] = []
         self._pending = bytearray()
         self._replace = False  # the change is written as a new generation
-        self._drop: list[int] = []  # generations to delete once the state no longer names them
 
     @property
     def path(self) -> str:
@@ -240,7 +240,7 @@ class Schedule:
             if not self.runs:
                 if self.generation:
                     self._drop.append(self.generation)
-                self._reset_keeping_drops(0)
+                self._reset(0)
             elif self.generation == 0 or self._replace or written > 4 * len(self.runs) + COMPACT_SLACK:
                 self._write_generation()
             else:
@@ -255,11 +255,6 @@ class Schedule:
             "first": self.first_offset(),
             "next_due": self.next_due(),
         }
-
-    def _reset_keeping_drops(self, generation: int) -> None:
-        drop = self._drop
-        self._reset(generation)
-        self._drop = drop
 
     def _append(self) -> None:
         path = self.path
@@ -335,5 +330,7 @@ class Schedule:
                     pass
 
     def forget(self) -> None:
-        """The state was not saved: what this object holds may differ from the files; read them afresh next time."""
+        """The state was not saved: what this object holds may differ from the files; read them afresh next time
+        (and delete no generation: the state on disk may still name it)."""
+        self._drop.clear()
         self._reset(-1)
