@@ -481,12 +481,8 @@ class TransactionStore:
         to apply. Returns whether the end is recorded.
         """
         with self._store_lock():
-            record = self.load(session.transactional_id)
-            if (
-                record is None
-                or (record.producer_id, record.epoch) != (session.producer_id, session.epoch)
-                or record.state not in (COMMITTING, ABORTING)
-            ):
+            record = self._decided(session)
+            if record is None:
                 return True
             save = record_end or bool(record.offsets)
             self._finish(record, record.epoch, save=save)
@@ -496,15 +492,21 @@ class TransactionStore:
         """Record as ended the session's decided transaction whose markers it wrote (``finish_decided``
         with ``record_end=False``)."""
         with self._store_lock():
-            record = self.load(session.transactional_id)
-            if (
-                record is not None
-                and (record.producer_id, record.epoch) == (session.producer_id, session.epoch)
-                and record.state in (COMMITTING, ABORTING)
-                and not record.offsets
-            ):
+            record = self._decided(session)
+            if record is not None and not record.offsets:
                 self._ended(record)
                 self._save(record)
+
+    def _decided(self, session: Session) -> TxnRecord | None:
+        """Under the store lock: the session's record if it is its decided transaction, not yet recorded as ended."""
+        record = self.load(session.transactional_id)
+        if (
+            record is None
+            or (record.producer_id, record.epoch) != (session.producer_id, session.epoch)
+            or record.state not in (COMMITTING, ABORTING)
+        ):
+            return None
+        return record
 
     # ------------------------------------------------------------------ finishing
 
